@@ -1,0 +1,88 @@
+//! The admin listener, on its own address and thread (off the workers' cores' hot path):
+//! `/healthz`, `/readyz`, `/metrics` (Prometheus text) and `/sessions` (JSON).
+
+use crate::http::{write, Head, Limits};
+use crate::runtime::Shared;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    tracing::info!(%addr, "admin listening");
+    std::thread::Builder::new().name("sluice-admin".into()).spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let sh = shared.clone();
+            let _ = std::thread::Builder::new().name("sluice-admin-conn".into()).spawn(move || serve(conn, &sh));
+        }
+    })?;
+    Ok(())
+}
+
+fn serve(mut conn: TcpStream, sh: &Shared) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    let mut head = Head::default();
+    loop {
+        match conn.read(&mut buf[len..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+        match head.parse_request(&buf[..len], Limits { max_head_bytes: 8192 }) {
+            Ok(Some(_)) => break,
+            Ok(None) if len < buf.len() => continue,
+            _ => return reply(&mut conn, 400, "text/plain", b"bad request\n"),
+        }
+    }
+    let (status, ctype, body) = route(head.method(), head.path(), sh);
+    reply(&mut conn, status, ctype, &body);
+}
+
+fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) {
+    if method != "GET" {
+        return (405, "text/plain", b"only GET\n".to_vec());
+    }
+    match path {
+        "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+        "/readyz" => {
+            let ready = sh.ready();
+            let body = serde_json::json!({
+                "ready": ready,
+                "workers": sh.workers,
+                "workers_ready": sh.ready_workers.load(Ordering::SeqCst),
+                "draining": sh.draining.load(Ordering::SeqCst),
+            });
+            (if ready { 200 } else { 503 }, "application/json", body.to_string().into_bytes())
+        }
+        "/metrics" => {
+            let mut s = String::with_capacity(16 * 1024);
+            crate::metrics::render(&sh.metrics, sh.sessions.len(), &mut s);
+            s.push_str(&format!(
+                "# HELP sluice_config_reloads_total Configuration reloads applied.\n# TYPE sluice_config_reloads_total counter\nsluice_config_reloads_total {}\n\
+                 # HELP sluice_config_reload_failures_total Reloads rejected as invalid.\n# TYPE sluice_config_reload_failures_total counter\nsluice_config_reload_failures_total {}\n",
+                sh.reloads.load(Ordering::Relaxed),
+                sh.reload_failures.load(Ordering::Relaxed)
+            ));
+            (200, "text/plain; version=0.0.4", s.into_bytes())
+        }
+        "/sessions" => {
+            let sessions = sh.sessions.snapshot();
+            (200, "application/json", serde_json::to_vec(&serde_json::json!({ "count": sessions.len(), "sessions": sessions })).unwrap_or_default())
+        }
+        _ => (404, "text/plain", b"not found: try /healthz /readyz /metrics /sessions\n".to_vec()),
+    }
+}
+
+fn reply(conn: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
+    let mut out = Vec::with_capacity(body.len() + 128);
+    write::status_line(&mut out, status, b"");
+    write::header(&mut out, "content-type", ctype.as_bytes());
+    write::content_length(&mut out, body.len());
+    write::header(&mut out, "connection", b"close");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    let _ = conn.write_all(&out);
+}

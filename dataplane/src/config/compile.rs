@@ -1,0 +1,357 @@
+//! Lowering the user schema into the compiled [`Config`]: addresses resolved, durations parsed,
+//! routes linked to upstreams by index, TLS material loaded. Every problem is collected.
+
+use super::{duration, schema, Issue};
+use crate::tls;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The validated configuration shared read-only by all workers; replaced whole on reload.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub instance: String,
+    pub workers: usize,
+    pub pin_workers: bool,
+    pub shutdown_grace: Duration,
+    pub io_memory: usize,
+    pub ring_depth: usize,
+    pub listeners: Vec<ListenerCfg>,
+    pub admin: Option<SocketAddr>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+    pub sessions: SessionsCfg,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerCfg {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_sse_event_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub client_header: Duration,
+    pub idle_keepalive: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_first_byte: Duration,
+    pub stream_idle: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// `host:port` as sent in Host when a route rewrites it.
+    pub authority: String,
+    pub base_path: String,
+    pub tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    pub pool_max_idle: usize,
+    /// Identifies the pool of connections to this upstream; stable across reloads when the
+    /// upstream's address and TLS settings are unchanged.
+    pub pool_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// The name as a shared label for metrics (cloned per request without allocating).
+    pub label: Arc<str>,
+    pub kind: schema::RouteKind,
+    pub path: String,
+    pub host: Option<String>,
+    pub upstream: usize,
+    pub upstream_path: String,
+    pub rewrite_host: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionsCfg {
+    pub idle_timeout: Duration,
+    pub max_sessions: usize,
+}
+
+struct Issues(Vec<Issue>);
+
+impl Issues {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Issue { path: path.into(), message: message.into() });
+    }
+
+    fn duration(&mut self, path: &str, value: &str) -> Duration {
+        duration::parse(value).unwrap_or_else(|m| {
+            self.add(path, m);
+            Duration::ZERO
+        })
+    }
+
+    fn addr(&mut self, path: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|_| {
+            self.add(path, format!("\"{value}\" is not an IP:port address; write e.g. \"127.0.0.1:8080\" or \"[::]:8443\""));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+}
+
+/// Resolve a relative file path against the config file's folder.
+fn resolve(base: Option<&Path>, p: &str) -> std::path::PathBuf {
+    let p = Path::new(p);
+    match base.and_then(Path::parent) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_owned(),
+    }
+}
+
+pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, Vec<Issue>> {
+    let mut is = Issues(Vec::new());
+    let g = &f.gateway;
+    let shutdown_grace = is.duration("gateway.shutdown_grace", &g.shutdown_grace);
+    if g.io_memory_kib < 64 {
+        is.add("gateway.io_memory_kib", "must be at least 64 (KiB)");
+    }
+    if !(8..=32768).contains(&g.ring_depth) || !g.ring_depth.is_power_of_two() {
+        is.add("gateway.ring_depth", "must be a power of two between 8 and 32768");
+    }
+    let workers = if g.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { g.workers };
+
+    if f.listeners.is_empty() {
+        is.add("listener", "at least one [[listener]] is needed, e.g. address = \"127.0.0.1:8080\"");
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in f.listeners.iter().enumerate() {
+        let p = format!("listener[{i}]");
+        let address = is.addr(&format!("{p}.address"), &l.address);
+        let tls = l.tls.as_ref().and_then(|t| {
+            tls::server_config(&resolve(file, &t.cert), &resolve(file, &t.key))
+                .map_err(|m| is.add(format!("{p}.tls"), m))
+                .ok()
+        });
+        if listeners.iter().any(|o: &ListenerCfg| o.address == address) {
+            is.add(format!("{p}.address"), format!("{address} is used by another listener"));
+        }
+        listeners.push(ListenerCfg { name: l.name.clone().unwrap_or_else(|| format!("listener{i}")), address, tls });
+    }
+    let admin = f.admin.as_ref().map(|a| is.addr("admin.address", &a.address));
+    if let Some(a) = admin {
+        if listeners.iter().any(|l| l.address == a) {
+            is.add("admin.address", "the admin listener must not share an address with a proxy listener");
+        }
+    }
+
+    let l = &f.limits;
+    if l.max_head_bytes < 1024 {
+        is.add("limits.max_head_bytes", "must be at least 1024");
+    }
+    if l.max_body_bytes < 1024 {
+        is.add("limits.max_body_bytes", "must be at least 1024");
+    }
+    let limits = Limits {
+        max_head_bytes: l.max_head_bytes,
+        max_body_bytes: l.max_body_bytes,
+        max_sse_event_bytes: l.max_sse_event_bytes,
+    };
+    let t = &f.timeouts;
+    let timeouts = Timeouts {
+        client_header: is.duration("timeouts.client_header", &t.client_header),
+        idle_keepalive: is.duration("timeouts.idle_keepalive", &t.idle_keepalive),
+        upstream_connect: is.duration("timeouts.upstream_connect", &t.upstream_connect),
+        upstream_first_byte: is.duration("timeouts.upstream_first_byte", &t.upstream_first_byte),
+        stream_idle: is.duration("timeouts.stream_idle", &t.stream_idle),
+    };
+
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for (i, u) in f.upstreams.iter().enumerate() {
+        let p = format!("upstream[{i}]");
+        if f.upstreams[..i].iter().any(|o| o.name == u.name) {
+            is.add(format!("{p}.name"), format!("\"{}\" names another upstream too; names must be unique", u.name));
+        }
+        match parse_url(&u.url) {
+            Err(m) => is.add(format!("{p}.url"), m),
+            Ok((https, host, port, base_path)) => {
+                let tls = if https {
+                    let name = u.tls.as_ref().and_then(|t| t.server_name.clone()).unwrap_or_else(|| host.clone());
+                    let ca = u.tls.as_ref().and_then(|t| t.ca.as_deref()).map(|c| resolve(file, c));
+                    match tls::client_config(ca.as_deref(), &name) {
+                        Ok(c) => Some(c),
+                        Err(m) => {
+                            is.add(format!("{p}.tls"), m);
+                            None
+                        }
+                    }
+                } else {
+                    if u.tls.is_some() {
+                        is.add(format!("{p}.tls"), "tls settings need an https:// url");
+                    }
+                    None
+                };
+                let authority = if (https && port == 443) || (!https && port == 80) { host.clone() } else { format!("{host}:{port}") };
+                let pool_key = format!("{}://{host}:{port}/{:?}", if https { "https" } else { "http" }, u.tls.as_ref().map(|t| (&t.ca, &t.server_name)));
+                upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key });
+            }
+        }
+    }
+
+    if f.routes.is_empty() {
+        is.add("route", "at least one [[route]] is needed, e.g. path = \"/mcp\", upstream = \"…\"");
+    }
+    let mut routes = Vec::new();
+    for (i, r) in f.routes.iter().enumerate() {
+        let p = format!("route[{i}]");
+        if !r.path.starts_with('/') {
+            is.add(format!("{p}.path"), format!("\"{}\" must start with \"/\"", r.path));
+        }
+        let Some(up) = f.upstreams.iter().position(|u| u.name == r.upstream) else {
+            let known: Vec<_> = f.upstreams.iter().map(|u| u.name.as_str()).collect();
+            is.add(format!("{p}.upstream"), format!("no upstream is named \"{}\" (known: {known:?})", r.upstream));
+            continue;
+        };
+        let upstream_path = match &r.upstream_path {
+            Some(u) if !u.starts_with('/') => {
+                is.add(format!("{p}.upstream_path"), "must start with \"/\"");
+                u.clone()
+            }
+            Some(u) => u.clone(),
+            None => upstreams.get(up).map(|u| u.base_path.clone()).unwrap_or_default(),
+        };
+        let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+        routes.push(Route {
+            label: Arc::from(name.as_str()),
+            name,
+            kind: r.kind,
+            path: r.path.trim_end_matches('/').to_string(),
+            host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            upstream: up,
+            upstream_path: upstream_path.trim_end_matches('/').to_string(),
+            rewrite_host: r.rewrite_host,
+        });
+    }
+
+    let sessions = SessionsCfg {
+        idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout),
+        max_sessions: f.sessions.max_sessions,
+    };
+
+    if !is.0.is_empty() {
+        return Err(is.0);
+    }
+    Ok(Config {
+        instance: g.instance.clone().unwrap_or_else(hostname),
+        workers,
+        pin_workers: g.pin_workers,
+        shutdown_grace,
+        io_memory: g.io_memory_kib * 1024,
+        ring_depth: g.ring_depth,
+        listeners,
+        admin,
+        limits,
+        timeouts,
+        upstreams,
+        routes,
+        sessions,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "sluice".into())
+}
+
+/// `http[s]://host[:port][/path]` → (https, host, port, path without trailing slash).
+pub fn parse_url(url: &str) -> Result<(bool, String, u16, String), String> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(format!("\"{url}\" must start with http:// or https://"));
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("\"{url}\" needs a host (and no user info)"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => match p.parse::<u16>() {
+            Ok(port) => (h.to_string(), port),
+            Err(_) if authority.starts_with('[') && authority.ends_with(']') => (authority.to_string(), if https { 443 } else { 80 }),
+            Err(_) => return Err(format!("\"{url}\" has an invalid port")),
+        },
+        _ => (authority.to_string(), if https { 443 } else { 80 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok((https, host, port, path.trim_end_matches('/').to_string()))
+}
+
+impl Config {
+    /// The route for a request: the longest matching path prefix among routes whose host
+    /// matches (or that match any host).
+    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<(usize, &Route)> {
+        let host = host.map(|h| h.rsplit_once(':').map_or(h, |(a, p)| if p.bytes().all(|b| b.is_ascii_digit()) { a } else { h }));
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.host.as_deref().is_none_or(|rh| host.is_some_and(|h| h.eq_ignore_ascii_case(rh))))
+            .filter(|(_, r)| path_matches(&r.path, path))
+            .max_by_key(|(_, r)| (r.host.is_some(), r.path.len()))
+    }
+}
+
+fn path_matches(prefix: &str, path: &str) -> bool {
+    prefix.is_empty() || path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("http://127.0.0.1:3000/mcp/").unwrap(), (false, "127.0.0.1".into(), 3000, "/mcp".into()));
+        assert_eq!(parse_url("https://api.example").unwrap(), (true, "api.example".into(), 443, "".into()));
+        assert_eq!(parse_url("http://[::1]:9/x").unwrap(), (false, "::1".into(), 9, "/x".into()));
+        assert!(parse_url("http://a:99999").is_err());
+        assert!(parse_url("http://u:p@a").is_err());
+        assert!(parse_url("tcp://a").is_err());
+    }
+
+    #[test]
+    fn routing_prefers_host_then_longest_prefix() {
+        let f: schema::File = toml::from_str(
+            r#"
+[[listener]]
+address = "127.0.0.1:0"
+[[upstream]]
+name = "a"
+url = "http://127.0.0.1:1"
+[[route]]
+path = "/"
+upstream = "a"
+kind = "http"
+[[route]]
+path = "/mcp"
+upstream = "a"
+[[route]]
+path = "/mcp"
+host = "tools.example"
+upstream = "a"
+"#,
+        )
+        .unwrap();
+        let c = compile(&f, None).unwrap();
+        assert_eq!(c.route_for(Some("x"), "/mcp").unwrap().0, 1);
+        assert_eq!(c.route_for(Some("x"), "/mcp/sub").unwrap().0, 1);
+        assert_eq!(c.route_for(Some("x"), "/mcpx").unwrap().0, 0);
+        assert_eq!(c.route_for(Some("TOOLS.example:8080"), "/mcp").unwrap().0, 2);
+        assert_eq!(c.route_for(None, "/other").unwrap().0, 0);
+    }
+}

@@ -1,0 +1,110 @@
+//! What can go wrong with one exchange, who is at fault, and — in exactly one place — which
+//! HTTP status and JSON-RPC error code the agent gets for it.
+
+use crate::http::{body::FramingError, HeadError};
+use crate::jsonrpc::{BodyError, Code};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    Head(#[from] HeadError),
+    #[error("{0}")]
+    Framing(#[from] FramingError),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("Expect: {0} is not supported; only 100-continue is")]
+    Expectation(String),
+    #[error("the request was not received completely in time")]
+    ClientTimeout,
+    #[error("no route matches {0}; check the URL path")]
+    NoRoute(String),
+    #[error("{0}")]
+    JsonRpc(#[from] BodyError),
+    #[error("MCP POST bodies must be JSON-RPC; the body is empty")]
+    EmptyBody,
+    #[error("upstream {upstream} cannot be reached: {reason}")]
+    UpstreamConnect { upstream: String, reason: String },
+    #[error("upstream {upstream} did not answer within {secs:.1}s ({phase})")]
+    UpstreamTimeout { upstream: String, phase: &'static str, secs: f64 },
+    #[error("upstream {upstream} broke the exchange: {reason}")]
+    UpstreamProtocol { upstream: String, reason: String },
+    #[error("the gateway is shutting down; retry on another instance")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    pub fn fault(&self) -> Fault {
+        use ProxyError::*;
+        match self {
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody => Fault::Client,
+            UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
+            ShuttingDown => Fault::Internal,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        use ProxyError::*;
+        match self {
+            Head(HeadError::TooLarge { .. } | HeadError::TooManyHeaders) => 431,
+            Head(_) | Framing(_) | JsonRpc(_) | EmptyBody => 400,
+            BodyTooLarge { .. } => 413,
+            Expectation(_) => 417,
+            ClientTimeout => 408,
+            NoRoute(_) => 404,
+            UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
+            UpstreamTimeout { .. } => 504,
+            ShuttingDown => 503,
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        use ProxyError::*;
+        match self {
+            JsonRpc(e) => e.code(),
+            EmptyBody | Head(_) | Framing(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
+            BodyTooLarge { .. } => Code::TooLarge,
+            NoRoute(_) => Code::NoRoute,
+            UpstreamConnect { .. } | UpstreamProtocol { .. } => Code::UpstreamUnavailable,
+            UpstreamTimeout { .. } => Code::UpstreamTimeout,
+            ShuttingDown => Code::ShuttingDown,
+        }
+    }
+
+    /// A short message for the JSON-RPC `error.message`.
+    pub fn title(&self) -> &'static str {
+        match self.fault() {
+            Fault::Client => "Invalid request",
+            Fault::Upstream => "Upstream error",
+            Fault::Internal => "Gateway unavailable",
+        }
+    }
+
+    /// Does the connection stay usable after this error is answered?
+    pub fn keeps_connection(&self) -> bool {
+        matches!(self, ProxyError::NoRoute(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody)
+            || self.fault() == Fault::Upstream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes() {
+        let e = ProxyError::UpstreamTimeout { upstream: "u".into(), phase: "first byte", secs: 1.0 };
+        assert_eq!((e.status(), e.code().value(), e.fault()), (504, -32002, Fault::Upstream));
+        let e = ProxyError::Head(HeadError::TooLarge { limit: 1 });
+        assert_eq!(e.status(), 431);
+        let e = ProxyError::JsonRpc(BodyError::Parse("x".into()));
+        assert_eq!((e.status(), e.code().value()), (400, -32700));
+        assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
+    }
+}

@@ -1,0 +1,315 @@
+//! The message hooks: where later stages (identity, policy, detection and masking, approvals,
+//! recording) plug into the request path without rewriting it.
+//!
+//! Every JSON-RPC message in either direction (each element of a batch, each SSE event) and
+//! every JSON document on a plain HTTP route passes the hook chain in order. A hook may let
+//! the message through, change it in place (the forwarded bytes are then re-encoded and
+//! re-framed), or answer it with an error in place of the upstream. This module is sans-io:
+//! [`process_body`] turns a body and a chain into what to forward and what to answer.
+
+use crate::jsonrpc::{self, Code, Kind, MessageInfo};
+use simd_json::BorrowedValue;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Agent → upstream.
+    Request,
+    /// Upstream → agent.
+    Response,
+}
+
+/// Per-request context, created when a request head is parsed and handed to every phase.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub worker: usize,
+    pub route: String,
+    pub upstream: String,
+    pub client: SocketAddr,
+    pub http_method: String,
+    pub path: String,
+    pub mcp_session_id: Option<String>,
+    pub gateway_session_id: Option<String>,
+    pub protocol_version: Option<String>,
+    pub started: Instant,
+    /// Messages refused by a hook in this exchange.
+    pub refused: u32,
+}
+
+/// What a hook decided about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward unchanged.
+    Pass,
+    /// The hook changed the value in place; forward the new encoding.
+    Changed,
+    /// Do not forward; answer with this error (`reason` is shown to the agent, so it must say
+    /// what to do and never echo a sensitive value).
+    Refuse { code: Code, message: String, reason: String },
+}
+
+/// A stage that sees messages. Hooks are per worker (`!Send` is fine) and must not block.
+pub trait MessageHook {
+    fn name(&self) -> &'static str;
+    fn on_message(
+        &self,
+        ctx: &mut RequestCtx,
+        dir: Direction,
+        info: &MessageInfo,
+        value: &mut BorrowedValue<'_>,
+    ) -> Verdict;
+}
+
+/// The ordered hook chain of a worker.
+#[derive(Default)]
+pub struct Chain {
+    hooks: Vec<Box<dyn MessageHook>>,
+}
+
+impl Chain {
+    pub fn new(hooks: Vec<Box<dyn MessageHook>>) -> Self {
+        Chain { hooks }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
+    fn run(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, v: &mut BorrowedValue<'_>) -> Verdict {
+        let mut changed = false;
+        for h in &self.hooks {
+            match h.on_message(ctx, dir, info, v) {
+                Verdict::Pass => {}
+                Verdict::Changed => changed = true,
+                refuse @ Verdict::Refuse { .. } => {
+                    ctx.refused += 1;
+                    return refuse;
+                }
+            }
+        }
+        if changed {
+            Verdict::Changed
+        } else {
+            Verdict::Pass
+        }
+    }
+}
+
+/// The result of passing one body through the chain.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward the original bytes.
+    Unchanged,
+    /// Forward these bytes instead (re-encoded after a change, or a batch with refused
+    /// elements removed). `answers` are error responses for the removed requests, to be merged
+    /// into what goes back to the agent.
+    Rewritten { body: Vec<u8>, answers: Vec<Vec<u8>> },
+    /// Nothing is left to forward: answer with this body (a single error, or a batch array of
+    /// errors; empty when only notifications were refused).
+    Answer(Vec<u8>),
+}
+
+/// Pass every message of a parsed JSON-RPC body through the chain.
+pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &mut jsonrpc::Body<'_>) -> Outcome {
+    if chain.is_empty() {
+        return Outcome::Unchanged;
+    }
+    let mut changed = false;
+    let mut keep = vec![true; body.values.len()];
+    let mut answers = Vec::new();
+    for (i, (v, info)) in body.values.iter_mut().zip(&body.infos).enumerate() {
+        match chain.run(ctx, dir, info, v) {
+            Verdict::Pass => {}
+            Verdict::Changed => changed = true,
+            Verdict::Refuse { code, message, reason } => {
+                match (dir, info.kind) {
+                    // A refused response keeps its place: the agent gets an error for its id.
+                    (Direction::Response, Kind::Response | Kind::Error) => {
+                        let err = jsonrpc::error_body(info.id.as_deref(), code, &message, &reason);
+                        let mut buf = err;
+                        if let Ok(owned) = simd_json::to_owned_value(&mut buf) {
+                            *v = owned.into();
+                            changed = true;
+                            continue;
+                        }
+                        keep[i] = false;
+                    }
+                    (_, Kind::Request) => {
+                        answers.push(jsonrpc::error_body(info.id.as_deref(), code, &message, &reason));
+                        keep[i] = false;
+                    }
+                    _ => keep[i] = false,
+                }
+            }
+        }
+    }
+    if keep.iter().all(|k| *k) && !changed {
+        return Outcome::Unchanged;
+    }
+    if keep.iter().all(|k| !*k) {
+        return Outcome::Answer(join_answers(body.batch, answers));
+    }
+    let mut kept = Vec::with_capacity(body.values.len());
+    for (v, k) in body.values.drain(..).zip(keep) {
+        if k {
+            kept.push(v);
+        }
+    }
+    let mut out = Vec::new();
+    jsonrpc::encode(&kept, body.batch, &mut out);
+    Outcome::Rewritten { body: out, answers }
+}
+
+/// Join error answers the way the agent sent the requests: an array for a batch.
+pub fn join_answers(batch: bool, answers: Vec<Vec<u8>>) -> Vec<u8> {
+    if !batch {
+        return answers.into_iter().next().unwrap_or_default();
+    }
+    if answers.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![b'['];
+    for (i, a) in answers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(a);
+    }
+    out.push(b']');
+    out
+}
+
+/// Merge local answers into an upstream JSON body (a batch array, or a single message made
+/// into an array). Returns `None` when the upstream body is not JSON.
+pub fn merge_answers(upstream: &[u8], answers: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let mut items: Vec<serde_json::Value> = match serde_json::from_slice(upstream).ok()? {
+        serde_json::Value::Array(a) => a,
+        other => vec![other],
+    };
+    for a in answers {
+        items.push(serde_json::from_slice(a).ok()?);
+    }
+    serde_json::to_vec(&items).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simd_json::prelude::*;
+
+    /// Refuses `tools/call` of a tool named `forbidden` and upper-cases `params.arguments.text`.
+    struct TestHook;
+    impl MessageHook for TestHook {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn on_message(&self, _: &mut RequestCtx, _: Direction, info: &MessageInfo, v: &mut BorrowedValue<'_>) -> Verdict {
+            if info.tool.as_deref() == Some("forbidden") || info.method.as_deref() == Some("notifications/forbidden") {
+                return Verdict::Refuse { code: Code::Refused, message: "no".into(), reason: "tool not allowed".into() };
+            }
+            if let Some(t) = v.get_mut("params").and_then(|p| p.get_mut("arguments")).and_then(|a| a.get_mut("text")) {
+                if let Some(s) = t.as_str() {
+                    *t = BorrowedValue::from(s.to_uppercase());
+                    return Verdict::Changed;
+                }
+            }
+            if info.kind == Kind::Response && v.get("result").and_then(|r| r.get("secret")).is_some() {
+                return Verdict::Refuse { code: Code::Refused, message: "blocked".into(), reason: "secret".into() };
+            }
+            Verdict::Pass
+        }
+    }
+
+    fn ctx() -> RequestCtx {
+        RequestCtx {
+            worker: 0,
+            route: "r".into(),
+            upstream: "u".into(),
+            client: "127.0.0.1:1".parse().unwrap(),
+            http_method: "POST".into(),
+            path: "/mcp".into(),
+            mcp_session_id: None,
+            gateway_session_id: None,
+            protocol_version: None,
+            started: Instant::now(),
+            refused: 0,
+        }
+    }
+
+    fn run(src: &str, dir: Direction) -> Outcome {
+        let chain = Chain::new(vec![Box::new(TestHook)]);
+        let mut buf = src.as_bytes().to_vec();
+        let mut body = jsonrpc::parse(&mut buf).unwrap();
+        process_body(&chain, &mut ctx(), dir, &mut body)
+    }
+
+    fn json(b: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn untouched_messages_forward_original_bytes() {
+        assert_eq!(run(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Direction::Request), Outcome::Unchanged);
+    }
+
+    #[test]
+    fn changed_message_is_re_encoded() {
+        let Outcome::Rewritten { body, answers } =
+            run(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#, Direction::Request)
+        else {
+            panic!()
+        };
+        assert!(answers.is_empty());
+        assert_eq!(json(&body)["params"]["arguments"]["text"], "HI");
+    }
+
+    #[test]
+    fn refused_single_request_is_answered_locally() {
+        let Outcome::Answer(b) = run(r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"forbidden"}}"#, Direction::Request) else {
+            panic!()
+        };
+        let v = json(&b);
+        assert_eq!(v["id"], "q");
+        assert_eq!(v["error"]["data"]["reason"], "tool not allowed");
+    }
+
+    #[test]
+    fn batch_cannot_smuggle_a_refused_call() {
+        let Outcome::Rewritten { body, answers } = run(
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"forbidden"}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"ok"}},{"jsonrpc":"2.0","method":"notifications/forbidden"}]"#,
+            Direction::Request,
+        ) else {
+            panic!()
+        };
+        let fwd = json(&body);
+        assert_eq!(fwd.as_array().unwrap().len(), 1);
+        assert_eq!(fwd[0]["id"], 2);
+        assert_eq!(answers.len(), 1);
+        let merged = json(&merge_answers(br#"[{"jsonrpc":"2.0","id":2,"result":{}}]"#, &answers).unwrap());
+        assert_eq!(merged.as_array().unwrap().len(), 2);
+        assert_eq!(merged[1]["id"], 1);
+    }
+
+    #[test]
+    fn all_refused_batch_answers_with_array() {
+        let Outcome::Answer(b) = run(
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"forbidden"}},{"jsonrpc":"2.0","method":"notifications/forbidden"}]"#,
+            Direction::Request,
+        ) else {
+            panic!()
+        };
+        assert_eq!(json(&b).as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refused_response_becomes_error_with_same_id() {
+        let Outcome::Rewritten { body, .. } = run(r#"{"jsonrpc":"2.0","id":5,"result":{"secret":"x"}}"#, Direction::Response) else {
+            panic!()
+        };
+        let v = json(&body);
+        assert_eq!(v["id"], 5);
+        assert_eq!(v["error"]["message"], "blocked");
+        assert!(v.get("result").is_none());
+    }
+}

@@ -1,0 +1,105 @@
+//! JSON-RPC 2.0 messages: parsing (simd-json, single and batch), classification of each
+//! message (method, id, tool, resource, prompt, error) and error bodies. No I/O.
+
+pub mod classify;
+pub mod reply;
+
+pub use classify::{classify, Kind, MessageInfo};
+pub use reply::{error_body, Code};
+
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+/// A parsed JSON-RPC body: one message or a batch of them, borrowing from the body buffer.
+#[derive(Debug)]
+pub struct Body<'a> {
+    pub batch: bool,
+    pub values: Vec<BorrowedValue<'a>>,
+    pub infos: Vec<MessageInfo>,
+}
+
+/// Why a body is not JSON-RPC. `Parse` is `-32700`, `Invalid` is `-32600`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BodyError {
+    #[error("body is not valid JSON: {0}")]
+    Parse(String),
+    #[error("invalid JSON-RPC message{}: {reason}", index.map(|i| format!(" at batch index {i}")).unwrap_or_default())]
+    Invalid { index: Option<usize>, reason: &'static str },
+}
+
+impl BodyError {
+    pub fn code(&self) -> Code {
+        match self {
+            BodyError::Parse(_) => Code::ParseError,
+            BodyError::Invalid { .. } => Code::InvalidRequest,
+        }
+    }
+}
+
+/// Parse and classify a JSON-RPC body. simd-json parses in place, so `buf` is modified.
+pub fn parse(buf: &mut [u8]) -> Result<Body<'_>, BodyError> {
+    let value = simd_json::to_borrowed_value(buf).map_err(|e| BodyError::Parse(e.to_string()))?;
+    let (batch, values) = match value {
+        BorrowedValue::Array(items) => {
+            if items.is_empty() {
+                return Err(BodyError::Invalid { index: None, reason: "empty batch" });
+            }
+            (true, *items)
+        }
+        other => (false, vec![other]),
+    };
+    let mut infos = Vec::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        let info = classify(v).map_err(|reason| BodyError::Invalid { index: batch.then_some(i), reason })?;
+        infos.push(info);
+    }
+    Ok(Body { batch, values, infos })
+}
+
+/// Serialize a body whose values may have been changed by hooks.
+pub fn encode(values: &[BorrowedValue<'_>], batch: bool, out: &mut Vec<u8>) {
+    if batch {
+        out.push(b'[');
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = v.write(out);
+        }
+        out.push(b']');
+    } else if let Some(v) = values.first() {
+        let _ = v.write(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        let mut b = b"{\"jsonrpc\":\"2.0\",".to_vec();
+        assert!(matches!(parse(&mut b), Err(BodyError::Parse(_))));
+        let mut b = b"[]".to_vec();
+        assert_eq!(parse(&mut b).unwrap_err().to_string(), "invalid JSON-RPC message: empty batch");
+        let mut b = br#"[{"jsonrpc":"2.0","method":"ping","id":1},{"jsonrpc":"1.0","method":"x"}]"#.to_vec();
+        let e = parse(&mut b).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidRequest);
+        assert!(e.to_string().contains("batch index 1"), "{e}");
+    }
+
+    #[test]
+    fn batch_round_trip() {
+        let src = br#"[{"jsonrpc":"2.0","method":"tools/call","id":"a","params":{"name":"echo","arguments":{"m":"\u0041"}}},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#;
+        let mut b = src.to_vec();
+        let body = parse(&mut b).unwrap();
+        assert!(body.batch);
+        assert_eq!(body.infos[0].tool.as_deref(), Some("echo"));
+        assert_eq!(body.infos[1].kind, Kind::Notification);
+        let mut out = Vec::new();
+        encode(&body.values, body.batch, &mut out);
+        let a: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(src).unwrap();
+        assert_eq!(a, b);
+    }
+}

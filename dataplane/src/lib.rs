@@ -1,0 +1,31 @@
+//! Sluice dataplane: a thread-per-core MCP/HTTP gateway that understands every message.
+//!
+//! ```text
+//!  agent ──HTTP/1.1 (TLS)──▶ runtime: one glommio executor per core, SO_REUSEPORT listener each
+//!                            proxy::conn     accept, TLS, keep-alive, head/body with limits
+//!                            http, sse       sans-io codecs: heads, framing, chunked, SSE events
+//!                            proxy::exchange route → jsonrpc parse → hooks → upstream → response:
+//!                                            SSE event by event | JSON buffered | plain streamed
+//!                            jsonrpc         classify each message, build error bodies
+//!                            hooks           where identity/policy/detection/recording plug in
+//!                            session         MCP session records, sharded, reachable from all cores
+//!                            proxy::upstream per-core pools, TLS origination
+//!  admin (own thread) ◀──── metrics, session, runtime state
+//! ```
+//!
+//! The binary `sluice` (`main.rs`) turns the command line into a [`config::Config`] and hands
+//! it to [`runtime::run`]. Modules are declared in the order a request meets them.
+
+pub mod config;
+pub mod tls;
+pub mod runtime;
+pub mod http;
+pub mod sse;
+pub mod jsonrpc;
+pub mod error;
+pub mod hooks;
+pub mod session;
+pub mod proxy;
+pub mod metrics;
+pub mod admin;
+pub mod ids;

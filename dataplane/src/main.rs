@@ -1,0 +1,95 @@
+//! `sluice`: the gateway binary.
+
+use anyhow::anyhow;
+use clap::{Parser, Subcommand};
+use sluice::config::{self, schema};
+use sluice::runtime::{self, Source};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "MCP gateway: sees, decides on and records every tool call")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway, from a config file or in quick mode (one MCP route).
+    Run {
+        /// Configuration file (TOML). Without it, --listen and --upstream give quick mode.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Quick mode: address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Quick mode: the MCP server's URL; its path is also the gateway's path.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Quick mode: admin listener address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Quick mode: worker count (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+    },
+    /// Validate a configuration file and report every problem in it.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn quick(listen: String, upstream: String, admin: String, workers: usize) -> anyhow::Result<schema::File> {
+    let path = match upstream.split_once("://").map(|(_, r)| r.find('/').map_or("/", |i| &r[i..])) {
+        Some(p) => p.split('?').next().unwrap_or("/").to_string(),
+        None => return Err(anyhow!("--upstream {upstream:?} must be an http:// or https:// URL")),
+    };
+    let text = format!(
+        "[gateway]\nworkers = {workers}\n[[listener]]\naddress = {listen:?}\n[admin]\naddress = {admin:?}\n\
+         [[upstream]]\nname = \"upstream\"\nurl = {upstream:?}\n[[route]]\nname = \"mcp\"\npath = {path:?}\nupstream = \"upstream\"\n"
+    );
+    Ok(toml::from_str(&text)?)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let sub = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+    let result = match cli.cmd {
+        Cmd::Check { config: path } => match config::load(&path) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listener(s), {} upstream(s), {} route(s), {} worker(s))",
+                    path.display(),
+                    c.listeners.len(),
+                    c.upstreams.len(),
+                    c.routes.len(),
+                    c.workers
+                );
+                Ok(())
+            }
+            Err(e) => Err(anyhow!("{e}")),
+        },
+        Cmd::Run { config: Some(path), .. } => runtime::run(Source::File(path)),
+        Cmd::Run { config: None, listen, upstream: Some(up), admin, workers } => {
+            quick(listen, up, admin, workers).and_then(|f| runtime::run(Source::Quick(Box::new(f))))
+        }
+        Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

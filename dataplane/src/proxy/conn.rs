@@ -1,0 +1,183 @@
+//! One downstream connection: TLS handshake, then a keep-alive loop of read head → read body
+//! → exchange, with the client header and idle timeouts that defeat slow clients.
+
+use super::io::{deadline, ReadBuf, Stream};
+use super::{exchange, respond, Worker};
+use crate::error::ProxyError;
+use crate::http::body::{request_body_kind, BodyKind, ChunkedDecoder, Decoded};
+use crate::http::{self, Head};
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+struct OpenGuard(Rc<Worker>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+        self.0.metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::TlsAcceptor>) {
+    w.open.set(w.open.get() + 1);
+    w.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+    w.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let _guard = OpenGuard(w.clone());
+    let _ = tcp.set_nodelay(true);
+    let Ok(client) = tcp.peer_addr() else { return };
+    let cfg = w.config();
+    let mut stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(acc) => match deadline(cfg.timeouts.client_header, acc.accept(tcp)).await {
+            Some(Ok(s)) => Stream::ServerTls(Box::new(s)),
+            Some(Err(e)) => {
+                tracing::debug!(worker = w.id, %client, error = %e, "TLS handshake failed");
+                return;
+            }
+            None => {
+                w.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+    };
+    let is_tls = matches!(stream, Stream::ServerTls(_));
+    let mut rbuf = ReadBuf::default();
+    let mut head = Head::default();
+    let mut body = Vec::new();
+    loop {
+        let cfg = w.config();
+        let limits = http::Limits { max_head_bytes: cfg.limits.max_head_bytes };
+        // Idle keep-alive: wait for the first byte of the next request (or the drain signal).
+        if rbuf.is_empty() {
+            let first = futures_lite::future::or(
+                async { deadline(cfg.timeouts.idle_keepalive, rbuf.fill(&mut stream, cfg.limits.max_head_bytes)).await },
+                async {
+                    super::wait_for_drain(&w).await;
+                    None
+                },
+            )
+            .await;
+            match first {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+        let started = Instant::now();
+        // The whole head must arrive within the client header timeout (slow-loris defence).
+        let parsed = deadline(cfg.timeouts.client_header, async {
+            loop {
+                match head.parse_request(rbuf.data(), limits) {
+                    Ok(Some(n)) => return Ok(Some(n)),
+                    Ok(None) => {}
+                    Err(e) => return Err(ProxyError::from(e)),
+                }
+                match rbuf.fill(&mut stream, cfg.limits.max_head_bytes + super::io::READ_BUF).await {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let n = match parsed {
+            None => {
+                w.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+                let _ = respond::error(&mut stream, &ProxyError::ClientTimeout, None, false).await;
+                return;
+            }
+            Some(Ok(Some(n))) => n,
+            Some(Ok(None)) => return,
+            Some(Err(e)) => {
+                let _ = respond::error(&mut stream, &e, None, false).await;
+                return;
+            }
+        };
+        rbuf.consume(n);
+        let keep_alive = head.keep_alive() && !w.draining();
+        match read_body(&w, &mut stream, &mut rbuf, &head, &mut body).await {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = respond::error(&mut stream, &e, None, false).await;
+                return;
+            }
+        }
+        let outcome = exchange::handle(&w, &cfg, &mut stream, &head, &body, client, is_tls, started).await;
+        let keep = match outcome {
+            Ok(k) => k && keep_alive,
+            Err(e) => {
+                let keep = keep_alive && e.keeps_connection();
+                let route: std::sync::Arc<str> = std::sync::Arc::from("-");
+                w.metrics.request_done(&route, crate::metrics::method_label(head.method()), e.status(), started.elapsed());
+                if respond::error(&mut stream, &e, None, keep).await.is_err() {
+                    return;
+                }
+                keep
+            }
+        };
+        if !keep {
+            let _ = stream.close().await;
+            return;
+        }
+    }
+}
+
+/// Read the request body into `body` (reused across requests), enforcing the size limit and
+/// answering `Expect: 100-continue`.
+async fn read_body(w: &Worker, stream: &mut Stream, rbuf: &mut ReadBuf, head: &Head, body: &mut Vec<u8>) -> Result<(), ProxyError> {
+    body.clear();
+    let cfg = w.config();
+    let max = cfg.limits.max_body_bytes;
+    let kind = request_body_kind(head)?;
+    if let BodyKind::Length(n) = kind {
+        if n > max as u64 {
+            return Err(ProxyError::BodyTooLarge { limit: max });
+        }
+    }
+    if let Some(exp) = head.header("expect") {
+        if !exp.eq_ignore_ascii_case(b"100-continue") {
+            return Err(ProxyError::Expectation(String::from_utf8_lossy(exp).into_owned()));
+        }
+        if kind != BodyKind::None && rbuf.is_empty() && head.minor_version >= 1 {
+            stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|_| ProxyError::ClientTimeout)?;
+        }
+    }
+    let read = async {
+        match kind {
+            BodyKind::None | BodyKind::CloseDelimited => Ok(()),
+            BodyKind::Length(n) => {
+                let n = n as usize;
+                while body.len() < n {
+                    if rbuf.is_empty() && rbuf.fill(stream, max).await.map_err(|_| ProxyError::ClientTimeout)? == 0 {
+                        return Err(ProxyError::Framing(crate::http::body::FramingError::BadChunk("body ended early")));
+                    }
+                    let take = (n - body.len()).min(rbuf.data().len());
+                    body.extend_from_slice(&rbuf.data()[..take]);
+                    rbuf.consume(take);
+                }
+                Ok(())
+            }
+            BodyKind::Chunked => {
+                let mut dec = ChunkedDecoder::default();
+                loop {
+                    if rbuf.is_empty() && rbuf.fill(stream, max).await.map_err(|_| ProxyError::ClientTimeout)? == 0 {
+                        return Err(ProxyError::Framing(crate::http::body::FramingError::BadChunk("body ended early")));
+                    }
+                    let (used, d) = dec.decode(rbuf.data())?;
+                    if let Decoded::Data(r) = &d {
+                        if body.len() + r.len() > max {
+                            return Err(ProxyError::BodyTooLarge { limit: max });
+                        }
+                        body.extend_from_slice(&rbuf.data()[r.clone()]);
+                    }
+                    rbuf.consume(used);
+                    if d == Decoded::Done {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    };
+    deadline(cfg.timeouts.client_header, read).await.unwrap_or(Err(ProxyError::ClientTimeout))
+}

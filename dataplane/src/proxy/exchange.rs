@@ -1,0 +1,681 @@
+//! One request/response exchange, in phases: route → parse and observe the request's
+//! JSON-RPC messages → request hooks → forward → response head (session bookkeeping) →
+//! response body: SSE relayed event by event, JSON buffered and parsed, anything else streamed
+//! through → account. Errors before the first response byte become an HTTP status with a
+//! JSON-RPC error; after it, the connection is closed.
+
+use super::io::{deadline, ReadBuf, Stream};
+use super::upstream::{self, UpConn};
+use super::{respond, Worker};
+use crate::config::schema::RouteKind;
+use crate::config::{Config, Route, Upstream};
+use crate::error::ProxyError;
+use crate::hooks::{self, Direction, Outcome, RequestCtx};
+use crate::http::body::{response_body_kind, BodyKind, ChunkedDecoder, Decoded};
+use crate::http::{write, Head};
+use crate::jsonrpc::{self, Kind};
+use crate::session::{Pending, Session};
+use crate::sse;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use simd_json::prelude::*;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What this exchange learned about its messages, to correlate responses and track sessions.
+#[derive(Default)]
+struct Track {
+    /// Requests sent in this exchange: id text → what was asked.
+    pending: Vec<(String, Pending)>,
+    /// `initialize` params (client info, capabilities, protocol version), when this exchange
+    /// opens a session.
+    init: Option<serde_json::Value>,
+    /// Id of the single request, so that a gateway error can answer it by id.
+    reply_id: Option<String>,
+}
+
+/// Handle one request. `Ok(keep_alive)` once a response went out; `Err` when nothing was
+/// written and the caller should answer with the error.
+#[allow(clippy::too_many_arguments)]
+pub async fn handle(
+    w: &Worker,
+    cfg: &Arc<Config>,
+    down: &mut Stream,
+    head: &Head,
+    body: &[u8],
+    client: SocketAddr,
+    tls: bool,
+    started: Instant,
+) -> Result<bool, ProxyError> {
+    let path = head.path();
+    let (_, route) = cfg.route_for(head.header_str("host"), path).ok_or_else(|| ProxyError::NoRoute(path.to_string()))?;
+    let up = &cfg.upstreams[route.upstream];
+    let method = head.method();
+    let mut ctx = RequestCtx {
+        worker: w.id,
+        route: route.name.clone(),
+        upstream: up.name.clone(),
+        client,
+        http_method: method.to_owned(),
+        path: path.to_owned(),
+        mcp_session_id: head.header_str("mcp-session-id").map(str::to_owned),
+        gateway_session_id: None,
+        protocol_version: head.header_str("mcp-protocol-version").map(str::to_owned),
+        started,
+        refused: 0,
+    };
+    let mut track = Track::default();
+    let keep_alive = head.keep_alive() && !w.draining();
+    let mlabel = crate::metrics::method_label(method);
+
+    // Request phase: parse, observe and pass the hooks, before any await.
+    let mut forwarded: Option<Vec<u8>> = None;
+    let mut answers = Vec::new();
+    if let Some(outcome) = request_phase(w, &mut ctx, route, head, body, &mut track)? {
+        match outcome {
+            Outcome::Unchanged => {}
+            Outcome::Rewritten { body, answers: a } => {
+                forwarded = Some(body);
+                answers = a;
+            }
+            Outcome::Answer(b) => {
+                let status = if b.is_empty() { 403 } else { 200 };
+                let b = if b.is_empty() {
+                    jsonrpc::error_body(None, jsonrpc::Code::Refused, "Refused", "the gateway refused this notification")
+                } else {
+                    b
+                };
+                respond::send(down, status, "application/json", &b, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
+                w.metrics.request_done(&route.label, mlabel, status, started.elapsed());
+                return Ok(keep_alive);
+            }
+        }
+    }
+    let out_body = forwarded.as_deref().unwrap_or(body);
+
+    // Forward.
+    let mut req = w.reqbuf.take();
+    req.clear();
+    encode_request(&mut req, head, route, up, out_body, client, tls);
+    let sent = upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await;
+    w.reqbuf.set(req);
+    let mut c = match sent {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "upstream failed");
+            respond::error(down, &e, track.reply_id.as_deref(), keep_alive).await.map_err(|_| ProxyError::ClientTimeout)?;
+            w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
+            return Ok(keep_alive);
+        }
+    };
+
+    // Response head.
+    let status = c.head.status;
+    let kind = response_body_kind(&c.head, method).map_err(|e| ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason: e.to_string() })?;
+    after_response_head(w, cfg, route, &mut ctx, &mut track, &c.head, method);
+    let ctype = c.head.header("content-type").unwrap_or(b"");
+    let is_sse = starts_with_ci(ctype, b"text/event-stream");
+    let is_json = starts_with_ci(ctype, b"application/json");
+    let is_mcp = route.kind == RouteKind::Mcp;
+
+    let result = if is_mcp && is_sse && kind != BodyKind::None {
+        relay_sse(w, cfg, route, down, &mut c, kind, &mut ctx, &mut track, &answers, head.minor_version).await
+    } else if is_json && kind != BodyKind::None && (is_mcp || !w.chain.is_empty()) {
+        relay_json(w, cfg, down, &mut c, kind, &mut ctx, &mut track, route, &answers, keep_alive).await
+    } else if !answers.is_empty() && kind == BodyKind::None {
+        // Only notifications went upstream (202); the refused requests still get answers.
+        let b = hooks::join_answers(true, answers);
+        respond::send(down, 200, "application/json", &b, keep_alive, &[]).await.map(|_| true).map_err(|_| ())
+    } else {
+        relay_plain(w, cfg, down, &mut c, kind, method, keep_alive, head.minor_version).await
+    };
+    w.metrics.request_done(&route.label, mlabel, status, started.elapsed());
+    match result {
+        Ok(upstream_clean) => {
+            if upstream_clean && c.head.keep_alive() && kind != BodyKind::CloseDelimited {
+                w.pool.put(&up.pool_key, c, up.pool_max_idle);
+            }
+            Ok(keep_alive && (kind != BodyKind::CloseDelimited || head.minor_version >= 1))
+        }
+        Err(()) => Ok(false),
+    }
+}
+
+fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
+    v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// Parse the request body (MCP: JSON-RPC; HTTP: a JSON document), observe it and run the hooks.
+/// `Ok(None)`: nothing to inspect (no body, or not JSON on a plain route).
+fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, body: &[u8], track: &mut Track) -> Result<Option<Outcome>, ProxyError> {
+    let is_mcp = route.kind == RouteKind::Mcp;
+    if is_mcp && head.method() == "POST" {
+        if body.is_empty() {
+            return Err(ProxyError::EmptyBody);
+        }
+        let mut scratch = w.scratch.take();
+        scratch.clear();
+        scratch.extend_from_slice(body);
+        let result = (|| {
+            let mut parsed = jsonrpc::parse(&mut scratch)?;
+            observe(w, ctx, route, Direction::Request, &parsed, Some(track));
+            if !parsed.batch {
+                track.reply_id = parsed.infos[0].id.clone();
+            }
+            Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut parsed)))
+        })();
+        w.scratch.set(scratch);
+        return result;
+    }
+    let json = head.header("content-type").is_some_and(|c| starts_with_ci(c, b"application/json"));
+    if !is_mcp && json && !body.is_empty() && !w.chain.is_empty() {
+        let mut scratch = w.scratch.take();
+        scratch.clear();
+        scratch.extend_from_slice(body);
+        let result = match simd_json::to_borrowed_value(&mut scratch) {
+            Ok(v) => {
+                let mut doc = jsonrpc::Body { batch: false, values: vec![v], infos: vec![jsonrpc::MessageInfo::document()] };
+                Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc)))
+            }
+            Err(e) => Err(ProxyError::JsonRpc(jsonrpc::BodyError::Parse(e.to_string()))),
+        };
+        w.scratch.set(scratch);
+        return result;
+    }
+    Ok(None)
+}
+
+/// Count and correlate the messages of one body; keep the session record current.
+fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &jsonrpc::Body<'_>, mut track: Option<&mut Track>) {
+    let dlabel = if dir == Direction::Request { "request" } else { "response" };
+    let sessions = &w.shared.sessions;
+    let sid = ctx.mcp_session_id.as_deref();
+    for (info, v) in body.infos.iter().zip(&body.values) {
+        w.metrics.messages(&route.label, dlabel, info.kind.as_str(), 1);
+        tracing::debug!(worker = w.id, route = %route.name, direction = dlabel, kind = info.kind.as_str(),
+            method = info.method.as_deref(), id = info.id.as_deref(), tool = info.tool.as_deref(), session = sid, "message");
+        let id = info.id.as_deref().unwrap_or("");
+        match (dir, info.kind) {
+            (Direction::Request, Kind::Request) => {
+                let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone() };
+                if info.method.as_deref() == Some("initialize") {
+                    if let Some(t) = track.as_deref_mut() {
+                        t.init = v.get("params").and_then(|p| serde_json::to_value(p).ok());
+                    }
+                }
+                if let Some(sid) = sid {
+                    sessions.with(sid, |s| {
+                        s.messages_in += 1;
+                        Session::remember(&mut s.pending_client, id, p.clone());
+                    });
+                }
+                if let Some(t) = track.as_deref_mut() {
+                    t.pending.push((id.to_owned(), p));
+                }
+            }
+            (Direction::Request, Kind::Response | Kind::Error) => {
+                if let Some(sid) = sid {
+                    sessions.with(sid, |s| {
+                        s.messages_in += 1;
+                        s.pending_server.remove(id);
+                    });
+                }
+            }
+            (Direction::Response, Kind::Response | Kind::Error) => {
+                let asked = track.as_deref_mut().and_then(|t| {
+                    let pos = t.pending.iter().position(|(i, _)| i == id)?;
+                    Some(t.pending.swap_remove(pos).1)
+                });
+                let is_init = asked.as_ref().is_some_and(|p| p.method == "initialize");
+                if let Some(sid) = sid {
+                    sessions.with(sid, |s| {
+                        s.messages_out += 1;
+                        s.pending_client.remove(id);
+                        if is_init {
+                            if let Some(r) = v.get("result") {
+                                s.server_info = r.get("serverInfo").and_then(|x| serde_json::to_value(x).ok());
+                                s.server_capabilities = r.get("capabilities").and_then(|x| serde_json::to_value(x).ok());
+                                s.protocol_version = r.get("protocolVersion").and_then(|x| x.as_str()).map(str::to_owned);
+                            }
+                        }
+                    });
+                }
+            }
+            (Direction::Response, Kind::Request) => {
+                if let Some(sid) = sid {
+                    let p = Pending { method: info.method.clone().unwrap_or_default(), tool: None };
+                    sessions.with(sid, |s| {
+                        s.messages_out += 1;
+                        Session::remember(&mut s.pending_server, id, p);
+                    });
+                }
+            }
+            (_, Kind::Notification | Kind::Document) => {
+                if let Some(sid) = sid {
+                    sessions.with(sid, |s| if dir == Direction::Request { s.messages_in += 1 } else { s.messages_out += 1 });
+                }
+            }
+        }
+    }
+}
+
+/// Session bookkeeping on the response head: a new session on `initialize`, release on DELETE
+/// or on the upstream's 404 for a session it no longer knows.
+fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track, head: &Head, method: &str) {
+    let sessions = &w.shared.sessions;
+    let status = head.status;
+    if let (Some(init), Some(new_sid)) = (track.init.take(), head.header_str("mcp-session-id")) {
+        if (200..300).contains(&status) {
+            let mut s = Session::new(new_sid, &route.name);
+            s.client_info = init.get("clientInfo").cloned();
+            s.client_capabilities = init.get("capabilities").cloned();
+            s.protocol_version = init.get("protocolVersion").and_then(|v| v.as_str()).map(str::to_owned);
+            s.messages_in = 1;
+            ctx.gateway_session_id = Some(s.gateway_id.clone());
+            tracing::info!(worker = w.id, route = %route.name, mcp_session = new_sid, gateway_session = %s.gateway_id, "session started");
+            sessions.insert(s, cfg.sessions.max_sessions);
+            ctx.mcp_session_id = Some(new_sid.to_owned());
+        }
+        return;
+    }
+    let Some(sid) = ctx.mcp_session_id.as_deref() else { return };
+    if (method == "DELETE" && (200..300).contains(&status)) || status == 404 {
+        if let Some(s) = sessions.remove(sid) {
+            tracing::info!(worker = w.id, route = %route.name, mcp_session = sid, gateway_session = %s.gateway_id, status, "session ended");
+        }
+    } else {
+        ctx.gateway_session_id = sessions.with(sid, |s| s.gateway_id.clone());
+    }
+}
+
+fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, body: &[u8], client: SocketAddr, tls: bool) {
+    let path = head.path();
+    let rest = &path[route.path.len().min(path.len())..];
+    let query = head.target().find('?').map_or("", |i| &head.target()[i..]);
+    out.extend_from_slice(head.method().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(route.upstream_path.as_bytes());
+    if rest.is_empty() && route.upstream_path.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(rest.as_bytes());
+    out.extend_from_slice(query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let rewrite = route.rewrite_host || head.header("host").is_none();
+    write::end_to_end_headers(out, head, |n| {
+        n.eq_ignore_ascii_case("x-forwarded-for")
+            || n.eq_ignore_ascii_case("x-forwarded-proto")
+            || n.eq_ignore_ascii_case("forwarded")
+            || (rewrite && n.eq_ignore_ascii_case("host"))
+    });
+    if rewrite {
+        write::header(out, "host", up.authority.as_bytes());
+    }
+    write::forwarding_headers(out, head, client.ip(), tls);
+    if !body.is_empty() || matches!(head.method(), "POST" | "PUT" | "PATCH") {
+        write::content_length(out, body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Status line and end-to-end headers of the upstream's response.
+fn response_head(out: &mut Vec<u8>, up: &Head) {
+    write::status_line(out, up.status, up.reason());
+    write::end_to_end_headers(out, up, |_| false);
+}
+
+/// Decodes the upstream body framing from the connection's read buffer.
+struct BodyReader {
+    kind: BodyKind,
+    chunked: ChunkedDecoder,
+    left: u64,
+    done: bool,
+}
+
+impl BodyReader {
+    fn new(kind: BodyKind) -> Self {
+        let left = if let BodyKind::Length(n) = kind { n } else { 0 };
+        BodyReader { kind, chunked: ChunkedDecoder::default(), left, done: kind == BodyKind::None }
+    }
+
+    /// Hand every decoded body byte now in `rbuf` to `f`.
+    fn drain(&mut self, rbuf: &mut ReadBuf, mut f: impl FnMut(&[u8])) -> Result<(), String> {
+        while !self.done && !rbuf.is_empty() {
+            match self.kind {
+                BodyKind::Length(_) => {
+                    let take = (self.left as usize).min(rbuf.data().len());
+                    f(&rbuf.data()[..take]);
+                    rbuf.consume(take);
+                    self.left -= take as u64;
+                    self.done = self.left == 0;
+                }
+                BodyKind::CloseDelimited => {
+                    f(rbuf.data());
+                    let n = rbuf.data().len();
+                    rbuf.consume(n);
+                }
+                BodyKind::Chunked => {
+                    let (used, d) = self.chunked.decode(rbuf.data()).map_err(|e| e.to_string())?;
+                    if let Decoded::Data(r) = &d {
+                        f(&rbuf.data()[r.clone()]);
+                    }
+                    rbuf.consume(used);
+                    self.done = d == Decoded::Done;
+                }
+                BodyKind::None => self.done = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream closed: fine only for a close-delimited body.
+    fn eof(&mut self) -> Result<(), String> {
+        if self.kind == BodyKind::CloseDelimited {
+            self.done = true;
+            Ok(())
+        } else {
+            Err("the upstream closed the connection in the middle of the body".into())
+        }
+    }
+}
+
+/// Stream an SSE response event by event: each complete event is parsed, passed through the
+/// hooks and written to the agent as its own chunk at once. Holds back only a partial event.
+#[allow(clippy::too_many_arguments)]
+async fn relay_sse(
+    w: &Worker,
+    cfg: &Config,
+    route: &Route,
+    down: &mut Stream,
+    c: &mut UpConn,
+    kind: BodyKind,
+    ctx: &mut RequestCtx,
+    track: &mut Track,
+    answers: &[Vec<u8>],
+    client_minor: u8,
+) -> Result<bool, ()> {
+    let chunked_out = client_minor >= 1;
+    let mut out = Vec::with_capacity(1024);
+    response_head(&mut out, &c.head);
+    if chunked_out {
+        write::header(&mut out, "transfer-encoding", b"chunked");
+    }
+    write::header(&mut out, "connection", if chunked_out { b"keep-alive" } else { b"close" });
+    out.extend_from_slice(b"\r\n");
+    let mut pending_events = Vec::new();
+    for a in answers {
+        pending_events.push(sse::Event { raw: Vec::new(), data: Some(String::from_utf8_lossy(a).into_owned()), event: Some("message".into()), id: None, retry: None });
+    }
+    let mut payload = Vec::new();
+    for ev in pending_events.drain(..) {
+        if let Some(d) = &ev.data {
+            ev.encode_with_data(d, &mut payload);
+        }
+    }
+    frame(&mut out, &payload, chunked_out);
+    if down.write_all(&out).await.is_err() || down.flush().await.is_err() {
+        return Err(());
+    }
+    w.metrics.active_streams.fetch_add(1, Ordering::Relaxed);
+    let _stream_guard = StreamGuard(w);
+    let mut parser = sse::Parser::new(cfg.limits.max_sse_event_bytes);
+    let mut reader = BodyReader::new(kind);
+    let mut events = Vec::new();
+    let mut parse_err = None;
+    loop {
+        reader
+            .drain(&mut c.rbuf, |bytes| {
+                if let Err(e) = parser.feed(bytes, &mut events) {
+                    parse_err = Some(e.to_string());
+                }
+            })
+            .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream SSE framing"))?;
+        if let Some(e) = parse_err.take() {
+            tracing::warn!(worker = w.id, route = %route.name, error = %e, "upstream SSE stream refused");
+            return Err(());
+        }
+        if !events.is_empty() {
+            payload.clear();
+            for ev in events.drain(..) {
+                sse_event(w, route, ctx, track, ev, &mut payload);
+            }
+            out.clear();
+            frame(&mut out, &payload, chunked_out);
+            if !out.is_empty() && (down.write_all(&out).await.is_err() || down.flush().await.is_err()) {
+                return Err(()); // the agent left; dropping `c` closes the upstream stream
+            }
+        }
+        if reader.done {
+            break;
+        }
+        // Wait for upstream bytes, a stream-idle timeout, or the agent going away.
+        let next = futures_lite::future::or(
+            async { Some(deadline(cfg.timeouts.stream_idle, c.rbuf.fill(&mut c.stream, cfg.limits.max_sse_event_bytes)).await) },
+            async {
+                let mut probe = [0u8; 1];
+                let _ = down.read(&mut probe).await;
+                None
+            },
+        )
+        .await;
+        match next {
+            None => {
+                tracing::debug!(worker = w.id, route = %route.name, "agent closed the stream");
+                return Err(());
+            }
+            Some(None) => {
+                w.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(worker = w.id, route = %route.name, "SSE stream idle timeout");
+                return Err(());
+            }
+            Some(Some(Ok(0))) => {
+                if let Err(e) = reader.eof() {
+                    tracing::warn!(worker = w.id, route = %route.name, error = %e, "upstream ended the SSE stream abruptly");
+                    return Err(());
+                }
+            }
+            Some(Some(Ok(_))) => {}
+            Some(Some(Err(e))) => {
+                tracing::warn!(worker = w.id, route = %route.name, error = %e, "upstream SSE read failed");
+                return Err(());
+            }
+        }
+    }
+    if chunked_out && (down.write_all(write::LAST_CHUNK).await.is_err() || down.flush().await.is_err()) {
+        return Err(());
+    }
+    Ok(reader.kind != BodyKind::CloseDelimited)
+}
+
+struct StreamGuard<'a>(&'a Worker);
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.active_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn frame(out: &mut Vec<u8>, payload: &[u8], chunked: bool) {
+    if chunked {
+        write::chunk(out, payload);
+    } else {
+        out.extend_from_slice(payload);
+    }
+}
+
+/// One SSE event: parse its data as JSON-RPC, observe, run the hooks, and append what the
+/// agent gets to `out` (the original bytes when nothing changed).
+fn sse_event(w: &Worker, route: &Route, ctx: &mut RequestCtx, track: &mut Track, ev: sse::Event, out: &mut Vec<u8>) {
+    let Some(data) = ev.data.as_deref().filter(|d| !d.trim().is_empty()) else {
+        out.extend_from_slice(&ev.raw); // comments, keep-alives, priming events with empty data
+        return;
+    };
+    let mut scratch = w.scratch.take();
+    scratch.clear();
+    scratch.extend_from_slice(data.as_bytes());
+    match jsonrpc::parse(&mut scratch) {
+        Ok(mut parsed) => {
+            observe(w, ctx, route, Direction::Response, &parsed, Some(track));
+            match hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed) {
+                Outcome::Unchanged => out.extend_from_slice(&ev.raw),
+                Outcome::Rewritten { body, .. } => ev.encode_with_data(&String::from_utf8_lossy(&body), out),
+                Outcome::Answer(_) => {
+                    tracing::info!(worker = w.id, route = %route.name, "SSE event withheld by a hook");
+                }
+            }
+        }
+        Err(e) => {
+            // Fail closed: what cannot be inspected does not reach the agent.
+            tracing::warn!(worker = w.id, route = %route.name, error = %e, "SSE event withheld: data is not JSON-RPC");
+            w.metrics.messages(&route.label, "response", "invalid", 1);
+        }
+    }
+    w.scratch.set(scratch);
+}
+
+/// Buffer a JSON response (bounded), parse it, run the hooks, and answer with Content-Length.
+#[allow(clippy::too_many_arguments)]
+async fn relay_json(
+    w: &Worker,
+    cfg: &Config,
+    down: &mut Stream,
+    c: &mut UpConn,
+    kind: BodyKind,
+    ctx: &mut RequestCtx,
+    track: &mut Track,
+    route: &Route,
+    answers: &[Vec<u8>],
+    keep_alive: bool,
+) -> Result<bool, ()> {
+    let max = cfg.limits.max_body_bytes;
+    let mut reader = BodyReader::new(kind);
+    let mut body = Vec::new();
+    let read = async {
+        loop {
+            let mut too_big = false;
+            reader.drain(&mut c.rbuf, |b| {
+                if body.len() + b.len() > max {
+                    too_big = true;
+                } else {
+                    body.extend_from_slice(b);
+                }
+            })?;
+            if too_big {
+                return Err(format!("the response is larger than limits.max_body_bytes ({max})"));
+            }
+            if reader.done {
+                return Ok(());
+            }
+            match c.rbuf.fill(&mut c.stream, max).await {
+                Ok(0) => reader.eof()?,
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading the response failed: {e}")),
+            }
+        }
+    };
+    let upstream_name = ctx.upstream.clone();
+    let fail = |reason: String| ProxyError::UpstreamProtocol { upstream: upstream_name.clone(), reason };
+    let res = match deadline(cfg.timeouts.stream_idle, read).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(reason)) => Err(fail(reason)),
+        None => Err(ProxyError::UpstreamTimeout { upstream: ctx.upstream.clone(), phase: "reading the response body", secs: cfg.timeouts.stream_idle.as_secs_f64() }),
+    };
+    if let Err(e) = res {
+        let _ = respond::error(down, &e, track.reply_id.as_deref(), false).await;
+        return Err(());
+    }
+    let is_mcp = route.kind == RouteKind::Mcp;
+    let mut scratch = w.scratch.take();
+    scratch.clear();
+    scratch.extend_from_slice(&body);
+    let outcome = if is_mcp {
+        match jsonrpc::parse(&mut scratch) {
+            Ok(mut parsed) => {
+                observe(w, ctx, route, Direction::Response, &parsed, Some(track));
+                Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed))
+            }
+            Err(e) => Err(fail(format!("the response is not JSON-RPC: {e}"))),
+        }
+    } else {
+        match simd_json::to_borrowed_value(&mut scratch) {
+            Ok(v) => {
+                let mut doc = jsonrpc::Body { batch: false, values: vec![v], infos: vec![jsonrpc::MessageInfo::document()] };
+                Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut doc))
+            }
+            Err(e) => Err(fail(format!("the response is not valid JSON: {e}"))),
+        }
+    };
+    w.scratch.set(scratch);
+    let final_body = match outcome {
+        Err(e) => {
+            let _ = respond::error(down, &e, track.reply_id.as_deref(), false).await;
+            return Err(());
+        }
+        Ok(Outcome::Unchanged) => body,
+        Ok(Outcome::Rewritten { body: b, .. }) => b,
+        Ok(Outcome::Answer(b)) => b,
+    };
+    let final_body = if answers.is_empty() { final_body } else { hooks::merge_answers(&final_body, answers).unwrap_or(final_body) };
+    let mut out = Vec::with_capacity(512 + final_body.len());
+    response_head(&mut out, &c.head);
+    write::content_length(&mut out, final_body.len());
+    write::header(&mut out, "connection", if keep_alive { b"keep-alive" } else { b"close" });
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&final_body);
+    if down.write_all(&out).await.is_err() || down.flush().await.is_err() {
+        return Err(());
+    }
+    Ok(true)
+}
+
+/// Stream a body the gateway does not inspect, re-framed for the agent.
+#[allow(clippy::too_many_arguments)]
+async fn relay_plain(w: &Worker, cfg: &Config, down: &mut Stream, c: &mut UpConn, kind: BodyKind, method: &str, keep_alive: bool, client_minor: u8) -> Result<bool, ()> {
+    let chunked_out = matches!(kind, BodyKind::Chunked | BodyKind::CloseDelimited) && client_minor >= 1;
+    let mut out = Vec::with_capacity(1024);
+    response_head(&mut out, &c.head);
+    match kind {
+        BodyKind::Length(n) => {
+            let _ = std::io::Write::write_fmt(&mut out, format_args!("content-length: {n}\r\n"));
+        }
+        BodyKind::None => {
+            if method == "HEAD" {
+                if let Some(cl) = c.head.header("content-length") {
+                    write::header(&mut out, "content-length", cl);
+                }
+            } else if !matches!(c.head.status, 100..=199 | 204 | 304) {
+                write::content_length(&mut out, 0);
+            }
+        }
+        _ if chunked_out => write::header(&mut out, "transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    let keep = keep_alive && (chunked_out || !matches!(kind, BodyKind::CloseDelimited));
+    write::header(&mut out, "connection", if keep { b"keep-alive" } else { b"close" });
+    out.extend_from_slice(b"\r\n");
+    let mut reader = BodyReader::new(kind);
+    loop {
+        reader
+            .drain(&mut c.rbuf, |b| if chunked_out { write::chunk(&mut out, b) } else { out.extend_from_slice(b) })
+            .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body framing"))?;
+        if reader.done && chunked_out {
+            out.extend_from_slice(write::LAST_CHUNK);
+        }
+        if !out.is_empty() {
+            if down.write_all(&out).await.is_err() || down.flush().await.is_err() {
+                return Err(());
+            }
+            out.clear();
+        }
+        if reader.done {
+            return Ok(kind != BodyKind::CloseDelimited);
+        }
+        match deadline(cfg.timeouts.stream_idle, c.rbuf.fill(&mut c.stream, super::io::READ_BUF)).await {
+            Some(Ok(0)) => reader.eof().map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body"))?,
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Err(()),
+        }
+    }
+}

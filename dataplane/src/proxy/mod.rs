@@ -1,0 +1,124 @@
+//! The proxy worker: one per core. It owns its listeners (SO_REUSEPORT, one socket per worker
+//! per address), its upstream connection pools, its reusable buffers and its hook chain, and
+//! runs every connection it accepts to completion on its own core.
+//!
+//! Phases of one exchange (see `exchange.rs`): accept → read head → route → read body →
+//! parse JSON-RPC → request hooks → forward → read response head → response hooks
+//! (buffered JSON, or SSE event by event) → answer → account.
+
+mod conn;
+mod exchange;
+pub mod io;
+mod respond;
+mod upstream;
+
+use crate::config::Config;
+use crate::hooks::Chain;
+use crate::metrics::WorkerMetrics;
+use crate::runtime::Shared;
+use glommio::net::TcpListener;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything one worker owns.
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub metrics: Arc<WorkerMetrics>,
+    pub pool: upstream::Pool,
+    pub chain: Chain,
+    /// Connections open on this worker.
+    pub open: Cell<usize>,
+    /// Scratch buffer that simd-json parses in (it parses in place, and the original bytes
+    /// must stay intact for forwarding).
+    /// Taken and put back around each use, never held across an await.
+    pub scratch: Cell<Vec<u8>>,
+    /// Reused buffer for the encoded upstream request.
+    pub reqbuf: Cell<Vec<u8>>,
+}
+
+impl Worker {
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Run one worker until shutdown: bind, accept, then drain within the grace period.
+pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let cfg = shared.config.load_full();
+    let mut listeners = Vec::new();
+    for l in &cfg.listeners {
+        let sock = TcpListener::bind(l.address).map_err(|e| {
+            anyhow::anyhow!("worker {id}: cannot listen on {} (listener \"{}\"): {e}", l.address, l.name)
+        })?;
+        listeners.push((sock, l.tls.clone(), l.name.clone()));
+    }
+    let worker = Rc::new(Worker {
+        id,
+        metrics: shared.metrics[id].clone(),
+        shared: shared.clone(),
+        pool: upstream::Pool::default(),
+        chain: Chain::default(),
+        open: Cell::new(0),
+        scratch: Cell::new(Vec::with_capacity(64 * 1024)),
+        reqbuf: Cell::new(Vec::with_capacity(16 * 1024)),
+    });
+    shared.ready_workers.fetch_add(1, Ordering::SeqCst);
+    tracing::info!(worker = id, listeners = cfg.listeners.len(), "worker ready");
+
+    let mut accept_tasks = Vec::new();
+    for (listener, tls, name) in listeners {
+        let w = worker.clone();
+        accept_tasks.push(glommio::spawn_local(accept_loop(w, listener, tls, name)));
+    }
+    for t in accept_tasks {
+        t.await;
+    }
+    // Draining: in-flight requests and open streams get the grace period to finish.
+    let grace = worker.config().shutdown_grace;
+    let until = Instant::now() + grace;
+    while worker.open.get() > 0 && Instant::now() < until {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if worker.open.get() > 0 {
+        tracing::warn!(worker = id, open = worker.open.get(), grace_ms = grace.as_millis() as u64, "grace period over; closing open connections");
+    }
+    Ok(())
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, name: String) {
+    let acceptor = tls.map(futures_rustls::TlsAcceptor::from);
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            wait_for_drain(&w).await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { return };
+        match accepted {
+            Ok(stream) => {
+                let w2 = w.clone();
+                let acc = acceptor.clone();
+                glommio::spawn_local(async move { conn::serve(w2, stream, acc).await }).detach();
+            }
+            Err(e) => {
+                tracing::warn!(worker = w.id, listener = %name, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Resolves once the gateway starts draining.
+pub async fn wait_for_drain(w: &Worker) {
+    while !w.draining() {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,202 @@
+//! Process runtime: one glommio executor per worker (pinned, io_uring), the shared read-only
+//! state they all see, signal handling (SIGTERM/SIGINT drain, SIGHUP reload), session
+//! housekeeping, and the io_uring memlock checks that make a failed start loud.
+
+use crate::config::{self, schema, Config};
+use crate::metrics::WorkerMetrics;
+use crate::{admin, proxy, session};
+use anyhow::{anyhow, Context as _};
+use arc_swap::ArcSwap;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// State every worker and the admin listener share. The config is swapped whole on reload;
+/// a request keeps the `Arc<Config>` it started with.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub sessions: session::Store,
+    pub metrics: Vec<Arc<WorkerMetrics>>,
+    pub workers: usize,
+    pub ready_workers: AtomicUsize,
+    pub draining: AtomicBool,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(cfg: Config) -> Arc<Self> {
+        let workers = cfg.workers;
+        Arc::new(Shared {
+            config: ArcSwap::from_pointee(cfg),
+            sessions: session::Store::default(),
+            metrics: (0..workers).map(|_| Arc::new(WorkerMetrics::default())).collect(),
+            workers,
+            ready_workers: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        })
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready_workers.load(Ordering::SeqCst) == self.workers && !self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Where the configuration comes from: a file (reloadable) or the command line.
+pub enum Source {
+    File(PathBuf),
+    Quick(Box<schema::File>),
+}
+
+impl Source {
+    fn load(&self) -> Result<Config, config::ConfigError> {
+        match self {
+            Source::File(p) => config::load(p),
+            Source::Quick(f) => config::from_schema(f),
+        }
+    }
+}
+
+/// Run the gateway until SIGTERM/SIGINT and the drain that follows.
+pub fn run(source: Source) -> anyhow::Result<()> {
+    let cfg = source.load().map_err(|e| anyhow!("{e}"))?;
+    check_memlock(&cfg);
+    let shared = Shared::new(cfg.clone());
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP])
+        .context("installing signal handlers")?;
+    {
+        let sh = shared.clone();
+        std::thread::Builder::new().name("sluice-signals".into()).spawn(move || {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    reload(&sh, &source);
+                } else {
+                    tracing::info!(signal = sig, grace_ms = sh.config.load().shutdown_grace.as_millis() as u64, "draining: no new connections; in-flight requests may finish");
+                    sh.draining.store(true, Ordering::SeqCst);
+                }
+            }
+        })?;
+    }
+    if let Some(addr) = cfg.admin {
+        admin::start(addr, shared.clone()).with_context(|| format!("starting the admin listener on {addr}"))?;
+    }
+    {
+        let sh = shared.clone();
+        std::thread::Builder::new().name("sluice-housekeeping".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let idle = sh.config.load().sessions.idle_timeout;
+            for s in sh.sessions.sweep(idle) {
+                tracing::info!(mcp_session = %s.mcp_session_id, gateway_session = %s.gateway_id, "session idled out");
+            }
+        })?;
+    }
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (tx, rx) = mpsc::channel::<(usize, anyhow::Result<()>)>();
+    for i in 0..cfg.workers {
+        let placement = if cfg.pin_workers { Placement::Fixed(i % cpus) } else { Placement::Unbound };
+        let sh = shared.clone();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("sluice-w{i}"))
+            .io_memory(cfg.io_memory)
+            .ring_depth(cfg.ring_depth)
+            .spawn(move || async move {
+                let r = proxy::run_worker(i, sh.clone()).await;
+                if r.is_err() {
+                    sh.draining.store(true, Ordering::SeqCst);
+                }
+                r
+            })
+            .map_err(|e| anyhow!("{}", executor_hint(i, &cfg, &e.to_string())))?;
+        let tx = tx.clone();
+        let sh = shared.clone();
+        let cfg2 = cfg.clone();
+        // join() blocks; one waiter thread per worker reports its end, so that any worker's
+        // failure (including an executor that never started) is seen at once.
+        std::thread::spawn(move || {
+            let r = match handle.join() {
+                Ok(r) => r,
+                Err(e) => Err(anyhow!("{}", executor_hint(i, &cfg2, &e.to_string()))),
+            };
+            if r.is_err() {
+                sh.draining.store(true, Ordering::SeqCst);
+            }
+            let _ = tx.send((i, r));
+        });
+    }
+    drop(tx);
+    let listeners: Vec<String> = cfg.listeners.iter().map(|l| format!("{}{}", if l.tls.is_some() { "https://" } else { "http://" }, l.address)).collect();
+    tracing::info!(workers = cfg.workers, listeners = ?listeners, admin = ?cfg.admin, instance = %cfg.instance, "sluice starting");
+    let mut errors = Vec::new();
+    for (i, r) in rx {
+        if let Err(e) = r {
+            tracing::error!(worker = i, error = %e, "worker failed");
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() {
+        tracing::info!("sluice stopped");
+        Ok(())
+    } else {
+        Err(anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))
+    }
+}
+
+fn reload(sh: &Shared, source: &Source) {
+    if let Source::Quick(_) = source {
+        tracing::warn!("SIGHUP ignored: sluice was started without --config, there is no file to reload");
+        return;
+    }
+    match source.load() {
+        Ok(new) => {
+            let old = sh.config.load();
+            let moved = old.listeners.iter().map(|l| l.address).ne(new.listeners.iter().map(|l| l.address));
+            if moved || old.workers != new.workers || old.admin != new.admin {
+                tracing::warn!("listener, worker and admin changes take effect on restart; the rest of the new config is live");
+            }
+            sh.config.store(Arc::new(new));
+            sh.reloads.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("configuration reloaded");
+        }
+        Err(e) => {
+            sh.reload_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(errors = %e, "reload rejected; the running configuration stays in force");
+        }
+    }
+}
+
+fn memlock() -> Option<(u64, u64)> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass and has no other effect.
+    (unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0).then_some((r.rlim_cur, r.rlim_max))
+}
+
+/// Raise the soft RLIMIT_MEMLOCK to the hard limit when the workers' rings may need more.
+fn check_memlock(cfg: &Config) {
+    let need = (cfg.workers * (cfg.io_memory + cfg.ring_depth * 1024 + 256 * 1024)) as u64;
+    let Some((soft, hard)) = memlock() else { return };
+    if soft >= need || soft == libc::RLIM_INFINITY {
+        return;
+    }
+    let want = if hard == libc::RLIM_INFINITY { need } else { need.min(hard) };
+    let r = libc::rlimit { rlim_cur: want, rlim_max: hard };
+    // SAFETY: setrlimit only reads the struct; raising the soft limit up to the hard one is allowed.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } == 0;
+    tracing::info!(soft_before = soft, soft_now = if ok { want } else { soft }, hard, estimated_need = need, "RLIMIT_MEMLOCK checked for io_uring");
+}
+
+fn executor_hint(worker: usize, cfg: &Config, err: &str) -> String {
+    let (soft, _) = memlock().unwrap_or((0, 0));
+    format!(
+        "worker {worker}: the io_uring executor could not start: {err}. On kernels that charge ring memory to \
+         RLIMIT_MEMLOCK (before 5.12) the limit is {soft} bytes here and {} workers × ({} KiB io_memory + rings) need more: \
+         set LimitMEMLOCK=infinity in the systemd unit (or `ulimit -l unlimited`), or lower gateway.io_memory_kib / gateway.ring_depth.",
+        cfg.workers,
+        cfg.io_memory / 1024
+    )
+}

@@ -1,0 +1,63 @@
+//! TLS material: rustls server configs for listeners that terminate TLS and client configs for
+//! upstreams reached over https. Loading happens at config compile time, never per request.
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::path::Path;
+use std::sync::Arc;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Server side of a TLS listener.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain = certs(cert)?;
+    let pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| format!("{} is not a PEM key file: {e}", key.display()))?
+        .ok_or_else(|| format!("{} holds no private key", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Client side for an https upstream: verified against `ca` (or the Mozilla roots).
+pub fn client_config(
+    ca: Option<&Path>,
+    server_name: &str,
+) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(p) => {
+            for c in certs(p)? {
+                roots.add(c).map_err(|e| format!("{}: unusable CA certificate: {e}", p.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|_| format!("\"{server_name}\" is not a valid TLS server name"))?;
+    Ok((Arc::new(cfg), name))
+}
