@@ -1,0 +1,243 @@
+"""Faults and bad input: every failure gets a clear HTTP status and JSON-RPC error, streams end
+cleanly, no upstream connection leaks, slow clients are cut off without hurting others, and a
+broken config on SIGHUP leaves the running one in force."""
+
+import json
+import signal
+import socket
+import threading
+import time
+
+import httpx
+
+
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+PING = {"jsonrpc": "2.0", "id": "p-1", "method": "ping"}
+
+
+def json_ok(conn, head, body):
+    payload = json.dumps({"jsonrpc": "2.0", "id": "p-1", "result": {}}).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+
+def test_upstream_refused_is_502_with_jsonrpc_error(gateway):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # bound, never listening: connections are refused
+        g = gateway([{"path": "/mcp", "upstream": f"http://127.0.0.1:{dead}/mcp"}])
+        r = httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=10)
+    assert r.status_code == 502
+    err = r.json()
+    assert err["id"] == "p-1"
+    assert err["error"]["code"] == -32001
+    assert "cannot be reached" in err["error"]["data"]["reason"]
+
+
+def test_upstream_hang_is_504(raw_upstream, gateway):
+    up = raw_upstream(lambda conn, head, body: time.sleep(5))
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra='[timeouts]\nupstream_first_byte = "500ms"\n')
+    t = time.time()
+    r = httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=10)
+    assert r.status_code == 504
+    assert r.json()["error"]["code"] == -32002
+    assert time.time() - t < 4
+    assert g.metric("sluice_timeouts_total") >= 1
+
+
+def test_upstream_closing_mid_sse_ends_the_stream(raw_upstream, gateway):
+    def handler(conn, head, body):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        ev = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}\n\n'
+        conn.sendall(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
+        conn.sendall(b"40\r\nevent: message\ndata: {\"jsonrpc\"")  # cut in the middle of a chunk
+        # the handler returns and the connection closes
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    got = b""
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
+        body = json.dumps(PING).encode()
+        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+    text = got.decode()
+    assert "notifications/progress" in text, "the complete event was relayed"
+    assert '{"jsonrpc"\n' not in text and text.count("data:") == 1, "the partial event was not"
+    assert not text.endswith("0\r\n\r\n"), "the agent can tell the stream was cut (no clean last chunk)"
+    # The gateway keeps serving, and counted the broken stream as an upstream problem.
+    assert g.get_admin("/readyz")["ready"] is True
+    assert g.metric("sluice_requests_total", status="200") == 1
+
+
+def test_client_disconnect_mid_stream_closes_upstream(raw_upstream, gateway):
+    upstream_saw_close = threading.Event()
+
+    def handler(conn, head, body):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        ev = b'data: {"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"tick"}}\n\n'
+        conn.settimeout(0.2)
+        for _ in range(200):
+            try:
+                conn.sendall(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
+            except OSError:
+                upstream_saw_close.set()
+                return
+            try:
+                if conn.recv(1) == b"":
+                    upstream_saw_close.set()
+                    return
+            except socket.timeout:
+                pass
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], workers=1)
+    with httpx.Client(timeout=10) as c:
+        with c.stream("GET", g.url(), headers={"accept": "text/event-stream"}) as s:
+            it = s.iter_text()
+            assert "tick" in next(it)
+            assert g.metric("sluice_active_streams") == 1
+    assert upstream_saw_close.wait(5), "the gateway closed its upstream connection"
+    end = time.time() + 5
+    while g.metric("sluice_active_streams") != 0 and time.time() < end:
+        time.sleep(0.05)
+    assert g.metric("sluice_active_streams") == 0
+
+
+def test_slow_loris_is_cut_off_and_others_are_served(raw_upstream, gateway):
+    up = raw_upstream(json_ok)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra='[timeouts]\nclient_header = "1s"\n', workers=1)
+    slow = socket.create_connection(("127.0.0.1", g.port))
+    slow.sendall(b"POST /mcp HTTP/1.1\r\n")
+    t = time.time()
+    # While the slow client trickles its head, a normal client is served on the same worker.
+    for _ in range(3):
+        assert httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=5).status_code == 200
+    got = b""
+    try:
+        for _ in range(30):
+            slow.sendall(b"X")
+            time.sleep(0.1)
+            slow.settimeout(0.01)
+            try:
+                got += slow.recv(4096)
+            except socket.timeout:
+                pass
+            if got:
+                break
+    except OSError:
+        pass
+    slow.close()
+    assert got.startswith(b"HTTP/1.1 408"), got
+    assert time.time() - t < 3.5
+
+
+def test_bad_input_gets_clear_errors(raw_upstream, gateway):
+    up = raw_upstream(json_ok)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra="[limits]\nmax_body_bytes = 2048\nmax_head_bytes = 1024\n")
+    with httpx.Client(timeout=5) as c:
+        r = c.post(g.url(), content=b'{"jsonrpc":"2.0",', headers=ACCEPT)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, -32700)
+        r = c.post(g.url(), content=b'{"jsonrpc":"1.0","id":1,"method":"x"}', headers=ACCEPT)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, -32600)
+        assert "jsonrpc" in r.json()["error"]["data"]["reason"]
+        r = c.post(g.url(), content=b"[]", headers=ACCEPT)
+        assert "empty batch" in r.json()["error"]["data"]["reason"]
+        r = c.post(g.url(), content=b"", headers=ACCEPT)
+        assert r.status_code == 400
+        r = c.post(g.url(), content=b"x" * 5000, headers=ACCEPT)
+        assert (r.status_code, r.json()["error"]["code"]) == (413, -32003)
+    with httpx.Client(timeout=5) as c:
+        r = c.post(g.url(), json=PING, headers={**ACCEPT, "x-big": "y" * 2000})
+        assert r.status_code == 431
+    with httpx.Client(timeout=5) as c:
+        r = c.post(g.url("/nothing-here"), json=PING, headers=ACCEPT)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, -32005)
+    # Smuggling shapes are refused outright.
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    assert len(up.requests) == 0, "nothing invalid reached the upstream"
+    # Expect: 100-continue is answered before the body is sent.
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        body = json.dumps(PING).encode()
+        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    assert b"expect" not in up.requests[-1].lower()
+
+
+def test_batch_messages_are_classified_each(raw_upstream, gateway):
+    def handler(conn, head, body):
+        items = json.loads(body)
+        payload = json.dumps([{"jsonrpc": "2.0", "id": m["id"], "result": {}} for m in items if "id" in m]).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a"}},
+             {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}},
+             {"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": "file:///x"}}]
+    r = httpx.post(g.url(), json=batch, headers=ACCEPT, timeout=5)
+    assert [m["id"] for m in r.json()] == [1, 2]
+    assert g.metric("sluice_messages_total", direction="request", kind="request") == 2
+    assert g.metric("sluice_messages_total", direction="request", kind="notification") == 1
+    assert g.metric("sluice_messages_total", direction="response", kind="response") == 2
+
+
+def test_sighup_with_broken_config_keeps_serving_and_good_one_applies(raw_upstream, gateway):
+    up = raw_upstream(json_ok)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    good = g.config.read_text()
+    g.config.write_text(good + "\n[[route]]\npath = \"nope\"\nupstream = \"missing\"\n")
+    g.proc.p.send_signal(signal.SIGHUP)
+    end = time.time() + 5
+    while g.metric("sluice_config_reload_failures_total") < 1 and time.time() < end:
+        time.sleep(0.05)
+    assert g.metric("sluice_config_reload_failures_total") == 1
+    assert httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=5).status_code == 200
+    log = g.proc.text()
+    assert "route[1].path" in log and "route[1].upstream" in log, "every problem is logged"
+    # A valid config moves the route.
+    g.config.write_text(good.replace('path = "/mcp"', 'path = "/v2/mcp"'))
+    g.proc.p.send_signal(signal.SIGHUP)
+    end = time.time() + 5
+    while g.metric("sluice_config_reloads_total") < 1 and time.time() < end:
+        time.sleep(0.05)
+    assert httpx.post(g.url("/v2/mcp"), json=PING, headers=ACCEPT, timeout=5).status_code == 200
+    assert httpx.post(g.url("/mcp"), json=PING, headers=ACCEPT, timeout=5).status_code == 404
+
+
+def test_sigterm_lets_in_flight_stream_finish(raw_upstream, gateway):
+    def handler(conn, head, body):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(5):
+            ev = f'data: {{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progress":{i}}}}}\n\n'.encode()
+            conn.sendall(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
+            time.sleep(0.2)
+        ev = b'data: {"jsonrpc":"2.0","id":"p-1","result":{}}\n\n'
+        conn.sendall(f"{len(ev):x}\r\n".encode() + ev + b"\r\n0\r\n\r\n")
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    with httpx.Client(timeout=10) as c:
+        with c.stream("POST", g.url(), json=PING, headers=ACCEPT) as s:
+            it = s.iter_text()
+            buf = next(it)
+            g.proc.p.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            # No new connections are accepted while draining...
+            try:
+                refused = httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=2).status_code != 200
+            except httpx.HTTPError:
+                refused = True
+            assert refused
+            # ...but the open stream runs to its end.
+            for chunk in it:
+                buf += chunk
+    assert '"id":"p-1"' in buf and buf.count('"progress":') == 5
+    assert g.proc.p.wait(10) == 0
