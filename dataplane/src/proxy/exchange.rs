@@ -193,9 +193,9 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &j
     let sid = ctx.mcp_session_id.as_deref();
     for (info, v) in body.infos.iter().zip(&body.values) {
         w.metrics.messages(&route.label, dlabel, info.kind.as_str(), 1);
-        tracing::debug!(worker = w.id, route = %route.name, direction = dlabel, kind = info.kind.as_str(),
-            method = info.method.as_deref(), id = info.id.as_deref(), tool = info.tool.as_deref(), session = sid, "message");
         let id = info.id.as_deref().unwrap_or("");
+        // For a response: the method (and tool) of the request it answers, when known.
+        let mut answers: Option<Pending> = None;
         match (dir, info.kind) {
             (Direction::Request, Kind::Request) => {
                 let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone() };
@@ -216,10 +216,10 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &j
             }
             (Direction::Request, Kind::Response | Kind::Error) => {
                 if let Some(sid) = sid {
-                    sessions.with(sid, |s| {
+                    answers = sessions.with(sid, |s| {
                         s.messages_in += 1;
-                        s.pending_server.remove(id);
-                    });
+                        s.pending_server.remove(id)
+                    }).flatten();
                 }
             }
             (Direction::Response, Kind::Response | Kind::Error) => {
@@ -228,10 +228,11 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &j
                     Some(t.pending.swap_remove(pos).1)
                 });
                 let is_init = asked.as_ref().is_some_and(|p| p.method == "initialize");
+                answers = asked;
                 if let Some(sid) = sid {
-                    sessions.with(sid, |s| {
+                    let from_session = sessions.with(sid, |s| {
                         s.messages_out += 1;
-                        s.pending_client.remove(id);
+                        let p = s.pending_client.remove(id);
                         if is_init {
                             if let Some(r) = v.get("result") {
                                 s.server_info = r.get("serverInfo").and_then(|x| serde_json::to_value(x).ok());
@@ -239,7 +240,11 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &j
                                 s.protocol_version = r.get("protocolVersion").and_then(|x| x.as_str()).map(str::to_owned);
                             }
                         }
+                        p
                     });
+                    if answers.is_none() {
+                        answers = from_session.flatten();
+                    }
                 }
             }
             (Direction::Response, Kind::Request) => {
@@ -257,6 +262,10 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &j
                 }
             }
         }
+        tracing::debug!(worker = w.id, route = %route.name, direction = dlabel, kind = info.kind.as_str(),
+            method = info.method.as_deref(), id = info.id.as_deref(), tool = info.tool.as_deref(),
+            answers = answers.as_ref().map(|p| p.method.as_str()), answers_tool = answers.as_ref().and_then(|p| p.tool.as_deref()),
+            error_code = info.error_code, session = sid, "message");
     }
 }
 

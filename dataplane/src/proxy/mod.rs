@@ -17,11 +17,71 @@ use crate::hooks::Chain;
 use crate::metrics::WorkerMetrics;
 use crate::runtime::Shared;
 use glommio::net::TcpListener;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The worker's drain signal: one watcher task per worker polls the process-wide flag and wakes
+/// every waiting connection at once, so idle connections cost no timer wake-ups of their own.
+#[derive(Default)]
+pub struct Drain {
+    fired: Cell<bool>,
+    next: Cell<u64>,
+    waiters: RefCell<HashMap<u64, Waker>>,
+}
+
+impl Drain {
+    fn fire(&self) {
+        self.fired.set(true);
+        for (_, w) in self.waiters.borrow_mut().drain() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once the gateway starts draining.
+    pub fn wait(&self) -> DrainWait<'_> {
+        DrainWait { drain: self, key: None }
+    }
+}
+
+pub struct DrainWait<'a> {
+    drain: &'a Drain,
+    key: Option<u64>,
+}
+
+impl Future for DrainWait<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.drain.fired.get() {
+            return Poll::Ready(());
+        }
+        let key = match self.key {
+            Some(k) => k,
+            None => {
+                let k = self.drain.next.get();
+                self.drain.next.set(k + 1);
+                self.key = Some(k);
+                k
+            }
+        };
+        self.drain.waiters.borrow_mut().insert(key, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for DrainWait<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.drain.waiters.borrow_mut().remove(&k);
+        }
+    }
+}
 
 /// Everything one worker owns.
 pub struct Worker {
@@ -38,6 +98,7 @@ pub struct Worker {
     pub scratch: Cell<Vec<u8>>,
     /// Reused buffer for the encoded upstream request.
     pub reqbuf: Cell<Vec<u8>>,
+    pub drain: Drain,
 }
 
 impl Worker {
@@ -69,10 +130,19 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
         open: Cell::new(0),
         scratch: Cell::new(Vec::with_capacity(64 * 1024)),
         reqbuf: Cell::new(Vec::with_capacity(16 * 1024)),
+        drain: Drain::default(),
     });
     shared.ready_workers.fetch_add(1, Ordering::SeqCst);
     tracing::info!(worker = id, listeners = cfg.listeners.len(), "worker ready");
 
+    let watcher = worker.clone();
+    glommio::spawn_local(async move {
+        while !watcher.draining() {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        watcher.drain.fire();
+    })
+    .detach();
     let mut accept_tasks = Vec::new();
     for (listener, tls, name) in listeners {
         let w = worker.clone();
@@ -118,7 +188,5 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustl
 
 /// Resolves once the gateway starts draining.
 pub async fn wait_for_drain(w: &Worker) {
-    while !w.draining() {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
+    w.drain.wait().await
 }

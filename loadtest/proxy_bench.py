@@ -1,0 +1,128 @@
+"""Orchestrates the proxy benchmark (see proxy_bench.sh): starts the upstream, nginx and sluice
+on loopback, drives them with oha, and prints the results as a Markdown table."""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+
+BODY = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                   "params": {"name": "get_weather", "arguments": {"city": "Lisbon", "units": "metric"}}})
+RESULT = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "18C, light wind"}], "isError": False}})
+CONNECTIONS = 64
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port):
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.025)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def nginx(tmp, name, workers, server_block):
+    d = os.path.join(tmp, name)
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes {workers};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d};
+  proxy_temp_path {d};
+  keepalive_requests 1000000;
+  {server_block}
+}}
+""")
+    return subprocess.Popen(["nginx", "-c", conf, "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def oha(args, url, seconds, rate=None):
+    cmd = [args.oha, "-z", f"{seconds}s", "-c", str(CONNECTIONS), "--no-tui", "--output-format", "json", "-m", "POST",
+           "-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream",
+           "-H", "mcp-session-id: bench-session", "-d", BODY]
+    if rate:
+        cmd += ["-q", str(rate), "--latency-correction"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    j = json.loads(out)
+    lat = j["latencyPercentiles"]
+    codes = j.get("statusCodeDistribution", {})
+    ok = codes.get("200", 0)
+    bad = sum(v for k, v in codes.items() if k != "200")
+    return {"rps": j["summary"]["requestsPerSec"], "p50": lat["p50"] * 1e6, "p99": lat["p99"] * 1e6,
+            "p999": lat["p99.9"] * 1e6, "ok": ok, "bad": bad}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sluice", required=True)
+    ap.add_argument("--oha", required=True)
+    ap.add_argument("--seconds", type=int, default=10)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-")
+    up_port = free_port()
+    body = RESULT.replace("'", "\\'")
+    upstream = nginx(tmp, "upstream", 1, f"""server {{ listen 127.0.0.1:{up_port} reuseport; keepalive_timeout 300s;
+      location / {{ default_type application/json; return 200 '{body}'; }} }}""")
+    procs = [upstream]
+    rows = []
+    try:
+        wait_port(up_port)
+        rows.append(("direct (fast upstream)", "-", oha(args, f"http://127.0.0.1:{up_port}/mcp", args.seconds)))
+        for workers in (1, 2):
+            ng_port, sl_port, adm_port = free_port(), free_port(), free_port()
+            ng = nginx(tmp, f"proxy{workers}", workers, f"""upstream up {{ server 127.0.0.1:{up_port}; keepalive 256; }}
+      server {{ listen 127.0.0.1:{ng_port} reuseport; keepalive_timeout 300s;
+        location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }} }}""")
+            sl = subprocess.Popen([args.sluice, "run", "--listen", f"127.0.0.1:{sl_port}", "--admin", f"127.0.0.1:{adm_port}",
+                                   "--upstream", f"http://127.0.0.1:{up_port}/mcp", "--workers", str(workers)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+            procs += [ng, sl]
+            wait_port(ng_port)
+            wait_port(sl_port)
+            n = oha(args, f"http://127.0.0.1:{ng_port}/mcp", args.seconds)
+            s = oha(args, f"http://127.0.0.1:{sl_port}/mcp", args.seconds)
+            rows.append(("nginx reverse proxy", workers, n))
+            rows.append(("sluice (JSON-RPC parsed)", workers, s))
+            half = max(1, int(s["rps"] / 2))
+            d_half = oha(args, f"http://127.0.0.1:{up_port}/mcp", args.seconds, rate=half)
+            s_half = oha(args, f"http://127.0.0.1:{sl_port}/mcp", args.seconds, rate=half)
+            rows.append((f"direct @ {half}/s", "-", d_half))
+            rows.append((f"sluice @ {half}/s", workers, s_half))
+            rows.append((f"ratio sluice/nginx", workers, {"rps": s["rps"] / n["rps"], "p50": None, "p99": None, "p999": None,
+                                                          "added_p99_at_half": s_half["p99"] - d_half["p99"]}))
+            sl.terminate()
+            ng.terminate()
+            sl.wait()
+            ng.wait()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+    print(f"\n{CONNECTIONS} keep-alive connections, {args.seconds}s per run, {os.cpu_count()} cores shared by load generator, upstream and proxy.\n")
+    print("| target | workers | req/s | p50 µs | p99 µs | p99.9 µs | non-200 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, w, r in rows:
+        if name.startswith("ratio"):
+            print(f"| **{name}** | {w} | **{r['rps']:.2f}×** | | added p99 at half peak: **{r['added_p99_at_half']:.0f} µs** | | |")
+        else:
+            print(f"| {name} | {w} | {r['rps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['p999']:.0f} | {r['bad']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Proxy load benchmark: small MCP tools/call round trips (keep-alive, many sessions)
+#   (a) straight to a fast upstream, (b) through nginx as a plain reverse proxy,
+#   (c) through sluice with JSON-RPC parsing on both directions,
+# with 1 and 2 workers each; then direct and sluice again at half of sluice's peak rate.
+# Prints a Markdown table (requests/s, p50/p99/p99.9, sluice/nginx ratios).
+#   usage: loadtest/proxy_bench.sh [seconds per run, default 10]
+source "$(dirname "$0")/../scripts/lib.sh"
+apt_install nginx-light
+TOOLS=$CACHE/tools
+if [ ! -x "$TOOLS/bin/oha" ]; then
+    log "cargo install oha (load generator with fixed-rate mode and p99.9)"
+    cargo install oha --locked --root "$TOOLS" >/dev/null
+fi
+cd "$ROOT"
+log "cargo build --release"
+cargo build --locked --release --bin sluice
+exec python3 "$ROOT/loadtest/proxy_bench.py" --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$TOOLS/bin/oha" --seconds "${1:-10}"
