@@ -1,0 +1,179 @@
+"""Plain HTTP routes (prefix and host routing, path rewriting, JSON and other bodies) and TLS
+on both sides: sluice terminating TLS for agents and originating it to an https upstream."""
+
+import json
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from conftest import SLUICE, Proc, free_port, wait_port
+
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _reply(self):
+        n = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(n) if n else b""
+        payload = json.dumps({"method": self.command, "path": self.path, "host": self.headers.get("host"),
+                              "body": body.decode(errors="replace"), "xff": self.headers.get("x-forwarded-for")}).encode()
+        if self.path.endswith("/text"):
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for part in (b"hello ", b"plain ", b"world"):
+                self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        self.send_response(201 if self.command == "POST" else 200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _reply
+
+    def log_message(self, *a):
+        pass
+
+
+def serve(server):
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def echo_http():
+    s = serve(ThreadingHTTPServer(("127.0.0.1", 0), Echo))
+    yield f"http://127.0.0.1:{s.server_port}"
+    s.shutdown()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=d)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=Sluice Test CA", "-keyout", "ca.key", "-out", "ca.pem")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", "leaf.key", "-out", "leaf.csr")
+    run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "ext.cnf", "-out", "leaf.pem")
+    return d
+
+
+def test_plain_http_routes_prefix_host_and_rewrite(echo_http, gateway):
+    g = gateway([{"path": "/mcp", "upstream": echo_http + "/unused"}])
+    port = g.port
+    # Replace the config with two plain routes: prefix rewrite, and a host-specific route.
+    g.config.write_text(f"""
+[gateway]
+workers = 2
+[[listener]]
+address = "127.0.0.1:{port}"
+[admin]
+address = "127.0.0.1:{g.admin_port}"
+[[upstream]]
+name = "api"
+url = "{echo_http}/v2"
+[[route]]
+name = "tickets"
+kind = "http"
+path = "/api"
+upstream = "api"
+[[route]]
+name = "special-host"
+kind = "http"
+path = "/api"
+host = "special.example"
+upstream = "api"
+upstream_path = "/host-special"
+rewrite_host = true
+""")
+    g.proc.p.send_signal(signal.SIGHUP)
+    end = time.time() + 5
+    while g.metric("sluice_config_reloads_total") < 1 and time.time() < end:
+        time.sleep(0.05)
+    with httpx.Client(timeout=5) as c:
+        r = c.post(g.url("/api/tickets?state=open"), json={"title": "printer on fire"})
+        assert r.status_code == 201
+        seen = r.json()
+        assert seen["path"] == "/v2/tickets?state=open"
+        assert json.loads(seen["body"]) == {"title": "printer on fire"}
+        assert seen["host"] == f"127.0.0.1:{port}", "Host passes through unchanged by default"
+        assert seen["xff"] == "127.0.0.1"
+        r = c.get(g.url("/api/x"), headers={"host": "special.example"})
+        assert r.json()["path"] == "/host-special/x"
+        assert r.json()["host"] == echo_http.removeprefix("http://"), "rewrite_host sends the upstream's authority"
+        r = c.get(g.url("/api/text"))
+        assert r.text == "hello plain world" and r.headers["content-type"] == "text/plain"
+        r = c.put(g.url("/api/raw"), content=b"not json at all", headers={"content-type": "text/plain"})
+        assert r.json()["body"] == "not json at all"
+        assert c.get(g.url("/elsewhere")).status_code == 404
+    assert g.metric("sluice_requests_total", route="tickets", method="POST", status="201") == 1
+    assert g.metric("sluice_requests_total", route="special-host", method="GET", status="200") == 1
+
+
+def test_tls_termination_and_origination(certs):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs / "leaf.pem", certs / "leaf.key")
+    up = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    up.socket = ctx.wrap_socket(up.socket, server_side=True)
+    serve(up)
+    port, admin = free_port(), free_port()
+    cfg = certs / f"tls-{port}.toml"
+    cfg.write_text(f"""
+[gateway]
+workers = 1
+[[listener]]
+address = "127.0.0.1:{port}"
+tls = {{ cert = "leaf.pem", key = "leaf.key" }}
+[admin]
+address = "127.0.0.1:{admin}"
+[[upstream]]
+name = "secure"
+url = "https://localhost:{up.server_port}"
+tls = {{ ca = "ca.pem" }}
+[[route]]
+kind = "http"
+path = "/"
+upstream = "secure"
+""")
+    out = subprocess.run([str(SLUICE), "check", "--config", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    p = Proc([str(SLUICE), "run", "--config", str(cfg)], certs / f"sluice-{port}.log")
+    try:
+        wait_port(port, proc=p.p)
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(certs / "ca.pem")), timeout=5) as c:
+            r = c.post(f"https://localhost:{port}/echo", json={"a": 1})
+            assert r.status_code == 201
+            assert r.json()["path"] == "/echo"
+        # A client that does not trust the gateway's CA cannot connect.
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"https://localhost:{port}/echo", timeout=5)
+    finally:
+        assert p.stop() == 0
+    up.shutdown()
+
+
+def test_upstream_with_untrusted_certificate_is_502(certs, gateway):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs / "leaf.pem", certs / "leaf.key")
+    up = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    up.socket = ctx.wrap_socket(up.socket, server_side=True)
+    serve(up)
+    # No `ca`: the Mozilla roots do not include the test CA, so the upstream is not trusted.
+    g = gateway([{"path": "/mcp", "upstream": f"https://localhost:{up.server_port}/mcp"}])
+    r = httpx.post(g.url(), json={"jsonrpc": "2.0", "id": 3, "method": "ping"}, timeout=5)
+    assert r.status_code == 502
+    assert "TLS handshake" in r.json()["error"]["data"]["reason"]
+    assert r.json()["id"] == 3
+    up.shutdown()
