@@ -142,6 +142,24 @@ pub async fn handle(
     }
 }
 
+/// Run `f` on a copy of `bytes` in the worker's scratch buffer: simd-json parses in place, and
+/// the original bytes must stay intact for forwarding. The buffer is put back afterwards (it is
+/// never held across an await).
+fn with_scratch<R>(w: &Worker, bytes: &[u8], f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    let mut scratch = w.scratch.take();
+    scratch.clear();
+    scratch.extend_from_slice(bytes);
+    let r = f(&mut scratch);
+    w.scratch.set(scratch);
+    r
+}
+
+/// A plain JSON document (plain HTTP routes) as a one-element body for the hooks.
+fn document(buf: &mut [u8]) -> Result<jsonrpc::Body<'_>, String> {
+    let v = simd_json::to_borrowed_value(buf).map_err(|e| e.to_string())?;
+    Ok(jsonrpc::Body { batch: false, values: vec![v], infos: vec![jsonrpc::MessageInfo::document()] })
+}
+
 fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
     v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
@@ -154,34 +172,21 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
         if body.is_empty() {
             return Err(ProxyError::EmptyBody);
         }
-        let mut scratch = w.scratch.take();
-        scratch.clear();
-        scratch.extend_from_slice(body);
-        let result = (|| {
-            let mut parsed = jsonrpc::parse(&mut scratch)?;
+        return with_scratch(w, body, |buf| {
+            let mut parsed = jsonrpc::parse(buf)?;
             observe(w, ctx, route, Direction::Request, &parsed, Some(track));
             if !parsed.batch {
                 track.reply_id = parsed.infos[0].id.clone();
             }
             Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut parsed)))
-        })();
-        w.scratch.set(scratch);
-        return result;
+        });
     }
     let json = head.header("content-type").is_some_and(|c| starts_with_ci(c, b"application/json"));
     if !is_mcp && json && !body.is_empty() && !w.chain.is_empty() {
-        let mut scratch = w.scratch.take();
-        scratch.clear();
-        scratch.extend_from_slice(body);
-        let result = match simd_json::to_borrowed_value(&mut scratch) {
-            Ok(v) => {
-                let mut doc = jsonrpc::Body { batch: false, values: vec![v], infos: vec![jsonrpc::MessageInfo::document()] };
-                Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc)))
-            }
-            Err(e) => Err(ProxyError::JsonRpc(jsonrpc::BodyError::Parse(e.to_string()))),
-        };
-        w.scratch.set(scratch);
-        return result;
+        return with_scratch(w, body, |buf| match document(buf) {
+            Ok(mut doc) => Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc))),
+            Err(e) => Err(ProxyError::JsonRpc(jsonrpc::BodyError::Parse(e))),
+        });
     }
     Ok(None)
 }
@@ -521,10 +526,7 @@ fn sse_event(w: &Worker, route: &Route, ctx: &mut RequestCtx, track: &mut Track,
         out.extend_from_slice(&ev.raw); // comments, keep-alives, priming events with empty data
         return;
     };
-    let mut scratch = w.scratch.take();
-    scratch.clear();
-    scratch.extend_from_slice(data.as_bytes());
-    match jsonrpc::parse(&mut scratch) {
+    with_scratch(w, data.as_bytes(), |buf| match jsonrpc::parse(buf) {
         Ok(mut parsed) => {
             observe(w, ctx, route, Direction::Response, &parsed, Some(track));
             match hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed) {
@@ -540,8 +542,7 @@ fn sse_event(w: &Worker, route: &Route, ctx: &mut RequestCtx, track: &mut Track,
             tracing::warn!(worker = w.id, route = %route.name, error = %e, "SSE event withheld: data is not JSON-RPC");
             w.metrics.messages(&route.label, "response", "invalid", 1);
         }
-    }
-    w.scratch.set(scratch);
+    });
 }
 
 /// Buffer a JSON response (bounded), parse it, run the hooks, and answer with Content-Length.
@@ -596,27 +597,16 @@ async fn relay_json(
         return Err(());
     }
     let is_mcp = route.kind == RouteKind::Mcp;
-    let mut scratch = w.scratch.take();
-    scratch.clear();
-    scratch.extend_from_slice(&body);
-    let outcome = if is_mcp {
-        match jsonrpc::parse(&mut scratch) {
-            Ok(mut parsed) => {
-                observe(w, ctx, route, Direction::Response, &parsed, Some(track));
-                Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed))
-            }
-            Err(e) => Err(fail(format!("the response is not JSON-RPC: {e}"))),
+    let outcome = with_scratch(w, &body, |buf| {
+        if is_mcp {
+            let mut parsed = jsonrpc::parse(buf).map_err(|e| fail(format!("the response is not JSON-RPC: {e}")))?;
+            observe(w, ctx, route, Direction::Response, &parsed, Some(track));
+            Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed))
+        } else {
+            let mut doc = document(buf).map_err(|e| fail(format!("the response is not valid JSON: {e}")))?;
+            Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut doc))
         }
-    } else {
-        match simd_json::to_borrowed_value(&mut scratch) {
-            Ok(v) => {
-                let mut doc = jsonrpc::Body { batch: false, values: vec![v], infos: vec![jsonrpc::MessageInfo::document()] };
-                Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut doc))
-            }
-            Err(e) => Err(fail(format!("the response is not valid JSON: {e}"))),
-        }
-    };
-    w.scratch.set(scratch);
+    });
     let final_body = match outcome {
         Err(e) => {
             let _ = respond::error(down, &e, track.reply_id.as_deref(), false).await;
