@@ -60,7 +60,7 @@ impl MessageInfo {
 
 fn id_text(v: &BorrowedValue<'_>) -> Result<Option<String>, &'static str> {
     match v {
-        BorrowedValue::String(s) => Ok(Some(format!("{:?}", s.as_ref()))),
+        BorrowedValue::String(s) => Ok(Some(serde_json::to_string(s.as_ref()).unwrap_or_default())),
         BorrowedValue::Static(simd_json::StaticNode::Null) => Ok(None),
         BorrowedValue::Static(simd_json::StaticNode::Bool(_)) => Err("id must be a string, a number or null"),
         BorrowedValue::Static(n) => Ok(Some(n.to_string())),
@@ -161,6 +161,17 @@ mod tests {
         assert_eq!(i.kind, Kind::Response);
         let i = info(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"bad"}}"#).unwrap();
         assert_eq!((i.kind, i.error_code, i.error_message.as_deref()), (Kind::Error, Some(-32700), Some("bad")));
+    }
+
+    #[test]
+    fn id_text_is_json_for_any_string() {
+        let i = info(r#"{"jsonrpc":"2.0","id":"a\u0001\"é\ud83d\ude00","result":{}}"#).unwrap();
+        let id = i.id.unwrap();
+        let back: String = serde_json::from_str(&id).unwrap();
+        assert_eq!(back, "a\u{1}\"é😀");
+        let body = crate::jsonrpc::error_body(Some(&id), crate::jsonrpc::Code::Refused, "m", "r");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["id"], back.as_str());
     }
 
     #[test]
