@@ -138,14 +138,14 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
                 .map_err(|m| is.add(format!("{p}.tls"), m))
                 .ok()
         });
-        if listeners.iter().any(|o: &ListenerCfg| o.address == address) {
+        if address.port() != 0 && listeners.iter().any(|o: &ListenerCfg| o.address == address) {
             is.add(format!("{p}.address"), format!("{address} is used by another listener"));
         }
         listeners.push(ListenerCfg { name: l.name.clone().unwrap_or_else(|| format!("listener{i}")), address, tls });
     }
     let admin = f.admin.as_ref().map(|a| is.addr("admin.address", &a.address));
     if let Some(a) = admin {
-        if listeners.iter().any(|l| l.address == a) {
+        if a.port() != 0 && listeners.iter().any(|l| l.address == a) {
             is.add("admin.address", "the admin listener must not share an address with a proxy listener");
         }
     }

@@ -1,0 +1,67 @@
+//! The `sluice` binary's command line: `check` reports every problem at once with the file and
+//! the path inside it, and a worker that cannot start makes `run` fail loudly (never exit 0).
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sluice.toml");
+    let out = sluice().args(["check", "--config", example]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 listener(s), 2 upstream(s), 2 route(s)"));
+}
+
+#[test]
+fn check_reports_every_problem_with_file_and_path() {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("broken.toml");
+    std::fs::write(
+        &file,
+        "[timeouts]\nstream_idle = \"forever\"\n[[listener]]\naddress = \"127.0.0.1:99999\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\npath = \"/mcp\"\nupstream = \"b\"\n",
+    )
+    .unwrap();
+    let out = sluice().args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 problem(s)"), "{err}");
+    for path in ["timeouts.stream_idle", "listener[0].address", "route[0].upstream"] {
+        assert!(err.contains(&format!("{}: {path}:", file.display())), "{path} missing in:\n{err}");
+    }
+    assert!(err.contains("no upstream is named \"b\""), "{err}");
+}
+
+#[test]
+fn run_fails_loudly_when_workers_cannot_start() {
+    // glommio needs 512 KiB of locked memory per executor; below that the executors cannot
+    // start, and sluice must say so and exit non-zero instead of exiting 0 silently.
+    let mut cmd = sluice();
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1/mcp", "--workers", "2"]);
+    // SAFETY: setrlimit is async-signal-safe and only affects the child about to exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let r = libc::rlimit { rlim_cur: 128 * 1024, rlim_max: 128 * 1024 };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LimitMEMLOCK"), "{err}");
+    assert!(err.contains("worker 0") && err.contains("worker 1"), "{err}");
+}
+
+#[test]
+fn run_without_config_or_upstream_explains_itself() {
+    let out = sluice().arg("run").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream URL for quick mode"));
+}
