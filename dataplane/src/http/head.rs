@@ -62,9 +62,15 @@ pub struct Head {
     headers: Vec<(Range<usize>, Range<usize>)>,
 }
 
+/// Where `part` lies inside `base`. httparse hands back slices of its input, except for
+/// defaults it substitutes (an empty reason when the reason phrase is not UTF-8, say), which
+/// point elsewhere: those become an empty span instead of an out-of-range one.
 fn span(base: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - base.as_ptr() as usize;
-    start..start + part.len()
+    let (b, p) = (base.as_ptr() as usize, part.as_ptr() as usize);
+    if part.is_empty() || p < b || p + part.len() > b + base.len() {
+        return 0..0;
+    }
+    p - b..p - b + part.len()
 }
 
 impl Head {
@@ -240,6 +246,20 @@ mod tests {
             Err(HeadError::Malformed(_))
         ));
         assert_eq!(h.parse_request(b"GET / HTTP/2.0\r\n\r\n", Limits::default()), Err(HeadError::Version));
+    }
+
+    /// Found by the `http_head` fuzz target: a reason phrase that is not UTF-8 made httparse
+    /// return a slice outside the input, and the span arithmetic overflowed.
+    #[test]
+    fn non_utf8_reason_phrase() {
+        let raw = include_bytes!("../../tests/regressions/http_head-non-utf8-reason.bin");
+        for cut in 0..=raw.len() {
+            let mut h = Head::default();
+            if let Ok(Some(_)) = h.parse_response(&raw[..cut], Limits::default()) {
+                assert!(h.reason().len() <= cut);
+                let _ = h.headers().count();
+            }
+        }
     }
 
     #[test]
