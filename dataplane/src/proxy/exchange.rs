@@ -546,6 +546,7 @@ fn sse_event(w: &Worker, route: &Route, ctx: &mut RequestCtx, track: &mut Track,
 }
 
 /// Buffer a JSON response (bounded), parse it, run the hooks, and answer with Content-Length.
+/// The body and output buffers are the worker's, reused from response to response.
 #[allow(clippy::too_many_arguments)]
 async fn relay_json(
     w: &Worker,
@@ -559,9 +560,32 @@ async fn relay_json(
     answers: &[Vec<u8>],
     keep_alive: bool,
 ) -> Result<bool, ()> {
+    let (mut body, mut out) = (w.respbuf.take(), w.reqbuf.take());
+    body.clear();
+    out.clear();
+    let r = relay_json_in(w, cfg, down, c, kind, ctx, track, route, answers, keep_alive, &mut body, &mut out).await;
+    w.respbuf.set(body);
+    w.reqbuf.set(out);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_json_in(
+    w: &Worker,
+    cfg: &Config,
+    down: &mut Stream,
+    c: &mut UpConn,
+    kind: BodyKind,
+    ctx: &mut RequestCtx,
+    track: &mut Track,
+    route: &Route,
+    answers: &[Vec<u8>],
+    keep_alive: bool,
+    body: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<bool, ()> {
     let max = cfg.limits.max_body_bytes;
     let mut reader = BodyReader::new(kind);
-    let mut body = Vec::new();
     let read = async {
         loop {
             let mut too_big = false;
@@ -597,7 +621,7 @@ async fn relay_json(
         return Err(());
     }
     let is_mcp = route.kind == RouteKind::Mcp;
-    let outcome = with_scratch(w, &body, |buf| {
+    let outcome = with_scratch(w, body, |buf| {
         if is_mcp {
             let mut parsed = jsonrpc::parse(buf).map_err(|e| fail(format!("the response is not JSON-RPC: {e}")))?;
             observe(w, ctx, route, Direction::Response, &parsed, Some(track));
@@ -607,23 +631,22 @@ async fn relay_json(
             Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut doc))
         }
     });
-    let final_body = match outcome {
+    let replaced = match outcome {
         Err(e) => {
             let _ = respond::error(down, &e, track.reply_id.as_deref(), false).await;
             return Err(());
         }
-        Ok(Outcome::Unchanged) => body,
-        Ok(Outcome::Rewritten { body: b, .. }) => b,
-        Ok(Outcome::Answer(b)) => b,
+        Ok(Outcome::Unchanged) => None,
+        Ok(Outcome::Rewritten { body: b, .. }) | Ok(Outcome::Answer(b)) => Some(b),
     };
-    let final_body = if answers.is_empty() { final_body } else { hooks::merge_answers(&final_body, answers).unwrap_or(final_body) };
-    let mut out = Vec::with_capacity(512 + final_body.len());
-    response_head(&mut out, &c.head);
-    write::content_length(&mut out, final_body.len());
-    write::header(&mut out, "connection", if keep_alive { b"keep-alive" } else { b"close" });
+    let merged = if answers.is_empty() { None } else { hooks::merge_answers(replaced.as_deref().unwrap_or(body), answers) };
+    let final_body: &[u8] = merged.as_deref().or(replaced.as_deref()).unwrap_or(body);
+    response_head(out, &c.head);
+    write::content_length(out, final_body.len());
+    write::header(out, "connection", if keep_alive { b"keep-alive" } else { b"close" });
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&final_body);
-    if down.write_all(&out).await.is_err() || down.flush().await.is_err() {
+    out.extend_from_slice(final_body);
+    if down.write_all(out).await.is_err() || down.flush().await.is_err() {
         return Err(());
     }
     Ok(true)

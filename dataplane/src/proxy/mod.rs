@@ -96,8 +96,10 @@ pub struct Worker {
     /// must stay intact for forwarding).
     /// Taken and put back around each use, never held across an await.
     pub scratch: Cell<Vec<u8>>,
-    /// Reused buffer for the encoded upstream request.
+    /// Reused buffer for the encoded upstream request, then for the response to the agent.
     pub reqbuf: Cell<Vec<u8>>,
+    /// Reused buffer for a buffered (JSON) response body.
+    pub respbuf: Cell<Vec<u8>>,
     pub drain: Drain,
 }
 
@@ -130,6 +132,7 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
         open: Cell::new(0),
         scratch: Cell::new(Vec::with_capacity(64 * 1024)),
         reqbuf: Cell::new(Vec::with_capacity(16 * 1024)),
+        respbuf: Cell::new(Vec::with_capacity(16 * 1024)),
         drain: Drain::default(),
     });
     shared.ready_workers.fetch_add(1, Ordering::SeqCst);
