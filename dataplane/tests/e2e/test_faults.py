@@ -241,3 +241,40 @@ def test_sigterm_lets_in_flight_stream_finish(raw_upstream, gateway):
                 buf += chunk
     assert '"id":"p-1"' in buf and buf.count('"progress":') == 5
     assert g.proc.p.wait(10) == 0
+
+
+def test_stream_idle_and_keepalive_idle_timeouts(raw_upstream, gateway):
+    def handler(conn, head, body):
+        if head.startswith(b"GET"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            ev = b'data: {"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}\n\n'
+            conn.sendall(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
+            time.sleep(5)  # then silence, longer than stream_idle
+        else:
+            conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\n\r\n")
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}],
+                extra='[timeouts]\nstream_idle = "700ms"\nidle_keepalive = "500ms"\n', workers=1)
+    t = time.time()
+    with httpx.Client(timeout=10) as c:
+        with c.stream("GET", g.url(), headers={"accept": "text/event-stream"}) as s:
+            got = ""
+            try:
+                for chunk in s.iter_text():
+                    got += chunk
+            except httpx.HTTPError:
+                pass  # the gateway ends a silent stream by closing it
+    assert '"data":"x"' in got
+    assert 0.6 < time.time() - t < 4
+    assert g.metric("sluice_timeouts_total") >= 1
+    # Status codes pass through (405 from a server without DELETE support, say).
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(b"DELETE /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: s\r\n\r\n")
+        resp = s.recv(4096)
+        assert resp.startswith(b"HTTP/1.1 405") and b"Allow: GET" in resp
+        # The keep-alive connection is closed after idle_keepalive without a new request.
+        t = time.time()
+        s.settimeout(5)
+        assert s.recv(4096) == b""
+        assert 0.3 < time.time() - t < 3
