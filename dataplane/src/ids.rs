@@ -35,7 +35,7 @@ fn next_random() -> u64 {
 
 /// A new 26-character time-ordered id.
 pub fn new_id() -> String {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u128;
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
     let rand = ((next_random() as u128) << 16 | (next_random() as u128 & 0xFFFF)) & ((1u128 << 80) - 1);
     let v = (ms & ((1u128 << 48) - 1)) << 80 | rand;
     let mut out = [0u8; 26];

@@ -24,6 +24,7 @@ pub mod sse;
 pub mod jsonrpc;
 pub mod error;
 pub mod hooks;
+pub mod detect;
 pub mod session;
 pub mod proxy;
 pub mod metrics;
