@@ -95,6 +95,37 @@ pub fn us_ssn(s: &str) -> bool {
     area != 0 && area != 666 && area < 900 && group != 0 && serial != 0 && !(area == 78 && group == 5 && serial == 1120)
 }
 
+/// A globally routable address: not private, loopback, link-local, CGNAT, multicast,
+/// broadcast, unspecified or documentation (RFC 5737, RFC 3849).
+pub fn public_ip(s: &str) -> bool {
+    match s.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            let o = ip.octets();
+            !(ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_multicast()
+                || ip.is_broadcast()
+                || ip.is_unspecified()
+                || ip.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || o[0] >= 240)
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            let seg = ip.segments();
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8))
+                && (seg[0] & 0xe000) == 0x2000
+        }
+        Err(_) => false,
+    }
+}
+
 /// Shannon entropy in bits per character, to tell a generated secret from a word.
 pub fn entropy(s: &str) -> f64 {
     if s.is_empty() {
