@@ -41,6 +41,21 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Scan files (or stdin) for PII, secrets and prompt injection. Exit 0: nothing found,
+    /// 1: something found, 2: error.
+    Scan {
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "detect")]
+        input: sluice::detect::cli::Input,
+        #[arg(long, value_enum, default_value = "table")]
+        format: sluice::detect::cli::Format,
+        /// Print the input with findings redacted instead of the findings.
+        #[arg(long)]
+        mask: bool,
+        /// Rule pack directory (default: the packs shipped with sluice).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
 }
 
 fn quick(listen: String, upstream: String, admin: String, workers: usize) -> anyhow::Result<schema::File> {
@@ -64,6 +79,16 @@ fn main() -> std::process::ExitCode {
     } else {
         sub.init();
     }
+    if let Cmd::Scan { files, input, format, mask, rules } = cli.cmd {
+        let opts = sluice::detect::cli::Options { files, input, format, mask, rules };
+        return match sluice::detect::cli::run(opts) {
+            Ok(code) => std::process::ExitCode::from(code as u8),
+            Err(e) => {
+                eprintln!("sluice scan: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.cmd {
         Cmd::Check { config: path } => match config::load(&path) {
             Ok(c) => {
@@ -84,6 +109,7 @@ fn main() -> std::process::ExitCode {
             quick(listen, up, admin, workers).and_then(|f| runtime::run(Source::Quick(Box::new(f))))
         }
         Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
+        Cmd::Scan { .. } => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

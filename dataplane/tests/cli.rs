@@ -65,3 +65,46 @@ fn run_without_config_or_upstream_explains_itself() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream URL for quick mode"));
 }
+
+fn scan(args: &[&str], stdin: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = sluice()
+        .arg("scan")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn scan_reports_byte_offsets_and_exit_codes() {
+    let text = "héllo ada@example.com, SSN 536-22-1029";
+    let (code, out) = scan(&["--format", "jsonl", "--input", "text"], text);
+    assert_eq!(code, 1);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let email = rows.iter().find(|r| r["kind"] == "email").expect("email found");
+    let (s, e) = (email["start"].as_u64().unwrap() as usize, email["end"].as_u64().unwrap() as usize);
+    assert_eq!(&text[s..e], "ada@example.com", "UTF-8 byte offsets, half-open");
+    assert!(rows.iter().any(|r| r["kind"] == "us_ssn" && r["category"] == "pii"));
+    assert_eq!(scan(&["--input", "text"], "the weather is fine").0, 0);
+}
+
+#[test]
+fn scan_masks_json_and_jsonl_keeping_them_valid() {
+    let doc = r#"{"result":{"content":[{"type":"text","text":"token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 and \"quotes\""}]}}"#;
+    let (code, out) = scan(&["--mask"], doc);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("masked output is JSON");
+    assert_eq!(v["result"]["content"][0]["text"], "token [REDACTED:github_token] and \"quotes\"");
+    let (_, out) = scan(&["--format", "jsonl"], doc);
+    assert!(out.contains("\"path\":\"/result/content/0/text\""), "{out}");
+    let lines = "{\"id\":\"a\",\"text\":\"mail bob@example.com\"}\n{\"id\":\"b\",\"text\":\"clean\"}\n";
+    let (code, out) = scan(&["--format", "jsonl"], lines);
+    assert_eq!(code, 1);
+    assert!(out.contains("\"id\":\"a\"") && !out.contains("\"id\":\"b\""));
+}
