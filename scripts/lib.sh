@@ -47,7 +47,7 @@ python_deps() {
 }
 
 setup() {
-    apt_install build-essential pkg-config cmake curl libhyperscan-dev
+    apt_install build-essential pkg-config cmake curl libhyperscan-dev openssl python3-venv
     command -v cargo >/dev/null || { echo "cargo (Rust 1.85+) is needed: https://rustup.rs" >&2; exit 2; }
     command -v npm >/dev/null || apt_install nodejs npm
     node_deps

@@ -545,8 +545,31 @@ fn sse_event(w: &Worker, route: &Route, ctx: &mut RequestCtx, track: &mut Track,
     });
 }
 
+/// The worker's body and output buffers, taken for one buffered response and put back on drop
+/// (never held by two tasks: a task that finds them taken works with fresh ones).
+struct JsonBufs<'a> {
+    w: &'a Worker,
+    body: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl<'a> JsonBufs<'a> {
+    fn take(w: &'a Worker) -> Self {
+        let (mut body, mut out) = (w.respbuf.take(), w.reqbuf.take());
+        body.clear();
+        out.clear();
+        JsonBufs { w, body, out }
+    }
+}
+
+impl Drop for JsonBufs<'_> {
+    fn drop(&mut self) {
+        self.w.respbuf.set(std::mem::take(&mut self.body));
+        self.w.reqbuf.set(std::mem::take(&mut self.out));
+    }
+}
+
 /// Buffer a JSON response (bounded), parse it, run the hooks, and answer with Content-Length.
-/// The body and output buffers are the worker's, reused from response to response.
 #[allow(clippy::too_many_arguments)]
 async fn relay_json(
     w: &Worker,
@@ -560,30 +583,8 @@ async fn relay_json(
     answers: &[Vec<u8>],
     keep_alive: bool,
 ) -> Result<bool, ()> {
-    let (mut body, mut out) = (w.respbuf.take(), w.reqbuf.take());
-    body.clear();
-    out.clear();
-    let r = relay_json_in(w, cfg, down, c, kind, ctx, track, route, answers, keep_alive, &mut body, &mut out).await;
-    w.respbuf.set(body);
-    w.reqbuf.set(out);
-    r
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn relay_json_in(
-    w: &Worker,
-    cfg: &Config,
-    down: &mut Stream,
-    c: &mut UpConn,
-    kind: BodyKind,
-    ctx: &mut RequestCtx,
-    track: &mut Track,
-    route: &Route,
-    answers: &[Vec<u8>],
-    keep_alive: bool,
-    body: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> Result<bool, ()> {
+    let mut bufs = JsonBufs::take(w);
+    let JsonBufs { body, out, .. } = &mut bufs;
     let max = cfg.limits.max_body_bytes;
     let mut reader = BodyReader::new(kind);
     let read = async {
