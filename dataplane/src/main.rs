@@ -49,10 +49,24 @@ enum Cmd {
         input: sluice::detect::cli::Input,
         #[arg(long, value_enum, default_value = "table")]
         format: sluice::detect::cli::Format,
-        /// Print the input with findings redacted instead of the findings.
+        /// Print the input with findings masked instead of the findings.
         #[arg(long)]
         mask: bool,
+        /// Mask every finding with this strategy instead of each rule's default.
+        #[arg(long, value_enum)]
+        strategy: Option<sluice::detect::mask::Strategy>,
+        /// Key material for the fingerprint strategy (a file; the same file gives the same
+        /// fingerprints as a gateway configured with it). Default: a random key per run.
+        #[arg(long)]
+        fingerprint_key_file: Option<PathBuf>,
         /// Rule pack directory (default: the packs shipped with sluice).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// List every detection rule (id, kind, category, severity, default mask, what it matches).
+    Rules {
+        #[arg(long, value_enum, default_value = "table")]
+        format: sluice::detect::cli::Format,
         #[arg(long)]
         rules: Option<PathBuf>,
     },
@@ -79,12 +93,21 @@ fn main() -> std::process::ExitCode {
     } else {
         sub.init();
     }
-    if let Cmd::Scan { files, input, format, mask, rules } = cli.cmd {
-        let opts = sluice::detect::cli::Options { files, input, format, mask, rules };
+    if let Cmd::Scan { files, input, format, mask, strategy, fingerprint_key_file, rules } = cli.cmd {
+        let opts = sluice::detect::cli::Options { files, input, format, mask, strategy, fingerprint_key_file, rules };
         return match sluice::detect::cli::run(opts) {
             Ok(code) => std::process::ExitCode::from(code as u8),
             Err(e) => {
                 eprintln!("sluice scan: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
+    if let Cmd::Rules { format, rules } = cli.cmd {
+        return match sluice::detect::cli::list(rules, format) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice rules: {e:#}");
                 std::process::ExitCode::from(2)
             }
         };
@@ -109,7 +132,7 @@ fn main() -> std::process::ExitCode {
             quick(listen, up, admin, workers).and_then(|f| runtime::run(Source::Quick(Box::new(f))))
         }
         Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
-        Cmd::Scan { .. } => Ok(()),
+        Cmd::Scan { .. } | Cmd::Rules { .. } => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

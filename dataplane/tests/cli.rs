@@ -100,7 +100,7 @@ fn scan_masks_json_and_jsonl_keeping_them_valid() {
     let (code, out) = scan(&["--mask"], doc);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("masked output is JSON");
-    assert_eq!(v["result"]["content"][0]["text"], "token [REDACTED:github_token] and \"quotes\"");
+    assert_eq!(v["result"]["content"][0]["text"], "token [REDACTED:github_classic_token] and \"quotes\"");
     let (_, out) = scan(&["--format", "jsonl"], doc);
     assert!(out.contains("\"path\":\"/result/content/0/text\""), "{out}");
     let lines = "{\"id\":\"a\",\"text\":\"mail bob@example.com\"}\n{\"id\":\"b\",\"text\":\"clean\"}\n";

@@ -1,116 +1,311 @@
-//! The scanner: every rule's patterns compiled into one Hyperscan block-mode database
-//! (SOM_LEFTMOST) off the hot path; scanning normalises the text, runs the database, keeps the
-//! longest match per rule and start, applies validators and context words, and maps each
-//! finding back to byte offsets in the original text.
+//! The scanner: every rule's patterns, plus the two decode-candidate patterns, compiled into
+//! one Hyperscan database in block mode and one in streaming mode (SOM_LEFTMOST) off the hot
+//! path. Scanning normalises the text, runs the database, keeps the longest match per rule and
+//! start, applies validators, context words and value trimming, decodes and rescans encoded
+//! candidates, runs the built-in invisible-character checks and maps every finding back to
+//! byte offsets in the original text.
+//!
+//! The [`Engine`] is immutable and shared (`Arc`, swapped whole on reload); each worker core
+//! owns a [`Scanner`] (Hyperscan scratch and reused buffers), so a scan takes no lock and, for
+//! text without findings, allocates nothing.
 
-use super::normalize::normalize;
+use super::decode::{self, Encoding};
+use super::invisible::{self, Builtin, BUILTINS};
+use super::mask::Strategy;
+use super::normalize::{normalize_into, original};
 use super::rules::{Category, Loaded, PackError, Severity, Validator};
 use super::validate;
 use hyperscan::prelude::*;
+use hyperscan::{Block, Streaming};
 
-/// One thing found: rule, what it is, and where in the original text (half-open byte range).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// One thing found: which rule (index into [`Engine::meta`]), where in the original text
+/// (half-open byte range), and whether it was found inside an encoded span (then the range
+/// is the whole encoded span).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finding {
-    pub rule: String,
+    pub rule: u32,
+    pub start: usize,
+    pub end: usize,
+    pub encoding: Option<Encoding>,
+}
+
+/// What a rule (pack or built-in) is, for reports and masking.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Meta {
+    pub id: String,
     pub kind: String,
     pub category: Category,
     pub severity: Severity,
-    pub start: usize,
-    pub end: usize,
+    pub mask: Strategy,
+    pub doc: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Rule(u32),
+    Candidate(Encoding),
 }
 
 pub struct Engine {
     rules: Vec<Loaded>,
-    /// Hyperscan pattern id → rule index.
-    pattern_rule: Vec<usize>,
-    db: BlockDatabase,
+    meta: Vec<Meta>,
+    targets: Vec<Target>,
+    block: BlockDatabase,
+    stream: StreamingDatabase,
+    hold_back: usize,
+    max_context: usize,
 }
 
-/// Per-thread scan state (Hyperscan scratch); one per worker core.
-pub struct ScanState {
+/// Per-core scan state: Hyperscan scratch (valid for both databases) and reused buffers.
+pub struct Scanner {
     scratch: Scratch,
+    raw: Vec<(u32, u32, u32)>,
+    norm: String,
+    origin: Vec<(u32, u32)>,
 }
 
 impl Engine {
-    /// Compile the rules. A pattern that does not compile is reported with its rule and file.
+    /// Compile the rules. Every pattern that does not compile is reported with its file, rule
+    /// and pattern index.
     pub fn compile(rules: Vec<Loaded>) -> Result<Engine, PackError> {
         let mut pats = Vec::new();
-        let mut pattern_rule = Vec::new();
+        let mut targets = Vec::new();
         let mut errors = Vec::new();
+        let mut where_ = Vec::new();
+        let flags_for = |caseless: bool| {
+            // UTF8 without UCP: `\b` and `\w` are ASCII-based (Hyperscan has no `\b` in UCP
+            // mode); normalisation has already turned look-alike characters into ASCII.
+            let mut f = CompileFlags::SOM_LEFTMOST | CompileFlags::UTF8;
+            if caseless {
+                f |= CompileFlags::CASELESS;
+            }
+            f
+        };
         for (ri, l) in rules.iter().enumerate() {
             for (pi, p) in l.rule.patterns.iter().enumerate() {
-                // UTF8 without UCP: `\b` and `\w` are ASCII-based (Hyperscan has no `\b` in UCP mode);
-                // normalisation has already turned look-alike characters into ASCII.
-                let mut flags = CompileFlags::SOM_LEFTMOST | CompileFlags::UTF8;
-                if l.rule.caseless {
-                    flags |= CompileFlags::CASELESS;
-                }
-                match Pattern::with_flags(p, flags) {
+                let at = || format!("{}: rule[{}] ({}) pattern[{pi}]", l.file.display(), l.index, l.rule.id);
+                match Pattern::with_flags(p, flags_for(l.rule.caseless)) {
                     Ok(mut pat) => {
-                        pat.id = Some(pattern_rule.len());
-                        // Compile alone first, so that an error names the exact pattern.
-                        let single: Result<BlockDatabase, _> = pat.build();
-                        if let Err(e) = single {
-                            errors.push(format!("{}: rule[{}] ({}) pattern[{pi}]: {e}", l.file.display(), l.index, l.rule.id));
-                            continue;
-                        }
+                        pat.id = Some(targets.len());
                         pats.push(pat);
-                        pattern_rule.push(ri);
+                        targets.push(Target::Rule(ri as u32));
+                        where_.push(at());
                     }
-                    Err(e) => errors.push(format!("{}: rule[{}] ({}) pattern[{pi}]: {e}", l.file.display(), l.index, l.rule.id)),
+                    Err(e) => errors.push(format!("{}: {e}", at())),
                 }
             }
         }
         if !errors.is_empty() {
             return Err(PackError(errors));
         }
-        let db: BlockDatabase = Patterns::from(pats).build().map_err(|e| PackError(vec![format!("compiling the rule database: {e}")]))?;
-        Ok(Engine { rules, pattern_rule, db })
+        for (expr, enc) in [(decode::BASE64_CANDIDATE, Encoding::Base64), (decode::PERCENT_CANDIDATE, Encoding::Percent)] {
+            let mut pat = Pattern::with_flags(expr, flags_for(false)).map_err(|e| PackError(vec![format!("internal pattern {expr}: {e}")]))?;
+            pat.id = Some(targets.len());
+            pats.push(pat);
+            targets.push(Target::Candidate(enc));
+            where_.push(format!("internal decode-candidate pattern {expr}"));
+        }
+        let patterns = Patterns::from(pats);
+        let mut som = patterns.clone();
+        for p in som.iter_mut() {
+            p.som = Some(hyperscan::SomHorizon::Large);
+        }
+        // The two databases compile in parallel (each takes about a second for the shipped packs).
+        let (block, stream) = std::thread::scope(|s| {
+            let st = s.spawn(|| som.build::<Streaming>().map_err(|e| format!("compiling the rule database (streaming mode): {e}")));
+            let bl = patterns.build::<Block>().map_err(|e| format!("compiling the rule database (block mode): {e}"));
+            (bl, st.join().unwrap_or_else(|_| Err("the streaming-mode compile panicked".into())))
+        });
+        let (block, stream) = match (block, stream) {
+            (Ok(b), Ok(s)) => (b, s),
+            (b, s) => {
+                // Name the exact patterns: compile each alone (only on this error path).
+                let mut errors: Vec<String> = Vec::new();
+                for (p, at) in patterns.iter().zip(&where_) {
+                    let mut p = p.clone();
+                    if let Err(e) = p.build::<Block>() {
+                        errors.push(format!("{at}: {e}"));
+                        continue;
+                    }
+                    p.som = Some(hyperscan::SomHorizon::Large);
+                    if let Err(e) = p.build::<Streaming>() {
+                        errors.push(format!("{at} (streaming mode): {e}"));
+                    }
+                }
+                if errors.is_empty() {
+                    errors.extend(b.err().into_iter().chain(s.err()));
+                }
+                return Err(PackError(errors));
+            }
+        };
+        let mut meta: Vec<Meta> = rules
+            .iter()
+            .map(|l| Meta {
+                id: l.rule.id.clone(),
+                kind: l.rule.kind.clone(),
+                category: l.rule.category,
+                severity: l.rule.severity,
+                mask: Strategy::parse(&l.rule.mask).unwrap_or(Strategy::Redact),
+                doc: l.rule.doc.clone(),
+            })
+            .collect();
+        meta.extend(BUILTINS.iter().map(|b| Meta {
+            id: b.id().into(),
+            kind: b.kind().into(),
+            category: Category::Injection,
+            severity: if *b == Builtin::ZeroWidth { Severity::Medium } else { Severity::High },
+            mask: Strategy::Remove,
+            doc: b.doc().into(),
+        }));
+        let max_context = rules.iter().map(|l| if l.rule.context.is_empty() { 0 } else { l.rule.context_window }).max().unwrap_or(0);
+        let hold_back = rules.iter().map(|l| l.rule.max_width).max().unwrap_or(0).max(4096) + max_context;
+        Ok(Engine { rules, meta, targets, block, stream, hold_back, max_context })
     }
 
     pub fn rules(&self) -> &[Loaded] {
         &self.rules
     }
 
-    pub fn new_state(&self) -> Result<ScanState, String> {
-        self.db.alloc_scratch().map(|scratch| ScanState { scratch }).map_err(|e| e.to_string())
+    /// Every rule, pack rules first, then the built-in checks; [`Finding::rule`] indexes this.
+    pub fn meta(&self) -> &[Meta] {
+        &self.meta
     }
 
-    /// Scan `text`; findings sorted by start, overlapping findings of one rule merged.
-    pub fn scan(&self, state: &mut ScanState, text: &str) -> Vec<Finding> {
-        let norm = normalize(text);
-        let hay = norm.text.as_str();
-        let mut raw: Vec<(usize, usize, usize)> = Vec::new();
-        let _ = self.db.scan(hay, &state.scratch, |id, from, to, _| {
-            raw.push((self.pattern_rule[id as usize], from as usize, to as usize));
+    /// Each rule's default mask strategy, by rule index.
+    pub fn default_strategies(&self) -> Vec<Strategy> {
+        self.meta.iter().map(|m| m.mask).collect()
+    }
+
+    /// How many bytes a streamed scan holds back: the widest rule plus its context window.
+    pub fn hold_back(&self) -> usize {
+        self.hold_back
+    }
+
+    pub(crate) fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    pub(crate) fn stream_db(&self) -> &StreamingDatabase {
+        &self.stream
+    }
+
+    pub fn scanner(&self) -> Result<Scanner, String> {
+        let mut scratch = self.block.alloc_scratch().map_err(|e| e.to_string())?;
+        self.stream.realloc_scratch(&mut scratch).map_err(|e| e.to_string())?;
+        Ok(Scanner { scratch, raw: Vec::new(), norm: String::new(), origin: Vec::new() })
+    }
+
+    /// Scan `text`, appending findings (sorted by start) to `out`.
+    pub fn scan(&self, sc: &mut Scanner, text: &str, out: &mut Vec<Finding>) {
+        let first = out.len();
+        self.scan_at(sc, text, 0, out);
+        out[first..].sort_by_key(|f| (f.start, f.end));
+    }
+
+    pub(crate) fn scan_at(&self, sc: &mut Scanner, text: &str, depth: u8, out: &mut Vec<Finding>) {
+        let ascii = text.is_ascii();
+        let changed = !ascii && normalize_into(text, &mut sc.norm, &mut sc.origin);
+        let mut raw = std::mem::take(&mut sc.raw);
+        let norm = std::mem::take(&mut sc.norm);
+        let origin = std::mem::take(&mut sc.origin);
+        let hay = if changed { norm.as_str() } else { text };
+        raw.clear();
+        let _ = self.block.scan(hay, &sc.scratch, |id, from, to, _| {
+            raw.push((id, from as u32, to as u32));
             Matching::Continue
         });
-        // Longest match per (rule, start), then drop matches inside an earlier one of the same rule.
-        raw.sort_by(|a, b| (a.0, a.1, std::cmp::Reverse(a.2)).cmp(&(b.0, b.1, std::cmp::Reverse(b.2))));
-        let mut out: Vec<Finding> = Vec::new();
-        let mut last: Option<(usize, usize)> = None; // (rule, end) of the last kept
-        for (ri, s, e) in raw {
-            if let Some((lr, le)) = last {
-                if lr == ri && s < le {
+        let mut decoded = Vec::new();
+        self.finish(hay, &mut raw, &mut |m| match m {
+            Match::Rule(rule, s, e) => {
+                let (s, e) = original(&origin, s, e);
+                out.push(Finding { rule, start: s, end: e, encoding: None });
+            }
+            Match::Candidate(enc, s, e) if depth < decode::MAX_DEPTH => decoded.push((enc, s, e)),
+            Match::Candidate(..) => {}
+        });
+        for (enc, s, e) in decoded {
+            let text_in = &hay[s..e];
+            let plain = match enc {
+                Encoding::Base64 => decode::base64(text_in),
+                Encoding::Percent => decode::percent(text_in),
+            };
+            if let Some(plain) = plain {
+                let (os, oe) = original(&origin, s, e);
+                let mut inner = Vec::new();
+                self.scan_at(sc, &plain, depth + 1, &mut inner);
+                out.extend(inner.into_iter().map(|f| Finding { rule: f.rule, start: os, end: oe, encoding: f.encoding.or(Some(enc)) }));
+            }
+        }
+        if !ascii {
+            let base = self.rules.len() as u32;
+            invisible::find(text, |b, s, e| {
+                let i = BUILTINS.iter().position(|x| *x == b).unwrap_or(0) as u32;
+                out.push(Finding { rule: base + i, start: s, end: e, encoding: None });
+            });
+        }
+        sc.raw = raw;
+        sc.norm = norm;
+        sc.origin = origin;
+    }
+
+    /// Turn raw Hyperscan matches over `hay` (offsets relative to `hay`) into
+    /// confirmed matches: the longest per (pattern target, start), nested matches of the same
+    /// target dropped, width/validator/context checked, assignment values trimmed.
+    pub(crate) fn finish(&self, hay: &str, raw: &mut [(u32, u32, u32)], emit: &mut dyn FnMut(Match)) {
+        let key = |t: &Target| match t {
+            Target::Rule(r) => *r as u64,
+            Target::Candidate(Encoding::Base64) => u64::MAX - 1,
+            Target::Candidate(Encoding::Percent) => u64::MAX,
+        };
+        raw.sort_unstable_by(|a, b| {
+            (key(&self.targets[a.0 as usize]), a.1, std::cmp::Reverse(a.2)).cmp(&(key(&self.targets[b.0 as usize]), b.1, std::cmp::Reverse(b.2)))
+        });
+        let mut last: Option<(u64, u32)> = None;
+        for &(id, from, to) in raw.iter() {
+            let target = self.targets[id as usize];
+            let k = key(&target);
+            if let Some((lk, le)) = last {
+                if lk == k && from < le {
                     continue;
                 }
             }
-            let rule = &self.rules[ri].rule;
-            let m = &hay[s..e];
-            if e - s > rule.max_width || !self.valid(ri, m) || !self.context_ok(ri, hay, s, e) {
-                continue;
+            let (s, e) = (from as usize, to as usize);
+            match target {
+                Target::Candidate(enc) => {
+                    last = Some((k, to));
+                    // The base64 candidate ends at the first character after the run.
+                    let mut e2 = e;
+                    if enc == Encoding::Base64 {
+                        while e2 > s && !hay.as_bytes()[e2 - 1].is_ascii_alphanumeric() && !matches!(hay.as_bytes()[e2 - 1], b'+' | b'/' | b'_' | b'-' | b'=') {
+                            e2 -= 1;
+                        }
+                    }
+                    if hay.is_char_boundary(s) && hay.is_char_boundary(e2) {
+                        emit(Match::Candidate(enc, s, e2));
+                    }
+                }
+                Target::Rule(ri) => {
+                    let rule = &self.rules[ri as usize].rule;
+                    if e - s > rule.max_width || !hay.is_char_boundary(s) || !hay.is_char_boundary(e) {
+                        continue;
+                    }
+                    let m = &hay[s..e];
+                    if !self.valid(ri as usize, m) || !self.context_ok(ri as usize, hay, s, e) {
+                        continue;
+                    }
+                    last = Some((k, to));
+                    let s = if rule.value_only { s + value_offset(m) } else { s };
+                    if s < e {
+                        emit(Match::Rule(ri, s, e));
+                    }
+                }
             }
-            last = Some((ri, e));
-            let (os, oe) = norm.original(s, e);
-            out.push(Finding { rule: rule.id.clone(), kind: rule.kind.clone(), category: rule.category, severity: rule.severity, start: os, end: oe });
         }
-        invisible_unicode(text, &mut out);
-        out.sort_by_key(|f| (f.start, f.end));
-        out
     }
 
     fn valid(&self, ri: usize, m: &str) -> bool {
         let r = &self.rules[ri].rule;
+        let m = if r.value_only { &m[value_offset(m)..] } else { m };
         match r.validator {
             Validator::None => true,
             Validator::Luhn => validate::luhn(m),
@@ -135,62 +330,37 @@ impl Engine {
         while !hay.is_char_boundary(b) {
             b += 1;
         }
-        let window = hay[a..b].to_lowercase();
-        r.context.iter().any(|w| window.contains(&w.to_lowercase()))
+        let window = hay[a..b].as_bytes();
+        r.context.iter().any(|w| window.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w.as_bytes())))
     }
 }
 
-/// Invisible characters that change what a model reads but a human reviewer does not see:
-/// Unicode tag characters, bidi overrides and isolates, and runs of zero-width characters.
-/// Found on the original text (the normaliser removes or decodes them before pattern scans),
-/// so this check is built in rather than a pack rule.
-fn invisible_unicode(text: &str, out: &mut Vec<Finding>) {
-    let mut run: Option<(usize, usize, usize)> = None; // start, end, count
-    let flush = |run: &mut Option<(usize, usize, usize)>, out: &mut Vec<Finding>| {
-        if let Some((s, e, n)) = run.take() {
-            if n >= 1 {
-                out.push(Finding {
-                    rule: "builtin.invisible_unicode".into(),
-                    kind: "invisible_unicode".into(),
-                    category: Category::Injection,
-                    severity: Severity::High,
-                    start: s,
-                    end: e,
-                });
-            }
-        }
-    };
-    for (i, c) in text.char_indices() {
-        let v = c as u32;
-        let hidden = (0xE0000..=0xE007F).contains(&v) || (0x202A..=0x202E).contains(&v) || (0x2066..=0x2069).contains(&v);
-        if hidden {
-            run = Some(match run {
-                Some((s, _, n)) => (s, i + c.len_utf8(), n + 1),
-                None => (i, i + c.len_utf8(), 1),
-            });
-        } else {
-            flush(&mut run, out);
-        }
+impl Scanner {
+    pub(crate) fn scratch(&self) -> &hyperscan::ScratchRef {
+        &self.scratch
     }
-    flush(&mut run, out);
 }
 
-/// Replace each finding's bytes with `[REDACTED:kind]` (overlaps merged, earliest kind wins).
-pub fn redact(text: &str, findings: &[Finding]) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut pos = 0;
-    for f in findings {
-        if f.start < pos {
-            continue;
-        }
-        out.push_str(&text[pos..f.start]);
-        out.push_str("[REDACTED:");
-        out.push_str(&f.kind);
-        out.push(']');
-        pos = f.end;
+/// A confirmed match in the scanned (normalised) text.
+pub(crate) enum Match {
+    Rule(u32, usize, usize),
+    Candidate(Encoding, usize, usize),
+}
+
+/// Where the value starts in an assignment match: after the first `=` or `:`, then spaces
+/// and quotes.
+fn value_offset(m: &str) -> usize {
+    let b = m.as_bytes();
+    let Some(mut i) = b.iter().position(|&c| c == b'=' || c == b':') else { return 0 };
+    i += 1;
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'"' | b'\'') {
+        i += 1;
     }
-    out.push_str(&text[pos..]);
-    out
+    if i >= b.len() {
+        0
+    } else {
+        i
+    }
 }
 
 #[cfg(test)]
@@ -198,8 +368,14 @@ mod tests {
     use super::*;
     use crate::detect::rules::{default_dir, load_dir};
 
-    fn engine() -> Engine {
+    pub(crate) fn engine() -> Engine {
         Engine::compile(load_dir(&default_dir()).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn scan(e: &Engine, sc: &mut Scanner, t: &str) -> Vec<(String, usize, usize)> {
+        let mut v = Vec::new();
+        e.scan(sc, t, &mut v);
+        v.into_iter().map(|f| (e.meta()[f.rule as usize].id.clone(), f.start, f.end)).collect()
     }
 
     /// Every rule's own examples: each positive yields a finding of that rule covering a
@@ -207,7 +383,7 @@ mod tests {
     #[test]
     fn rule_pack_examples() {
         let e = engine();
-        let mut st = e.new_state().unwrap();
+        let mut sc = e.scanner().unwrap();
         let mut failures = Vec::new();
         for l in e.rules() {
             let r = &l.rule;
@@ -215,12 +391,12 @@ mod tests {
                 failures.push(format!("{}: no positive examples", r.id));
             }
             for p in &r.examples.positive {
-                if !e.scan(&mut st, p).iter().any(|f| f.rule == r.id && f.end > f.start) {
+                if !scan(&e, &mut sc, p).iter().any(|f| f.0 == r.id && f.2 > f.1) {
                     failures.push(format!("{}: missed positive {p:?}", r.id));
                 }
             }
             for n in &r.examples.negative {
-                if e.scan(&mut st, n).iter().any(|f| f.rule == r.id) {
+                if scan(&e, &mut sc, n).iter().any(|f| f.0 == r.id) {
                     failures.push(format!("{}: matched negative {n:?}", r.id));
                 }
             }
@@ -229,20 +405,43 @@ mod tests {
     }
 
     #[test]
-    fn finding_maps_back_through_evasion_and_redacts() {
+    fn value_only_rules_report_the_value() {
         let e = engine();
-        let mut st = e.new_state().unwrap();
+        let mut sc = e.scanner().unwrap();
+        let t = "db password = \"Zr8#kP2!qL9vX4m\" ok";
+        let f = scan(&e, &mut sc, t);
+        let g = f.iter().find(|f| f.0 == "secret.generic_assignment").expect("generic secret");
+        assert_eq!(&t[g.1..g.2], "Zr8#kP2!qL9vX4m");
+    }
+
+    #[test]
+    fn encoded_secrets_are_decoded_and_found_over_the_encoded_span() {
+        let e = engine();
+        let mut sc = e.scanner().unwrap();
+        // base64 of "key AKIAIOSFODNN7EXAMPLE" inside a URL-ish string, then percent-encoded e-mail.
+        let t = "cfg=a2V5IEFLSUFJT1NGT0ROTjdFWEFNUExF&x=1 to=bob%40example%2Ecom%20ok";
+        let mut v = Vec::new();
+        e.scan(&mut sc, t, &mut v);
+        let kinds: Vec<_> = v.iter().map(|f| (e.meta()[f.rule as usize].kind.as_str(), &t[f.start..f.end], f.encoding)).collect();
+        assert!(kinds.contains(&("aws_access_key_id", "a2V5IEFLSUFJT1NGT0ROTjdFWEFNUExF", Some(Encoding::Base64))), "{kinds:?}");
+        assert!(kinds.iter().any(|k| k.0 == "email" && k.2 == Some(Encoding::Percent) && k.1.contains("bob%40example")), "{kinds:?}");
+    }
+
+    #[test]
+    fn finding_maps_back_through_evasion() {
+        let e = engine();
+        let mut sc = e.scanner().unwrap();
         let text = "contact: ｂｏｂ@example.com or 4111\u{200B}1111 1111 1111";
-        let f = e.scan(&mut st, text);
-        let kinds: Vec<_> = f.iter().map(|f| f.kind.as_str()).collect();
-        assert!(kinds.contains(&"email") && kinds.contains(&"payment_card"), "{f:?}");
-        let masked = redact(text, &f);
-        assert_eq!(masked, "contact: [REDACTED:email] or [REDACTED:payment_card]");
+        let f = scan(&e, &mut sc, text);
+        let spans: Vec<_> = f.iter().map(|f| (f.0.as_str(), &text[f.1..f.2])).collect();
+        assert!(spans.contains(&("pii.email", "ｂｏｂ@example.com")), "{spans:?}");
+        assert!(spans.contains(&("pii.payment_card", "4111\u{200B}1111 1111 1111")), "{spans:?}");
+        assert!(spans.contains(&("builtin.zero_width_evasion", "\u{200B}")), "{spans:?}");
     }
 
     #[test]
     fn broken_pattern_is_reported_with_rule_and_file() {
-        let dir = std::env::temp_dir().join(format!("sluice-rules-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sluice-rules-engine-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("bad.toml"), "[[rule]]\nid = \"broken\"\nkind = \"x\"\ncategory = \"pii\"\nseverity = \"low\"\npatterns = [\"a(b\"]\n").unwrap();
         let err = match Engine::compile(load_dir(&dir).unwrap()) {
@@ -250,5 +449,6 @@ mod tests {
             Ok(_) => panic!("compiled"),
         };
         assert!(err.contains("bad.toml: rule[0] (broken) pattern[0]"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,17 +1,28 @@
-//! Detection building blocks (issue 3, in progress): the validators that confirm a pattern
-//! match is real ([`validate`]) and the normaliser that turns text into what an agent or
-//! model would read while mapping every byte back to the original ([`normalize`]).
+//! Detection and masking: rule packs as data, one Hyperscan database, normalisation against
+//! evasion, decode-and-rescan, masking that keeps JSON valid, and streamed scanning.
 //!
-//! [`rules`] loads and checks the rule packs (`dataplane/rules/*.toml`: patterns, validators,
-//! context words, documentation and examples per rule); [`engine`] compiles them into one
-//! Hyperscan database and scans; [`cli`] is `sluice scan`. Not on the request path yet: the
-//! streaming mode, the masking strategies beyond redaction and the wiring into the hooks
-//! arrive with the rest of the detection issue. Patterns avoid large bounded repeats: under
-//! SOM_LEFTMOST they make Hyperscan refuse the pattern ("Pattern is too large") — the engine
-//! enforces each rule's `max_width` after matching instead.
+//! ```text
+//!   rules/*.toml ──► rules (load + check) ──► engine (compile: block + streaming DB)
+//!                                              │
+//!   text ─► normalize ─► Hyperscan ─► validate / context / value trim ─► findings
+//!             │ (byte map back)          │ base64 / percent candidates ─► decode ─► rescan
+//!             └─► invisible (tags, bidi, zero-width on the original)
+//!   JSON ─► json (leaf walk, `key: value` context) ─► mask (redact/partial/fingerprint/placeholder)
+//!   chunks ─► stream (Hyperscan streaming mode, hold-back window) ─► masked chunks
+//! ```
+//!
+//! Patterns avoid large bounded repeats: under SOM_LEFTMOST they make Hyperscan refuse the
+//! pattern ("Pattern is too large") — the engine enforces each rule's `max_width` after
+//! matching instead. [`hook`] puts the engine on the request path; [`cli`] is `sluice scan`.
 
 pub mod cli;
+pub mod decode;
 pub mod engine;
+
+pub mod invisible;
+pub mod json;
+pub mod mask;
 pub mod normalize;
 pub mod rules;
+pub mod stream;
 pub mod validate;

@@ -20,7 +20,7 @@ pub struct Normalized {
     origin: Vec<(u32, u32)>,
 }
 
-fn dropped(c: char) -> bool {
+pub(crate) fn dropped(c: char) -> bool {
     matches!(c, '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}' | '\u{180E}')
 }
 
@@ -31,11 +31,25 @@ fn tag_ascii(c: char) -> Option<char> {
 
 /// Normalise `input`. ASCII input is returned unchanged without building a map.
 pub fn normalize(input: &str) -> Normalized {
-    if input.is_ascii() {
+    let mut text = String::new();
+    let mut origin = Vec::new();
+    if !normalize_into(input, &mut text, &mut origin) {
         return Normalized { text: input.to_owned(), origin: Vec::new() };
     }
-    let mut text = String::with_capacity(input.len());
-    let mut origin = Vec::with_capacity(input.len());
+    Normalized { text, origin }
+}
+
+/// Normalise `input` into reused buffers. Returns false (buffers cleared, nothing to map) when
+/// the normalised text equals the input, so the caller scans `input` itself: the common case
+/// of ASCII text costs one `is_ascii` pass and no copy.
+pub fn normalize_into(input: &str, text: &mut String, origin: &mut Vec<(u32, u32)>) -> bool {
+    text.clear();
+    origin.clear();
+    if input.is_ascii() {
+        return false;
+    }
+    text.reserve(input.len());
+    origin.reserve(input.len());
     let mut buf = [0u8; 4];
     for (start, c) in input.char_indices() {
         let end = (start + c.len_utf8()) as u32;
@@ -59,9 +73,21 @@ pub fn normalize(input: &str) -> Normalized {
         }
     }
     if text == input {
-        return Normalized { text, origin: Vec::new() };
+        text.clear();
+        origin.clear();
+        return false;
     }
-    Normalized { text, origin }
+    true
+}
+
+/// The original byte range behind the normalised range `start..end` given the byte map
+/// (`origin` empty means the identity).
+pub fn original(origin: &[(u32, u32)], start: usize, end: usize) -> (usize, usize) {
+    if origin.is_empty() || end <= start {
+        return (start, end);
+    }
+    let last = origin.len() - 1;
+    (origin[start.min(last)].0 as usize, origin[(end - 1).min(last)].1 as usize)
 }
 
 impl Normalized {
@@ -72,11 +98,7 @@ impl Normalized {
 
     /// The original byte range behind the normalised range `start..end` (half-open, `end > start`).
     pub fn original(&self, start: usize, end: usize) -> (usize, usize) {
-        if self.origin.is_empty() || end <= start {
-            return (start, end);
-        }
-        let last = self.origin.len() - 1;
-        (self.origin[start.min(last)].0 as usize, self.origin[(end - 1).min(last)].1 as usize)
+        original(&self.origin, start, end)
     }
 }
 

@@ -1,0 +1,118 @@
+//! Decode-and-rescan: text an agent or model could decode (percent-encoding, base64) is
+//! decoded and scanned again, so a secret does not pass by being encoded once. Candidates are
+//! found by two internal patterns in the same Hyperscan database (see `engine`); this module
+//! only decodes. Decoding is bounded: [`MAX_DEPTH`] nested layers, [`MAX_DECODED`] bytes per
+//! candidate, and the result must be printable UTF-8 text (binary blobs are not rescanned).
+
+/// Nested encodings followed (base64 of percent-encoded text is two).
+pub const MAX_DEPTH: u8 = 2;
+/// Longest candidate decoded, in decoded bytes.
+pub const MAX_DECODED: usize = 64 * 1024;
+
+/// The internal candidate patterns (Hyperscan syntax). A base64 candidate is a run of at
+/// least 24 base64 characters ending at a non-base64 character or the end of the text
+/// (reported once per run); a percent-encoded one is a run of escapes and URL characters
+/// (at least two escapes are required before it is decoded).
+pub const BASE64_CANDIDATE: &str = r"[A-Za-z0-9+/_-]{24,}={0,2}(?:[^A-Za-z0-9+/_=-]|$)";
+pub const PERCENT_CANDIDATE: &str = r"[A-Za-z0-9._~+-]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9._~+!*'(),;:@&=$-]*)+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Base64,
+    Percent,
+}
+
+/// Decode a percent-encoded candidate; `None` unless it decodes to different, printable text.
+pub fn percent(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    if b.iter().filter(|&&c| c == b'%').count() < 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    printable(out).filter(|t| t != s)
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decode a base64 (standard or URL-safe, padding optional) candidate; `None` unless it is
+/// valid base64 of printable text of at least 16 bytes.
+pub fn base64(s: &str) -> Option<String> {
+    let s = s.trim_end_matches('=');
+    if s.len() % 4 == 1 || s.len() / 4 * 3 > MAX_DECODED {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3 + 2);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        acc = acc << 6 | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    if out.len() < 16 {
+        return None;
+    }
+    printable(out)
+}
+
+/// Printable UTF-8 text: at least 90% of the characters are not control characters (tabs and
+/// newlines count as printable).
+fn printable(bytes: Vec<u8>) -> Option<String> {
+    let t = String::from_utf8(bytes).ok()?;
+    let (mut n, mut bad) = (0usize, 0usize);
+    for c in t.chars() {
+        n += 1;
+        if c.is_control() && !matches!(c, '\n' | '\r' | '\t') {
+            bad += 1;
+        }
+    }
+    (n > 0 && bad * 10 <= n).then_some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_text_and_refuses_binary() {
+        assert_eq!(percent("user%40example%2Ecom%20x").as_deref(), Some("user@example.com x"));
+        assert_eq!(percent("100%"), None);
+        assert_eq!(base64("QUtJQUlPU0ZPRE5ON0VYQU1QTEUgaXMgdGhlIGtleQ==").as_deref(), Some("AKIAIOSFODNN7EXAMPLE is the key"));
+        // URL-safe alphabet, no padding.
+        assert_eq!(base64("aGVsbG8_Pz8_IHdvcmxkIHdvcmxk").as_deref(), Some("hello???? world world"));
+        // A hash is valid base64 of binary: not rescanned.
+        assert_eq!(base64("2fd4e1c67a2d28fced849ee1bb76e7391b93eb12"), None);
+        assert_eq!(base64("not base64 at all!!"), None);
+    }
+}

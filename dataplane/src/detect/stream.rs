@@ -1,0 +1,350 @@
+//! Streamed scanning: a body that arrives in chunks is scanned with Hyperscan's streaming
+//! mode and masked without buffering it whole. The scanner holds back the last
+//! [`Engine::hold_back`] bytes (the widest rule plus its context window): a match can only end
+//! in a later chunk if it starts inside that window, so everything before it is final and is
+//! released, masked. A finding that straddles the release point holds the point back to its
+//! end. Chunks may split anywhere, including inside a UTF-8 character (the incomplete bytes
+//! wait for the next chunk); invalid UTF-8 is scanned as a space and passed through unchanged.
+
+use super::decode::{self, Encoding};
+use super::engine::{Engine, Finding, Match, Scanner};
+use super::invisible::{self, BUILTINS};
+use super::mask::Plan;
+use super::normalize::normalize_into;
+use hyperscan::prelude::*;
+
+pub struct StreamScanner<'e> {
+    engine: &'e Engine,
+    stream: Option<Stream>,
+    /// Original bytes not yet released, starting at absolute offset `pending_base`.
+    pending: Vec<u8>,
+    pending_base: usize,
+    /// Original bytes normalised so far (excludes `utf8_tail`).
+    fed: usize,
+    utf8_tail: Vec<u8>,
+    /// Normalised text window from absolute normalised offset `win_base`, with the original
+    /// byte range behind every byte.
+    win: String,
+    win_origin: Vec<(usize, usize)>,
+    win_base: usize,
+    norm_len: usize,
+    /// Raw matches not yet settled: (pattern id, absolute normalised from, to).
+    raw: Vec<(u32, usize, usize)>,
+    /// Confirmed findings not yet released (absolute original offsets).
+    found: Vec<Finding>,
+    last_end: Vec<usize>,
+    norm: String,
+    origin: Vec<(u32, u32)>,
+    batch: Vec<(u32, u32, u32)>,
+}
+
+impl Drop for StreamScanner<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.stream.take() {
+            // SAFETY: the stream is open and owned; a null scratch and callback only free it.
+            unsafe {
+                hyperscan_sys::hs_close_stream(foreign_types::ForeignType::as_ptr(&s), std::ptr::null_mut(), None, std::ptr::null_mut());
+            }
+            std::mem::forget(s);
+        }
+    }
+}
+
+impl<'e> StreamScanner<'e> {
+    pub fn new(engine: &'e Engine) -> Result<Self, String> {
+        let stream = engine.stream_db().open_stream().map_err(|e| e.to_string())?;
+        Ok(StreamScanner {
+            engine,
+            stream: Some(stream),
+            pending: Vec::new(),
+            pending_base: 0,
+            fed: 0,
+            utf8_tail: Vec::new(),
+            win: String::new(),
+            win_origin: Vec::new(),
+            win_base: 0,
+            norm_len: 0,
+            raw: Vec::new(),
+            found: Vec::new(),
+            last_end: vec![0; engine.meta().len()],
+            norm: String::new(),
+            origin: Vec::new(),
+            batch: Vec::new(),
+        })
+    }
+
+    /// Feed a chunk; released (masked) bytes are appended to `out`, findings released with
+    /// them to `findings` (absolute offsets in the original stream).
+    pub fn feed(&mut self, sc: &mut Scanner, plan: Option<Plan<'_>>, chunk: &[u8], out: &mut Vec<u8>, findings: &mut Vec<Finding>) {
+        self.pending.extend_from_slice(chunk);
+        let mut work = std::mem::take(&mut self.utf8_tail);
+        work.extend_from_slice(chunk);
+        let mut at = 0;
+        while at < work.len() {
+            match std::str::from_utf8(&work[at..]) {
+                Ok(s) => {
+                    self.push_text(sc, s);
+                    at = work.len();
+                }
+                Err(e) => {
+                    let ok = e.valid_up_to();
+                    // SAFETY: `from_utf8` vouched for the first `ok` bytes.
+                    self.push_text(sc, unsafe { std::str::from_utf8_unchecked(&work[at..at + ok]) });
+                    at += ok;
+                    match e.error_len() {
+                        Some(n) => {
+                            self.push_replacement(sc, n);
+                            at += n;
+                        }
+                        None => {
+                            self.utf8_tail.extend_from_slice(&work[at..]);
+                            at = work.len();
+                        }
+                    }
+                }
+            }
+        }
+        let limit = self.norm_len.saturating_sub(self.engine.hold_back());
+        self.settle(sc, limit);
+        let orig_limit = if limit >= self.norm_len { self.fed } else { self.win_origin[limit - self.win_base].0 };
+        self.release(plan, orig_limit, out, findings);
+        self.trim(limit);
+    }
+
+    /// End of the stream: settle every match and release everything.
+    pub fn finish(mut self, sc: &mut Scanner, plan: Option<Plan<'_>>, out: &mut Vec<u8>, findings: &mut Vec<Finding>) {
+        if !self.utf8_tail.is_empty() {
+            let n = self.utf8_tail.len();
+            self.utf8_tail.clear();
+            self.push_replacement(sc, n);
+        }
+        if let Some(s) = self.stream.take() {
+            let raw = &mut self.raw;
+            let _ = s.close(&sc_scratch(sc), |id, from, to, _| {
+                raw.push((id, from as usize, to as usize));
+                Matching::Continue
+            });
+        }
+        self.settle(sc, usize::MAX);
+        let end = self.pending_base + self.pending.len();
+        self.release(plan, end, out, findings);
+    }
+
+    fn push_text(&mut self, sc: &mut Scanner, s: &str) {
+        if s.is_empty() {
+            return;
+        }
+        let base = self.fed;
+        if !s.is_ascii() {
+            let b = self.engine.rules().len() as u32;
+            let found = &mut self.found;
+            invisible::find(s, |k, a, e| {
+                let i = BUILTINS.iter().position(|x| *x == k).unwrap_or(0) as u32;
+                found.push(Finding { rule: b + i, start: base + a, end: base + e, encoding: None });
+            });
+        }
+        let start = self.win.len();
+        if !s.is_ascii() && normalize_into(s, &mut self.norm, &mut self.origin) {
+            self.win.push_str(&self.norm);
+            self.win_origin.extend(self.origin.iter().map(|&(a, e)| (base + a as usize, base + e as usize)));
+        } else {
+            self.win.push_str(s);
+            self.win_origin.extend((0..s.len()).map(|i| (base + i, base + i + 1)));
+        }
+        self.fed += s.len();
+        self.scan_window_from(sc, start);
+    }
+
+    /// Bytes that are not UTF-8: scanned as one space, passed through unchanged.
+    fn push_replacement(&mut self, sc: &mut Scanner, n: usize) {
+        let start = self.win.len();
+        self.win.push(' ');
+        self.win_origin.push((self.fed, self.fed + n));
+        self.fed += n;
+        self.scan_window_from(sc, start);
+    }
+
+    fn scan_window_from(&mut self, sc: &mut Scanner, start: usize) {
+        let new = &self.win.as_bytes()[start..];
+        self.norm_len += new.len();
+        let raw = &mut self.raw;
+        if let Some(s) = &self.stream {
+            let _ = s.scan(new, &sc_scratch(sc), |id, from, to, _| {
+                raw.push((id, from as usize, to as usize));
+                Matching::Continue
+            });
+        }
+    }
+
+    /// Confirm every raw match that starts before `limit` (absolute normalised offset).
+    fn settle(&mut self, sc: &mut Scanner, limit: usize) {
+        let win_base = self.win_base;
+        let win_end = win_base + self.win.len();
+        self.batch.clear();
+        let batch = &mut self.batch;
+        self.raw.retain(|&(id, from, to)| {
+            if from >= limit {
+                return true;
+            }
+            // A match that starts before the window is wider than any rule allows.
+            if from >= win_base && to <= win_end {
+                batch.push((id, (from - win_base) as u32, (to - win_base) as u32));
+            }
+            false
+        });
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut decoded = Vec::new();
+        let (engine, win, origin) = (self.engine, &self.win, &self.win_origin);
+        let (found, last_end) = (&mut self.found, &mut self.last_end);
+        engine.finish(win, &mut batch, &mut |m| match m {
+            Match::Rule(r, s, e) => {
+                let (os, oe) = (origin[s].0, origin[e - 1].1);
+                if os >= last_end[r as usize] {
+                    last_end[r as usize] = oe;
+                    found.push(Finding { rule: r, start: os, end: oe, encoding: None });
+                }
+            }
+            Match::Candidate(enc, s, e) => decoded.push((enc, s, e)),
+        });
+        for (enc, s, e) in decoded {
+            let plain = match enc {
+                Encoding::Base64 => decode::base64(&self.win[s..e]),
+                Encoding::Percent => decode::percent(&self.win[s..e]),
+            };
+            if let Some(plain) = plain {
+                let (os, oe) = (self.win_origin[s].0, self.win_origin[e - 1].1);
+                let mut inner = Vec::new();
+                self.engine.scan_at(sc, &plain, 1, &mut inner);
+                self.found.extend(inner.into_iter().map(|f| Finding { rule: f.rule, start: os, end: oe, encoding: f.encoding.or(Some(enc)) }));
+            }
+        }
+        self.batch = batch;
+    }
+
+    /// Release original bytes before `limit` (moved forward past any finding straddling it),
+    /// masking the findings inside.
+    fn release(&mut self, plan: Option<Plan<'_>>, mut limit: usize, out: &mut Vec<u8>, findings: &mut Vec<Finding>) {
+        self.found.sort_by_key(|f| (f.start, f.end));
+        loop {
+            let ext = self.found.iter().filter(|f| f.start < limit && f.end > limit).map(|f| f.end).max();
+            match ext {
+                Some(e) => limit = e,
+                None => break,
+            }
+        }
+        let limit = limit.min(self.pending_base + self.pending.len());
+        if limit <= self.pending_base {
+            return;
+        }
+        let n = self.found.iter().take_while(|f| f.start < limit).count();
+        let meta = self.engine.meta();
+        let mut pos = self.pending_base;
+        let mut repl = String::new();
+        for f in &self.found[..n] {
+            findings.push(*f);
+            let Some(p) = plan.filter(|p| (p.mask_rule)(f.rule)) else { continue };
+            if f.end <= pos {
+                continue;
+            }
+            let s = f.start.max(pos);
+            out.extend_from_slice(&self.pending[pos - self.pending_base..s - self.pending_base]);
+            repl.clear();
+            let value = String::from_utf8_lossy(&self.pending[s - self.pending_base..f.end - self.pending_base]);
+            p.masker.replace(p.strategies[f.rule as usize], &meta[f.rule as usize].kind, &value, &mut repl);
+            out.extend_from_slice(repl.as_bytes());
+            pos = f.end;
+        }
+        self.found.drain(..n);
+        let upto = limit.max(pos);
+        out.extend_from_slice(&self.pending[pos - self.pending_base..upto - self.pending_base]);
+        self.pending.drain(..upto - self.pending_base);
+        self.pending_base = upto;
+    }
+
+    /// Drop window bytes no unsettled match or context check can need.
+    fn trim(&mut self, limit: usize) {
+        let keep_from = limit.saturating_sub(self.engine.max_context()).max(self.win_base);
+        let mut cut = keep_from - self.win_base;
+        while cut > 0 && !self.win.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut > 4096 {
+            self.win.drain(..cut);
+            self.win_origin.drain(..cut);
+            self.win_base += cut;
+        }
+    }
+}
+
+fn sc_scratch(sc: &Scanner) -> &hyperscan::ScratchRef {
+    sc.scratch()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::mask::Masker;
+    use crate::detect::rules::{default_dir, load_dir};
+    use std::sync::OnceLock;
+
+    fn engine() -> &'static Engine {
+        static E: OnceLock<Engine> = OnceLock::new();
+        E.get_or_init(|| Engine::compile(load_dir(&default_dir()).unwrap()).unwrap())
+    }
+
+    fn run(chunks: &[&[u8]]) -> (Vec<u8>, Vec<(String, usize, usize)>) {
+        let e = engine();
+        let masker = Masker::new([3; 32], "[MASKED]");
+        let strategies = e.default_strategies();
+        let plan = Plan { masker: &masker, strategies: &strategies, mask_rule: &|_| true };
+        let mut sc = e.scanner().unwrap();
+        let mut st = StreamScanner::new(e).unwrap();
+        let (mut out, mut f) = (Vec::new(), Vec::new());
+        for c in chunks {
+            st.feed(&mut sc, Some(plan), c, &mut out, &mut f);
+        }
+        st.finish(&mut sc, Some(plan), &mut out, &mut f);
+        (out, f.into_iter().map(|f| (e.meta()[f.rule as usize].kind.clone(), f.start, f.end)).collect())
+    }
+
+    /// The same text split at every byte position gives the same masked output and findings
+    /// as one block scan.
+    #[test]
+    fn split_at_every_byte_matches_the_block_scan() {
+        let text = "log: user ｂｏｂ@example.com paid with 4111 1111 1111 1111; key AKIAIOSFODNN7EXAMPLE, é ok\n".as_bytes();
+        let (whole, wf) = run(&[text]);
+        assert!(String::from_utf8_lossy(&whole).contains("[email:"), "{}", String::from_utf8_lossy(&whole));
+        assert!(wf.iter().any(|f| f.0 == "payment_card") && wf.iter().any(|f| f.0 == "aws_access_key_id"), "{wf:?}");
+        for i in 1..text.len() {
+            let (out, f) = run(&[&text[..i], &text[i..]]);
+            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&whole), "split at {i}");
+            assert_eq!(f, wf, "split at {i}");
+        }
+        // One byte at a time.
+        let bytes: Vec<&[u8]> = text.chunks(1).collect();
+        assert_eq!(run(&bytes).0, whole);
+    }
+
+    #[test]
+    fn long_streams_release_early_and_mask_across_chunks() {
+        let e = engine();
+        let mut sc = e.scanner().unwrap();
+        let masker = Masker::new([3; 32], "x");
+        let strategies = e.default_strategies();
+        let plan = Plan { masker: &masker, strategies: &strategies, mask_rule: &|_| true };
+        let mut st = StreamScanner::new(e).unwrap();
+        let filler = "lorem ipsum dolor sit amet ".repeat(4000);
+        let (mut out, mut f) = (Vec::new(), Vec::new());
+        st.feed(&mut sc, Some(plan), filler.as_bytes(), &mut out, &mut f);
+        // Released all but the hold-back window.
+        assert!(out.len() >= filler.len() - e.hold_back(), "{} of {}", out.len(), filler.len());
+        st.feed(&mut sc, Some(plan), b"token ghp_aBcDeFgHiJkL", &mut out, &mut f);
+        st.feed(&mut sc, Some(plan), b"mNoPqRsTuVwXyZ0123456789 end \xff\xfe bytes", &mut out, &mut f);
+        st.finish(&mut sc, Some(plan), &mut out, &mut f);
+        let tail = &out[filler.len()..];
+        assert_eq!(tail, b"token [REDACTED:github_classic_token] end \xff\xfe bytes");
+    }
+}
