@@ -24,7 +24,7 @@ pub enum Direction {
 #[derive(Debug)]
 pub struct RequestCtx {
     pub worker: usize,
-    pub route: String,
+    pub route: std::sync::Arc<str>,
     pub upstream: String,
     pub client: SocketAddr,
     pub http_method: String,
@@ -35,6 +35,13 @@ pub struct RequestCtx {
     pub started: Instant,
     /// Messages refused by a hook in this exchange.
     pub refused: u32,
+    /// Content inspection in force for this request (from the config it started with).
+    pub detect: Option<std::sync::Arc<crate::config::detect::DetectCfg>>,
+    /// What inspection found in this exchange, both directions (for policy and recording).
+    pub findings: Vec<crate::detect::hook::Recorded>,
+    /// Tail of the last scanned text of the previous response message (SSE event), so a value
+    /// split across two events is found.
+    pub carry: String,
 }
 
 /// What a hook decided about one message.
@@ -234,6 +241,9 @@ mod tests {
             protocol_version: None,
             started: Instant::now(),
             refused: 0,
+            detect: None,
+            findings: Vec::new(),
+            carry: String::new(),
         }
     }
 

@@ -24,6 +24,7 @@ struct Labelled {
     requests: HashMap<(Arc<str>, &'static str, u16), u64>,
     latency: HashMap<Arc<str>, Histogram>,
     messages: HashMap<(Arc<str>, &'static str, &'static str), u64>,
+    findings: HashMap<(Arc<str>, &'static str, String, &'static str), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +69,17 @@ impl WorkerMetrics {
         *self.labelled.lock().messages.entry((route.clone(), direction, kind)).or_default() += n;
     }
 
+    /// A detection finding (kind names come from the rule packs; the value never appears).
+    pub fn finding(&self, route: &Arc<str>, direction: &'static str, kind: &str, action: &'static str) {
+        let mut l = self.labelled.lock();
+        match l.findings.get_mut(&(route.clone(), direction, kind.to_owned(), action)) {
+            Some(n) => *n += 1,
+            None => {
+                l.findings.insert((route.clone(), direction, kind.to_owned(), action), 1);
+            }
+        }
+    }
+
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -99,9 +111,9 @@ pub fn render(workers: &[Arc<WorkerMetrics>], sessions: usize, out: &mut String)
     let _ = writeln!(out, "# HELP sluice_requests_total Requests answered, by route, method and status.\n# TYPE sluice_requests_total counter");
     let snaps: Vec<_> = workers.iter().map(|w| {
         let l = w.labelled.lock();
-        (l.requests.clone(), l.latency.clone(), l.messages.clone())
+        (l.requests.clone(), l.latency.clone(), l.messages.clone(), l.findings.clone())
     }).collect();
-    for (i, (req, _, _)) in snaps.iter().enumerate() {
+    for (i, (req, _, _, _)) in snaps.iter().enumerate() {
         let mut rows: Vec<_> = req.iter().collect();
         rows.sort();
         for ((route, method, status), n) in rows {
@@ -109,15 +121,23 @@ pub fn render(workers: &[Arc<WorkerMetrics>], sessions: usize, out: &mut String)
         }
     }
     let _ = writeln!(out, "# HELP sluice_messages_total JSON-RPC messages seen, by route, direction and kind.\n# TYPE sluice_messages_total counter");
-    for (i, (_, _, msgs)) in snaps.iter().enumerate() {
+    for (i, (_, _, msgs, _)) in snaps.iter().enumerate() {
         let mut rows: Vec<_> = msgs.iter().collect();
         rows.sort();
         for ((route, dir, kind), n) in rows {
             let _ = writeln!(out, "sluice_messages_total{{worker=\"{i}\",route=\"{route}\",direction=\"{dir}\",kind=\"{kind}\"}} {n}");
         }
     }
+    let _ = writeln!(out, "# HELP sluice_findings_total Detection findings, by route, direction, kind and action taken.\n# TYPE sluice_findings_total counter");
+    for (i, (_, _, _, found)) in snaps.iter().enumerate() {
+        let mut rows: Vec<_> = found.iter().collect();
+        rows.sort();
+        for ((route, dir, kind, action), n) in rows {
+            let _ = writeln!(out, "sluice_findings_total{{worker=\"{i}\",route=\"{route}\",direction=\"{dir}\",kind=\"{kind}\",action=\"{action}\"}} {n}");
+        }
+    }
     let _ = writeln!(out, "# HELP sluice_request_duration_seconds Time from request head to the end of the response head (streams) or body.\n# TYPE sluice_request_duration_seconds histogram");
-    for (i, (_, lat, _)) in snaps.iter().enumerate() {
+    for (i, (_, lat, _, _)) in snaps.iter().enumerate() {
         let mut rows: Vec<_> = lat.iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
         for (route, h) in rows {

@@ -24,6 +24,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
     pub sessions: SessionsCfg,
+    /// Content inspection; `None` when `[detect] enabled = false`.
+    pub detect: Option<std::sync::Arc<super::detect::DetectCfg>>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,7 +108,7 @@ impl Issues {
 }
 
 /// Resolve a relative file path against the config file's folder.
-fn resolve(base: Option<&Path>, p: &str) -> std::path::PathBuf {
+pub(super) fn resolve(base: Option<&Path>, p: &str) -> std::path::PathBuf {
     let p = Path::new(p);
     match base.and_then(Path::parent) {
         Some(dir) if p.is_relative() => dir.join(p),
@@ -243,6 +245,8 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         max_sessions: f.sessions.max_sessions,
     };
 
+    let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));
+
     if !is.0.is_empty() {
         return Err(is.0);
     }
@@ -260,6 +264,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         upstreams,
         routes,
         sessions,
+        detect,
     })
 }
 

@@ -21,6 +21,8 @@ pub struct File {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub sessions: Sessions,
+    #[serde(default)]
+    pub detect: Detect,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,4 +245,69 @@ fn default_session_idle() -> String {
 }
 fn default_max_sessions() -> usize {
     100_000
+}
+
+/// `[detect]`: content inspection of every message (PII, secrets, prompt injection, tool
+/// poisoning). Until the policy stage exists, an action per direction and category decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detect {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Rule pack directory (default: the packs shipped with sluice).
+    pub rules: Option<String>,
+    /// Key material for fingerprint masking (any length; keep it secret and the same on every
+    /// gateway of a deployment, so fingerprints match). Without it, fingerprints are stable
+    /// only until restart.
+    pub fingerprint_key_file: Option<String>,
+    /// Text of the `placeholder` mask strategy.
+    #[serde(default = "default_placeholder")]
+    pub placeholder: String,
+    /// Agent → upstream (tool arguments, request params). Defaults: secret = "mask", others "log".
+    #[serde(default)]
+    pub request: DetectActions,
+    /// Upstream → agent (results, errors, tool metadata). Defaults: "mask" for every category.
+    #[serde(default)]
+    pub response: DetectActions,
+    /// Mask strategy per category, overriding each rule's default.
+    #[serde(default)]
+    pub strategy: DetectStrategies,
+}
+
+impl Default for Detect {
+    fn default() -> Self {
+        Detect {
+            enabled: true,
+            rules: None,
+            fingerprint_key_file: None,
+            placeholder: default_placeholder(),
+            request: DetectActions::default(),
+            response: DetectActions::default(),
+            strategy: DetectStrategies::default(),
+        }
+    }
+}
+
+/// `mask`, `block`, `log` or `off` per category.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectActions {
+    pub pii: Option<String>,
+    pub secret: Option<String>,
+    pub injection: Option<String>,
+    pub poisoning: Option<String>,
+}
+
+/// `redact`, `partial`, `fingerprint`, `placeholder` or `remove` per category.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectStrategies {
+    pub pii: Option<String>,
+    pub secret: Option<String>,
+    pub injection: Option<String>,
+    pub poisoning: Option<String>,
+}
+
+fn default_placeholder() -> String {
+    "[MASKED]".into()
 }

@@ -4,7 +4,8 @@
 //! the value are masked. Integer leaves are scanned as their digits (a card number stored as a
 //! number is still a card number); a masked integer becomes a string. Object keys are never
 //! rewritten (that would change the document's shape); a finding inside a key is reported with
-//! `in_key` set. The output is always valid JSON because only leaves change.
+//! `in_key` set. The output is always valid JSON because only leaves change. The base64
+//! payloads of MCP image/audio blocks and resource blobs are binary and skipped.
 
 use super::engine::{Engine, Finding, Scanner};
 use super::mask::{apply, Plan, Span};
@@ -27,9 +28,18 @@ pub struct Walk<'a> {
     pub mask: Option<Plan<'a>>,
 }
 
+/// How much text carries over from one message to the next in a stream (SSE events, batch
+/// elements): enough for any token-shaped secret or identifier split across two messages.
+pub const CARRY: usize = 256;
+
 /// Reused buffers for walking documents on one core.
 #[derive(Default)]
 pub struct Buffers {
+    /// With carry on: the tail of the last string leaf of the previous message; the first
+    /// leaf of the next message is also scanned joined to it.
+    pub carry: String,
+    carry_on: bool,
+    first_leaf: bool,
     hay: String,
     path: String,
     findings: Vec<Finding>,
@@ -41,6 +51,17 @@ impl Walk<'_> {
     /// Scan (and mask) every leaf of `v`; returns whether anything was changed.
     pub fn run(&self, sc: &mut Scanner, b: &mut Buffers, v: &mut BorrowedValue<'_>, out: &mut Vec<Found>) -> bool {
         b.path.clear();
+        b.carry_on = false;
+        self.value(sc, b, v, None, out)
+    }
+
+    /// Like [`Walk::run`] for one message of a stream: a value split between the previous
+    /// message's last string leaf and this message's first one is found too (the part in
+    /// this message is masked; the earlier part has already been delivered).
+    pub fn run_carry(&self, sc: &mut Scanner, b: &mut Buffers, v: &mut BorrowedValue<'_>, out: &mut Vec<Found>) -> bool {
+        b.path.clear();
+        b.carry_on = true;
+        b.first_leaf = true;
         self.value(sc, b, v, None, out)
     }
 
@@ -67,7 +88,11 @@ impl Walk<'_> {
             }
             BorrowedValue::Object(m) => {
                 let mut changed = false;
+                let binary = binary_field(m);
                 for (k, x) in m.iter_mut() {
+                    if binary == Some(k.as_ref()) {
+                        continue;
+                    }
                     let len = b.path.len();
                     b.path.push('/');
                     for c in k.chars() {
@@ -103,6 +128,19 @@ impl Walk<'_> {
 
     /// Scan one leaf; the masked text when something in it was masked.
     fn leaf(&self, sc: &mut Scanner, b: &mut Buffers, text: &str, key: Option<&str>, out: &mut Vec<Found>) -> Option<String> {
+        b.spans.clear();
+        if b.carry_on && !structural(key) {
+            if b.first_leaf && !b.carry.is_empty() {
+                self.across(sc, b, text, out);
+            }
+            b.first_leaf = false;
+            let mut from = text.len().saturating_sub(CARRY);
+            while !text.is_char_boundary(from) {
+                from += 1;
+            }
+            b.carry.clear();
+            b.carry.push_str(&text[from..]);
+        }
         let prefix = match key {
             Some(k) => {
                 b.hay.clear();
@@ -116,10 +154,9 @@ impl Walk<'_> {
         let hay: &str = if prefix > 0 { &b.hay } else { text };
         b.findings.clear();
         self.engine.scan(sc, hay, &mut b.findings);
-        if b.findings.is_empty() {
+        if b.findings.is_empty() && b.spans.is_empty() {
             return None;
         }
-        b.spans.clear();
         for f in &b.findings {
             if f.end <= prefix {
                 if f.start < prefix.saturating_sub(2) {
@@ -137,11 +174,57 @@ impl Walk<'_> {
         if b.spans.is_empty() {
             return None;
         }
+        b.spans.sort_unstable();
         let meta = self.engine.meta();
         let spans: Vec<Span<'_>> =
             b.spans.iter().map(|&(s, e, r)| Span { start: s, end: e, kind: &meta[r as usize].kind, strategy: plan.strategies[r as usize] }).collect();
         apply(plan.masker, text, &spans, &mut b.masked);
         Some(std::mem::take(&mut b.masked))
+    }
+}
+
+/// MCP envelope fields (`type`, `mimeType`, …) are short enumerations, not text that continues
+/// from one message to the next; the carry-over skips them.
+fn structural(key: Option<&str>) -> bool {
+    matches!(key, Some("type" | "mimeType" | "level" | "role" | "uri" | "logger" | "progressToken" | "name"))
+}
+
+/// The base64 payload of an MCP binary content block (`data` of an image or audio block,
+/// `blob` of resource contents): binary, not text a model reads, and masking inside it would
+/// corrupt it — it is neither scanned nor masked.
+fn binary_field(m: &simd_json::borrowed::Object<'_>) -> Option<&'static str> {
+    if m.contains_key("blob") {
+        return Some("blob");
+    }
+    match m.get("type") {
+        Some(BorrowedValue::String(t)) if t == "image" || t == "audio" => Some("data"),
+        _ => None,
+    }
+}
+
+impl Walk<'_> {
+    /// Scan the previous message's tail joined to the head of this leaf; report (and mark for
+    /// masking) what crosses the join.
+    fn across(&self, sc: &mut Scanner, b: &mut Buffers, text: &str, out: &mut Vec<Found>) {
+        let mut head = text.len().min(CARRY);
+        while !text.is_char_boundary(head) {
+            head -= 1;
+        }
+        let join = b.carry.len();
+        b.hay.clear();
+        b.hay.push_str(&b.carry);
+        b.hay.push_str(&text[..head]);
+        b.findings.clear();
+        self.engine.scan(sc, &b.hay, &mut b.findings);
+        for f in &b.findings {
+            if f.start < join && f.end > join {
+                let end = f.end - join;
+                out.push(Found { path: b.path.clone(), finding: Finding { start: 0, end, ..*f }, in_key: false });
+                if self.mask.is_some_and(|p| (p.mask_rule)(f.rule)) {
+                    b.spans.push((0, end, f.rule));
+                }
+            }
+        }
     }
 }
 

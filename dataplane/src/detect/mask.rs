@@ -72,6 +72,10 @@ impl Masker {
         Masker { key, placeholder: placeholder.into() }
     }
 
+    pub(crate) fn key_copy(&self) -> [u8; 32] {
+        self.key
+    }
+
     /// Derive the 32-byte key from key material of any length (a key file's contents).
     pub fn key_from_material(material: &[u8]) -> [u8; 32] {
         blake3::derive_key("sluice 2026 mask fingerprint key", material)

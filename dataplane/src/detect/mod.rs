@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod decode;
 pub mod engine;
+pub mod hook;
 
 pub mod invisible;
 pub mod json;

@@ -54,7 +54,7 @@ pub async fn handle(
     let method = head.method();
     let mut ctx = RequestCtx {
         worker: w.id,
-        route: route.name.clone(),
+        route: route.label.clone(),
         upstream: up.name.clone(),
         client,
         http_method: method.to_owned(),
@@ -64,6 +64,9 @@ pub async fn handle(
         protocol_version: head.header_str("mcp-protocol-version").map(str::to_owned),
         started,
         refused: 0,
+        detect: cfg.detect.clone(),
+        findings: Vec::new(),
+        carry: String::new(),
     };
     let mut track = Track::default();
     let keep_alive = head.keep_alive() && !w.draining();

