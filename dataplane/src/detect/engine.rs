@@ -200,6 +200,27 @@ impl Engine {
         let first = out.len();
         self.scan_at(sc, text, 0, out);
         out[first..].sort_by_key(|f| (f.start, f.end));
+        if out.len() - first > 1 {
+            self.drop_explained(out, first);
+        }
+    }
+
+    /// A PII finding entirely inside a secret finding is part of it (the `user:pw@host` of a
+    /// database URL is not an e-mail address): drop it, so each span is reported once, as what
+    /// it is.
+    fn drop_explained(&self, out: &mut Vec<Finding>, first: usize) {
+        let cat = |f: &Finding| self.meta[f.rule as usize].category;
+        let mut i = first;
+        while i < out.len() {
+            let f = out[i];
+            let inside = cat(&f) == Category::Pii
+                && out[first..].iter().any(|o| o.rule != f.rule && cat(o) == Category::Secret && o.start <= f.start && f.end <= o.end);
+            if inside {
+                out.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     pub(crate) fn scan_at(&self, sc: &mut Scanner, text: &str, depth: u8, out: &mut Vec<Finding>) {
@@ -313,6 +334,7 @@ impl Engine {
             Validator::AbaRouting => validate::aba_routing(m),
             Validator::UsSsn => validate::us_ssn(m),
             Validator::PublicIp => validate::public_ip(m),
+            Validator::Phone => (8..=15).contains(&m.bytes().filter(u8::is_ascii_digit).count()),
             Validator::Entropy => validate::entropy(m) >= r.min_entropy.unwrap_or(0.0),
         }
     }

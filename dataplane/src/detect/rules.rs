@@ -32,6 +32,8 @@ pub enum Validator {
     Iban,
     AbaRouting,
     UsSsn,
+    /// A phone number: 8 to 15 digits in the match.
+    Phone,
     /// A globally routable IPv4/IPv6 address (not private, loopback, documentation, …).
     PublicIp,
     /// Shannon entropy of the match at least `min_entropy` bits per character.
