@@ -99,7 +99,9 @@ impl Engine {
             return Err(PackError(errors));
         }
         for (expr, enc) in [(decode::BASE64_CANDIDATE, Encoding::Base64), (decode::PERCENT_CANDIDATE, Encoding::Percent)] {
-            let mut pat = Pattern::with_flags(expr, flags_for(false)).map_err(|e| PackError(vec![format!("internal pattern {expr}: {e}")]))?;
+            // No SOM: the candidate's extent is recovered from its end by `candidate_span`,
+            // which keeps these two patterns off Hyperscan's costly start-tracking path.
+            let mut pat = Pattern::with_flags(expr, CompileFlags::UTF8).map_err(|e| PackError(vec![format!("internal pattern {expr}: {e}")]))?;
             pat.id = Some(targets.len());
             pats.push(pat);
             targets.push(Target::Candidate(enc));
@@ -183,6 +185,11 @@ impl Engine {
 
     pub(crate) fn max_context(&self) -> usize {
         self.max_context
+    }
+
+    /// Is this Hyperscan pattern id a decode candidate (reported without a start offset)?
+    pub(crate) fn is_candidate(&self, id: u32) -> bool {
+        matches!(self.targets[id as usize], Target::Candidate(_))
     }
 
     pub(crate) fn stream_db(&self) -> &StreamingDatabase {
@@ -278,9 +285,12 @@ impl Engine {
             Target::Candidate(Encoding::Base64) => u64::MAX - 1,
             Target::Candidate(Encoding::Percent) => u64::MAX,
         };
-        raw.sort_unstable_by(|a, b| {
-            (key(&self.targets[a.0 as usize]), a.1, std::cmp::Reverse(a.2)).cmp(&(key(&self.targets[b.0 as usize]), b.1, std::cmp::Reverse(b.2)))
-        });
+        // By target, then start, longest first (decode candidates carry no start: by end).
+        let order = |r: &(u32, u32, u32)| {
+            let k = key(&self.targets[r.0 as usize]);
+            (k, r.1, if k >= u64::MAX - 1 { r.2 } else { u32::MAX - r.2 })
+        };
+        raw.sort_unstable_by_key(order);
         let mut last: Option<(u64, u32)> = None;
         for &(id, from, to) in raw.iter() {
             let target = self.targets[id as usize];
@@ -293,16 +303,12 @@ impl Engine {
             let (s, e) = (from as usize, to as usize);
             match target {
                 Target::Candidate(enc) => {
-                    last = Some((k, to));
-                    // The base64 candidate ends at the first character after the run.
-                    let mut e2 = e;
-                    if enc == Encoding::Base64 {
-                        while e2 > s && !hay.as_bytes()[e2 - 1].is_ascii_alphanumeric() && !matches!(hay.as_bytes()[e2 - 1], b'+' | b'/' | b'_' | b'-' | b'=') {
-                            e2 -= 1;
+                    if let Some((cs, ce)) = candidate_span(hay, enc, e) {
+                        if last.is_some_and(|(lk, le)| lk == k && cs < le as usize) {
+                            continue;
                         }
-                    }
-                    if hay.is_char_boundary(s) && hay.is_char_boundary(e2) {
-                        emit(Match::Candidate(enc, s, e2));
+                        last = Some((k, ce as u32));
+                        emit(Match::Candidate(enc, cs, ce));
                     }
                 }
                 Target::Rule(ri) => {
@@ -367,6 +373,40 @@ impl Scanner {
 pub(crate) enum Match {
     Rule(u32, usize, usize),
     Candidate(Encoding, usize, usize),
+}
+
+/// The extent of a decode candidate from where its (start-less) match ended: the maximal run
+/// of the encoding's characters around that point.
+fn candidate_span(hay: &str, enc: Encoding, end: usize) -> Option<(usize, usize)> {
+    let b = hay.as_bytes();
+    let inside = |c: u8| match enc {
+        Encoding::Base64 => c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-'),
+        Encoding::Percent => c.is_ascii_alphanumeric() || b"%._~+!*'(),;:@&=$-".contains(&c),
+    };
+    let mut e = end.min(b.len());
+    while e > 0 && !inside(b[e - 1]) {
+        e -= 1;
+    }
+    while e < b.len() && inside(b[e]) {
+        e += 1;
+    }
+    let mut s = e;
+    while s > 0 && inside(b[s - 1]) {
+        s -= 1;
+    }
+    if enc == Encoding::Base64 {
+        // Padding belongs to the run; and text worth decoding mixes upper case, lower case and
+        // digits (hex digests and UUIDs do not), which spares most decode attempts.
+        while e < b.len() && b[e] == b'=' {
+            e += 1;
+        }
+        let run = &b[s..e];
+        let has = |f: fn(&u8) -> bool| run.iter().any(f);
+        if !(has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase) && has(u8::is_ascii_digit)) {
+            return None;
+        }
+    }
+    (e > s).then_some((s, e))
 }
 
 /// Where the value starts in an assignment match: after the first `=` or `:`, then spaces

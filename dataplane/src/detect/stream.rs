@@ -182,12 +182,16 @@ impl<'e> StreamScanner<'e> {
         let win_end = win_base + self.win.len();
         self.batch.clear();
         let batch = &mut self.batch;
+        let engine = self.engine;
         self.raw.retain(|&(id, from, to)| {
+            // A decode candidate has no start offset; it is settled by its end.
+            let from = if engine.is_candidate(id) { to } else { from };
             if from >= limit {
                 return true;
             }
             // A match that starts before the window is wider than any rule allows.
             if from >= win_base && to <= win_end {
+                let from = if engine.is_candidate(id) { win_base } else { from };
                 batch.push((id, (from - win_base) as u32, (to - win_base) as u32));
             }
             false
@@ -197,7 +201,7 @@ impl<'e> StreamScanner<'e> {
         }
         let mut batch = std::mem::take(&mut self.batch);
         let mut decoded = Vec::new();
-        let (engine, win, origin) = (self.engine, &self.win, &self.win_origin);
+        let (win, origin) = (&self.win, &self.win_origin);
         let (found, last_end) = (&mut self.found, &mut self.last_end);
         engine.finish(win, &mut batch, &mut |m| match m {
             Match::Rule(r, s, e) => {
@@ -279,6 +283,19 @@ impl<'e> StreamScanner<'e> {
     }
 }
 
+/// Mask a body given as chunks, all at once (tests, fuzzing, offline use): the masked bytes
+/// and the findings, as the gateway would produce them chunk by chunk.
+pub fn mask_chunks(engine: &Engine, plan: Option<Plan<'_>>, chunks: &[&[u8]]) -> Result<(Vec<u8>, Vec<Finding>), String> {
+    let mut sc = engine.scanner()?;
+    let mut st = StreamScanner::new(engine)?;
+    let (mut out, mut f) = (Vec::new(), Vec::new());
+    for c in chunks {
+        st.feed(&mut sc, plan, c, &mut out, &mut f);
+    }
+    st.finish(&mut sc, plan, &mut out, &mut f);
+    Ok((out, f))
+}
+
 fn sc_scratch(sc: &Scanner) -> &hyperscan::ScratchRef {
     sc.scratch()
 }
@@ -300,13 +317,7 @@ mod tests {
         let masker = Masker::new([3; 32], "[MASKED]");
         let strategies = e.default_strategies();
         let plan = Plan { masker: &masker, strategies: &strategies, mask_rule: &|_| true };
-        let mut sc = e.scanner().unwrap();
-        let mut st = StreamScanner::new(e).unwrap();
-        let (mut out, mut f) = (Vec::new(), Vec::new());
-        for c in chunks {
-            st.feed(&mut sc, Some(plan), c, &mut out, &mut f);
-        }
-        st.finish(&mut sc, Some(plan), &mut out, &mut f);
+        let (out, f) = mask_chunks(e, Some(plan), chunks).unwrap();
         (out, f.into_iter().map(|f| (e.meta()[f.rule as usize].kind.clone(), f.start, f.end)).collect())
     }
 

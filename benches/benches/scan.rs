@@ -1,0 +1,99 @@
+//! Detection benchmarks: raw scan throughput of the full rule pack on realistic tool output,
+//! the whole response path (parse → normalise → scan → mask → serialise) at 1 KB, 10 KB and
+//! 1 MB, and the same rules through `regex::RegexSet` (+ `find_iter` for the offsets) as the
+//! baseline. Run: `cargo bench -p sluice-benches --bench scan`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sluice::detect::engine::Engine;
+use sluice::detect::json::{Buffers, Walk};
+use sluice::detect::mask::{Masker, Plan};
+use sluice::detect::rules::{default_dir, load_dir};
+use sluice_benches::{corpus_text, mcp_response};
+use std::hint::black_box;
+
+fn engine() -> Engine {
+    Engine::compile(load_dir(&default_dir()).expect("rule packs")).expect("compile")
+}
+
+/// The pack's patterns through the regex crate (the ones it accepts), case flags carried over.
+fn regex_baseline(e: &Engine) -> (regex::RegexSet, Vec<regex::Regex>, usize) {
+    let mut pats = Vec::new();
+    let mut skipped = 0;
+    for l in e.rules() {
+        for p in &l.rule.patterns {
+            let p = if l.rule.caseless { format!("(?i:{p})") } else { p.clone() };
+            match regex::Regex::new(&p) {
+                Ok(_) => pats.push(p),
+                Err(_) => skipped += 1,
+            }
+        }
+    }
+    let set = regex::RegexSet::new(&pats).expect("regex set");
+    let each = pats.iter().map(|p| regex::Regex::new(p).expect("regex")).collect();
+    (set, each, skipped)
+}
+
+fn raw_scan(c: &mut Criterion) {
+    let e = engine();
+    let mut sc = e.scanner().expect("scratch");
+    let text = corpus_text(1 << 20);
+    let (set, each, skipped) = regex_baseline(&e);
+    eprintln!("regex baseline: {} patterns, {skipped} the regex crate does not accept", each.len());
+    let mut g = c.benchmark_group("raw_scan_1MiB");
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.sample_size(20);
+    let mut out = Vec::new();
+    g.bench_function("hyperscan", |b| {
+        b.iter(|| {
+            out.clear();
+            e.scan(&mut sc, black_box(&text), &mut out);
+            black_box(out.len())
+        })
+    });
+    g.sample_size(10);
+    g.bench_function("regex_set", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for i in set.matches(black_box(&text)).iter() {
+                n += each[i].find_iter(&text).count();
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+fn whole_path(c: &mut Criterion) {
+    let e = engine();
+    let mut sc = e.scanner().expect("scratch");
+    let masker = Masker::new([9; 32], "[MASKED]");
+    let strategies = e.default_strategies();
+    let all = |_: u32| true;
+    let walk = Walk { engine: &e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &all }) };
+    let mut bufs = Buffers::default();
+    let mut g = c.benchmark_group("whole_path");
+    for (label, size) in [("1KB", 1024), ("10KB", 10 * 1024), ("1MB", 1 << 20)] {
+        let body = mcp_response(size);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.sample_size(if size > 100_000 { 20 } else { 100 });
+        let mut scratch = Vec::with_capacity(body.len());
+        let mut found = Vec::new();
+        let mut outbuf = Vec::with_capacity(body.len() * 2);
+        g.bench_with_input(BenchmarkId::new("parse_scan_mask_serialise", label), &body, |b, body| {
+            b.iter(|| {
+                scratch.clear();
+                scratch.extend_from_slice(body);
+                let mut v = simd_json::to_borrowed_value(&mut scratch).expect("json");
+                found.clear();
+                walk.run(&mut sc, &mut bufs, &mut v, &mut found);
+                outbuf.clear();
+                simd_json::to_writer(&mut outbuf, &v).expect("encode");
+                black_box(outbuf.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, raw_scan, whole_path);
+criterion_main!(benches);

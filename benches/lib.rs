@@ -1,0 +1,47 @@
+//! Shared inputs for the benchmarks: realistic tool-output text built from the labelled
+//! detection corpus (`dataplane/tests/corpus`), and MCP responses of a given size carrying it.
+
+use std::path::Path;
+
+/// About `size` bytes of corpus text (benign tool outputs with planted values, in order),
+/// repeated as needed and cut on a character boundary.
+pub fn corpus_text(size: usize) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dataplane/tests/corpus");
+    let mut docs = Vec::new();
+    for f in ["benign.jsonl", "labelled.jsonl"] {
+        let text = std::fs::read_to_string(dir.join(f)).expect("corpus file");
+        for l in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).expect("corpus line");
+            docs.push(v["text"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    // Interleave: one planted document per ~5 benign ones, as in real traffic with findings.
+    let (benign, planted) = docs.split_at(1200.min(docs.len()));
+    let mut out = String::with_capacity(size + 4096);
+    let (mut b, mut p) = (0, 0);
+    while out.len() < size {
+        for _ in 0..5 {
+            out.push_str(&benign[b % benign.len()]);
+            out.push('\n');
+            b += 1;
+        }
+        if !planted.is_empty() {
+            out.push_str(&planted[p % planted.len()]);
+            out.push('\n');
+            p += 1;
+        }
+    }
+    let mut end = size.min(out.len());
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.truncate(end);
+    out
+}
+
+/// A `tools/call` response whose text content is `size` bytes of corpus text.
+pub fn mcp_response(size: usize) -> Vec<u8> {
+    let text = corpus_text(size);
+    serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": text}], "isError": false}}))
+        .expect("encode")
+}
