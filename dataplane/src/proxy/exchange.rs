@@ -8,6 +8,7 @@ use super::io::{deadline, ReadBuf, Stream};
 use super::upstream::{self, UpConn};
 use super::{respond, Worker};
 use crate::config::schema::RouteKind;
+use crate::config::detect::{Action, DetectCfg};
 use crate::config::{Config, Route, Upstream};
 use crate::error::ProxyError;
 use crate::hooks::{self, Direction, Outcome, RequestCtx};
@@ -131,7 +132,7 @@ pub async fn handle(
         let b = hooks::join_answers(true, answers);
         respond::send(down, 200, "application/json", &b, keep_alive, &[]).await.map(|_| true).map_err(|_| ())
     } else {
-        relay_plain(w, cfg, down, &mut c, kind, method, keep_alive, head.minor_version).await
+        relay_plain(w, cfg, &route.label, down, &mut c, kind, method, keep_alive, head.minor_version).await
     };
     w.metrics.request_done(&route.label, mlabel, status, started.elapsed());
     match result {
@@ -658,11 +659,29 @@ async fn relay_json(
 
 /// Stream a body the gateway does not inspect, re-framed for the agent.
 #[allow(clippy::too_many_arguments)]
-async fn relay_plain(w: &Worker, cfg: &Config, down: &mut Stream, c: &mut UpConn, kind: BodyKind, method: &str, keep_alive: bool, client_minor: u8) -> Result<bool, ()> {
-    let chunked_out = matches!(kind, BodyKind::Chunked | BodyKind::CloseDelimited) && client_minor >= 1;
+#[allow(clippy::too_many_arguments)]
+async fn relay_plain(w: &Worker, cfg: &Config, route: &Arc<str>, down: &mut Stream, c: &mut UpConn, kind: BodyKind, method: &str, keep_alive: bool, client_minor: u8) -> Result<bool, ()> {
+    // Text bodies are scanned and masked as they stream (the length may change, so they go
+    // out chunked, or close-delimited to an HTTP/1.0 client).
+    let text = c.head.header_str("content-type").is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/"));
+    let detect = cfg.detect.as_ref().filter(|d| text && kind != BodyKind::None && d.active(Direction::Response));
+    let kind_out = if detect.is_some() && matches!(kind, BodyKind::Length(_)) { BodyKind::CloseDelimited } else { kind };
+    let chunked_out = matches!(kind_out, BodyKind::Chunked | BodyKind::CloseDelimited) && client_minor >= 1;
+    let mut scan = match detect {
+        Some(d) => match (d.engine.scanner(), crate::detect::stream::StreamScanner::new(&d.engine)) {
+            (Ok(sc), Ok(st)) => Some((d, sc, st)),
+            _ => {
+                tracing::error!(worker = w.id, "detect: cannot set up a streamed scan; refusing the body");
+                return Err(());
+            }
+        },
+        None => None,
+    };
+    let mut masked = Vec::new();
+    let mut found = Vec::new();
     let mut out = Vec::with_capacity(1024);
     response_head(&mut out, &c.head);
-    match kind {
+    match kind_out {
         BodyKind::Length(n) => {
             let _ = std::io::Write::write_fmt(&mut out, format_args!("content-length: {n}\r\n"));
         }
@@ -678,14 +697,35 @@ async fn relay_plain(w: &Worker, cfg: &Config, down: &mut Stream, c: &mut UpConn
         _ if chunked_out => write::header(&mut out, "transfer-encoding", b"chunked"),
         _ => {}
     }
-    let keep = keep_alive && (chunked_out || !matches!(kind, BodyKind::CloseDelimited));
+    let keep = keep_alive && (chunked_out || !matches!(kind_out, BodyKind::CloseDelimited));
     write::header(&mut out, "connection", if keep { b"keep-alive" } else { b"close" });
     out.extend_from_slice(b"\r\n");
     let mut reader = BodyReader::new(kind);
     loop {
-        reader
-            .drain(&mut c.rbuf, |b| if chunked_out { write::chunk(&mut out, b) } else { out.extend_from_slice(b) })
-            .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body framing"))?;
+        match scan.as_mut() {
+            None => reader
+                .drain(&mut c.rbuf, |b| if chunked_out { write::chunk(&mut out, b) } else { out.extend_from_slice(b) })
+                .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body framing"))?,
+            Some((d, sc, st)) => {
+                let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
+                let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
+                reader
+                    .drain(&mut c.rbuf, |b| st.feed(sc, Some(plan), b, &mut masked, &mut found))
+                    .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body framing"))?;
+            }
+        }
+        if let Some((d, mut sc, st)) = scan.take_if(|_| reader.done) {
+            let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
+            let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
+            st.finish(&mut sc, Some(plan), &mut masked, &mut found);
+            log_stream_findings(w, route, d, &mut found);
+        } else if let Some((d, _, _)) = scan.as_ref() {
+            log_stream_findings(w, route, d, &mut found);
+        }
+        if !masked.is_empty() {
+            if chunked_out { write::chunk(&mut out, &masked) } else { out.extend_from_slice(&masked) }
+            masked.clear();
+        }
         if reader.done && chunked_out {
             out.extend_from_slice(write::LAST_CHUNK);
         }
@@ -696,12 +736,24 @@ async fn relay_plain(w: &Worker, cfg: &Config, down: &mut Stream, c: &mut UpConn
             out.clear();
         }
         if reader.done {
-            return Ok(kind != BodyKind::CloseDelimited);
+            return Ok(kind_out != BodyKind::CloseDelimited || chunked_out);
         }
         match deadline(cfg.timeouts.stream_idle, c.rbuf.fill(&mut c.stream, super::io::READ_BUF)).await {
             Some(Ok(0)) => reader.eof().map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body"))?,
             Some(Ok(_)) => {}
             Some(Err(_)) | None => return Err(()),
         }
+    }
+}
+
+
+/// Findings of a streamed text body: counted and logged (block acts as mask once the head is out).
+fn log_stream_findings(w: &Worker, route: &Arc<str>, d: &DetectCfg, found: &mut Vec<crate::detect::engine::Finding>) {
+    for f in found.drain(..) {
+        let m = &d.engine.meta()[f.rule as usize];
+        let action = d.action(Direction::Response, f.rule);
+        let action = if action == Action::Block { Action::Mask } else { action };
+        w.metrics.finding(route, "response", &m.kind, action.as_str());
+        tracing::info!(target: "sluice::detect", direction = "response", kind = %m.kind, rule = %m.id, action = action.as_str(), body = "text", "finding");
     }
 }

@@ -102,3 +102,29 @@ def test_plain_http_json_document_is_masked(raw_upstream, gateway):
     r = httpx.get(g.url("/api/rows"), timeout=10)
     row = r.json()["rows"][0]
     assert row == {"name": "Ada", "card": "**** **** **** 1111", "password": "[REDACTED:generic_secret]"}, row
+
+
+def test_streamed_text_body_masked_across_chunks(raw_upstream, gateway):
+    import time as _t
+    filler = "log line ok\n" * 3000
+
+    def handler(conn, head, body):
+        parts = [filler.encode(), f"key {GHP[:15]}".encode(), f"{GHP[15:]} and {AKIA}\nend\n".encode()]
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for p in parts:
+            conn.sendall(f"{len(p):x}\r\n".encode() + p + b"\r\n")
+            _t.sleep(0.05)
+        conn.sendall(b"0\r\n\r\n")
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/logs", "upstream": up.url("/logs"), "kind": "http"}])
+    with httpx.Client(timeout=10) as c:
+        with c.stream("GET", g.url("/logs/today")) as r:
+            it = r.iter_raw()
+            first = next(it)
+            rest = first + b"".join(it)
+    # The body was released before the upstream finished (not buffered whole) …
+    assert 0 < len(first) < len(filler) + 40
+    # … and the token split across two chunks is masked whole.
+    assert rest.decode() == filler + "key [REDACTED:github_classic_token] and [REDACTED:aws_access_key_id]\nend\n"
+    assert g.metric("sluice_findings_total", direction="response", kind="github_classic_token") == 1
