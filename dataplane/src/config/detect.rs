@@ -36,7 +36,7 @@ impl Action {
 }
 
 pub struct DetectCfg {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     pub rules_dir: PathBuf,
     pub masker: Masker,
     /// Mask strategy by rule index.
@@ -130,7 +130,7 @@ pub(super) fn compile(d: &schema::Detect, file: Option<&Path>, add: &mut dyn FnM
         return None;
     }
     let rules_dir = d.rules.as_deref().map(|r| resolve(file, r)).unwrap_or_else(rules::default_dir);
-    let engine = match rules::load_dir(&rules_dir).and_then(Engine::compile) {
+    let engine = match compiled(&rules_dir) {
         Ok(e) => e,
         Err(e) => {
             for m in e.0 {
@@ -154,4 +154,28 @@ pub(super) fn compile(d: &schema::Detect, file: Option<&Path>, add: &mut dyn FnM
         .map(|m| if m.id.starts_with("builtin.") { m.mask } else { overrides[category_index(m.category)].unwrap_or(m.mask) })
         .collect();
     Some(Arc::new(DetectCfg { engine, rules_dir, masker, strategies, actions }))
+}
+
+/// The compiled packs of a directory, reused while its files are unchanged: a reload that does
+/// not touch the rules does not recompile them (about two seconds for the shipped packs).
+fn compiled(dir: &Path) -> Result<Arc<Engine>, rules::PackError> {
+    static CACHE: std::sync::Mutex<Option<(blake3::Hash, Arc<Engine>)>> = std::sync::Mutex::new(None);
+    let mut h = blake3::Hasher::new();
+    h.update(dir.as_os_str().as_encoded_bytes());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    files.sort();
+    for f in &files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update(&std::fs::read(f).unwrap_or_default());
+    }
+    let key = h.finalize();
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((k, e)) = cache.as_ref() {
+        if *k == key {
+            return Ok(e.clone());
+        }
+    }
+    let e = Arc::new(rules::load_dir(dir).and_then(Engine::compile)?);
+    *cache = Some((key, e.clone()));
+    Ok(e)
 }
