@@ -120,7 +120,7 @@ impl<'e> StreamScanner<'e> {
         }
         if let Some(s) = self.stream.take() {
             let raw = &mut self.raw;
-            let _ = s.close(&sc_scratch(sc), |id, from, to, _| {
+            let _ = s.close(sc.scratch(), |id, from, to, _| {
                 raw.push((id, from as usize, to as usize));
                 Matching::Continue
             });
@@ -169,7 +169,7 @@ impl<'e> StreamScanner<'e> {
         self.norm_len += new.len();
         let raw = &mut self.raw;
         if let Some(s) = &self.stream {
-            let _ = s.scan(new, &sc_scratch(sc), |id, from, to, _| {
+            let _ = s.scan(new, sc.scratch(), |id, from, to, _| {
                 raw.push((id, from as usize, to as usize));
                 Matching::Continue
             });
@@ -296,9 +296,6 @@ pub fn mask_chunks(engine: &Engine, plan: Option<Plan<'_>>, chunks: &[&[u8]]) ->
     Ok((out, f))
 }
 
-fn sc_scratch(sc: &Scanner) -> &hyperscan::ScratchRef {
-    sc.scratch()
-}
 
 #[cfg(test)]
 mod tests {

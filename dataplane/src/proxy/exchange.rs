@@ -663,7 +663,7 @@ async fn relay_json(
 async fn relay_plain(w: &Worker, cfg: &Config, route: &Arc<str>, down: &mut Stream, c: &mut UpConn, kind: BodyKind, method: &str, keep_alive: bool, client_minor: u8) -> Result<bool, ()> {
     // Text bodies are scanned and masked as they stream (the length may change, so they go
     // out chunked, or close-delimited to an HTTP/1.0 client).
-    let text = c.head.header_str("content-type").is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/"));
+    let text = c.head.header_str("content-type").is_some_and(|t| t.trim_start().as_bytes().get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"text/")));
     let detect = cfg.detect.as_ref().filter(|d| text && kind != BodyKind::None && d.active(Direction::Response));
     let kind_out = if detect.is_some() && matches!(kind, BodyKind::Length(_)) { BodyKind::CloseDelimited } else { kind };
     let chunked_out = matches!(kind_out, BodyKind::Chunked | BodyKind::CloseDelimited) && client_minor >= 1;
