@@ -54,12 +54,17 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
                 "workers": sh.workers,
                 "workers_ready": sh.ready_workers.load(Ordering::SeqCst),
                 "draining": sh.draining.load(Ordering::SeqCst),
+                "recording": sh.recorder.as_ref().map(|r| if r.accepting() { "accepting" } else { "refusing: the spool cannot take events" }),
             });
             (if ready { 200 } else { 503 }, "application/json", body.to_string().into_bytes())
         }
         "/metrics" => {
             let mut s = String::with_capacity(16 * 1024);
             crate::metrics::render(&sh.metrics, sh.sessions.len(), &mut s);
+            if let Some(r) = &sh.recorder {
+                r.counters.render(&mut s);
+                s.push_str(&format!("# HELP sluice_recording_accepting 1 while the spool takes events (0: requests are refused).\n# TYPE sluice_recording_accepting gauge\nsluice_recording_accepting {}\n", u8::from(r.accepting())));
+            }
             s.push_str(&format!(
                 "# HELP sluice_config_reloads_total Configuration reloads applied.\n# TYPE sluice_config_reloads_total counter\nsluice_config_reloads_total {}\n\
                  # HELP sluice_config_reload_failures_total Reloads rejected as invalid.\n# TYPE sluice_config_reload_failures_total counter\nsluice_config_reload_failures_total {}\n",

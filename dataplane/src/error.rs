@@ -37,6 +37,8 @@ pub enum ProxyError {
     UpstreamProtocol { upstream: String, reason: String },
     #[error("the gateway is shutting down; retry on another instance")]
     ShuttingDown,
+    #[error("the gateway cannot record calls right now (its event spool is full or not writable), so it does not forward them; retry later or on another instance")]
+    RecordingUnavailable,
 }
 
 impl ProxyError {
@@ -45,7 +47,7 @@ impl ProxyError {
         match self {
             Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
-            ShuttingDown => Fault::Internal,
+            ShuttingDown | RecordingUnavailable => Fault::Internal,
         }
     }
 
@@ -60,7 +62,7 @@ impl ProxyError {
             NoRoute(_) => 404,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
-            ShuttingDown => 503,
+            ShuttingDown | RecordingUnavailable => 503,
         }
     }
 
@@ -74,6 +76,7 @@ impl ProxyError {
             UpstreamConnect { .. } | UpstreamProtocol { .. } => Code::UpstreamUnavailable,
             UpstreamTimeout { .. } => Code::UpstreamTimeout,
             ShuttingDown => Code::ShuttingDown,
+            RecordingUnavailable => Code::RecordingUnavailable,
         }
     }
 

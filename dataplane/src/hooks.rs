@@ -42,6 +42,9 @@ pub struct RequestCtx {
     /// Tail of the last scanned text of the previous response message (SSE event), so a value
     /// split across two events is found.
     pub carry: String,
+    /// Set by a hook that forwards findings unmasked (action `log`): the message's recorded
+    /// part with everything masked, for the session record. Taken by the observer.
+    pub record_payload: Option<String>,
 }
 
 /// What a hook decided about one message.
@@ -68,19 +71,31 @@ pub trait MessageHook {
     ) -> Verdict;
 }
 
-/// The ordered hook chain of a worker.
+/// Sees every message after the hooks, with their verdict and what they found in it (the
+/// session recorder). It cannot change anything.
+pub trait Observer {
+    fn observed(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &BorrowedValue<'_>, verdict: &Verdict, findings_from: usize);
+}
+
+/// The ordered hook chain of a worker, and its observer.
 #[derive(Default)]
 pub struct Chain {
     hooks: Vec<Box<dyn MessageHook>>,
+    observer: Option<Box<dyn Observer>>,
 }
 
 impl Chain {
     pub fn new(hooks: Vec<Box<dyn MessageHook>>) -> Self {
-        Chain { hooks }
+        Chain { hooks, observer: None }
+    }
+
+    pub fn with_observer(mut self, o: Box<dyn Observer>) -> Self {
+        self.observer = Some(o);
+        self
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hooks.is_empty()
+        self.hooks.is_empty() && self.observer.is_none()
     }
 
     fn run(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, v: &mut BorrowedValue<'_>) -> Verdict {
@@ -126,7 +141,13 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
     let mut keep = vec![true; body.values.len()];
     let mut answers = Vec::new();
     for (i, (v, info)) in body.values.iter_mut().zip(&body.infos).enumerate() {
-        match chain.run(ctx, dir, info, v) {
+        let findings_from = ctx.findings.len();
+        ctx.record_payload = None;
+        let verdict = chain.run(ctx, dir, info, v);
+        if let Some(o) = &chain.observer {
+            o.observed(ctx, dir, info, v, &verdict, findings_from);
+        }
+        match verdict {
             Verdict::Pass => {}
             Verdict::Changed => changed = true,
             Verdict::Refuse { code, message, reason } => {
@@ -244,6 +265,7 @@ mod tests {
             detect: None,
             findings: Vec::new(),
             carry: String::new(),
+            record_payload: None,
         }
     }
 

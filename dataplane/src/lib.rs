@@ -26,6 +26,7 @@ pub mod error;
 pub mod hooks;
 pub mod detect;
 pub mod session;
+pub mod events;
 pub mod proxy;
 pub mod metrics;
 pub mod admin;

@@ -35,6 +35,21 @@ enum Cmd {
         /// Quick mode: worker count (0 = one per core).
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// Quick mode: spool directory for session events (default: $STATE_DIRECTORY/spool or
+        /// /var/lib/sluice/spool).
+        #[arg(long)]
+        spool: Option<String>,
+        /// Quick mode: also send events to these Kafka brokers (`host:port,...`).
+        #[arg(long)]
+        kafka: Option<String>,
+    },
+    /// Print the JSON Schema of session events (what the spool and Kafka carry).
+    Schema,
+    /// Read a spool directory: `cat` prints every event as a JSON line, `stat` a summary.
+    Spool {
+        #[arg(value_parser = ["cat", "stat"])]
+        action: String,
+        dir: PathBuf,
     },
     /// Validate a configuration file and report every problem in it.
     Check {
@@ -72,7 +87,7 @@ enum Cmd {
     },
 }
 
-fn quick(listen: String, upstream: String, admin: String, workers: usize) -> anyhow::Result<schema::File> {
+fn quick(listen: String, upstream: String, admin: String, workers: usize, spool: Option<String>, kafka: Option<String>) -> anyhow::Result<schema::File> {
     let path = match upstream.split_once("://").map(|(_, r)| r.find('/').map_or("/", |i| &r[i..])) {
         Some(p) => p.split('?').next().unwrap_or("/").to_string(),
         None => return Err(anyhow!("--upstream {upstream:?} must be an http:// or https:// URL")),
@@ -81,6 +96,13 @@ fn quick(listen: String, upstream: String, admin: String, workers: usize) -> any
         "[gateway]\nworkers = {workers}\n[[listener]]\naddress = {listen:?}\n[admin]\naddress = {admin:?}\n\
          [[upstream]]\nname = \"upstream\"\nurl = {upstream:?}\n[[route]]\nname = \"mcp\"\npath = {path:?}\nupstream = \"upstream\"\n"
     );
+    let mut text = text;
+    if let Some(d) = spool {
+        text.push_str(&format!("[recording.spool]\ndir = {d:?}\n"));
+    }
+    if let Some(k) = kafka {
+        text.push_str(&format!("[recording.kafka]\nbrokers = {k:?}\n"));
+    }
     Ok(toml::from_str(&text)?)
 }
 
@@ -128,9 +150,17 @@ fn main() -> std::process::ExitCode {
             Err(e) => Err(anyhow!("{e}")),
         },
         Cmd::Run { config: Some(path), .. } => runtime::run(Source::File(path)),
-        Cmd::Run { config: None, listen, upstream: Some(up), admin, workers } => {
-            quick(listen, up, admin, workers).and_then(|f| runtime::run(Source::Quick(Box::new(f))))
+        Cmd::Run { config: None, listen, upstream: Some(up), admin, workers, spool, kafka } => {
+            quick(listen, up, admin, workers, spool, kafka).and_then(|f| runtime::run(Source::Quick(Box::new(f))))
         }
+        Cmd::Schema => serde_json::to_string_pretty(&sluice_schema::event::json_schema()).map(|s| println!("{s}")).map_err(Into::into),
+        Cmd::Spool { action, dir } => match action.as_str() {
+            "cat" => sluice::events::cli::cat(&dir),
+            _ => sluice::events::cli::stat(&dir).and_then(|s| {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                Ok(())
+            }),
+        },
         Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
         Cmd::Scan { .. } | Cmd::Rules { .. } => Ok(()),
     };

@@ -4,7 +4,10 @@
 
 use crate::config::{self, schema, Config};
 use crate::metrics::WorkerMetrics;
+use crate::events::Recorder;
 use crate::{admin, proxy, session};
+use sluice_schema::event::{Event, GatewayInfo, Kind};
+use std::borrow::Cow;
 use anyhow::{anyhow, Context as _};
 use arc_swap::ArcSwap;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -24,10 +27,12 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Session recording (`None` when `[recording] enabled = false`).
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 impl Shared {
-    pub fn new(cfg: Config) -> Arc<Self> {
+    pub fn new(cfg: Config, recorder: Option<Arc<Recorder>>) -> Arc<Self> {
         let workers = cfg.workers;
         Arc::new(Shared {
             config: ArcSwap::from_pointee(cfg),
@@ -38,11 +43,14 @@ impl Shared {
             draining: AtomicBool::new(false),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            recorder,
         })
     }
 
     pub fn ready(&self) -> bool {
-        self.ready_workers.load(Ordering::SeqCst) == self.workers && !self.draining.load(Ordering::SeqCst)
+        self.ready_workers.load(Ordering::SeqCst) == self.workers
+            && !self.draining.load(Ordering::SeqCst)
+            && self.recorder.as_ref().is_none_or(|r| r.accepting())
     }
 }
 
@@ -59,13 +67,37 @@ impl Source {
             Source::Quick(f) => config::from_schema(f),
         }
     }
+
+    /// blake3 (hex) of the configuration text, for lifecycle events.
+    fn digest(&self) -> String {
+        match self {
+            Source::File(p) => std::fs::read(p).map(|b| blake3::hash(&b).to_hex().to_string()).unwrap_or_default(),
+            Source::Quick(f) => blake3::hash(format!("{f:?}").as_bytes()).to_hex().to_string(),
+        }
+    }
+}
+
+/// A gateway lifecycle event from outside the workers.
+fn lifecycle(rec: &Option<Arc<Recorder>>, kind: Kind, digest: Option<&str>, detail: &str) {
+    let Some(rec) = rec else { return };
+    let mut e = Event::new(crate::ids::new_id(), crate::events::now_us(), kind, &*rec.instance);
+    e.gateway = Some(GatewayInfo { version: Some(Cow::Borrowed(env!("CARGO_PKG_VERSION"))), config_digest: digest.map(Cow::Borrowed), detail: Some(Cow::Borrowed(detail)) });
+    rec.process_emitter().emit(&e);
 }
 
 /// Run the gateway until SIGTERM/SIGINT and the drain that follows.
 pub fn run(source: Source) -> anyhow::Result<()> {
     let cfg = source.load().map_err(|e| anyhow!("{e}"))?;
     check_memlock(&cfg);
-    let shared = Shared::new(cfg.clone());
+    let recorder = match &cfg.recording {
+        Some(r) => Some(Recorder::start(r.clone(), &cfg.instance, cfg.workers).map_err(|e| anyhow!("{e:#}"))?),
+        None => {
+            tracing::warn!("recording is off ([recording] enabled = false): no session events are kept");
+            None
+        }
+    };
+    lifecycle(&recorder, Kind::GatewayStart, Some(&source.digest()), "started");
+    let shared = Shared::new(cfg.clone(), recorder);
 
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP])
         .context("installing signal handlers")?;
@@ -92,6 +124,14 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             let idle = sh.config.load().sessions.idle_timeout;
             for s in sh.sessions.sweep(idle) {
                 tracing::info!(mcp_session = %s.mcp_session_id, gateway_session = %s.gateway_id, "session idled out");
+                if let Some(rec) = &sh.recorder {
+                    let mut e = Event::new(crate::ids::new_id(), crate::events::now_us(), Kind::SessionEnd, &*rec.instance);
+                    e.session = Some(Cow::Borrowed(&s.gateway_id));
+                    e.mcp_session = Some(Cow::Borrowed(&s.mcp_session_id));
+                    e.route = Some(Cow::Borrowed(&s.route));
+                    e.gateway = Some(GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed("idle timeout")) });
+                    rec.process_emitter().emit(&e);
+                }
             }
         })?;
     }
@@ -139,6 +179,10 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             errors.push(e);
         }
     }
+    lifecycle(&shared.recorder, Kind::GatewayStop, None, if errors.is_empty() { "stopped" } else { "a worker failed" });
+    if let Some(rec) = &shared.recorder {
+        rec.stop(cfg.shutdown_grace);
+    }
     if errors.is_empty() {
         tracing::info!("sluice stopped");
         Ok(())
@@ -159,13 +203,18 @@ fn reload(sh: &Shared, source: &Source) {
             if moved || old.workers != new.workers || old.admin != new.admin {
                 tracing::warn!("listener, worker and admin changes take effect on restart; the rest of the new config is live");
             }
+            if format!("{:?}", old.recording) != format!("{:?}", new.recording) {
+                tracing::warn!("[recording] changes take effect on restart");
+            }
             sh.config.store(Arc::new(new));
             sh.reloads.fetch_add(1, Ordering::Relaxed);
             tracing::info!("configuration reloaded");
+            lifecycle(&sh.recorder, Kind::GatewayReload, Some(&source.digest()), "configuration reloaded");
         }
         Err(e) => {
             sh.reload_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(errors = %e, "reload rejected; the running configuration stays in force");
+            lifecycle(&sh.recorder, Kind::GatewayReload, None, "reload rejected: the configuration is invalid");
         }
     }
 }

@@ -169,6 +169,7 @@ impl SegmentReader {
 
     /// The next record, or where reading stopped. Reading again after `End` picks up bytes
     /// appended since (a live segment).
+    #[allow(clippy::should_implement_trait)] // lending: items borrow the reader's buffer
     pub fn next(&mut self) -> Result<Item<'_>> {
         loop {
             // Decide on the buffered bytes first (borrow ends before any refill).

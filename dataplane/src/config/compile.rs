@@ -26,6 +26,9 @@ pub struct Config {
     pub sessions: SessionsCfg,
     /// Content inspection; `None` when `[detect] enabled = false`.
     pub detect: Option<std::sync::Arc<super::detect::DetectCfg>>,
+    /// Session recording; `None` when `[recording] enabled = false`. Read at start (the sink
+    /// does not change on reload).
+    pub recording: Option<super::recording::RecordingCfg>,
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +249,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
     };
 
     let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));
+    let recording = super::recording::compile(&f.recording, file, &mut |path, msg| is.add(path, msg));
 
     if !is.0.is_empty() {
         return Err(is.0);
@@ -265,6 +269,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         routes,
         sessions,
         detect,
+        recording,
     })
 }
 

@@ -5,6 +5,7 @@
 mod compile;
 pub mod detect;
 pub mod duration;
+pub mod recording;
 pub mod schema;
 
 pub use compile::{Config, Limits, ListenerCfg, Route, SessionsCfg, Timeouts, Upstream};

@@ -23,6 +23,8 @@ pub struct File {
     pub sessions: Sessions,
     #[serde(default)]
     pub detect: Detect,
+    #[serde(default)]
+    pub recording: Recording,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,4 +312,160 @@ pub struct DetectStrategies {
 
 fn default_placeholder() -> String {
     "[MASKED]".into()
+}
+
+/// `[recording]`: every session event, to the local spool and (when configured) on to Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recording {
+    /// Turning recording off is an explicit choice: nothing is written anywhere.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A message payload (masked params/result) larger than this is recorded without its
+    /// payload (`payload_truncated`).
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Events each worker may have in flight to the spool writer before it keeps them in its
+    /// overflow buffer.
+    #[serde(default = "default_queue_events")]
+    pub queue_events: usize,
+    /// Per worker, in MiB: overflow beyond which new requests are refused (fail closed) until
+    /// the spool catches up.
+    #[serde(default = "default_overflow_mib")]
+    pub overflow_mib: usize,
+    /// What to do when the spool cannot take more (disk full, `spool.max_mib` reached with
+    /// undelivered events): `refuse` new requests (default, fail closed), or `drop_oldest`
+    /// undelivered segments (counted and logged as lost).
+    #[serde(default = "default_on_full")]
+    pub on_full: String,
+    #[serde(default)]
+    pub spool: Spool,
+    pub kafka: Option<Kafka>,
+}
+
+impl Default for Recording {
+    fn default() -> Self {
+        Recording {
+            enabled: true,
+            max_payload_bytes: default_max_payload(),
+            queue_events: default_queue_events(),
+            overflow_mib: default_overflow_mib(),
+            on_full: default_on_full(),
+            spool: Spool::default(),
+            kafka: None,
+        }
+    }
+}
+
+fn default_max_payload() -> usize {
+    64 * 1024
+}
+fn default_queue_events() -> usize {
+    16 * 1024
+}
+fn default_overflow_mib() -> usize {
+    64
+}
+fn default_on_full() -> String {
+    "refuse".into()
+}
+
+/// `[recording.spool]`: append-only segment files with a CRC per record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spool {
+    /// Directory (created if missing; one gateway per directory). Default:
+    /// `$STATE_DIRECTORY/spool` under systemd, else `/var/lib/sluice/spool`.
+    pub dir: Option<String>,
+    /// Group commit: fsync at least this often while events arrive...
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval: String,
+    /// ...or after this many records, whichever comes first.
+    #[serde(default = "default_fsync_records")]
+    pub fsync_records: usize,
+    /// A segment is closed and a new one started at this size (MiB)...
+    #[serde(default = "default_segment_mib")]
+    pub segment_mib: u64,
+    /// ...or this age.
+    #[serde(default = "default_segment_age")]
+    pub segment_age: String,
+    /// Retention: the spool never holds more than this (MiB); see `recording.on_full`.
+    #[serde(default = "default_spool_max_mib")]
+    pub max_mib: u64,
+    /// Retention: segments older than this are deleted (delivered ones at once when Kafka is
+    /// configured).
+    #[serde(default = "default_spool_max_age")]
+    pub max_age: String,
+}
+
+impl Default for Spool {
+    fn default() -> Self {
+        Spool {
+            dir: None,
+            fsync_interval: default_fsync_interval(),
+            fsync_records: default_fsync_records(),
+            segment_mib: default_segment_mib(),
+            segment_age: default_segment_age(),
+            max_mib: default_spool_max_mib(),
+            max_age: default_spool_max_age(),
+        }
+    }
+}
+
+fn default_fsync_interval() -> String {
+    "10ms".into()
+}
+fn default_fsync_records() -> usize {
+    4096
+}
+fn default_segment_mib() -> u64 {
+    64
+}
+fn default_segment_age() -> String {
+    "10m".into()
+}
+fn default_spool_max_mib() -> u64 {
+    10 * 1024
+}
+fn default_spool_max_age() -> String {
+    "168h".into()
+}
+
+/// `[recording.kafka]`: forward spooled events to Kafka (idempotent producer, acks=all).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kafka {
+    /// `host:port,host:port`.
+    pub brokers: String,
+    #[serde(default = "default_events_topic")]
+    pub events_topic: String,
+    /// Approval steps also go here.
+    #[serde(default = "default_approvals_topic")]
+    pub approvals_topic: String,
+    /// `zstd` or `lz4`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    #[serde(default = "default_linger")]
+    pub linger: String,
+    /// librdkafka properties passed through (TLS/SASL: `security.protocol`, `ssl.ca.location`,
+    /// `sasl.mechanism`, `sasl.username`, ...). Secrets do not belong here: see `options_from_env`.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties read from environment variables at start
+    /// (`{ "sasl.password" = "KAFKA_PASSWORD" }`).
+    #[serde(default)]
+    pub options_from_env: std::collections::BTreeMap<String, String>,
+}
+
+fn default_events_topic() -> String {
+    "sluice.events".into()
+}
+fn default_approvals_topic() -> String {
+    "sluice.approvals".into()
+}
+fn default_compression() -> String {
+    "zstd".into()
+}
+fn default_linger() -> String {
+    "5ms".into()
 }

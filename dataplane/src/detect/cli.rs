@@ -167,7 +167,7 @@ fn print_rows(engine: &Engine, rows: &[Row], format: Format) {
             }
         }
         Format::Table => {
-            println!("{:<16} {:<32} {:<10} {:<9} {:>7} {:>7}  {}", "ID", "KIND", "CATEGORY", "SEVERITY", "START", "END", "PATH");
+            println!("{:<16} {:<32} {:<10} {:<9} {:>7} {:>7}  PATH", "ID", "KIND", "CATEGORY", "SEVERITY", "START", "END");
             for r in rows {
                 let m = &meta[r.f.rule as usize];
                 println!(

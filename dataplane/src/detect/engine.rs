@@ -358,7 +358,7 @@ impl Engine {
         while !hay.is_char_boundary(b) {
             b += 1;
         }
-        let window = hay[a..b].as_bytes();
+        let window = &hay.as_bytes()[a..b];
         r.context.iter().any(|w| window.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w.as_bytes())))
     }
 }

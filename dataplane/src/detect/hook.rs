@@ -34,6 +34,10 @@ pub struct Recorded {
     pub action: Action,
     /// The JSON-RPC id of the message, as JSON text.
     pub message_id: Option<String>,
+    /// Keyed blake3 fingerprint of the normalised value (16 hex digits).
+    pub fingerprint: Option<String>,
+    /// `base64` or `percent` when found inside an encoded span.
+    pub encoding: Option<&'static str>,
 }
 
 /// The worker's detection stage; its scanner follows config reloads.
@@ -133,7 +137,15 @@ impl MessageHook for DetectHook {
                 path: f.path.clone(),
                 action,
                 message_id: info.id.clone(),
+                fingerprint: f.fingerprint.clone(),
+                encoding: f.finding.encoding.map(|e| match e {
+                    super::decode::Encoding::Base64 => "base64",
+                    super::decode::Encoding::Percent => "percent",
+                }),
             });
+        }
+        if blocked.is_empty() && st.found.iter().any(|f| cfg.action(dir, f.finding.rule) == Action::Log) {
+            ctx.record_payload = Some(masked_copy(&cfg, st, parts, value));
         }
         if !blocked.is_empty() {
             blocked.sort_unstable();
@@ -148,6 +160,28 @@ impl MessageHook for DetectHook {
         } else {
             Verdict::Pass
         }
+    }
+}
+
+/// The recorded part of a message (`params`, `result`/`error`, or the document) with every
+/// finding masked: what the session record holds when logged findings are forwarded as they
+/// are (nothing sensitive is recorded unmasked).
+fn masked_copy(cfg: &DetectCfg, st: &mut State, parts: &[&str], value: &BorrowedValue<'_>) -> String {
+    let all = |_: u32| true;
+    let plan = Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &all };
+    let walk = Walk { engine: &cfg.engine, mask: Some(plan) };
+    let mut found = Vec::new();
+    let part = match (parts.is_empty(), value) {
+        (true, v) => Some(v.clone()),
+        (false, BorrowedValue::Object(m)) => parts.iter().find_map(|p| m.get(*p)).cloned(),
+        _ => None,
+    };
+    match part {
+        Some(mut v) => {
+            walk.run(&mut st.scanner, &mut st.bufs, &mut v, &mut found);
+            simd_json::to_string(&v).unwrap_or_else(|_| "null".into())
+        }
+        None => "null".into(),
     }
 }
 

@@ -19,6 +19,9 @@ pub struct Found {
     pub path: String,
     pub finding: Finding,
     pub in_key: bool,
+    /// Keyed fingerprint of the value (when walking with a mask plan), so the session record
+    /// can follow a value across calls without holding it.
+    pub fingerprint: Option<String>,
 }
 
 /// What to do with findings while walking.
@@ -160,12 +163,13 @@ impl Walk<'_> {
         for f in &b.findings {
             if f.end <= prefix {
                 if f.start < prefix.saturating_sub(2) {
-                    out.push(Found { path: b.path.clone(), finding: *f, in_key: true });
+                    out.push(Found { path: b.path.clone(), finding: *f, in_key: true, fingerprint: None });
                 }
                 continue;
             }
             let (s, e) = (f.start.max(prefix) - prefix, f.end - prefix);
-            out.push(Found { path: b.path.clone(), finding: Finding { start: s, end: e, ..*f }, in_key: false });
+            let fingerprint = self.mask.map(|p| p.masker.fingerprint(&text[s..e]));
+            out.push(Found { path: b.path.clone(), finding: Finding { start: s, end: e, ..*f }, in_key: false, fingerprint });
             if self.mask.is_some_and(|p| (p.mask_rule)(f.rule)) {
                 b.spans.push((s, e, f.rule));
             }
@@ -219,7 +223,8 @@ impl Walk<'_> {
         for f in &b.findings {
             if f.start < join && f.end > join {
                 let end = f.end - join;
-                out.push(Found { path: b.path.clone(), finding: Finding { start: 0, end, ..*f }, in_key: false });
+                let fingerprint = self.mask.map(|p| p.masker.fingerprint(&b.hay[f.start..f.end]));
+                out.push(Found { path: b.path.clone(), finding: Finding { start: 0, end, ..*f }, in_key: false, fingerprint });
                 if self.mask.is_some_and(|p| (p.mask_rule)(f.rule)) {
                     b.spans.push((0, end, f.rule));
                 }

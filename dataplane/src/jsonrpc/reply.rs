@@ -20,6 +20,8 @@ pub enum Code {
     NoRoute,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// The gateway cannot record the call, so it does not forward it (fail closed).
+    RecordingUnavailable,
 }
 
 impl Code {
@@ -34,6 +36,7 @@ impl Code {
             Code::Refused => -32004,
             Code::NoRoute => -32005,
             Code::ShuttingDown => -32006,
+            Code::RecordingUnavailable => -32007,
         }
     }
 }

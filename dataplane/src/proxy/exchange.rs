@@ -49,6 +49,10 @@ pub async fn handle(
     tls: bool,
     started: Instant,
 ) -> Result<bool, ProxyError> {
+    // Fail closed: a call the gateway cannot record is not forwarded.
+    if w.emitter.as_ref().is_some_and(|e| !e.accepting()) {
+        return Err(ProxyError::RecordingUnavailable);
+    }
     let path = head.path();
     let (_, route) = cfg.route_for(head.header_str("host"), path).ok_or_else(|| ProxyError::NoRoute(path.to_string()))?;
     let up = &cfg.upstreams[route.upstream];
@@ -68,7 +72,12 @@ pub async fn handle(
         detect: cfg.detect.clone(),
         findings: Vec::new(),
         carry: String::new(),
+        record_payload: None,
     };
+    // The gateway's session id keys every event of the session (Kafka partition, order).
+    if let Some(sid) = ctx.mcp_session_id.as_deref() {
+        ctx.gateway_session_id = w.shared.sessions.with(sid, |s| s.gateway_id.clone());
+    }
     let mut track = Track::default();
     let keep_alive = head.keep_alive() && !w.draining();
     let mlabel = crate::metrics::method_label(method);
@@ -178,7 +187,11 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
         }
         return with_scratch(w, body, |buf| {
             let mut parsed = jsonrpc::parse(buf)?;
-            observe(w, ctx, route, Direction::Request, &parsed, Some(track));
+            observe(w, ctx, route, Direction::Request, &mut parsed, Some(track));
+            if track.init.is_some() && ctx.gateway_session_id.is_none() {
+                // `initialize` opens a session: its id exists before the first event.
+                ctx.gateway_session_id = Some(crate::ids::new_id());
+            }
             if !parsed.batch {
                 track.reply_id = parsed.infos[0].id.clone();
             }
@@ -196,11 +209,11 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
 }
 
 /// Count and correlate the messages of one body; keep the session record current.
-fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &jsonrpc::Body<'_>, mut track: Option<&mut Track>) {
+fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &mut jsonrpc::Body<'_>, mut track: Option<&mut Track>) {
     let dlabel = if dir == Direction::Request { "request" } else { "response" };
     let sessions = &w.shared.sessions;
     let sid = ctx.mcp_session_id.as_deref();
-    for (info, v) in body.infos.iter().zip(&body.values) {
+    for (info, v) in body.infos.iter_mut().zip(&body.values) {
         w.metrics.messages(&route.label, dlabel, info.kind.as_str(), 1);
         let id = info.id.as_deref().unwrap_or("");
         // For a response: the method (and tool) of the request it answers, when known.
@@ -271,6 +284,11 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &j
                 }
             }
         }
+        // A response carries the method and tool of the request it answers (for the record).
+        if let (Some(p), true) = (&answers, info.method.is_none()) {
+            info.method = Some(p.method.clone());
+            info.tool = p.tool.clone();
+        }
         tracing::debug!(worker = w.id, route = %route.name, direction = dlabel, kind = info.kind.as_str(),
             method = info.method.as_deref(), id = info.id.as_deref(), tool = info.tool.as_deref(),
             answers = answers.as_ref().map(|p| p.method.as_str()), answers_tool = answers.as_ref().and_then(|p| p.tool.as_deref()),
@@ -286,6 +304,9 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
     if let (Some(init), Some(new_sid)) = (track.init.take(), head.header_str("mcp-session-id")) {
         if (200..300).contains(&status) {
             let mut s = Session::new(new_sid, &route.name);
+            if let Some(g) = &ctx.gateway_session_id {
+                s.gateway_id = g.clone();
+            }
             s.client_info = init.get("clientInfo").cloned();
             s.client_capabilities = init.get("capabilities").cloned();
             s.protocol_version = init.get("protocolVersion").and_then(|v| v.as_str()).map(str::to_owned);
@@ -294,6 +315,9 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
             tracing::info!(worker = w.id, route = %route.name, mcp_session = new_sid, gateway_session = %s.gateway_id, "session started");
             sessions.insert(s, cfg.sessions.max_sessions);
             ctx.mcp_session_id = Some(new_sid.to_owned());
+            if let (Some(em), Some(gid)) = (&w.emitter, ctx.gateway_session_id.as_deref()) {
+                crate::events::record::session_event(em, ctx, sluice_schema::Kind::SessionStart, gid, None);
+            }
         }
         return;
     }
@@ -301,6 +325,11 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
     if (method == "DELETE" && (200..300).contains(&status)) || status == 404 {
         if let Some(s) = sessions.remove(sid) {
             tracing::info!(worker = w.id, route = %route.name, mcp_session = sid, gateway_session = %s.gateway_id, status, "session ended");
+            if let Some(em) = &w.emitter {
+                let why = if status == 404 { "upstream no longer knows the session (404)" } else { "DELETE" };
+                crate::events::record::session_event(em, ctx, sluice_schema::Kind::SessionEnd, &s.gateway_id, Some(why));
+            }
+            ctx.gateway_session_id = Some(s.gateway_id);
         }
     } else {
         ctx.gateway_session_id = sessions.with(sid, |s| s.gateway_id.clone());
@@ -532,7 +561,7 @@ fn sse_event(w: &Worker, route: &Route, ctx: &mut RequestCtx, track: &mut Track,
     };
     with_scratch(w, data.as_bytes(), |buf| match jsonrpc::parse(buf) {
         Ok(mut parsed) => {
-            observe(w, ctx, route, Direction::Response, &parsed, Some(track));
+            observe(w, ctx, route, Direction::Response, &mut parsed, Some(track));
             match hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed) {
                 Outcome::Unchanged => out.extend_from_slice(&ev.raw),
                 Outcome::Rewritten { body, .. } => ev.encode_with_data(&String::from_utf8_lossy(&body), out),
@@ -629,7 +658,7 @@ async fn relay_json(
     let outcome = with_scratch(w, body, |buf| {
         if is_mcp {
             let mut parsed = jsonrpc::parse(buf).map_err(|e| fail(format!("the response is not JSON-RPC: {e}")))?;
-            observe(w, ctx, route, Direction::Response, &parsed, Some(track));
+            observe(w, ctx, route, Direction::Response, &mut parsed, Some(track));
             Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed))
         } else {
             let mut doc = document(buf).map_err(|e| fail(format!("the response is not valid JSON: {e}")))?;
@@ -658,7 +687,6 @@ async fn relay_json(
 }
 
 /// Stream a body the gateway does not inspect, re-framed for the agent.
-#[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_arguments)]
 async fn relay_plain(w: &Worker, cfg: &Config, route: &Arc<str>, down: &mut Stream, c: &mut UpConn, kind: BodyKind, method: &str, keep_alive: bool, client_minor: u8) -> Result<bool, ()> {
     // Text bodies are scanned and masked as they stream (the length may change, so they go

@@ -101,6 +101,8 @@ pub struct Worker {
     /// Reused buffer for a buffered (JSON) response body.
     pub respbuf: Cell<Vec<u8>>,
     pub drain: Drain,
+    /// This worker's event emitter (`None` when recording is off).
+    pub emitter: Option<Rc<crate::events::Emitter>>,
 }
 
 impl Worker {
@@ -123,17 +125,26 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
         })?;
         listeners.push((sock, l.tls.clone(), l.name.clone()));
     }
+    let emitter = match &shared.recorder {
+        Some(r) => Some(Rc::new(r.emitter(id).ok_or_else(|| anyhow::anyhow!("worker {id}: no event queue (started twice?)"))?)),
+        None => None,
+    };
+    let mut chain = Chain::new(vec![Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone()))]);
+    if let Some(em) = &emitter {
+        chain = chain.with_observer(Box::new(crate::events::record::RecordObserver::new(em.clone())));
+    }
     let worker = Rc::new(Worker {
         id,
         metrics: shared.metrics[id].clone(),
         shared: shared.clone(),
         pool: upstream::Pool::default(),
-        chain: Chain::new(vec![Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone()))]),
+        chain,
         open: Cell::new(0),
         scratch: Cell::new(Vec::with_capacity(64 * 1024)),
         reqbuf: Cell::new(Vec::with_capacity(16 * 1024)),
         respbuf: Cell::new(Vec::with_capacity(16 * 1024)),
         drain: Drain::default(),
+        emitter,
     });
     shared.ready_workers.fetch_add(1, Ordering::SeqCst);
     tracing::info!(worker = id, listeners = cfg.listeners.len(), "worker ready");
@@ -142,6 +153,10 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
     glommio::spawn_local(async move {
         while !watcher.draining() {
             glommio::timer::sleep(Duration::from_millis(50)).await;
+            // Events that waited in the overflow list go on even when no new event comes.
+            if let Some(em) = watcher.emitter.as_ref().filter(|e| e.overflow_len() > 0) {
+                em.flush_overflow();
+            }
         }
         watcher.drain.fire();
     })

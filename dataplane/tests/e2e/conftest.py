@@ -108,6 +108,7 @@ class Gateway:
         self.admin_port = free_port()
         self.tmp = tmp
         self.config = tmp / "sluice.toml"
+        self.spool = tmp / f"spool-{self.port}"
         self.write_config(routes, extra, workers)
         self.proc = Proc([str(SLUICE), "run", "--config", str(self.config)], tmp / "sluice.log", {"RUST_LOG": "info"})
         self.wait_ready()
@@ -119,6 +120,9 @@ class Gateway:
             f'[admin]\naddress = "127.0.0.1:{self.admin_port}"\n',
             extra,
         ]
+        if "[recording" not in extra:
+            # Each gateway records into its own spool (a spool directory has one writer).
+            lines.append(f'[recording.spool]\ndir = "{self.spool}"\n')
         for i, r in enumerate(routes):
             lines.append(f'[[upstream]]\nname = "u{i}"\nurl = "{r["upstream"]}"\n')
             kind = r.get("kind", "mcp")
@@ -254,3 +258,77 @@ def ts_client(url: str) -> dict:
 
 def py_client(url: str, server: str, *flags) -> dict:
     return run_client([PY, str(HERE / "clients" / "py_client.py"), url, server, *flags])
+
+
+BROKER = REPO / "scripts" / "kafka" / "broker"
+EVENT_SCHEMA = json.loads((REPO / "schemas" / "event.schema.json").read_text())
+
+
+def free_port_pair() -> int:
+    """A port p with p+1 also free (the broker's listener and its controller)."""
+    for _ in range(50):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+                return p
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair")
+
+
+class Kafka:
+    """A real single-node Apache Kafka 4.x broker (KRaft) from scripts/kafka/broker."""
+
+    def __init__(self, tmp: Path):
+        self.dir = tmp / "kafka"
+        self.port = free_port_pair()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.start()
+        subprocess.run([str(BROKER), "topics", str(self.port), "sluice.events:4", "sluice.approvals:2"], check=True, capture_output=True)
+
+    def start(self):
+        r = subprocess.run([str(BROKER), "start", str(self.dir), str(self.port)], capture_output=True, text=True, timeout=200)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    def stop(self):
+        subprocess.run([str(BROKER), "stop", str(self.dir)], check=True, timeout=60)
+
+    def consume(self, topic: str, want: int = 0, timeout: float = 60.0, group: str | None = None, until=None) -> list:
+        """Read `topic` from the beginning with a consumer group until `want` messages arrived
+        (or `until(messages)` holds, or the timeout); returns (partition, offset, key, event)
+        in arrival order."""
+        from confluent_kafka import Consumer
+
+        c = Consumer({
+            "bootstrap.servers": self.bootstrap,
+            "group.id": group or f"e2e-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+        })
+        c.subscribe([topic])
+        got = []
+        end = time.time() + timeout
+        try:
+            while time.time() < end and not (until(got) if until else len(got) >= want):
+                m = c.poll(0.5)
+                if m is None or m.error():
+                    continue
+                got.append((m.partition(), m.offset(), (m.key() or b"").decode(), json.loads(m.value())))
+        finally:
+            c.close()
+        return got
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    k = Kafka(tmp_path_factory.mktemp("kafka"))
+    yield k
+    k.stop()
+
+
+def spool_events(spool: Path) -> list:
+    """Every event in a spool directory, in spool order (`sluice spool cat`)."""
+    r = subprocess.run([str(SLUICE), "spool", "cat", str(spool)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]

@@ -146,6 +146,8 @@ tls = {{ ca = "ca.pem" }}
 kind = "http"
 path = "/"
 upstream = "secure"
+[recording.spool]
+dir = "spool-{port}"
 """)
     out = subprocess.run([str(SLUICE), "check", "--config", str(cfg)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
