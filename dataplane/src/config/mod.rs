@@ -131,6 +131,8 @@ upstream = "b"
     #[test]
     fn deploy_examples_compile() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        // The example reads the Kafka SASL password from the environment, as in production.
+        std::env::set_var("SLUICE_KAFKA_PASSWORD", "example");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let p = entry.unwrap().path();

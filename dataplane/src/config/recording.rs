@@ -149,3 +149,52 @@ pub(super) fn compile(r: &schema::Recording, file: Option<&Path>, add: &mut dyn 
         kafka,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::from_schema;
+
+    fn issues(extra: &str) -> Vec<(String, String)> {
+        let text = format!("[[listener]]\naddress = \"127.0.0.1:1\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:2\"\n[[route]]\npath = \"/mcp\"\nupstream = \"u\"\n{extra}");
+        let f: crate::config::schema::File = toml::from_str(&text).unwrap();
+        match from_schema(&f) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.issues.into_iter().map(|i| (i.path, i.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn every_recording_problem_is_reported_with_its_path() {
+        let got = issues(
+            "[recording]\non_full = \"panic\"\n[recording.spool]\nfsync_interval = \"often\"\nmax_mib = 10\nsegment_mib = 64\n\
+             [recording.kafka]\nbrokers = \"\"\ncompression = \"snappy\"\nevents_topic = \"bad topic\"\n\
+             options = { \"acks\" = \"1\", \"security.protocol\" = \"SASL_SSL\" }\noptions_from_env = { \"sasl.password\" = \"SLUICE_TEST_SURELY_UNSET\" }\n",
+        );
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        for want in [
+            "recording.on_full",
+            "recording.spool.fsync_interval",
+            "recording.spool.max_mib",
+            "recording.kafka.brokers",
+            "recording.kafka.compression",
+            "recording.kafka.events_topic",
+            "recording.kafka.options.\"acks\"",
+            "recording.kafka.options_from_env.\"sasl.password\"",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {got:#?}");
+        }
+        assert!(!paths.iter().any(|p| p.contains("security.protocol")), "pass-through options are fine");
+    }
+
+    #[test]
+    fn secrets_from_the_environment_are_used_but_never_described() {
+        std::env::set_var("SLUICE_TEST_KAFKA_PW", "hunter2");
+        let text = "[recording.kafka]\nbrokers = \"k:9092\"\noptions_from_env = { \"sasl.password\" = \"SLUICE_TEST_KAFKA_PW\" }\n";
+        let f: crate::config::schema::File = toml::from_str(text).unwrap();
+        let k = super::compile(&f.recording, None, &mut |p, m| panic!("{p}: {m}")).unwrap().kafka.unwrap();
+        assert!(k.properties.contains(&("sasl.password".into(), "hunter2".into())));
+        assert!(k.properties.contains(&("enable.idempotence".into(), "true".into())));
+        assert!(k.properties.contains(&("acks".into(), "all".into())));
+        assert!(!k.describe().contains("hunter2"));
+    }
+}

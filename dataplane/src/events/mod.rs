@@ -240,3 +240,6 @@ impl Counters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! The recording pipeline without a broker: emit through real queues and the real writer
+//! thread, then read the spool back with the format's reader.
+
+use super::*;
+use crate::config::recording::{OnFull, RecordingCfg, SpoolCfg};
+use sluice_schema::spool::{segments, Item, SegmentReader};
+use sluice_schema::{Event, Kind, OwnedEvent};
+use std::path::{Path, PathBuf};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sluice-rec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn cfg(dir: &Path) -> RecordingCfg {
+    RecordingCfg {
+        max_payload_bytes: 1 << 16,
+        queue_events: 1024,
+        overflow_bytes: 1 << 20,
+        on_full: OnFull::Refuse,
+        spool: SpoolCfg {
+            dir: dir.to_owned(),
+            fsync_interval: Duration::from_millis(5),
+            fsync_records: 100,
+            segment_bytes: 1 << 20,
+            segment_age: Duration::from_secs(600),
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+        },
+        kafka: None,
+    }
+}
+
+fn event(n: usize, pad: usize) -> Event<'static> {
+    let mut e = Event::new(format!("{n:026}"), n as i64, Kind::Request, "test");
+    e.session = Some(format!("s{}", n % 3).into());
+    e.method = Some("x".repeat(pad).into());
+    e
+}
+
+/// Every event in the spool, in order, and how many torn places were skipped.
+fn read_all(d: &Path) -> (Vec<OwnedEvent>, usize) {
+    let mut out = Vec::new();
+    let mut torn = 0;
+    for (_, p) in segments(d).unwrap() {
+        let mut r = SegmentReader::open(&p, 0).unwrap();
+        loop {
+            match r.next().unwrap() {
+                Item::Record { record, .. } => out.push(serde_json::from_slice(record.value).unwrap()),
+                Item::End { at } => {
+                    torn += usize::from(at < std::fs::metadata(&p).unwrap().len());
+                    break;
+                }
+                Item::Torn { .. } => {
+                    torn += 1;
+                    break;
+                }
+            }
+        }
+    }
+    (out, torn)
+}
+
+#[test]
+fn events_from_every_worker_reach_the_spool_in_order_and_segments_rotate() {
+    let d = dir("order");
+    let rec = Recorder::start(cfg(&d), "test", 2).unwrap();
+    let (e0, e1) = (rec.emitter(0).unwrap(), rec.emitter(1).unwrap());
+    assert!(rec.emitter(0).is_none(), "a worker's queue is taken once");
+    for n in 0..6000 {
+        let em = if n % 2 == 0 { &e0 } else { &e1 };
+        em.emit(&event(n, 500));
+    }
+    drop((e0, e1));
+    rec.stop(Duration::from_secs(1));
+    let (got, torn) = read_all(&d);
+    assert_eq!(torn, 0);
+    assert_eq!(got.len(), 6000);
+    for w in 0..2 {
+        let ids: Vec<i64> = got.iter().map(|e| e.ts).filter(|t| *t as usize % 2 == w).collect();
+        assert!(ids.windows(2).all(|p| p[0] < p[1]), "worker {w}'s events out of order");
+    }
+    assert!(segments(&d).unwrap().len() >= 3, "~3.5 MB in 1 MiB segments rotates");
+    assert_eq!(rec.counters.spooled.load(Ordering::Relaxed), 6000);
+    assert!(rec.counters.fsyncs.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn a_second_gateway_cannot_share_a_spool_directory() {
+    let d = dir("lock");
+    let rec = Recorder::start(cfg(&d), "a", 1).unwrap();
+    let err = format!("{:#}", Recorder::start(cfg(&d), "b", 1).err().unwrap());
+    assert!(err.contains("another sluice process"), "{err}");
+    rec.stop(Duration::ZERO);
+}
+
+#[test]
+fn a_torn_tail_after_a_crash_is_skipped_and_writing_goes_on_in_a_new_segment() {
+    let d = dir("torn");
+    let rec = Recorder::start(cfg(&d), "t", 1).unwrap();
+    let em = rec.emitter(0).unwrap();
+    for n in 0..10 {
+        em.emit(&event(n, 10));
+    }
+    drop(em);
+    rec.stop(Duration::ZERO);
+    // A crash in the middle of a write: half a record at the end of the segment.
+    let last = segments(&d).unwrap().pop().unwrap().1;
+    let mut half = Vec::new();
+    sluice_schema::spool::encode(&mut half, 0, b"k", br#"{"v":1,"id":"torn"}"#);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
+    std::io::Write::write_all(&mut f, &half[..half.len() / 2]).unwrap();
+    drop(f);
+
+    let rec = Recorder::start(cfg(&d), "t", 1).unwrap();
+    let em = rec.emitter(0).unwrap();
+    em.emit(&event(10, 10));
+    drop(em);
+    rec.stop(Duration::ZERO);
+    let (got, torn) = read_all(&d);
+    assert_eq!(torn, 1);
+    assert_eq!(got.iter().map(|e| e.ts).collect::<Vec<_>>(), (0..11).collect::<Vec<_>>(), "never the torn record");
+    let st = cli::stat(&d).unwrap();
+    assert_eq!((st.records, st.torn), (11, 1));
+}
+
+#[test]
+fn drop_oldest_keeps_the_spool_bounded_and_counts_every_dropped_event() {
+    let d = dir("drop");
+    let mut c = cfg(&d);
+    c.on_full = OnFull::DropOldest;
+    c.spool.max_bytes = 2 << 20;
+    let rec = Recorder::start(c, "t", 1).unwrap();
+    let em = rec.emitter(0).unwrap();
+    for n in 0..12_000 {
+        em.emit(&event(n, 500));
+        if n % 1000 == 0 {
+            std::thread::sleep(Duration::from_millis(600)); // let retention run
+        }
+    }
+    drop(em);
+    rec.stop(Duration::ZERO);
+    let (got, _) = read_all(&d);
+    let lost = rec.counters.lost_dropped.load(Ordering::Relaxed);
+    assert!(lost > 0);
+    assert_eq!(got.len() as u64 + lost, 12_000, "every event is either in the spool or counted as lost");
+    let size: u64 = segments(&d).unwrap().iter().map(|(_, p)| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(size < 4 << 20, "spool {size} bytes");
+}
+
+#[test]
+fn refuse_stops_accepting_when_the_spool_is_full_of_undelivered_events() {
+    let d = dir("refuse");
+    let mut c = cfg(&d);
+    c.spool.max_bytes = 2 << 20;
+    let rec = Recorder::start(c, "t", 1).unwrap();
+    let em = rec.emitter(0).unwrap();
+    for n in 0..8_000 {
+        em.emit(&event(n, 500));
+    }
+    let t = std::time::Instant::now();
+    while rec.accepting() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!rec.accepting() && !em.accepting(), "over max_bytes with on_full = refuse: fail closed");
+    drop(em);
+    rec.stop(Duration::ZERO);
+    assert_eq!(read_all(&d).0.len(), 8_000, "refusing new work loses nothing already emitted");
+}
+
+#[test]
+fn a_full_queue_spills_in_order_and_loses_only_past_twice_the_overflow_limit() {
+    let d = dir("spill");
+    let mut c = cfg(&d);
+    c.overflow_bytes = 4096;
+    let rec = Recorder::start(c, "t", 1).unwrap();
+    // A queue of two that nobody drains stands for a writer that is behind.
+    let (tx, rx) = std::sync::mpsc::sync_channel(2);
+    let em = Emitter::new(rec.clone(), 0, tx);
+    for n in 0..5 {
+        em.emit(&event(n, 10));
+    }
+    assert_eq!(em.overflow_len(), 3);
+    assert_eq!(rec.counters.overflowed.load(Ordering::Relaxed), 3);
+    assert!(em.accepting());
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        while let Ok(r) = rx.try_recv() {
+            got.push(r);
+        }
+        em.flush_overflow();
+    }
+    let ts: Vec<i64> = got
+        .iter()
+        .map(|r| match sluice_schema::spool::decode(r) {
+            sluice_schema::spool::Decoded::Record(rec, _) => serde_json::from_slice::<OwnedEvent>(rec.value).unwrap().ts,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ts, vec![0, 1, 2, 3, 4], "overflow goes out in order");
+    // Past the limit: refuse new requests; past twice the limit: lose, counted.
+    for n in 0..200 {
+        em.emit(&event(n, 100));
+    }
+    assert!(!em.accepting());
+    assert!(rec.counters.lost_overflow.load(Ordering::Relaxed) > 0);
+    drop(rx);
+    drop(em);
+    rec.stop(Duration::ZERO);
+}
