@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 const MAX_IN_FLIGHT: usize = 100_000;
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long the forwarder waits at the spool's tail before looking for new records.
+const TAIL_WAIT: Duration = Duration::from_millis(5);
 
 /// Delivery reports land here from librdkafka's callback (called inside `poll`, on the
 /// forwarder's own thread; the mutex is never contended).
@@ -203,8 +205,8 @@ impl Forwarder {
                         let (at, problem) = match item {
                             Item::Torn { at, reason } => (at, Some(reason)),
                             Item::End { at } => {
-                                let len = std::fs::metadata(r.path()).map_or(at, |m| m.len());
-                                (at, (sealed && at < len).then_some("torn record at the end (a crash while writing)"))
+                                let torn = sealed && std::fs::metadata(r.path()).is_ok_and(|m| at < m.len());
+                                (at, torn.then_some("torn record at the end (a crash while writing)"))
                             }
                             Item::Record { .. } => unreachable!("matched above"),
                         };
@@ -229,7 +231,18 @@ impl Forwarder {
                     }
                 }
             }
-            self.producer.poll(if produced > 0 { Duration::ZERO } else { Duration::from_millis(20) });
+            // Caught up with the writer: wait a little so records accumulate (and delivery
+            // reports arrive) instead of spinning on the spool's tail.
+            if at_end && inflight.is_empty() {
+                self.producer.poll(TAIL_WAIT);
+            } else {
+                if at_end {
+                    // poll() returns at the first delivery report; sleep so reports and
+                    // records batch up.
+                    std::thread::sleep(TAIL_WAIT);
+                }
+                self.producer.poll(Duration::ZERO);
+            }
             // Delivery reports.
             let reports = std::mem::take(&mut *self.producer.context().reports.lock());
             for (n, res) in reports {

@@ -6,8 +6,7 @@
 use super::{now_us, Emitter};
 use crate::hooks::{Direction, Observer, RequestCtx, Verdict};
 use crate::jsonrpc::{Kind as MsgKind, MessageInfo};
-use sluice_schema::event::{self, Decision, Event, Finding, GatewayInfo, Kind, Payload};
-use serde_json::value::RawValue;
+use sluice_schema::event::{self, Decision, Event, Finding, GatewayInfo, Kind};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 use std::borrow::Cow;
@@ -96,19 +95,15 @@ impl Observer for RecordObserver {
         e.error_code = info.error_code;
         e.bytes = text.map(|t| t.len() as u64);
         e.latency_us = (dir == Direction::Response).then(|| ctx.started.elapsed().as_micros() as u64);
-        match text {
-            Some(t) if t.len() <= max => {
-                // The text is our own JSON encoding; a failure here would be a bug, recorded as
-                // a truncated payload rather than a lost event.
-                match serde_json::from_str::<&RawValue>(t) {
-                    Ok(raw) => e.payload = Some(Payload::borrowed(raw)),
-                    Err(_) => e.payload_truncated = true,
-                }
+        let payload = match text {
+            Some(t) if t.len() <= max => Some(t.as_bytes()),
+            Some(_) => {
+                e.payload_truncated = true;
+                None
             }
-            Some(_) => e.payload_truncated = true,
-            None => {}
-        }
-        self.emitter.emit(&e);
+            None => None,
+        };
+        self.emitter.emit_with_payload(&e, payload);
 
         let found = &ctx.findings[findings_from.min(ctx.findings.len())..];
         if !found.is_empty() {

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant, SystemTime};
 const BATCH_BYTES: usize = 1 << 20;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_millis(500);
+/// While events flow the writer polls the queues this often (no wake-up per event)...
+const BUSY_POLL: Duration = Duration::from_millis(1);
+/// ...and after this long without events it sleeps until woken.
+const QUIET_AFTER: Duration = Duration::from_millis(50);
 /// While the spool cannot be written, retry this often.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 
@@ -296,7 +300,12 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
             rec.writer_done.store(true, Ordering::SeqCst);
             return;
         }
-        // Sleep until an emitter wakes us, a sync falls due, or a retention pass.
+        // While events flow, poll every BUSY_POLL: emitters never pay for a wake-up. After a
+        // quiet spell, sleep until an emitter wakes us, a sync falls due, or a retention pass.
+        if last_event.elapsed() < QUIET_AFTER {
+            std::thread::park_timeout(BUSY_POLL);
+            continue;
+        }
         rec.writer_sleeping.store(true, Ordering::SeqCst);
         let (n2, _) = drain(&rxs, &mut batch);
         if n2 > 0 {

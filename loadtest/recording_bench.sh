@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Recording benchmarks against a real Apache Kafka broker (started here, on loopback):
+#   1. pipeline capacity: recorder_throughput (1M events from 2 emitter threads) to the spool,
+#      then to the spool + Kafka;
+#   2. the proxy under load with recording off / spool / spool + Kafka (rate, p99 added).
+#   usage: loadtest/recording_bench.sh [seconds per proxy run, default 10]
+source "$(dirname "$0")/../scripts/lib.sh"
+apt_install nginx-light
+TOOLS=$CACHE/tools
+if [ ! -x "$TOOLS/bin/oha" ]; then
+    log "cargo install oha"
+    cargo install oha --locked --root "$TOOLS" >/dev/null
+fi
+cd "$ROOT"
+log "cargo build --release"
+cargo build --locked --release --bin sluice
+cargo build --locked --release -p sluice-benches --example recorder_throughput
+KDIR=$(mktemp -d /tmp/sluice-kafka-bench.XXXX)
+PORT=29192
+trap '"$ROOT/scripts/kafka/broker" stop "$KDIR"; rm -rf "$KDIR"' EXIT
+"$ROOT/scripts/kafka/broker" start "$KDIR" "$PORT"
+"$ROOT/scripts/kafka/broker" topics "$PORT" bench.events:8 bench.events.ap:2 bench.pipeline:8 bench.pipeline.ap:2
+BIN=$CARGO_TARGET_DIR/release/examples/recorder_throughput
+log "pipeline capacity: spool"
+"$BIN" --events 1000000 --threads 2
+log "pipeline capacity: spool + Kafka"
+"$BIN" --events 1000000 --threads 2 --kafka "127.0.0.1:$PORT" --topic bench.pipeline
+log "proxy under load"
+cd "$ROOT/loadtest"
+python3 recording_bench.py --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$TOOLS/bin/oha" --kafka "127.0.0.1:$PORT" --seconds "${1:-10}"
