@@ -6,13 +6,8 @@
 # Prints a Markdown table (requests/s, p50/p99/p99.9, sluice/nginx ratios).
 #   usage: loadtest/proxy_bench.sh [seconds per run, default 10]
 source "$(dirname "$0")/../scripts/lib.sh"
-apt_install nginx-light
-TOOLS=$CACHE/tools
-if [ ! -x "$TOOLS/bin/oha" ]; then
-    log "cargo install oha (load generator with fixed-rate mode and p99.9)"
-    cargo install oha --locked --root "$TOOLS" >/dev/null
-fi
+bench_tools
 cd "$ROOT"
 log "cargo build --release"
 cargo build --locked --release --bin sluice
-exec python3 "$ROOT/loadtest/proxy_bench.py" --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$TOOLS/bin/oha" --seconds "${1:-10}"
+exec python3 "$ROOT/loadtest/proxy_bench.py" --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$OHA" --seconds "${1:-10}"

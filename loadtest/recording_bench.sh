@@ -5,12 +5,7 @@
 #   2. the proxy under load with recording off / spool / spool + Kafka (rate, p99 added).
 #   usage: loadtest/recording_bench.sh [seconds per proxy run, default 10]
 source "$(dirname "$0")/../scripts/lib.sh"
-apt_install nginx-light
-TOOLS=$CACHE/tools
-if [ ! -x "$TOOLS/bin/oha" ]; then
-    log "cargo install oha"
-    cargo install oha --locked --root "$TOOLS" >/dev/null
-fi
+bench_tools
 cd "$ROOT"
 log "cargo build --release"
 cargo build --locked --release --bin sluice
@@ -27,4 +22,4 @@ log "pipeline capacity: spool + Kafka"
 "$BIN" --events 1000000 --threads 2 --kafka "127.0.0.1:$PORT" --topic bench.pipeline
 log "proxy under load"
 cd "$ROOT/loadtest"
-python3 recording_bench.py --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$TOOLS/bin/oha" --kafka "127.0.0.1:$PORT" --seconds "${1:-10}"
+python3 recording_bench.py --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$OHA" --kafka "127.0.0.1:$PORT" --seconds "${1:-10}"

@@ -58,3 +58,13 @@ setup() {
     log "Apache Kafka broker jars (Maven Central, cached)"
     "$ROOT/scripts/kafka/broker" install
 }
+
+# The load generator for the benchmarks in loadtest/ (fixed-rate mode, p99.9); sets $OHA.
+bench_tools() {
+    apt_install nginx-light
+    OHA=$CACHE/tools/bin/oha
+    if [ ! -x "$OHA" ]; then
+        log "cargo install oha"
+        cargo install oha --locked --root "$CACHE/tools" >/dev/null
+    fi
+}
