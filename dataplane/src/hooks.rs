@@ -45,6 +45,8 @@ pub struct RequestCtx {
     /// Set by a hook that forwards findings unmasked (action `log`): the message's recorded
     /// part with everything masked, for the session record. Taken by the observer.
     pub record_payload: Option<String>,
+    /// The upstream's HTTP status, once its response head is in.
+    pub status: Option<u16>,
 }
 
 /// What a hook decided about one message.
@@ -266,6 +268,7 @@ mod tests {
             findings: Vec::new(),
             carry: String::new(),
             record_payload: None,
+            status: None,
         }
     }
 

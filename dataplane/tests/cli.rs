@@ -11,9 +11,14 @@ fn sluice() -> Command {
 #[test]
 fn check_accepts_the_example_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sluice.toml");
-    let out = sluice().args(["check", "--config", example]).output().unwrap();
+    // The example reads the Kafka SASL password from the environment, as in production.
+    let out = sluice().args(["check", "--config", example]).env("SLUICE_KAFKA_PASSWORD", "example").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 listener(s), 2 upstream(s), 2 route(s)"));
+    let out = sluice().args(["check", "--config", example]).env_remove("SLUICE_KAFKA_PASSWORD").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("recording.kafka.options_from_env.\"sasl.password\": environment variable SLUICE_KAFKA_PASSWORD is not set"), "{err}");
 }
 
 #[test]

@@ -95,6 +95,7 @@ impl Observer for RecordObserver {
         e.error_code = info.error_code;
         e.bytes = text.map(|t| t.len() as u64);
         e.latency_us = (dir == Direction::Response).then(|| ctx.started.elapsed().as_micros() as u64);
+        e.status = ctx.status;
         let payload = match text {
             Some(t) if t.len() <= max => Some(t.as_bytes()),
             Some(_) => {
@@ -105,6 +106,9 @@ impl Observer for RecordObserver {
         };
         self.emitter.emit_with_payload(&e, payload);
 
+        if !refused && info.kind == MsgKind::Response && info.method.as_deref() == Some("tools/list") {
+            self.catalog(ctx, instance, value);
+        }
         let found = &ctx.findings[findings_from.min(ctx.findings.len())..];
         if !found.is_empty() {
             let mut f = base(ctx, instance, Kind::Findings);
@@ -146,6 +150,61 @@ impl Observer for RecordObserver {
     }
 }
 
+impl RecordObserver {
+    /// A `catalog_snapshot` of a `tools/list` result: each tool's name and the blake3 of its
+    /// definition in canonical JSON (keys sorted), as forwarded to the agent.
+    fn catalog(&self, ctx: &RequestCtx, instance: &str, value: &BorrowedValue<'_>) {
+        let Some(tools) = value.get("result").and_then(|r| r.get("tools")).and_then(|t| t.as_array()) else { return };
+        let mut e = base(ctx, instance, Kind::CatalogSnapshot);
+        e.direction = Some(event::Direction::Response);
+        e.method = Some(Cow::Borrowed("tools/list"));
+        let mut canon = Vec::new();
+        for t in tools {
+            canon.clear();
+            canonical(t, &mut canon);
+            let name = t.get("name").and_then(|n| n.as_str()).unwrap_or("");
+            e.tools.push(event::ToolEntry { name: Cow::Owned(name.to_owned()), digest: Cow::Owned(blake3::hash(&canon).to_hex().to_string()) });
+        }
+        self.emitter.emit(&e);
+    }
+}
+
+/// JSON with object keys sorted at every level: the same definition always hashes the same,
+/// whatever order the upstream (or the parser's map) lists its keys in.
+pub fn canonical(v: &BorrowedValue<'_>, out: &mut Vec<u8>) {
+    match v {
+        BorrowedValue::Object(m) => {
+            let mut keys: Vec<&str> = m.keys().map(|k| k.as_ref()).collect();
+            keys.sort_unstable();
+            out.push(b'{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
+                if let Some(x) = m.get(*k) {
+                    canonical(x, out);
+                }
+            }
+            out.push(b'}');
+        }
+        BorrowedValue::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(x, out);
+            }
+            out.push(b']');
+        }
+        other => {
+            let _ = other.write(&mut *out);
+        }
+    }
+}
+
 /// `session_start` / `session_end` for the exchange that opened or closed a session.
 pub fn session_event(em: &Emitter, ctx: &RequestCtx, kind: Kind, gateway_session: &str, detail: Option<&str>) {
     let rec = em.recorder();
@@ -153,4 +212,24 @@ pub fn session_event(em: &Emitter, ctx: &RequestCtx, kind: Kind, gateway_session
     e.session = Some(Cow::Borrowed(gateway_session));
     e.gateway = detail.map(|d| GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed(d)) });
     em.emit(&e);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn canonical_json_ignores_key_order_but_not_content() {
+        let digest = |s: &str| {
+            let mut b = s.as_bytes().to_vec();
+            let v = simd_json::to_borrowed_value(&mut b).unwrap();
+            let mut out = Vec::new();
+            super::canonical(&v, &mut out);
+            (String::from_utf8(out.clone()).unwrap(), blake3::hash(&out))
+        };
+        let (a, ha) = digest(r#"{"name":"t","inputSchema":{"type":"object","properties":{"b":1,"a":[1,{"z":0,"y":"\u00e9"}]}},"description":"d"}"#);
+        let (_, hb) = digest(r#"{"description":"d","inputSchema":{"properties":{"a":[1,{"y":"é","z":0}],"b":1},"type":"object"},"name":"t"}"#);
+        let (_, hc) = digest(r#"{"description":"d ","inputSchema":{"properties":{"a":[1,{"y":"é","z":0}],"b":1},"type":"object"},"name":"t"}"#);
+        assert_eq!(ha, hb, "{a}");
+        assert_ne!(ha, hc);
+        assert!(a.starts_with(r#"{"description":"d","inputSchema":{"properties":{"a":[1,{"y":"#), "{a}");
+    }
 }

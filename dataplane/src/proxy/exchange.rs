@@ -73,6 +73,7 @@ pub async fn handle(
         findings: Vec::new(),
         carry: String::new(),
         record_payload: None,
+        status: None,
     };
     // The gateway's session id keys every event of the session (Kafka partition, order).
     if let Some(sid) = ctx.mcp_session_id.as_deref() {
@@ -125,6 +126,7 @@ pub async fn handle(
 
     // Response head.
     let status = c.head.status;
+    ctx.status = Some(status);
     let kind = response_body_kind(&c.head, method).map_err(|e| ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason: e.to_string() })?;
     after_response_head(w, cfg, route, &mut ctx, &mut track, &c.head, method);
     let ctype = c.head.header("content-type").unwrap_or(b"");

@@ -94,7 +94,11 @@ def test_official_client_session_in_kafka_in_order_masked_and_complete(everythin
     assert {e["tool"] for e in calls} == {e["tool"] for e in answers}, "responses carry the tool they answer"
     echo = next(e for e in calls if e["tool"] == "echo")
     assert echo["payload"]["arguments"]["message"].startswith("hello through the gateway")
-    assert all("latency_us" in e for e in answers)
+    assert all("latency_us" in e and e["status"] == 200 for e in answers)
+    # tools/list answers leave a catalog snapshot: every tool, with a digest of its definition.
+    catalog = [e for e in ordered if e["kind"] == "catalog_snapshot"]
+    assert catalog and set(out["tools"]) == {t["name"] for t in catalog[0]["tools"]}
+    assert all(len(t["digest"]) == 64 for t in catalog[0]["tools"])
 
     # The elicitation answer carried an e-mail address (logged, not masked, by default): the
     # record has it masked and fingerprinted, and the raw value appears nowhere.
