@@ -47,6 +47,8 @@ pub struct RequestCtx {
     pub record_payload: Option<String>,
     /// The upstream's HTTP status, once its response head is in.
     pub status: Option<u16>,
+    /// The authenticated caller (`None`: anonymous, identity off).
+    pub identity: Option<crate::identity::Identity>,
 }
 
 /// What a hook decided about one message.
@@ -269,6 +271,7 @@ mod tests {
             carry: String::new(),
             record_payload: None,
             status: None,
+            identity: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod http;
 pub mod sse;
 pub mod jsonrpc;
 pub mod error;
+pub mod identity;
 pub mod hooks;
 pub mod detect;
 pub mod session;

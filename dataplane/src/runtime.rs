@@ -96,6 +96,12 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             None
         }
     };
+    if let Some(j) = cfg.identity.as_ref().and_then(|a| a.jwks()) {
+        // Start with the issuer's keys when it answers; if not, calls are refused (401) until it does.
+        if !j.wait_loaded(Duration::from_secs(3)) {
+            tracing::error!(issuer = %j.issuer, "the issuer's keys could not be fetched yet; bearer tokens are refused until they are");
+        }
+    }
     lifecycle(&recorder, Kind::GatewayStart, Some(&source.digest()), "started");
     let shared = Shared::new(cfg.clone(), recorder);
 
@@ -205,6 +211,10 @@ fn reload(sh: &Shared, source: &Source) {
             }
             if format!("{:?}", old.recording) != format!("{:?}", new.recording) {
                 tracing::warn!("[recording] changes take effect on restart");
+            }
+            // Same issuer: the new config starts with the keys already fetched.
+            if let (Some(o), Some(n)) = (old.identity.as_ref().and_then(|a| a.jwks()), new.identity.as_ref().and_then(|a| a.jwks())) {
+                n.adopt(o);
             }
             sh.config.store(Arc::new(new));
             sh.reloads.fetch_add(1, Ordering::Relaxed);

@@ -29,6 +29,8 @@ pub struct Config {
     /// Session recording; `None` when `[recording] enabled = false`. Read at start (the sink
     /// does not change on reload).
     pub recording: Option<super::recording::RecordingCfg>,
+    /// Authentication; `None`: every caller is anonymous.
+    pub identity: Option<Arc<crate::identity::Authenticator>>,
 }
 
 #[derive(Debug, Clone)]
@@ -254,6 +256,10 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
     if !is.0.is_empty() {
         return Err(is.0);
     }
+    let identity = super::identity::compile(f.identity.as_ref(), &mut |path, msg| is.add(path, msg));
+    if !is.0.is_empty() {
+        return Err(is.0);
+    }
     Ok(Config {
         instance: g.instance.clone().unwrap_or_else(hostname),
         workers,
@@ -270,6 +276,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         sessions,
         detect,
         recording,
+        identity,
     })
 }
 

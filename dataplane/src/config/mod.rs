@@ -5,6 +5,7 @@
 mod compile;
 pub mod detect;
 pub mod duration;
+pub mod identity;
 pub mod recording;
 pub mod schema;
 

@@ -25,6 +25,7 @@ pub struct File {
     pub detect: Detect,
     #[serde(default)]
     pub recording: Recording,
+    pub identity: Option<Identity>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -468,4 +469,76 @@ fn default_compression() -> String {
 }
 fn default_linger() -> String {
     "5ms".into()
+}
+
+/// `[identity]`: who is calling. Bearer JWTs checked against the issuer's JWKS (OIDC
+/// discovery), API keys for service agents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// `required` (default once `[identity]` is present): a call without a valid credential
+    /// gets 401. `off`: every caller is anonymous.
+    #[serde(default = "default_identity_mode")]
+    pub mode: String,
+    /// OIDC issuer URL; its `/.well-known/openid-configuration` names the JWKS.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (at least one must be in the token).
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Accepted signature algorithms (asymmetric only).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew: String,
+    /// The JWKS is fetched again this often...
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: String,
+    /// ...and on an unknown `kid`, at most this often.
+    #[serde(default = "default_jwks_min_interval")]
+    pub jwks_min_interval: String,
+    /// Claim paths (dot-separated) for the subject, groups and agent type.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    pub agent_type_claim: Option<String>,
+    /// This gateway's resource identifier in the protected-resource metadata (RFC 9728);
+    /// default: `http(s)://<Host><route path>` of the request.
+    pub resource: Option<String>,
+    #[serde(default, rename = "api_key")]
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// A service agent's API key, stored as its SHA-256 (`printf %s "$KEY" | sha256sum`). Sent
+/// as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub subject: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub agent_type: Option<String>,
+    pub sha256: String,
+}
+
+fn default_identity_mode() -> String {
+    "required".into()
+}
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"].map(String::from).to_vec()
+}
+fn default_clock_skew() -> String {
+    "60s".into()
+}
+fn default_jwks_refresh() -> String {
+    "10m".into()
+}
+fn default_jwks_min_interval() -> String {
+    "10s".into()
+}
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
 }

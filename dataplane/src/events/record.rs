@@ -33,6 +33,12 @@ pub fn base<'a>(ctx: &'a RequestCtx, instance: &'a str, kind: Kind) -> Event<'a>
     e.mcp_session = ctx.mcp_session_id.as_deref().map(Cow::Borrowed);
     e.route = Some(Cow::Borrowed(&ctx.route));
     e.upstream = Some(Cow::Borrowed(&ctx.upstream));
+    e.identity = ctx.identity.as_ref().map(|i| event::Identity {
+        subject: Cow::Borrowed(&i.subject),
+        groups: i.groups.iter().map(|g| Cow::Borrowed(g.as_str())).collect(),
+        agent_type: i.agent_type.as_deref().map(Cow::Borrowed),
+        via: Some(Cow::Borrowed(i.via)),
+    });
     e
 }
 

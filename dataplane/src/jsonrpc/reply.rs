@@ -22,6 +22,8 @@ pub enum Code {
     ShuttingDown,
     /// The gateway cannot record the call, so it does not forward it (fail closed).
     RecordingUnavailable,
+    /// The caller is not authenticated.
+    Unauthenticated,
 }
 
 impl Code {
@@ -37,6 +39,7 @@ impl Code {
             Code::NoRoute => -32005,
             Code::ShuttingDown => -32006,
             Code::RecordingUnavailable => -32007,
+            Code::Unauthenticated => -32008,
         }
     }
 }

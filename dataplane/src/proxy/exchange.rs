@@ -54,6 +54,10 @@ pub async fn handle(
         return Err(ProxyError::RecordingUnavailable);
     }
     let path = head.path();
+    if let Some(auth) = cfg.identity.as_ref().filter(|_| path.starts_with(super::auth::METADATA_PATH)) {
+        let keep_alive = head.keep_alive() && !w.draining();
+        return super::auth::serve_metadata(down, cfg, auth, head, tls, keep_alive).await.map(|_| keep_alive).map_err(|_| ProxyError::ClientTimeout);
+    }
     let (_, route) = cfg.route_for(head.header_str("host"), path).ok_or_else(|| ProxyError::NoRoute(path.to_string()))?;
     let up = &cfg.upstreams[route.upstream];
     let method = head.method();
@@ -74,7 +78,20 @@ pub async fn handle(
         carry: String::new(),
         record_payload: None,
         status: None,
+        identity: None,
     };
+    // Identify: no call is parsed, let alone forwarded, for a caller that is not authenticated.
+    if let Some(auth) = cfg.identity.as_ref() {
+        match super::auth::authenticate(auth, head).await {
+            Ok(id) => ctx.identity = id,
+            Err(e) => {
+                let keep_alive = head.keep_alive() && !w.draining();
+                super::auth::refuse(w, down, &ctx, route, head, tls, &e, keep_alive).await.map_err(|_| ProxyError::ClientTimeout)?;
+                w.metrics.request_done(&route.label, crate::metrics::method_label(head.method()), 401, started.elapsed());
+                return Ok(keep_alive);
+            }
+        }
+    }
     // The gateway's session id keys every event of the session (Kafka partition, order).
     if let Some(sid) = ctx.mcp_session_id.as_deref() {
         ctx.gateway_session_id = w.shared.sessions.with(sid, |s| s.gateway_id.clone());
@@ -111,7 +128,7 @@ pub async fn handle(
     // Forward.
     let mut req = w.reqbuf.take();
     req.clear();
-    encode_request(&mut req, head, route, up, out_body, client, tls);
+    encode_request(&mut req, head, route, up, out_body, client, tls, cfg.identity.is_some());
     let sent = upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await;
     w.reqbuf.set(req);
     let mut c = match sent {
@@ -338,7 +355,10 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
     }
 }
 
-fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, body: &[u8], client: SocketAddr, tls: bool) {
+/// The upstream request. With identity on, the agent's credentials (meant for the gateway)
+/// are not passed through.
+#[allow(clippy::too_many_arguments)]
+fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, body: &[u8], client: SocketAddr, tls: bool, strip_credentials: bool) {
     let path = head.path();
     let rest = &path[route.path.len().min(path.len())..];
     let query = head.target().find('?').map_or("", |i| &head.target()[i..]);
@@ -357,6 +377,7 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
             || n.eq_ignore_ascii_case("x-forwarded-proto")
             || n.eq_ignore_ascii_case("forwarded")
             || (rewrite && n.eq_ignore_ascii_case("host"))
+            || (strip_credentials && (n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("x-api-key")))
     });
     if rewrite {
         write::header(out, "host", up.authority.as_bytes());

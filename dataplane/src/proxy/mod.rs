@@ -6,6 +6,7 @@
 //! parse JSON-RPC → request hooks → forward → read response head → response hooks
 //! (buffered JSON, or SSE event by event) → answer → account.
 
+mod auth;
 mod conn;
 mod exchange;
 pub mod io;

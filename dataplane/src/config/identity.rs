@@ -1,0 +1,130 @@
+//! `[identity]` lowered into an [`Authenticator`]; the issuer's key fetching starts here.
+
+use super::{duration, schema};
+use crate::identity::{jwks::Jwks, ApiKeyEntry, Authenticator, Identity, JwtCheck};
+use jsonwebtoken::Algorithm;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) fn compile(i: Option<&schema::Identity>, add: &mut dyn FnMut(String, String)) -> Option<Arc<Authenticator>> {
+    let i = i?;
+    let required = match i.mode.as_str() {
+        "required" => true,
+        "off" => return None,
+        other => {
+            add("identity.mode".into(), format!("\"{other}\" is not a mode; write \"required\" or \"off\""));
+            true
+        }
+    };
+    let mut dur = |path: &str, v: &str| {
+        duration::parse(v).unwrap_or_else(|m| {
+            add(path.into(), m);
+            Duration::ZERO
+        })
+    };
+    let skew = dur("identity.clock_skew", &i.clock_skew);
+    let refresh = dur("identity.jwks_refresh", &i.jwks_refresh);
+    let min_interval = dur("identity.jwks_min_interval", &i.jwks_min_interval);
+    let mut algorithms = Vec::new();
+    for (n, a) in i.algorithms.iter().enumerate() {
+        match Algorithm::from_str(a) {
+            Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => add(
+                format!("identity.algorithms[{n}]"),
+                format!("{a} is symmetric: a gateway that accepts it can be fooled with the issuer's public key as the secret; use the issuer's asymmetric algorithm"),
+            ),
+            Ok(alg) => algorithms.push(alg),
+            Err(_) => add(format!("identity.algorithms[{n}]"), format!("\"{a}\" is not a JWS algorithm (RS256, PS256, ES256, EdDSA, ...)")),
+        }
+    }
+    let jwt = match &i.issuer {
+        Some(iss) => {
+            if !(iss.starts_with("https://") || iss.starts_with("http://")) {
+                add("identity.issuer".into(), format!("\"{iss}\" is not an http(s) URL"));
+            }
+            if i.audience.is_empty() {
+                add("identity.audience".into(), "is empty: list the audience your issuer puts in tokens for this gateway (e.g. its URL)".into());
+            }
+            Some((iss.clone(), refresh, min_interval))
+        }
+        None => None,
+    };
+    let mut api_keys = Vec::new();
+    for (n, k) in i.api_keys.iter().enumerate() {
+        let hex = k.sha256.trim();
+        let bytes: Option<Vec<u8>> = (hex.len() == 64).then(|| (0..32).filter_map(|j| u8::from_str_radix(&hex[2 * j..2 * j + 2], 16).ok()).collect());
+        match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+            Some(sha256) => api_keys.push(ApiKeyEntry {
+                sha256,
+                identity: Identity { subject: k.subject.clone(), groups: k.groups.clone(), agent_type: k.agent_type.clone(), via: "api_key" },
+            }),
+            None => add(format!("identity.api_key[{n}].sha256"), "must be 64 hex digits: printf %s \"$KEY\" | sha256sum".into()),
+        }
+    }
+    if required && jwt.is_none() && api_keys.is_empty() {
+        add("identity".into(), "mode is \"required\" but there is neither an issuer nor an API key: nobody could call; set identity.issuer or add [[identity.api_key]]".into());
+    }
+    // Key fetching starts only for a valid section (a rejected reload starts nothing).
+    let jwt = jwt.map(|(issuer, refresh, min_interval)| JwtCheck {
+        jwks: Jwks::start(issuer, refresh.max(Duration::from_secs(1)), min_interval),
+        audience: i.audience.clone(),
+        algorithms,
+        skew_secs: skew.as_secs(),
+        subject_claim: i.subject_claim.clone(),
+        groups_claim: i.groups_claim.clone(),
+        agent_type_claim: i.agent_type_claim.clone(),
+    });
+    Some(Arc::new(Authenticator { required, jwt, api_keys, resource: i.resource.clone() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::schema::File;
+    use crate::identity::AuthError;
+
+    fn compile(text: &str) -> (Option<std::sync::Arc<crate::identity::Authenticator>>, Vec<String>) {
+        let f: File = toml::from_str(text).unwrap();
+        let mut issues = Vec::new();
+        let a = super::compile(f.identity.as_ref(), &mut |p, m| issues.push(format!("{p}: {m}")));
+        (a, issues)
+    }
+
+    #[test]
+    fn unsafe_or_useless_identity_settings_are_refused_with_their_paths() {
+        let (_, issues) = compile(
+            "[identity]\nissuer = \"idp.example\"\nalgorithms = [\"RS256\", \"HS256\", \"XX1\"]\nclock_skew = \"soon\"\n\
+             [[identity.api_key]]\nsubject = \"bot\"\nsha256 = \"abc\"\n",
+        );
+        let all = issues.join("\n");
+        for want in ["identity.issuer", "identity.audience", "identity.algorithms[1]: HS256 is symmetric", "identity.algorithms[2]", "identity.clock_skew", "identity.api_key[0].sha256"] {
+            assert!(all.contains(want), "{want} missing from:\n{all}");
+        }
+        let (_, issues) = compile("[identity]\nmode = \"required\"\n");
+        assert!(issues.iter().any(|i| i.contains("nobody could call")), "{issues:?}");
+        let (a, issues) = compile("[identity]\nmode = \"off\"\n");
+        assert!(a.is_none() && issues.is_empty());
+    }
+
+    #[test]
+    fn api_keys_match_by_hash_and_everything_else_is_refused() {
+        // sha256("sk-test-key")
+        let (a, issues) = compile(
+            "[identity]\n[[identity.api_key]]\nsubject = \"bot\"\ngroups = [\"ci\"]\nsha256 = \"8df0b8b1c6a5a23ca9ba7dc08d62a2cbc8fd2d2b2d1c50a1abf0b0a5ca1e2d39\"\n",
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        let a = a.unwrap();
+        let key = "sk-test-key";
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let (a2, _) = compile(&format!("[identity]\n[[identity.api_key]]\nsubject = \"bot\"\ngroups = [\"ci\"]\nsha256 = \"{hex}\"\n"));
+        let a2 = a2.unwrap();
+        let id = a2.check(Some(&format!("Bearer {key}")), None).unwrap().unwrap();
+        assert_eq!((id.subject.as_str(), id.via), ("bot", "api_key"));
+        assert_eq!(a2.check(None, Some(key)).unwrap().unwrap().groups, vec!["ci".to_string()]);
+        assert_eq!(a2.check(None, Some("sk-test-kez")), Err(AuthError::UnknownApiKey));
+        assert_eq!(a2.check(None, None), Err(AuthError::Missing));
+        assert_eq!(a2.check(Some("Basic Ym90OnB3"), None), Err(AuthError::Missing), "only bearer credentials count");
+        // A JWT where only API keys are configured is refused, not treated as a key.
+        assert!(matches!(a.check(Some("Bearer a.b.c"), None), Err(AuthError::Algorithm(..))));
+    }
+}

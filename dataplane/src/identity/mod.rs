@@ -1,0 +1,187 @@
+//! Identity: who is calling. A bearer JWT is checked against the issuer's published keys
+//! (OIDC discovery → JWKS, see [`jwks`]): signature with an accepted asymmetric algorithm
+//! (`none` and HMAC are never accepted, so a public key can never be used as an HMAC
+//! secret), `iss`, `aud`, `exp`, `nbf` with clock skew. Subject, groups and agent type come
+//! from configurable claim paths. Service agents may use API keys (stored as SHA-256).
+//! mTLS client certificates are not yet an identity source.
+//!
+//! Runs on the request path before any message is parsed: the check is CPU only (keys are
+//! cached); an unknown `kid` asks the fetching thread for a refetch and the caller waits on
+//! its core's timer, never blocking it.
+
+pub mod jwks;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub agent_type: Option<String>,
+    /// `jwt`, `api_key`.
+    pub via: &'static str,
+}
+
+/// Why a caller is not authenticated. The text is shown to the agent: it says what to do and
+/// never echoes the credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credential: send `Authorization: Bearer <access token>` (the authorization server is named in this resource's metadata) or an API key")]
+    Missing,
+    #[error("the bearer token is not a well-formed JWT ({0}); get a new access token")]
+    Malformed(String),
+    #[error("the token is signed with {0}, which this gateway does not accept; tokens must be signed by the issuer's published keys ({1})")]
+    Algorithm(String, String),
+    #[error("the token was signed with a key the issuer does not publish (kid {0}); get a new access token")]
+    UnknownKey(String),
+    #[error("the token {0}; get a new access token")]
+    Invalid(&'static str),
+    #[error("the token has no usable `{0}` claim")]
+    Claim(String),
+    #[error("the API key is not known to this gateway")]
+    UnknownApiKey,
+}
+
+/// Checking JWTs from one issuer.
+#[derive(Debug)]
+pub struct JwtCheck {
+    pub jwks: Arc<jwks::Jwks>,
+    pub audience: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub skew_secs: u64,
+    pub subject_claim: String,
+    pub groups_claim: String,
+    pub agent_type_claim: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyEntry {
+    pub sha256: [u8; 32],
+    pub identity: Identity,
+}
+
+/// The compiled `[identity]` (part of the config; swapped whole on reload).
+#[derive(Debug)]
+pub struct Authenticator {
+    /// Without a valid credential the call is refused (401).
+    pub required: bool,
+    pub jwt: Option<JwtCheck>,
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// Resource identifier for the protected-resource metadata, if configured.
+    pub resource: Option<String>,
+}
+
+/// A claim by dot-separated path.
+fn claim<'a>(claims: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(claims, |v, k| v.get(k))
+}
+
+fn strings(v: Option<&serde_json::Value>) -> Vec<String> {
+    match v {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
+        Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl JwtCheck {
+    pub fn check(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let accepted = || self.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::Algorithm(format!("{:?}", header.alg), accepted()));
+        }
+        let keys = self.jwks.keys();
+        let kid = header.kid.clone().unwrap_or_default();
+        let jwk = match &header.kid {
+            Some(k) => keys.find(k),
+            None if keys.keys.len() == 1 => keys.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| AuthError::UnknownKey(if kid.is_empty() { "missing".into() } else { kid.clone() }))?;
+        // A key published for one algorithm is never used with another.
+        if let Some(ka) = jwk.common.key_algorithm {
+            if format!("{ka:?}") != format!("{:?}", header.alg) {
+                return Err(AuthError::Algorithm(format!("{:?}", header.alg), format!("key {kid} is for {ka:?}")));
+            }
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Malformed(format!("published key {kid}: {e}")))?;
+        let mut v = Validation::new(header.alg);
+        v.algorithms = vec![header.alg];
+        v.leeway = self.skew_secs;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.jwks.issuer]);
+        v.set_audience(&self.audience);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            AuthError::Invalid(match e.kind() {
+                K::ExpiredSignature => "has expired",
+                K::ImmatureSignature => "is not valid yet (nbf)",
+                K::InvalidAudience => "is not meant for this gateway (aud)",
+                K::InvalidIssuer => "comes from an issuer this gateway does not trust (iss)",
+                K::InvalidSignature => "signature does not verify",
+                K::MissingRequiredClaim(_) => "lacks a required claim (exp, iss, aud)",
+                _ => "is not valid",
+            })
+        })?;
+        let c = &data.claims;
+        let subject = claim(c, &self.subject_claim).and_then(|s| s.as_str()).ok_or_else(|| AuthError::Claim(self.subject_claim.clone()))?;
+        Ok(Identity {
+            subject: subject.to_owned(),
+            groups: strings(claim(c, &self.groups_claim)),
+            agent_type: self.agent_type_claim.as_deref().and_then(|p| claim(c, p)).and_then(|s| s.as_str()).map(str::to_owned),
+            via: "jwt",
+        })
+    }
+}
+
+/// Constant-time equality of two digests.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Authenticator {
+    /// The caller's identity from its `Authorization` and `X-API-Key` headers. `Ok(None)`: no
+    /// credential and none required (anonymous).
+    pub fn check(&self, authorization: Option<&str>, api_key: Option<&str>) -> Result<Option<Identity>, AuthError> {
+        let bearer = authorization.and_then(|a| {
+            let (scheme, rest) = a.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+        let (jwt, key) = match (bearer, api_key) {
+            (Some(t), _) if t.matches('.').count() == 2 => (Some(t), None),
+            (Some(t), _) => (None, Some(t)),
+            (None, k) => (None, k.map(str::trim)),
+        };
+        if let Some(t) = jwt {
+            return match &self.jwt {
+                Some(j) => j.check(t).map(Some),
+                None => Err(AuthError::Algorithm("a JWT".into(), "this gateway accepts API keys only".into())),
+            };
+        }
+        if let Some(k) = key {
+            let d: [u8; 32] = Sha256::digest(k.as_bytes()).into();
+            let mut found = None;
+            for e in &self.api_keys {
+                if same(&e.sha256, &d) {
+                    found = Some(e.identity.clone());
+                }
+            }
+            return found.map(Some).ok_or(AuthError::UnknownApiKey);
+        }
+        if self.required {
+            Err(AuthError::Missing)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The issuer whose keys an unknown-`kid` refetch would refresh.
+    pub fn jwks(&self) -> Option<&Arc<jwks::Jwks>> {
+        self.jwt.as_ref().map(|j| &j.jwks)
+    }
+}

@@ -1,0 +1,40 @@
+// A real OpenID Provider (oidc-provider 9) for the identity tests: OIDC discovery, JWKS, and
+// signed JWT access tokens by client-credentials for the gateway's audience. The signing keys
+// come from a JWK set file the test writes (so it can also sign deliberately bad tokens with
+// the provider's own key).
+//
+// usage: node oidc.mjs PORT JWKS_FILE AUDIENCE
+import fs from "node:fs";
+import Provider from "oidc-provider";
+
+const [port, jwksFile, audience] = process.argv.slice(2);
+const issuer = `http://127.0.0.1:${port}`;
+// client id → the groups and agent type its tokens carry.
+const who = {
+  "support-agent": { groups: ["support", "readers"], agent_type: "assistant" },
+  "intern-agent": { groups: ["interns"], agent_type: "assistant" },
+};
+const provider = new Provider(issuer, {
+  clients: Object.keys(who).map((id) => ({
+    client_id: id,
+    client_secret: `${id}-secret`,
+    grant_types: ["client_credentials"],
+    redirect_uris: [],
+    response_types: [],
+    scope: "mcp",
+  })),
+  jwks: JSON.parse(fs.readFileSync(jwksFile, "utf8")),
+  scopes: ["mcp"],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => audience,
+      useGrantedResource: () => true,
+      getResourceServerInfo: () => ({ scope: "mcp", audience, accessTokenFormat: "jwt", jwt: { sign: { alg: "RS256" } } }),
+    },
+  },
+  extraTokenClaims: async (_ctx, token) => who[token.clientId] ?? {},
+});
+provider.listen(Number(port), "127.0.0.1", () => console.log(`oidc ready ${issuer}`));

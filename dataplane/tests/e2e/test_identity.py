@@ -1,0 +1,181 @@
+"""Identity end to end: a real OpenID Provider (npm oidc-provider) issues JWT access tokens by
+client-credentials; the gateway finds its keys by OIDC discovery and checks every call.
+Negative tokens are signed with the provider's own key (or deliberately without it)."""
+
+import base64
+import hashlib
+import json
+import time
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import HERE, NODE, Proc, free_port, spool_events, wait_port
+
+AUDIENCE = "https://gateway.test/mcp"
+API_KEY = "sk-ci-bot-7f3a9c2e"
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "id-test", "version": "1"}}}
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+def new_key(kid):
+    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    j = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k))
+    j.update(kid=kid, use="sig", alg="RS256")
+    return k, j
+
+
+class OP:
+    """oidc-provider on Node 22 with a key set the test controls."""
+
+    def __init__(self, tmp, keys):
+        self.tmp, self.port = tmp, free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.start(keys)
+
+    def start(self, keys):
+        (self.tmp / "jwks.json").write_text(json.dumps({"keys": keys}))
+        self.proc = Proc([NODE, str(HERE / "servers" / "oidc.mjs"), str(self.port), str(self.tmp / "jwks.json"), AUDIENCE],
+                         self.tmp / f"oidc-{time.time_ns()}.log")
+        wait_port(self.port, proc=self.proc.p)
+
+    def stop(self):
+        self.proc.stop()
+
+    def token(self, client="support-agent"):
+        r = httpx.post(f"{self.issuer}/token", auth=(client, f"{client}-secret"),
+                       data={"grant_type": "client_credentials", "scope": "mcp", "resource": AUDIENCE})
+        assert r.status_code == 200, r.text
+        return r.json()["access_token"]
+
+
+@pytest.fixture
+def idp(tmp_path):
+    k1, j1 = new_key("k1")
+    op = OP(tmp_path, [j1])
+    op.k1 = k1
+    yield op
+    op.stop()
+
+
+def echo_upstream(raw_upstream):
+    def handler(conn, head, body):
+        req = json.loads(body)
+        out = json.dumps({"jsonrpc": "2.0", "id": req.get("id"), "result": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                                                         "serverInfo": {"name": "raw", "version": "1"}}}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s-1\r\ncontent-length: "
+                     + str(len(out)).encode() + b"\r\n\r\n" + out)
+    return raw_upstream(handler)
+
+
+def identity_cfg(op):
+    digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+    return (f'[identity]\nissuer = "{op.issuer}"\naudience = ["{AUDIENCE}"]\nagent_type_claim = "agent_type"\n'
+            f'jwks_min_interval = "1s"\n'
+            f'[[identity.api_key]]\nsubject = "ci-bot"\ngroups = ["ci"]\nagent_type = "service"\nsha256 = "{digest}"\n')
+
+
+def call(g, token=None, headers=None):
+    h = dict(ACCEPT)
+    if token is not None:
+        h["authorization"] = f"Bearer {token}"
+    h.update(headers or {})
+    return httpx.post(g.url(), json=INIT, headers=h, timeout=10)
+
+
+def test_token_from_the_provider_is_accepted_recorded_and_not_passed_upstream(idp, gateway, raw_upstream):
+    up = echo_upstream(raw_upstream)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=identity_cfg(idp))
+    tok = idp.token()
+    r = call(g, tok)
+    assert r.status_code == 200, r.text
+    sent = up.requests[-1].decode().lower()
+    assert "authorization:" not in sent and tok.lower() not in sent, "the agent's token is for the gateway only"
+    r = call(g, headers={"x-api-key": API_KEY})
+    assert r.status_code == 200
+    g.proc.stop()
+    ids = [e["identity"] for e in spool_events(g.spool) if e["kind"] == "request"]
+    assert {"subject": "support-agent", "groups": ["support", "readers"], "agent_type": "assistant", "via": "jwt"} in ids
+    assert {"subject": "ci-bot", "groups": ["ci"], "agent_type": "service", "via": "api_key"} in ids
+
+
+def test_missing_token_gets_a_challenge_that_leads_to_the_authorization_server(idp, gateway, raw_upstream):
+    up = echo_upstream(raw_upstream)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=identity_cfg(idp))
+    r = call(g)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == -32008
+    challenge = r.headers["www-authenticate"]
+    assert challenge.startswith("Bearer resource_metadata=")
+    meta_url = challenge.split('"')[1]
+    assert meta_url.endswith("/.well-known/oauth-protected-resource/mcp")
+    meta = httpx.get(meta_url.replace(meta_url.split("/.well-known")[0], f"http://127.0.0.1:{g.port}")).json()
+    assert meta["authorization_servers"] == [idp.issuer]
+    disco = httpx.get(f"{meta['authorization_servers'][0]}/.well-known/openid-configuration").json()
+    assert disco["token_endpoint"].startswith(idp.issuer)
+    assert not up.requests, "nothing reaches the upstream unauthenticated"
+
+
+def b64(d: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
+
+def test_bad_tokens_are_refused_each_with_its_reason(idp, gateway, raw_upstream, tmp_path):
+    up = echo_upstream(raw_upstream)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=identity_cfg(idp))
+    now = int(time.time())
+    good = {"iss": idp.issuer, "aud": AUDIENCE, "sub": "support-agent", "iat": now, "exp": now + 300, "groups": ["support"]}
+    sign = lambda claims, key=idp.k1, kid="k1", alg="RS256": jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+    assert call(g, sign(good)).status_code == 200, "a token signed with the provider's key by hand is fine"
+    other, _ = new_key("k-unknown")
+    public_pem = idp.k1.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    real = idp.token()
+    h, p, s = real.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+    claims["groups"] = ["admins"]
+    cases = {
+        "expired": (sign({**good, "iat": now - 7200, "exp": now - 3600}), "has expired"),
+        "not yet valid": (sign({**good, "nbf": now + 3600}), "not valid yet"),
+        "wrong audience": (sign({**good, "aud": "https://other.test/mcp"}), "not meant for this gateway"),
+        "wrong issuer": (sign({**good, "iss": "https://evil.test"}), "does not trust"),
+        "unknown kid": (sign(good, key=other, kid="k-unknown"), "does not publish"),
+        "key not published, kid reused": (sign(good, key=other, kid="k1"), "signature does not verify"),
+        "tampered claims": (f"{h}.{b64(claims)}.{s}", "signature does not verify"),
+        "alg none": (f"{b64({'alg': 'none', 'typ': 'JWT', 'kid': 'k1'})}.{b64(good)}.", "not a well-formed JWT"),
+        "HMAC with the public key": (hmac_token(good, public_pem), "does not accept"),
+        "unknown API key": ("sk-not-a-key", "not known"),
+    }
+    for name, (tok, why) in cases.items():
+        r = call(g, tok)
+        assert r.status_code == 401, f"{name}: {r.status_code} {r.text}"
+        reason = r.json()["error"]["data"]["reason"]
+        assert why in reason, f"{name}: {reason}"
+        assert tok not in r.text and tok not in r.headers.get("www-authenticate", ""), f"{name}: credential echoed"
+    assert len(up.requests) == 1, "only the good call reached the upstream"
+
+
+def hmac_token(claims, secret: bytes) -> str:
+    import hmac
+    head = b64({"alg": "HS256", "typ": "JWT", "kid": "k1"})
+    body = b64(claims)
+    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}"
+
+
+def test_rotated_provider_keys_are_fetched_on_an_unknown_kid(idp, gateway, raw_upstream):
+    up = echo_upstream(raw_upstream)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=identity_cfg(idp))
+    assert call(g, idp.token()).status_code == 200
+    # The provider rotates to a new key; the gateway has only the old one cached.
+    k2, j2 = new_key("k2")
+    idp.stop()
+    idp.start([j2])
+    tok = idp.token()
+    assert jwt.get_unverified_header(tok)["kid"] == "k2"
+    r = call(g, tok)
+    assert r.status_code == 200, r.text
