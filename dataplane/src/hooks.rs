@@ -49,6 +49,8 @@ pub struct RequestCtx {
     pub status: Option<u16>,
     /// The authenticated caller (`None`: anonymous, identity off).
     pub identity: Option<crate::identity::Identity>,
+    /// The credential injected towards this upstream (its values are scrubbed from answers).
+    pub credential: Option<std::sync::Arc<crate::config::credential::Injected>>,
 }
 
 /// What a hook decided about one message.
@@ -272,6 +274,7 @@ mod tests {
             record_payload: None,
             status: None,
             identity: None,
+            credential: None,
         }
     }
 

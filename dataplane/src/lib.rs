@@ -25,6 +25,7 @@ pub mod jsonrpc;
 pub mod error;
 pub mod identity;
 pub mod hooks;
+pub mod scrub;
 pub mod detect;
 pub mod session;
 pub mod events;

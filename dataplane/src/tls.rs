@@ -20,13 +20,17 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+fn private_key(key: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| format!("{} is not a PEM key file: {e}", key.display()))?
+        .ok_or_else(|| format!("{} holds no private key", key.display()))
+}
+
 /// Server side of a TLS listener.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain = certs(cert)?;
-    let pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| format!("{} is not a PEM key file: {e}", key.display()))?
-        .ok_or_else(|| format!("{} holds no private key", key.display()))?;
+    let key_der = private_key(key)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -41,6 +45,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 pub fn client_config(
     ca: Option<&Path>,
     server_name: &str,
+    client_auth: Option<(&Path, &Path)>,
 ) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
@@ -51,11 +56,16 @@ pub fn client_config(
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut cfg = match client_auth {
+        Some((cert, key)) => cfg
+            .with_client_auth_cert(certs(cert)?, private_key(key)?)
+            .map_err(|e| format!("{} / {}: unusable client certificate or key: {e}", cert.display(), key.display()))?,
+        None => cfg.with_no_client_auth(),
+    };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|_| format!("\"{server_name}\" is not a valid TLS server name"))?;

@@ -69,6 +69,8 @@ pub struct Upstream {
     /// Identifies the pool of connections to this upstream; stable across reloads when the
     /// upstream's address and TLS settings are unchanged.
     pub pool_key: String,
+    /// Injected on every request to this upstream.
+    pub credential: Option<Arc<super::credential::Injected>>,
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +192,16 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
                 let tls = if https {
                     let name = u.tls.as_ref().and_then(|t| t.server_name.clone()).unwrap_or_else(|| host.clone());
                     let ca = u.tls.as_ref().and_then(|t| t.ca.as_deref()).map(|c| resolve(file, c));
-                    match tls::client_config(ca.as_deref(), &name) {
+                    let pair = u.tls.as_ref().map(|t| (t.client_cert.as_deref().map(|c| resolve(file, c)), t.client_key.as_deref().map(|k| resolve(file, k))));
+                    let client_auth = match &pair {
+                        Some((Some(c), Some(k))) => Some((c.as_path(), k.as_path())),
+                        Some((None, None)) | None => None,
+                        Some(_) => {
+                            is.add(format!("{p}.tls"), "client_cert and client_key go together; set both or neither");
+                            None
+                        }
+                    };
+                    match tls::client_config(ca.as_deref(), &name, client_auth) {
                         Ok(c) => Some(c),
                         Err(m) => {
                             is.add(format!("{p}.tls"), m);
@@ -204,8 +215,13 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
                     None
                 };
                 let authority = if (https && port == 443) || (!https && port == 80) { host.clone() } else { format!("{host}:{port}") };
-                let pool_key = format!("{}://{host}:{port}/{:?}", if https { "https" } else { "http" }, u.tls.as_ref().map(|t| (&t.ca, &t.server_name)));
-                upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key });
+                let pool_key = format!(
+                    "{}://{host}:{port}/{:?}",
+                    if https { "https" } else { "http" },
+                    u.tls.as_ref().map(|t| (&t.ca, &t.server_name, &t.client_cert, &t.client_key))
+                );
+                let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, file, &p, &mut |path, msg| is.add(path, msg)));
+                upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential });
             }
         }
     }

@@ -3,6 +3,7 @@
 //! each with the file and the path inside it. Only this module knows the file format.
 
 mod compile;
+pub mod credential;
 pub mod detect;
 pub mod duration;
 pub mod identity;

@@ -178,6 +178,19 @@ pub struct Upstream {
     /// Idle connections kept per worker.
     #[serde(default = "default_pool")]
     pub pool_max_idle: usize,
+    /// A credential the gateway adds to every request to this upstream (agents never hold it).
+    pub credential: Option<Credential>,
+}
+
+/// `bearer`, `basic` (the secret is `user:password`) or `header` (with `header = "Name"`),
+/// read from `env` or `file` (never inline in this file). Re-read on reload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub kind: String,
+    pub header: Option<String>,
+    pub env: Option<String>,
+    pub file: Option<String>,
 }
 
 fn default_pool() -> usize {
@@ -191,6 +204,9 @@ pub struct ClientTls {
     pub ca: Option<String>,
     /// Name to verify and send as SNI (default: the URL's host).
     pub server_name: Option<String>,
+    /// Client certificate chain and key (PEM) presented to the upstream (mTLS).
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

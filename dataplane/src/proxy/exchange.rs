@@ -79,6 +79,7 @@ pub async fn handle(
         record_payload: None,
         status: None,
         identity: None,
+        credential: up.credential.clone(),
     };
     // Identify: no call is parsed, let alone forwarded, for a caller that is not authenticated.
     if let Some(auth) = cfg.identity.as_ref() {
@@ -128,7 +129,7 @@ pub async fn handle(
     // Forward.
     let mut req = w.reqbuf.take();
     req.clear();
-    encode_request(&mut req, head, route, up, out_body, client, tls, cfg.identity.is_some());
+    encode_request(&mut req, head, route, up, out_body, client, tls, cfg.identity.is_some() || up.credential.is_some());
     let sent = upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await;
     w.reqbuf.set(req);
     let mut c = match sent {
@@ -378,7 +379,12 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
             || n.eq_ignore_ascii_case("forwarded")
             || (rewrite && n.eq_ignore_ascii_case("host"))
             || (strip_credentials && (n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("x-api-key")))
+            || up.credential.as_ref().is_some_and(|c| n.eq_ignore_ascii_case(&c.header))
     });
+    // The upstream's own credential: agents never hold it.
+    if let Some(c) = &up.credential {
+        write::header(out, &c.header, &c.value);
+    }
     if rewrite {
         write::header(out, "host", up.authority.as_bytes());
     }

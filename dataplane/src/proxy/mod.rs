@@ -130,7 +130,7 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
         Some(r) => Some(Rc::new(r.emitter(id).ok_or_else(|| anyhow::anyhow!("worker {id}: no event queue (started twice?)"))?)),
         None => None,
     };
-    let mut chain = Chain::new(vec![Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone()))]);
+    let mut chain = Chain::new(vec![Box::new(crate::scrub::ScrubHook), Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone()))]);
     if let Some(em) = &emitter {
         chain = chain.with_observer(Box::new(crate::events::record::RecordObserver::new(em.clone())));
     }
