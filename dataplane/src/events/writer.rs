@@ -134,12 +134,13 @@ impl SpoolWriter {
     /// Delete what may go: delivered segments (with Kafka), segments past `max_age` (sealed and
     /// delivered, or any sealed one without Kafka). Returns whether the spool is over `max_bytes`
     /// with nothing more it may delete.
-    fn retention(&mut self, rec: &Recorder) -> bool {
+    /// `budget` is the most bytes the spool may hold (normally `max_bytes`).
+    fn retention(&mut self, rec: &Recorder, budget: u64) -> bool {
         let delivered_below = rec.delivered_below.load(Ordering::Relaxed);
         let now = SystemTime::now();
         while self.segments.len() > 1 {
             let s = &self.segments[0];
-            let over = self.total_bytes() > self.cfg.max_bytes;
+            let over = self.total_bytes() > budget;
             let drop_oldest = over && rec.cfg.on_full == OnFull::DropOldest;
             // Why the oldest sealed segment may go, if at all; `lose` when its events go unread.
             let (go, lose) = if self.kafka {
@@ -168,7 +169,7 @@ impl SpoolWriter {
             self.segments.pop_front();
         }
         self.publish(&rec.counters);
-        self.total_bytes() > self.cfg.max_bytes
+        self.total_bytes() > budget
     }
 }
 
@@ -247,13 +248,9 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
                         rec.spool_ok.store(false, Ordering::SeqCst);
                     }
                     if rec.cfg.on_full == OnFull::DropOldest && e.raw_os_error() == Some(libc::ENOSPC) {
-                        // Make room: drop the oldest segment even if undelivered.
-                        if w.segments.len() > 1 {
-                            let max = w.cfg.max_bytes;
-                            w.cfg.max_bytes = 0;
-                            w.retention(&rec);
-                            w.cfg.max_bytes = max;
-                        }
+                        // Make room: a budget just under the current size drops the oldest segment.
+                        let budget = w.total_bytes().saturating_sub(1);
+                        w.retention(&rec, budget);
                     }
                     std::thread::sleep(RETRY_EVERY);
                     continue;
@@ -273,7 +270,8 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
         }
         if last_retention.elapsed() >= RETENTION_EVERY || full {
             last_retention = Instant::now();
-            let over = w.retention(&rec);
+            let budget = w.cfg.max_bytes;
+            let over = w.retention(&rec, budget);
             let now_full = over && rec.cfg.on_full == OnFull::Refuse;
             if now_full != full {
                 full = now_full;

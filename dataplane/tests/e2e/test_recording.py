@@ -270,8 +270,7 @@ def test_full_disk_refuses_calls_with_a_clear_error_then_recovers(py_json, gatew
             err = refused.json()["error"]
             assert err["code"] == -32007 and "cannot record" in err["data"]["reason"], err
             assert g.metric("sluice_recording_accepting") == 0
-            with urllib_get(g.admin("/readyz")) as status:
-                assert status == 503
+            assert httpx.get(g.admin("/readyz")).status_code == 503
             filler.unlink()
             wait_until(lambda: g.metric("sluice_recording_accepting") == 1, what="recovery after space is freed")
             r = c.post(g.url(), headers=MCP_HEADERS, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -284,19 +283,3 @@ def test_full_disk_refuses_calls_with_a_clear_error_then_recovers(py_json, gatew
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
-
-class urllib_get:
-    def __init__(self, url):
-        self.url = url
-
-    def __enter__(self):
-        import urllib.error
-        import urllib.request
-        try:
-            with urllib.request.urlopen(self.url, timeout=5) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-
-    def __exit__(self, *a):
-        return False
