@@ -187,7 +187,9 @@ impl Recorder {
             if h.is_finished() {
                 let _ = h.join();
             } else {
-                tracing::warn!(thread = name, "recording thread did not stop in time; its events stay in the spool");
+                // The writer only lingers while the spool cannot be written: what it still holds
+                // in memory is lost with the process. The forwarder's events are in the spool.
+                tracing::error!(thread = name, "recording thread did not stop in time (spool not writable?); events it still held in memory are lost, spooled ones are kept");
             }
         }
         let c = &self.counters;

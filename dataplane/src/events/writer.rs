@@ -227,7 +227,9 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
     loop {
         let (n, all_closed) = if batch.is_empty() { drain(&rxs, &mut batch) } else { (0, false) };
         batch_records += n;
-        if !batch.is_empty() && !full {
+        // `full` only refuses new calls: what was already emitted is still written (max_bytes is
+        // exceeded by at most the calls in flight), never held in memory where a stop loses it.
+        if !batch.is_empty() {
             match w.append(&batch) {
                 Ok(()) => {
                     c.spooled.fetch_add(batch_records as u64, Ordering::Relaxed);
@@ -268,7 +270,7 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
                 }
             }
         }
-        if last_retention.elapsed() >= RETENTION_EVERY || full {
+        if last_retention.elapsed() >= RETENTION_EVERY {
             last_retention = Instant::now();
             let budget = w.cfg.max_bytes;
             let over = w.retention(&rec, budget);
@@ -281,10 +283,6 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
                 } else {
                     tracing::info!("spool has room again; requests are accepted");
                 }
-            }
-            if full {
-                std::thread::sleep(RETRY_EVERY);
-                continue;
             }
         }
         if n > 0 || !batch.is_empty() {
