@@ -51,6 +51,49 @@ pub struct RequestCtx {
     pub identity: Option<crate::identity::Identity>,
     /// The credential injected towards this upstream (its values are scrubbed from answers).
     pub credential: Option<std::sync::Arc<crate::config::credential::Injected>>,
+    /// The policy in force for this request (from the config it started with).
+    pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
+    /// Mask rules that apply to the current message (set before detection, read by it).
+    pub policy_masks: Vec<usize>,
+    /// The policy's decision on the current message (for the record).
+    pub decision: Option<crate::policy::Decision>,
+    /// Where the current message's findings start in `findings`.
+    pub message_findings_from: usize,
+}
+
+impl RequestCtx {
+    /// A context for messages decided outside a live exchange (policy cases, `policy explain`).
+    pub fn offline(
+        route: &str,
+        detect: Option<std::sync::Arc<crate::config::detect::DetectCfg>>,
+        policy: Option<std::sync::Arc<crate::policy::Policy>>,
+        identity: Option<crate::identity::Identity>,
+    ) -> Self {
+        RequestCtx {
+            worker: 0,
+            route: route.into(),
+            upstream: String::new(),
+            client: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_method: "POST".into(),
+            path: String::new(),
+            mcp_session_id: None,
+            gateway_session_id: None,
+            protocol_version: None,
+            started: Instant::now(),
+            refused: 0,
+            detect,
+            findings: Vec::new(),
+            carry: String::new(),
+            record_payload: None,
+            status: None,
+            identity,
+            credential: None,
+            policy,
+            policy_masks: Vec::new(),
+            decision: None,
+            message_findings_from: 0,
+        }
+    }
 }
 
 /// What a hook decided about one message.
@@ -68,13 +111,7 @@ pub enum Verdict {
 /// A stage that sees messages. Hooks are per worker (`!Send` is fine) and must not block.
 pub trait MessageHook {
     fn name(&self) -> &'static str;
-    fn on_message(
-        &self,
-        ctx: &mut RequestCtx,
-        dir: Direction,
-        info: &MessageInfo,
-        value: &mut BorrowedValue<'_>,
-    ) -> Verdict;
+    fn on_message(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &mut BorrowedValue<'_>) -> Verdict;
 }
 
 /// Sees every message after the hooks, with their verdict and what they found in it (the
@@ -149,6 +186,8 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
     for (i, (v, info)) in body.values.iter_mut().zip(&body.infos).enumerate() {
         let findings_from = ctx.findings.len();
         ctx.record_payload = None;
+        ctx.decision = None;
+        ctx.message_findings_from = findings_from;
         let verdict = chain.run(ctx, dir, info, v);
         if let Some(o) = &chain.observer {
             o.observed(ctx, dir, info, v, &verdict, findings_from);
@@ -256,26 +295,10 @@ mod tests {
     }
 
     fn ctx() -> RequestCtx {
-        RequestCtx {
-            worker: 0,
-            route: "r".into(),
-            upstream: "u".into(),
-            client: "127.0.0.1:1".parse().unwrap(),
-            http_method: "POST".into(),
-            path: "/mcp".into(),
-            mcp_session_id: None,
-            gateway_session_id: None,
-            protocol_version: None,
-            started: Instant::now(),
-            refused: 0,
-            detect: None,
-            findings: Vec::new(),
-            carry: String::new(),
-            record_payload: None,
-            status: None,
-            identity: None,
-            credential: None,
-        }
+        let mut c = RequestCtx::offline("r", None, None, None);
+        c.upstream = "u".into();
+        c.path = "/mcp".into();
+        c
     }
 
     fn run(src: &str, dir: Direction) -> Outcome {
@@ -307,9 +330,7 @@ mod tests {
 
     #[test]
     fn refused_single_request_is_answered_locally() {
-        let Outcome::Answer(b) = run(r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"forbidden"}}"#, Direction::Request) else {
-            panic!()
-        };
+        let Outcome::Answer(b) = run(r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"forbidden"}}"#, Direction::Request) else { panic!() };
         let v = json(&b);
         assert_eq!(v["id"], "q");
         assert_eq!(v["error"]["data"]["reason"], "tool not allowed");
@@ -345,9 +366,7 @@ mod tests {
 
     #[test]
     fn refused_response_becomes_error_with_same_id() {
-        let Outcome::Rewritten { body, .. } = run(r#"{"jsonrpc":"2.0","id":5,"result":{"secret":"x"}}"#, Direction::Response) else {
-            panic!()
-        };
+        let Outcome::Rewritten { body, .. } = run(r#"{"jsonrpc":"2.0","id":5,"result":{"secret":"x"}}"#, Direction::Response) else { panic!() };
         let v = json(&body);
         assert_eq!(v["id"], 5);
         assert_eq!(v["error"]["message"], "blocked");

@@ -16,20 +16,21 @@
 //! The binary `sluice` (`main.rs`) turns the command line into a [`config::Config`] and hands
 //! it to [`runtime::run`]. Modules are declared in the order a request meets them.
 
-pub mod config;
-pub mod tls;
-pub mod runtime;
-pub mod http;
-pub mod sse;
-pub mod jsonrpc;
-pub mod error;
-pub mod identity;
-pub mod hooks;
-pub mod scrub;
-pub mod detect;
-pub mod session;
-pub mod events;
-pub mod proxy;
-pub mod metrics;
 pub mod admin;
+pub mod config;
+pub mod detect;
+pub mod error;
+pub mod events;
+pub mod hooks;
+pub mod http;
+pub mod identity;
 pub mod ids;
+pub mod jsonrpc;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod runtime;
+pub mod scrub;
+pub mod session;
+pub mod sse;
+pub mod tls;

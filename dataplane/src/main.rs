@@ -78,6 +78,12 @@ enum Cmd {
         #[arg(long)]
         rules: Option<PathBuf>,
     },
+    /// Policy tools: `check FILE` lists a policy's rules, `explain` shows which rule decides a
+    /// call and why, `test FILE…` runs policy case files.
+    Policy {
+        #[command(subcommand)]
+        cmd: sluice::policy::cli::PolicyCmd,
+    },
     /// List every detection rule (id, kind, category, severity, default mask, what it matches).
     Rules {
         #[arg(long, value_enum, default_value = "table")]
@@ -134,6 +140,15 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Cmd::Policy { cmd } = cli.cmd {
+        return match sluice::policy::cli::run(cmd) {
+            Ok(code) => std::process::ExitCode::from(code),
+            Err(e) => {
+                eprintln!("sluice policy: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.cmd {
         Cmd::Check { config: path } => match config::load(&path) {
             Ok(c) => {
@@ -145,6 +160,15 @@ fn main() -> std::process::ExitCode {
                     c.routes.len(),
                     c.workers
                 );
+                match &c.policy {
+                    Some(p) => println!(
+                        "policy {}: {} rule(s), default {}",
+                        p.source.display(),
+                        p.rules.len(),
+                        if p.default == sluice::policy::DefaultAction::Allow { "allow" } else { "deny" }
+                    ),
+                    None => println!("no [policy]: every authenticated call that passes detection is allowed"),
+                }
                 Ok(())
             }
             Err(e) => Err(anyhow!("{e}")),
@@ -162,7 +186,7 @@ fn main() -> std::process::ExitCode {
             }),
         },
         Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
-        Cmd::Scan { .. } | Cmd::Rules { .. } => Ok(()),
+        Cmd::Scan { .. } | Cmd::Rules { .. } | Cmd::Policy { .. } => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -46,6 +46,12 @@ pub struct Session {
     /// Server → client requests (sampling, elicitation, roots) awaiting the client's answer.
     #[serde(skip)]
     pub pending_server: HashMap<String, Pending>,
+    /// What the policy knows of this session: calls so far, findings seen.
+    #[serde(skip)]
+    pub policy: crate::policy::SessionFacts,
+    /// Tool annotations from this session's `tools/list` answers.
+    #[serde(skip)]
+    pub tools: HashMap<String, crate::policy::Annotations>,
 }
 
 impl Session {
@@ -65,6 +71,8 @@ impl Session {
             messages_out: 0,
             pending_client: HashMap::new(),
             pending_server: HashMap::new(),
+            policy: Default::default(),
+            tools: HashMap::new(),
         }
     }
 
@@ -180,7 +188,13 @@ mod tests {
         st.insert(Session::new("a", "r"), 10);
         st.insert(Session::new("b", "r"), 10);
         assert_eq!(st.len(), 2);
-        assert_eq!(st.with("a", |s| { s.messages_in += 1; s.messages_in }), Some(1));
+        assert_eq!(
+            st.with("a", |s| {
+                s.messages_in += 1;
+                s.messages_in
+            }),
+            Some(1)
+        );
         assert_eq!(st.with("zz", |_| ()), None);
         assert!(st.remove("a").is_some());
         assert!(st.remove("a").is_none());

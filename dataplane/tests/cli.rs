@@ -113,3 +113,90 @@ fn scan_masks_json_and_jsonl_keeping_them_valid() {
     assert_eq!(code, 1);
     assert!(out.contains("\"id\":\"a\"") && !out.contains("\"id\":\"b\""));
 }
+
+fn policy_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy")
+}
+
+#[test]
+fn policy_cases_shipped_with_the_example_pass_and_a_wrong_expectation_fails() {
+    let cases = policy_dir().join("policy.cases.toml");
+    let out = sluice().args(["policy", "test", cases.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    // The same cases with one expectation turned around must fail, naming the case.
+    let dir = std::env::temp_dir().join(format!("sluice-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(policy_dir().join("policy.toml"), dir.join("policy.toml")).unwrap();
+    let text = std::fs::read_to_string(&cases).unwrap().replacen(
+        "expect = [\"allow by engineers\", \"deny by destructive-needs-ops\"",
+        "expect = [\"allow by engineers\", \"allow by engineers\"",
+        1,
+    );
+    std::fs::write(dir.join("wrong.cases.toml"), text).unwrap();
+    let out = sluice().args(["policy", "test", dir.join("wrong.cases.toml").to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL") && stdout.contains("a batch cannot smuggle a denied call") && stdout.contains("1 failed"), "{stdout}");
+}
+
+#[test]
+fn policy_explain_names_the_deciding_rule_and_every_rule_tried() {
+    let policy = policy_dir().join("policy.toml");
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["policy", "explain", "--json", "--policy", policy.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = sluice().args(&args).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    };
+    let (code, v) = explain(&[
+        "--identity",
+        "alice",
+        "--groups",
+        "eng",
+        "--tool",
+        "search",
+        "--args",
+        r#"{"q":"x"}"#,
+        "--annotations",
+        r#"{"readOnlyHint":true,"openWorldHint":false}"#,
+    ]);
+    assert_eq!((code, v["decision"].as_str(), v["rule"].as_str()), (Some(0), Some("allow"), Some("engineers")), "{v:#}");
+    let steps: Vec<&str> = v["steps"].as_array().unwrap().iter().map(|s| s["rule"].as_str().unwrap()).collect();
+    assert_eq!(steps.first(), Some(&"protocol"));
+    assert_eq!(steps.last(), Some(&"engineers"));
+    // A secret in the arguments is found by detection and decides.
+    let (code, v) = explain(&["--identity", "alice", "--groups", "eng", "--tool", "search", "--args", r#"{"q":"AKIAQYLPMN5HFIQR7XYZ"}"#]);
+    assert_eq!((code, v["rule"].as_str()), (Some(1), Some("no-secrets-in-arguments")), "{v:#}");
+    assert_eq!(v["findings"][0]["kind"], "aws_access_key_id");
+    assert!(v["reason"].as_str().unwrap().contains("credential"));
+    // A group without rights.
+    let (code, v) = explain(&["--identity", r#"{"sub":"bob","groups":["marketing"]}"#, "--tool", "search", "--annotations", r#"{"readOnlyHint":true}"#]);
+    assert_eq!((code, v["decision"].as_str(), v["rule"].as_str()), (Some(1), Some("deny"), None), "{v:#}");
+    assert!(v["reason"].as_str().unwrap().contains("`bob`"), "{v:#}");
+}
+
+#[test]
+fn policy_check_lists_rules_and_reports_every_problem() {
+    let out = sluice().args(["policy", "check", policy_dir().join("policy.toml").to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("9 rule(s), default deny") && stdout.contains("keys-never-leave") && stdout.contains("response"), "{stdout}");
+    let dir = std::env::temp_dir().join(format!("sluice-policy-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[rule]]\nid = \"x\"\nwhen = 'tool.name =='\naction = \"allow\"\n[[rule]]\nid = \"y\"\naction = \"nope\"\n").unwrap();
+    let out = sluice().args(["policy", "check", bad.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("2 problem(s)") && err.contains("rule[0] (\"x\").when") && err.contains("rule[1] (\"y\").action"), "{err}");
+    // `sluice check` of a config naming this policy reports it under policy.file.
+    let cfg = dir.join("sluice.toml");
+    std::fs::write(&cfg, "[[listener]]\naddress = \"127.0.0.1:8080\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\npath = \"/mcp\"\nupstream = \"a\"\n[policy]\nfile = \"bad.toml\"\n").unwrap();
+    let out = sluice().args(["check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains(&format!("policy.file → {}: rule[1] (\"y\").action", bad.display())), "{err}");
+}

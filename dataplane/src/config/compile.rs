@@ -31,6 +31,8 @@ pub struct Config {
     pub recording: Option<super::recording::RecordingCfg>,
     /// Authentication; `None`: every caller is anonymous.
     pub identity: Option<Arc<crate::identity::Authenticator>>,
+    /// `None`: no policy file; every call that passes identity and detection is allowed.
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,11 +144,8 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
     for (i, l) in f.listeners.iter().enumerate() {
         let p = format!("listener[{i}]");
         let address = is.addr(&format!("{p}.address"), &l.address);
-        let tls = l.tls.as_ref().and_then(|t| {
-            tls::server_config(&resolve(file, &t.cert), &resolve(file, &t.key))
-                .map_err(|m| is.add(format!("{p}.tls"), m))
-                .ok()
-        });
+        let tls =
+            l.tls.as_ref().and_then(|t| tls::server_config(&resolve(file, &t.cert), &resolve(file, &t.key)).map_err(|m| is.add(format!("{p}.tls"), m)).ok());
         if address.port() != 0 && listeners.iter().any(|o: &ListenerCfg| o.address == address) {
             is.add(format!("{p}.address"), format!("{address} is used by another listener"));
         }
@@ -166,11 +165,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
     if l.max_body_bytes < 1024 {
         is.add("limits.max_body_bytes", "must be at least 1024");
     }
-    let limits = Limits {
-        max_head_bytes: l.max_head_bytes,
-        max_body_bytes: l.max_body_bytes,
-        max_sse_event_bytes: l.max_sse_event_bytes,
-    };
+    let limits = Limits { max_head_bytes: l.max_head_bytes, max_body_bytes: l.max_body_bytes, max_sse_event_bytes: l.max_sse_event_bytes };
     let t = &f.timeouts;
     let timeouts = Timeouts {
         client_header: is.duration("timeouts.client_header", &t.client_header),
@@ -261,13 +256,11 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         });
     }
 
-    let sessions = SessionsCfg {
-        idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout),
-        max_sessions: f.sessions.max_sessions,
-    };
+    let sessions = SessionsCfg { idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout), max_sessions: f.sessions.max_sessions };
 
     let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));
     let recording = super::recording::compile(&f.recording, file, &mut |path, msg| is.add(path, msg));
+    let policy = super::policy::compile(f.policy.as_ref(), file, &mut |path, msg| is.add(path, msg));
 
     if !is.0.is_empty() {
         return Err(is.0);
@@ -293,6 +286,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         detect,
         recording,
         identity,
+        policy,
     })
 }
 

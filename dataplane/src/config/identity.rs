@@ -56,13 +56,16 @@ pub(super) fn compile(i: Option<&schema::Identity>, add: &mut dyn FnMut(String, 
         match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
             Some(sha256) => api_keys.push(ApiKeyEntry {
                 sha256,
-                identity: Identity { subject: k.subject.clone(), groups: k.groups.clone(), agent_type: k.agent_type.clone(), via: "api_key" },
+                identity: Identity { subject: k.subject.clone(), groups: k.groups.clone(), agent_type: k.agent_type.clone(), via: "api_key", claims: None },
             }),
             None => add(format!("identity.api_key[{n}].sha256"), "must be 64 hex digits: printf %s \"$KEY\" | sha256sum".into()),
         }
     }
     if required && jwt.is_none() && api_keys.is_empty() {
-        add("identity".into(), "mode is \"required\" but there is neither an issuer nor an API key: nobody could call; set identity.issuer or add [[identity.api_key]]".into());
+        add(
+            "identity".into(),
+            "mode is \"required\" but there is neither an issuer nor an API key: nobody could call; set identity.issuer or add [[identity.api_key]]".into(),
+        );
     }
     // Key fetching starts only for a valid section (a rejected reload starts nothing).
     let jwt = jwt.map(|(issuer, refresh, min_interval)| JwtCheck {
@@ -96,7 +99,14 @@ mod tests {
              [[identity.api_key]]\nsubject = \"bot\"\nsha256 = \"abc\"\n",
         );
         let all = issues.join("\n");
-        for want in ["identity.issuer", "identity.audience", "identity.algorithms[1]: HS256 is symmetric", "identity.algorithms[2]", "identity.clock_skew", "identity.api_key[0].sha256"] {
+        for want in [
+            "identity.issuer",
+            "identity.audience",
+            "identity.algorithms[1]: HS256 is symmetric",
+            "identity.algorithms[2]",
+            "identity.clock_skew",
+            "identity.api_key[0].sha256",
+        ] {
             assert!(all.contains(want), "{want} missing from:\n{all}");
         }
         let (_, issues) = compile("[identity]\nmode = \"required\"\n");

@@ -7,6 +7,7 @@ pub mod credential;
 pub mod detect;
 pub mod duration;
 pub mod identity;
+pub mod policy;
 pub mod recording;
 pub mod schema;
 
@@ -43,12 +44,8 @@ impl fmt::Display for ConfigError {
 
 /// Read, parse and compile a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let fail = |path_in: &str, message: String| ConfigError {
-        file: Some(path.to_owned()),
-        issues: vec![Issue { path: path_in.into(), message }],
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| fail("(file)", format!("cannot read the file: {e}; check the path and permissions")))?;
+    let fail = |path_in: &str, message: String| ConfigError { file: Some(path.to_owned()), issues: vec![Issue { path: path_in.into(), message }] };
+    let text = std::fs::read_to_string(path).map_err(|e| fail("(file)", format!("cannot read the file: {e}; check the path and permissions")))?;
     let file: schema::File = toml::from_str(&text).map_err(|e| {
         let at = e.span().map(|s| line_col(&text, s.start)).unwrap_or_default();
         fail(&at, format!("{}; see deploy/sluice.toml for every key", e.message()))
@@ -61,7 +58,7 @@ pub fn from_schema(file: &schema::File) -> Result<Config, ConfigError> {
     compile::compile(file, None).map_err(|issues| ConfigError { file: None, issues })
 }
 
-fn line_col(text: &str, offset: usize) -> String {
+pub(crate) fn line_col(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

@@ -26,6 +26,8 @@ pub struct File {
     #[serde(default)]
     pub recording: Recording,
     pub identity: Option<Identity>,
+    /// `[policy] file = "policy.toml"`: the ordered rules that decide each call.
+    pub policy: Option<super::policy::PolicyRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,13 +147,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            client_header: t10(),
-            idle_keepalive: t60(),
-            upstream_connect: t5(),
-            upstream_first_byte: t60(),
-            stream_idle: t300(),
-        }
+        Timeouts { client_header: t10(), idle_keepalive: t60(), upstream_connect: t5(), upstream_first_byte: t60(), stream_idle: t300() }
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Recorded {
 pub struct DetectHook {
     metrics: Arc<WorkerMetrics>,
     state: RefCell<Option<State>>,
+    /// Per-rule strategies with the policy's mask rules applied (reused).
+    strategies: RefCell<Vec<super::mask::Strategy>>,
 }
 
 struct State {
@@ -55,7 +57,7 @@ struct State {
 
 impl DetectHook {
     pub fn new(metrics: Arc<WorkerMetrics>) -> Self {
-        DetectHook { metrics, state: RefCell::new(None) }
+        DetectHook { metrics, state: RefCell::new(None), strategies: RefCell::new(Vec::new()) }
     }
 }
 
@@ -65,8 +67,11 @@ impl MessageHook for DetectHook {
     }
 
     fn on_message(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &mut BorrowedValue<'_>) -> Verdict {
-        let Some(cfg) = ctx.detect.clone() else { return Verdict::Pass };
-        if !cfg.active(dir) {
+        let Some(cfg) = ctx.detect.clone() else {
+            return Verdict::Pass;
+        };
+        let policy = ctx.policy.clone().filter(|_| !ctx.policy_masks.is_empty());
+        if !cfg.active(dir) && policy.is_none() {
             return Verdict::Pass;
         }
         let mut slot = self.state.borrow_mut();
@@ -80,9 +85,30 @@ impl MessageHook for DetectHook {
                 }
             }
         }
-        let Some(st) = slot.as_mut() else { return Verdict::Pass };
-        let mask_rule = |r: u32| cfg.action(dir, r) == Action::Mask;
-        let plan = Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &mask_rule };
+        let Some(st) = slot.as_mut() else {
+            return Verdict::Pass;
+        };
+        let meta = cfg.engine.meta();
+        // The policy's mask rules for this message: extra kinds to mask, maybe another strategy.
+        let forced = |r: u32| {
+            let m = &meta[r as usize];
+            policy.as_deref().and_then(|p| p.mask_for(&ctx.policy_masks, &m.kind, m.category))
+        };
+        let action = |r: u32| match cfg.action(dir, r) {
+            Action::Block => Action::Block,
+            _ if forced(r).is_some() => Action::Mask,
+            a => a,
+        };
+        let mut strategies = self.strategies.borrow_mut();
+        let strategies: &[super::mask::Strategy] = if policy.is_some() {
+            strategies.clear();
+            strategies.extend(cfg.strategies.iter().enumerate().map(|(r, s)| forced(r as u32).flatten().unwrap_or(*s)));
+            &strategies
+        } else {
+            &cfg.strategies
+        };
+        let mask_rule = |r: u32| action(r) == Action::Mask;
+        let plan = Plan { masker: &cfg.masker, strategies, mask_rule: &mask_rule };
         let walk = Walk { engine: &cfg.engine, mask: Some(plan) };
         st.found.clear();
         let mut changed = false;
@@ -109,11 +135,10 @@ impl MessageHook for DetectHook {
         if st.found.is_empty() {
             return Verdict::Pass;
         }
-        let meta = cfg.engine.meta();
         let dlabel = if dir == Direction::Request { "request" } else { "response" };
         let mut blocked: Vec<&str> = Vec::new();
         for f in &st.found {
-            let action = cfg.action(dir, f.finding.rule);
+            let action = action(f.finding.rule);
             if action == Action::Off {
                 continue;
             }
@@ -144,7 +169,7 @@ impl MessageHook for DetectHook {
                 }),
             });
         }
-        if blocked.is_empty() && st.found.iter().any(|f| cfg.action(dir, f.finding.rule) == Action::Log) {
+        if blocked.is_empty() && st.found.iter().any(|f| action(f.finding.rule) == Action::Log) {
             ctx.record_payload = Some(masked_copy(&cfg, st, parts, value));
         }
         if !blocked.is_empty() {

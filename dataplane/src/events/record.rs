@@ -6,9 +6,9 @@
 use super::{now_us, Emitter};
 use crate::hooks::{Direction, Observer, RequestCtx, Verdict};
 use crate::jsonrpc::{Kind as MsgKind, MessageInfo};
-use sluice_schema::event::{self, Decision, Event, Finding, GatewayInfo, Kind};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
+use sluice_schema::event::{self, Decision, Event, Finding, GatewayInfo, Kind};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -137,9 +137,29 @@ impl Observer for RecordObserver {
                 .collect();
             self.emitter.emit(&f);
         }
+        if let Some(pd) = &ctx.decision {
+            let mut d = base(ctx, instance, Kind::Decision);
+            d.direction = Some(direction(dir));
+            d.method = e.method.clone();
+            d.rpc_id = e.rpc_id.clone();
+            d.tool = e.tool.clone();
+            let reason = match (&pd.outcome, verdict) {
+                (_, Verdict::Refuse { reason, .. }) => Some(Cow::Borrowed(reason.as_str())),
+                _ => None,
+            };
+            d.decision = Some(Decision {
+                action: Cow::Borrowed(pd.outcome.name()),
+                stage: Cow::Borrowed("policy"),
+                rule: Some(Cow::Borrowed(pd.rule.as_deref().unwrap_or("default"))),
+                reason,
+            });
+            self.emitter.emit(&d);
+        }
+        let by_policy = ctx.decision.as_ref().is_some_and(|d| d.outcome != crate::policy::Outcome::Allow);
         let decision = match verdict {
             Verdict::Pass => None,
             Verdict::Changed => Some(("mask", None)),
+            Verdict::Refuse { .. } if by_policy => None,
             Verdict::Refuse { reason, .. } => Some(("refuse", Some(reason.as_str()))),
         };
         if let Some((action, reason)) = decision {
@@ -149,7 +169,10 @@ impl Observer for RecordObserver {
             d.rpc_id = e.rpc_id.clone();
             d.tool = e.tool.clone();
             // The deciding rule: the first finding that blocked (refuse) or masked.
-            let rule = found.iter().find(|r| if action == "refuse" { r.action.as_str() == "block" } else { r.action.as_str() == "mask" }).map(|r| Cow::Borrowed(r.rule.as_str()));
+            let rule = found
+                .iter()
+                .find(|r| if action == "refuse" { r.action.as_str() == "block" } else { r.action.as_str() == "mask" })
+                .map(|r| Cow::Borrowed(r.rule.as_str()));
             d.decision = Some(Decision { action: Cow::Borrowed(action), stage: Cow::Borrowed("detect"), rule, reason: reason.map(Cow::Borrowed) });
             self.emitter.emit(&d);
         }
@@ -160,7 +183,9 @@ impl RecordObserver {
     /// A `catalog_snapshot` of a `tools/list` result: each tool's name and the blake3 of its
     /// definition in canonical JSON (keys sorted), as forwarded to the agent.
     fn catalog(&self, ctx: &RequestCtx, instance: &str, value: &BorrowedValue<'_>) {
-        let Some(tools) = value.get("result").and_then(|r| r.get("tools")).and_then(|t| t.as_array()) else { return };
+        let Some(tools) = value.get("result").and_then(|r| r.get("tools")).and_then(|t| t.as_array()) else {
+            return;
+        };
         let mut e = base(ctx, instance, Kind::CatalogSnapshot);
         e.direction = Some(event::Direction::Response);
         e.method = Some(Cow::Borrowed("tools/list"));

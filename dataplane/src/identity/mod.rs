@@ -23,6 +23,8 @@ pub struct Identity {
     pub agent_type: Option<String>,
     /// `jwt`, `api_key`.
     pub via: &'static str,
+    /// Every claim of the token (JWTs only), for policy conditions (`identity.claims`).
+    pub claims: Option<Arc<serde_json::Value>>,
 }
 
 /// Why a caller is not authenticated. The text is shown to the agent: it says what to do and
@@ -135,6 +137,7 @@ impl JwtCheck {
             groups: strings(claim(c, &self.groups_claim)),
             agent_type: self.agent_type_claim.as_deref().and_then(|p| claim(c, p)).and_then(|s| s.as_str()).map(str::to_owned),
             via: "jwt",
+            claims: Some(Arc::new(data.claims.clone())),
         })
     }
 }

@@ -24,6 +24,12 @@ pub enum Code {
     RecordingUnavailable,
     /// The caller is not authenticated.
     Unauthenticated,
+    /// The policy denies the call (the reason says which rule and what to do).
+    PolicyDenied,
+    /// A policy rate limit is exhausted; the reason says when to retry.
+    RateLimited,
+    /// The call needs a human's approval, which was not given (denied, expired, unavailable).
+    ApprovalRequired,
 }
 
 impl Code {
@@ -40,6 +46,9 @@ impl Code {
             Code::ShuttingDown => -32006,
             Code::RecordingUnavailable => -32007,
             Code::Unauthenticated => -32008,
+            Code::PolicyDenied => -32009,
+            Code::RateLimited => -32010,
+            Code::ApprovalRequired => -32011,
         }
     }
 }

@@ -7,8 +7,8 @@
 use super::io::{deadline, ReadBuf, Stream};
 use super::upstream::{self, UpConn};
 use super::{respond, Worker};
-use crate::config::schema::RouteKind;
 use crate::config::detect::{Action, DetectCfg};
+use crate::config::schema::RouteKind;
 use crate::config::{Config, Route, Upstream};
 use crate::error::ProxyError;
 use crate::hooks::{self, Direction, Outcome, RequestCtx};
@@ -80,6 +80,10 @@ pub async fn handle(
         status: None,
         identity: None,
         credential: up.credential.clone(),
+        policy: cfg.policy.clone(),
+        policy_masks: Vec::new(),
+        decision: None,
+        message_findings_from: 0,
     };
     // Identify: no call is parsed, let alone forwarded, for a caller that is not authenticated.
     if let Some(auth) = cfg.identity.as_ref() {
@@ -113,11 +117,7 @@ pub async fn handle(
             }
             Outcome::Answer(b) => {
                 let status = if b.is_empty() { 403 } else { 200 };
-                let b = if b.is_empty() {
-                    jsonrpc::error_body(None, jsonrpc::Code::Refused, "Refused", "the gateway refused this notification")
-                } else {
-                    b
-                };
+                let b = if b.is_empty() { jsonrpc::error_body(None, jsonrpc::Code::Refused, "Refused", "the gateway refused this notification") } else { b };
                 respond::send(down, status, "application/json", &b, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
                 w.metrics.request_done(&route.label, mlabel, status, started.elapsed());
                 return Ok(keep_alive);
@@ -258,10 +258,12 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &m
             }
             (Direction::Request, Kind::Response | Kind::Error) => {
                 if let Some(sid) = sid {
-                    answers = sessions.with(sid, |s| {
-                        s.messages_in += 1;
-                        s.pending_server.remove(id)
-                    }).flatten();
+                    answers = sessions
+                        .with(sid, |s| {
+                            s.messages_in += 1;
+                            s.pending_server.remove(id)
+                        })
+                        .flatten();
                 }
             }
             (Direction::Response, Kind::Response | Kind::Error) => {
@@ -341,7 +343,9 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
         }
         return;
     }
-    let Some(sid) = ctx.mcp_session_id.as_deref() else { return };
+    let Some(sid) = ctx.mcp_session_id.as_deref() else {
+        return;
+    };
     if (method == "DELETE" && (200..300).contains(&status)) || status == 404 {
         if let Some(s) = sessions.remove(sid) {
             tracing::info!(worker = w.id, route = %route.name, mcp_session = sid, gateway_session = %s.gateway_id, status, "session ended");
@@ -482,7 +486,13 @@ async fn relay_sse(
     out.extend_from_slice(b"\r\n");
     let mut pending_events = Vec::new();
     for a in answers {
-        pending_events.push(sse::Event { raw: Vec::new(), data: Some(String::from_utf8_lossy(a).into_owned()), event: Some("message".into()), id: None, retry: None });
+        pending_events.push(sse::Event {
+            raw: Vec::new(),
+            data: Some(String::from_utf8_lossy(a).into_owned()),
+            event: Some("message".into()),
+            id: None,
+            retry: None,
+        });
     }
     let mut payload = Vec::new();
     for ev in pending_events.drain(..) {
@@ -677,7 +687,11 @@ async fn relay_json(
     let res = match deadline(cfg.timeouts.stream_idle, read).await {
         Some(Ok(())) => Ok(()),
         Some(Err(reason)) => Err(fail(reason)),
-        None => Err(ProxyError::UpstreamTimeout { upstream: ctx.upstream.clone(), phase: "reading the response body", secs: cfg.timeouts.stream_idle.as_secs_f64() }),
+        None => Err(ProxyError::UpstreamTimeout {
+            upstream: ctx.upstream.clone(),
+            phase: "reading the response body",
+            secs: cfg.timeouts.stream_idle.as_secs_f64(),
+        }),
     };
     if let Err(e) = res {
         let _ = respond::error(down, &e, track.reply_id.as_deref(), false).await;
@@ -717,7 +731,17 @@ async fn relay_json(
 
 /// Stream a body the gateway does not inspect, re-framed for the agent.
 #[allow(clippy::too_many_arguments)]
-async fn relay_plain(w: &Worker, cfg: &Config, route: &Arc<str>, down: &mut Stream, c: &mut UpConn, kind: BodyKind, method: &str, keep_alive: bool, client_minor: u8) -> Result<bool, ()> {
+async fn relay_plain(
+    w: &Worker,
+    cfg: &Config,
+    route: &Arc<str>,
+    down: &mut Stream,
+    c: &mut UpConn,
+    kind: BodyKind,
+    method: &str,
+    keep_alive: bool,
+    client_minor: u8,
+) -> Result<bool, ()> {
     // Text bodies are scanned and masked as they stream (the length may change, so they go
     // out chunked, or close-delimited to an HTTP/1.0 client).
     let text = c.head.header_str("content-type").is_some_and(|t| t.trim_start().as_bytes().get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"text/")));
@@ -780,7 +804,11 @@ async fn relay_plain(w: &Worker, cfg: &Config, route: &Arc<str>, down: &mut Stre
             log_stream_findings(w, route, d, &mut found);
         }
         if !masked.is_empty() {
-            if chunked_out { write::chunk(&mut out, &masked) } else { out.extend_from_slice(&masked) }
+            if chunked_out {
+                write::chunk(&mut out, &masked)
+            } else {
+                out.extend_from_slice(&masked)
+            }
             masked.clear();
         }
         if reader.done && chunked_out {
@@ -802,7 +830,6 @@ async fn relay_plain(w: &Worker, cfg: &Config, route: &Arc<str>, down: &mut Stre
         }
     }
 }
-
 
 /// Findings of a streamed text body: counted and logged (block acts as mask once the head is out).
 fn log_stream_findings(w: &Worker, route: &Arc<str>, d: &DetectCfg, found: &mut Vec<crate::detect::engine::Finding>) {

@@ -22,10 +22,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// The worker's drain signal: one watcher task per worker polls the process-wide flag and wakes
@@ -121,16 +121,19 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
     let cfg = shared.config.load_full();
     let mut listeners = Vec::new();
     for l in &cfg.listeners {
-        let sock = TcpListener::bind(l.address).map_err(|e| {
-            anyhow::anyhow!("worker {id}: cannot listen on {} (listener \"{}\"): {e}", l.address, l.name)
-        })?;
+        let sock = TcpListener::bind(l.address).map_err(|e| anyhow::anyhow!("worker {id}: cannot listen on {} (listener \"{}\"): {e}", l.address, l.name))?;
         listeners.push((sock, l.tls.clone(), l.name.clone()));
     }
     let emitter = match &shared.recorder {
         Some(r) => Some(Rc::new(r.emitter(id).ok_or_else(|| anyhow::anyhow!("worker {id}: no event queue (started twice?)"))?)),
         None => None,
     };
-    let mut chain = Chain::new(vec![Box::new(crate::scrub::ScrubHook), Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone()))]);
+    let mut chain = Chain::new(vec![
+        Box::new(crate::scrub::ScrubHook),
+        Box::new(crate::policy::hook::PolicyMasks::default()),
+        Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone())),
+        Box::new(crate::policy::hook::PolicyHook::new(crate::policy::hook::SessionsHandle::Runtime(shared.clone()))),
+    ]);
     if let Some(em) = &emitter {
         chain = chain.with_observer(Box::new(crate::events::record::RecordObserver::new(em.clone())));
     }

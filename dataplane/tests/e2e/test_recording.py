@@ -186,10 +186,12 @@ def test_kafka_down_for_30s_under_load_every_event_arrives_in_order(py_json, gat
         load = Load(g.url(), sessions=4)
         time.sleep(3)
         k.stop()
-        time.sleep(2)  # delivery reports for what the broker took before it stopped
+        # Delivery reports for what the broker took before it stopped can reach the forwarder
+        # late on a loaded CI host (seen: 300 reports after 2 s); count from when they are in.
+        time.sleep(8)
         down_at = g.metric("sluice_events_sent_total")
         spool_before = g.metric("sluice_spool_bytes")
-        time.sleep(28)
+        time.sleep(22)
         assert g.metric("sluice_events_sent_total") == down_at, "nothing can be acknowledged while the broker is down"
         backlog = g.metric("sluice_events_spooled_total") - down_at
         assert backlog > 500, f"the load kept going and the spool grew (backlog {backlog})"

@@ -1,0 +1,261 @@
+//! The policy on the request path: two hooks around detection.
+//!
+//! [`PolicyMasks`] runs before detection and tells it which extra kinds to mask in this
+//! message (mask rules). [`PolicyHook`] runs after detection: it decides each request and
+//! notification from the agent (with what detection found in it), filters `tools/list`
+//! answers down to the tools the caller may call, decides answers with the response rules,
+//! and keeps the session's policy state (calls so far, findings seen, tool annotations).
+
+use super::{Annotations, Facts, FindingFacts, Outcome, Policy};
+use crate::hooks::{Direction, MessageHook, RequestCtx, Verdict};
+use crate::jsonrpc::{Code, Kind, MessageInfo};
+use crate::session::Store;
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Most tools whose annotations a session remembers.
+const MAX_TOOLS: usize = 1024;
+/// Most distinct finding kinds a session remembers for `session.findings.kinds`.
+const MAX_KINDS: usize = 64;
+
+fn args<'v, 'a>(info: &MessageInfo, value: &'a BorrowedValue<'v>) -> Option<&'a BorrowedValue<'v>> {
+    let params = value.get("params")?;
+    if info.method.as_deref() == Some("tools/call") {
+        params.get("arguments")
+    } else {
+        Some(params)
+    }
+}
+
+/// The facts of one message. `session` is filled by the caller.
+fn facts<'a>(ctx: &'a RequestCtx, dir: Direction, info: &'a MessageInfo, value: &'a BorrowedValue<'a>) -> Facts<'a> {
+    let mine = &ctx.findings[ctx.message_findings_from.min(ctx.findings.len())..];
+    Facts {
+        identity: ctx.identity.as_ref(),
+        route: &ctx.route,
+        upstream: &ctx.upstream,
+        method: info.method.as_deref().unwrap_or(""),
+        http_method: &ctx.http_method,
+        path: &ctx.path,
+        tool: info.tool.as_deref(),
+        annotations: None,
+        args: if dir == Direction::Request { args(info, value) } else { None },
+        request: FindingFacts { all: if dir == Direction::Request { mine } else { &[] }, direction: Direction::Request },
+        response: FindingFacts { all: if dir == Direction::Response { mine } else { &[] }, direction: Direction::Response },
+        session_id: ctx.gateway_session_id.as_deref(),
+        session: None,
+        now: SystemTime::now(),
+    }
+}
+
+/// Mask rules, before detection.
+#[derive(Default)]
+pub struct PolicyMasks {
+    buf: RefCell<Vec<usize>>,
+}
+
+impl MessageHook for PolicyMasks {
+    fn name(&self) -> &'static str {
+        "policy-mask"
+    }
+
+    fn on_message(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &mut BorrowedValue<'_>) -> Verdict {
+        ctx.policy_masks.clear();
+        let Some(p) = ctx.policy.clone() else {
+            return Verdict::Pass;
+        };
+        if !p.has_mask_rules() {
+            return Verdict::Pass;
+        }
+        let mut buf = self.buf.borrow_mut();
+        p.masks(&facts(ctx, dir, info, value), dir == Direction::Response, &mut buf);
+        std::mem::swap(&mut *buf, &mut ctx.policy_masks);
+        Verdict::Pass
+    }
+}
+
+/// Decisions, after detection.
+pub struct PolicyHook {
+    sessions: Arc<SessionsHandle>,
+}
+
+/// Where the session store lives (the runtime's shared state, or a test's own store).
+pub enum SessionsHandle {
+    Runtime(Arc<crate::runtime::Shared>),
+    Own(Arc<Store>),
+}
+
+impl SessionsHandle {
+    fn store(&self) -> &Store {
+        match self {
+            SessionsHandle::Runtime(s) => &s.sessions,
+            SessionsHandle::Own(s) => s,
+        }
+    }
+}
+
+impl PolicyHook {
+    pub fn new(sessions: SessionsHandle) -> Self {
+        PolicyHook { sessions: Arc::new(sessions) }
+    }
+
+    fn session_state(&self, ctx: &RequestCtx, tool: Option<&str>) -> (Option<super::SessionFacts>, Option<Annotations>) {
+        let Some(sid) = ctx.mcp_session_id.as_deref() else {
+            return (None, None);
+        };
+        self.sessions.store().with(sid, |s| (Some(s.policy.clone()), tool.and_then(|t| s.tools.get(t).copied()))).unwrap_or((None, None))
+    }
+
+    /// Remember what this message adds to the session's policy state.
+    fn update_session(&self, ctx: &RequestCtx, call: bool) {
+        let Some(sid) = ctx.mcp_session_id.as_deref() else {
+            return;
+        };
+        let mine = &ctx.findings[ctx.message_findings_from.min(ctx.findings.len())..];
+        if !call && mine.is_empty() {
+            return;
+        }
+        self.sessions.store().with(sid, |s| {
+            let st = &mut s.policy;
+            st.calls += u64::from(call);
+            for r in mine {
+                st.findings += 1;
+                if st.kinds.len() < MAX_KINDS && !st.kinds.iter().any(|k| *k == r.kind) {
+                    st.kinds.push(r.kind.clone());
+                }
+                if !st.categories.contains(&r.category.as_str()) {
+                    st.categories.push(r.category.as_str());
+                }
+            }
+        });
+    }
+
+    fn request(&self, p: &Policy, ctx: &mut RequestCtx, info: &MessageInfo, value: &BorrowedValue<'_>) -> Verdict {
+        let (session, annotations) = self.session_state(ctx, info.tool.as_deref());
+        let decision = {
+            let mut f = facts(ctx, Direction::Request, info, value);
+            f.session = session.as_ref();
+            f.annotations = annotations;
+            p.decide(&f, None)
+        };
+        self.update_session(ctx, info.method.as_deref() == Some("tools/call"));
+        let verdict = match &decision.outcome {
+            Outcome::Allow => Verdict::Pass,
+            Outcome::Deny { reason } => Verdict::Refuse { code: Code::PolicyDenied, message: "denied by policy".into(), reason: reason.clone() },
+            Outcome::RateLimited { retry_after } => {
+                let text = decision.rule.as_deref().and_then(|id| p.rules.iter().find(|r| r.id == id)).map_or(String::new(), |r| match &r.action {
+                    super::Action::RateLimit { text, .. } => format!(" (allowed: {text})"),
+                    _ => String::new(),
+                });
+                Verdict::Refuse {
+                    code: Code::RateLimited,
+                    message: "rate limited".into(),
+                    reason: format!(
+                        "too many calls: policy rule \"{}\" limits them{text}; retry in {:.1} s",
+                        decision.rule.as_deref().unwrap_or(""),
+                        retry_after.as_secs_f64().max(0.1)
+                    ),
+                }
+            }
+            Outcome::RequireApproval { approvers, .. } => Verdict::Refuse {
+                code: Code::ApprovalRequired,
+                message: "approval required".into(),
+                reason: format!(
+                    "this call needs the approval of a member of {} (policy rule \"{}\"), and approvals are not enabled on this gateway; ask an operator",
+                    approvers.join(" or "),
+                    decision.rule.as_deref().unwrap_or("")
+                ),
+            },
+        };
+        tracing::debug!(route = %ctx.route, method = info.method.as_deref().unwrap_or(""), tool = info.tool.as_deref().unwrap_or(""), decision = %decision.label(), "policy");
+        ctx.decision = Some(decision);
+        verdict
+    }
+
+    /// Keep only the tools this caller may call; remember their annotations for the session.
+    fn tools_list(&self, p: &Policy, ctx: &mut RequestCtx, info: &MessageInfo, value: &mut BorrowedValue<'_>) -> bool {
+        let (session, _) = self.session_state(ctx, None);
+        let Some(BorrowedValue::Array(tools)) = value.get_mut("result").and_then(|r| r.get_mut("tools")) else {
+            return false;
+        };
+        let before = tools.len();
+        let mut seen: Vec<(String, Annotations)> = Vec::with_capacity(tools.len());
+        tools.retain(|t| {
+            let Some(name) = t.get("name").and_then(|n| n.as_str()) else {
+                return false;
+            };
+            let a = Annotations::from_json(t.get("annotations"));
+            seen.push((name.to_owned(), a));
+            let mut f = Facts::new("tools/call");
+            f.identity = ctx.identity.as_ref();
+            f.route = &ctx.route;
+            f.upstream = &ctx.upstream;
+            f.http_method = &ctx.http_method;
+            f.path = &ctx.path;
+            f.tool = Some(name);
+            f.annotations = Some(a);
+            f.session_id = ctx.gateway_session_id.as_deref();
+            f.session = session.as_ref();
+            p.lists(&f, None)
+        });
+        let hidden = before - tools.len();
+        if let Some(sid) = ctx.mcp_session_id.as_deref() {
+            self.sessions.store().with(sid, |s| {
+                for (name, a) in seen {
+                    if s.tools.len() < MAX_TOOLS || s.tools.contains_key(&name) {
+                        s.tools.insert(name, a);
+                    }
+                }
+            });
+        }
+        if hidden > 0 {
+            tracing::debug!(route = %ctx.route, id = info.id.as_deref().unwrap_or(""), hidden, "policy: tools hidden from tools/list");
+        }
+        hidden > 0
+    }
+}
+
+impl MessageHook for PolicyHook {
+    fn name(&self) -> &'static str {
+        "policy"
+    }
+
+    fn on_message(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &mut BorrowedValue<'_>) -> Verdict {
+        let Some(p) = ctx.policy.clone() else {
+            return Verdict::Pass;
+        };
+        match (dir, info.kind) {
+            (Direction::Request, Kind::Request | Kind::Notification | Kind::Document) => self.request(&p, ctx, info, value),
+            (Direction::Response, Kind::Response | Kind::Error | Kind::Document) => {
+                let mut changed = false;
+                if info.kind == Kind::Response && info.method.as_deref() == Some("tools/list") {
+                    changed = self.tools_list(&p, ctx, info, value);
+                }
+                let mut verdict = if changed { Verdict::Changed } else { Verdict::Pass };
+                if p.has_response_rules() {
+                    let (session, annotations) = self.session_state(ctx, info.tool.as_deref());
+                    let decision = {
+                        let mut f = facts(ctx, Direction::Response, info, value);
+                        f.session = session.as_ref();
+                        f.annotations = annotations;
+                        p.decide_response(&f, None)
+                    };
+                    if let Some(d) = decision {
+                        if let Outcome::Deny { reason } = &d.outcome {
+                            verdict = Verdict::Refuse { code: Code::PolicyDenied, message: "answer withheld by policy".into(), reason: reason.clone() };
+                        }
+                        ctx.decision = Some(d);
+                    }
+                }
+                self.update_session(ctx, false);
+                verdict
+            }
+            // Server → agent requests (sampling, elicitation) and the agent's answers to them
+            // are not calls: detection and mask rules apply, decisions do not.
+            _ => Verdict::Pass,
+        }
+    }
+}
