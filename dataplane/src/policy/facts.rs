@@ -22,17 +22,41 @@ use super::{LimitKey, Policy};
 use crate::detect::hook::Recorded;
 use crate::hooks::Direction;
 use crate::identity::Identity;
-use cel::objects::{Key, Map};
-use cel::{Context, Value};
+use cel::common::types::{CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp, CelUInt};
+use cel::common::value::Val;
+use cel::Context;
 use chrono::{Datelike, Timelike};
 use simd_json::{BorrowedValue, StaticNode};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Every input a condition may name.
 pub const VARIABLES: &[&str] = &["identity", "route", "upstream", "method", "http", "tool", "args", "request", "response", "session", "time", "now"];
+
+/// The CEL context of one message, filled as rules need inputs.
+pub struct Lazy<'f, 'a> {
+    facts: &'f Facts<'a>,
+    zone: chrono_tz::Tz,
+    built: u16,
+    ctx: Context<'static, 'static>,
+}
+
+impl Lazy<'_, '_> {
+    /// The context with every input in `vars` (a bit per [`VARIABLES`] entry).
+    pub fn for_rule(&mut self, vars: u16) -> &Context<'static, 'static> {
+        let missing = vars & !self.built;
+        if missing != 0 {
+            for (i, name) in VARIABLES.iter().enumerate() {
+                if missing & (1 << i) != 0 {
+                    self.facts.add(self.zone, &mut self.ctx, name);
+                }
+            }
+            self.built |= missing;
+        }
+        &self.ctx
+    }
+}
 
 /// A tool's behaviour hints from `tools/list` (`None`: not given by the server).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,27 +95,21 @@ pub struct FindingFacts<'a> {
 impl FindingFacts<'_> {
     pub const NONE: FindingFacts<'static> = FindingFacts { all: &[], direction: Direction::Request };
 
-    fn value(&self) -> Value {
-        let mine = || self.all.iter().filter(|r| r.direction == self.direction);
-        let mut kinds: Vec<Value> = Vec::new();
-        let mut cats: Vec<Value> = Vec::new();
-        let mut sevs: Vec<Value> = Vec::new();
-        let mut rules: Vec<Value> = Vec::new();
+    fn value(&self) -> V {
+        let mut kinds: Vec<&str> = Vec::new();
+        let mut cats: Vec<&str> = Vec::new();
+        let mut sevs: Vec<&str> = Vec::new();
+        let mut rules: Vec<&str> = Vec::new();
         let mut count = 0i64;
-        for r in mine() {
+        for r in self.all.iter().filter(|r| r.direction == self.direction) {
             count += 1;
-            push_unique(&mut kinds, &r.kind);
-            push_unique(&mut cats, r.category.as_str());
-            push_unique(&mut sevs, r.severity.as_str());
-            push_unique(&mut rules, &r.rule);
+            for (set, v) in [(&mut kinds, r.kind.as_str()), (&mut cats, r.category.as_str()), (&mut sevs, r.severity.as_str()), (&mut rules, r.rule.as_str())] {
+                if !set.contains(&v) {
+                    set.push(v);
+                }
+            }
         }
-        map([("count", Value::Int(count)), ("kinds", list(kinds)), ("categories", list(cats)), ("severities", list(sevs)), ("rules", list(rules))])
-    }
-}
-
-fn push_unique(v: &mut Vec<Value>, s: &str) {
-    if !v.iter().any(|x| matches!(x, Value::String(t) if t.as_str() == s)) {
-        v.push(Value::String(Arc::new(s.to_owned())));
+        map([("count", int(count)), ("kinds", strs(&kinds)), ("categories", strs(&cats)), ("severities", strs(&sevs)), ("rules", strs(&rules))])
     }
 }
 
@@ -115,52 +133,70 @@ pub struct Facts<'a> {
     pub now: SystemTime,
 }
 
-fn s(v: &str) -> Value {
-    Value::String(Arc::new(v.to_owned()))
+/// A CEL value, built directly in the interpreter's own representation (building a `Value`
+/// and converting it deep-copies every map and list once more).
+type V = Box<dyn Val>;
+
+fn s(v: &str) -> V {
+    Box::new(CelString::from(v.to_owned()))
 }
 
-fn list(v: Vec<Value>) -> Value {
-    Value::List(Arc::new(v))
+fn int(i: i64) -> V {
+    Box::new(CelInt::from(i))
 }
 
-fn map<const N: usize>(entries: [(&'static str, Value); N]) -> Value {
-    let mut m: HashMap<Key, Value> = HashMap::with_capacity(N);
+fn boolean(b: bool) -> V {
+    Box::new(CelBool::from(b))
+}
+
+fn list(v: Vec<V>) -> V {
+    Box::new(CelList::from(v))
+}
+
+fn strs<T: AsRef<str>>(v: &[T]) -> V {
+    list(v.iter().map(|x| s(x.as_ref())).collect())
+}
+
+fn map<const N: usize>(entries: [(&'static str, V); N]) -> V {
+    let mut m: HashMap<CelMapKey<'static>, V> = HashMap::with_capacity(N);
     for (k, v) in entries {
-        m.insert(Key::from(k), v);
+        m.insert(CelMapKey::from(k.to_owned()), v);
     }
-    Value::Map(Map { map: Arc::new(m) })
+    Box::new(CelMap::from(m))
 }
 
 /// A JSON value (simd-json) as a CEL value.
-pub fn json_value(v: &BorrowedValue<'_>) -> Value {
+pub fn json_value(v: &BorrowedValue<'_>) -> V {
     match v {
-        BorrowedValue::Static(StaticNode::Null) => Value::Null,
-        BorrowedValue::Static(StaticNode::Bool(b)) => Value::Bool(*b),
-        BorrowedValue::Static(StaticNode::I64(i)) => Value::Int(*i),
-        BorrowedValue::Static(StaticNode::U64(u)) => i64::try_from(*u).map_or(Value::UInt(*u), Value::Int),
-        BorrowedValue::Static(StaticNode::F64(f)) => Value::Float(*f),
+        BorrowedValue::Static(StaticNode::Null) => Box::new(CelNull),
+        BorrowedValue::Static(StaticNode::Bool(b)) => boolean(*b),
+        BorrowedValue::Static(StaticNode::I64(i)) => int(*i),
+        BorrowedValue::Static(StaticNode::U64(u)) => i64::try_from(*u).map_or_else(|_| Box::new(CelUInt::from(*u)) as V, int),
+        BorrowedValue::Static(StaticNode::F64(f)) => Box::new(CelDouble::from(*f)),
         BorrowedValue::String(t) => s(t),
         BorrowedValue::Array(a) => list(a.iter().map(json_value).collect()),
         BorrowedValue::Object(o) => {
-            let m: HashMap<Key, Value> = o.iter().map(|(k, v)| (Key::from(k.to_string()), json_value(v))).collect();
-            Value::Map(Map { map: Arc::new(m) })
+            let m: HashMap<CelMapKey<'static>, V> = o.iter().map(|(k, v)| (CelMapKey::from(k.to_string()), json_value(v))).collect();
+            Box::new(CelMap::from(m))
         }
     }
 }
 
 /// A JSON value (serde) as a CEL value.
-pub fn serde_value(v: &serde_json::Value) -> Value {
+pub fn serde_value(v: &serde_json::Value) -> V {
     match v {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(*b),
-        serde_json::Value::Number(n) => {
-            n.as_i64().map(Value::Int).or_else(|| n.as_u64().map(Value::UInt)).unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0)))
-        }
+        serde_json::Value::Null => Box::new(CelNull),
+        serde_json::Value::Bool(b) => boolean(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => int(i),
+            (None, Some(u)) => Box::new(CelUInt::from(u)),
+            _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(0.0))),
+        },
         serde_json::Value::String(t) => s(t),
         serde_json::Value::Array(a) => list(a.iter().map(serde_value).collect()),
         serde_json::Value::Object(o) => {
-            let m: HashMap<Key, Value> = o.iter().map(|(k, v)| (Key::from(k.clone()), serde_value(v))).collect();
-            Value::Map(Map { map: Arc::new(m) })
+            let m: HashMap<CelMapKey<'static>, V> = o.iter().map(|(k, v)| (CelMapKey::from(k.clone()), serde_value(v))).collect();
+            Box::new(CelMap::from(m))
         }
     }
 }
@@ -186,14 +222,14 @@ impl<'a> Facts<'a> {
         }
     }
 
-    fn identity_value(&self) -> Value {
+    fn identity_value(&self) -> V {
         match self.identity {
             Some(i) => map([
                 ("sub", s(&i.subject)),
-                ("groups", list(i.groups.iter().map(|g| s(g)).collect())),
+                ("groups", strs(&i.groups)),
                 ("agent", s(i.agent_type.as_deref().unwrap_or(""))),
                 ("via", s(i.via)),
-                ("authenticated", Value::Bool(true)),
+                ("authenticated", boolean(true)),
                 ("claims", i.claims.as_deref().map_or_else(|| map([]), serde_value)),
             ]),
             None => map([
@@ -201,91 +237,77 @@ impl<'a> Facts<'a> {
                 ("groups", list(Vec::new())),
                 ("agent", s("")),
                 ("via", s("anonymous")),
-                ("authenticated", Value::Bool(false)),
+                ("authenticated", boolean(false)),
                 ("claims", map([])),
             ]),
         }
     }
 
-    fn tool_value(&self) -> Value {
+    fn tool_value(&self) -> V {
         let a = self.annotations.unwrap_or_default();
         map([
             ("name", s(self.tool.unwrap_or(""))),
-            ("known", Value::Bool(self.annotations.is_some())),
+            ("known", boolean(self.annotations.is_some())),
             (
                 "annotations",
                 map([
-                    ("readOnlyHint", Value::Bool(a.read_only.unwrap_or(false))),
-                    ("destructiveHint", Value::Bool(a.destructive.unwrap_or(true))),
-                    ("idempotentHint", Value::Bool(a.idempotent.unwrap_or(false))),
-                    ("openWorldHint", Value::Bool(a.open_world.unwrap_or(true))),
+                    ("readOnlyHint", boolean(a.read_only.unwrap_or(false))),
+                    ("destructiveHint", boolean(a.destructive.unwrap_or(true))),
+                    ("idempotentHint", boolean(a.idempotent.unwrap_or(false))),
+                    ("openWorldHint", boolean(a.open_world.unwrap_or(true))),
                 ]),
             ),
         ])
     }
 
-    fn session_value(&self) -> Value {
+    fn session_value(&self) -> V {
         let empty = SessionFacts::default();
         let st = self.session.unwrap_or(&empty);
         let findings = map([
-            ("count", Value::Int(i64::try_from(st.findings).unwrap_or(i64::MAX))),
-            ("kinds", list(st.kinds.iter().map(|k| s(k)).collect())),
-            ("categories", list(st.categories.iter().map(|c| s(c)).collect())),
+            ("count", int(i64::try_from(st.findings).unwrap_or(i64::MAX))),
+            ("kinds", strs(&st.kinds)),
+            ("categories", strs(&st.categories)),
         ]);
-        map([("id", s(self.session_id.unwrap_or(""))), ("calls", Value::Int(i64::try_from(st.calls).unwrap_or(i64::MAX))), ("findings", findings)])
+        map([("id", s(self.session_id.unwrap_or(""))), ("calls", int(i64::try_from(st.calls).unwrap_or(i64::MAX))), ("findings", findings)])
     }
 
-    fn time_value(&self, p: &Policy) -> (Value, Value) {
+    fn time_value(&self, zone: chrono_tz::Tz) -> (V, V) {
         let utc: chrono::DateTime<chrono::Utc> = self.now.into();
-        let t = utc.with_timezone(&p.zone);
+        let t = utc.with_timezone(&zone);
         let time = map([
-            ("hour", Value::Int(i64::from(t.hour()))),
-            ("minute", Value::Int(i64::from(t.minute()))),
-            ("weekday", Value::Int(i64::from(t.weekday().num_days_from_sunday()))),
-            ("day", Value::Int(i64::from(t.day()))),
-            ("month", Value::Int(i64::from(t.month()))),
-            ("year", Value::Int(i64::from(t.year()))),
+            ("hour", int(i64::from(t.hour()))),
+            ("minute", int(i64::from(t.minute()))),
+            ("weekday", int(i64::from(t.weekday().num_days_from_sunday()))),
+            ("day", int(i64::from(t.day()))),
+            ("month", int(i64::from(t.month()))),
+            ("year", int(i64::from(t.year()))),
             ("date", s(&t.format("%Y-%m-%d").to_string())),
         ]);
-        (time, Value::Timestamp(t.fixed_offset()))
+        (time, Box::new(CelTimestamp::from(t.fixed_offset())))
     }
 
-    /// The CEL context with the inputs this policy's conditions use.
-    pub fn context(&self, p: &Policy) -> Context<'static, 'static> {
-        let mut c = Context::default();
-        let uses = |v: &str| p.vars.contains(&v);
-        if uses("identity") {
-            c.add_variable_from_value("identity", self.identity_value());
-        }
-        for (name, v) in [("route", self.route), ("upstream", self.upstream), ("method", self.method)] {
-            if uses(name) {
-                c.add_variable_from_value(name, s(v));
-            }
-        }
-        if uses("http") {
-            c.add_variable_from_value("http", map([("method", s(self.http_method)), ("path", s(self.path))]));
-        }
-        if uses("tool") {
-            c.add_variable_from_value("tool", self.tool_value());
-        }
-        if uses("args") {
-            c.add_variable_from_value("args", self.args.map_or_else(|| map([]), json_value));
-        }
-        if uses("request") {
-            c.add_variable_from_value("request", map([("findings", self.request.value())]));
-        }
-        if uses("response") {
-            c.add_variable_from_value("response", map([("findings", self.response.value())]));
-        }
-        if uses("session") {
-            c.add_variable_from_value("session", self.session_value());
-        }
-        if uses("time") || uses("now") {
-            let (time, now) = self.time_value(p);
-            c.add_variable_from_value("time", time);
-            c.add_variable_from_value("now", now);
-        }
-        c
+    /// A CEL context that gets each input the first time a rule reads it.
+    pub fn context<'f>(&'f self, p: &Policy) -> Lazy<'f, 'a> {
+        Lazy { facts: self, zone: p.zone, built: 0, ctx: Context::with_env(p.env.clone()) }
+    }
+
+    fn add(&self, zone: chrono_tz::Tz, c: &mut Context<'static, 'static>, var: &str) {
+        let v = match var {
+            "identity" => self.identity_value(),
+            "route" => s(self.route),
+            "upstream" => s(self.upstream),
+            "method" => s(self.method),
+            "http" => map([("method", s(self.http_method)), ("path", s(self.path))]),
+            "tool" => self.tool_value(),
+            "args" => self.args.map_or_else(|| map([]), json_value),
+            "request" => map([("findings", self.request.value())]),
+            "response" => map([("findings", self.response.value())]),
+            "session" => self.session_value(),
+            "time" => self.time_value(zone).0,
+            "now" => self.time_value(zone).1,
+            _ => return,
+        };
+        c.add_variable_as_val(var, v);
     }
 
     /// The rate-limit bucket of this call for `key` (a hash of the chosen parts).

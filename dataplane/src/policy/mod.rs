@@ -29,7 +29,7 @@ pub use facts::{Annotations, Facts, FindingFacts, SessionFacts};
 
 use crate::detect::mask::Strategy;
 use crate::detect::rules::Category;
-use cel::{Context, Program, Value};
+use cel::{Program, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +119,12 @@ pub struct Rule {
     /// The top-level `&&` terms that read neither `args` nor `request`: when one of them is
     /// false, the rule cannot match any call of the tool (used to list tools).
     call_independent: Vec<cel::IdedExpr>,
+    /// `tool.name == "…"` / `method == "…"` among the top-level terms: the rule cannot match
+    /// another tool or method, so it is skipped without evaluating (same result, less work).
+    only_tool: Option<String>,
+    only_method: Option<String>,
+    /// The inputs the condition reads (bit per [`facts::VARIABLES`] entry).
+    pub(crate) vars: u16,
 }
 
 impl std::fmt::Debug for Rule {
@@ -140,6 +146,9 @@ impl Rule {
         let uses = Uses { args: refs.has_variable("args"), request: refs.has_variable("request"), response: refs.has_variable("response") };
         let mut terms = Vec::new();
         conjuncts(program.expression(), &mut terms);
+        let only_tool = terms.iter().find_map(|t| equals_literal(t, Some("tool"), "name"));
+        let only_method = terms.iter().find_map(|t| equals_literal(t, None, "method"));
+        let vars = facts::VARIABLES.iter().enumerate().filter(|(_, v)| refs.has_variable(v)).fold(0u16, |m, (i, _)| m | (1 << i));
         let call_independent = terms
             .into_iter()
             .filter(|t| {
@@ -148,7 +157,31 @@ impl Rule {
             })
             .cloned()
             .collect();
-        Ok(Rule { id, description, when, action, uses, program, call_independent })
+        Ok(Rule { id, description, when, action, uses, program, call_independent, only_tool, only_method, vars })
+    }
+}
+
+/// `var.field == "lit"` (or `var == "lit"` when `var` is `None`, naming `field`), either way
+/// round: the literal.
+fn equals_literal(e: &cel::IdedExpr, var: Option<&str>, field: &str) -> Option<String> {
+    use cel::common::ast::{Expr, LiteralValue};
+    let Expr::Call(c) = &e.expr else { return None };
+    if c.func_name != cel::common::ast::operators::EQUALS || c.target.is_some() || c.args.len() != 2 {
+        return None;
+    }
+    let names_it = |x: &cel::IdedExpr| match (&x.expr, var) {
+        (Expr::Ident(n), None) => n == field,
+        (Expr::Select(sel), Some(v)) => sel.field == field && !sel.test && matches!(&sel.operand.expr, Expr::Ident(n) if n == v),
+        _ => false,
+    };
+    let literal = |x: &cel::IdedExpr| match &x.expr {
+        Expr::Literal(LiteralValue::String(s)) => Some(s.inner().to_owned()),
+        _ => None,
+    };
+    match (&c.args[0], &c.args[1]) {
+        (a, b) if names_it(a) => literal(b),
+        (a, b) if names_it(b) => literal(a),
+        _ => None,
     }
 }
 
@@ -165,7 +198,6 @@ fn conjuncts<'e>(e: &'e cel::IdedExpr, out: &mut Vec<&'e cel::IdedExpr>) {
 }
 
 /// The compiled policy (part of the config; swapped whole on reload, with its rate buckets).
-#[derive(Debug)]
 pub struct Policy {
     pub source: PathBuf,
     pub default: DefaultAction,
@@ -176,10 +208,16 @@ pub struct Policy {
     response: Vec<usize>,
     mask: Vec<usize>,
     buckets: ratelimit::Buckets,
-    /// The inputs any condition reads (only these are built per message).
-    vars: Vec<&'static str>,
+    /// CEL's standard functions, built once (building them per call costs ~25 µs).
+    env: Arc<cel::Env>,
     /// blake3 of the policy file, for the record.
     pub digest: String,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("source", &self.source).field("default", &self.default).field("rules", &self.rules).finish_non_exhaustive()
+    }
 }
 
 /// How one rule came out for one message (for `policy explain` and tests).
@@ -252,11 +290,16 @@ impl Policy {
                 _ => request.push(i),
             }
         }
-        let vars = facts::VARIABLES.iter().copied().filter(|v| rules.iter().any(|r| r.program.references().has_variable(v))).collect();
-        Policy { source, default, zone, rules, request, response, mask, buckets: ratelimit::Buckets::default(), vars, digest }
+        Policy { source, default, zone, rules, request, response, mask, buckets: ratelimit::Buckets::default(), env: Arc::new(cel::Env::stdlib()), digest }
     }
 
-    fn eval(&self, rule: &Rule, ctx: &Context<'_, '_>) -> Step {
+    /// Whether the rule's own `tool.name == …` / `method == …` terms rule it out.
+    fn ruled_out(rule: &Rule, f: &Facts<'_>) -> bool {
+        rule.only_tool.as_deref().is_some_and(|t| f.tool.unwrap_or("") != t) || rule.only_method.as_deref().is_some_and(|m| f.method != m)
+    }
+
+    fn eval(&self, rule: &Rule, ctx: &mut facts::Lazy<'_, '_>) -> Step {
+        let ctx = ctx.for_rule(rule.vars);
         match rule.program.execute(ctx) {
             Ok(Value::Bool(true)) => Step::Matched,
             Ok(Value::Bool(false)) => Step::NotMatched,
@@ -273,10 +316,10 @@ impl Policy {
 
     /// Decide a request or notification from the agent. `trace` receives every rule tried.
     pub fn decide(&self, f: &Facts<'_>, mut trace: Option<&mut Vec<(usize, Step)>>) -> Decision {
-        let ctx = f.context(self);
+        let mut ctx = f.context(self);
         for &i in &self.request {
             let r = &self.rules[i];
-            let step = self.eval(r, &ctx);
+            let step = if Self::ruled_out(r, f) { Step::NotMatched } else { self.eval(r, &mut ctx) };
             let matched = matches!(step, Step::Matched | Step::Error { matched: true, .. });
             let mut limited = None;
             if matched {
@@ -321,10 +364,10 @@ impl Policy {
         if self.response.is_empty() {
             return None;
         }
-        let ctx = f.context(self);
+        let mut ctx = f.context(self);
         for &i in &self.response {
             let r = &self.rules[i];
-            let step = self.eval(r, &ctx);
+            let step = if Self::ruled_out(r, f) { Step::NotMatched } else { self.eval(r, &mut ctx) };
             let matched = matches!(step, Step::Matched | Step::Error { matched: true, .. });
             if let Some(t) = trace.as_deref_mut() {
                 t.push((i, step));
@@ -346,7 +389,7 @@ impl Policy {
         if self.mask.is_empty() {
             return;
         }
-        let ctx = f.context(self);
+        let mut ctx = f.context(self);
         for &i in &self.mask {
             let r = &self.rules[i];
             let Action::Mask { direction, .. } = r.action else {
@@ -357,7 +400,7 @@ impl Policy {
                 MaskDirection::Request => !response,
                 MaskDirection::Response => response,
             };
-            if applies && matches!(self.eval(r, &ctx), Step::Matched | Step::Error { matched: true, .. }) {
+            if applies && !Self::ruled_out(r, f) && matches!(self.eval(r, &mut ctx), Step::Matched | Step::Error { matched: true, .. }) {
                 out.push(i);
             }
         }
@@ -367,19 +410,22 @@ impl Policy {
     /// allowed (or approved). Rules that depend on a call's arguments or findings do not
     /// decide before the call; a `deny` among them does not hide the tool.
     pub fn lists(&self, f: &Facts<'_>, mut trace: Option<&mut Vec<(usize, Step)>>) -> bool {
-        let ctx = f.context(self);
+        let mut ctx = f.context(self);
         for &i in &self.request {
             let r = &self.rules[i];
-            let step = if r.uses.args || r.uses.request {
+            let step = if Self::ruled_out(r, f) {
+                Step::NotMatched
+            } else if r.uses.args || r.uses.request {
                 // Decided before the call only when a term that does not depend on it is false.
-                let never = r.call_independent.iter().any(|t| matches!(ctx.resolve(t), Ok(Value::Bool(false))));
+                let c = ctx.for_rule(r.vars);
+                let never = r.call_independent.iter().any(|t| matches!(c.resolve(t), Ok(Value::Bool(false))));
                 if never {
                     Step::NotMatched
                 } else {
                     Step::Undecided
                 }
             } else {
-                self.eval(r, &ctx)
+                self.eval(r, &mut ctx)
             };
             if let Some(t) = trace.as_deref_mut() {
                 t.push((i, step.clone()));
