@@ -208,7 +208,7 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
                         }
                         keep[i] = false;
                     }
-                    (_, Kind::Request) => {
+                    (_, Kind::Request | Kind::Document) => {
                         answers.push(jsonrpc::error_body(info.id.as_deref(), code, &message, &reason));
                         keep[i] = false;
                     }

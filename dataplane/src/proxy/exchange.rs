@@ -108,7 +108,16 @@ pub async fn handle(
     // Request phase: parse, observe and pass the hooks, before any await.
     let mut forwarded: Option<Vec<u8>> = None;
     let mut answers = Vec::new();
-    if let Some(outcome) = request_phase(w, &mut ctx, route, head, body, &mut track)? {
+    let inspected = request_phase(w, &mut ctx, route, head, body, &mut track)?;
+    if inspected.is_none() && route.kind != RouteKind::Mcp {
+        // A plain HTTP request the hooks did not see (no JSON body): the policy still decides it.
+        if let Some(refusal) = plain_decision(w, &mut ctx) {
+            respond::send(down, 403, "application/json", &refusal, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
+            w.metrics.request_done(&route.label, mlabel, 403, started.elapsed());
+            return Ok(keep_alive);
+        }
+    }
+    if let Some(outcome) = inspected {
         match outcome {
             Outcome::Unchanged => {}
             Outcome::Rewritten { body, answers: a } => {
@@ -116,7 +125,8 @@ pub async fn handle(
                 answers = a;
             }
             Outcome::Answer(b) => {
-                let status = if b.is_empty() { 403 } else { 200 };
+                // JSON-RPC errors travel in a 200; a refused plain HTTP document is a 403.
+                let status = if b.is_empty() || route.kind != RouteKind::Mcp { 403 } else { 200 };
                 let b = if b.is_empty() { jsonrpc::error_body(None, jsonrpc::Code::Refused, "Refused", "the gateway refused this notification") } else { b };
                 respond::send(down, status, "application/json", &b, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
                 w.metrics.request_done(&route.label, mlabel, status, started.elapsed());
@@ -226,6 +236,51 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
         });
     }
     Ok(None)
+}
+
+/// The policy's decision on a plain HTTP request without a JSON body: `Some(error body)` when
+/// refused (the decision is recorded either way).
+fn plain_decision(w: &Worker, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
+    let p = ctx.policy.clone()?;
+    let mut f = crate::policy::Facts::new("");
+    f.identity = ctx.identity.as_ref();
+    f.route = &ctx.route;
+    f.upstream = &ctx.upstream;
+    f.http_method = &ctx.http_method;
+    f.path = &ctx.path;
+    let d = p.decide(&f, None);
+    let refusal = match &d.outcome {
+        crate::policy::Outcome::Allow => None,
+        crate::policy::Outcome::Deny { reason } => Some(jsonrpc::error_body(None, jsonrpc::Code::PolicyDenied, "denied by policy", reason)),
+        crate::policy::Outcome::RateLimited { retry_after } => Some(jsonrpc::error_body(
+            None,
+            jsonrpc::Code::RateLimited,
+            "rate limited",
+            &format!("too many calls: policy rule \"{}\" limits them; retry in {:.1} s", d.rule.as_deref().unwrap_or(""), retry_after.as_secs_f64().max(0.1)),
+        )),
+        crate::policy::Outcome::RequireApproval { .. } => Some(jsonrpc::error_body(
+            None,
+            jsonrpc::Code::ApprovalRequired,
+            "approval required",
+            "this request needs a human's approval, which plain HTTP routes cannot wait for; ask an operator",
+        )),
+    };
+    if let Some(em) = &w.emitter {
+        let mut e = crate::events::record::base(ctx, &em.recorder().instance, sluice_schema::event::Kind::Decision);
+        let reason = refusal.as_ref().map(|_| match &d.outcome {
+            crate::policy::Outcome::Deny { reason } => reason.clone(),
+            o => o.name().to_owned(),
+        });
+        e.decision = Some(sluice_schema::event::Decision {
+            action: std::borrow::Cow::Borrowed(d.outcome.name()),
+            stage: std::borrow::Cow::Borrowed("policy"),
+            rule: Some(std::borrow::Cow::Borrowed(d.rule.as_deref().unwrap_or("default"))),
+            reason: reason.map(std::borrow::Cow::Owned),
+        });
+        em.emit(&e);
+    }
+    tracing::debug!(route = %ctx.route, method = %ctx.http_method, path = %ctx.path, decision = %d.label(), "policy");
+    refusal
 }
 
 /// Count and correlate the messages of one body; keep the session record current.

@@ -1,0 +1,208 @@
+"""Policy end to end: tokens from a real OpenID Provider (npm oidc-provider), the official
+Python SDK client, a real MCP server (Python SDK). What each group may call decides what it
+sees in tools/list and what its calls get; refusals are JSON-RPC errors that say why, and every
+decision is recorded with its rule."""
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamablehttp_client
+from mcp.shared.exceptions import McpError
+
+from conftest import spool_events
+from test_identity import ACCEPT, AUDIENCE, INIT, OP, new_key
+
+POLICY = """
+default = "deny"
+
+[[rule]]
+id = "protocol"
+when = 'identity.authenticated && (method in ["initialize", "ping", "tools/list"] || method.startsWith("notifications/"))'
+action = "allow"
+
+[[rule]]
+id = "shout-budget"
+when = 'tool.name == "shout"'
+action = "rate_limit"
+rate = 2
+per = "1m"
+key = ["identity", "tool"]
+
+[[rule]]
+id = "no-failing"
+when = 'tool.name == "fail"'
+action = "deny"
+reason = "the fail tool is switched off on this gateway; use another tool"
+
+[[rule]]
+id = "support-tools"
+when = '"support" in identity.groups && tool.name in ["add", "shout", "fail"]'
+action = "allow"
+"""
+
+
+@pytest.fixture
+def idp(tmp_path):
+    _, j1 = new_key("k1")
+    op = OP(tmp_path, [j1])
+    yield op
+    op.stop()
+
+
+def policy_gateway(gateway, idp, py_json, tmp_path):
+    (tmp_path / "policy.toml").write_text(POLICY)
+    extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\nagent_type_claim = "agent_type"\n'
+             f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    return gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+
+
+async def session(url, token, script):
+    async with streamablehttp_client(url, headers={"authorization": f"Bearer {token}"}) as (read, write, _):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            return await script(s)
+
+
+async def try_call(s, name, args):
+    try:
+        r = await s.call_tool(name, args)
+        return ("ok", r.content[0].text if r.content else None)
+    except McpError as e:
+        return ("error", e.error.code, e.error.message, (e.error.data or {}).get("reason", ""))
+
+
+def test_each_group_sees_and_calls_only_what_the_policy_allows(idp, gateway, py_json, tmp_path):
+    g = policy_gateway(gateway, idp, py_json, tmp_path)
+
+    async def upstream_tools():
+        async with streamablehttp_client(py_json) as (read, write, _):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                return sorted(t.name for t in (await s.list_tools()).tools)
+
+    everything = asyncio.run(upstream_tools())
+    assert {"add", "shout", "fail", "count", "ask_name", "summarize"} <= set(everything)
+
+    async def support(s):
+        listed = sorted(t.name for t in (await s.list_tools()).tools)
+        return listed, [await try_call(s, "add", {"a": 2, "b": 3}), await try_call(s, "count", {"n": 2}),
+                        await try_call(s, "fail", {"reason": "x"})]
+
+    listed, (add, count, fail) = asyncio.run(session(g.url(), idp.token("support-agent"), support))
+    # `fail` is denied outright, `count` and the rest allowed by no rule: hidden.
+    assert listed == ["add", "shout"]
+    assert add == ("ok", "5")
+    assert count[:2] == ("error", -32009), count
+    assert "no policy rule allows `support-agent` to call tool `count`" in count[3]
+    assert fail[:2] == ("error", -32009) and "switched off" in fail[3], fail
+
+    # A token for a group without rights: it may connect and list, it sees no tool, calls fail.
+    async def intern(s):
+        listed = [t.name for t in (await s.list_tools()).tools]
+        return listed, await try_call(s, "add", {"a": 1, "b": 1})
+
+    listed, add = asyncio.run(session(g.url(), idp.token("intern-agent"), intern))
+    assert listed == []
+    assert add[:2] == ("error", -32009) and "`intern-agent`" in add[3], add
+
+    # Every decision is in the record with the deciding rule.
+    want = {("add", "allow", "support-tools", "support-agent"), ("count", "deny", "default", "support-agent"),
+            ("fail", "deny", "no-failing", "support-agent"), ("add", "deny", "default", "intern-agent")}
+    deadline = time.time() + 15
+    while True:
+        decided = {(e.get("tool"), e["decision"]["action"], e["decision"]["rule"], e["identity"]["subject"])
+                   for e in spool_events(g.spool)
+                   if e["kind"] == "decision" and e["decision"]["stage"] == "policy" and e.get("method") == "tools/call"}
+        if want <= decided or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert ("add", "allow", "support-tools", "support-agent") in decided
+    assert ("count", "deny", "default", "support-agent") in decided
+    assert ("fail", "deny", "no-failing", "support-agent") in decided
+    assert ("add", "deny", "default", "intern-agent") in decided
+
+
+def test_rate_limit_refuses_with_the_rule_and_a_wait(idp, gateway, py_json, tmp_path):
+    g = policy_gateway(gateway, idp, py_json, tmp_path)
+    tok = idp.token("support-agent")
+
+    async def shouts(s):
+        return [await try_call(s, "shout", {"text": f"hi {i}"}) for i in range(3)]
+
+    got = asyncio.run(session(g.url(), tok, shouts))
+    assert got[0][0] == "ok" and got[1][0] == "ok", got
+    assert got[2][:2] == ("error", -32010), got
+    assert "shout-budget" in got[2][3] and "retry in" in got[2][3], got
+
+
+
+def test_a_batch_cannot_smuggle_a_denied_call(idp, gateway, raw_upstream, tmp_path):
+    """Each element of a JSON-RPC batch is decided on its own; denied ones never reach the
+    upstream and are answered in place. (No official SDK server takes batches any more — the
+    2025-06-18 protocol dropped them — so this upstream is a plain socket that answers each
+    element and remembers what it was sent.)"""
+    received = []
+
+    def handler(conn, head, body):
+        req = json.loads(body)
+        items = req if isinstance(req, list) else [req]
+        received.extend(items)
+        out = [{"jsonrpc": "2.0", "id": i["id"], "result": {"content": [{"type": "text", "text": "done"}]}} for i in items if "id" in i]
+        data = json.dumps(out if isinstance(req, list) else out[0]).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s-1\r\ncontent-length: "
+                     + str(len(data)).encode() + b"\r\n\r\n" + data)
+
+    up = raw_upstream(handler)
+    g = policy_gateway(gateway, idp, up.url(), tmp_path)
+    h = {**ACCEPT, "authorization": f"Bearer {idp.token('support-agent')}", "mcp-protocol-version": "2025-03-26"}
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "count", "arguments": {"n": 1}}},
+        {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "fail", "arguments": {"reason": "r"}}},
+        {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 5, "b": 5}}},
+    ]
+    with httpx.Client(timeout=10) as c:
+        r = c.post(g.url(), json=batch, headers=h)
+    assert r.status_code == 200, r.text
+    by_id = {i["id"]: i for i in r.json()}
+    assert sorted(by_id) == [1, 2, 3, 4]
+    assert "result" in by_id[1] and "result" in by_id[4]
+    assert by_id[2]["error"]["code"] == -32009 and "`count`" in by_id[2]["error"]["data"]["reason"]
+    assert by_id[3]["error"]["code"] == -32009 and "switched off" in by_id[3]["error"]["data"]["reason"]
+    # The upstream saw the allowed calls and the notification, never a denied call.
+    assert [(i.get("id"), i["method"]) for i in received] == [(1, "tools/call"), (None, "notifications/progress"), (4, "tools/call")]
+
+
+def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upstream, tmp_path):
+    """A plain HTTP API behind the gateway: GETs without a body are decided too (by http.method
+    and http.path), not only JSON documents."""
+    seen = []
+
+    def handler(conn, head, body):
+        seen.append(head.split(b"\r\n", 1)[0].decode())
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
+
+    up = raw_upstream(handler)
+    (tmp_path / "policy.toml").write_text(
+        "[[rule]]\nid = \"reads\"\nwhen = 'http.method == \"GET\" && http.path.startsWith(\"/api/reports\")'\naction = \"allow\"\n"
+        "[[rule]]\nid = \"writes\"\nwhen = 'http.method == \"POST\" && \"support\" in identity.groups'\naction = \"allow\"\n")
+    extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\n'
+             f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    g = gateway([{"path": "/api", "upstream": up.url("/api"), "kind": "http"}], extra=extra)
+    h = {"authorization": f"Bearer {idp.token('intern-agent')}"}
+    with httpx.Client(timeout=10) as c:
+        assert c.get(g.url("/api/reports/q3"), headers=h).status_code == 200
+        r = c.get(g.url("/api/users"), headers=h)
+        assert r.status_code == 403 and r.json()["error"]["code"] == -32009, r.text
+        assert "no policy rule allows `intern-agent` to send `GET`" in r.json()["error"]["data"]["reason"]
+        # A JSON body goes through the hooks; the decision is the same kind.
+        r = c.post(g.url("/api/users"), json={"name": "x"}, headers=h)
+        assert r.status_code == 403 and r.json()["error"]["code"] == -32009, r.text
+        h2 = {"authorization": f"Bearer {idp.token('support-agent')}"}
+        assert c.post(g.url("/api/users"), json={"name": "x"}, headers=h2).status_code == 200
+    assert seen == ["GET /api/reports/q3 HTTP/1.1", "POST /api/users HTTP/1.1"]
