@@ -1,5 +1,6 @@
 //! The admin listener, on its own address and thread (off the workers' cores' hot path):
-//! `/healthz`, `/readyz`, `/metrics` (Prometheus text) and `/sessions` (JSON).
+//! `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/sessions` (JSON), and the reviewers'
+//! `/approvals` API and page ([`crate::approvals::admin`]).
 
 use crate::http::{write, Head, Limits};
 use crate::runtime::Shared;
@@ -26,20 +27,40 @@ fn serve(mut conn: TcpStream, sh: &Shared) {
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
     let mut head = Head::default();
-    loop {
+    let head_len = loop {
         match conn.read(&mut buf[len..]) {
             Ok(0) | Err(_) => return,
             Ok(n) => len += n,
         }
         match head.parse_request(&buf[..len], Limits { max_head_bytes: 8192 }) {
-            Ok(Some(_)) => break,
+            Ok(Some(n)) => break n,
             Ok(None) if len < buf.len() => continue,
             _ => return reply(&mut conn, 400, "text/plain", b"bad request\n"),
         }
+    };
+    if head.path().starts_with("/approvals") {
+        // Reviewers' decisions carry a small JSON body (a reason).
+        let want = head.header_str("content-length").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
+        if want > MAX_BODY {
+            return reply(&mut conn, 413, "application/json", br#"{"error":"the body is larger than 64 KiB"}"#);
+        }
+        let mut body = buf[head_len..len].to_vec();
+        while body.len() < want {
+            let mut more = [0u8; 4096];
+            match conn.read(&mut more) {
+                Ok(0) | Err(_) => return reply(&mut conn, 400, "application/json", br#"{"error":"the body ended early"}"#),
+                Ok(n) => body.extend_from_slice(&more[..n]),
+            }
+        }
+        body.truncate(want);
+        let (status, ctype, out) = crate::approvals::admin::handle(&head, &body, sh);
+        return reply(&mut conn, status, ctype, &out);
     }
     let (status, ctype, body) = route(head.method(), head.path(), sh);
     reply(&mut conn, status, ctype, &body);
 }
+
+const MAX_BODY: usize = 64 * 1024;
 
 fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) {
     if method != "GET" {
@@ -77,7 +98,7 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
             let sessions = sh.sessions.snapshot();
             (200, "application/json", serde_json::to_vec(&serde_json::json!({ "count": sessions.len(), "sessions": sessions })).unwrap_or_default())
         }
-        _ => (404, "text/plain", b"not found: try /healthz /readyz /metrics /sessions\n".to_vec()),
+        _ => (404, "text/plain", b"not found: try /healthz /readyz /metrics /sessions /approvals /approvals/ui\n".to_vec()),
     }
 }
 

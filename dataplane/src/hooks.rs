@@ -59,6 +59,10 @@ pub struct RequestCtx {
     pub decision: Option<crate::policy::Decision>,
     /// Where the current message's findings start in `findings`.
     pub message_findings_from: usize,
+    /// The current body is a JSON-RPC batch.
+    pub in_batch: bool,
+    /// A call the policy holds for a human's approval (taken by the exchange).
+    pub hold: Option<crate::approvals::wait::Hold>,
 }
 
 impl RequestCtx {
@@ -92,6 +96,8 @@ impl RequestCtx {
             policy_masks: Vec::new(),
             decision: None,
             message_findings_from: 0,
+            in_batch: false,
+            hold: None,
         }
     }
 }
@@ -181,6 +187,7 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
         return Outcome::Unchanged;
     }
     let mut changed = false;
+    ctx.in_batch = body.batch;
     let mut keep = vec![true; body.values.len()];
     let mut answers = Vec::new();
     for (i, (v, info)) in body.values.iter_mut().zip(&body.infos).enumerate() {

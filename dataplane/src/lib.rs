@@ -28,6 +28,7 @@ pub mod ids;
 pub mod jsonrpc;
 pub mod metrics;
 pub mod policy;
+pub mod approvals;
 pub mod proxy;
 pub mod runtime;
 pub mod scrub;

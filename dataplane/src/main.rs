@@ -84,6 +84,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: sluice::policy::cli::PolicyCmd,
     },
+    /// Review calls held for approval through the admin API: `list`, `approve ID`, `deny ID
+    /// --reason …` (authenticated with a reviewer's token).
+    Approvals {
+        #[command(flatten)]
+        common: sluice::approvals::cli::Common,
+        #[command(subcommand)]
+        cmd: sluice::approvals::cli::ApprovalsCmd,
+    },
     /// List every detection rule (id, kind, category, severity, default mask, what it matches).
     Rules {
         #[arg(long, value_enum, default_value = "table")]
@@ -149,6 +157,15 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Cmd::Approvals { common, cmd } = cli.cmd {
+        return match sluice::approvals::cli::run(&common, cmd) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice approvals: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.cmd {
         Cmd::Check { config: path } => match config::load(&path) {
             Ok(c) => {
@@ -186,7 +203,7 @@ fn main() -> std::process::ExitCode {
             }),
         },
         Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
-        Cmd::Scan { .. } | Cmd::Rules { .. } | Cmd::Policy { .. } => Ok(()),
+        Cmd::Scan { .. } | Cmd::Rules { .. } | Cmd::Policy { .. } | Cmd::Approvals { .. } => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -29,6 +29,8 @@ pub struct Shared {
     pub reload_failures: AtomicU64,
     /// Session recording (`None` when `[recording] enabled = false`).
     pub recorder: Option<Arc<Recorder>>,
+    /// Calls held for a human's approval.
+    pub approvals: Arc<crate::approvals::Store>,
 }
 
 impl Shared {
@@ -37,6 +39,7 @@ impl Shared {
         Arc::new(Shared {
             config: ArcSwap::from_pointee(cfg),
             sessions: session::Store::default(),
+            approvals: Arc::default(),
             metrics: (0..workers).map(|_| Arc::new(WorkerMetrics::default())).collect(),
             workers,
             ready_workers: AtomicUsize::new(0),
@@ -137,6 +140,12 @@ pub fn run(source: Source) -> anyhow::Result<()> {
                     e.route = Some(Cow::Borrowed(&s.route));
                     e.gateway = Some(GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed("idle timeout")) });
                     rec.process_emitter().emit(&e);
+                }
+            }
+            for a in sh.approvals.expire_due() {
+                tracing::info!(approval = %a.id, tool = %a.tool, subject = %a.subject, "approval request expired undecided");
+                if let Some(rec) = &sh.recorder {
+                    rec.process_emitter().emit(&crate::approvals::event(&a, Kind::ApprovalExpired, &rec.instance));
                 }
             }
         })?;

@@ -266,6 +266,14 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         return Err(is.0);
     }
     let identity = super::identity::compile(f.identity.as_ref(), &mut |path, msg| is.add(path, msg));
+    if let (Some(p), None) = (&policy, &identity) {
+        if let Some(r) = p.rules.iter().find(|r| matches!(r.action, crate::policy::Action::RequireApproval { .. })) {
+            is.add(
+                format!("policy.file → {}: rule \"{}\"", p.source.display(), r.id),
+                "require_approval needs [identity]: the caller and the reviewers must be authenticated (an agent may never approve its own call)",
+            );
+        }
+    }
     if !is.0.is_empty() {
         return Err(is.0);
     }

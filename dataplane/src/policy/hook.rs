@@ -85,6 +85,7 @@ pub struct PolicyHook {
 /// Where the session store lives (the runtime's shared state, or a test's own store).
 pub enum SessionsHandle {
     Runtime(Arc<crate::runtime::Shared>),
+    /// A store of its own (policy cases: no approvals are waited for).
     Own(Arc<Store>),
 }
 
@@ -93,6 +94,13 @@ impl SessionsHandle {
         match self {
             SessionsHandle::Runtime(s) => &s.sessions,
             SessionsHandle::Own(s) => s,
+        }
+    }
+
+    fn approvals(&self) -> Option<&crate::approvals::Store> {
+        match self {
+            SessionsHandle::Runtime(s) => Some(&s.approvals),
+            SessionsHandle::Own(_) => None,
         }
     }
 }
@@ -160,19 +168,63 @@ impl PolicyHook {
                     ),
                 }
             }
-            Outcome::RequireApproval { approvers, .. } => Verdict::Refuse {
-                code: Code::ApprovalRequired,
-                message: "approval required".into(),
-                reason: format!(
-                    "this call needs the approval of a member of {} (policy rule \"{}\"), and approvals are not enabled on this gateway; ask an operator",
-                    approvers.join(" or "),
-                    decision.rule.as_deref().unwrap_or("")
-                ),
-            },
+            Outcome::RequireApproval { approvers, timeout } => self.approval(ctx, info, value, approvers, *timeout, decision.rule.as_deref().unwrap_or("")),
         };
         tracing::debug!(route = %ctx.route, method = info.method.as_deref().unwrap_or(""), tool = info.tool.as_deref().unwrap_or(""), decision = %decision.label(), "policy");
         ctx.decision = Some(decision);
         verdict
+    }
+
+    /// A call that needs a human: hold it (the exchange waits), or let it through when this
+    /// exact call was approved and not used yet.
+    fn approval(&self, ctx: &mut RequestCtx, info: &MessageInfo, value: &BorrowedValue<'_>, approvers: &[String], timeout: std::time::Duration, rule: &str) -> Verdict {
+        let refuse = |reason: String| Verdict::Refuse { code: Code::ApprovalRequired, message: "approval required".into(), reason };
+        let who = approvers.join(" or ");
+        if ctx.in_batch || info.kind != Kind::Request {
+            return refuse(format!("this call needs the approval of a member of {who} (policy rule \"{rule}\"); send it on its own, not in a batch, so it can wait for the decision"));
+        }
+        let Some(identity) = ctx.identity.as_ref() else {
+            return refuse(format!("this call needs the approval of a member of {who} (policy rule \"{rule}\"), and approvals need an authenticated caller"));
+        };
+        let Some(store) = self.sessions.approvals() else {
+            return refuse(format!("this call needs the approval of a member of {who} (policy rule \"{rule}\"), and approvals are not available here"));
+        };
+        // Bound to the exact arguments as they will be forwarded (after masking).
+        let exact = args(info, value);
+        let mut canon = Vec::new();
+        if let Some(a) = exact {
+            crate::events::record::canonical(a, &mut canon);
+        }
+        let digest = blake3::hash(&canon).to_hex().to_string();
+        // Reviewers see what the record keeps: masked.
+        let shown: serde_json::Value = match ctx.record_payload.as_deref() {
+            Some(masked) => serde_json::from_str::<serde_json::Value>(masked).ok().and_then(|p| if info.method.as_deref() == Some("tools/call") { p.get("arguments").cloned() } else { Some(p) }).unwrap_or_default(),
+            None => exact.and_then(|a| serde_json::to_value(a).ok()).unwrap_or_default(),
+        };
+        let ask = store.ask(crate::approvals::Request {
+            subject: &identity.subject,
+            agent_groups: &identity.groups,
+            session: ctx.gateway_session_id.as_deref(),
+            route: &ctx.route,
+            tool: info.tool.as_deref().unwrap_or(""),
+            method: info.method.as_deref().unwrap_or(""),
+            arguments: shown,
+            args_digest: digest,
+            approvers,
+            rule,
+            timeout,
+        });
+        match ask {
+            crate::approvals::Ask::Approved { id, by } => {
+                tracing::info!(approval = %id, by = %by, "an approved call goes through");
+                Verdict::Pass
+            }
+            crate::approvals::Ask::Wait { entry, created } => {
+                let progress_token = value.get("params").and_then(|p| p.get("_meta")).and_then(|m| m.get("progressToken")).and_then(|t| simd_json::to_string(t).ok());
+                ctx.hold = Some(crate::approvals::wait::Hold { entry, created, rpc_id: info.id.clone(), progress_token });
+                Verdict::Pass
+            }
+        }
     }
 
     /// Keep only the tools this caller may call; remember their annotations for the session.

@@ -84,6 +84,8 @@ pub async fn handle(
         policy_masks: Vec::new(),
         decision: None,
         message_findings_from: 0,
+        in_batch: false,
+        hold: None,
     };
     // Identify: no call is parsed, let alone forwarded, for a caller that is not authenticated.
     if let Some(auth) = cfg.identity.as_ref() {
@@ -134,6 +136,18 @@ pub async fn handle(
             }
         }
     }
+    // A call held for a human's approval waits here (the worker serves others meanwhile).
+    let mut held = false;
+    if let Some(h) = ctx.hold.take() {
+        let sse = head.minor_version >= 1 && head.header("accept").is_some_and(|a| a.windows(17).any(|x| x.eq_ignore_ascii_case(b"text/event-stream")));
+        match crate::approvals::wait::hold(w, down, &h, sse, keep_alive).await {
+            crate::approvals::wait::Held::Go { streaming } => held = streaming,
+            crate::approvals::wait::Held::Done(keep) => {
+                w.metrics.request_done(&route.label, mlabel, 200, started.elapsed());
+                return Ok(keep);
+            }
+        }
+    }
     let out_body = forwarded.as_deref().unwrap_or(body);
 
     // Forward.
@@ -146,7 +160,7 @@ pub async fn handle(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "upstream failed");
-            respond::error(down, &e, track.reply_id.as_deref(), keep_alive).await.map_err(|_| ProxyError::ClientTimeout)?;
+            fail_answer(down, held, &e, track.reply_id.as_deref(), keep_alive).await.map_err(|_| ProxyError::ClientTimeout)?;
             w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
             return Ok(keep_alive);
         }
@@ -163,9 +177,13 @@ pub async fn handle(
     let is_mcp = route.kind == RouteKind::Mcp;
 
     let result = if is_mcp && is_sse && kind != BodyKind::None {
-        relay_sse(w, cfg, route, down, &mut c, kind, &mut ctx, &mut track, &answers, head.minor_version).await
+        relay_sse(w, cfg, route, down, &mut c, kind, &mut ctx, &mut track, &answers, head.minor_version, held).await
     } else if is_json && kind != BodyKind::None && (is_mcp || !w.chain.is_empty()) {
-        relay_json(w, cfg, down, &mut c, kind, &mut ctx, &mut track, route, &answers, keep_alive).await
+        relay_json(w, cfg, down, &mut c, kind, &mut ctx, &mut track, route, &answers, keep_alive, held).await
+    } else if held {
+        // The agent's answer is already an SSE stream: anything else from the upstream ends it with an error.
+        let e = ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason: format!("answered an approved call with status {status} and no JSON-RPC body") };
+        fail_answer(down, true, &e, track.reply_id.as_deref(), false).await.map(|_| false).map_err(|_| ())
     } else if !answers.is_empty() && kind == BodyKind::None {
         // Only notifications went upstream (202); the refused requests still get answers.
         let b = hooks::join_answers(true, answers);
@@ -183,6 +201,19 @@ pub async fn handle(
         }
         Err(()) => Ok(false),
     }
+}
+
+/// Answer with an error: a whole response, or (`held`: the SSE stream is already open) a last
+/// event that ends the stream.
+async fn fail_answer(down: &mut Stream, held: bool, e: &ProxyError, id: Option<&str>, keep_alive: bool) -> std::io::Result<()> {
+    if !held {
+        return respond::error(down, e, id, keep_alive).await;
+    }
+    let body = jsonrpc::error_body(id, e.code(), &e.to_string(), &e.to_string());
+    let mut out = crate::approvals::wait::sse_frame(&body);
+    out.extend_from_slice(write::LAST_CHUNK);
+    down.write_all(&out).await?;
+    down.flush().await
 }
 
 /// Run `f` on a copy of `bytes` in the worker's scratch buffer: simd-json parses in place, and
@@ -530,15 +561,19 @@ async fn relay_sse(
     track: &mut Track,
     answers: &[Vec<u8>],
     client_minor: u8,
+    held: bool,
 ) -> Result<bool, ()> {
-    let chunked_out = client_minor >= 1;
+    let chunked_out = held || client_minor >= 1;
     let mut out = Vec::with_capacity(1024);
-    response_head(&mut out, &c.head);
-    if chunked_out {
-        write::header(&mut out, "transfer-encoding", b"chunked");
+    // A held call's stream is already open (its head went out while it waited).
+    if !held {
+        response_head(&mut out, &c.head);
+        if chunked_out {
+            write::header(&mut out, "transfer-encoding", b"chunked");
+        }
+        write::header(&mut out, "connection", if chunked_out { b"keep-alive" } else { b"close" });
+        out.extend_from_slice(b"\r\n");
     }
-    write::header(&mut out, "connection", if chunked_out { b"keep-alive" } else { b"close" });
-    out.extend_from_slice(b"\r\n");
     let mut pending_events = Vec::new();
     for a in answers {
         pending_events.push(sse::Event {
@@ -709,6 +744,7 @@ async fn relay_json(
     route: &Route,
     answers: &[Vec<u8>],
     keep_alive: bool,
+    held: bool,
 ) -> Result<bool, ()> {
     let mut bufs = JsonBufs::take(w);
     let JsonBufs { body, out, .. } = &mut bufs;
@@ -749,7 +785,7 @@ async fn relay_json(
         }),
     };
     if let Err(e) = res {
-        let _ = respond::error(down, &e, track.reply_id.as_deref(), false).await;
+        let _ = fail_answer(down, held, &e, track.reply_id.as_deref(), false).await;
         return Err(());
     }
     let is_mcp = route.kind == RouteKind::Mcp;
@@ -765,7 +801,7 @@ async fn relay_json(
     });
     let replaced = match outcome {
         Err(e) => {
-            let _ = respond::error(down, &e, track.reply_id.as_deref(), false).await;
+            let _ = fail_answer(down, held, &e, track.reply_id.as_deref(), false).await;
             return Err(());
         }
         Ok(Outcome::Unchanged) => None,
@@ -773,6 +809,13 @@ async fn relay_json(
     };
     let merged = if answers.is_empty() { None } else { hooks::merge_answers(replaced.as_deref().unwrap_or(body), answers) };
     let final_body: &[u8] = merged.as_deref().or(replaced.as_deref()).unwrap_or(body);
+    if held {
+        // The answer of an approved call ends the stream that carried its waiting.
+        out.clear();
+        out.extend_from_slice(&crate::approvals::wait::sse_frame(final_body));
+        out.extend_from_slice(write::LAST_CHUNK);
+        return if down.write_all(out).await.is_ok() && down.flush().await.is_ok() { Ok(true) } else { Err(()) };
+    }
     response_head(out, &c.head);
     write::content_length(out, final_body.len());
     write::header(out, "connection", if keep_alive { b"keep-alive" } else { b"close" });

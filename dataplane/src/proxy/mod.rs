@@ -10,7 +10,7 @@ mod auth;
 mod conn;
 mod exchange;
 pub mod io;
-mod respond;
+pub(crate) mod respond;
 mod upstream;
 
 use crate::config::Config;

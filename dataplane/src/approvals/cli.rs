@@ -1,0 +1,95 @@
+//! `sluice approvals list|approve|deny`: the admin API from a terminal.
+
+use anyhow::{anyhow, Context as _};
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Common {
+    /// The gateway's admin listener.
+    #[arg(long, default_value = "http://127.0.0.1:9901", global = true)]
+    admin: String,
+    /// The reviewer's bearer token (default: $SLUICE_REVIEWER_TOKEN).
+    #[arg(long, global = true)]
+    token: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ApprovalsCmd {
+    /// Calls waiting for this reviewer (`--all`: decided ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held call through.
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Refuse a held call; the reason is shown to the agent.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+fn call(c: &Common, method: &str, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    let from_env = std::env::var("SLUICE_REVIEWER_TOKEN").ok().filter(|t| !t.is_empty());
+    let token = c.token.as_deref().or(from_env.as_deref()).ok_or_else(|| anyhow!("give --token or set SLUICE_REVIEWER_TOKEN (a token of a member of the approver group)"))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(15))).http_status_as_error(false).build().into();
+    let url = format!("{}{path}", c.admin.trim_end_matches('/'));
+    let auth = format!("Bearer {token}");
+    let mut resp = match body {
+        Some(b) => agent.post(&url).header("authorization", &auth).header("content-type", "application/json").send(b.to_string()),
+        None => agent.get(&url).header("authorization", &auth).call(),
+    }
+    .with_context(|| format!("{method} {url}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().with_context(|| format!("{method} {url}"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{method} {url}: not JSON: {text}"))?;
+    if status >= 400 {
+        return Err(anyhow!("{method} {url}: {status}: {}", v.get("error").and_then(|e| e.as_str()).unwrap_or(&text)));
+    }
+    Ok(v)
+}
+
+pub fn run(common: &Common, cmd: ApprovalsCmd) -> anyhow::Result<()> {
+    match cmd {
+        ApprovalsCmd::List { all, json } => {
+            let v = call(common, "GET", if all { "/approvals?all=1" } else { "/approvals" }, None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let list = v["approvals"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("nothing is waiting for {}", v["reviewer"].as_str().unwrap_or("you"));
+            }
+            for a in list {
+                println!(
+                    "{}  {:<9} {:<20} {:<24} rule {}  args {}",
+                    a["id"].as_str().unwrap_or(""),
+                    a["state"].as_str().unwrap_or(""),
+                    a["subject"].as_str().unwrap_or(""),
+                    a["tool"].as_str().unwrap_or(""),
+                    a["rule"].as_str().unwrap_or(""),
+                    a["arguments"]
+                );
+            }
+            Ok(())
+        }
+        ApprovalsCmd::Approve { id, reason } => {
+            let v = call(common, "POST", &format!("/approvals/{id}/approve"), Some(serde_json::json!({ "reason": reason })))?;
+            println!("approved {} ({} for {})", id, v["tool"].as_str().unwrap_or(""), v["subject"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        ApprovalsCmd::Deny { id, reason } => {
+            let v = call(common, "POST", &format!("/approvals/{id}/deny"), Some(serde_json::json!({ "reason": reason })))?;
+            println!("denied {} ({} for {})", id, v["tool"].as_str().unwrap_or(""), v["subject"].as_str().unwrap_or(""));
+            Ok(())
+        }
+    }
+}
