@@ -26,8 +26,8 @@ fn problem(status: u16, msg: &str) -> Reply {
 }
 
 pub fn handle(head: &Head, body: &[u8], sh: &Shared) -> Reply {
-    let path = head.path();
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let target = head.target();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if head.method() == "GET" && path == "/approvals/ui" {
         return (200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec());
     }

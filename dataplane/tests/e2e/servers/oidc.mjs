@@ -13,6 +13,8 @@ const issuer = `http://127.0.0.1:${port}`;
 const who = {
   "support-agent": { groups: ["support", "readers"], agent_type: "assistant" },
   "intern-agent": { groups: ["interns"], agent_type: "assistant" },
+  // A human reviewer's client (approvals): member of the approver group.
+  "finance-reviewer": { groups: ["finance"], agent_type: "human" },
 };
 const provider = new Provider(issuer, {
   clients: Object.keys(who).map((id) => ({

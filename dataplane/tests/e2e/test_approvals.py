@@ -1,0 +1,167 @@
+"""Human approvals end to end: a call a rule marks `require_approval` is held (the agent — the
+official Python SDK client — hears progress while it waits), a reviewer with a token of the
+approver group (from the real OpenID Provider) decides it through the admin API or the CLI,
+and the call goes through once, is refused with the reviewer's reason, or expires. Every step
+is recorded."""
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamablehttp_client
+from mcp.shared.exceptions import McpError
+
+from conftest import SLUICE, spool_events
+from test_identity import AUDIENCE, OP, new_key
+
+POLICY = """
+[[rule]]
+id = "protocol"
+when = 'identity.authenticated && (method in ["initialize", "ping", "tools/list"] || method.startsWith("notifications/"))'
+action = "allow"
+
+[[rule]]
+id = "big-sums"
+when = 'tool.name == "add" && args.a > 100'
+action = "require_approval"
+approvers = ["finance"]
+timeout = "60s"
+
+[[rule]]
+id = "shouting-is-slow"
+when = 'tool.name == "shout"'
+action = "require_approval"
+approvers = ["finance"]
+timeout = "3s"
+
+[[rule]]
+id = "support"
+when = '"support" in identity.groups'
+action = "allow"
+"""
+
+
+@pytest.fixture
+def idp(tmp_path):
+    _, j1 = new_key("k1")
+    op = OP(tmp_path, [j1])
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def gw(idp, gateway, py_json, tmp_path):
+    (tmp_path / "policy.toml").write_text(POLICY)
+    extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\nagent_type_claim = "agent_type"\n'
+             f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    return gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+
+
+def agent_call(url, token, name, args, out):
+    """Run one tool call in a thread; `out` gets ("ok", text, progress) or ("error", code, reason, progress)."""
+
+    async def run():
+        progress = []
+
+        async def on_progress(p, total, message):
+            progress.append(message)
+
+        async with streamablehttp_client(url, headers={"authorization": f"Bearer {token}"}) as (read, write, _):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                try:
+                    r = await s.call_tool(name, args, progress_callback=on_progress)
+                    out.append(("ok", r.content[0].text, progress))
+                except McpError as e:
+                    out.append(("error", e.error.code, (e.error.data or {}).get("reason", ""), progress))
+
+    t = threading.Thread(target=lambda: asyncio.run(run()))
+    t.start()
+    return t
+
+
+def pending(g, token, tool, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = httpx.get(g.admin("/approvals"), headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        found = [a for a in r.json()["approvals"] if a["tool"] == tool]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no pending approval for {tool}")
+
+
+def test_a_held_call_waits_with_progress_and_goes_through_once_approved(gw, idp):
+    agent, reviewer, intern = idp.token("support-agent"), idp.token("finance-reviewer"), idp.token("intern-agent")
+    out = []
+    t = agent_call(gw.url(), agent, "add", {"a": 500, "b": 1}, out)
+    a = pending(gw, reviewer, "add")
+    assert a["state"] == "pending" and a["subject"] == "support-agent" and a["rule"] == "big-sums"
+    assert a["arguments"] == {"a": 500, "b": 1} and len(a["args_digest"]) == 64
+    # Without a token, with an agent's token, or by someone outside the approver group: refused.
+    assert httpx.get(gw.admin("/approvals")).status_code == 401
+    r = httpx.post(gw.admin(f"/approvals/{a['id']}/approve"), headers={"authorization": f"Bearer {intern}"}, json={})
+    assert r.status_code == 403 and "finance" in r.json()["error"]
+    r = httpx.post(gw.admin(f"/approvals/{a['id']}/approve"), headers={"authorization": "Bearer not.a.jwt"}, json={})
+    assert r.status_code == 401
+    time.sleep(1.5)
+    assert t.is_alive() and not out, "the call waits while no one decided"
+    # The reviewer approves with the CLI.
+    r = subprocess.run([str(SLUICE), "approvals", "--admin", gw.admin(""), "approve", a["id"], "--reason", "expected"],
+                       capture_output=True, text=True, timeout=30, env={"SLUICE_REVIEWER_TOKEN": reviewer, "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    t.join(30)
+    assert out and out[0][:2] == ("ok", "501"), out
+    assert out[0][2] and "waiting for approval" in out[0][2][0], "progress was reported while waiting"
+    # Used: the same decision cannot be taken twice; the same call again needs a new approval.
+    r = httpx.post(gw.admin(f"/approvals/{a['id']}/approve"), headers={"authorization": f"Bearer {reviewer}"}, json={})
+    assert r.status_code == 409
+    listed = httpx.get(gw.admin("/approvals?all=1"), headers={"authorization": f"Bearer {reviewer}"}).json()["approvals"]
+    assert [x["state"] for x in listed if x["id"] == a["id"]] == ["used"]
+
+
+def test_denied_and_expired_calls_get_errors_that_say_so_and_every_step_is_recorded(gw, idp):
+    agent, reviewer = idp.token("support-agent"), idp.token("finance-reviewer")
+    out = []
+    t = agent_call(gw.url(), agent, "add", {"a": 900, "b": 9}, out)
+    a = pending(gw, reviewer, "add")
+    r = httpx.post(gw.admin(f"/approvals/{a['id']}/deny"), headers={"authorization": f"Bearer {reviewer}"}, json={})
+    assert r.status_code == 400, "a denial needs a reason"
+    r = httpx.post(gw.admin(f"/approvals/{a['id']}/deny"), headers={"authorization": f"Bearer {reviewer}"},
+                   json={"reason": "over the monthly limit"})
+    assert r.status_code == 200, r.text
+    t.join(30)
+    assert out[0][:2] == ("error", -32011), out
+    assert "finance-reviewer denied this call: over the monthly limit" in out[0][2]
+
+    out2 = []
+    t = agent_call(gw.url(), agent, "shout", {"text": "hello"}, out2)
+    t.join(30)
+    assert out2[0][:2] == ("error", -32011), out2
+    assert "decided in time" in out2[0][2]
+
+    # Small sums need no one.
+    out3 = []
+    agent_call(gw.url(), agent, "add", {"a": 1, "b": 2}, out3).join(30)
+    assert out3[0][:2] == ("ok", "3")
+
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        steps = [(e["kind"], e["approval"]["state"], e["approval"].get("by"), e["tool"])
+                 for e in spool_events(gw.spool) if e["kind"].startswith("approval_")]
+        if len(steps) >= 4:
+            break
+        time.sleep(0.3)
+    assert ("approval_requested", "requested", None, "add") in steps
+    assert ("approval_decided", "denied", "finance-reviewer", "add") in steps
+    assert ("approval_requested", "requested", None, "shout") in steps
+    assert ("approval_expired", "expired", None, "shout") in steps
+    decided = next(e for e in spool_events(gw.spool) if e["kind"] == "approval_decided")
+    assert decided["approval"]["reason"] == "over the monthly limit" and decided["approval"]["waited_ms"] > 0
+    assert decided["identity"]["subject"] == "support-agent"
