@@ -48,9 +48,10 @@ python_deps() {
 
 setup() {
     # libcurl4-openssl-dev, libssl-dev, zlib1g-dev: the bundled librdkafka's build; maven and a
-    # JRE: the Apache Kafka broker the recording tests run against.
+    # JRE: the Apache Kafka broker the recording tests run against; chromium: the approvals page
+    # tested in a real browser.
     apt_install build-essential pkg-config cmake curl libhyperscan-dev openssl python3-venv \
-        libcurl4-openssl-dev libssl-dev zlib1g-dev maven openjdk-17-jre-headless
+        libcurl4-openssl-dev libssl-dev zlib1g-dev maven openjdk-17-jre-headless chromium
     command -v cargo >/dev/null || { echo "cargo (Rust 1.85+) is needed: https://rustup.rs" >&2; exit 2; }
     command -v npm >/dev/null || apt_install nodejs npm
     node_deps

@@ -16,7 +16,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
 
-from conftest import SLUICE, spool_events
+from conftest import HERE, NODE, SLUICE, spool_events
 from test_identity import AUDIENCE, OP, new_key
 
 POLICY = """
@@ -165,3 +165,25 @@ def test_denied_and_expired_calls_get_errors_that_say_so_and_every_step_is_recor
     decided = next(e for e in spool_events(gw.spool) if e["kind"] == "approval_decided")
     assert decided["approval"]["reason"] == "over the monthly limit" and decided["approval"]["waited_ms"] > 0
     assert decided["identity"]["subject"] == "support-agent"
+
+
+def test_the_approvals_page_in_a_real_browser_lets_a_reviewer_approve(gw, idp, tmp_path):
+    """Headless Chromium (Debian's, driven by playwright-core) on the admin listener's page."""
+    agent, reviewer = idp.token("support-agent"), idp.token("finance-reviewer")
+    out = []
+    t = agent_call(gw.url(), agent, "add", {"a": 4000, "b": 2}, out)
+    shot = tmp_path / "approvals.png"
+    r = subprocess.run([NODE, str(HERE / "clients" / "approve_page.mjs"), gw.admin(""), reviewer, "add", "approve", str(shot)],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-3000:]
+    page = json.loads(r.stdout.strip().splitlines()[-1])
+    assert page["who"] == "Signed in as finance-reviewer"
+    assert "support-agent (support, readers)" in page["cells"] and "add" in page["cells"] and "big-sums" in page["cells"]
+    assert '"a": 4000' in " ".join(page["cells"]), page["cells"]
+    assert page["msg"] == "Approved add for support-agent."
+    t.join(30)
+    assert out and out[0][:2] == ("ok", "4002"), out
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width == 1280 and height >= 300
