@@ -27,14 +27,25 @@ fn private_key(key: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .ok_or_else(|| format!("{} holds no private key", key.display()))
 }
 
-/// Server side of a TLS listener.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+/// Server side of a TLS listener; `client_ca` (with "required") verifies agents' client
+/// certificates against these CAs.
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<(&Path, bool)>) -> Result<Arc<rustls::ServerConfig>, String> {
     let chain = certs(cert)?;
     let key_der = private_key(key)?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some((ca, required)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca)? {
+                roots.add(c).map_err(|e| format!("{}: not a CA certificate: {e}", ca.display()))?;
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let v = if required { v } else { v.allow_unauthenticated() };
+            builder.with_client_cert_verifier(v.build().map_err(|e| format!("{}: {e}", ca.display()))?)
+        }
+    };
+    let mut cfg = builder
         .with_single_cert(chain, key_der)
         .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -70,4 +81,31 @@ pub fn client_config(
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|_| format!("\"{server_name}\" is not a valid TLS server name"))?;
     Ok((Arc::new(cfg), name))
+}
+
+/// The names in a verified client certificate: the subject's common name and the subject
+/// alternative names (URI, DNS, e-mail), in certificate order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerNames {
+    pub cn: Option<String>,
+    pub sans: Vec<String>,
+}
+
+/// Read the names of a DER certificate (already verified by rustls).
+pub fn peer_names(der: &[u8]) -> Result<PeerNames, String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("client certificate: {e}"))?;
+    let cn = cert.subject().iter_common_name().next().and_then(|a| a.as_str().ok()).map(str::to_owned);
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            match n {
+                GeneralName::URI(u) => sans.push((*u).to_owned()),
+                GeneralName::DNSName(d) => sans.push((*d).to_owned()),
+                GeneralName::RFC822Name(m) => sans.push((*m).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Ok(PeerNames { cn, sans })
 }

@@ -145,7 +145,21 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         let p = format!("listener[{i}]");
         let address = is.addr(&format!("{p}.address"), &l.address);
         let tls =
-            l.tls.as_ref().and_then(|t| tls::server_config(&resolve(file, &t.cert), &resolve(file, &t.key)).map_err(|m| is.add(format!("{p}.tls"), m)).ok());
+            l.tls.as_ref().and_then(|t| {
+                let required = match t.client_auth.as_deref() {
+                    None | Some("required") => true,
+                    Some("optional") => false,
+                    Some(other) => {
+                        is.add(format!("{p}.tls.client_auth"), format!("\"{other}\" is not a mode; use \"required\" or \"optional\""));
+                        true
+                    }
+                };
+                if t.client_auth.is_some() && t.client_ca.is_none() {
+                    is.add(format!("{p}.tls.client_auth"), "client_auth needs client_ca (the CAs that sign agents' certificates)");
+                }
+                let ca = t.client_ca.as_ref().map(|c| resolve(file, c));
+                tls::server_config(&resolve(file, &t.cert), &resolve(file, &t.key), ca.as_deref().map(|c| (c, required))).map_err(|m| is.add(format!("{p}.tls"), m)).ok()
+            });
         if address.port() != 0 && listeners.iter().any(|o: &ListenerCfg| o.address == address) {
             is.add(format!("{p}.address"), format!("{address} is used by another listener"));
         }

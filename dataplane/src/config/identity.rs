@@ -61,7 +61,7 @@ pub(super) fn compile(i: Option<&schema::Identity>, add: &mut dyn FnMut(String, 
             None => add(format!("identity.api_key[{n}].sha256"), "must be 64 hex digits: printf %s \"$KEY\" | sha256sum".into()),
         }
     }
-    if required && jwt.is_none() && api_keys.is_empty() {
+    if required && jwt.is_none() && api_keys.is_empty() && i.mtls.is_none() {
         add(
             "identity".into(),
             "mode is \"required\" but there is neither an issuer nor an API key: nobody could call; set identity.issuer or add [[identity.api_key]]".into(),
@@ -77,7 +77,18 @@ pub(super) fn compile(i: Option<&schema::Identity>, add: &mut dyn FnMut(String, 
         groups_claim: i.groups_claim.clone(),
         agent_type_claim: i.agent_type_claim.clone(),
     });
-    Some(Arc::new(Authenticator { required, jwt, api_keys, resource: i.resource.clone() }))
+    let mtls = i.mtls.as_ref().map(|m| {
+        let by_san = match m.subject.as_str() {
+            "cn" => false,
+            "san" => true,
+            other => {
+                add("identity.mtls.subject".into(), format!("\"{other}\" is not a certificate name; use \"cn\" or \"san\""));
+                false
+            }
+        };
+        crate::identity::MtlsCheck { by_san, clients: m.clients.iter().map(|c| (c.subject.clone(), c.groups.clone(), c.agent_type.clone())).collect() }
+    });
+    Some(Arc::new(Authenticator { required, jwt, api_keys, resource: i.resource.clone(), mtls }))
 }
 
 #[cfg(test)]

@@ -94,6 +94,12 @@ pub struct ServerTls {
     pub cert: String,
     /// PEM private key.
     pub key: String,
+    /// PEM CA certificates that sign agents' client certificates (mTLS). With it, a client
+    /// certificate is verified and becomes the caller's identity (`[identity.mtls]`).
+    pub client_ca: Option<String>,
+    /// `required` (default with `client_ca`): no handshake without a valid client certificate.
+    /// `optional`: a client may present none (and authenticate otherwise).
+    pub client_auth: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -519,6 +525,34 @@ pub struct Identity {
     pub resource: Option<String>,
     #[serde(default, rename = "api_key")]
     pub api_keys: Vec<ApiKey>,
+    /// Client certificates (verified on a listener with `tls.client_ca`) as identities.
+    pub mtls: Option<Mtls>,
+}
+
+/// How a verified client certificate names the caller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mtls {
+    /// `cn` (default): the subject's common name; `san`: the first URI, DNS or e-mail
+    /// subject alternative name (e.g. a SPIFFE ID).
+    #[serde(default = "default_mtls_subject")]
+    pub subject: String,
+    /// Groups and agent type per certificate subject.
+    #[serde(default, rename = "client")]
+    pub clients: Vec<MtlsClient>,
+}
+
+fn default_mtls_subject() -> String {
+    "cn".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsClient {
+    pub subject: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub agent_type: Option<String>,
 }
 
 /// A service agent's API key, stored as its SHA-256 (`printf %s "$KEY" | sha256sum`). Sent

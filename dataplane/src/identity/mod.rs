@@ -43,6 +43,8 @@ pub enum AuthError {
     Invalid(&'static str),
     #[error("the token has no usable `{0}` claim")]
     Claim(String),
+    #[error("the client certificate has no {0} to name the caller; ask for a certificate that has one")]
+    CertificateName(&'static str),
     #[error("the API key is not known to this gateway")]
     UnknownApiKey,
 }
@@ -74,6 +76,25 @@ pub struct Authenticator {
     pub api_keys: Vec<ApiKeyEntry>,
     /// Resource identifier for the protected-resource metadata, if configured.
     pub resource: Option<String>,
+    /// Verified client certificates as identities.
+    pub mtls: Option<MtlsCheck>,
+}
+
+/// How a verified client certificate names the caller.
+#[derive(Debug, Clone)]
+pub struct MtlsCheck {
+    /// Take the subject from the first subject alternative name instead of the common name.
+    pub by_san: bool,
+    /// Groups and agent type per subject (subjects not listed have none).
+    pub clients: Vec<(String, Vec<String>, Option<String>)>,
+}
+
+impl MtlsCheck {
+    pub fn identity(&self, peer: &crate::tls::PeerNames) -> Result<Identity, AuthError> {
+        let subject = if self.by_san { peer.sans.first() } else { peer.cn.as_ref() }.ok_or(AuthError::CertificateName(if self.by_san { "a subject alternative name" } else { "a common name" }))?;
+        let (groups, agent_type) = self.clients.iter().find(|(s, ..)| s == subject).map(|(_, g, a)| (g.clone(), a.clone())).unwrap_or_default();
+        Ok(Identity { subject: subject.clone(), groups, agent_type, via: "mtls", claims: None })
+    }
 }
 
 /// A claim by dot-separated path.
@@ -180,6 +201,16 @@ impl Authenticator {
             Err(AuthError::Missing)
         } else {
             Ok(None)
+        }
+    }
+
+    /// Like [`Authenticator::check`], with the caller's verified client certificate: an explicit
+    /// credential (bearer token, API key) names the caller; otherwise the certificate does.
+    pub fn check_with_peer(&self, authorization: Option<&str>, api_key: Option<&str>, peer: Option<&crate::tls::PeerNames>) -> Result<Option<Identity>, AuthError> {
+        let explicit = authorization.is_some_and(|a| a.trim_start().get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer "))) || api_key.is_some();
+        match (&self.mtls, peer) {
+            (Some(m), Some(p)) if !explicit => m.identity(p).map(Some),
+            _ => self.check(authorization, api_key),
         }
     }
 

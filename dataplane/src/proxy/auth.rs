@@ -19,9 +19,9 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 const KEY_WAIT: Duration = Duration::from_secs(2);
 
 /// Who is calling; `Ok(None)` for an anonymous caller when identity is optional.
-pub async fn authenticate(auth: &Authenticator, head: &Head) -> Result<Option<Identity>, AuthError> {
+pub async fn authenticate(auth: &Authenticator, head: &Head, peer: Option<&crate::tls::PeerNames>) -> Result<Option<Identity>, AuthError> {
     let (authz, key) = (head.header_str("authorization"), head.header_str("x-api-key"));
-    match auth.check(authz, key) {
+    match auth.check_with_peer(authz, key, peer) {
         Err(AuthError::UnknownKey(kid)) => {
             let Some(jwks) = auth.jwks() else { return Err(AuthError::UnknownKey(kid)) };
             // The issuer may have rotated its keys: ask for a refetch and wait for it.

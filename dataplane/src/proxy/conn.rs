@@ -44,6 +44,17 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
         },
     };
     let is_tls = matches!(stream, Stream::ServerTls(_));
+    // A client certificate rustls verified (mTLS listener): its names, for identity.
+    let peer = match &stream {
+        Stream::ServerTls(s) => s.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| match crate::tls::peer_names(c) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(worker = w.id, %client, error = %e, "verified client certificate could not be read");
+                None
+            }
+        }),
+        _ => None,
+    };
     let mut rbuf = ReadBuf::default();
     let mut head = Head::default();
     let mut body = Vec::new();
@@ -103,7 +114,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
                 return;
             }
         }
-        let outcome = exchange::handle(&w, &cfg, &mut stream, &head, &body, client, is_tls, started).await;
+        let outcome = exchange::handle(&w, &cfg, &mut stream, &head, &body, client, is_tls, peer.as_ref(), started).await;
         let keep = match outcome {
             Ok(k) => k && keep_alive,
             Err(e) => {

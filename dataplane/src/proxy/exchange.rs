@@ -47,6 +47,7 @@ pub async fn handle(
     body: &[u8],
     client: SocketAddr,
     tls: bool,
+    peer: Option<&crate::tls::PeerNames>,
     started: Instant,
 ) -> Result<bool, ProxyError> {
     // Fail closed: a call the gateway cannot record is not forwarded.
@@ -89,7 +90,7 @@ pub async fn handle(
     };
     // Identify: no call is parsed, let alone forwarded, for a caller that is not authenticated.
     if let Some(auth) = cfg.identity.as_ref() {
-        match super::auth::authenticate(auth, head).await {
+        match super::auth::authenticate(auth, head, peer).await {
             Ok(id) => ctx.identity = id,
             Err(e) => {
                 let keep_alive = head.keep_alive() && !w.draining();

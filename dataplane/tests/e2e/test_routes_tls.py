@@ -179,3 +179,85 @@ def test_upstream_with_untrusted_certificate_is_502(certs, gateway):
     assert "TLS handshake" in r.json()["error"]["data"]["reason"]
     assert r.json()["id"] == 3
     up.shutdown()
+
+
+def client_cert(certs, name, subj, san=None, ca="ca"):
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=certs)
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subj,
+        "-keyout", f"{name}.key", "-out", f"{name}.csr")
+    ext = certs / f"{name}.cnf"
+    ext.write_text("extendedKeyUsage=clientAuth\n" + (f"subjectAltName={san}\n" if san else ""))
+    run("openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+        "-days", "2", "-extfile", str(ext), "-out", f"{name}.pem")
+    return (str(certs / f"{name}.pem"), str(certs / f"{name}.key"))
+
+
+def test_mtls_client_certificates_are_identities_for_the_policy(certs, echo_http):
+    """An mTLS listener: the verified client certificate names the caller (CN here), its groups
+    come from [identity.mtls]; the policy decides on them. A certificate from another CA never
+    completes the handshake; without one (client_auth = "optional") the call is a 401."""
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=certs)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=Rogue CA", "-keyout", "rogue.key", "-out", "rogue.pem")
+    bot = client_cert(certs, "bot", "/CN=build-bot/O=CI", san="URI:spiffe://corp/ci/build-bot")
+    stranger = client_cert(certs, "stranger", "/CN=stranger")
+    rogue = client_cert(certs, "rogue-bot", "/CN=build-bot", ca="rogue")
+    port, admin = free_port(), free_port()
+    (certs / "mtls-policy.toml").write_text(
+        "[[rule]]\nid = \"ci-bots\"\nwhen = 'identity.via == \"mtls\" && \"ci\" in identity.groups'\naction = \"allow\"\n")
+    cfg = certs / f"mtls-{port}.toml"
+    cfg.write_text(f"""
+[gateway]
+workers = 1
+[[listener]]
+address = "127.0.0.1:{port}"
+tls = {{ cert = "leaf.pem", key = "leaf.key", client_ca = "ca.pem", client_auth = "optional" }}
+[admin]
+address = "127.0.0.1:{admin}"
+[[upstream]]
+name = "api"
+url = "{echo_http}"
+[[route]]
+kind = "http"
+path = "/"
+upstream = "api"
+[identity]
+[identity.mtls]
+subject = "cn"
+[[identity.mtls.client]]
+subject = "build-bot"
+groups = ["ci"]
+agent_type = "service"
+[policy]
+file = "mtls-policy.toml"
+[recording.spool]
+dir = "spool-{port}"
+""")
+    out = subprocess.run([str(SLUICE), "check", "--config", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    p = Proc([str(SLUICE), "run", "--config", str(cfg)], certs / f"sluice-{port}.log")
+    try:
+        wait_port(port, proc=p.p)
+
+        def call(cert):
+            ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+            if cert:
+                ctx.load_cert_chain(*cert)
+            with httpx.Client(verify=ctx, timeout=5) as c:
+                return c.post(f"https://localhost:{port}/echo", json={"a": 1})
+
+        assert call(bot).status_code == 201
+        r = call(stranger)
+        assert r.status_code == 403 and r.json()["error"]["code"] == -32009, r.text
+        assert "`stranger`" in r.json()["error"]["data"]["reason"]
+        r = call(None)
+        assert r.status_code == 401 and r.json()["error"]["code"] == -32008, r.text
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+            call(rogue)
+    finally:
+        assert p.stop() == 0
+    events = [json.loads(l) for l in subprocess.run([str(SLUICE), "spool", "cat", str(certs / f"spool-{port}")],
+                                                     capture_output=True, text=True).stdout.splitlines()]
+    decided = {(e["identity"]["subject"], e["identity"].get("via"), e["decision"]["action"])
+               for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "policy"}
+    assert ("build-bot", "mtls", "allow") in decided and ("stranger", "mtls", "deny") in decided, decided
