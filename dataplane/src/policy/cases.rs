@@ -147,7 +147,7 @@ fn load_config(file: &File, base: &Path) -> Result<Config, String> {
     };
     let policy = base.join(p);
     let text = format!(
-        "[[listener]]\naddress = \"127.0.0.1:9\"\n[[upstream]]\nname = \"cases\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\npath = \"/mcp\"\nupstream = \"cases\"\n[policy]\nfile = {}\n",
+        "[[listener]]\naddress = \"127.0.0.1:9\"\n[[upstream]]\nname = \"cases\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\npath = \"/mcp\"\nupstream = \"cases\"\n[identity]\n[identity.mtls]\n[policy]\nfile = {}\n",
         toml::Value::String(policy.display().to_string())
     );
     let f: config::schema::File = toml::from_str(&text).map_err(|e| e.to_string())?;

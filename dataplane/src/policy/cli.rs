@@ -228,11 +228,12 @@ fn load(file: &Path) -> anyhow::Result<Policy> {
     })
 }
 
-/// A config with nothing but this policy (and default detection).
+/// A config with nothing but this policy (and default detection; an identity section so
+/// approval rules compile — callers are given by the cases or the command line).
 fn policy_only(p: &Path) -> anyhow::Result<config::Config> {
     let abs = std::fs::canonicalize(p).with_context(|| format!("cannot read {}", p.display()))?;
     let text = format!(
-        "[[listener]]\naddress = \"127.0.0.1:9\"\n[[upstream]]\nname = \"explain\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\npath = \"/mcp\"\nupstream = \"explain\"\n[policy]\nfile = {}\n",
+        "[[listener]]\naddress = \"127.0.0.1:9\"\n[[upstream]]\nname = \"explain\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\npath = \"/mcp\"\nupstream = \"explain\"\n[identity]\n[identity.mtls]\n[policy]\nfile = {}\n",
         toml::Value::String(abs.display().to_string())
     );
     let f: config::schema::File = toml::from_str(&text)?;
