@@ -187,3 +187,74 @@ def test_the_approvals_page_in_a_real_browser_lets_a_reviewer_approve(gw, idp, t
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width == 1280 and height >= 300
+
+
+def test_approval_steps_reach_the_approvals_topic_in_kafka(idp, gateway, py_json, kafka, tmp_path):
+    """With Kafka configured, approval steps go to the approvals topic (and the events topic)."""
+    from test_recording import topics
+
+    ev, ap = topics(kafka, "e2e-approvals")
+    (tmp_path / "policy.toml").write_text(POLICY)
+    extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\n'
+             f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n'
+             f'[recording]\n[recording.spool]\ndir = "{tmp_path / "spool"}"\n'
+             f'[recording.kafka]\nbrokers = "{kafka.bootstrap}"\nevents_topic = "{ev}"\napprovals_topic = "{ap}"\nlinger = "2ms"\n')
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+    reviewer = idp.token("finance-reviewer")
+    out = []
+    t = agent_call(g.url(), idp.token("support-agent"), "add", {"a": 7000, "b": 7}, out)
+    a = pending(g, reviewer, "add")
+    r = httpx.post(g.admin(f"/approvals/{a['id']}/approve"), headers={"authorization": f"Bearer {reviewer}"}, json={"reason": "ok"})
+    assert r.status_code == 200
+    t.join(30)
+    assert out[0][:2] == ("ok", "7007"), out
+    got = kafka.consume(ap, timeout=60, until=lambda m: len([x for x in m if x[3]["approval"]["id"] == a["id"]]) >= 2)
+    steps = [(e["kind"], e["approval"]["state"]) for _, _, _, e in got if e["approval"]["id"] == a["id"]]
+    assert ("approval_requested", "requested") in steps and ("approval_decided", "approved") in steps, steps
+    assert all(e["kind"].startswith("approval_") for _, _, _, e in got), "only approval steps on the approvals topic"
+
+
+def test_an_approval_does_not_carry_over_to_changed_arguments(gw, idp):
+    """The agent gives up waiting; the reviewer approves anyway. A retry with other arguments is
+    not covered (it waits for its own approval); the retry with the approved arguments goes
+    through at once, once."""
+    reviewer = idp.token("finance-reviewer")
+    h = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+         "authorization": f"Bearer {idp.token('support-agent')}"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+
+    def call(i, a):
+        return {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "add", "arguments": {"a": a, "b": 1}}}
+
+    with httpx.Client(timeout=20) as c:
+        r = c.post(gw.url(), json=init, headers=h)
+        h["mcp-session-id"] = r.headers["mcp-session-id"]
+        h["mcp-protocol-version"] = "2025-06-18"
+        c.post(gw.url(), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
+
+        def held_then_leave(i, a):
+            with c.stream("POST", gw.url(), json=call(i, a), headers=h) as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+                for line in r.iter_lines():
+                    if line.startswith("data:") and "waiting for approval" in line:
+                        return json.loads(line[5:])
+
+        note = held_then_leave(1, 500)
+        assert note["method"] == "notifications/message", note
+        first = pending(gw, reviewer, "add")
+        r = httpx.post(gw.admin(f"/approvals/{first['id']}/approve"), headers={"authorization": f"Bearer {reviewer}"}, json={})
+        assert r.status_code == 200
+        # Changed arguments: held again, under a request of their own.
+        held_then_leave(2, 900)
+        listed = {x["id"]: x for x in httpx.get(gw.admin("/approvals?all=1"), headers={"authorization": f"Bearer {reviewer}"}).json()["approvals"]}
+        assert listed[first["id"]]["state"] == "approved", "not used by the changed call"
+        other = [x for x in listed.values() if x["id"] != first["id"]]
+        assert len(other) == 1 and other[0]["state"] == "pending" and other[0]["arguments"] == {"a": 900, "b": 1}
+        assert other[0]["args_digest"] != first["args_digest"]
+        # The approved arguments: straight through, once.
+        r = c.post(gw.url(), json=call(3, 500), headers=h)
+        text = r.text
+        assert '"501"' in text or "501" in text, text
+        listed = {x["id"]: x for x in httpx.get(gw.admin("/approvals?all=1"), headers={"authorization": f"Bearer {reviewer}"}).json()["approvals"]}
+        assert listed[first["id"]]["state"] == "used"

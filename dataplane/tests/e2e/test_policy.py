@@ -206,3 +206,25 @@ def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upst
         h2 = {"authorization": f"Bearer {idp.token('support-agent')}"}
         assert c.post(g.url("/api/users"), json={"name": "x"}, headers=h2).status_code == 200
     assert seen == ["GET /api/reports/q3 HTTP/1.1", "POST /api/users HTTP/1.1"]
+
+
+def test_mask_rules_change_what_a_group_sees(idp, gateway, py_json, tmp_path):
+    """A mask rule for interns: personal data in answers is redacted for them, while others get
+    detection's default (a keyed fingerprint for e-mail addresses)."""
+    (tmp_path / "policy.toml").write_text(
+        "default = \"allow\"\n"
+        "[[rule]]\nid = \"interns-no-pii\"\nwhen = '\"interns\" in identity.groups'\naction = \"mask\"\n"
+        "direction = \"response\"\ncategories = [\"pii\"]\nstrategy = \"redact\"\n")
+    extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\n'
+             f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+
+    async def shout(s):
+        return await try_call(s, "shout", {"text": "write to ada.lovelace@example.com"})
+
+    intern = asyncio.run(session(g.url(), idp.token("intern-agent"), shout))
+    support = asyncio.run(session(g.url(), idp.token("support-agent"), shout))
+    assert intern[0] == "ok" and support[0] == "ok", (intern, support)
+    assert "ADA.LOVELACE@EXAMPLE.COM" not in intern[1] and "ADA.LOVELACE@EXAMPLE.COM" not in support[1]
+    assert "[REDACTED:email]" in intern[1], intern
+    assert "[REDACTED:email]" not in support[1] and "WRITE TO" in support[1], support
