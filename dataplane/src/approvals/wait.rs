@@ -119,6 +119,10 @@ pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse
             }
             State::Pending => {}
         }
+        if w.draining() {
+            // A draining gateway does not keep calls waiting for people.
+            return refuse(down, h, sse, false, &format!("the gateway is restarting; approval {} is still open — send the call again to wait for it", h.entry.id)).await;
+        }
         if sse && last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             let f = progress(h, started.elapsed());

@@ -258,3 +258,20 @@ def test_an_approval_does_not_carry_over_to_changed_arguments(gw, idp):
         assert '"501"' in text or "501" in text, text
         listed = {x["id"]: x for x in httpx.get(gw.admin("/approvals?all=1"), headers={"authorization": f"Bearer {reviewer}"}).json()["approvals"]}
         assert listed[first["id"]]["state"] == "used"
+
+
+def test_a_reviewer_can_never_approve_their_own_call(gw, idp):
+    reviewer = idp.token("finance-reviewer")
+    out = []
+    t = agent_call(gw.url(), reviewer, "add", {"a": 12345, "b": 0}, out)
+    a = pending(gw, reviewer, "add")
+    assert a["subject"] == "finance-reviewer"
+    r = httpx.post(gw.admin(f"/approvals/{a['id']}/approve"), headers={"authorization": f"Bearer {reviewer}"}, json={})
+    assert r.status_code == 403 and "own call" in r.json()["error"], r.text
+    r = httpx.post(gw.admin(f"/approvals/{a['id']}/deny"), headers={"authorization": f"Bearer {reviewer}"}, json={"reason": "x"})
+    assert r.status_code == 403
+    assert t.is_alive() and not out, "still waiting for someone else"
+    # A gateway that shuts down lets held calls go with an error instead of keeping them.
+    gw.proc.stop()
+    t.join(30)
+    assert out and out[0][:2] == ("error", -32011) and "restarting" in out[0][2], out
