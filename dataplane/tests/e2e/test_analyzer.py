@@ -1,0 +1,92 @@
+"""The analyzer's archive end to end: a scripted session through the gateway (official Python
+SDK client against the Python SDK server), its spool ingested into Parquet, read back by
+independent engines (pyarrow, DuckDB) and by the analyzer's SQL, views and replay. Ingesting
+again — the same spool or a copy of it — never duplicates an event."""
+
+import json
+import shutil
+import subprocess
+
+import duckdb
+import pyarrow.dataset as ds
+
+from conftest import ANALYZER, py_client, spool_events
+
+
+def analyzer(archive, *args, check=True):
+    r = subprocess.run([str(ANALYZER), "--archive", str(archive), *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def sql(archive, q):
+    r = analyzer(archive, "sql", q, "--format", "json")
+    return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+
+
+def test_spool_to_parquet_reads_the_same_everywhere_and_never_twice(py_json, gateway, tmp_path):
+    g = gateway([{"path": "/mcp", "upstream": py_json}])
+    py_client(g.url(), "py")
+    assert g.proc.stop() == 0
+    spooled = spool_events(g.spool)
+    ids = {e["id"] for e in spooled}
+    assert len(ids) == len(spooled) > 20
+    archive = tmp_path / "archive"
+
+    st = json.loads(analyzer(archive, "ingest", "--spool", str(g.spool)).stdout)
+    assert st["read"] == len(spooled) and st["written"] == len(spooled) and st["duplicates"] == 0, st
+    files = list((archive / "events").rglob("*.parquet"))
+    assert files and all(f.parent.name.startswith("hour=") and f.parent.parent.name.startswith("date=") for f in files)
+    assert not list(archive.rglob("*.tmp")), "no temporary file is left behind"
+
+    # Independent engines read the same events.
+    t = ds.dataset(str(archive / "events"), format="parquet", partitioning="hive").to_table()
+    assert t.num_rows == len(spooled) and set(t.column("id").to_pylist()) == ids
+    assert str(t.schema.field("ts").type) == "timestamp[us, tz=UTC]"
+    con = duckdb.connect()
+    glob = str(archive / "events" / "**" / "*.parquet")
+    n, kinds = con.execute(f"SELECT count(*), count(DISTINCT kind) FROM read_parquet('{glob}', hive_partitioning=true)").fetchone()
+    assert n == len(spooled) and kinds >= 4
+    by_kind = dict(con.execute(f"SELECT kind, count(*) FROM read_parquet('{glob}') GROUP BY kind").fetchall())
+    want = {}
+    for e in spooled:
+        want[e["kind"]] = want.get(e["kind"], 0) + 1
+    assert by_kind == want
+    # Payloads stay JSON text, and struct columns carry the nested records.
+    add = con.execute(f"SELECT payload FROM read_parquet('{glob}') WHERE kind = 'request' AND tool = 'add'").fetchone()[0]
+    assert json.loads(add)["arguments"] == {"a": 2, "b": 3} or "arguments" in json.loads(add)
+
+    # Ingest again, and a copy of the spool (another cursor): nothing is written twice.
+    st = json.loads(analyzer(archive, "ingest", "--spool", str(g.spool)).stdout)
+    assert st["written"] == 0, st
+    copy = tmp_path / "spool-copy"
+    shutil.copytree(g.spool, copy)
+    st = json.loads(analyzer(archive, "ingest", "--spool", str(copy)).stdout)
+    assert st["read"] == len(spooled) and st["written"] == 0 and st["duplicates"] == len(spooled), st
+    assert ds.dataset(str(archive / "events"), format="parquet", partitioning="hive").count_rows() == len(spooled)
+
+    # The analyzer's own SQL and views.
+    rows = sql(archive, "SELECT count(*) AS n FROM events")
+    assert rows == [{"n": len(spooled)}]
+    calls = sql(archive, "SELECT tool, arguments, result, latency_us FROM tool_calls ORDER BY ts")
+    assert calls and all(c["result"] is not None for c in calls), calls
+    assert {c["tool"] for c in calls} >= {"add"}
+    sessions = sql(archive, "SELECT DISTINCT session FROM events WHERE session IS NOT NULL")
+    assert len(sessions) == 1
+    sid = sessions[0]["session"]
+
+    out = analyzer(archive, "replay", sid).stdout
+    lines = out.splitlines()
+    assert any("→ initialize" in l for l in lines), out[:2000]
+    assert any("→ tools/call add" in l for l in lines) and any("← answer" in l and " add" in l for l in lines), out[:3000]
+    js = json.loads(analyzer(archive, "replay", sid, "--json").stdout)
+    assert [e["id"] for e in js] == [e["id"] for e in sorted((e for e in spooled if e.get("session") == sid), key=lambda e: (e["ts"], e["id"]))]
+
+    # CSV and Parquet outputs.
+    csv = analyzer(archive, "sql", "SELECT kind, count(*) AS n FROM events GROUP BY kind ORDER BY kind", "--format", "csv").stdout
+    assert csv.splitlines()[0] == "kind,n"
+    analyzer(archive, "sql", "SELECT id, kind FROM events", "--format", "parquet", "--out", str(tmp_path / "ids.parquet"))
+    assert ds.dataset(str(tmp_path / "ids.parquet")).count_rows() == len(spooled)
+    bad = analyzer(archive, "sql", "SELECT nope FROM events", check=False)
+    assert bad.returncode == 2 and "nope" in bad.stderr
