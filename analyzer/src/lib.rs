@@ -9,7 +9,9 @@
 //! `archive` owns the file layout and atomic writes, `ingest` the sources, `query` the SQL
 //! session (tables and views), `replay` a session's transcript.
 
+pub mod alerts;
 pub mod archive;
+pub mod chains;
 pub mod ingest;
 pub mod query;
 pub mod replay;

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use sluice_analyzer::{ingest, query, replay};
+use sluice_analyzer::{chains, ingest, query, replay};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -35,6 +35,24 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run the chain detections over the archive; new alerts go to the archive's `alerts`
+    /// table, to stdout (JSON lines) and, with --kafka, to the alerts topic.
+    Chains {
+        /// More rule files (`*.sql`) besides the built-in ones.
+        #[arg(long)]
+        rules: Vec<PathBuf>,
+        /// Only the rules from --rules.
+        #[arg(long)]
+        no_builtin: bool,
+        /// Kafka brokers for the alerts topic.
+        #[arg(long)]
+        kafka: Option<String>,
+        #[arg(long, default_value = "sluice.alerts")]
+        topic: String,
+        /// List the rules and exit.
+        #[arg(long)]
+        list: bool,
+    },
     /// A session's transcript in order (gateway session id).
     Replay {
         session: String,
@@ -64,6 +82,25 @@ async fn run(cli: Cli) -> Result<()> {
             let ctx = query::context(&cli.archive).await?;
             let (schema, batches) = query::run(&ctx, &q).await?;
             query::output(schema, &batches, format, out.as_deref())?;
+        }
+        Cmd::Chains { rules, no_builtin, kafka, topic, list } => {
+            let rules = chains::load(!no_builtin, &rules)?;
+            if list {
+                for r in &rules {
+                    println!("{:<28} {:<9} {}  ({})", r.id, r.severity, r.summary, r.source);
+                }
+                return Ok(());
+            }
+            let ctx = query::context(&cli.archive).await?;
+            let alerts = chains::run(&ctx, &rules).await?;
+            chains::archive(&cli.archive, &alerts)?;
+            if let Some(brokers) = kafka {
+                sluice_analyzer::alerts::send(&brokers, &topic, &alerts)?;
+            }
+            for a in &alerts {
+                println!("{}", serde_json::to_string(a)?);
+            }
+            eprintln!("sluice-analyzer: {} rule(s), {} new alert(s)", rules.len(), alerts.len());
         }
         Cmd::Replay { session, json } => {
             let ctx = query::context(&cli.archive).await?;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub const VIEWS: &[(&str, &str)] = &[
     (
         "tool_calls",
-        "SELECT q.ts, q.date, q.hour, q.session, q.identity['subject'] AS subject, q.identity['agent_type'] AS agent_type, q.route, q.upstream, \
+        "SELECT q.ts, q.session, q.identity['subject'] AS subject, q.identity['agent_type'] AS agent_type, q.route, q.upstream, \
                 q.tool, q.rpc_id, q.payload AS arguments, r.ts AS answered_at, r.latency_us, r.status, r.error_code, r.payload AS result, q.id AS request_id, r.id AS response_id \
          FROM events q LEFT JOIN events r \
            ON r.session = q.session AND r.rpc_id = q.rpc_id AND r.kind IN ('response') AND r.direction = 'response' \
@@ -26,20 +26,20 @@ pub const VIEWS: &[(&str, &str)] = &[
     ),
     (
         "findings",
-        "SELECT id AS event_id, ts, date, hour, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
+        "SELECT id AS event_id, ts, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
                 f['rule'] AS rule, f['kind'] AS kind, f['category'] AS category, f['severity'] AS severity, f['path'] AS path, \
                 f['action'] AS action, f['fingerprint'] AS fingerprint, f['encoding'] AS encoding \
          FROM (SELECT *, unnest(findings) AS f FROM events WHERE kind = 'findings')",
     ),
     (
         "decisions",
-        "SELECT id AS event_id, ts, date, hour, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
+        "SELECT id AS event_id, ts, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
                 decision['stage'] AS stage, decision['action'] AS action, decision['rule'] AS rule, decision['reason'] AS reason \
          FROM events WHERE kind = 'decision'",
     ),
     (
         "approvals",
-        "SELECT id AS event_id, ts, date, hour, session, identity['subject'] AS subject, route, tool, kind AS step, \
+        "SELECT id AS event_id, ts, session, identity['subject'] AS subject, route, tool, kind AS step, \
                 approval['id'] AS approval_id, approval['state'] AS state, approval['by'] AS reviewer, approval['reason'] AS reason, \
                 approval['waited_ms'] AS waited_ms, approval['args_digest'] AS args_digest \
          FROM events WHERE kind LIKE 'approval_%'",
@@ -64,11 +64,27 @@ pub async fn context(root: &Path) -> Result<SessionContext> {
     let schema = Arc::new(sluice_schema::arrow::schema());
     register(&ctx, root, "events", schema.clone()).await?;
     register(&ctx, root, "alerts", Arc::new(crate::alerts_schema())).await?;
+    add_views(&ctx).await?;
+    Ok(ctx)
+}
+
+/// A session over events held in memory (chain rule tests, replays of a spool).
+pub async fn context_in_memory(events: Vec<RecordBatch>) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    let schema = Arc::new(sluice_schema::arrow::schema());
+    ctx.register_table("events", Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![events])?))?;
+    let alerts = Arc::new(crate::alerts_schema());
+    ctx.register_table("alerts", Arc::new(datafusion::datasource::MemTable::try_new(alerts, vec![vec![]])?))?;
+    add_views(&ctx).await?;
+    Ok(ctx)
+}
+
+async fn add_views(ctx: &SessionContext) -> Result<()> {
     for (name, sql) in VIEWS {
         let df = ctx.sql(sql).await.with_context(|| format!("view {name}"))?;
         ctx.register_table(*name, df.into_view())?;
     }
-    Ok(ctx)
+    Ok(())
 }
 
 /// Run one query; the batches of its result.

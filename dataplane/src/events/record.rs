@@ -77,9 +77,12 @@ impl Observer for RecordObserver {
         let ctx = &*ctx;
         let mut buf = self.payload.borrow_mut();
         buf.clear();
-        // The payload: never for a refused message (it may hold what was blocked), the fully
-        // masked copy when findings were only logged, else the forwarded (masked) value.
-        let refused = matches!(verdict, Verdict::Refuse { .. });
+        // The payload: never for a message content inspection refused (it may hold what was
+        // blocked), the fully masked copy when findings were only logged, else the forwarded
+        // (masked) value — also for a call the policy refused, as masked as if it had been
+        // forwarded (audits and chain rules need to see what was attempted).
+        let by_policy = ctx.decision.as_ref().is_some_and(|d| d.outcome != crate::policy::Outcome::Allow);
+        let refused = matches!(verdict, Verdict::Refuse { .. }) && !by_policy;
         let text: Option<&str> = if refused {
             None
         } else if let Some(m) = masked_copy.as_deref() {

@@ -1,0 +1,50 @@
+//! Alerts to Kafka: one message per alert (JSON, key = session), delivered with `acks=all`
+//! and idempotence before the command reports success; a failed delivery is an error.
+
+use crate::chains::Alert;
+use anyhow::{bail, Context as _, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Failures(AtomicUsize);
+
+impl ClientContext for Failures {}
+
+impl ProducerContext for Failures {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            eprintln!("sluice-analyzer: an alert was not delivered: {e}");
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub fn send(brokers: &str, topic: &str, alerts: &[Alert]) -> Result<()> {
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    let p: ThreadedProducer<Failures> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "zstd")
+        .set("message.timeout.ms", "30000")
+        .create_with_context(Failures::default())
+        .context("creating the Kafka producer for alerts")?;
+    for a in alerts {
+        let body = serde_json::to_vec(a)?;
+        let key = a.session.clone().unwrap_or_default();
+        p.send(BaseRecord::to(topic).key(&key).payload(&body)).map_err(|(e, _)| e).with_context(|| format!("queueing alert {} for {topic}", a.id))?;
+    }
+    p.flush(Duration::from_secs(35)).with_context(|| format!("delivering {} alert(s) to {topic} at {brokers}", alerts.len()))?;
+    let failed = p.context().0.load(Ordering::Relaxed);
+    if failed > 0 || p.in_flight_count() > 0 {
+        bail!("{} of {} alert(s) were not delivered to {topic} at {brokers}", failed.max(p.in_flight_count() as usize), alerts.len());
+    }
+    Ok(())
+}
