@@ -229,3 +229,77 @@ fn commit(w: &mut Writer, st: &mut Stats, cpath: &Path, at: (u64, u64)) -> Resul
     st.files += files;
     save_cursor(cpath, at)
 }
+
+/// Ingest from a Kafka topic with a consumer group until every assigned partition is caught
+/// up (or nothing arrived for `idle`). Offsets are committed only after the Parquet files that
+/// hold the events before them are durable; a crash re-reads from the last commit and dedup
+/// drops what was archived already.
+pub fn from_kafka(brokers: &str, topic: &str, group: &str, root: &Path, rows_per_file: usize, idle: std::time::Duration) -> Result<Stats> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::error::KafkaError;
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create()
+        .context("creating the Kafka consumer")?;
+    c.subscribe(&[topic]).with_context(|| format!("subscribing to {topic}"))?;
+    let mut w = Writer::new(root, "events", rows_per_file);
+    let mut st = Stats::default();
+    let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
+    // Next offset to commit per partition (what the pending files hold ends there).
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut eof: HashSet<i32> = HashSet::new();
+    let mut quiet = std::time::Instant::now();
+    let commit_offsets = |c: &BaseConsumer, next: &BTreeMap<i32, i64>| -> Result<()> {
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in next {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+        }
+        c.commit(&tpl, CommitMode::Sync).context("committing consumer offsets")
+    };
+    loop {
+        match c.poll(std::time::Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                quiet = std::time::Instant::now();
+                eof.remove(&m.partition());
+                if let Some(v) = m.payload() {
+                    chunk.push(v.to_vec());
+                }
+                next.insert(m.partition(), m.offset() + 1);
+                if chunk.len() == CHUNK {
+                    ingest_chunk(&mut w, &mut chunk, &mut st)?;
+                    if w.due() {
+                        let (rows, files) = w.flush()?;
+                        st.written += rows;
+                        st.files += files;
+                        commit_offsets(&c, &next)?;
+                    }
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            Some(Err(e)) => return Err(anyhow::anyhow!(e)).with_context(|| format!("consuming {topic} from {brokers}")),
+            None => {}
+        }
+        let assigned: Vec<i32> = c.assignment().map(|a| a.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default();
+        let caught_up = !assigned.is_empty() && assigned.iter().all(|p| eof.contains(p));
+        if caught_up || quiet.elapsed() >= idle {
+            break;
+        }
+    }
+    ingest_chunk(&mut w, &mut chunk, &mut st)?;
+    let (rows, files) = w.flush()?;
+    st.written += rows;
+    st.files += files;
+    commit_offsets(&c, &next)?;
+    Ok(st)
+}

@@ -17,10 +17,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Archive the events of a gateway's spool directory (from where the last run stopped).
+    /// Archive session events from a gateway's spool directory (from where the last run
+    /// stopped) or from the Kafka events topic (with a consumer group, until caught up).
     Ingest {
+        #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka")]
+        spool: Option<PathBuf>,
+        /// Kafka brokers (`host:port,…`).
         #[arg(long)]
-        spool: PathBuf,
+        kafka: Option<String>,
+        #[arg(long, default_value = "sluice.events")]
+        topic: String,
+        #[arg(long, default_value = "sluice-analyzer")]
+        group: String,
+        /// Stop after this long without a message even if not caught up (seconds).
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
         /// Rows buffered before files are written (one file per hour partition).
         #[arg(long, default_value_t = 1_000_000)]
         rows_per_file: usize,
@@ -74,8 +85,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Ingest { spool, rows_per_file } => {
-            let st = ingest::from_spool(&spool, &cli.archive, rows_per_file)?;
+        Cmd::Ingest { spool, kafka, topic, group, idle_secs, rows_per_file } => {
+            let st = match (spool, kafka) {
+                (Some(dir), _) => ingest::from_spool(&dir, &cli.archive, rows_per_file)?,
+                (None, Some(brokers)) => ingest::from_kafka(&brokers, &topic, &group, &cli.archive, rows_per_file, std::time::Duration::from_secs(idle_secs))?,
+                (None, None) => anyhow::bail!("give --spool DIR or --kafka BROKERS"),
+            };
             println!("{}", serde_json::to_string(&st)?);
         }
         Cmd::Sql { query: q, format, out } => {

@@ -90,3 +90,65 @@ def test_spool_to_parquet_reads_the_same_everywhere_and_never_twice(py_json, gat
     assert ds.dataset(str(tmp_path / "ids.parquet")).count_rows() == len(spooled)
     bad = analyzer(archive, "sql", "SELECT nope FROM events", check=False)
     assert bad.returncode == 2 and "nope" in bad.stderr
+
+
+def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafka, tmp_path):
+    """A session probes the policy (three refused calls to one tool with different arguments);
+    its events go through the real Kafka broker, the analyzer ingests them with a consumer
+    group, the probing rule fires, and the alert arrives on the alerts topic with evidence
+    that is in the archive."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.shared.exceptions import McpError
+
+    from conftest import BROKER
+    from test_recording import topics
+
+    ev, _ = topics(kafka, "e2e-analyzer")
+    alerts_topic = "e2e-analyzer.alerts"
+    subprocess.run([str(BROKER), "topics", str(kafka.port), f"{alerts_topic}:2"], check=True, capture_output=True)
+    (tmp_path / "policy.toml").write_text(
+        "default = \"allow\"\n[[rule]]\nid = \"small-sums\"\nwhen = 'tool.name == \"add\" && args.a > 10'\naction = \"deny\"\n"
+        "reason = \"sums above 10 are not allowed\"\n")
+    extra = (f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n'
+             f'[recording]\n[recording.spool]\ndir = "{tmp_path / "spool"}"\n'
+             f'[recording.kafka]\nbrokers = "{kafka.bootstrap}"\nevents_topic = "{ev}"\napprovals_topic = "{ev}"\nlinger = "2ms"\n')
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+
+    async def probe():
+        async with streamablehttp_client(g.url()) as (read, write, _):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                out = []
+                for a in (1, 11, 12, 13):
+                    try:
+                        await s.call_tool("add", {"a": a, "b": 1})
+                        out.append("ok")
+                    except McpError as e:
+                        out.append(e.error.code)
+                return out
+
+    assert asyncio.run(probe()) == ["ok", -32009, -32009, -32009]
+    assert g.proc.stop() == 0
+    emitted = len(spool_events(tmp_path / "spool"))
+    archive = tmp_path / "archive"
+    st = json.loads(analyzer(archive, "ingest", "--kafka", kafka.bootstrap, "--topic", ev, "--group", "e2e-analyzer", "--idle-secs", "20").stdout)
+    assert st["written"] == emitted and st["duplicates"] == 0, (st, emitted)
+    # The group's offsets were committed: a second run has nothing new.
+    st = json.loads(analyzer(archive, "ingest", "--kafka", kafka.bootstrap, "--topic", ev, "--group", "e2e-analyzer", "--idle-secs", "5").stdout)
+    assert st["read"] == 0, st
+
+    r = analyzer(archive, "chains", "--kafka", kafka.bootstrap, "--topic", alerts_topic)
+    alerts = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    probing = [a for a in alerts if a["rule"] == "probing"]
+    assert len(probing) == 1, alerts
+    ids = {row["id"] for row in sql(archive, "SELECT id FROM events")}
+    assert len(probing[0]["evidence"]) == 3 and set(probing[0]["evidence"]) <= ids
+    got = kafka.consume(alerts_topic, want=len(alerts), timeout=60)
+    assert [m[3]["id"] for m in got if m[3]["rule"] == "probing"] == [probing[0]["id"]]
+    # Running the rules again raises nothing new; the alert is in the archive's alerts table.
+    r = analyzer(archive, "chains")
+    assert r.stdout.strip() == "", r.stdout
+    assert sql(archive, "SELECT rule, cardinality(evidence) AS n FROM alerts WHERE rule = 'probing'") == [{"rule": "probing", "n": 3}]
