@@ -15,6 +15,7 @@ pub mod chains;
 pub mod ingest;
 pub mod query;
 pub mod replay;
+pub mod report;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use std::sync::Arc;

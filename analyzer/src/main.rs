@@ -64,6 +64,18 @@ enum Cmd {
         #[arg(long)]
         list: bool,
     },
+    /// An audit report of a time range (RFC 3339 times, `--to` exclusive).
+    Report {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_parser = ["html", "md", "json"], default_value = "html")]
+        format: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// A session's transcript in order (gateway session id).
     Replay {
         session: String,
@@ -116,6 +128,19 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(a)?);
             }
             eprintln!("sluice-analyzer: {} rule(s), {} new alert(s)", rules.len(), alerts.len());
+        }
+        Cmd::Report { from, to, format, out } => {
+            let ctx = query::context(&cli.archive).await?;
+            let r = sluice_analyzer::report::build(&ctx, &from, &to).await?;
+            let text = match format.as_str() {
+                "json" => serde_json::to_string_pretty(&r)?,
+                "md" => sluice_analyzer::report::markdown(&r),
+                _ => sluice_analyzer::report::html(&r),
+            };
+            match out {
+                Some(p) => std::fs::write(&p, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?,
+                None => print!("{text}"),
+            }
         }
         Cmd::Replay { session, json } => {
             let ctx = query::context(&cli.archive).await?;

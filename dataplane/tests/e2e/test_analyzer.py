@@ -10,7 +10,7 @@ import subprocess
 import duckdb
 import pyarrow.dataset as ds
 
-from conftest import ANALYZER, py_client, spool_events
+from conftest import ANALYZER, HERE, NODE, py_client, spool_events
 
 
 def analyzer(archive, *args, check=True):
@@ -152,3 +152,24 @@ def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafk
     r = analyzer(archive, "chains")
     assert r.stdout.strip() == "", r.stdout
     assert sql(archive, "SELECT rule, cardinality(evidence) AS n FROM alerts WHERE rule = 'probing'") == [{"rule": "probing", "n": 3}]
+
+    # The audit report of the period: JSON data, Markdown, and HTML checked in a real browser.
+    period = ["--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z"]
+    rep = json.loads(analyzer(archive, "report", *period, "--format", "json").stdout)
+    assert rep["summary"]["blocked"] == 3 and rep["summary"]["alerts"] == 1 and rep["summary"]["sessions"] == 1, rep["summary"]
+    blocked = next(s for s in rep["sections"] if s["id"] == "blocked")
+    assert [r["rule"] for r in blocked["rows"]] == ["small-sums"] * 3
+    md = analyzer(archive, "report", *period, "--format", "md").stdout
+    assert "## Chain alerts" in md and "| probing | medium | 1 | 1 |" in md, md
+    html = tmp_path / "report.html"
+    analyzer(archive, "report", *period, "--out", str(html))
+    shot = tmp_path / "report.png"
+    r = subprocess.run([NODE, str(HERE / "clients" / "report_page.mjs"), str(html), str(shot)], capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-3000:]
+    page = json.loads(r.stdout.strip().splitlines()[-1])
+    assert page["title"] == "Sluice audit report"
+    ids = [s["id"] for s in page["sections"]]
+    assert ids == ["summary", "tools", "identities", "decisions", "blocked", "findings", "approvals", "alerts", "pins"], ids
+    assert page["charts"] >= 3 and any("blocked" in c and c.startswith("3") for c in page["cards"]), page
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[20:24], "big") > 900, "a full page, taller than one screen"
