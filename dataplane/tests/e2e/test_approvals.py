@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
 
 from conftest import HERE, NODE, SLUICE, spool_events
-from test_identity import AUDIENCE, OP, new_key
+from test_identity import AUDIENCE, idp  # noqa: F401 (the OpenID Provider fixture)
 
 POLICY = """
 [[rule]]
@@ -44,14 +44,6 @@ id = "support"
 when = '"support" in identity.groups'
 action = "allow"
 """
-
-
-@pytest.fixture
-def idp(tmp_path):
-    _, j1 = new_key("k1")
-    op = OP(tmp_path, [j1])
-    yield op
-    op.stop()
 
 
 @pytest.fixture

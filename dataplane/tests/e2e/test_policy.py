@@ -14,7 +14,7 @@ from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
 
 from conftest import spool_events
-from test_identity import ACCEPT, AUDIENCE, INIT, OP, new_key
+from test_identity import ACCEPT, AUDIENCE, INIT, idp  # noqa: F401 (the OpenID Provider fixture)
 
 POLICY = """
 default = "deny"
@@ -43,14 +43,6 @@ id = "support-tools"
 when = '"support" in identity.groups && tool.name in ["add", "shout", "fail"]'
 action = "allow"
 """
-
-
-@pytest.fixture
-def idp(tmp_path):
-    _, j1 = new_key("k1")
-    op = OP(tmp_path, [j1])
-    yield op
-    op.stop()
 
 
 def policy_gateway(gateway, idp, py_json, tmp_path):

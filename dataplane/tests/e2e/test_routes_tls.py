@@ -56,17 +56,30 @@ def echo_http():
     s.shutdown()
 
 
+def openssl(d, *args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+
+def make_ca(d, name, cn):
+    openssl(d, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.pem")
+
+
+def issue(d, name, subj, ext, ca="ca"):
+    """A P-256 key and a certificate for `subj` signed by CA `ca`, with the extensions `ext`."""
+    openssl(d, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subj,
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")
+    (d / f"{name}.cnf").write_text(ext)
+    openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.cnf", "-out", f"{name}.pem")
+    return (str(d / f"{name}.pem"), str(d / f"{name}.key"))
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("certs")
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=d)
-    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-        "-subj", "/CN=Sluice Test CA", "-keyout", "ca.key", "-out", "ca.pem")
-    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", "leaf.key", "-out", "leaf.csr")
-    run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "ext.cnf", "-out", "leaf.pem")
+    make_ca(d, "ca", "Sluice Test CA")
+    issue(d, "leaf", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     return d
 
 
@@ -182,23 +195,14 @@ def test_upstream_with_untrusted_certificate_is_502(certs, gateway):
 
 
 def client_cert(certs, name, subj, san=None, ca="ca"):
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=certs)
-    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subj,
-        "-keyout", f"{name}.key", "-out", f"{name}.csr")
-    ext = certs / f"{name}.cnf"
-    ext.write_text("extendedKeyUsage=clientAuth\n" + (f"subjectAltName={san}\n" if san else ""))
-    run("openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-        "-days", "2", "-extfile", str(ext), "-out", f"{name}.pem")
-    return (str(certs / f"{name}.pem"), str(certs / f"{name}.key"))
+    return issue(certs, name, subj, "extendedKeyUsage=clientAuth\n" + (f"subjectAltName={san}\n" if san else ""), ca)
 
 
 def test_mtls_client_certificates_are_identities_for_the_policy(certs, echo_http):
     """An mTLS listener: the verified client certificate names the caller (CN here), its groups
     come from [identity.mtls]; the policy decides on them. A certificate from another CA never
     completes the handshake; without one (client_auth = "optional") the call is a 401."""
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=certs)
-    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-        "-subj", "/CN=Rogue CA", "-keyout", "rogue.key", "-out", "rogue.pem")
+    make_ca(certs, "rogue", "Rogue CA")
     bot = client_cert(certs, "bot", "/CN=build-bot/O=CI", san="URI:spiffe://corp/ci/build-bot")
     stranger = client_cert(certs, "stranger", "/CN=stranger")
     rogue = client_cert(certs, "rogue-bot", "/CN=build-bot", ca="rogue")
