@@ -110,11 +110,14 @@ impl PolicyHook {
         PolicyHook { sessions: Arc::new(sessions) }
     }
 
-    fn session_state(&self, ctx: &RequestCtx, tool: Option<&str>) -> (Option<super::SessionFacts>, Option<Annotations>) {
+    /// The session's policy state (copied only when some condition reads `session`) and the
+    /// tool's annotations.
+    fn session_state(&self, p: &Policy, ctx: &RequestCtx, tool: Option<&str>) -> (Option<super::SessionFacts>, Option<Annotations>) {
         let Some(sid) = ctx.mcp_session_id.as_deref() else {
             return (None, None);
         };
-        self.sessions.store().with(sid, |s| (Some(s.policy.clone()), tool.and_then(|t| s.tools.get(t).copied()))).unwrap_or((None, None))
+        let copy = p.reads("session");
+        self.sessions.store().with(sid, |s| (copy.then(|| s.policy.clone()), tool.and_then(|t| s.tools.get(t).copied()))).unwrap_or((None, None))
     }
 
     /// Remember what this message adds to the session's policy state.
@@ -142,7 +145,7 @@ impl PolicyHook {
     }
 
     fn request(&self, p: &Policy, ctx: &mut RequestCtx, info: &MessageInfo, value: &BorrowedValue<'_>) -> Verdict {
-        let (session, annotations) = self.session_state(ctx, info.tool.as_deref());
+        let (session, annotations) = self.session_state(p, ctx, info.tool.as_deref());
         let decision = {
             let mut f = facts(ctx, Direction::Request, info, value);
             f.session = session.as_ref();
@@ -229,7 +232,7 @@ impl PolicyHook {
 
     /// Keep only the tools this caller may call; remember their annotations for the session.
     fn tools_list(&self, p: &Policy, ctx: &mut RequestCtx, info: &MessageInfo, value: &mut BorrowedValue<'_>) -> bool {
-        let (session, _) = self.session_state(ctx, None);
+        let (session, _) = self.session_state(p, ctx, None);
         let Some(BorrowedValue::Array(tools)) = value.get_mut("result").and_then(|r| r.get_mut("tools")) else {
             return false;
         };
@@ -288,7 +291,7 @@ impl MessageHook for PolicyHook {
                 }
                 let mut verdict = if changed { Verdict::Changed } else { Verdict::Pass };
                 if p.has_response_rules() {
-                    let (session, annotations) = self.session_state(ctx, info.tool.as_deref());
+                    let (session, annotations) = self.session_state(&p, ctx, info.tool.as_deref());
                     let decision = {
                         let mut f = facts(ctx, Direction::Response, info, value);
                         f.session = session.as_ref();

@@ -454,6 +454,11 @@ impl Policy {
         })
     }
 
+    /// Whether any condition reads the input `var` (one of [`facts::VARIABLES`]).
+    pub fn reads(&self, var: &str) -> bool {
+        facts::VARIABLES.iter().position(|v| *v == var).is_some_and(|i| self.rules.iter().any(|r| r.vars & (1 << i) != 0))
+    }
+
     pub fn has_response_rules(&self) -> bool {
         !self.response.is_empty()
     }

@@ -207,6 +207,7 @@ fn session_state_and_claims_are_inputs() {
     assert_eq!(p.decide(&f, None).label(), "deny by tainted");
     f.tool = Some("search");
     assert_eq!(p.decide(&f, None).label(), "allow by tenant");
+    assert!(p.reads("session") && p.reads("identity") && !p.reads("args") && !p.reads("nope"));
     let st3 = SessionFacts { calls: 3, ..Default::default() };
     f.session = Some(&st3);
     assert_eq!(p.decide(&f, None).label(), "deny by budget");
