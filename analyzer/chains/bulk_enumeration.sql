@@ -4,7 +4,8 @@
 --
 -- Twenty or more calls in one minute to tools whose names read records (get, read, fetch,
 -- lookup, query, search, list, describe, show), each with different arguments. Near misses:
--- the same call repeated, or the reads spread over more than a minute.
+-- the same call repeated, or the reads spread over more than a minute. One alert per session
+-- (`incident`).
 WITH reads AS (
   SELECT id, ts, session, identity['subject'] AS subject, payload FROM events
   WHERE kind = 'request' AND method = 'tools/call' AND tool ~* '(get|read|fetch|lookup|query|search|list|describe|show)'
@@ -18,4 +19,4 @@ windows AS (
 hits AS (
   SELECT *, row_number() OVER (PARTITION BY session ORDER BY t0) AS n FROM windows WHERE distinct_calls >= 20
 )
-SELECT session, subject, ts, evidence FROM hits WHERE n = 1
+SELECT session, subject, ts, evidence, session AS incident FROM hits WHERE n = 1

@@ -5,6 +5,7 @@
 -- Three or more calls to the same tool in a session that the gateway refused (policy deny,
 -- rate limit, content block), each with different arguments, within 5 minutes of the first.
 -- Near misses: the same arguments retried (a client retry loop), or two attempts only.
+-- One alert per session and tool (`incident`), however many attempts follow.
 WITH refused AS (
   SELECT d.event_id, d.ts, d.session, d.subject, d.tool, q.payload AS args
   FROM decisions d
@@ -14,7 +15,8 @@ WITH refused AS (
 firsts AS (
   SELECT session, tool, min(ts) AS t0 FROM refused GROUP BY session, tool
 )
-SELECT r.session, max(r.subject) AS subject, max(r.ts) AS ts, array_agg(r.event_id ORDER BY r.ts) AS evidence
+SELECT r.session, max(r.subject) AS subject, max(r.ts) AS ts, array_agg(r.event_id ORDER BY r.ts) AS evidence,
+       r.session || '/' || r.tool AS incident
 FROM refused r JOIN firsts f ON f.session = r.session AND f.tool = r.tool
 WHERE r.ts <= f.t0 + INTERVAL '5 minutes'
 GROUP BY r.session, r.tool

@@ -32,10 +32,15 @@ impl Hour {
     }
 
     pub fn dir(&self, root: &Path, table: &str) -> PathBuf {
+        let (date, hour) = self.partition();
+        root.join(table).join(format!("date={date}")).join(format!("hour={hour}"))
+    }
+
+    /// The values of the `date` and `hour` partition columns (`YYYY-MM-DD`, `HH`, UTC).
+    pub fn partition(&self) -> (String, String) {
         let secs = self.n * 3600;
-        let days = secs.div_euclid(86_400);
-        let (y, m, d) = civil(days);
-        root.join(table).join(format!("date={y:04}-{m:02}-{d:02}")).join(format!("hour={:02}", secs.rem_euclid(86_400) / 3600))
+        let (y, m, d) = civil(secs.div_euclid(86_400));
+        (format!("{y:04}-{m:02}-{d:02}"), format!("{:02}", secs.rem_euclid(86_400) / 3600))
     }
 }
 

@@ -7,7 +7,10 @@
 //! one query over `events` and the views that returns the columns `session`, `subject`, `ts`
 //! (when the chain completed) and `evidence` (the ids of the events that make the chain).
 //! Each row is an alert; its id is derived from the rule and the evidence, so running the
-//! rules again never raises the same alert twice.
+//! rules again never raises the same alert twice. A rule whose evidence can grow as more events
+//! arrive (a count over a window) also returns an `incident` column (text): the id is then
+//! derived from the rule and the incident, so continuous mode, which runs the rules while a
+//! session is still going, raises it once — with the evidence known at that moment.
 
 use anyhow::{bail, Context as _, Result};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray};
@@ -97,15 +100,29 @@ pub async fn run_rule(ctx: &SessionContext, rule: &Rule) -> Result<Vec<Alert>> {
         let subject = subject.as_string_opt::<i32>().with_context(|| format!("rule {}: `subject` must be text", rule.id))?;
         let ts = col("ts")?.as_primitive_opt::<TimestampMicrosecondType>().with_context(|| format!("rule {}: `ts` must be a timestamp", rule.id))?;
         let evidence = col("evidence")?.as_list_opt::<i32>().with_context(|| format!("rule {}: `evidence` must be a list of event ids", rule.id))?;
+        let incident = match b.column_by_name("incident") {
+            Some(c) => Some(c.as_string_opt::<i32>().with_context(|| format!("rule {}: `incident` must be text", rule.id))?),
+            None => None,
+        };
         for i in 0..b.num_rows() {
             let ev = evidence.value(i);
             let ev = ev.as_string_opt::<i32>().with_context(|| format!("rule {}: evidence items must be event ids", rule.id))?;
             let evidence: Vec<String> = ev.iter().flatten().map(str::to_owned).collect();
             let mut h = blake3::Hasher::new();
             h.update(rule.id.as_bytes());
-            for e in &evidence {
-                h.update(b"\0");
-                h.update(e.as_bytes());
+            match incident.filter(|c| !c.is_null(i)) {
+                // A rule whose evidence can grow as events arrive (a window's count) names the
+                // incident, so the alert raised on the first events is not raised again.
+                Some(c) => {
+                    h.update(b"\0incident\0");
+                    h.update(c.value(i).as_bytes());
+                }
+                None => {
+                    for e in &evidence {
+                        h.update(b"\0");
+                        h.update(e.as_bytes());
+                    }
+                }
             }
             out.push(Alert {
                 id: format!("al-{}", &h.finalize().to_hex()[..24]),

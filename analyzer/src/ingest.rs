@@ -7,18 +7,22 @@
 //! so a crash re-reads at most what was not archived — and dedup drops what was.
 
 use crate::archive::{self, Hour};
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Schema, SchemaRef, TimestampMicrosecondType};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sluice_schema::spool::{self, Item, SegmentReader};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Records decoded per Arrow batch.
-const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 64 * 1024;
 
 /// The event schema, and where `payload` sits in it.
 pub struct Codec {
@@ -51,10 +55,11 @@ impl Default for Codec {
 
 impl Codec {
     /// Decode event JSON documents into one batch of the archive schema.
-    pub fn decode(&self, values: &[Vec<u8>]) -> Result<RecordBatch> {
-        let mut d = arrow_json::ReaderBuilder::new(self.without_payload.clone()).with_batch_size(values.len().max(1)).build_decoder()?;
-        let mut payloads: Vec<Option<&str>> = Vec::with_capacity(values.len());
-        for (i, v) in values.iter().enumerate() {
+    pub fn decode<D: AsRef<[u8]>>(&self, docs: &[D]) -> Result<RecordBatch> {
+        let mut d = arrow_json::ReaderBuilder::new(self.without_payload.clone()).with_batch_size(docs.len().max(1)).build_decoder()?;
+        let mut payloads: Vec<Option<&str>> = Vec::with_capacity(docs.len());
+        for (i, v) in docs.iter().enumerate() {
+            let v = v.as_ref();
             let p: PayloadOnly<'_> = serde_json::from_slice(v).with_context(|| format!("event {i} of the chunk is not JSON"))?;
             payloads.push(p.payload.map(RawValue::get));
             let mut at = 0;
@@ -78,30 +83,47 @@ impl Codec {
     }
 }
 
-/// Where ingestion of one spool stands.
-fn cursor_path(archive: &Path, spool: &Path) -> PathBuf {
-    let abs = std::fs::canonicalize(spool).unwrap_or_else(|_| spool.to_owned());
-    let h = blake3::hash(abs.to_string_lossy().as_bytes()).to_hex();
-    archive.join("_state").join(format!("spool-{}.cursor", &h[..16]))
+/// Raw event documents waiting to be decoded, in one buffer.
+#[derive(Default)]
+pub struct Chunk {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
 }
 
-fn read_cursor(p: &Path) -> Option<(u64, u64)> {
-    let t = std::fs::read_to_string(p).ok()?;
-    let mut it = t.split_whitespace();
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+impl Chunk {
+    pub fn push(&mut self, doc: &[u8]) {
+        self.buf.extend_from_slice(doc);
+        self.ends.push(self.buf.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn docs(&self) -> Vec<&[u8]> {
+        let mut at = 0;
+        self.ends
+            .iter()
+            .map(|&e| {
+                let d = &self.buf[at..e];
+                at = e;
+                d
+            })
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
 }
 
-fn save_cursor(p: &Path, c: (u64, u64)) -> Result<()> {
-    std::fs::create_dir_all(p.parent().unwrap_or(Path::new(".")))?;
-    let tmp = p.with_extension("tmp");
-    std::fs::write(&tmp, format!("{} {}\n", c.0, c.1))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, p)?;
-    Ok(())
-}
-
-/// What one ingestion run did.
-#[derive(Debug, Default, serde::Serialize)]
+/// What ingestion did (one run, or so far in continuous mode).
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Stats {
     pub read: u64,
     pub written: u64,
@@ -149,6 +171,33 @@ impl Writer {
         self.pending_rows >= self.rows_per_file
     }
 
+    pub fn pending_rows(&self) -> usize {
+        self.pending_rows
+    }
+
+    /// The decoded events not yet written, with their `date` and `hour` partition columns
+    /// (for detection before they are in files).
+    pub fn pending(&self) -> Result<Vec<RecordBatch>> {
+        let schema = crate::query::partitioned_schema();
+        let mut out = Vec::new();
+        for (h, batches) in &self.pending {
+            let (date, hour) = h.partition();
+            for b in batches {
+                let mut cols = b.columns().to_vec();
+                cols.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(date.as_str(), b.num_rows()))));
+                cols.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(hour.as_str(), b.num_rows()))));
+                out.push(RecordBatch::try_new(schema.clone(), cols)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget which ids the partitions hold: another instance of the consumer group may have
+    /// written to them since (called when partitions move between instances).
+    pub fn forget_seen(&mut self) {
+        self.seen.clear();
+    }
+
     /// Write every pending partition; returns (rows, files).
     pub fn flush(&mut self) -> Result<(u64, u64)> {
         let (mut rows, mut files) = (0, 0);
@@ -165,130 +214,322 @@ impl Writer {
     }
 }
 
-/// Ingest everything the spool holds past the saved cursor.
-pub fn from_spool(spool_dir: &Path, root: &Path, rows_per_file: usize) -> Result<Stats> {
-    let cpath = cursor_path(root, spool_dir);
-    let segs = spool::segments(spool_dir).with_context(|| format!("reading spool {}", spool_dir.display()))?;
-    let cursor = read_cursor(&cpath).unwrap_or((segs.first().map_or(1, |s| s.0), 0));
-    let mut w = Writer::new(root, "events", rows_per_file);
-    let mut st = Stats::default();
-    let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
-    let mut chunk_end = cursor;
-    let last = segs.last().map(|s| s.0);
-    for (seq, path) in segs.iter().filter(|(s, _)| *s >= cursor.0) {
-        let start = if *seq == cursor.0 { cursor.1 } else { 0 };
-        let mut r = SegmentReader::open(path, start)?;
-        loop {
-            match r.next()? {
-                Item::Record { record, end, .. } => {
-                    chunk.push(record.value.to_vec());
-                    chunk_end = (*seq, end);
-                    if chunk.len() == CHUNK {
-                        ingest_chunk(&mut w, &mut chunk, &mut st)?;
-                        if w.due() {
-                            commit(&mut w, &mut st, &cpath, chunk_end)?;
-                        }
-                    }
-                }
-                Item::End { .. } => break,
-                Item::Torn { at, reason } => {
-                    if Some(*seq) == last {
-                        // The active segment's tail is still being written: stop here.
-                        break;
-                    }
-                    eprintln!("sluice-analyzer: {}: torn or corrupt at byte {at} ({reason}); the rest of this segment is skipped", path.display());
-                    st.skipped_torn += 1;
-                    break;
+/// Events on their way into the archive: raw documents → decoded, deduplicated batches per
+/// hour → files. Whoever feeds it saves its source position only after [`Pipeline::flush`].
+pub struct Pipeline {
+    pub w: Writer,
+    chunk: Chunk,
+    pub st: Stats,
+    /// When the oldest event not yet in a file was read.
+    oldest: Option<Instant>,
+    /// Events decoded since the last [`Pipeline::take_fresh`].
+    fresh: u64,
+    /// The newest event time seen (µs), where detection's look-back is measured from.
+    pub newest_ts: i64,
+}
+
+impl Pipeline {
+    pub fn new(root: &Path, rows_per_file: usize) -> Self {
+        Pipeline { w: Writer::new(root, "events", rows_per_file), chunk: Chunk::default(), st: Stats::default(), oldest: None, fresh: 0, newest_ts: 0 }
+    }
+
+    pub fn push(&mut self, doc: &[u8]) -> Result<()> {
+        self.chunk.push(doc);
+        self.oldest.get_or_insert_with(Instant::now);
+        if self.chunk.len() >= CHUNK {
+            self.decode()?;
+        }
+        Ok(())
+    }
+
+    /// Decode what is buffered into the writer.
+    pub fn decode(&mut self) -> Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let batch = self.w.codec.decode(&self.chunk.docs())?;
+        if let Some(ts) = batch.column_by_name("ts").and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()).and_then(datafusion::arrow::compute::max) {
+            self.newest_ts = self.newest_ts.max(ts);
+        }
+        self.st.read += self.chunk.len() as u64;
+        let dups = self.w.add(&batch)?;
+        self.st.duplicates += dups;
+        self.fresh += batch.num_rows() as u64 - dups;
+        self.chunk.clear();
+        Ok(())
+    }
+
+    /// Are files due: enough rows, or the oldest unwritten event waited `max_age`?
+    pub fn due(&self, max_age: Duration) -> bool {
+        self.w.due() || self.oldest.is_some_and(|t| t.elapsed() >= max_age)
+    }
+
+    /// How long the oldest event not yet in a file has waited.
+    pub fn oldest_age(&self) -> Duration {
+        self.oldest.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Decode and write everything; afterwards the source position may be saved.
+    pub fn flush(&mut self) -> Result<()> {
+        self.decode()?;
+        let (rows, files) = self.w.flush()?;
+        self.st.written += rows;
+        self.st.files += files;
+        self.oldest = None;
+        Ok(())
+    }
+
+    /// How many new events were decoded since the last call.
+    pub fn take_fresh(&mut self) -> u64 {
+        std::mem::take(&mut self.fresh)
+    }
+}
+
+/// A spool directory read from a saved cursor (`ARCHIVE/_state/spool-<hash>.cursor`), as it
+/// grows: sealed segments are read to their end; the active one up to its last whole record.
+pub struct SpoolTail {
+    dir: PathBuf,
+    cursor_file: PathBuf,
+    /// (segment, offset) of the next record to read.
+    pos: (u64, u64),
+    skipped_torn: u64,
+}
+
+impl SpoolTail {
+    pub fn open(dir: &Path, root: &Path) -> Result<Self> {
+        let abs = std::fs::canonicalize(dir).with_context(|| format!("spool directory {}", dir.display()))?;
+        let h = blake3::hash(abs.to_string_lossy().as_bytes()).to_hex();
+        let cursor_file = root.join("_state").join(format!("spool-{}.cursor", &h[..16]));
+        let pos = match std::fs::read_to_string(&cursor_file) {
+            Ok(t) => {
+                let mut it = t.split_whitespace().map(str::parse::<u64>);
+                match (it.next(), it.next()) {
+                    (Some(Ok(s)), Some(Ok(o))) => (s, o),
+                    _ => bail!("{}: not a spool cursor (want `SEGMENT OFFSET`); delete it to start from the oldest segment", cursor_file.display()),
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", cursor_file.display())),
+        };
+        Ok(SpoolTail { dir: dir.to_owned(), cursor_file, pos, skipped_torn: 0 })
+    }
+
+    /// Read up to `max` records from the position on; returns how many were read.
+    pub fn read(&mut self, max: usize, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
+        let segs = spool::segments(&self.dir).with_context(|| format!("reading spool {}", self.dir.display()))?;
+        let last = segs.last().map(|s| s.0);
+        if let Some(first) = segs.first() {
+            if self.pos.0 != 0 && first.0 > self.pos.0 {
+                eprintln!(
+                    "sluice-analyzer: spool {}: segments {}..{} were removed before they were archived (the gateway's spool retention is shorter than the analyzer's delay)",
+                    self.dir.display(),
+                    self.pos.0,
+                    first.0 - 1
+                );
+                self.pos = (first.0, 0);
+            }
         }
-        if Some(*seq) != last {
-            // A sealed segment is done: the next starts at its beginning.
-            chunk_end = (seq + 1, 0);
+        let mut n = 0;
+        let from = self.pos.0;
+        for (seq, path) in segs.iter().filter(|(s, _)| *s >= from) {
+            if *seq > self.pos.0 {
+                self.pos = (*seq, 0);
+            }
+            let mut r = SegmentReader::open(path, self.pos.1)?;
+            loop {
+                if n == max {
+                    return Ok(n);
+                }
+                match r.next()? {
+                    Item::Record { record, end, .. } => {
+                        each(record.value)?;
+                        self.pos.1 = end;
+                        n += 1;
+                    }
+                    Item::End { .. } => break,
+                    Item::Torn { at, reason } => {
+                        if Some(*seq) == last {
+                            // The active segment's tail is still being written: later.
+                            return Ok(n);
+                        }
+                        eprintln!("sluice-analyzer: {}: torn or corrupt at byte {at} ({reason}); the rest of this segment is skipped", path.display());
+                        self.skipped_torn += 1;
+                        break;
+                    }
+                }
+            }
+            if Some(*seq) != last {
+                // A sealed segment is done: the next starts at its beginning.
+                self.pos = (seq + 1, 0);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Save the position (only once everything before it is in durable files).
+    pub fn save(&self) -> Result<()> {
+        let p = &self.cursor_file;
+        std::fs::create_dir_all(p.parent().unwrap_or(Path::new(".")))?;
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, format!("{} {}\n", self.pos.0, self.pos.1))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, p)?;
+        Ok(())
+    }
+
+    /// Spool bytes past the position (not yet read).
+    pub fn behind(&self) -> Result<u64> {
+        let mut n = 0;
+        for (seq, path) in spool::segments(&self.dir)? {
+            if seq >= self.pos.0 {
+                let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                n += if seq == self.pos.0 { len.saturating_sub(self.pos.1.max(spool::HEADER_LEN)) } else { len.saturating_sub(spool::HEADER_LEN) };
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn skipped_torn(&self) -> u64 {
+        self.skipped_torn
+    }
+}
+
+/// Ingest everything the spool holds past the saved cursor.
+pub fn from_spool(spool_dir: &Path, root: &Path, rows_per_file: usize) -> Result<Stats> {
+    let mut tail = SpoolTail::open(spool_dir, root)?;
+    let mut p = Pipeline::new(root, rows_per_file);
+    loop {
+        let n = tail.read(CHUNK, &mut |doc| p.push(doc))?;
+        if p.w.due() {
+            p.flush()?;
+            tail.save()?;
+        }
+        if n < CHUNK {
+            break;
         }
     }
-    ingest_chunk(&mut w, &mut chunk, &mut st)?;
-    commit(&mut w, &mut st, &cpath, chunk_end)?;
-    Ok(st)
+    p.flush()?;
+    tail.save()?;
+    p.st.skipped_torn = tail.skipped_torn();
+    Ok(p.st)
 }
 
-fn ingest_chunk(w: &mut Writer, chunk: &mut Vec<Vec<u8>>, st: &mut Stats) -> Result<()> {
-    if chunk.is_empty() {
-        return Ok(());
+/// A Kafka consumer in a group whose pipeline is flushed and whose offsets are committed
+/// before partitions are taken away (so the next owner starts exactly after what this one
+/// archived), and whose dedup memory is dropped when partitions move.
+pub struct GroupCtx {
+    pub pipeline: Arc<Mutex<Pipeline>>,
+    /// Next offset to commit per partition (what the pipeline holds ends there).
+    pub next: Arc<Mutex<BTreeMap<i32, i64>>>,
+    pub topic: String,
+}
+
+impl ClientContext for GroupCtx {}
+
+impl ConsumerContext for GroupCtx {
+    fn pre_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            if let Err(e) = flush_and_commit(c, &self.pipeline, &self.next, &self.topic) {
+                eprintln!("sluice-analyzer: before giving up partitions: {e:#} (the next owner re-reads from the last commit; dedup drops what was archived)");
+            }
+            let mut next = lock(&self.next);
+            for e in tpl.elements() {
+                next.remove(&e.partition());
+            }
+            lock(&self.pipeline).w.forget_seen();
+        }
     }
-    let batch = w.codec.decode(chunk)?;
-    st.read += chunk.len() as u64;
-    st.duplicates += w.add(&batch)?;
-    chunk.clear();
-    Ok(())
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            eprintln!("sluice-analyzer: assigned partitions {parts:?} of {}", self.topic);
+            lock(&self.pipeline).w.forget_seen();
+        }
+    }
 }
 
-fn commit(w: &mut Writer, st: &mut Stats, cpath: &Path, at: (u64, u64)) -> Result<()> {
-    let (rows, files) = w.flush()?;
-    st.written += rows;
-    st.files += files;
-    save_cursor(cpath, at)
+/// A poisoned lock means a panic elsewhere already ended the run; keep the data.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Ingest from a Kafka topic with a consumer group until every assigned partition is caught
-/// up (or nothing arrived for `idle`). Offsets are committed only after the Parquet files that
-/// hold the events before them are durable; a crash re-reads from the last commit and dedup
-/// drops what was archived already.
-pub fn from_kafka(brokers: &str, topic: &str, group: &str, root: &Path, rows_per_file: usize, idle: std::time::Duration) -> Result<Stats> {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::error::KafkaError;
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-    let c: BaseConsumer = ClientConfig::new()
+pub fn consumer(brokers: &str, topic: &str, group: &str, pipeline: Arc<Mutex<Pipeline>>) -> Result<BaseConsumer<GroupCtx>> {
+    let ctx = GroupCtx { pipeline, next: Arc::default(), topic: topic.to_owned() };
+    let c: BaseConsumer<GroupCtx> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(ctx)
         .context("creating the Kafka consumer")?;
     c.subscribe(&[topic]).with_context(|| format!("subscribing to {topic}"))?;
-    let mut w = Writer::new(root, "events", rows_per_file);
-    let mut st = Stats::default();
-    let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
-    // Next offset to commit per partition (what the pending files hold ends there).
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    Ok(c)
+}
+
+/// Write what the pipeline holds, then commit the offsets just past it.
+pub fn flush_and_commit(c: &BaseConsumer<GroupCtx>, pipeline: &Mutex<Pipeline>, next: &Mutex<BTreeMap<i32, i64>>, topic: &str) -> Result<()> {
+    lock(pipeline).flush()?;
+    let next = lock(next).clone();
+    if next.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in &next {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+    }
+    c.commit(&tpl, CommitMode::Sync).context("committing consumer offsets")
+}
+
+/// One poll: a message goes into the pipeline (and its offset into `next`); returns what
+/// happened, for the caller's bookkeeping.
+pub enum Polled {
+    Message,
+    Eof(i32),
+    Nothing,
+}
+
+pub fn poll(c: &BaseConsumer<GroupCtx>, timeout: Duration) -> Result<Polled> {
+    let ctx = c.context();
+    match c.poll(timeout) {
+        Some(Ok(m)) => {
+            if let Some(v) = m.payload() {
+                lock(&ctx.pipeline).push(v)?;
+            }
+            lock(&ctx.next).insert(m.partition(), m.offset() + 1);
+            Ok(Polled::Message)
+        }
+        Some(Err(KafkaError::PartitionEOF(p))) => Ok(Polled::Eof(p)),
+        Some(Err(e)) => Err(anyhow::anyhow!(e)).with_context(|| format!("consuming {}", ctx.topic)),
+        None => Ok(Polled::Nothing),
+    }
+}
+
+/// Ingest from a Kafka topic with a consumer group until every assigned partition is caught
+/// up (or nothing arrived for `idle`). Offsets are committed only after the Parquet files that
+/// hold the events before them are durable; a crash re-reads from the last commit and dedup
+/// drops what was archived already.
+pub fn from_kafka(brokers: &str, topic: &str, group: &str, root: &Path, rows_per_file: usize, idle: Duration) -> Result<Stats> {
+    let pipeline = Arc::new(Mutex::new(Pipeline::new(root, rows_per_file)));
+    let c = consumer(brokers, topic, group, pipeline.clone())?;
+    let next = c.context().next.clone();
     let mut eof: HashSet<i32> = HashSet::new();
-    let mut quiet = std::time::Instant::now();
-    let commit_offsets = |c: &BaseConsumer, next: &BTreeMap<i32, i64>| -> Result<()> {
-        if next.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in next {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
-        }
-        c.commit(&tpl, CommitMode::Sync).context("committing consumer offsets")
-    };
+    let mut quiet = Instant::now();
     loop {
-        match c.poll(std::time::Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                quiet = std::time::Instant::now();
-                eof.remove(&m.partition());
-                if let Some(v) = m.payload() {
-                    chunk.push(v.to_vec());
-                }
-                next.insert(m.partition(), m.offset() + 1);
-                if chunk.len() == CHUNK {
-                    ingest_chunk(&mut w, &mut chunk, &mut st)?;
-                    if w.due() {
-                        let (rows, files) = w.flush()?;
-                        st.written += rows;
-                        st.files += files;
-                        commit_offsets(&c, &next)?;
-                    }
+        match poll(&c, Duration::from_millis(200)).with_context(|| format!("from {brokers}"))? {
+            Polled::Message => {
+                quiet = Instant::now();
+                eof.clear();
+                if lock(&pipeline).w.due() {
+                    flush_and_commit(&c, &pipeline, &next, topic)?;
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
+            Polled::Eof(p) => {
                 eof.insert(p);
             }
-            Some(Err(e)) => return Err(anyhow::anyhow!(e)).with_context(|| format!("consuming {topic} from {brokers}")),
-            None => {}
+            Polled::Nothing => {}
         }
         let assigned: Vec<i32> = c.assignment().map(|a| a.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default();
         let caught_up = !assigned.is_empty() && assigned.iter().all(|p| eof.contains(p));
@@ -296,10 +537,7 @@ pub fn from_kafka(brokers: &str, topic: &str, group: &str, root: &Path, rows_per
             break;
         }
     }
-    ingest_chunk(&mut w, &mut chunk, &mut st)?;
-    let (rows, files) = w.flush()?;
-    st.written += rows;
-    st.files += files;
-    commit_offsets(&c, &next)?;
+    flush_and_commit(&c, &pipeline, &next, topic)?;
+    let st = lock(&pipeline).st.clone();
     Ok(st)
 }

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod query;
 pub mod replay;
 pub mod report;
+pub mod run;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use std::sync::Arc;

@@ -2,11 +2,11 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use sluice_analyzer::{chains, ingest, query, replay};
+use sluice_analyzer::{chains, ingest, query, replay, run};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "sluice-analyzer", version, about = "Sluice's analyzer: Parquet archive, SQL audits, session replay")]
+#[command(name = "sluice-analyzer", version, about = "Sluice's analyzer: Parquet archive, SQL audits, chain detections, reports, session replay")]
 struct Cli {
     /// The archive directory.
     #[arg(long, short, global = true, default_value = "/var/lib/sluice/archive")]
@@ -15,20 +15,28 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where events come from: a spool directory or the Kafka events topic.
+#[derive(clap::Args)]
+struct From {
+    /// A gateway's spool directory (read from the archive's saved cursor on).
+    #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka")]
+    spool: Option<PathBuf>,
+    /// Kafka brokers (`host:port,…`).
+    #[arg(long)]
+    kafka: Option<String>,
+    #[arg(long, default_value = "sluice.events")]
+    topic: String,
+    #[arg(long, default_value = "sluice-analyzer")]
+    group: String,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Archive session events from a gateway's spool directory (from where the last run
     /// stopped) or from the Kafka events topic (with a consumer group, until caught up).
     Ingest {
-        #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka")]
-        spool: Option<PathBuf>,
-        /// Kafka brokers (`host:port,…`).
-        #[arg(long)]
-        kafka: Option<String>,
-        #[arg(long, default_value = "sluice.events")]
-        topic: String,
-        #[arg(long, default_value = "sluice-analyzer")]
-        group: String,
+        #[command(flatten)]
+        from: From,
         /// Stop after this long without a message even if not caught up (seconds).
         #[arg(long, default_value_t = 30)]
         idle_secs: u64,
@@ -76,6 +84,39 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Continuous mode: ingest as events arrive (Kafka consumer group, or a spool directory as
+    /// it grows), run the chain rules over recent events every --detect-secs, send new alerts
+    /// to the alerts topic; lag and totals on --metrics. Stops cleanly on SIGTERM/SIGINT.
+    Run {
+        #[command(flatten)]
+        from: From,
+        /// Alerts go to this topic (with --kafka).
+        #[arg(long, default_value = "sluice.alerts")]
+        alerts_topic: String,
+        /// Do not send alerts to Kafka (they still go to the archive and stdout).
+        #[arg(long)]
+        no_alerts_topic: bool,
+        /// More rule files (`*.sql`) besides the built-in ones.
+        #[arg(long)]
+        rules: Vec<PathBuf>,
+        /// Only the rules from --rules.
+        #[arg(long)]
+        no_builtin: bool,
+        /// Write files at least this often while events arrive (seconds).
+        #[arg(long, default_value_t = 60)]
+        flush_secs: u64,
+        /// Run the chain rules this often when new events arrived (seconds).
+        #[arg(long, default_value_t = 5)]
+        detect_secs: u64,
+        /// Hours of archive the chain rules look back over, besides unwritten events.
+        #[arg(long, default_value_t = 2)]
+        lookback_hours: i64,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows_per_file: usize,
+        /// Serve Prometheus metrics (lag, totals) here, e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+    },
     /// A session's transcript in order (gateway session id).
     Replay {
         session: String,
@@ -97,7 +138,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Ingest { spool, kafka, topic, group, idle_secs, rows_per_file } => {
+        Cmd::Ingest { from: From { spool, kafka, topic, group }, idle_secs, rows_per_file } => {
             let st = match (spool, kafka) {
                 (Some(dir), _) => ingest::from_spool(&dir, &cli.archive, rows_per_file)?,
                 (None, Some(brokers)) => ingest::from_kafka(&brokers, &topic, &group, &cli.archive, rows_per_file, std::time::Duration::from_secs(idle_secs))?,
@@ -120,14 +161,41 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let ctx = query::context(&cli.archive).await?;
             let alerts = chains::run(&ctx, &rules).await?;
-            chains::archive(&cli.archive, &alerts)?;
+            // Delivered before archived: an archived alert is never raised again.
             if let Some(brokers) = kafka {
                 sluice_analyzer::alerts::send(&brokers, &topic, &alerts)?;
             }
+            chains::archive(&cli.archive, &alerts)?;
             for a in &alerts {
                 println!("{}", serde_json::to_string(a)?);
             }
             eprintln!("sluice-analyzer: {} rule(s), {} new alert(s)", rules.len(), alerts.len());
+        }
+        Cmd::Run { from: From { spool, kafka, topic, group }, alerts_topic, no_alerts_topic, rules, no_builtin, flush_secs, detect_secs, lookback_hours, rows_per_file, metrics } => {
+            let rules = chains::load(!no_builtin, &rules)?;
+            let alerts_to = kafka.clone().filter(|_| !no_alerts_topic).map(|b| (b, alerts_topic));
+            let source = match (spool, kafka) {
+                (Some(dir), _) => run::Source::Spool(dir),
+                (None, Some(brokers)) => run::Source::Kafka { brokers, topic, group },
+                (None, None) => anyhow::bail!("give --spool DIR or --kafka BROKERS"),
+            };
+            let opts = run::Opts {
+                source,
+                alerts_to,
+                rules,
+                flush: std::time::Duration::from_secs(flush_secs.max(1)),
+                detect: std::time::Duration::from_secs(detect_secs.max(1)),
+                rows_per_file,
+                lookback_hours,
+                metrics,
+            };
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            let rt = tokio::runtime::Handle::current();
+            let root = cli.archive.clone();
+            tokio::task::spawn_blocking(move || run::run(&root, opts, stop, rt)).await??;
         }
         Cmd::Report { from, to, format, out } => {
             let ctx = query::context(&cli.archive).await?;

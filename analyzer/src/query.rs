@@ -47,6 +47,10 @@ pub const VIEWS: &[(&str, &str)] = &[
 ];
 
 async fn register(ctx: &SessionContext, root: &Path, table: &str, schema: SchemaRef) -> Result<()> {
+    register_as(ctx, root, table, table, schema).await
+}
+
+async fn register_as(ctx: &SessionContext, root: &Path, table: &str, name: &str, schema: SchemaRef) -> Result<()> {
     let dir = root.join(table);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let url = ListingTableUrl::parse(format!("{}/", std::fs::canonicalize(&dir)?.display()))?;
@@ -54,7 +58,7 @@ async fn register(ctx: &SessionContext, root: &Path, table: &str, schema: Schema
         .with_file_extension(".parquet")
         .with_table_partition_cols(vec![("date".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
     let cfg = ListingTableConfig::new(url).with_listing_options(opts).with_schema(schema);
-    ctx.register_table(table, Arc::new(ListingTable::try_new(cfg)?))?;
+    ctx.register_table(name, Arc::new(ListingTable::try_new(cfg)?))?;
     Ok(())
 }
 
@@ -64,6 +68,34 @@ pub async fn context(root: &Path) -> Result<SessionContext> {
     let schema = Arc::new(sluice_schema::arrow::schema());
     register(&ctx, root, "events", schema.clone()).await?;
     register(&ctx, root, "alerts", Arc::new(crate::alerts_schema())).await?;
+    add_views(&ctx).await?;
+    Ok(ctx)
+}
+
+/// The event schema plus the partition columns `date` and `hour`, as the `events` table has it.
+pub fn partitioned_schema() -> SchemaRef {
+    let mut fields: Vec<_> = sluice_schema::arrow::schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(datafusion::arrow::datatypes::Field::new("date", DataType::Utf8, false)));
+    fields.push(Arc::new(datafusion::arrow::datatypes::Field::new("hour", DataType::Utf8, false)));
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+}
+
+/// A session for detection in continuous mode: `events` is the archive from the hour `since`
+/// on (older partitions are pruned, not read) plus `pending`, the events decoded but not yet
+/// written to files (in [`partitioned_schema`]); `alerts` is the whole alerts table.
+pub async fn context_live(root: &Path, since: crate::archive::Hour, pending: Vec<RecordBatch>) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    let schema = Arc::new(sluice_schema::arrow::schema());
+    register_as(&ctx, root, "events", "events_archive", schema).await?;
+    ctx.register_table("events_pending", Arc::new(datafusion::datasource::MemTable::try_new(partitioned_schema(), vec![pending])?))?;
+    register(&ctx, root, "alerts", Arc::new(crate::alerts_schema())).await?;
+    let (date, hour) = since.partition();
+    let events = format!(
+        "SELECT * FROM events_archive WHERE date > '{date}' OR (date = '{date}' AND hour >= '{hour}') \
+         UNION ALL SELECT * FROM events_pending"
+    );
+    let df = ctx.sql(&events).await.context("the live events view")?;
+    ctx.register_table("events", df.into_view())?;
     add_views(&ctx).await?;
     Ok(ctx)
 }

@@ -96,3 +96,30 @@ fn rule_files_need_their_header() {
     let e = chains::parse("SELECT 1", "none.sql").unwrap_err();
     assert!(e.to_string().contains("-- id:"), "{e}");
 }
+
+/// Continuous mode runs the rules while a session is still going: a probing incident seen
+/// first with three refused calls and later with a fourth keeps its alert id (the rule names
+/// the incident), while rules without `incident` keep ids derived from their evidence.
+#[tokio::test]
+async fn a_growing_incident_keeps_its_alert_id() {
+    let rules = chains::load(true, &[]).unwrap();
+    let probing = rules.iter().find(|r| r.id == "probing").unwrap();
+    let refused = |n: usize| -> Vec<Vec<u8>> {
+        (1..=n)
+            .flat_map(|i| {
+                let q = format!(r#"{{ id = "q{i}", t = {i}, kind = "request", session = "s1", subject = "a", direction = "request", method = "tools/call", tool = "rm", rpc_id = "{i}", payload = {{ path = "/{i}" }} }}"#);
+                let d = format!(r#"{{ id = "d{i}", t = {i}, kind = "decision", session = "s1", subject = "a", direction = "request", method = "tools/call", tool = "rm", rpc_id = "{i}", decision = {{ action = "deny" }} }}"#);
+                [q, d].map(|e| serde_json::to_vec(&event(&toml::from_str::<toml::Value>(&format!("e = {e}")).unwrap()["e"])).unwrap())
+            })
+            .collect()
+    };
+    let mut ids = Vec::new();
+    for n in [3, 4] {
+        let ctx = query::context_in_memory(vec![Codec::default().decode(&refused(n)).unwrap()]).await.unwrap();
+        let got = chains::run_rule(&ctx, probing).await.unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].evidence.len(), n);
+        ids.push(got[0].id.clone());
+    }
+    assert_eq!(ids[0], ids[1]);
+}
