@@ -198,13 +198,20 @@ pub fn run(root: &Path, o: Opts, stop: Arc<AtomicBool>, rt: tokio::runtime::Hand
 fn consumer_lag(c: &BaseConsumer<ingest::GroupCtx>, topic: &str) -> BTreeMap<i32, i64> {
     let mut out = BTreeMap::new();
     let Ok(pos) = c.position() else { return out };
+    // Until a partition's first message arrives its position is unknown: the group's
+    // committed offset is where consumption will start (fetched only when needed).
+    let mut committed = None;
     for e in pos.elements_for_topic(topic) {
         let Ok((low, high)) = c.fetch_watermarks(topic, e.partition(), Duration::from_secs(1)) else { continue };
-        // Before the first message of a partition arrives its position is unknown: count from
-        // the start of the log (an overstatement for at most one poll).
         let at = match e.offset() {
             rdkafka::Offset::Offset(o) => o,
-            _ => low,
+            _ => {
+                let tpl = committed.get_or_insert_with(|| c.committed(Duration::from_secs(1)).ok());
+                match tpl.as_ref().and_then(|t| t.find_partition(topic, e.partition())).map(|x| x.offset()) {
+                    Some(rdkafka::Offset::Offset(o)) => o,
+                    _ => low,
+                }
+            }
         };
         out.insert(e.partition(), (high - at).max(0));
     }

@@ -440,7 +440,7 @@ fn generate(out: &Path, events: u64, hours: i64, seed: u64, t0: i64) -> Result<(
             mcp: format!("{}-{}", rng.hex(8), rng.hex(12)),
             subject: format!("agent-{:03}", rng.below(200)),
             groups: if rng.chance(300_000) { vec!["support", "readers"] } else { vec!["engineering"] },
-            route: rng.pick(&routes),
+            route: routes[rng.below(routes.len() as u64) as usize],
             worker: rng.below(2) as u32,
             t: clock,
             rpc: 0,

@@ -173,3 +173,120 @@ def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafk
     assert page["charts"] >= 3 and any("blocked" in c and c.startswith("3") for c in page["cards"]), page
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[20:24], "big") > 900, "a full page, taller than one screen"
+
+
+def metrics(port: int) -> dict:
+    """The analyzer's /metrics as {name or name{labels}: value}."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def wait_for(what, check, timeout=90.0):
+    import time
+
+    end = time.time() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.time() < end, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_run_shares_partitions_alerts_while_running_and_takes_over(py_json, gateway, kafka, tmp_path):
+    """`run` in continuous mode, two instances in one consumer group over a 4-partition topic:
+    they split the partitions; probing sessions through the gateway raise their alerts on the
+    alerts topic while both keep running (before any file rotation is due); the lag metric
+    returns to 0; when one instance stops, the other takes its partitions over and alerts on
+    the next sessions; in the end the archive holds every emitted event exactly once."""
+    import asyncio
+    import signal
+    import time
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.shared.exceptions import McpError
+
+    from conftest import BROKER, free_port
+    from test_recording import topics
+
+    ev, _ = topics(kafka, "e2e-run")
+    alerts_topic = "e2e-run.alerts"
+    subprocess.run([str(BROKER), "topics", str(kafka.port), f"{alerts_topic}:2"], check=True, capture_output=True)
+    (tmp_path / "policy.toml").write_text(
+        "default = \"allow\"\n[[rule]]\nid = \"small-sums\"\nwhen = 'tool.name == \"add\" && args.a > 10'\naction = \"deny\"\n")
+    extra = (f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n'
+             f'[recording]\n[recording.spool]\ndir = "{tmp_path / "spool"}"\n'
+             f'[recording.kafka]\nbrokers = "{kafka.bootstrap}"\nevents_topic = "{ev}"\napprovals_topic = "{ev}"\nlinger = "2ms"\n')
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+    archive = tmp_path / "archive"
+    ports = [free_port(), free_port()]
+    procs = [
+        subprocess.Popen([str(ANALYZER), "--archive", str(archive), "run", "--kafka", kafka.bootstrap, "--topic", ev,
+                          "--group", "e2e-run", "--alerts-topic", alerts_topic, "--detect-secs", "1", "--flush-secs", "3600",
+                          "--metrics", f"127.0.0.1:{p}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for p in ports
+    ]
+    try:
+        def assigned(ps):
+            try:
+                return [metrics(p)["sluice_analyzer_assigned_partitions"] for p in ps]
+            except Exception:
+                return None
+
+        split = wait_for("both instances to own partitions", lambda: (a := assigned(ports)) and all(x > 0 for x in a) and sum(a) == 4 and a)
+        assert split == [2, 2], split
+
+        async def probe(n):
+            for _ in range(n):
+                async with streamablehttp_client(g.url()) as (read, write, _):
+                    async with ClientSession(read, write) as s:
+                        await s.initialize()
+                        for a in (11, 12, 13):
+                            try:
+                                await s.call_tool("add", {"a": a, "b": 1})
+                            except McpError:
+                                pass
+
+        asyncio.run(probe(6))
+        got = kafka.consume(alerts_topic, timeout=60, group="e2e-run-check-1", until=lambda m: len(m) >= 6)
+        probing = {m[3]["id"]: m[3] for m in got if m[3]["rule"] == "probing"}
+        assert len(probing) == 6 and len({a["session"] for a in probing.values()}) == 6, got
+        # Near real time: raised from events not yet in any file (rotation is an hour away; a
+        # file may hold what was consumed before the partitions were split).
+        files = list((archive / "events").rglob("*.parquet"))
+        in_files = set(ds.dataset(files, format="parquet").to_table(columns=["id"]).column("id").to_pylist()) if files else set()
+        assert not in_files & {e for a in probing.values() for e in a["evidence"]}
+        wait_for("the lag to drain", lambda: all(
+            sum(v for k, v in metrics(p).items() if k.startswith("sluice_analyzer_consumer_lag_events")) == 0 for p in ports))
+
+        # One instance stops (writing what it holds, committing); the other takes over.
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(timeout=60) == 0, procs[1].stderr.read()[-3000:]
+        assert list((archive / "events").rglob("*.parquet")), "the stopping instance wrote its events"
+        wait_for("the survivor to own all partitions", lambda: assigned(ports[:1]) == [4])
+        asyncio.run(probe(2))
+        got = kafka.consume(alerts_topic, timeout=60, group="e2e-run-check-2", until=lambda m: len(m) >= 8)
+        ids = [m[3]["id"] for m in got if m[3]["rule"] == "probing"]
+        assert len(ids) == 8 == len(set(ids)), got
+        # The gateway's last events (session ends, its stop) reach the survivor too.
+        assert g.proc.stop() == 0
+        time.sleep(3)
+        wait_for("the lag to drain", lambda: sum(v for k, v in metrics(ports[0]).items() if k.startswith("sluice_analyzer_consumer_lag_events")) == 0)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=60) for p in procs]
+    assert codes == [0, 0], [p.stderr.read()[-3000:] for p in procs]
+    emitted = {e["id"] for e in spool_events(tmp_path / "spool")}
+    rows = sql(archive, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM events")
+    assert rows == [{"n": len(emitted), "d": len(emitted)}], (rows, len(emitted))
+    assert {r["id"] for r in sql(archive, "SELECT id FROM events")} == emitted
+    assert sql(archive, "SELECT count(*) AS n FROM alerts WHERE rule = 'probing'") == [{"n": 8}]
