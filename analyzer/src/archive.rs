@@ -5,7 +5,7 @@
 //! so a redelivered event never appears twice.
 
 use anyhow::{Context as _, Result};
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -60,6 +60,11 @@ fn civil(z: i64) -> (i64, u32, u32) {
 /// Split a batch by the hour of its `ts` column.
 pub fn by_hour(batch: &RecordBatch) -> Result<BTreeMap<Hour, RecordBatch>> {
     let ts = batch.column_by_name("ts").context("no ts column")?.as_primitive::<TimestampMicrosecondType>();
+    // Most batches fall within one hour: no copy then.
+    let (lo, hi) = (compute::min(ts).unwrap_or(0), compute::max(ts).unwrap_or(0));
+    if ts.null_count() == 0 && Hour::of_micros(lo) == Hour::of_micros(hi) {
+        return Ok(BTreeMap::from([(Hour::of_micros(lo), batch.clone())]));
+    }
     let mut rows: BTreeMap<Hour, Vec<u32>> = BTreeMap::new();
     for (i, t) in ts.iter().enumerate() {
         rows.entry(Hour::of_micros(t.unwrap_or(0))).or_default().push(i as u32);
@@ -73,8 +78,33 @@ pub fn by_hour(batch: &RecordBatch) -> Result<BTreeMap<Hour, RecordBatch>> {
     Ok(out)
 }
 
-/// The ids already in a partition directory (read from the `id` column only).
-pub fn ids_in(dir: &Path) -> Result<HashSet<String>> {
+/// An event id as a dedup key: a ULID's 128 bits, or for any other id the first 128 bits of
+/// its BLAKE3 hash (no allocation per event either way).
+pub fn id_key(id: &str) -> u128 {
+    const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let b = id.as_bytes();
+    if b.len() == 26 && b[0] <= b'7' {
+        let mut v: u128 = 0;
+        let mut ok = true;
+        for &c in b {
+            match CROCKFORD.iter().position(|&x| x == c) {
+                Some(d) => v = v << 5 | d as u128,
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            return v;
+        }
+    }
+    let h = blake3::hash(b);
+    u128::from_le_bytes(h.as_bytes()[..16].try_into().unwrap_or([0; 16]))
+}
+
+/// The ids already in a partition directory (read from the `id` column only), as [`id_key`]s.
+pub fn ids_in(dir: &Path) -> Result<HashSet<u128>> {
     let mut ids = HashSet::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(ids) };
     for e in entries.flatten() {
@@ -88,7 +118,7 @@ pub fn ids_in(dir: &Path) -> Result<HashSet<String>> {
         for batch in b.with_projection(mask).build()? {
             let batch = batch?;
             for id in batch.column(0).as_string::<i32>().iter().flatten() {
-                ids.insert(id.to_owned());
+                ids.insert(id_key(id));
             }
         }
     }
@@ -96,9 +126,9 @@ pub fn ids_in(dir: &Path) -> Result<HashSet<String>> {
 }
 
 /// Keep the rows whose `id` is not in `seen` (and not repeated within the batch); add them to `seen`.
-pub fn dedup(batch: &RecordBatch, seen: &mut HashSet<String>) -> Result<RecordBatch> {
+pub fn dedup(batch: &RecordBatch, seen: &mut HashSet<u128>) -> Result<RecordBatch> {
     let ids = batch.column_by_name("id").context("no id column")?.as_string::<i32>();
-    let keep: BooleanArray = ids.iter().map(|id| Some(id.is_some_and(|i| seen.insert(i.to_owned())))).collect();
+    let keep: BooleanArray = ids.iter().map(|id| Some(id.is_some_and(|i| seen.insert(id_key(i))))).collect();
     if keep.true_count() == batch.num_rows() {
         return Ok(batch.clone());
     }
@@ -130,6 +160,16 @@ pub fn write_file(dir: &Path, name: &str, schema: SchemaRef, batches: &[RecordBa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_keys_follow_ulids_and_hash_anything_else() {
+        let (a, b) = ("01JD0000000000000000000001", "01JD0000000000000000000002");
+        assert_eq!(id_key(b) - id_key(a), 1);
+        assert_ne!(id_key("not-a-ulid"), id_key("not-a-ulid2"));
+        assert_eq!(id_key("not-a-ulid"), id_key("not-a-ulid"));
+        // Lower case is not Crockford as the gateway writes it: hashed, not decoded.
+        assert_ne!(id_key(&a.to_lowercase()), id_key(a));
+    }
 
     #[test]
     fn hours_name_their_utc_date() {

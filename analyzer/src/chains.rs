@@ -164,13 +164,21 @@ pub fn to_batch(alerts: &[Alert]) -> Result<RecordBatch> {
 
 /// Run every rule; the alerts not already in the archive's `alerts` table.
 pub async fn run(ctx: &SessionContext, rules: &[Rule]) -> Result<Vec<Alert>> {
+    run_timed(ctx, rules, &mut |_, _, _| {}).await
+}
+
+/// [`run`], reporting each rule's wall time and row count as it finishes.
+pub async fn run_timed(ctx: &SessionContext, rules: &[Rule], each: &mut dyn FnMut(&Rule, std::time::Duration, usize)) -> Result<Vec<Alert>> {
     let known: std::collections::HashSet<String> = {
         let batches = ctx.sql("SELECT id FROM alerts").await?.collect().await?;
         batches.iter().flat_map(|b| b.column(0).as_string::<i32>().iter().flatten().map(str::to_owned).collect::<Vec<_>>()).collect()
     };
     let mut out = Vec::new();
     for r in rules {
-        for a in run_rule(ctx, r).await? {
+        let t = std::time::Instant::now();
+        let found = run_rule(ctx, r).await?;
+        each(r, t.elapsed(), found.len());
+        for a in found {
             if !known.contains(&a.id) && !out.iter().any(|x: &Alert| x.id == a.id) {
                 out.push(a);
             }

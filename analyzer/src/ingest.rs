@@ -8,13 +8,11 @@
 
 use crate::archive::{self, Hour};
 use anyhow::{bail, Context as _, Result};
-use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{Schema, SchemaRef, TimestampMicrosecondType};
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use sluice_schema::spool::{self, Item, SegmentReader};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,62 +22,21 @@ use std::time::{Duration, Instant};
 /// Records decoded per Arrow batch.
 pub const CHUNK: usize = 64 * 1024;
 
-/// The event schema, and where `payload` sits in it.
+/// Event documents → Arrow batches of the archive schema ([`crate::decode`]).
 pub struct Codec {
     pub schema: SchemaRef,
-    without_payload: SchemaRef,
-    payload_at: usize,
-}
-
-#[derive(Deserialize)]
-struct PayloadOnly<'a> {
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
 }
 
 impl Default for Codec {
     fn default() -> Self {
-        let schema = Arc::new(sluice_schema::arrow::schema());
-        let payload_at = schema.index_of("payload").unwrap_or(schema.fields().len());
-        // Fields the event leaves out when they hold their default (`payload_truncated` when
-        // false) are read as nullable and filled in.
-        let fields: Vec<_> = schema
-            .fields()
-            .iter()
-            .filter(|f| f.name() != "payload")
-            .map(|f| if f.name() == "payload_truncated" { Arc::new(f.as_ref().clone().with_nullable(true)) } else { f.clone() })
-            .collect();
-        Codec { without_payload: Arc::new(Schema::new(fields)), schema, payload_at }
+        Codec { schema: Arc::new(sluice_schema::arrow::schema()) }
     }
 }
 
 impl Codec {
     /// Decode event JSON documents into one batch of the archive schema.
     pub fn decode<D: AsRef<[u8]>>(&self, docs: &[D]) -> Result<RecordBatch> {
-        let mut d = arrow_json::ReaderBuilder::new(self.without_payload.clone()).with_batch_size(docs.len().max(1)).build_decoder()?;
-        let mut payloads: Vec<Option<&str>> = Vec::with_capacity(docs.len());
-        for (i, v) in docs.iter().enumerate() {
-            let v = v.as_ref();
-            let p: PayloadOnly<'_> = serde_json::from_slice(v).with_context(|| format!("event {i} of the chunk is not JSON"))?;
-            payloads.push(p.payload.map(RawValue::get));
-            let mut at = 0;
-            while at < v.len() {
-                let n = d.decode(&v[at..])?;
-                if n == 0 {
-                    break;
-                }
-                at += n;
-            }
-            d.decode(b"\n")?;
-        }
-        let batch = d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(self.without_payload.clone()));
-        let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
-        if let Ok(i) = self.without_payload.index_of("payload_truncated") {
-            let filled: BooleanArray = cols[i].as_boolean().iter().map(|b| Some(b.unwrap_or(false))).collect();
-            cols[i] = Arc::new(filled);
-        }
-        cols.insert(self.payload_at, Arc::new(StringArray::from(payloads)));
-        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+        crate::decode::decode(&self.schema, docs)
     }
 }
 
@@ -140,7 +97,7 @@ pub struct Writer {
     pub rows_per_file: usize,
     pending: BTreeMap<Hour, Vec<RecordBatch>>,
     pending_rows: usize,
-    seen: HashMap<Hour, HashSet<String>>,
+    seen: HashMap<Hour, HashSet<u128>>,
     seq: u64,
 }
 

@@ -12,6 +12,7 @@
 pub mod alerts;
 pub mod archive;
 pub mod chains;
+pub mod decode;
 pub mod ingest;
 pub mod query;
 pub mod replay;

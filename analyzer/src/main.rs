@@ -71,7 +71,13 @@ enum Cmd {
         /// List the rules and exit.
         #[arg(long)]
         list: bool,
+        /// Print each rule's wall time and result rows (JSON lines on stderr).
+        #[arg(long)]
+        timings: bool,
     },
+    /// Print the SQL of the views (`tool_calls`, `findings`, …) as JSON, to define the same
+    /// views in another engine over the archive's files.
+    Views,
     /// An audit report of a time range (RFC 3339 times, `--to` exclusive).
     Report {
         #[arg(long)]
@@ -151,7 +157,11 @@ async fn run(cli: Cli) -> Result<()> {
             let (schema, batches) = query::run(&ctx, &q).await?;
             query::output(schema, &batches, format, out.as_deref())?;
         }
-        Cmd::Chains { rules, no_builtin, kafka, topic, list } => {
+        Cmd::Views => {
+            let m: serde_json::Map<String, serde_json::Value> = query::VIEWS.iter().map(|(n, q)| ((*n).to_owned(), (*q).into())).collect();
+            println!("{}", serde_json::Value::Object(m));
+        }
+        Cmd::Chains { rules, no_builtin, kafka, topic, list, timings } => {
             let rules = chains::load(!no_builtin, &rules)?;
             if list {
                 for r in &rules {
@@ -160,7 +170,12 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             let ctx = query::context(&cli.archive).await?;
-            let alerts = chains::run(&ctx, &rules).await?;
+            let alerts = chains::run_timed(&ctx, &rules, &mut |r, took, rows| {
+                if timings {
+                    eprintln!("{}", serde_json::json!({"rule": r.id, "ms": took.as_secs_f64() * 1e3, "rows": rows}));
+                }
+            })
+            .await?;
             // Delivered before archived: an archived alert is never raised again.
             if let Some(brokers) = kafka {
                 sluice_analyzer::alerts::send(&brokers, &topic, &alerts)?;
