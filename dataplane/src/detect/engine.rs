@@ -46,11 +46,24 @@ enum Target {
     Candidate(Encoding),
 }
 
+/// How a block-mode match of one pattern gets its start offset (phase 1 reports ends only).
+enum Start {
+    /// Every match has this width: start = end − width.
+    Fixed(usize),
+    /// Re-scan up to `window` bytes before each end with the pattern alone, start-tracked.
+    Confirm { db: BlockDatabase, window: usize },
+    /// A decode candidate: its extent comes from `candidate_span`.
+    Candidate,
+}
+
 pub struct Engine {
     rules: Vec<Loaded>,
     meta: Vec<Meta>,
     targets: Vec<Target>,
+    /// Phase 1: every pattern, no start-of-match tracking (what makes Hyperscan slow).
     block: BlockDatabase,
+    /// Phase 2, per pattern id.
+    starts: Vec<Start>,
     stream: StreamingDatabase,
     hold_back: usize,
     max_context: usize,
@@ -60,6 +73,8 @@ pub struct Engine {
 pub struct Scanner {
     scratch: Scratch,
     raw: Vec<(u32, u32, u32)>,
+    /// Phase 2's output, swapped into `raw`.
+    resolved: Vec<(u32, u32, u32)>,
     norm: String,
     origin: Vec<(u32, u32)>,
 }
@@ -112,11 +127,25 @@ impl Engine {
         for p in som.iter_mut() {
             p.som = Some(hyperscan::SomHorizon::Large);
         }
-        // The two databases compile in parallel (each takes about a second for the shipped packs).
-        let (block, stream) = std::thread::scope(|s| {
-            let st = s.spawn(|| som.build::<Streaming>().map_err(|e| format!("compiling the rule database (streaming mode): {e}")));
-            let bl = patterns.build::<Block>().map_err(|e| format!("compiling the rule database (block mode): {e}"));
-            (bl, st.join().unwrap_or_else(|_| Err("the streaming-mode compile panicked".into())))
+        // Phase 1 of block scans runs every pattern without start tracking; phase 2 finds the
+        // start of each match by re-scanning a window before its end with that pattern alone
+        // (or knows it, for fixed-width patterns). Streaming keeps one start-tracked database.
+        let mut prefilter = patterns.clone();
+        for p in prefilter.iter_mut() {
+            p.flags.remove(CompileFlags::SOM_LEFTMOST);
+        }
+        let windows: Vec<usize> = targets.iter().map(|t| match t {
+            Target::Rule(r) => rules[*r as usize].rule.max_width,
+            Target::Candidate(_) => 0,
+        }).collect();
+        // The databases compile in parallel (the two big ones take about a second each).
+        let (block, (stream, starts)) = std::thread::scope(|s| {
+            let st = s.spawn(|| {
+                let stream = som.build::<Streaming>().map_err(|e| format!("compiling the rule database (streaming mode): {e}"));
+                (stream, start_resolvers(&patterns, &targets, &windows))
+            });
+            let bl = prefilter.build::<Block>().map_err(|e| format!("compiling the rule database (block mode): {e}"));
+            (bl, st.join().unwrap_or_else(|_| (Err("the streaming-mode compile panicked".into()), Err("the confirm compile panicked".into()))))
         });
         let (block, stream) = match (block, stream) {
             (Ok(b), Ok(s)) => (b, s),
@@ -140,6 +169,8 @@ impl Engine {
                 return Err(PackError(errors));
             }
         };
+        // Every pattern compiled above, so this only fails on an internal error.
+        let starts = starts.map_err(|e| PackError(vec![e]))?;
         let mut meta: Vec<Meta> = rules
             .iter()
             .map(|l| Meta {
@@ -161,7 +192,7 @@ impl Engine {
         }));
         let max_context = rules.iter().map(|l| if l.rule.context.is_empty() { 0 } else { l.rule.context_window }).max().unwrap_or(0);
         let hold_back = rules.iter().map(|l| l.rule.max_width).max().unwrap_or(0).max(4096) + max_context;
-        Ok(Engine { rules, meta, targets, block, stream, hold_back, max_context })
+        Ok(Engine { rules, meta, targets, block, starts, stream, hold_back, max_context })
     }
 
     pub fn rules(&self) -> &[Loaded] {
@@ -199,7 +230,75 @@ impl Engine {
     pub fn scanner(&self) -> Result<Scanner, String> {
         let mut scratch = self.block.alloc_scratch().map_err(|e| e.to_string())?;
         self.stream.realloc_scratch(&mut scratch).map_err(|e| e.to_string())?;
-        Ok(Scanner { scratch, raw: Vec::new(), norm: String::new(), origin: Vec::new() })
+        for s in &self.starts {
+            if let Start::Confirm { db, .. } = s {
+                db.realloc_scratch(&mut scratch).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(Scanner { scratch, raw: Vec::new(), resolved: Vec::new(), norm: String::new(), origin: Vec::new() })
+    }
+
+    /// Phase 2: give every phase-1 match (pattern, end) its leftmost start. `raw` holds
+    /// (pattern, 0, end); afterwards (pattern, start, end), matches without a confirmed start
+    /// (longer than the rule's width) dropped.
+    fn resolve_starts(&self, hay: &str, sc: &mut Scanner, raw: &mut Vec<(u32, u32, u32)>) {
+        raw.sort_unstable_by_key(|r| (r.0, r.2));
+        raw.dedup();
+        let mut out = std::mem::take(&mut sc.resolved);
+        out.clear();
+        let mut i = 0;
+        while i < raw.len() {
+            let id = raw[i].0;
+            let mut j = i;
+            while j < raw.len() && raw[j].0 == id {
+                j += 1;
+            }
+            let ends = &raw[i..j];
+            match &self.starts[id as usize] {
+                Start::Candidate => out.extend_from_slice(ends),
+                Start::Fixed(w) => out.extend(ends.iter().filter(|r| r.2 as usize >= *w).map(|r| (id, r.2 - *w as u32, r.2))),
+                Start::Confirm { db, window } => {
+                    // Merge the windows before each end into regions; one scan per region.
+                    let mut k = 0;
+                    while k < ends.len() {
+                        let mut from = (ends[k].2 as usize).saturating_sub(*window);
+                        while !hay.is_char_boundary(from) {
+                            from -= 1;
+                        }
+                        let mut to = ends[k].2 as usize;
+                        let first = k;
+                        k += 1;
+                        while k < ends.len() && (ends[k].2 as usize).saturating_sub(*window) <= to {
+                            to = ends[k].2 as usize;
+                            k += 1;
+                        }
+                        let region = &ends[first..k];
+                        let base = out.len();
+                        let _ = db.scan(&hay[from..to], &sc.scratch, |_, s, e, _| {
+                            let (s, e) = ((from + s as usize) as u32, (from + e as usize) as u32);
+                            // Only the ends phase 1 saw: a region's edge is not a match boundary.
+                            if region.binary_search_by_key(&e, |r| r.2).is_ok() {
+                                out.push((id, s, e));
+                            }
+                            Matching::Continue
+                        });
+                        // Leftmost start per end.
+                        out[base..].sort_unstable_by_key(|r| (r.2, r.1));
+                        let mut w = base;
+                        for r in base..out.len() {
+                            if w == base || out[w - 1].2 != out[r].2 {
+                                out[w] = out[r];
+                                w += 1;
+                            }
+                        }
+                        out.truncate(w);
+                    }
+                }
+            }
+            i = j;
+        }
+        std::mem::swap(raw, &mut out);
+        sc.resolved = out;
     }
 
     /// Scan `text`, appending findings (sorted by start) to `out`.
@@ -238,10 +337,13 @@ impl Engine {
         let origin = std::mem::take(&mut sc.origin);
         let hay = if changed { norm.as_str() } else { text };
         raw.clear();
-        let _ = self.block.scan(hay, &sc.scratch, |id, from, to, _| {
-            raw.push((id, from as u32, to as u32));
+        let _ = self.block.scan(hay, &sc.scratch, |id, _, to, _| {
+            raw.push((id, 0, to as u32));
             Matching::Continue
         });
+        if !raw.is_empty() {
+            self.resolve_starts(hay, sc, &mut raw);
+        }
         let mut decoded = Vec::new();
         self.finish(hay, &mut raw, &mut |m| match m {
             Match::Rule(rule, s, e) => {
@@ -367,6 +469,42 @@ impl Scanner {
     pub(crate) fn scratch(&self) -> &hyperscan::ScratchRef {
         &self.scratch
     }
+}
+
+/// How each pattern's block-mode matches get their starts: fixed-width patterns by
+/// arithmetic, the others by a start-tracked database of the pattern alone (compiled here,
+/// in parallel) scanned over `windows[id]` bytes before each end.
+fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize]) -> Result<Vec<Start>, String> {
+    let one = |i: usize| -> Result<Start, String> {
+        if matches!(targets[i], Target::Candidate(_)) {
+            return Ok(Start::Candidate);
+        }
+        let p = &patterns[i];
+        let info = p.info().map_err(|e| format!("pattern {}: {e}", p.expression))?;
+        if info.min_width() == info.max_width() && info.max_width() < u32::MAX as usize {
+            return Ok(Start::Fixed(info.min_width()));
+        }
+        let mut q = p.clone();
+        q.id = Some(0);
+        let db = q.build::<Block>().map_err(|e| format!("compiling the start-confirm database of {}: {e}", p.expression))?;
+        Ok(Start::Confirm { db, window: windows[i].min(info.max_width()) })
+    };
+    let n = patterns.len();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let mut out: Vec<Option<Result<Start, String>>> = (0..n).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let chunks: Vec<_> = out.chunks_mut(n.div_ceil(threads).max(1)).enumerate().collect();
+        let size = n.div_ceil(threads).max(1);
+        for (c, slots) in chunks {
+            let one = &one;
+            s.spawn(move || {
+                for (k, slot) in slots.iter_mut().enumerate() {
+                    *slot = Some(one(c * size + k));
+                }
+            });
+        }
+    });
+    out.into_iter().map(|r| r.unwrap_or_else(|| Err("a start-confirm compile did not run".into()))).collect()
 }
 
 /// A confirmed match in the scanned (normalised) text.
