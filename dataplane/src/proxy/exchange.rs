@@ -848,7 +848,7 @@ async fn relay_plain(
     let kind_out = if detect.is_some() && matches!(kind, BodyKind::Length(_)) { BodyKind::CloseDelimited } else { kind };
     let chunked_out = matches!(kind_out, BodyKind::Chunked | BodyKind::CloseDelimited) && client_minor >= 1;
     let mut scan = match detect {
-        Some(d) => match (d.engine.scanner(), crate::detect::stream::StreamScanner::new(&d.engine)) {
+        Some(d) => match (w.take_scanner(&d.engine), crate::detect::stream::StreamScanner::new(&d.engine)) {
             (Ok(sc), Ok(st)) => Some((d, sc, st)),
             _ => {
                 tracing::error!(worker = w.id, "detect: cannot set up a streamed scan; refusing the body");
@@ -898,6 +898,7 @@ async fn relay_plain(
             let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
             let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
             st.finish(&mut sc, Some(plan), &mut masked, &mut found);
+            w.return_scanner(&d.engine, sc);
             log_stream_findings(w, route, d, &mut found);
         } else if let Some((d, _, _)) = scan.as_ref() {
             log_stream_findings(w, route, d, &mut found);

@@ -14,6 +14,7 @@ pub(crate) mod respond;
 mod upstream;
 
 use crate::config::Config;
+use crate::detect::engine::{Engine, Scanner};
 use crate::hooks::Chain;
 use crate::metrics::WorkerMetrics;
 use crate::runtime::Shared;
@@ -104,11 +105,32 @@ pub struct Worker {
     pub drain: Drain,
     /// This worker's event emitter (`None` when recording is off).
     pub emitter: Option<Rc<crate::events::Emitter>>,
+    /// Hyperscan scanners for streamed bodies, reused across responses (each is tied to the
+    /// engine it was allocated for; those of a replaced engine are dropped).
+    pub scanners: RefCell<Vec<(Arc<Engine>, Scanner)>>,
 }
 
 impl Worker {
     pub fn config(&self) -> Arc<Config> {
         self.shared.config.load_full()
+    }
+
+    /// A scanner for `engine` from this worker's pool, or a new one when none is free.
+    pub fn take_scanner(&self, engine: &Arc<Engine>) -> Result<Scanner, String> {
+        let mut pool = self.scanners.borrow_mut();
+        pool.retain(|(e, _)| Arc::ptr_eq(e, engine));
+        match pool.pop() {
+            Some((_, sc)) => Ok(sc),
+            None => engine.scanner(),
+        }
+    }
+
+    /// Give a scanner back for the next streamed body (the pool keeps a few).
+    pub fn return_scanner(&self, engine: &Arc<Engine>, sc: Scanner) {
+        let mut pool = self.scanners.borrow_mut();
+        if pool.len() < 8 {
+            pool.push((engine.clone(), sc));
+        }
     }
 
     pub fn draining(&self) -> bool {
@@ -149,6 +171,7 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
         respbuf: Cell::new(Vec::with_capacity(16 * 1024)),
         drain: Drain::default(),
         emitter,
+        scanners: RefCell::new(Vec::new()),
     });
     shared.ready_workers.fetch_add(1, Ordering::SeqCst);
     tracing::info!(worker = id, listeners = cfg.listeners.len(), "worker ready");
