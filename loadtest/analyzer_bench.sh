@@ -13,6 +13,7 @@ DIR=${2:-$(mktemp -d /tmp/sluice-analyzer-bench.XXXX)}
 log "cargo build --release (sluice-analyzer, gen-events)"
 cargo build --locked --release -p sluice-analyzer -p sluice-loadtest
 BIN=$CARGO_TARGET_DIR/release
+mkdir -p "$DIR"
 rm -rf "$DIR/spool" "$DIR/archive"
 log "generating $EVENTS events into $DIR/spool"
 "$BIN/gen-events" --out "$DIR/spool" --events "$EVENTS" | tee "$DIR/generated.json"

@@ -4,6 +4,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+# CI builds each fresh clone once: incremental data (GBs for the workspace crates) would only
+# fill the disk.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
 E2E=$ROOT/dataplane/tests/e2e
 VENV=$CACHE/venv
 NODE_DIR=$CACHE/node

@@ -247,7 +247,12 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
     let (mut g_version, mut g_digest, mut g_detail) = (strings(0), strings(0), strings(0));
 
     for (i, doc) in docs.iter().enumerate() {
-        let e: Ev<'_> = serde_json::from_slice(doc.as_ref()).with_context(|| format!("event {i} of the chunk is not a session event"))?;
+        // UTF-8 checked once for the whole document; parsing from a `str` then skips the
+        // check per string.
+        let e: Ev<'_> = std::str::from_utf8(doc.as_ref())
+            .map_err(anyhow::Error::from)
+            .and_then(|t| serde_json::from_str(t).map_err(anyhow::Error::from))
+            .with_context(|| format!("event {i} of the chunk is not a session event"))?;
         v.append_value(e.v);
         id.append_value(&e.id);
         ts.append_value(e.ts);

@@ -46,6 +46,12 @@ pub const VIEWS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Filters are evaluated while Parquet pages are decoded (late materialisation): an audit
+/// that selects calls to a few tools does not decode every row's payload first.
+fn config() -> SessionConfig {
+    SessionConfig::new().set_bool("datafusion.execution.parquet.pushdown_filters", true).set_bool("datafusion.execution.parquet.reorder_filters", true)
+}
+
 async fn register(ctx: &SessionContext, root: &Path, table: &str, schema: SchemaRef) -> Result<()> {
     register_as(ctx, root, table, table, schema).await
 }
@@ -64,7 +70,7 @@ async fn register_as(ctx: &SessionContext, root: &Path, table: &str, name: &str,
 
 /// A session over the archive with its tables and views.
 pub async fn context(root: &Path) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+    let ctx = SessionContext::new_with_config(config().with_information_schema(true));
     let schema = Arc::new(sluice_schema::arrow::schema());
     register(&ctx, root, "events", schema.clone()).await?;
     register(&ctx, root, "alerts", Arc::new(crate::alerts_schema())).await?;
@@ -84,7 +90,7 @@ pub fn partitioned_schema() -> SchemaRef {
 /// on (older partitions are pruned, not read) plus `pending`, the events decoded but not yet
 /// written to files (in [`partitioned_schema`]); `alerts` is the whole alerts table.
 pub async fn context_live(root: &Path, since: crate::archive::Hour, pending: Vec<RecordBatch>) -> Result<SessionContext> {
-    let ctx = SessionContext::new();
+    let ctx = SessionContext::new_with_config(config());
     let schema = Arc::new(sluice_schema::arrow::schema());
     register_as(&ctx, root, "events", "events_archive", schema).await?;
     ctx.register_table("events_pending", Arc::new(datafusion::datasource::MemTable::try_new(partitioned_schema(), vec![pending])?))?;
