@@ -64,6 +64,13 @@ pub struct Engine {
     block: BlockDatabase,
     /// Phase 2, per pattern id.
     starts: Vec<Start>,
+    /// Phase-1 ids from `patterns` on are context-word triggers: the rule each one stands for.
+    /// A rule that needs context words is not run in phase 1 at all; its patterns run,
+    /// start-tracked, only around its words.
+    triggers: Vec<u32>,
+    patterns: usize,
+    /// Pattern ids of each rule.
+    rule_patterns: Vec<Vec<u32>>,
     stream: StreamingDatabase,
     hold_back: usize,
     max_context: usize,
@@ -130,19 +137,46 @@ impl Engine {
         // Phase 1 of block scans runs every pattern without start tracking; phase 2 finds the
         // start of each match by re-scanning a window before its end with that pattern alone
         // (or knows it, for fixed-width patterns). Streaming keeps one start-tracked database.
-        let mut prefilter = patterns.clone();
-        for p in prefilter.iter_mut() {
-            p.flags.remove(CompileFlags::SOM_LEFTMOST);
+        let by_context = |t: &Target| matches!(t, Target::Rule(r) if { let r = &rules[*r as usize].rule; r.context_required && !r.context.is_empty() });
+        let mut prefilter: Vec<Pattern> = patterns
+            .iter()
+            .zip(&targets)
+            .filter(|(_, t)| !by_context(t))
+            .map(|(p, _)| {
+                let mut p = p.clone();
+                p.flags.remove(CompileFlags::SOM_LEFTMOST);
+                p
+            })
+            .collect();
+        let mut triggers = Vec::new();
+        for (ri, l) in rules.iter().enumerate() {
+            if l.rule.context_required {
+                for w in &l.rule.context {
+                    let mut p = Pattern::with_flags(&literal(w), CompileFlags::CASELESS | CompileFlags::UTF8)
+                        .map_err(|e| PackError(vec![format!("{}: rule[{}] ({}) context word {w:?}: {e}", l.file.display(), l.index, l.rule.id)]))?;
+                    p.id = Some(targets.len() + triggers.len());
+                    prefilter.push(p);
+                    triggers.push(ri as u32);
+                }
+            }
+        }
+        let prefilter = Patterns::from(prefilter);
+        let mut rule_patterns = vec![Vec::new(); rules.len()];
+        for (i, t) in targets.iter().enumerate() {
+            if let Target::Rule(r) = t {
+                rule_patterns[*r as usize].push(i as u32);
+            }
         }
         let windows: Vec<usize> = targets.iter().map(|t| match t {
             Target::Rule(r) => rules[*r as usize].rule.max_width,
             Target::Candidate(_) => 0,
         }).collect();
+        let confirm_always: Vec<bool> = targets.iter().map(by_context).collect();
         // The databases compile in parallel (the two big ones take about a second each).
         let (block, (stream, starts)) = std::thread::scope(|s| {
             let st = s.spawn(|| {
                 let stream = som.build::<Streaming>().map_err(|e| format!("compiling the rule database (streaming mode): {e}"));
-                (stream, start_resolvers(&patterns, &targets, &windows))
+                (stream, start_resolvers(&patterns, &targets, &windows, &confirm_always))
             });
             let bl = prefilter.build::<Block>().map_err(|e| format!("compiling the rule database (block mode): {e}"));
             (bl, st.join().unwrap_or_else(|_| (Err("the streaming-mode compile panicked".into()), Err("the confirm compile panicked".into()))))
@@ -192,7 +226,8 @@ impl Engine {
         }));
         let max_context = rules.iter().map(|l| if l.rule.context.is_empty() { 0 } else { l.rule.context_window }).max().unwrap_or(0);
         let hold_back = rules.iter().map(|l| l.rule.max_width).max().unwrap_or(0).max(4096) + max_context;
-        Ok(Engine { rules, meta, targets, block, starts, stream, hold_back, max_context })
+        let n_patterns = targets.len();
+        Ok(Engine { rules, meta, targets, block, starts, triggers, patterns: n_patterns, rule_patterns, stream, hold_back, max_context })
     }
 
     pub fn rules(&self) -> &[Loaded] {
@@ -238,6 +273,53 @@ impl Engine {
         Ok(Scanner { scratch, raw: Vec::new(), resolved: Vec::new(), norm: String::new(), origin: Vec::new() })
     }
 
+    /// The matches of context-needing rules near their context words: each rule's patterns,
+    /// start-tracked, over merged regions reaching `context_window` + `max_width` (+ the
+    /// longest word) around each word. A region starts `max_width` earlier still and matches
+    /// starting in that margin are dropped, so a cut at the region's edge cannot invent a
+    /// match; a match outside the regions could not have its context word near it anyway.
+    fn around_context_words(&self, hay: &str, sc: &Scanner, hits: &[(u32, u32, u32)], out: &mut Vec<(u32, u32, u32)>) {
+        let mut by_rule: Vec<(u32, u32)> = hits.iter().map(|r| (self.triggers[r.0 as usize - self.patterns], r.2)).collect();
+        by_rule.sort_unstable();
+        let mut i = 0;
+        while i < by_rule.len() {
+            let rule = by_rule[i].0;
+            let r = &self.rules[rule as usize].rule;
+            let word = r.context.iter().map(String::len).max().unwrap_or(0);
+            let reach = r.context_window + r.max_width;
+            let mut j = i;
+            while j < by_rule.len() && by_rule[j].0 == rule {
+                let keep_from = (by_rule[j].1 as usize).saturating_sub(word + reach);
+                let mut to = ((by_rule[j].1 as usize) + reach).min(hay.len());
+                j += 1;
+                while j < by_rule.len() && by_rule[j].0 == rule && (by_rule[j].1 as usize).saturating_sub(word + reach) <= to {
+                    to = ((by_rule[j].1 as usize) + reach).min(hay.len());
+                    j += 1;
+                }
+                let mut from = keep_from.saturating_sub(r.max_width);
+                while !hay.is_char_boundary(from) {
+                    from -= 1;
+                }
+                while !hay.is_char_boundary(to) {
+                    to += 1;
+                }
+                let keep_from = if from == 0 { 0 } else { keep_from };
+                for &p in &self.rule_patterns[rule as usize] {
+                    if let Start::Confirm { db, .. } = &self.starts[p as usize] {
+                        let _ = db.scan(&hay[from..to], &sc.scratch, |_, s, e, _| {
+                            let (s, e) = (from + s as usize, from + e as usize);
+                            if s >= keep_from {
+                                out.push((p, s as u32, e as u32));
+                            }
+                            Matching::Continue
+                        });
+                    }
+                }
+            }
+            i = j;
+        }
+    }
+
     /// Phase 2: give every phase-1 match (pattern, end) its leftmost start. `raw` holds
     /// (pattern, 0, end); afterwards (pattern, start, end), matches without a confirmed start
     /// (longer than the rule's width) dropped.
@@ -246,6 +328,13 @@ impl Engine {
         raw.dedup();
         let mut out = std::mem::take(&mut sc.resolved);
         out.clear();
+        // Context-word hits (ids past the patterns, sorted last): their rules' patterns run
+        // around them.
+        let first_trigger = raw.partition_point(|r| (r.0 as usize) < self.patterns);
+        if first_trigger < raw.len() {
+            self.around_context_words(hay, sc, &raw[first_trigger..], &mut out);
+            raw.truncate(first_trigger);
+        }
         let mut i = 0;
         while i < raw.len() {
             let id = raw[i].0;
@@ -471,17 +560,29 @@ impl Scanner {
     }
 }
 
+/// A context word as a Hyperscan literal (regex metacharacters escaped).
+fn literal(w: &str) -> String {
+    let mut out = String::with_capacity(w.len() * 2);
+    for c in w.chars() {
+        if c.is_ascii_punctuation() || c == ' ' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// How each pattern's block-mode matches get their starts: fixed-width patterns by
 /// arithmetic, the others by a start-tracked database of the pattern alone (compiled here,
 /// in parallel) scanned over `windows[id]` bytes before each end.
-fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize]) -> Result<Vec<Start>, String> {
+fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize], confirm_always: &[bool]) -> Result<Vec<Start>, String> {
     let one = |i: usize| -> Result<Start, String> {
         if matches!(targets[i], Target::Candidate(_)) {
             return Ok(Start::Candidate);
         }
         let p = &patterns[i];
         let info = p.info().map_err(|e| format!("pattern {}: {e}", p.expression))?;
-        if info.min_width() == info.max_width() && info.max_width() < u32::MAX as usize {
+        if !confirm_always[i] && info.min_width() == info.max_width() && info.max_width() < u32::MAX as usize {
             return Ok(Start::Fixed(info.min_width()));
         }
         let mut q = p.clone();
