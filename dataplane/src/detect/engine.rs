@@ -152,7 +152,7 @@ impl Engine {
         for (ri, l) in rules.iter().enumerate() {
             if l.rule.context_required {
                 for w in &l.rule.context {
-                    let mut p = Pattern::with_flags(&literal(w), CompileFlags::CASELESS | CompileFlags::UTF8)
+                    let mut p = Pattern::with_flags(literal(w), CompileFlags::CASELESS | CompileFlags::UTF8)
                         .map_err(|e| PackError(vec![format!("{}: rule[{}] ({}) context word {w:?}: {e}", l.file.display(), l.index, l.rule.id)]))?;
                     p.id = Some(targets.len() + triggers.len());
                     prefilter.push(p);
