@@ -54,29 +54,68 @@ impl Builtin {
 
 /// Report runs of invisible characters as `(check, start, end)` (original byte offsets).
 /// ASCII text has none; callers skip it.
+/// Find invisible-character runs in `text` (offsets into it).
 pub fn find(text: &str, mut report: impl FnMut(Builtin, usize, usize)) {
-    let bytes = text.as_bytes();
-    let mut run: Option<(Builtin, usize, usize)> = None;
-    let flush = |run: &mut Option<(Builtin, usize, usize)>, report: &mut dyn FnMut(Builtin, usize, usize)| {
-        if let Some((b, s, e)) = run.take() {
-            let word = |i: usize| bytes.get(i).is_some_and(|c| c.is_ascii_alphanumeric());
-            if b != Builtin::ZeroWidth || (s > 0 && word(s - 1) && word(e)) {
-                report(b, s, e);
+    let mut f = Finder::default();
+    f.feed(text, 0, &mut report);
+    f.finish(&mut report);
+}
+
+/// [`find`] over text that arrives in pieces (a streamed body): a run split between pieces is
+/// one run, and whether a zero-width run sits inside a word is judged by the characters
+/// around it, whichever piece they came in. Offsets are absolute (`base` + offset in piece).
+#[derive(Debug, Default)]
+pub struct Finder {
+    /// The character before the current run (or the last one seen) is ASCII alphanumeric.
+    prev_word: bool,
+    /// A run not yet closed: (kind, start, end, word before it).
+    run: Option<(Builtin, usize, usize, bool)>,
+}
+
+impl Finder {
+    pub fn feed(&mut self, text: &str, base: usize, report: &mut dyn FnMut(Builtin, usize, usize)) {
+        for (i, c) in text.char_indices() {
+            let (s, e) = (base + i, base + i + c.len_utf8());
+            match (Builtin::of(c), self.run) {
+                (Some(b), Some((rb, rs, _, w))) if rb == b => self.run = Some((b, rs, e, w)),
+                (Some(b), _) => {
+                    self.close(false, report);
+                    self.run = Some((b, s, e, self.prev_word));
+                }
+                (None, _) => {
+                    let word = c.is_ascii_alphanumeric();
+                    self.close(word, report);
+                    self.prev_word = word;
+                }
             }
         }
-    };
-    for (i, c) in text.char_indices() {
-        let end = i + c.len_utf8();
-        match (Builtin::of(c), run) {
-            (Some(b), Some((rb, s, _))) if rb == b => run = Some((b, s, end)),
-            (Some(b), _) => {
-                flush(&mut run, &mut report);
-                run = Some((b, i, end));
-            }
-            (None, _) => flush(&mut run, &mut report),
+        // A run this long is reported now, as if a word followed: a streamed body releases
+        // bytes a few KiB behind, and the run must be found before its bytes go out.
+        if self.run.is_some_and(|(_, s, e, _)| e - s > 1024) {
+            self.close(true, report);
         }
     }
-    flush(&mut run, &mut report);
+
+    /// Something that is not text (bytes that are not UTF-8): ends a run, and is no word.
+    pub fn boundary(&mut self, report: &mut dyn FnMut(Builtin, usize, usize)) {
+        self.close(false, report);
+        self.prev_word = false;
+    }
+
+    pub fn finish(&mut self, report: &mut dyn FnMut(Builtin, usize, usize)) {
+        self.close(false, report);
+    }
+
+    fn close(&mut self, next_word: bool, report: &mut dyn FnMut(Builtin, usize, usize)) {
+        if let Some((b, s, e, before)) = self.run.take() {
+            if b != Builtin::ZeroWidth || (before && next_word) {
+                report(b, s, e);
+            }
+            // A run is not a word character: what follows it sees the run's left neighbour
+            // only through the run (zero-width runs between words are one finding).
+            self.prev_word = false;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +137,24 @@ mod tests {
         assert_eq!(kinds("ign\u{200B}ore"), vec![("zero_width_evasion", 3, 6)]);
         assert!(kinds("family 👨\u{200D}👩\u{200D}👧 ok").is_empty());
         assert!(kinds("\u{FEFF}leading byte-order mark").is_empty());
+    }
+
+    /// Fed in two pieces split at every character boundary, the finder reports what one pass
+    /// over the whole text reports (found by fuzzing `stream_scan`: a soft hyphen run right
+    /// after a chunk boundary lost the word before it).
+    #[test]
+    fn pieces_find_what_the_whole_finds() {
+        for t in ["666\u{AD}\u{AD}66 x", "ign\u{200B}\u{200B}ore", "a\u{202E}\u{200B}b", "ok\u{E0068}\u{E0069} x\u{200B}", "\u{200B}a\u{200B}"] {
+            let whole = kinds(t);
+            for (i, _) in t.char_indices().chain([(t.len(), ' ')]) {
+                let mut got = Vec::new();
+                let mut f = Finder::default();
+                let mut rep = |b: Builtin, s, e| got.push((b.kind(), s, e));
+                f.feed(&t[..i], 0, &mut rep);
+                f.feed(&t[i..], i, &mut rep);
+                f.finish(&mut rep);
+                assert_eq!(got, whole, "{t:?} split at {i}");
+            }
+        }
     }
 }

@@ -36,6 +36,8 @@ pub struct StreamScanner<'e> {
     norm: String,
     origin: Vec<(u32, u32)>,
     batch: Vec<(u32, u32, u32)>,
+    /// Invisible-character runs, across pieces.
+    invisible: invisible::Finder,
 }
 
 impl Drop for StreamScanner<'_> {
@@ -70,6 +72,7 @@ impl<'e> StreamScanner<'e> {
             norm: String::new(),
             origin: Vec::new(),
             batch: Vec::new(),
+            invisible: invisible::Finder::default(),
         })
     }
 
@@ -118,6 +121,11 @@ impl<'e> StreamScanner<'e> {
             self.utf8_tail.clear();
             self.push_replacement(sc, n);
         }
+        {
+            let b = self.engine.rules().len() as u32;
+            let found = &mut self.found;
+            self.invisible.finish(&mut |k, a, e| found.push(builtin_finding(b, k, a, e)));
+        }
         if let Some(s) = self.stream.take() {
             let raw = &mut self.raw;
             let _ = s.close(sc.scratch(), |id, from, to, _| {
@@ -135,13 +143,11 @@ impl<'e> StreamScanner<'e> {
             return;
         }
         let base = self.fed;
-        if !s.is_ascii() {
+        {
+            // Every piece (ASCII too: it may end an invisible run the last piece began).
             let b = self.engine.rules().len() as u32;
             let found = &mut self.found;
-            invisible::find(s, |k, a, e| {
-                let i = BUILTINS.iter().position(|x| *x == k).unwrap_or(0) as u32;
-                found.push(Finding { rule: b + i, start: base + a, end: base + e, encoding: None });
-            });
+            self.invisible.feed(s, base, &mut |k, a, e| found.push(builtin_finding(b, k, a, e)));
         }
         let start = self.win.len();
         if !s.is_ascii() && normalize_into(s, &mut self.norm, &mut self.origin) {
@@ -157,6 +163,9 @@ impl<'e> StreamScanner<'e> {
 
     /// Bytes that are not UTF-8: scanned as one space, passed through unchanged.
     fn push_replacement(&mut self, sc: &mut Scanner, n: usize) {
+        let b = self.engine.rules().len() as u32;
+        let found = &mut self.found;
+        self.invisible.boundary(&mut |k, a, e| found.push(builtin_finding(b, k, a, e)));
         let start = self.win.len();
         self.win.push(' ');
         self.win_origin.push((self.fed, self.fed + n));
@@ -283,6 +292,11 @@ impl<'e> StreamScanner<'e> {
     }
 }
 
+fn builtin_finding(base_rule: u32, k: invisible::Builtin, start: usize, end: usize) -> Finding {
+    let i = BUILTINS.iter().position(|x| *x == k).unwrap_or(0) as u32;
+    Finding { rule: base_rule + i, start, end, encoding: None }
+}
+
 /// Mask a body given as chunks, all at once (tests, fuzzing, offline use): the masked bytes
 /// and the findings, as the gateway would produce them chunk by chunk.
 pub fn mask_chunks(engine: &Engine, plan: Option<Plan<'_>>, chunks: &[&[u8]]) -> Result<(Vec<u8>, Vec<Finding>), String> {
@@ -334,6 +348,23 @@ mod tests {
         // One byte at a time.
         let bytes: Vec<&[u8]> = text.chunks(1).collect();
         assert_eq!(run(&bytes).0, whole);
+    }
+
+    /// Fuzzing found this: a body with invalid UTF-8 and a soft-hyphen run inside a number,
+    /// split right inside the first soft hyphen, was masked differently from the whole body
+    /// (the invisible-character check only saw one piece at a time). Replays the fuzz input.
+    #[test]
+    fn fuzz_regression_soft_hyphens_split_inside_a_number() {
+        let data = include_bytes!("../../tests/regressions/stream_scan-soft-hyphen-after-split.bin");
+        let body = &data[1..];
+        let at = (data[0] as usize % data.len()).min(body.len());
+        let (whole, _) = run(&[body]);
+        assert_eq!(run(&[&body[..at], &body[at..]]).0, whole);
+        // And at every other split.
+        for i in 0..=body.len() {
+            assert_eq!(run(&[&body[..i], &body[i..]]).0, whole, "split at {i}");
+        }
+        assert!(!whole.windows(2).any(|w| w == [0xC2, 0xAD]), "the soft hyphens inside the number are removed");
     }
 
     /// Block scans find starts in a second phase (phase 1 reports ends only); streaming uses
