@@ -290,3 +290,63 @@ def test_run_shares_partitions_alerts_while_running_and_takes_over(py_json, gate
     assert rows == [{"n": len(emitted), "d": len(emitted)}], (rows, len(emitted))
     assert {r["id"] for r in sql(archive, "SELECT id FROM events")} == emitted
     assert sql(archive, "SELECT count(*) AS n FROM alerts WHERE rule = 'probing'") == [{"n": 8}]
+
+
+def test_run_from_a_growing_spool(py_json, gateway, tmp_path):
+    """`run --spool` (a gateway without Kafka): the analyzer follows the spool as the gateway
+    writes it, raises the probing alert while the events are in no file yet, and on SIGTERM
+    archives every event the gateway recorded, once."""
+    import asyncio
+    import signal
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.shared.exceptions import McpError
+
+    from conftest import free_port
+
+    (tmp_path / "policy.toml").write_text(
+        "default = \"allow\"\n[[rule]]\nid = \"small-sums\"\nwhen = 'tool.name == \"add\" && args.a > 10'\naction = \"deny\"\n")
+    spool = tmp_path / "spool"
+    extra = f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n[recording]\n[recording.spool]\ndir = "{spool}"\nfsync_interval = "5ms"\n'
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+    archive = tmp_path / "archive"
+    port = free_port()
+    p = subprocess.Popen([str(ANALYZER), "--archive", str(archive), "run", "--spool", str(spool), "--detect-secs", "1",
+                          "--flush-secs", "3600", "--metrics", f"127.0.0.1:{port}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("the metrics listener", lambda: _up(port))
+
+        async def probe():
+            async with streamablehttp_client(g.url()) as (read, write, _):
+                async with ClientSession(read, write) as s:
+                    await s.initialize()
+                    for a in (11, 12, 13):
+                        try:
+                            await s.call_tool("add", {"a": a, "b": 1})
+                        except McpError:
+                            pass
+
+        asyncio.run(probe())
+        wait_for("the probing alert", lambda: metrics(port)["sluice_analyzer_alerts_total"] >= 1)
+        assert [r["rule"] for r in sql(archive, "SELECT rule FROM alerts")] == ["probing"]
+        assert not list((archive / "events").rglob("*.parquet")), "detected before any file was written"
+        assert g.proc.stop() == 0
+        emitted = {e["id"] for e in spool_events(spool)}
+        wait_for("every spooled event read", lambda: metrics(port)["sluice_analyzer_events_read_total"] == len(emitted))
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0, p.stderr.read()[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert {r["id"] for r in sql(archive, "SELECT id FROM events")} == emitted
+    assert sql(archive, "SELECT count(*) AS n FROM events") == [{"n": len(emitted)}]
+
+
+def _up(port: int) -> bool:
+    try:
+        metrics(port)
+        return True
+    except Exception:
+        return False
