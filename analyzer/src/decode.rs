@@ -177,9 +177,13 @@ struct Strukt {
 
 impl Strukt {
     fn of(schema: &SchemaRef, name: &str) -> Result<Strukt> {
-        match schema.field_with_name(name)?.data_type() {
+        Strukt::of_type(schema.field_with_name(name)?.data_type(), name)
+    }
+
+    fn of_type(t: &DataType, name: &str) -> Result<Strukt> {
+        match t {
             DataType::Struct(f) => Ok(Strukt { fields: f.clone(), valid: Vec::new() }),
-            t => anyhow::bail!("column {name} is {t}, not a struct"),
+            t => anyhow::bail!("{name} is {t}, not a struct"),
         }
     }
 
@@ -222,10 +226,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
     let mut decision = Strukt::of(schema, "decision")?;
     let (mut d_action, mut d_stage, mut d_rule, mut d_reason) = (strings(n), strings(n), strings(n), strings(n));
     let finding_item = list_item(schema, "findings")?;
-    let mut finding = match finding_item.data_type() {
-        DataType::Struct(f) => Strukt { fields: f.clone(), valid: Vec::new() },
-        t => anyhow::bail!("findings items are {t}, not structs"),
-    };
+    let mut finding = Strukt::of_type(finding_item.data_type(), "findings items")?;
     let mut f_cols: [StringBuilder; 8] = std::array::from_fn(|_| StringBuilder::new());
     let mut f_offsets = vec![0i32];
     let mut f_valid = Vec::with_capacity(n);
@@ -234,10 +235,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
     let mut a_waited = UInt64Builder::new();
     let mut a_expires = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let tool_item = list_item(schema, "tools")?;
-    let mut tool_entry = match tool_item.data_type() {
-        DataType::Struct(f) => Strukt { fields: f.clone(), valid: Vec::new() },
-        t => anyhow::bail!("tools items are {t}, not structs"),
-    };
+    let mut tool_entry = Strukt::of_type(tool_item.data_type(), "tools items")?;
     let (mut t_name, mut t_digest) = (StringBuilder::new(), StringBuilder::new());
     let mut t_offsets = vec![0i32];
     let mut t_valid = Vec::with_capacity(n);

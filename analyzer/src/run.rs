@@ -165,6 +165,7 @@ pub fn run(root: &Path, o: Opts, stop: Arc<AtomicBool>, rt: tokio::runtime::Hand
         }
         Source::Spool(dir) => {
             let mut tail = SpoolTail::open(dir, root)?;
+            let mut lag_at = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let n = tail.read(ingest::CHUNK, &mut |doc| lock(&pipeline).push(doc))?;
                 if lock(&pipeline).due(o.flush) {
@@ -173,7 +174,10 @@ pub fn run(root: &Path, o: Opts, stop: Arc<AtomicBool>, rt: tokio::runtime::Hand
                 }
                 detector.maybe(&pipeline, o.detect)?;
                 metrics.update(&lock(&pipeline));
-                metrics.spool_lag_bytes.store(tail.behind().unwrap_or(0), Ordering::Relaxed);
+                if lag_at.elapsed() >= Duration::from_secs(2) {
+                    lag_at = Instant::now();
+                    metrics.spool_lag_bytes.store(tail.behind().unwrap_or(0), Ordering::Relaxed);
+                }
                 if n == 0 {
                     std::thread::sleep(Duration::from_millis(100));
                 }

@@ -25,6 +25,48 @@ def sql(archive, q):
     return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
 
 
+SMALL_SUMS = ("default = \"allow\"\n[[rule]]\nid = \"small-sums\"\nwhen = 'tool.name == \"add\" && args.a > 10'\naction = \"deny\"\n"
+              "reason = \"sums above 10 are not allowed\"\n")
+
+
+def small_sums_policy(tmp_path) -> str:
+    """A policy denying `add` with a > 10 (so three such calls are probing); its config section."""
+    (tmp_path / "policy.toml").write_text(SMALL_SUMS)
+    return f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n'
+
+
+def kafka_recording(tmp_path, kafka, topic: str) -> str:
+    """Recording to a spool in tmp_path and on to `topic` (events and approvals)."""
+    return (f'[recording]\n[recording.spool]\ndir = "{tmp_path / "spool"}"\n'
+            f'[recording.kafka]\nbrokers = "{kafka.bootstrap}"\nevents_topic = "{topic}"\napprovals_topic = "{topic}"\nlinger = "2ms"\n')
+
+
+def probe(url: str, sessions: int = 1, sums=(11, 12, 13)) -> list:
+    """`sessions` MCP sessions (official Python SDK client), each calling `add` with a = each of
+    `sums`; per call "ok" or the JSON-RPC error code."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.shared.exceptions import McpError
+
+    async def go():
+        out = []
+        for _ in range(sessions):
+            async with streamablehttp_client(url) as (read, write, _):
+                async with ClientSession(read, write) as s:
+                    await s.initialize()
+                    for a in sums:
+                        try:
+                            await s.call_tool("add", {"a": a, "b": 1})
+                            out.append("ok")
+                        except McpError as e:
+                            out.append(e.error.code)
+        return out
+
+    return asyncio.run(go())
+
+
 def test_spool_to_parquet_reads_the_same_everywhere_and_never_twice(py_json, gateway, tmp_path):
     g = gateway([{"path": "/mcp", "upstream": py_json}])
     py_client(g.url(), "py")
@@ -97,40 +139,14 @@ def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafk
     its events go through the real Kafka broker, the analyzer ingests them with a consumer
     group, the probing rule fires, and the alert arrives on the alerts topic with evidence
     that is in the archive."""
-    import asyncio
-
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
-    from mcp.shared.exceptions import McpError
-
     from conftest import BROKER
     from test_recording import topics
 
     ev, _ = topics(kafka, "e2e-analyzer")
     alerts_topic = "e2e-analyzer.alerts"
     subprocess.run([str(BROKER), "topics", str(kafka.port), f"{alerts_topic}:2"], check=True, capture_output=True)
-    (tmp_path / "policy.toml").write_text(
-        "default = \"allow\"\n[[rule]]\nid = \"small-sums\"\nwhen = 'tool.name == \"add\" && args.a > 10'\naction = \"deny\"\n"
-        "reason = \"sums above 10 are not allowed\"\n")
-    extra = (f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n'
-             f'[recording]\n[recording.spool]\ndir = "{tmp_path / "spool"}"\n'
-             f'[recording.kafka]\nbrokers = "{kafka.bootstrap}"\nevents_topic = "{ev}"\napprovals_topic = "{ev}"\nlinger = "2ms"\n')
-    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
-
-    async def probe():
-        async with streamablehttp_client(g.url()) as (read, write, _):
-            async with ClientSession(read, write) as s:
-                await s.initialize()
-                out = []
-                for a in (1, 11, 12, 13):
-                    try:
-                        await s.call_tool("add", {"a": a, "b": 1})
-                        out.append("ok")
-                    except McpError as e:
-                        out.append(e.error.code)
-                return out
-
-    assert asyncio.run(probe()) == ["ok", -32009, -32009, -32009]
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=small_sums_policy(tmp_path) + kafka_recording(tmp_path, kafka, ev))
+    assert probe(g.url(), sums=(1, 11, 12, 13)) == ["ok", -32009, -32009, -32009]
     assert g.proc.stop() == 0
     emitted = len(spool_events(tmp_path / "spool"))
     archive = tmp_path / "archive"
@@ -205,13 +221,8 @@ def test_run_shares_partitions_alerts_while_running_and_takes_over(py_json, gate
     alerts topic while both keep running (before any file rotation is due); the lag metric
     returns to 0; when one instance stops, the other takes its partitions over and alerts on
     the next sessions; in the end the archive holds every emitted event exactly once."""
-    import asyncio
     import signal
     import time
-
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
-    from mcp.shared.exceptions import McpError
 
     from conftest import BROKER, free_port
     from test_recording import topics
@@ -219,12 +230,7 @@ def test_run_shares_partitions_alerts_while_running_and_takes_over(py_json, gate
     ev, _ = topics(kafka, "e2e-run")
     alerts_topic = "e2e-run.alerts"
     subprocess.run([str(BROKER), "topics", str(kafka.port), f"{alerts_topic}:2"], check=True, capture_output=True)
-    (tmp_path / "policy.toml").write_text(
-        "default = \"allow\"\n[[rule]]\nid = \"small-sums\"\nwhen = 'tool.name == \"add\" && args.a > 10'\naction = \"deny\"\n")
-    extra = (f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n'
-             f'[recording]\n[recording.spool]\ndir = "{tmp_path / "spool"}"\n'
-             f'[recording.kafka]\nbrokers = "{kafka.bootstrap}"\nevents_topic = "{ev}"\napprovals_topic = "{ev}"\nlinger = "2ms"\n')
-    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=small_sums_policy(tmp_path) + kafka_recording(tmp_path, kafka, ev))
     archive = tmp_path / "archive"
     ports = [free_port(), free_port()]
     procs = [
@@ -243,18 +249,7 @@ def test_run_shares_partitions_alerts_while_running_and_takes_over(py_json, gate
         split = wait_for("both instances to own partitions", lambda: (a := assigned(ports)) and all(x > 0 for x in a) and sum(a) == 4 and a)
         assert split == [2, 2], split
 
-        async def probe(n):
-            for _ in range(n):
-                async with streamablehttp_client(g.url()) as (read, write, _):
-                    async with ClientSession(read, write) as s:
-                        await s.initialize()
-                        for a in (11, 12, 13):
-                            try:
-                                await s.call_tool("add", {"a": a, "b": 1})
-                            except McpError:
-                                pass
-
-        asyncio.run(probe(6))
+        probe(g.url(), sessions=6)
         got = kafka.consume(alerts_topic, timeout=60, group="e2e-run-check-1", until=lambda m: len(m) >= 6)
         probing = {m[3]["id"]: m[3] for m in got if m[3]["rule"] == "probing"}
         assert len(probing) == 6 and len({a["session"] for a in probing.values()}) == 6, got
@@ -271,7 +266,7 @@ def test_run_shares_partitions_alerts_while_running_and_takes_over(py_json, gate
         assert procs[1].wait(timeout=60) == 0, procs[1].stderr.read()[-3000:]
         assert list((archive / "events").rglob("*.parquet")), "the stopping instance wrote its events"
         wait_for("the survivor to own all partitions", lambda: assigned(ports[:1]) == [4])
-        asyncio.run(probe(2))
+        probe(g.url(), sessions=2)
         got = kafka.consume(alerts_topic, timeout=60, group="e2e-run-check-2", until=lambda m: len(m) >= 8)
         ids = [m[3]["id"] for m in got if m[3]["rule"] == "probing"]
         assert len(ids) == 8 == len(set(ids)), got
@@ -296,19 +291,12 @@ def test_run_from_a_growing_spool(py_json, gateway, tmp_path):
     """`run --spool` (a gateway without Kafka): the analyzer follows the spool as the gateway
     writes it, raises the probing alert while the events are in no file yet, and on SIGTERM
     archives every event the gateway recorded, once."""
-    import asyncio
     import signal
-
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
-    from mcp.shared.exceptions import McpError
 
     from conftest import free_port
 
-    (tmp_path / "policy.toml").write_text(
-        "default = \"allow\"\n[[rule]]\nid = \"small-sums\"\nwhen = 'tool.name == \"add\" && args.a > 10'\naction = \"deny\"\n")
     spool = tmp_path / "spool"
-    extra = f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n[recording]\n[recording.spool]\ndir = "{spool}"\nfsync_interval = "5ms"\n'
+    extra = small_sums_policy(tmp_path) + f'[recording]\n[recording.spool]\ndir = "{spool}"\nfsync_interval = "5ms"\n'
     g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
     archive = tmp_path / "archive"
     port = free_port()
@@ -317,18 +305,7 @@ def test_run_from_a_growing_spool(py_json, gateway, tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for("the metrics listener", lambda: _up(port))
-
-        async def probe():
-            async with streamablehttp_client(g.url()) as (read, write, _):
-                async with ClientSession(read, write) as s:
-                    await s.initialize()
-                    for a in (11, 12, 13):
-                        try:
-                            await s.call_tool("add", {"a": a, "b": 1})
-                        except McpError:
-                            pass
-
-        asyncio.run(probe())
+        assert probe(g.url()) == [-32009, -32009, -32009]
         wait_for("the probing alert", lambda: metrics(port)["sluice_analyzer_alerts_total"] >= 1)
         assert [r["rule"] for r in sql(archive, "SELECT rule FROM alerts")] == ["probing"]
         assert not list((archive / "events").rglob("*.parquet")), "detected before any file was written"
