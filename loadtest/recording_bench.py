@@ -22,6 +22,13 @@ def metric(admin, name):
     return 0.0
 
 
+def cpu_seconds(pid):
+    """User + system CPU of a process and all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sluice(args, tmp, name, up_port, recording):
     port, admin = free_port(), free_port()
     d = os.path.join(tmp, name)
@@ -45,23 +52,26 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--variant", action="append", default=[],
+                    help='extra Kafka mode: [recording.kafka] settings, e.g. \'compression = "zstd", linger = "20ms"\'')
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="sluice-recbench-")
     up_port = free_port()
     body = RESULT.replace("'", "\\'")
     upstream = nginx(tmp, "upstream", 1, f"""server {{ listen 127.0.0.1:{up_port} reuseport; keepalive_timeout 300s;
       location / {{ default_type application/json; return 200 '{body}'; }} }}""")
+    kafka = ('[recording.spool]\ndir = "{dir}/spool"\n[recording.kafka]\nbrokers = "' + args.kafka
+             + '"\nevents_topic = "' + args.topic + '"\napprovals_topic = "' + args.topic + '.ap"\n')
     modes = [
         ("recording off", "[recording]\nenabled = false\n"),
         ("spool", '[recording.spool]\ndir = "{dir}/spool"\n'),
-        ("spool + Kafka", '[recording.spool]\ndir = "{dir}/spool"\n[recording.kafka]\nbrokers = "' + args.kafka
-         + '"\nevents_topic = "' + args.topic + '"\napprovals_topic = "' + args.topic + '.ap"\n'),
-    ]
+        ("spool + Kafka", kafka),
+    ] + [(f"spool + Kafka, {v}", kafka + v.replace(", ", "\n") + "\n") for v in args.variant]
     gateways, rows, half = [], [], None
     try:
         wait_port(up_port)
         for name, rec in modes:
-            gateways.append((name, *sluice(args, tmp, name.replace(" ", "_").replace("+", ""), up_port, rec)))
+            gateways.append((name, *sluice(args, tmp, "".join(c if c.isalnum() else "_" for c in name), up_port, rec)))
         peaks = {}
         for name, _, port, admin in gateways:
             url = f"http://127.0.0.1:{port}/mcp"
@@ -70,9 +80,14 @@ def main():
         half = max(1, int(peaks[modes[0][0]][0]["rps"] / 2))
         # Fixed-rate runs, interleaved and repeated: the median p99 of each mode.
         fixed = {name: [] for name, _ in modes}
+        cpu = {name: [0.0, 0] for name, _ in modes}  # CPU seconds, requests answered
         for _ in range(args.repeat):
-            for name, _, port, _ in gateways:
-                fixed[name].append(oha(args, f"http://127.0.0.1:{port}/mcp", args.seconds, rate=half)["p99"])
+            for name, p, port, _ in gateways:
+                c0 = cpu_seconds(p.pid)
+                r = oha(args, f"http://127.0.0.1:{port}/mcp", args.seconds, rate=half)
+                cpu[name][0] += cpu_seconds(p.pid) - c0
+                cpu[name][1] += r["ok"]
+                fixed[name].append(r["p99"])
         for name, _, _, admin in gateways:
             for _ in range(300):  # let the sinks catch up, then check nothing was lost
                 done = metric(admin, "sluice_events_spooled_total") >= metric(admin, "sluice_events_emitted_total")
@@ -82,7 +97,8 @@ def main():
                     break
                 time.sleep(0.1)
             p99s = sorted(fixed[name])
-            rows.append((name, peaks[name][0], p99s[len(p99s) // 2], p99s, peaks[name][1], metric(admin, "sluice_events_lost_total")))
+            per_k = 1000 * 1000 * cpu[name][0] / max(1, cpu[name][1])  # CPU ms per 1,000 requests
+            rows.append((name, peaks[name][0], p99s[len(p99s) // 2], p99s, peaks[name][1], metric(admin, "sluice_events_lost_total"), per_k))
     finally:
         for _, p, _, _ in gateways:
             p.terminate()
@@ -91,11 +107,12 @@ def main():
     base = rows[0][2]
     print(f"\n{args.workers} workers, 64 keep-alive connections, {args.seconds}s per run; load generator, upstream, sluice "
           f"and the Kafka broker share {os.cpu_count()} cores. Each request is 2 events (request + response).\n")
-    print(f"| recording | peak req/s | events/s at peak | p99 µs at peak | median p99 µs at {half} req/s ({args.repeat} runs) | p99 vs off | lost |")
-    print("|---|---|---|---|---|---|---|")
-    for name, peak, p99, runs, eps, lost in rows:
+    print(f"| recording | peak req/s | events/s at peak | p99 µs at peak | median p99 µs at {half} req/s ({args.repeat} runs) | p99 vs off "
+          f"| gateway CPU ms per 1k requests at {half} req/s | lost |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, peak, p99, runs, eps, lost, per_k in rows:
         spread = "/".join(f"{x:.0f}" for x in runs)
-        print(f"| {name} | {peak['rps']:.0f} | {eps:.0f} | {peak['p99']:.0f} | {p99:.0f} ({spread}) | {p99 / base:.2f}× | {lost:.0f} |")
+        print(f"| {name} | {peak['rps']:.0f} | {eps:.0f} | {peak['p99']:.0f} | {p99:.0f} ({spread}) | {p99 / base:.2f}× | {per_k:.1f} | {lost:.0f} |")
 
 
 if __name__ == "__main__":

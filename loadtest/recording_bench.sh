@@ -3,7 +3,8 @@
 #   1. pipeline capacity: recorder_throughput (1M events from 2 emitter threads) to the spool,
 #      then to the spool + Kafka;
 #   2. the proxy under load with recording off / spool / spool + Kafka (rate, p99 added).
-#   usage: loadtest/recording_bench.sh [seconds per proxy run, default 10]
+#   usage: loadtest/recording_bench.sh [seconds per proxy run, default 10] [recording_bench.py options:
+#          --repeat N, --variant '[recording.kafka] settings' for extra Kafka modes]
 source "$(dirname "$0")/../scripts/lib.sh"
 bench_tools
 cd "$ROOT"
@@ -22,4 +23,4 @@ log "pipeline capacity: spool + Kafka"
 "$BIN" --events 1000000 --threads 2 --kafka "127.0.0.1:$PORT" --topic bench.pipeline
 log "proxy under load"
 cd "$ROOT/loadtest"
-python3 recording_bench.py --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$OHA" --kafka "127.0.0.1:$PORT" --seconds "${1:-10}"
+python3 recording_bench.py --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$OHA" --kafka "127.0.0.1:$PORT" --seconds "${1:-10}" "${@:2}"

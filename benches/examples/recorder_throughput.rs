@@ -4,7 +4,8 @@
 //! acknowledged them all).
 //!
 //!   cargo run --release -p sluice-benches --example recorder_throughput -- [--events N]
-//!       [--threads T] [--kafka HOST:PORT --topic NAME] [--dir DIR]
+//!       [--threads T] [--kafka HOST:PORT --topic NAME [--compression zstd|lz4] [--linger-ms MS]]
+//!       [--dir DIR]
 //!
 //! `loadtest/recording_bench.sh` runs it against a real broker and prints the README table.
 
@@ -35,7 +36,7 @@ fn main() -> anyhow::Result<()> {
             ("acks".into(), "all".into()),
             ("max.in.flight.requests.per.connection".into(), "5".into()),
             ("message.timeout.ms".into(), "0".into()),
-            ("linger.ms".into(), "5".into()),
+            ("linger.ms".into(), arg("--linger-ms").unwrap_or_else(|| "5".into())),
             ("compression.type".into(), arg("--compression").unwrap_or_else(|| "zstd".into())),
             ("partitioner".into(), "murmur2_random".into()),
         ],
