@@ -14,8 +14,10 @@ import duckdb
 
 def duck_sql(sql: str) -> str:
     """DataFusion → DuckDB spelling: `~*` is a partial case-insensitive match there too
-    (`regexp_matches(x, p, 'i')`), `make_array` is `list_value`."""
+    (`regexp_matches(x, p, 'i')`), `make_array` is `list_value`, the aggregate
+    `first_value(x ORDER BY y)` is `arg_min(x, y)`."""
     sql = re.sub(r"([\w.]+)\s*~\*\s*('[^']*')", r"regexp_matches(\1, \2, 'i')", sql)
+    sql = re.sub(r"first_value\(([\w.]+) ORDER BY ([\w.]+)\)", r"arg_min(\1, \2)", sql)
     return sql.replace("make_array(", "list_value(")
 
 

@@ -6,6 +6,7 @@ recording at a fixed rate (half of the recording-off peak)."""
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -104,6 +105,8 @@ def main():
             p.terminate()
             p.wait()
         upstream.terminate()
+        upstream.wait()
+        shutil.rmtree(tmp, ignore_errors=True)  # the spools: hundreds of MiB per run
     base = rows[0][2]
     print(f"\n{args.workers} workers, 64 keep-alive connections, {args.seconds}s per run; load generator, upstream, sluice "
           f"and the Kafka broker share {os.cpu_count()} cores. Each request is 2 events (request + response).\n")

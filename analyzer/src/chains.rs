@@ -89,24 +89,48 @@ pub struct Alert {
     pub evidence: Vec<String>,
 }
 
+/// A result column of text (any string type: the archive's are views) as `Utf8`.
+fn as_text(c: &ArrayRef) -> Option<ArrayRef> {
+    use datafusion::arrow::datatypes::DataType;
+    match c.data_type() {
+        DataType::Utf8 => Some(c.clone()),
+        DataType::Utf8View | DataType::LargeUtf8 | DataType::Null => datafusion::arrow::compute::cast(c, &DataType::Utf8).ok(),
+        _ => None,
+    }
+}
+
+/// A result column of lists of text as `List(Utf8)`.
+fn as_text_list(c: &ArrayRef) -> Option<ArrayRef> {
+    use datafusion::arrow::datatypes::{DataType, Field};
+    let item = match c.data_type() {
+        DataType::List(f) | DataType::LargeList(f) => f.data_type(),
+        _ => return None,
+    };
+    if !matches!(item, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null) {
+        return None;
+    }
+    datafusion::arrow::compute::cast(c, &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))).ok()
+}
+
 /// Run one rule; its alerts.
 pub async fn run_rule(ctx: &SessionContext, rule: &Rule) -> Result<Vec<Alert>> {
     let batches = ctx.sql(&rule.sql).await.with_context(|| format!("rule {} ({})", rule.id, rule.source))?.collect().await.with_context(|| format!("rule {} ({})", rule.id, rule.source))?;
     let mut out = Vec::new();
     for b in &batches {
         let col = |name: &str| b.column_by_name(name).with_context(|| format!("rule {} ({}) must return a `{name}` column", rule.id, rule.source));
-        let session = col("session")?.as_string_opt::<i32>().with_context(|| format!("rule {}: `session` must be text", rule.id))?;
-        let subject = col("subject")?;
-        let subject = subject.as_string_opt::<i32>().with_context(|| format!("rule {}: `subject` must be text", rule.id))?;
+        let text = |name: &str, c: &ArrayRef| as_text(c).with_context(|| format!("rule {}: `{name}` must be text", rule.id));
+        let session = text("session", col("session")?)?;
+        let session = session.as_string::<i32>();
+        let subject = text("subject", col("subject")?)?;
+        let subject = subject.as_string::<i32>();
         let ts = col("ts")?.as_primitive_opt::<TimestampMicrosecondType>().with_context(|| format!("rule {}: `ts` must be a timestamp", rule.id))?;
-        let evidence = col("evidence")?.as_list_opt::<i32>().with_context(|| format!("rule {}: `evidence` must be a list of event ids", rule.id))?;
-        let incident = match b.column_by_name("incident") {
-            Some(c) => Some(c.as_string_opt::<i32>().with_context(|| format!("rule {}: `incident` must be text", rule.id))?),
-            None => None,
-        };
+        let evidence = as_text_list(col("evidence")?).with_context(|| format!("rule {}: `evidence` must be a list of event ids", rule.id))?;
+        let evidence = evidence.as_list::<i32>();
+        let incident = b.column_by_name("incident").map(|c| text("incident", c)).transpose()?;
+        let incident = incident.as_ref().map(|c| c.as_string::<i32>());
         for i in 0..b.num_rows() {
             let ev = evidence.value(i);
-            let ev = ev.as_string_opt::<i32>().with_context(|| format!("rule {}: evidence items must be event ids", rule.id))?;
+            let ev = ev.as_string::<i32>();
             let evidence: Vec<String> = ev.iter().flatten().map(str::to_owned).collect();
             let mut h = blake3::Hasher::new();
             h.update(rule.id.as_bytes());
