@@ -11,7 +11,8 @@ use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -143,6 +144,12 @@ pub fn write_file(dir: &Path, name: &str, schema: SchemaRef, batches: &[RecordBa
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_row_count(Some(ROW_GROUP))
+        // Unique per event: a dictionary is built, overflows and is thrown away page after page.
+        .set_column_dictionary_enabled(ColumnPath::from("id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("ts"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("payload"), false)
+        // Min/max of JSON text prunes nothing.
+        .set_column_statistics_enabled(ColumnPath::from("payload"), EnabledStatistics::None)
         .set_created_by(format!("sluice-analyzer {}", env!("CARGO_PKG_VERSION")))
         .build();
     let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
