@@ -536,4 +536,28 @@ mod tests {
         let e = decode(&schema, &docs).unwrap_err();
         assert!(format!("{e:#}").contains("event 1 of the chunk"), "{e:#}");
     }
+
+    /// `payload` is kept as raw text but still checked: malformed JSON anywhere in it (or in
+    /// a field this version skips) is an error, never archived text no engine can read.
+    #[test]
+    fn malformed_json_inside_payload_or_skipped_fields_is_an_error() {
+        let schema: SchemaRef = Arc::new(sluice_schema::arrow::schema());
+        let head = r#"{"v":1,"id":"a","ts":1,"kind":"request","instance":"g","#;
+        for bad in [
+            r#""payload":{"a":tru}}"#,
+            r#""payload":{"a":[1,2}}"#,
+            r#""payload":{"a":"\x"}}"#,
+            r#""payload":{"a":1,}}"#,
+            r#""payload":{"a":01}}"#,
+            r#""payload":{"a" 1}}"#,
+            r#""future":[{"a":nul}]}"#,
+            r#""payload":{"a":"x"}"#,
+        ] {
+            let doc = format!("{head}{bad}");
+            assert!(decode(&schema, &[doc.as_bytes()]).is_err(), "accepted {doc}");
+        }
+        let good = format!(r#"{head}"payload":{{"a":[true,null,-1.5e3,"\u00e9\n"]}}}}"#);
+        let b = decode(&schema, &[good.as_bytes()]).unwrap();
+        assert_eq!(b.column_by_name("payload").unwrap().as_string::<i32>().value(0), r#"{"a":[true,null,-1.5e3,"\u00e9\n"]}"#);
+    }
 }
