@@ -52,9 +52,8 @@ impl Builtin {
     }
 }
 
-/// Report runs of invisible characters as `(check, start, end)` (original byte offsets).
-/// ASCII text has none; callers skip it.
-/// Find invisible-character runs in `text` (offsets into it).
+/// Report runs of invisible characters in `text` as `(check, start, end)` (byte offsets into
+/// it). ASCII text has none; callers skip it.
 pub fn find(text: &str, mut report: impl FnMut(Builtin, usize, usize)) {
     let mut f = Finder::default();
     f.feed(text, 0, &mut report);
