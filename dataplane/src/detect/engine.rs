@@ -1,7 +1,8 @@
 //! The scanner: every rule's patterns, plus the two decode-candidate patterns, compiled into
 //! one Hyperscan database in block mode and one in streaming mode (SOM_LEFTMOST) off the hot
-//! path. Scanning normalises the text, runs the database, keeps the longest match per rule and
-//! start, applies validators, context words and value trimming, decodes and rescans encoded
+//! path (block scans find the patterns that are one character class repeated without
+//! Hyperscan, see [`super::runs`]). Scanning normalises the text, runs the database, keeps
+//! the longest match per rule and start, applies validators, context words and value trimming, decodes and rescans encoded
 //! candidates, runs the built-in invisible-character checks and maps every finding back to
 //! byte offsets in the original text.
 //!
@@ -14,6 +15,7 @@ use super::invisible::{self, Builtin, BUILTINS};
 use super::mask::Strategy;
 use super::normalize::{normalize_into, original};
 use super::rules::{Category, Loaded, PackError, Severity, Validator};
+use super::runs::{self, Runs, Shape, Trail};
 use super::validate;
 use hyperscan::prelude::*;
 use hyperscan::{Block, Streaming};
@@ -54,6 +56,8 @@ enum Start {
     Confirm { db: BlockDatabase, window: usize },
     /// A decode candidate: its extent comes from `candidate_span`.
     Candidate,
+    /// Not in phase 1: found with its start by [`Runs`].
+    Run,
 }
 
 pub struct Engine {
@@ -64,6 +68,9 @@ pub struct Engine {
     block: BlockDatabase,
     /// Phase 2, per pattern id.
     starts: Vec<Start>,
+    /// Patterns that match runs of one character class (blobs, the base64 decode candidate),
+    /// found without Hyperscan in block scans.
+    runs: Option<Runs>,
     /// Phase-1 ids from `patterns` on are context-word triggers: the rule each one stands for.
     /// A rule that needs context words is not run in phase 1 at all; its patterns run,
     /// start-tracked, only around its words.
@@ -138,11 +145,29 @@ impl Engine {
         // start of each match by re-scanning a window before its end with that pattern alone
         // (or knows it, for fixed-width patterns). Streaming keeps one start-tracked database.
         let by_context = |t: &Target| matches!(t, Target::Rule(r) if { let r = &rules[*r as usize].rule; r.context_required && !r.context.is_empty() });
+        // Run-shaped patterns (at most 32, one bit each) leave phase 1 for [`Runs`].
+        let mut run_specs: Vec<(u32, Shape, usize)> = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let spec = match t {
+                Target::Rule(r) if !by_context(t) => {
+                    let r = &rules[*r as usize].rule;
+                    runs::shape(&patterns[i].expression, r.caseless).map(|sh| (sh, r.max_width))
+                }
+                Target::Candidate(Encoding::Base64) => Some((base64_candidate_shape(), usize::MAX / 2)),
+                _ => None,
+            };
+            if let Some((sh, width)) = spec.filter(|_| run_specs.len() < 32) {
+                run_specs.push((i as u32, sh, width));
+            }
+        }
+        let native: Vec<bool> = (0..targets.len()).map(|i| run_specs.iter().any(|r| r.0 as usize == i)).collect();
+        let runs = Runs::new(run_specs);
         let mut prefilter: Vec<Pattern> = patterns
             .iter()
             .zip(&targets)
-            .filter(|(_, t)| !by_context(t))
-            .map(|(p, _)| {
+            .zip(&native)
+            .filter(|((_, t), native)| !by_context(t) && !**native)
+            .map(|((p, _), _)| {
                 let mut p = p.clone();
                 p.flags.remove(CompileFlags::SOM_LEFTMOST);
                 p
@@ -176,7 +201,7 @@ impl Engine {
         let (block, (stream, starts)) = std::thread::scope(|s| {
             let st = s.spawn(|| {
                 let stream = som.build::<Streaming>().map_err(|e| format!("compiling the rule database (streaming mode): {e}"));
-                (stream, start_resolvers(&patterns, &targets, &windows, &confirm_always))
+                (stream, start_resolvers(&patterns, &targets, &windows, &confirm_always, &native))
             });
             let bl = prefilter.build::<Block>().map_err(|e| format!("compiling the rule database (block mode): {e}"));
             (bl, st.join().unwrap_or_else(|_| (Err("the streaming-mode compile panicked".into()), Err("the confirm compile panicked".into()))))
@@ -227,7 +252,7 @@ impl Engine {
         let max_context = rules.iter().map(|l| if l.rule.context.is_empty() { 0 } else { l.rule.context_window }).max().unwrap_or(0);
         let hold_back = rules.iter().map(|l| l.rule.max_width).max().unwrap_or(0).max(4096) + max_context;
         let n_patterns = targets.len();
-        Ok(Engine { rules, meta, targets, block, starts, triggers, patterns: n_patterns, rule_patterns, stream, hold_back, max_context })
+        Ok(Engine { rules, meta, targets, block, starts, runs, triggers, patterns: n_patterns, rule_patterns, stream, hold_back, max_context })
     }
 
     pub fn rules(&self) -> &[Loaded] {
@@ -344,7 +369,7 @@ impl Engine {
             }
             let ends = &raw[i..j];
             match &self.starts[id as usize] {
-                Start::Candidate => out.extend_from_slice(ends),
+                Start::Candidate | Start::Run => out.extend_from_slice(ends),
                 Start::Fixed(w) => out.extend(ends.iter().filter(|r| r.2 as usize >= *w).map(|r| (id, r.2 - *w as u32, r.2))),
                 Start::Confirm { db, window } => {
                     // Merge the windows before each end into regions; one scan per region.
@@ -432,6 +457,9 @@ impl Engine {
         });
         if !raw.is_empty() {
             self.resolve_starts(hay, sc, &mut raw);
+        }
+        if let Some(runs) = &self.runs {
+            runs.find(hay.as_bytes(), &mut raw);
         }
         let mut decoded = Vec::new();
         self.finish(hay, &mut raw, &mut |m| match m {
@@ -575,8 +603,11 @@ fn literal(w: &str) -> String {
 /// How each pattern's block-mode matches get their starts: fixed-width patterns by
 /// arithmetic, the others by a start-tracked database of the pattern alone (compiled here,
 /// in parallel) scanned over `windows[id]` bytes before each end.
-fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize], confirm_always: &[bool]) -> Result<Vec<Start>, String> {
+fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize], confirm_always: &[bool], native: &[bool]) -> Result<Vec<Start>, String> {
     let one = |i: usize| -> Result<Start, String> {
+        if native[i] {
+            return Ok(Start::Run);
+        }
         if matches!(targets[i], Target::Candidate(_)) {
             return Ok(Start::Candidate);
         }
@@ -606,6 +637,17 @@ fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize], c
         }
     });
     out.into_iter().map(|r| r.unwrap_or_else(|| Err("a start-confirm compile did not run".into()))).collect()
+}
+
+/// [`decode::BASE64_CANDIDATE`] as a run: 24 or more of its class, at most two `=`, then the
+/// end of the text or a character outside the class (the pattern stays for streamed scans;
+/// a test checks both agree).
+fn base64_candidate_shape() -> Shape {
+    let mut class = [false; 256];
+    for b in 0..=255u8 {
+        class[b as usize] = b.is_ascii_alphanumeric() || b"+/_-".contains(&b);
+    }
+    Shape { class, min: 24, lead_boundary: false, trail: Trail::Terminated { pad: b'=', max: 2 } }
 }
 
 /// A confirmed match in the scanned (normalised) text.
@@ -738,6 +780,32 @@ mod tests {
         assert!(spans.contains(&("pii.email", "ｂｏｂ@example.com")), "{spans:?}");
         assert!(spans.contains(&("pii.payment_card", "4111\u{200B}1111 1111 1111")), "{spans:?}");
         assert!(spans.contains(&("builtin.zero_width_evasion", "\u{200B}")), "{spans:?}");
+    }
+
+    proptest::proptest! {
+        /// The base64 decode candidate found as a run names the same spans as its pattern
+        /// (which streamed scans still use), over text of runs at the class's edges.
+        #[test]
+        fn native_base64_candidate_agrees_with_its_pattern(parts in proptest::collection::vec((proptest::sample::select(vec!["A", "z", "9", "+", "_", "-", "=", " ", ".", "\u{e9}"]), 1usize..30), 0..12)) {
+            let hay: String = parts.iter().map(|(c, n)| c.repeat(*n)).collect();
+            let spans = |ends: Vec<usize>| {
+                let mut v: Vec<_> = ends.into_iter().filter_map(|e| candidate_span(&hay, Encoding::Base64, e)).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            let db: BlockDatabase = Pattern::with_flags(decode::BASE64_CANDIDATE, CompileFlags::UTF8).unwrap().build().unwrap();
+            let sc = db.alloc_scratch().unwrap();
+            let mut want = Vec::new();
+            let _ = db.scan(&hay, &sc, |_, _, e, _| {
+                want.push(e as usize);
+                Matching::Continue
+            });
+            let runs = Runs::new(vec![(0, base64_candidate_shape(), usize::MAX / 2)]).unwrap();
+            let mut got = Vec::new();
+            runs.find(hay.as_bytes(), &mut got);
+            proptest::prop_assert_eq!(spans(got.into_iter().map(|r| r.2 as usize).collect()), spans(want), "{:?}", hay);
+        }
     }
 
     #[test]

@@ -25,5 +25,6 @@ pub mod json;
 pub mod mask;
 pub mod normalize;
 pub mod rules;
+pub mod runs;
 pub mod stream;
 pub mod validate;
