@@ -2,9 +2,9 @@
 //! one Hyperscan database in block mode and one in streaming mode (SOM_LEFTMOST) off the hot
 //! path (block scans find the patterns that are one character class repeated without
 //! Hyperscan, see [`super::runs`]). Scanning normalises the text, runs the database, keeps
-//! the longest match per rule and start, applies validators, context words and value trimming, decodes and rescans encoded
-//! candidates, runs the built-in invisible-character checks and maps every finding back to
-//! byte offsets in the original text.
+//! the longest match per rule and start, applies validators, context words and value
+//! trimming, decodes and rescans encoded candidates, runs the built-in invisible-character
+//! checks and maps every finding back to byte offsets in the original text.
 //!
 //! The [`Engine`] is immutable and shared (`Arc`, swapped whole on reload); each worker core
 //! owns a [`Scanner`] (Hyperscan scratch and reused buffers), so a scan takes no lock and, for
