@@ -31,7 +31,7 @@ def wait_port(port):
     raise RuntimeError(f"port {port} never opened")
 
 
-def nginx(tmp, name, workers, server_block):
+def nginx(tmp, name, workers, server_block, prefix=()):
     d = os.path.join(tmp, name)
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "nginx.conf")
@@ -49,11 +49,11 @@ http {{
   {server_block}
 }}
 """)
-    return subprocess.Popen(["nginx", "-c", conf, "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([*prefix, "nginx", "-c", conf, "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def oha(args, url, seconds, rate=None):
-    cmd = [args.oha, "-z", f"{seconds}s", "-c", str(CONNECTIONS), "--no-tui", "--output-format", "json", "-m", "POST",
+    cmd = [*getattr(args, "load_prefix", ()), args.oha, "-z", f"{seconds}s", "-c", str(CONNECTIONS), "--no-tui", "--output-format", "json", "-m", "POST",
            "-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream",
            "-H", "mcp-session-id: bench-session", "-d", BODY]
     if rate:

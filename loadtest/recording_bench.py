@@ -38,7 +38,7 @@ def sluice(args, tmp, name, up_port, recording):
     with open(cfg, "w") as f:
         f.write(f"""[gateway]\nworkers = {args.workers}\n[[listener]]\naddress = "127.0.0.1:{port}"\n[admin]\naddress = "127.0.0.1:{admin}"
 [[upstream]]\nname = "up"\nurl = "http://127.0.0.1:{up_port}/mcp"\n[[route]]\nname = "mcp"\npath = "/mcp"\nupstream = "up"\n{recording.format(dir=d)}""")
-    p = subprocess.Popen([args.sluice, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "w"),
+    p = subprocess.Popen([*args.gateway_prefix, args.sluice, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "w"),
                          env={**os.environ, "RUST_LOG": "warn"})
     wait_port(port)
     return p, port, admin
@@ -55,12 +55,19 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--variant", action="append", default=[],
                     help='extra Kafka mode: [recording.kafka] settings, e.g. \'compression = "zstd", linger = "20ms"\'')
+    ap.add_argument("--isolate", action="store_true",
+                    help="the gateway (1 worker, and every thread of it) on CPU 0; load generator, upstream and the "
+                         "Kafka broker (started by recording_bench.sh) on CPU 1")
     args = ap.parse_args()
+    args.gateway_prefix, args.load_prefix = (), ()
+    if args.isolate:
+        args.workers = 1
+        args.gateway_prefix, args.load_prefix = ("taskset", "-c", "0"), ("taskset", "-c", "1")
     tmp = tempfile.mkdtemp(prefix="sluice-recbench-")
     up_port = free_port()
     body = RESULT.replace("'", "\\'")
     upstream = nginx(tmp, "upstream", 1, f"""server {{ listen 127.0.0.1:{up_port} reuseport; keepalive_timeout 300s;
-      location / {{ default_type application/json; return 200 '{body}'; }} }}""")
+      location / {{ default_type application/json; return 200 '{body}'; }} }}""", args.load_prefix)
     kafka = ('[recording.spool]\ndir = "{dir}/spool"\n[recording.kafka]\nbrokers = "' + args.kafka
              + '"\nevents_topic = "' + args.topic + '"\napprovals_topic = "' + args.topic + '.ap"\n')
     modes = [
@@ -108,8 +115,10 @@ def main():
         upstream.wait()
         shutil.rmtree(tmp, ignore_errors=True)  # the spools: hundreds of MiB per run
     base = rows[0][2]
-    print(f"\n{args.workers} workers, 64 keep-alive connections, {args.seconds}s per run; load generator, upstream, sluice "
-          f"and the Kafka broker share {os.cpu_count()} cores. Each request is 2 events (request + response).\n")
+    where = ("sluice (every thread) on CPU 0; load generator, upstream and the Kafka broker on CPU 1" if args.isolate else
+             f"load generator, upstream, sluice and the Kafka broker share {os.cpu_count()} cores")
+    print(f"\n{args.workers} workers, 64 keep-alive connections, {args.seconds}s per run; {where}. "
+          f"Each request is 2 events (request + response).\n")
     print(f"| recording | peak req/s | events/s at peak | p99 µs at peak | median p99 µs at {half} req/s ({args.repeat} runs) | p99 vs off "
           f"| gateway CPU ms per 1k requests at {half} req/s | lost |")
     print("|---|---|---|---|---|---|---|---|")

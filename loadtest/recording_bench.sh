@@ -4,7 +4,8 @@
 #      then to the spool + Kafka;
 #   2. the proxy under load with recording off / spool / spool + Kafka (rate, p99 added).
 #   usage: loadtest/recording_bench.sh [seconds per proxy run, default 10] [recording_bench.py options:
-#          --repeat N, --variant '[recording.kafka] settings' for extra Kafka modes]
+#          --repeat N, --variant '[recording.kafka] settings' for extra Kafka modes, --isolate: sluice
+#          on CPU 0, everything else (load, upstream, this broker) on CPU 1]
 source "$(dirname "$0")/../scripts/lib.sh"
 bench_tools
 cd "$ROOT"
@@ -14,7 +15,9 @@ cargo build --locked --release -p sluice-benches --example recorder_throughput
 KDIR=$(mktemp -d /tmp/sluice-kafka-bench.XXXX)
 PORT=29192
 trap '"$ROOT/scripts/kafka/broker" stop "$KDIR"; rm -rf "$KDIR"' EXIT
-"$ROOT/scripts/kafka/broker" start "$KDIR" "$PORT"
+PIN=()
+for a in "$@"; do [ "$a" = --isolate ] && PIN=(taskset -c 1); done
+"${PIN[@]}" "$ROOT/scripts/kafka/broker" start "$KDIR" "$PORT"
 "$ROOT/scripts/kafka/broker" topics "$PORT" bench.events:8 bench.events.ap:2 bench.pipeline:8 bench.pipeline.ap:2
 BIN=$CARGO_TARGET_DIR/release/examples/recorder_throughput
 log "pipeline capacity: spool"

@@ -1,13 +1,14 @@
 //! What each rule costs *inside* the pack: phase 1 of a block scan (every pattern without
 //! start tracking, context-needing rules represented by their words, the percent
-//! decode-candidate pattern; run-shaped patterns are found without Hyperscan) compiled whole and then once without each rule; the difference in scan time over
+//! decode-candidate pattern; run-shaped and class-led patterns are found without Hyperscan,
+//! the latter timed on their own first) compiled whole and then once without each rule; the difference in scan time over
 //! ~1 MiB of corpus text is that rule's marginal cost. Rules alone (`som_cost`) hide how
 //! Hyperscan's engines add up. Run: `cargo run --release -p sluice-benches --example marginal_cost`.
 
 use hyperscan::prelude::*;
 use sluice::detect::decode::PERCENT_CANDIDATE;
 use sluice::detect::rules::{default_dir, load_dir};
-use sluice::detect::runs;
+use sluice::detect::{lazy, runs};
 use sluice_benches::corpus_text;
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ fn main() {
     let rules = load_dir(&default_dir()).expect("packs");
     // (rule id, expressions with their flags)
     let mut groups: Vec<(String, Vec<(String, CompileFlags)>)> = Vec::new();
+    let mut class_led: Vec<(u32, String, bool)> = Vec::new();
     for l in &rules {
         let mut f = CompileFlags::UTF8;
         if l.rule.caseless {
@@ -24,7 +26,11 @@ fn main() {
         let exprs = if l.rule.context_required {
             l.rule.context.iter().map(|w| (regex_literal(w), CompileFlags::UTF8 | CompileFlags::CASELESS)).collect()
         } else {
-            l.rule.patterns.iter().filter(|p| runs::shape(p, l.rule.caseless).is_none()).map(|p| (p.clone(), f)).collect()
+            let mine = |p: &&String| runs::shape(p, l.rule.caseless).is_none() && !lazy::eligible(p, l.rule.caseless);
+            for p in l.rule.patterns.iter().filter(|p| lazy::eligible(p, l.rule.caseless) && runs::shape(p, l.rule.caseless).is_none()) {
+                class_led.push((class_led.len() as u32, p.clone(), l.rule.caseless));
+            }
+            l.rule.patterns.iter().filter(mine).map(|p| (p.clone(), f)).collect()
         };
         groups.push((l.rule.id.clone(), exprs));
     }
@@ -52,6 +58,19 @@ fn main() {
         }
         best * 1e3
     };
+    {
+        let l = lazy::Lazy::new(&class_led.iter().map(|(i, e, c)| (*i, e.as_str(), *c)).collect::<Vec<_>>()).expect("lazy").expect("some");
+        let mut cache = l.cache();
+        let mut out = Vec::new();
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            out.clear();
+            let t = Instant::now();
+            l.find(&mut cache, text.as_bytes(), &mut out);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("the {} class-led patterns in the lazy DFA: {:.2} ms per MiB, {} ends", class_led.len(), best * 1e3, out.len());
+    }
     let all = time(&|_| false);
     println!("phase 1, whole pack: {all:.2} ms per MiB ({:.0} MB/s)", text.len() as f64 / all / 1e3);
     if let Some(ids) = &only {

@@ -1,7 +1,7 @@
 //! The scanner: every rule's patterns, plus the two decode-candidate patterns, compiled into
 //! one Hyperscan database in block mode and one in streaming mode (SOM_LEFTMOST) off the hot
 //! path (block scans find the patterns that are one character class repeated without
-//! Hyperscan, see [`super::runs`]). Scanning normalises the text, runs the database, keeps
+//! Hyperscan, see [`super::runs`], and the class-led ones with a lazy DFA, [`super::lazy`]). Scanning normalises the text, runs the database, keeps
 //! the longest match per rule and start, applies validators, context words and value
 //! trimming, decodes and rescans encoded candidates, runs the built-in invisible-character
 //! checks and maps every finding back to byte offsets in the original text.
@@ -15,6 +15,7 @@ use super::invisible::{self, Builtin, BUILTINS};
 use super::mask::Strategy;
 use super::normalize::{normalize_into, original};
 use super::rules::{Category, Loaded, PackError, Severity, Validator};
+use super::lazy::{self, Lazy};
 use super::runs::{self, Runs, Shape, Trail};
 use super::validate;
 use hyperscan::prelude::*;
@@ -71,6 +72,8 @@ pub struct Engine {
     /// Patterns that match runs of one character class (blobs, the base64 decode candidate),
     /// found without Hyperscan in block scans.
     runs: Option<Runs>,
+    /// Class-led patterns, found (ends only) by one lazy DFA in block scans.
+    lazy: Option<Lazy>,
     /// Phase-1 ids from `patterns` on are context-word triggers: the rule each one stands for.
     /// A rule that needs context words is not run in phase 1 at all; its patterns run,
     /// start-tracked, only around its words.
@@ -91,6 +94,7 @@ pub struct Scanner {
     resolved: Vec<(u32, u32, u32)>,
     norm: String,
     origin: Vec<(u32, u32)>,
+    lazy: Option<regex_automata::hybrid::dfa::Cache>,
 }
 
 impl Engine {
@@ -162,12 +166,27 @@ impl Engine {
         }
         let native: Vec<bool> = (0..targets.len()).map(|i| run_specs.iter().any(|r| r.0 as usize == i)).collect();
         let runs = Runs::new(run_specs);
+        let class_led: Vec<(u32, &str, bool)> = targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t {
+                Target::Rule(r) if !by_context(t) && !native[i] => {
+                    let caseless = rules[*r as usize].rule.caseless;
+                    let e = patterns[i].expression.as_str();
+                    lazy::eligible(e, caseless).then_some((i as u32, e, caseless))
+                }
+                _ => None,
+            })
+            .collect();
+        let in_lazy: Vec<bool> = (0..targets.len()).map(|i| class_led.iter().any(|p| p.0 as usize == i)).collect();
+        let lazy = Lazy::new(&class_led).map_err(|e| PackError(vec![e]))?;
         let mut prefilter: Vec<Pattern> = patterns
             .iter()
             .zip(&targets)
             .zip(&native)
-            .filter(|((_, t), native)| !by_context(t) && !**native)
-            .map(|((p, _), _)| {
+            .zip(&in_lazy)
+            .filter(|(((_, t), native), in_lazy)| !by_context(t) && !**native && !**in_lazy)
+            .map(|(((p, _), _), _)| {
                 let mut p = p.clone();
                 p.flags.remove(CompileFlags::SOM_LEFTMOST);
                 p
@@ -252,7 +271,7 @@ impl Engine {
         let max_context = rules.iter().map(|l| if l.rule.context.is_empty() { 0 } else { l.rule.context_window }).max().unwrap_or(0);
         let hold_back = rules.iter().map(|l| l.rule.max_width).max().unwrap_or(0).max(4096) + max_context;
         let n_patterns = targets.len();
-        Ok(Engine { rules, meta, targets, block, starts, runs, triggers, patterns: n_patterns, rule_patterns, stream, hold_back, max_context })
+        Ok(Engine { rules, meta, targets, block, starts, runs, lazy, triggers, patterns: n_patterns, rule_patterns, stream, hold_back, max_context })
     }
 
     pub fn rules(&self) -> &[Loaded] {
@@ -295,7 +314,8 @@ impl Engine {
                 db.realloc_scratch(&mut scratch).map_err(|e| e.to_string())?;
             }
         }
-        Ok(Scanner { scratch, raw: Vec::new(), resolved: Vec::new(), norm: String::new(), origin: Vec::new() })
+        let lazy = self.lazy.as_ref().map(Lazy::cache);
+        Ok(Scanner { scratch, raw: Vec::new(), resolved: Vec::new(), norm: String::new(), origin: Vec::new(), lazy })
     }
 
     /// The matches of context-needing rules near their context words: each rule's patterns,
@@ -455,6 +475,9 @@ impl Engine {
             raw.push((id, 0, to as u32));
             Matching::Continue
         });
+        if let (Some(l), Some(cache)) = (&self.lazy, sc.lazy.as_mut()) {
+            l.find(cache, hay.as_bytes(), &mut raw);
+        }
         if !raw.is_empty() {
             self.resolve_starts(hay, sc, &mut raw);
         }

@@ -22,6 +22,7 @@ pub mod hook;
 
 pub mod invisible;
 pub mod json;
+pub mod lazy;
 pub mod mask;
 pub mod normalize;
 pub mod rules;
