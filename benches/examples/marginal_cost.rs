@@ -59,8 +59,8 @@ fn main() {
         best * 1e3
     };
     {
-        let l = lazy::Lazy::new(&class_led.iter().map(|(i, e, c)| (*i, e.as_str(), *c)).collect::<Vec<_>>()).expect("lazy").expect("some");
-        let mut cache = l.cache();
+        let l = lazy::Lazy::new(&class_led.iter().map(|(i, e, c)| (*i, e.as_str(), *c)).collect::<Vec<_>>(), 256).expect("lazy").expect("some");
+        let mut cache = l.caches();
         let mut out = Vec::new();
         let mut best = f64::MAX;
         for _ in 0..5 {

@@ -94,7 +94,7 @@ pub struct Scanner {
     resolved: Vec<(u32, u32, u32)>,
     norm: String,
     origin: Vec<(u32, u32)>,
-    lazy: Option<regex_automata::hybrid::dfa::Cache>,
+    lazy: Option<lazy::Caches>,
 }
 
 impl Engine {
@@ -179,7 +179,9 @@ impl Engine {
             })
             .collect();
         let in_lazy: Vec<bool> = (0..targets.len()).map(|i| class_led.iter().any(|p| p.0 as usize == i)).collect();
-        let lazy = Lazy::new(&class_led).map_err(|e| PackError(vec![e]))?;
+        // Phase 2 confirms no match wider than its rule's width: the lazy DFA's lanes overlap by that.
+        let widest = class_led.iter().filter_map(|p| match targets[p.0 as usize] { Target::Rule(r) => Some(rules[r as usize].rule.max_width), _ => None }).max().unwrap_or(0);
+        let lazy = Lazy::new(&class_led, widest).map_err(|e| PackError(vec![e]))?;
         let mut prefilter: Vec<Pattern> = patterns
             .iter()
             .zip(&targets)
@@ -314,7 +316,7 @@ impl Engine {
                 db.realloc_scratch(&mut scratch).map_err(|e| e.to_string())?;
             }
         }
-        let lazy = self.lazy.as_ref().map(Lazy::cache);
+        let lazy = self.lazy.as_ref().map(Lazy::caches);
         Ok(Scanner { scratch, raw: Vec::new(), resolved: Vec::new(), norm: String::new(), origin: Vec::new(), lazy })
     }
 

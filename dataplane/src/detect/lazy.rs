@@ -13,6 +13,7 @@
 //! literal prefix of three bytes or more, which Hyperscan's literal matcher finds faster.
 
 use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::hybrid::LazyStateID;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
@@ -34,15 +35,27 @@ pub fn eligible(expr: &str, caseless: bool) -> bool {
     prefixes.min_literal_len().is_none_or(|n| n < 3)
 }
 
+/// Texts at least this long are scanned as two interleaved lanes (see [`Lazy::find`]).
+const TWO_LANES_FROM: usize = 4096;
+
 /// The class-led patterns of an engine, by Hyperscan pattern id.
 pub struct Lazy {
     dfa: DFA,
     ids: Vec<u32>,
+    /// How far before the middle the second lane starts: one more than the widest match
+    /// phase 2 would confirm.
+    seam: usize,
+    two_lanes_from: usize,
 }
+
+/// Per-core state of a [`Lazy`]: one cache per lane (a cache that is cleared invalidates every
+/// state id but the one in hand, so two lanes never share one).
+pub struct Caches([Cache; 2]);
 
 impl Lazy {
     /// (pattern id, expression, caseless) of eligible patterns; `None` when there are none.
-    pub fn new(patterns: &[(u32, &str, bool)]) -> Result<Option<Lazy>, String> {
+    /// `widest` is the widest match phase 2 would confirm for any of them.
+    pub fn new(patterns: &[(u32, &str, bool)], widest: usize) -> Result<Option<Lazy>, String> {
         if patterns.is_empty() {
             return Ok(None);
         }
@@ -54,44 +67,115 @@ impl Lazy {
             .configure(DFA::config().match_kind(MatchKind::All).cache_capacity(CACHE_BYTES).minimum_cache_clear_count(None))
             .build_many(&exprs)
             .map_err(|e| format!("building the lazy DFA of the class-led patterns: {e}"))?;
-        Ok(Some(Lazy { dfa, ids: patterns.iter().map(|p| p.0).collect() }))
+        let seam = widest + 1;
+        Ok(Some(Lazy { dfa, ids: patterns.iter().map(|p| p.0).collect(), seam, two_lanes_from: TWO_LANES_FROM.max(4 * seam) }))
     }
 
-    pub fn cache(&self) -> Cache {
-        self.dfa.create_cache()
+    /// Two lanes from `from` bytes on, overlapping by `seam` (for tests of the seam).
+    #[cfg(test)]
+    fn lanes(mut self, seam: usize, from: usize) -> Lazy {
+        self.seam = seam;
+        self.two_lanes_from = from.max(2 * seam);
+        self
+    }
+
+    pub fn caches(&self) -> Caches {
+        Caches(std::array::from_fn(|_| self.dfa.create_cache()))
     }
 
     /// Append (pattern id, 0, end) for every match end in `hay`, as Hyperscan reports ends
     /// without start tracking.
-    pub fn find(&self, cache: &mut Cache, hay: &[u8], out: &mut Vec<(u32, u32, u32)>) {
-        let dfa = &self.dfa;
-        let Ok(mut s) = dfa.start_state_forward(cache, &Input::new(hay)) else { return };
-        // A DFA's match states are delayed by one byte: entering one on the byte at `i`
-        // means matches ended at `i`.
-        for (i, &b) in hay.iter().enumerate() {
-            // The common case, a known transition out of an ordinary state, is one lookup.
-            let next = if s.is_tagged() { dfa.next_state(cache, s, b) } else { Ok(dfa.next_state_untagged(cache, s, b)) };
-            let next = match next {
-                Ok(n) if n.is_unknown() => dfa.next_state(cache, s, b),
-                n => n,
-            };
-            s = match next {
-                Ok(s) => s,
-                // Unreachable as configured in `new` (see there).
-                Err(_) => return,
-            };
-            if s.is_tagged() && s.is_match() {
-                for k in 0..dfa.match_len(cache, s) {
-                    out.push((self.ids[dfa.match_pattern(cache, s, k).as_usize()], 0, i as u32));
-                }
+    ///
+    /// A DFA step is one dependent load, so one lane runs at memory latency, not bandwidth.
+    /// Long texts run as two lanes interleaved: the first half, and the second half started
+    /// `seam` bytes early (with the true look-behind) and reporting only ends from the middle
+    /// on. The second lane misses an end only if every match ending there is wider than the
+    /// seam — wider than any start confirmation looks, so it could never become a finding.
+    pub fn find(&self, caches: &mut Caches, hay: &[u8], out: &mut Vec<(u32, u32, u32)>) {
+        if hay.len() < self.two_lanes_from {
+            let c = &mut caches.0[0];
+            let mut a = Lane::start(&self.dfa, c, hay, 0, 0);
+            for (i, &b) in hay.iter().enumerate() {
+                a.step(self, c, b, i, out);
+            }
+            a.eoi(self, c, hay.len(), out);
+            return;
+        }
+        // Two lanes: the first half, and the second half started `seam` bytes early.
+        let mid = hay.len() / 2;
+        let b0 = mid - self.seam;
+        let [ca, cb] = &mut caches.0;
+        let mut a = Lane::start(&self.dfa, ca, hay, 0, 0);
+        let mut b = Lane::start(&self.dfa, cb, hay, b0, mid);
+        for i in 0..mid {
+            a.step(self, ca, hay[i], i, out);
+            b.step(self, cb, hay[b0 + i], b0 + i, out);
+        }
+        for (i, &byte) in hay.iter().enumerate().skip(b0 + mid) {
+            b.step(self, cb, byte, i, out);
+        }
+        b.eoi(self, cb, hay.len(), out);
+    }
+}
+
+/// One pass of the DFA over part of a text.
+struct Lane {
+    s: LazyStateID,
+    /// Ends before this offset belong to the other lane.
+    report_from: usize,
+    /// Set if the DFA failed (unreachable as configured): the lane stops.
+    dead: bool,
+}
+
+impl Lane {
+    fn start(dfa: &DFA, cache: &mut Cache, hay: &[u8], from: usize, report_from: usize) -> Lane {
+        match dfa.start_state_forward(cache, &Input::new(hay).range(from..)) {
+            Ok(s) => Lane { s, report_from, dead: false },
+            Err(_) => Lane { s: LazyStateID::default(), report_from, dead: true },
+        }
+    }
+
+    /// Consume the byte at `i`. A DFA's match states are delayed by one byte: entering one on
+    /// the byte at `i` means matches ended at `i`.
+    #[inline(always)]
+    fn step(&mut self, l: &Lazy, cache: &mut Cache, byte: u8, i: usize, out: &mut Vec<(u32, u32, u32)>) {
+        if self.dead {
+            return;
+        }
+        // The common case, a known transition out of an ordinary state, is one lookup.
+        let next = if self.s.is_tagged() { l.dfa.next_state(cache, self.s, byte) } else { Ok(l.dfa.next_state_untagged(cache, self.s, byte)) };
+        let next = match next {
+            Ok(n) if n.is_unknown() => l.dfa.next_state(cache, self.s, byte),
+            n => n,
+        };
+        match next {
+            Ok(s) => self.s = s,
+            // Unreachable as configured in `Lazy::new`.
+            Err(_) => {
+                self.dead = true;
+                return;
             }
         }
-        if let Ok(s) = dfa.next_eoi_state(cache, s) {
+        if self.s.is_tagged() && self.s.is_match() && i >= self.report_from {
+            self.report(l, cache, i, out);
+        }
+    }
+
+    fn eoi(&mut self, l: &Lazy, cache: &mut Cache, len: usize, out: &mut Vec<(u32, u32, u32)>) {
+        if self.dead {
+            return;
+        }
+        if let Ok(s) = l.dfa.next_eoi_state(cache, self.s) {
+            self.s = s;
             if s.is_match() {
-                for k in 0..dfa.match_len(cache, s) {
-                    out.push((self.ids[dfa.match_pattern(cache, s, k).as_usize()], 0, hay.len() as u32));
-                }
+                self.report(l, cache, len, out);
             }
+        }
+    }
+
+    fn report(&self, l: &Lazy, cache: &Cache, end: usize, out: &mut Vec<(u32, u32, u32)>) {
+        for k in 0..l.dfa.match_len(cache, self.s) {
+            out.push((l.ids[l.dfa.match_pattern(cache, self.s, k).as_usize()], 0, end as u32));
         }
     }
 }
@@ -118,8 +202,8 @@ mod tests {
 
     /// The shipped packs' eligible patterns in one lazy DFA, and the same patterns in one
     /// Hyperscan database without start tracking (built once for every case).
-    fn shipped() -> &'static (Lazy, BlockDatabase) {
-        static BOTH: std::sync::OnceLock<(Lazy, BlockDatabase)> = std::sync::OnceLock::new();
+    fn shipped() -> &'static (Lazy, Lazy, BlockDatabase) {
+        static BOTH: std::sync::OnceLock<(Lazy, Lazy, BlockDatabase)> = std::sync::OnceLock::new();
         BOTH.get_or_init(|| {
             let mut pats: Vec<(u32, String, bool)> = Vec::new();
             for l in load_dir(&default_dir()).unwrap_or_else(|e| panic!("{e}")) {
@@ -129,7 +213,11 @@ mod tests {
                     }
                 }
             }
-            let lazy = Lazy::new(&pats.iter().map(|(i, e, c)| (*i, e.as_str(), *c)).collect::<Vec<_>>()).unwrap().unwrap();
+            let specs: Vec<(u32, &str, bool)> = pats.iter().map(|(i, e, c)| (*i, e.as_str(), *c)).collect();
+            let lazy = Lazy::new(&specs, 256).unwrap().unwrap();
+            // Lanes from 100 bytes on, overlapping by 64: every match in the test texts is
+            // narrower (a separator at least every fourth piece).
+            let lanes = Lazy::new(&specs, 256).unwrap().unwrap().lanes(64, 100);
             let hs: Vec<Pattern> = pats
                 .iter()
                 .map(|(i, e, c)| {
@@ -142,7 +230,7 @@ mod tests {
                     p
                 })
                 .collect();
-            (lazy, Patterns::from(hs).build().unwrap())
+            (lazy, lanes, Patterns::from(hs).build().unwrap())
         })
     }
 
@@ -151,23 +239,27 @@ mod tests {
         /// The lazy DFA reports exactly the (pattern, end) pairs Hyperscan reports without start
         /// tracking, on text built from pieces of the values these patterns look for.
         #[test]
-        fn lazy_dfa_ends_equal_hyperscan_ends(parts in proptest::collection::vec(proptest::sample::select(vec![
-            "4111", "1111", "555", "0147", "8", "192", "25", "3782", "822463", " ", "-", ".", ":", "@", "bob", "example", "com",
-            "GB82", "WEST", "\u{e9}", "(", ")", "+", "\n", "a", "f", "SK", "0", "dd_api_key=", "Street", "Elm ", "OR ELSE ", "\u{1b}[",
-        ]), 0..40)) {
-            let hay: String = parts.concat();
-            let (lazy, db) = shipped();
+        fn lazy_dfa_ends_equal_hyperscan_ends(parts in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(vec![
+            "4111", "1111", "555", "0147", "8", "192", "25", "3782", "822463", "-", ".", ":", "@", "bob", "example", "com",
+            "GB82", "WEST", "\u{e9}", "(", ")", "+", "a", "f", "SK", "0", "dd_api_key=", "Street", "Elm ", "OR ELSE ", "\u{1b}[",
+        ]), 1..4), 0..60), sep in proptest::sample::select(vec![" ", "\n", "\t"])) {
+            let hay: String = parts.iter().map(|p| p.concat()).collect::<Vec<_>>().join(sep);
+            let (lazy, lanes, db) = shipped();
             let mut got = Vec::new();
-            lazy.find(&mut lazy.cache(), hay.as_bytes(), &mut got);
+            lazy.find(&mut lazy.caches(), hay.as_bytes(), &mut got);
+            let mut two = Vec::new();
+            lanes.find(&mut lanes.caches(), hay.as_bytes(), &mut two);
             let sc = db.alloc_scratch().unwrap();
             let mut want = Vec::new();
             let _ = db.scan(&hay, &sc, |id, _, to, _| {
                 want.push((id, 0, to as u32));
                 Matching::Continue
             });
+            two.sort_unstable();
             got.sort_unstable();
             want.sort_unstable();
-            prop_assert_eq!(got, want, "{:?}", hay);
+            prop_assert_eq!(&got, &want, "{:?}", hay);
+            prop_assert_eq!(&two, &want, "two lanes over {:?}", hay);
         }
     }
 }
