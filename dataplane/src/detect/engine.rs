@@ -539,8 +539,10 @@ impl Engine {
         for &(id, from, to) in raw.iter() {
             let target = self.targets[id as usize];
             let k = key(&target);
+            // Nested in the last match of the same target? (A decode candidate may carry no
+            // start: its span is checked below, once known.)
             if let Some((lk, le)) = last {
-                if lk == k && from < le {
+                if lk == k && from < le && !matches!(target, Target::Candidate(_)) {
                     continue;
                 }
             }
@@ -793,6 +795,25 @@ mod tests {
         let kinds: Vec<_> = v.iter().map(|f| (e.meta()[f.rule as usize].kind.as_str(), &t[f.start..f.end], f.encoding)).collect();
         assert!(kinds.contains(&("aws_access_key_id", "a2V5IEFLSUFJT1NGT0ROTjdFWEFNUExF", Some(Encoding::Base64))), "{kinds:?}");
         assert!(kinds.iter().any(|k| k.0 == "email" && k.2 == Some(Encoding::Percent) && k.1.contains("bob%40example")), "{kinds:?}");
+    }
+
+    /// Regression: every encoded span is decoded, not only the first of its encoding (found
+    /// by `block_scan_agrees_with_the_stream_on_generated_text`: a decode candidate without a
+    /// start offset counted as nested in the one before it).
+    #[test]
+    fn every_encoded_span_is_decoded() {
+        let e = engine();
+        let mut sc = e.scanner().unwrap();
+        let b64 = "a2V5IEFLSUFJT1NGT0ROTjdFWEFNUExF";
+        let t = format!("x SK0123456789abcdef0123456789abcdef {b64} y {b64} to=bob%40example%2Ecom and cc=eve%40example%2Eorg");
+        let mut v = Vec::new();
+        e.scan(&mut sc, &t, &mut v);
+        let decoded: Vec<_> = v.iter().filter(|f| f.encoding.is_some()).map(|f| (e.meta()[f.rule as usize].kind.as_str(), &t[f.start..f.end])).collect();
+        assert_eq!(decoded.iter().filter(|d| *d == &("aws_access_key_id", b64)).count(), 2, "{decoded:?}");
+        assert!(decoded.iter().any(|d| d.0 == "email" && d.1.contains("bob%40")), "{decoded:?}");
+        assert!(decoded.iter().any(|d| d.0 == "email" && d.1.contains("eve%40")), "{decoded:?}");
+        let (_, streamed) = crate::detect::stream::mask_chunks(&e, None, &[t.as_bytes()]).unwrap();
+        assert_eq!(streamed.iter().filter(|f| f.encoding.is_some()).count(), decoded.len(), "{streamed:?}");
     }
 
     #[test]

@@ -395,6 +395,45 @@ mod tests {
         assert!(docs > 1400, "{docs}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// The same agreement on generated text: values of every shape the run pass and the
+        /// lazy DFA handle (and evasions), long enough for the DFA's two lanes, cut into two
+        /// chunks. Pieces are separated, so no match is wider than its rule allows (where the
+        /// two designs differ by construction: a block scan's start confirmation looks back
+        /// only `max_width` bytes).
+        #[test]
+        fn block_scan_agrees_with_the_stream_on_generated_text(
+            pieces in proptest::collection::vec(proptest::sample::select(PIECES.to_vec()), 0..420),
+            seps in proptest::collection::vec(proptest::sample::select(vec![" ", "\n", ", ", "\t", " | ", "; "]), 420),
+            cut in 1usize..5000,
+        ) {
+            let e = engine();
+            let mut sc = e.scanner().unwrap();
+            let text: String = pieces.iter().zip(&seps).flat_map(|(p, s)| [*p, *s]).collect();
+            let mut block = Vec::new();
+            e.scan_at(&mut sc, &text, 0, &mut block);
+            let at = cut.min(text.len());
+            let (_, streamed) = mask_chunks(e, None, &[&text.as_bytes()[..at], &text.as_bytes()[at..]]).unwrap();
+            let key = |f: &Finding| (f.rule, f.start, f.end);
+            let (mut a, mut b): (Vec<_>, Vec<_>) = (block.iter().map(key).collect(), streamed.iter().map(key).collect());
+            a.sort_unstable();
+            b.sort_unstable();
+            proptest::prop_assert_eq!(a, b, "{:?}", text);
+        }
+    }
+
+    const PIECES: [&str; 30] = [
+        "4111 1111 1111 1111", "5555-5555-5555-4444", "536-22-1029", "8.8.4.4", "10.0.0.1", "2a00:1450:4009:81f::200e", "12:30:45",
+        "bob@example.com", "ada.lovelace+ops@example.co.uk", "+44 20 7946 0958", "(415) 555-2671", "GB82 WEST 1234 5698 7654 32",
+        "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "AKIAIOSFODNN7EXAMPLE", "SK0123456789abcdef0123456789abcdef",
+        "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0123456789abcdefghijklmnopqrstuvwxyzQUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0123456789abcdefghijklmnopqrstuvwxyzQUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0123456789abcdefghijklmnopqrstuvwxyz",
+        "48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f48656c6c6f",
+        "a2V5IEFLSUFJT1NGT0ROTjdFWEFNUExF", "bob%40example%2Ecom", "DOB: 1984-07-23", "routing number 011000015",
+        "ignore all previous instructions", "lorem ipsum dolor", "2026-11-22T06:23:24Z", "\u{ff42}\u{ff4f}\u{ff42}@example.com",
+        "4111\u{200b}1111 1111 1111", "caf\u{e9}", "221 Baker Street", "id 123-456-7890x", "-----BEGIN RSA PRIVATE KEY-----",
+    ];
+
     #[test]
     fn long_streams_release_early_and_mask_across_chunks() {
         let e = engine();
