@@ -1,8 +1,8 @@
 //! The scanner: every rule's patterns, plus the two decode-candidate patterns, compiled into
 //! one Hyperscan database in block mode and one in streaming mode (SOM_LEFTMOST) off the hot
 //! path (block scans find the patterns that are one character class repeated without
-//! Hyperscan, see [`super::runs`], and the class-led ones with a lazy DFA, [`super::lazy`]). Scanning normalises the text, runs the database, keeps
-//! the longest match per rule and start, applies validators, context words and value
+//! Hyperscan, see [`super::runs`], and the class-led ones with a lazy DFA, [`super::lazy`]).
+//! Scanning normalises the text, runs the database, keeps the longest match per rule and start, applies validators, context words and value
 //! trimming, decodes and rescans encoded candidates, runs the built-in invisible-character
 //! checks and maps every finding back to byte offsets in the original text.
 //!
@@ -14,8 +14,8 @@ use super::decode::{self, Encoding};
 use super::invisible::{self, Builtin, BUILTINS};
 use super::mask::Strategy;
 use super::normalize::{normalize_into, original};
-use super::rules::{Category, Loaded, PackError, Severity, Validator};
 use super::lazy::{self, Lazy};
+use super::rules::{Category, Loaded, PackError, Severity, Validator};
 use super::runs::{self, Runs, Shape, Trail};
 use super::validate;
 use hyperscan::prelude::*;
@@ -178,10 +178,19 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        let in_lazy: Vec<bool> = (0..targets.len()).map(|i| class_led.iter().any(|p| p.0 as usize == i)).collect();
-        // Phase 2 confirms no match wider than its rule's width: the lazy DFA's lanes overlap by that.
-        let widest = class_led.iter().filter_map(|p| match targets[p.0 as usize] { Target::Rule(r) => Some(rules[r as usize].rule.max_width), _ => None }).max().unwrap_or(0);
-        let lazy = Lazy::new(&class_led, widest).map_err(|e| PackError(vec![e]))?;
+        // Phase 2 confirms no match wider than its rule's width: the DFA's lanes overlap by that.
+        let width = |p: &(u32, &str, bool)| match targets[p.0 as usize] {
+            Target::Rule(r) => rules[r as usize].rule.max_width,
+            Target::Candidate(_) => 0,
+        };
+        let widest = class_led.iter().map(width).max().unwrap_or(0);
+        // A DFA that cannot be built (a rule with a huge bounded repeat, say) leaves its
+        // patterns in Hyperscan: slower, never blind.
+        let lazy = Lazy::new(&class_led, widest).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "class-led patterns stay in Hyperscan");
+            None
+        });
+        let in_lazy: Vec<bool> = (0..targets.len()).map(|i| lazy.is_some() && class_led.iter().any(|p| p.0 as usize == i)).collect();
         let mut prefilter: Vec<Pattern> = patterns
             .iter()
             .zip(&targets)

@@ -139,16 +139,26 @@ impl Lane {
     /// the byte at `i` means matches ended at `i`.
     #[inline(always)]
     fn step(&mut self, l: &Lazy, cache: &mut Cache, byte: u8, i: usize, out: &mut Vec<(u32, u32, u32)>) {
+        // The common case, a known transition between ordinary states, is one lookup and one
+        // test.
+        if !self.s.is_tagged() && !self.dead {
+            let n = l.dfa.next_state_untagged(cache, self.s, byte);
+            if !n.is_tagged() {
+                self.s = n;
+                return;
+            }
+        }
+        self.step_slow(l, cache, byte, i, out);
+    }
+
+    /// Out of or into a tagged state: unknown (compute it), match (report), or a failure.
+    #[cold]
+    #[inline(never)]
+    fn step_slow(&mut self, l: &Lazy, cache: &mut Cache, byte: u8, i: usize, out: &mut Vec<(u32, u32, u32)>) {
         if self.dead {
             return;
         }
-        // The common case, a known transition out of an ordinary state, is one lookup.
-        let next = if self.s.is_tagged() { l.dfa.next_state(cache, self.s, byte) } else { Ok(l.dfa.next_state_untagged(cache, self.s, byte)) };
-        let next = match next {
-            Ok(n) if n.is_unknown() => l.dfa.next_state(cache, self.s, byte),
-            n => n,
-        };
-        match next {
+        match l.dfa.next_state(cache, self.s, byte) {
             Ok(s) => self.s = s,
             // Unreachable as configured in `Lazy::new`.
             Err(_) => {
@@ -156,7 +166,7 @@ impl Lane {
                 return;
             }
         }
-        if self.s.is_tagged() && self.s.is_match() && i >= self.report_from {
+        if self.s.is_match() && i >= self.report_from {
             self.report(l, cache, i, out);
         }
     }
