@@ -8,7 +8,7 @@
 use hyperscan::prelude::*;
 use sluice::detect::decode::PERCENT_CANDIDATE;
 use sluice::detect::rules::{default_dir, load_dir};
-use sluice::detect::{lazy, runs};
+use sluice::detect::{engine, lazy, runs};
 use sluice_benches::corpus_text;
 use std::time::Instant;
 
@@ -24,7 +24,7 @@ fn main() {
             f |= CompileFlags::CASELESS;
         }
         let exprs = if l.rule.context_required {
-            l.rule.context.iter().map(|w| (regex_literal(w), CompileFlags::UTF8 | CompileFlags::CASELESS)).collect()
+            l.rule.context.iter().map(|w| (engine::literal(w), CompileFlags::UTF8 | CompileFlags::CASELESS)).collect()
         } else {
             let mine = |p: &&String| runs::shape(p, l.rule.caseless).is_none() && !lazy::eligible(p, l.rule.caseless);
             for p in l.rule.patterns.iter().filter(|p| lazy::eligible(p, l.rule.caseless) && runs::shape(p, l.rule.caseless).is_none()) {
@@ -90,8 +90,4 @@ fn main() {
     for (ms, id) in rows.iter().take(25) {
         println!("{ms:>7.2} ms  {id}");
     }
-}
-
-fn regex_literal(w: &str) -> String {
-    w.chars().flat_map(|c| (c.is_ascii_punctuation() || c == ' ').then_some('\\').into_iter().chain([c])).collect()
 }

@@ -151,6 +151,7 @@ impl Engine {
         let by_context = |t: &Target| matches!(t, Target::Rule(r) if { let r = &rules[*r as usize].rule; r.context_required && !r.context.is_empty() });
         // Run-shaped patterns (at most 32, one bit each) leave phase 1 for [`Runs`].
         let mut run_specs: Vec<(u32, Shape, usize)> = Vec::new();
+        let mut native = vec![false; targets.len()];
         for (i, t) in targets.iter().enumerate() {
             let spec = match t {
                 Target::Rule(r) if !by_context(t) => {
@@ -162,9 +163,9 @@ impl Engine {
             };
             if let Some((sh, width)) = spec.filter(|_| run_specs.len() < 32) {
                 run_specs.push((i as u32, sh, width));
+                native[i] = true;
             }
         }
-        let native: Vec<bool> = (0..targets.len()).map(|i| run_specs.iter().any(|r| r.0 as usize == i)).collect();
         let runs = Runs::new(run_specs);
         let class_led: Vec<(u32, &str, bool)> = targets
             .iter()
@@ -190,7 +191,12 @@ impl Engine {
             tracing::warn!(error = %e, "class-led patterns stay in Hyperscan");
             None
         });
-        let in_lazy: Vec<bool> = (0..targets.len()).map(|i| lazy.is_some() && class_led.iter().any(|p| p.0 as usize == i)).collect();
+        let mut in_lazy = vec![false; targets.len()];
+        if lazy.is_some() {
+            for p in &class_led {
+                in_lazy[p.0 as usize] = true;
+            }
+        }
         let mut prefilter: Vec<Pattern> = patterns
             .iter()
             .zip(&targets)
@@ -625,7 +631,7 @@ impl Scanner {
 }
 
 /// A context word as a Hyperscan literal (regex metacharacters escaped).
-fn literal(w: &str) -> String {
+pub fn literal(w: &str) -> String {
     let mut out = String::with_capacity(w.len() * 2);
     for c in w.chars() {
         if c.is_ascii_punctuation() || c == ' ' {

@@ -27,10 +27,18 @@ fn config() -> syntax::Config {
     syntax::Config::new().unicode(false).utf8(true)
 }
 
+/// The pattern as `regex-syntax` reads it: a rule's case folding written inline.
+fn spelled(expr: &str, caseless: bool) -> std::borrow::Cow<'_, str> {
+    if caseless {
+        format!("(?i:{expr})").into()
+    } else {
+        expr.into()
+    }
+}
+
 /// Should this pattern run in the lazy DFA rather than in Hyperscan?
 pub fn eligible(expr: &str, caseless: bool) -> bool {
-    let expr = if caseless { format!("(?i:{expr})") } else { expr.to_owned() };
-    let Ok(hir) = syntax::parse_with(&expr, &config()) else { return false };
+    let Ok(hir) = syntax::parse_with(&spelled(expr, caseless), &config()) else { return false };
     let prefixes = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
     prefixes.min_literal_len().is_none_or(|n| n < 3)
 }
@@ -59,7 +67,7 @@ impl Lazy {
         if patterns.is_empty() {
             return Ok(None);
         }
-        let exprs: Vec<String> = patterns.iter().map(|(_, e, ci)| if *ci { format!("(?i:{e})") } else { (*e).to_owned() }).collect();
+        let exprs: Vec<_> = patterns.iter().map(|(_, e, ci)| spelled(e, *ci)).collect();
         let dfa = DFA::builder()
             .syntax(config())
             // No clear limit and no quit bytes (Unicode is off, so `\b` is ASCII): a search
