@@ -9,13 +9,16 @@ use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32
 use datafusion::arrow::compute;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// zstd level of the archive's pages.
+pub const ZSTD_LEVEL: i32 = 1;
 
 /// Rows per Parquet row group.
 pub const ROW_GROUP: usize = 128 * 1024;
@@ -58,23 +61,43 @@ fn civil(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Split a batch by the hour of its `ts` column.
-pub fn by_hour(batch: &RecordBatch) -> Result<BTreeMap<Hour, RecordBatch>> {
+/// More contiguous runs than this in one batch and [`by_hour`] copies rows instead of slicing.
+const MAX_RUNS: usize = 256;
+
+/// Split a batch by the hour of its `ts` column. Events arrive nearly in time order, so an
+/// hour's rows are a few contiguous runs: those are zero-copy slices. Only a batch whose hours
+/// interleave more than [`MAX_RUNS`] times is copied, into one batch per hour.
+pub fn by_hour(batch: &RecordBatch) -> Result<BTreeMap<Hour, Vec<RecordBatch>>> {
     let ts = batch.column_by_name("ts").context("no ts column")?.as_primitive::<TimestampMicrosecondType>();
-    // Most batches fall within one hour: no copy then.
-    let (lo, hi) = (compute::min(ts).unwrap_or(0), compute::max(ts).unwrap_or(0));
-    if ts.null_count() == 0 && Hour::of_micros(lo) == Hour::of_micros(hi) {
-        return Ok(BTreeMap::from([(Hour::of_micros(lo), batch.clone())]));
+    let hour = |i: usize| Hour::of_micros(if ts.is_null(i) { 0 } else { ts.value(i) });
+    let mut runs: Vec<(Hour, usize, usize)> = Vec::new();
+    for i in 0..ts.len() {
+        let h = hour(i);
+        match runs.last_mut() {
+            Some(r) if r.0 == h => r.2 = i + 1,
+            _ => {
+                runs.push((h, i, i + 1));
+                if runs.len() > MAX_RUNS {
+                    break;
+                }
+            }
+        }
+    }
+    let mut out: BTreeMap<Hour, Vec<RecordBatch>> = BTreeMap::new();
+    if runs.len() <= MAX_RUNS {
+        for (h, from, to) in runs {
+            out.entry(h).or_default().push(batch.slice(from, to - from));
+        }
+        return Ok(out);
     }
     let mut rows: BTreeMap<Hour, Vec<u32>> = BTreeMap::new();
-    for (i, t) in ts.iter().enumerate() {
-        rows.entry(Hour::of_micros(t.unwrap_or(0))).or_default().push(i as u32);
+    for i in 0..ts.len() {
+        rows.entry(hour(i)).or_default().push(i as u32);
     }
-    let mut out = BTreeMap::new();
     for (h, idx) in rows {
         let idx = UInt32Array::from(idx);
         let cols = batch.columns().iter().map(|c| compute::take(c.as_ref(), &idx, None)).collect::<Result<Vec<_>, _>>()?;
-        out.insert(h, RecordBatch::try_new(batch.schema(), cols)?);
+        out.insert(h, vec![RecordBatch::try_new(batch.schema(), cols)?]);
     }
     Ok(out)
 }
@@ -82,21 +105,27 @@ pub fn by_hour(batch: &RecordBatch) -> Result<BTreeMap<Hour, RecordBatch>> {
 /// An event id as a dedup key: a ULID's 128 bits, or for any other id the first 128 bits of
 /// its BLAKE3 hash (no allocation per event either way).
 pub fn id_key(id: &str) -> u128 {
-    const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    /// Crockford base-32 digit values; 0xFF for bytes that are not digits.
+    const DIGIT: [u8; 256] = {
+        let mut t = [0xFF; 256];
+        let alphabet = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        let mut i = 0;
+        while i < 32 {
+            t[alphabet[i] as usize] = i as u8;
+            i += 1;
+        }
+        t
+    };
     let b = id.as_bytes();
     if b.len() == 26 && b[0] <= b'7' {
         let mut v: u128 = 0;
-        let mut ok = true;
+        let mut bad = 0;
         for &c in b {
-            match CROCKFORD.iter().position(|&x| x == c) {
-                Some(d) => v = v << 5 | d as u128,
-                None => {
-                    ok = false;
-                    break;
-                }
-            }
+            let d = DIGIT[c as usize];
+            bad |= d;
+            v = v << 5 | u128::from(d & 31);
         }
-        if ok {
+        if bad < 32 {
             return v;
         }
     }
@@ -104,9 +133,32 @@ pub fn id_key(id: &str) -> u128 {
     u128::from_le_bytes(h.as_bytes()[..16].try_into().unwrap_or([0; 16]))
 }
 
+/// Hashes [`id_key`]s, which are already uniformly spread (a ULID's random bits or a BLAKE3
+/// prefix): fold the halves and mix once, instead of SipHash over 16 bytes.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        let folded = (v as u64) ^ (v >> 64) as u64;
+        self.0 = folded.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(26);
+    }
+}
+
+/// A set of [`id_key`]s.
+pub type IdSet = HashSet<u128, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// The ids already in a partition directory (read from the `id` column only), as [`id_key`]s.
-pub fn ids_in(dir: &Path) -> Result<HashSet<u128>> {
-    let mut ids = HashSet::new();
+pub fn ids_in(dir: &Path) -> Result<IdSet> {
+    let mut ids = IdSet::default();
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(ids) };
     for e in entries.flatten() {
         let p = e.path();
@@ -127,7 +179,7 @@ pub fn ids_in(dir: &Path) -> Result<HashSet<u128>> {
 }
 
 /// Keep the rows whose `id` is not in `seen` (and not repeated within the batch); add them to `seen`.
-pub fn dedup(batch: &RecordBatch, seen: &mut HashSet<u128>) -> Result<RecordBatch> {
+pub fn dedup(batch: &RecordBatch, seen: &mut IdSet) -> Result<RecordBatch> {
     let ids = batch.column_by_name("id").context("no id column")?.as_string::<i32>();
     let keep: BooleanArray = ids.iter().map(|id| Some(id.is_some_and(|i| seen.insert(id_key(i))))).collect();
     if keep.true_count() == batch.num_rows() {
@@ -136,23 +188,38 @@ pub fn dedup(batch: &RecordBatch, seen: &mut HashSet<u128>) -> Result<RecordBatc
     Ok(compute::filter_record_batch(batch, &keep)?)
 }
 
-/// Write `batches` as one Parquet file in `dir`, atomically; returns its path.
-pub fn write_file(dir: &Path, name: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("{name}.parquet"));
-    let tmp = dir.join(format!(".{name}.parquet.tmp"));
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+/// Top-level columns whose min/max statistics are kept: what audits and the chain rules
+/// filter on, so that engines can skip row groups and pages. Statistics of the rest (JSON
+/// text, nested fields, which DataFusion does not prune on) cost a compare per value for
+/// nothing.
+const PRUNED_ON: &[&str] = &["v", "id", "ts", "kind", "instance", "worker", "session", "route", "upstream", "direction", "method", "tool", "payload_truncated", "bytes", "latency_us", "status", "error_code"];
+
+/// How the archive's files are written.
+fn writer_properties(schema: &SchemaRef) -> Result<WriterProperties> {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
         .set_max_row_group_row_count(Some(ROW_GROUP))
         // Unique per event: a dictionary is built, overflows and is thrown away page after page.
         .set_column_dictionary_enabled(ColumnPath::from("id"), false)
         .set_column_dictionary_enabled(ColumnPath::from("ts"), false)
         .set_column_dictionary_enabled(ColumnPath::from("payload"), false)
-        // Min/max of JSON text prunes nothing.
-        .set_column_statistics_enabled(ColumnPath::from("payload"), EnabledStatistics::None)
-        .set_created_by(format!("sluice-analyzer {}", env!("CARGO_PKG_VERSION")))
-        .build();
+        .set_created_by(format!("sluice-analyzer {}", env!("CARGO_PKG_VERSION")));
+    for col in ArrowSchemaConverter::new().convert(schema)?.columns() {
+        let path = col.path();
+        if !path.parts().first().is_some_and(|p| PRUNED_ON.contains(&p.as_str())) {
+            b = b.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
+        }
+    }
+    Ok(b.build())
+}
+
+/// Write `batches` as one Parquet file in `dir`, atomically; returns its path.
+pub fn write_file(dir: &Path, name: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.parquet"));
+    let tmp = dir.join(format!(".{name}.parquet.tmp"));
     let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let props = writer_properties(&schema)?;
     let mut w = ArrowWriter::try_new(f, schema, Some(props))?;
     for b in batches {
         w.write(b)?;
@@ -176,6 +243,60 @@ mod tests {
         assert_eq!(id_key("not-a-ulid"), id_key("not-a-ulid"));
         // Lower case is not Crockford as the gateway writes it: hashed, not decoded.
         assert_ne!(id_key(&a.to_lowercase()), id_key(a));
+    }
+
+    /// Statistics are kept exactly for the columns audits filter on, nested leaves included
+    /// in neither direction by mistake.
+    #[test]
+    fn statistics_are_kept_for_the_pruned_columns_only() {
+        let schema: SchemaRef = std::sync::Arc::new(sluice_schema::arrow::schema());
+        let props = writer_properties(&schema).unwrap();
+        let descr = ArrowSchemaConverter::new().convert(&schema).unwrap();
+        let mut kept: Vec<String> = Vec::new();
+        for col in descr.columns() {
+            if props.statistics_enabled(col.path()) != EnabledStatistics::None {
+                kept.push(col.path().string());
+            }
+        }
+        assert_eq!(kept, PRUNED_ON);
+        assert_eq!(props.statistics_enabled(&ColumnPath::from(vec!["findings".to_string(), "list".into(), "item".into(), "kind".into()])), EnabledStatistics::None);
+        assert!(descr.columns().len() > 40, "nested leaves are columns of their own");
+    }
+
+    fn batch_at(ts: &[i64]) -> RecordBatch {
+        use datafusion::arrow::array::{Int64Array, TimestampMicrosecondArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+            Field::new("row", DataType::Int64, false),
+        ]));
+        let rows = Int64Array::from_iter_values(0..ts.len() as i64);
+        RecordBatch::try_new(schema, vec![std::sync::Arc::new(TimestampMicrosecondArray::from(ts.to_vec())), std::sync::Arc::new(rows)]).unwrap()
+    }
+
+    /// The rows of each hour, in order, whichever way the batch was split.
+    fn rows_by_hour(split: &BTreeMap<Hour, Vec<RecordBatch>>) -> BTreeMap<i64, Vec<i64>> {
+        split
+            .iter()
+            .map(|(h, bs)| (h.n, bs.iter().flat_map(|b| b.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>().values().to_vec()).collect()))
+            .collect()
+    }
+
+    /// Nearly ordered events are split into zero-copy slices (a late event makes a run of its
+    /// own); heavily interleaved hours are copied into one batch per hour. Either way each
+    /// hour gets exactly its rows, in order.
+    #[test]
+    fn batches_split_by_hour_with_slices_or_copies() {
+        const H: i64 = 3_600_000_000;
+        let ts: Vec<i64> = [0, 1, 2, H, H + 1, 5, 2 * H, 2 * H + 1].to_vec();
+        let split = by_hour(&batch_at(&ts)).unwrap();
+        assert_eq!(rows_by_hour(&split), BTreeMap::from([(0, vec![0, 1, 2, 5]), (1, vec![3, 4]), (2, vec![6, 7])]));
+        assert_eq!(split[&Hour { n: 0 }].len(), 2, "two runs of hour 0, two slices");
+        let interleaved: Vec<i64> = (0..2 * MAX_RUNS as i64 + 10).map(|i| (i % 2) * H + i).collect();
+        let split = by_hour(&batch_at(&interleaved)).unwrap();
+        assert!(split.values().all(|bs| bs.len() == 1), "copied, one batch per hour");
+        let want: BTreeMap<i64, Vec<i64>> = [0, 1].into_iter().map(|h| (h, (0..interleaved.len() as i64).filter(|i| i % 2 == h).collect())).collect();
+        assert_eq!(rows_by_hour(&split), want);
     }
 
     #[test]

@@ -219,8 +219,8 @@ pub fn archive(root: &Path, alerts: &[Alert]) -> Result<u64> {
     let batch = to_batch(alerts)?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
     let mut files = 0;
-    for (h, b) in crate::archive::by_hour(&batch)? {
-        crate::archive::write_file(&h.dir(root, "alerts"), &format!("alerts-{stamp}-{}", std::process::id()), b.schema(), &[b])?;
+    for (h, batches) in crate::archive::by_hour(&batch)? {
+        crate::archive::write_file(&h.dir(root, "alerts"), &format!("alerts-{stamp}-{}", std::process::id()), batch.schema(), &batches)?;
         files += 1;
     }
     Ok(files)

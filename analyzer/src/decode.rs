@@ -12,199 +12,377 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Fields, SchemaRef};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use crate::json::{self, Reader};
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// A JSON string, borrowed from the document when it has no escapes. (serde borrows a bare
-/// `Cow<str>` field, but inside `Option` or `Vec` its `Cow` is always an owned copy: one
-/// allocation per string, which was a tenth of ingest time.)
-struct Text<'a>(Cow<'a, str>);
+type Str<'a> = Cow<'a, str>;
 
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Cow<'de, str>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Cow::Borrowed(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v.to_owned()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v))
-            }
-        }
-        d.deserialize_str(V).map(Text)
-    }
-}
-
-impl std::ops::Deref for Text<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for Text<'_> {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-#[derive(Deserialize)]
+/// One event document, parsed. Reused from document to document (its lists keep their
+/// capacity): no allocation per event unless a string has escapes.
+#[derive(Default)]
 struct Ev<'a> {
     v: u16,
-    #[serde(borrow)]
-    id: Text<'a>,
+    id: Str<'a>,
     ts: i64,
-    #[serde(borrow)]
-    kind: Text<'a>,
-    #[serde(borrow)]
-    instance: Text<'a>,
-    #[serde(default)]
+    kind: Str<'a>,
+    instance: Str<'a>,
     worker: Option<u32>,
-    #[serde(borrow, default)]
-    session: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    mcp_session: Option<Text<'a>>,
-    #[serde(borrow, default)]
+    session: Option<Str<'a>>,
+    mcp_session: Option<Str<'a>>,
     identity: Option<Identity<'a>>,
-    #[serde(borrow, default)]
-    route: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    upstream: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    direction: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    method: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    rpc_id: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    tool: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
-    #[serde(default)]
+    route: Option<Str<'a>>,
+    upstream: Option<Str<'a>>,
+    direction: Option<Str<'a>>,
+    method: Option<Str<'a>>,
+    rpc_id: Option<Str<'a>>,
+    tool: Option<Str<'a>>,
+    /// Raw JSON text.
+    payload: Option<&'a str>,
     payload_truncated: bool,
-    #[serde(default)]
     bytes: Option<u64>,
-    #[serde(default)]
     latency_us: Option<u64>,
-    #[serde(default)]
     status: Option<u16>,
-    #[serde(default)]
     error_code: Option<i64>,
-    #[serde(borrow, default)]
     decision: Option<Decision<'a>>,
-    #[serde(borrow, default)]
-    findings: Option<Vec<Finding<'a>>>,
-    #[serde(borrow, default)]
     approval: Option<Approval<'a>>,
-    #[serde(borrow, default)]
-    tools: Option<Vec<Tool<'a>>>,
-    #[serde(borrow, default)]
     pin: Option<Pin<'a>>,
-    #[serde(borrow, default)]
     gateway: Option<Gateway<'a>>,
+    /// The lists, kept here rather than in their parents so that their buffers are reused;
+    /// `None` where the list (or its parent) was absent or null.
+    groups: Option<Vec<Str<'a>>>,
+    findings: Option<Vec<Finding<'a>>>,
+    approver_groups: Option<Vec<Str<'a>>>,
+    tools: Option<Vec<Tool<'a>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Identity<'a> {
-    #[serde(borrow)]
-    subject: Text<'a>,
-    #[serde(borrow, default)]
-    groups: Option<Vec<Text<'a>>>,
-    #[serde(borrow, default)]
-    agent_type: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    via: Option<Text<'a>>,
+    subject: Str<'a>,
+    agent_type: Option<Str<'a>>,
+    via: Option<Str<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Decision<'a> {
-    #[serde(borrow)]
-    action: Text<'a>,
-    #[serde(borrow)]
-    stage: Text<'a>,
-    #[serde(borrow, default)]
-    rule: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    reason: Option<Text<'a>>,
+    action: Str<'a>,
+    stage: Str<'a>,
+    rule: Option<Str<'a>>,
+    reason: Option<Str<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Finding<'a> {
-    #[serde(borrow)]
-    rule: Text<'a>,
-    #[serde(borrow)]
-    kind: Text<'a>,
-    #[serde(borrow)]
-    category: Text<'a>,
-    #[serde(borrow)]
-    severity: Text<'a>,
-    #[serde(borrow)]
-    path: Text<'a>,
-    #[serde(borrow)]
-    action: Text<'a>,
-    #[serde(borrow, default)]
-    fingerprint: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    encoding: Option<Text<'a>>,
+    /// rule, kind, category, severity, path, action.
+    required: [Str<'a>; 6],
+    fingerprint: Option<Str<'a>>,
+    encoding: Option<Str<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Approval<'a> {
-    #[serde(borrow)]
-    id: Text<'a>,
-    #[serde(borrow)]
-    state: Text<'a>,
-    #[serde(borrow)]
-    args_digest: Text<'a>,
-    #[serde(borrow, default)]
-    approver_groups: Option<Vec<Text<'a>>>,
-    #[serde(borrow, default)]
-    by: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    reason: Option<Text<'a>>,
-    #[serde(default)]
+    id: Str<'a>,
+    state: Str<'a>,
+    args_digest: Str<'a>,
+    by: Option<Str<'a>>,
+    reason: Option<Str<'a>>,
     waited_ms: Option<u64>,
-    #[serde(default)]
     expires_at: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Tool<'a> {
-    #[serde(borrow)]
-    name: Text<'a>,
-    #[serde(borrow)]
-    digest: Text<'a>,
+    name: Str<'a>,
+    digest: Str<'a>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Pin<'a> {
-    #[serde(borrow)]
-    tool: Text<'a>,
-    #[serde(borrow)]
-    change: Text<'a>,
-    #[serde(borrow, default)]
-    old_digest: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    new_digest: Option<Text<'a>>,
+    tool: Str<'a>,
+    change: Str<'a>,
+    old_digest: Option<Str<'a>>,
+    new_digest: Option<Str<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Gateway<'a> {
-    #[serde(borrow, default)]
-    version: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    config_digest: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    detail: Option<Text<'a>>,
+    version: Option<Str<'a>>,
+    config_digest: Option<Str<'a>>,
+    detail: Option<Str<'a>>,
+}
+
+/// Which members of one object were seen: a member named twice is an error, as is a
+/// required one missing (both as `serde`'s derive had it).
+struct Members {
+    names: &'static [&'static str],
+    /// Name → index faster than searching `names`, where there is one.
+    index: Option<fn(&str) -> Option<usize>>,
+    seen: u64,
+    next: usize,
+}
+
+impl Members {
+    fn new(names: &'static [&'static str]) -> Self {
+        Members { names, index: None, seen: 0, next: 0 }
+    }
+
+    /// The member's index among `names`, marked seen; `None` for a member this version does
+    /// not know (to be skipped). Writers emit members in schema order, so the search starts
+    /// after the last member found.
+    #[inline]
+    fn mark(&mut self, r: &Reader<'_>, key: &str) -> json::Result<Option<usize>> {
+        let n = self.names.len();
+        let found = match self.index {
+            Some(index) => index(key),
+            None => (0..n).map(|k| (self.next + k) % n).find(|&i| self.names[i] == key),
+        };
+        let Some(i) = found else { return Ok(None) };
+        self.next = i + 1;
+        if self.seen & 1 << i != 0 {
+            return r.err(format!("duplicate field `{key}`"));
+        }
+        self.seen |= 1 << i;
+        Ok(Some(i))
+    }
+
+    /// Fail unless the first `n` members were all seen.
+    fn require(&self, r: &Reader<'_>, n: usize) -> json::Result<()> {
+        match (0..n).find(|&i| self.seen & 1 << i == 0) {
+            Some(i) => r.err(format!("missing field `{}`", self.names[i])),
+            None => Ok(()),
+        }
+    }
+}
+
+fn opt_str<'a>(r: &mut Reader<'a>) -> json::Result<Option<Str<'a>>> {
+    if r.null()? { Ok(None) } else { r.string().map(Some) }
+}
+
+fn opt_int<T: TryFrom<i128>>(r: &mut Reader<'_>) -> json::Result<Option<T>> {
+    if r.null()? { Ok(None) } else { r.int().map(Some) }
+}
+
+/// A nullable list whose elements `item` reads into `buf` (cleared first, its buffer reused):
+/// `Some(buf)`, or `None` for `null`, leaving `buf` for later.
+fn opt_list<'a, T>(
+    r: &mut Reader<'a>,
+    mut buf: Vec<T>,
+    spare: &mut Vec<T>,
+    mut item: impl FnMut(&mut Reader<'a>) -> json::Result<T>,
+) -> json::Result<Option<Vec<T>>> {
+    buf.clear();
+    if r.null()? {
+        *spare = buf;
+        return Ok(None);
+    }
+    r.array(|r| {
+        buf.push(item(r)?);
+        Ok(())
+    })?;
+    Ok(Some(buf))
+}
+
+/// A nullable object whose members `each` reads, of which the first `required` (in `names`)
+/// must be present; `None` for `null`.
+fn opt_object<'a, T: Default>(
+    r: &mut Reader<'a>,
+    names: &'static [&'static str],
+    required: usize,
+    mut each: impl FnMut(&mut Reader<'a>, usize, &mut T) -> json::Result<()>,
+) -> json::Result<Option<T>> {
+    if r.null()? {
+        return Ok(None);
+    }
+    let mut m = Members::new(names);
+    let mut v = T::default();
+    r.object(|r, key| match m.mark(r, key)? {
+        Some(i) => each(r, i, &mut v),
+        None => r.skip().map(drop),
+    })?;
+    m.require(r, required)?;
+    Ok(Some(v))
+}
+
+const EVENT: &[&str] = &[
+    "v", "id", "ts", "kind", "instance", "worker", "session", "mcp_session", "identity", "route", "upstream", "direction", "method", "rpc_id", "tool", "payload",
+    "payload_truncated", "bytes", "latency_us", "status", "error_code", "decision", "findings", "approval", "tools", "pin", "gateway",
+];
+
+/// [`EVENT`]'s index of a member name (a `match` compiles to a length switch and fixed-size
+/// compares; the event has too many members to search).
+fn event_member(key: &str) -> Option<usize> {
+    Some(match key {
+        "v" => 0,
+        "id" => 1,
+        "ts" => 2,
+        "kind" => 3,
+        "instance" => 4,
+        "worker" => 5,
+        "session" => 6,
+        "mcp_session" => 7,
+        "identity" => 8,
+        "route" => 9,
+        "upstream" => 10,
+        "direction" => 11,
+        "method" => 12,
+        "rpc_id" => 13,
+        "tool" => 14,
+        "payload" => 15,
+        "payload_truncated" => 16,
+        "bytes" => 17,
+        "latency_us" => 18,
+        "status" => 19,
+        "error_code" => 20,
+        "decision" => 21,
+        "findings" => 22,
+        "approval" => 23,
+        "tools" => 24,
+        "pin" => 25,
+        "gateway" => 26,
+        _ => return None,
+    })
+}
+
+/// The list buffers of one [`Ev`], carried from one document to the next.
+#[derive(Default)]
+struct Spare<'a> {
+    groups: Vec<Str<'a>>,
+    findings: Vec<Finding<'a>>,
+    approver_groups: Vec<Str<'a>>,
+    tools: Vec<Tool<'a>>,
+}
+
+fn recycle<T>(list: Option<Vec<T>>, spare: &mut Vec<T>) {
+    if let Some(l) = list {
+        *spare = l;
+    }
+}
+
+/// Parse one event document into `e` (whose previous lists are recycled through `spare`).
+fn event<'a>(doc: &'a str, e: &mut Ev<'a>, spare: &mut Spare<'a>) -> json::Result<()> {
+    let old = std::mem::take(e);
+    recycle(old.groups, &mut spare.groups);
+    recycle(old.findings, &mut spare.findings);
+    recycle(old.approver_groups, &mut spare.approver_groups);
+    recycle(old.tools, &mut spare.tools);
+    let mut r = Reader::new(doc);
+    let mut m = Members { index: Some(event_member), ..Members::new(EVENT) };
+    r.object(|r, key| {
+        let Some(i) = m.mark(r, key)? else { return r.skip().map(drop) };
+        match i {
+            0 => e.v = r.int()?,
+            1 => e.id = r.string()?,
+            2 => e.ts = r.int()?,
+            3 => e.kind = r.string()?,
+            4 => e.instance = r.string()?,
+            5 => e.worker = opt_int(r)?,
+            6 => e.session = opt_str(r)?,
+            7 => e.mcp_session = opt_str(r)?,
+            8 => {
+                let mut groups = None;
+                e.identity = opt_object(r, &["subject", "groups", "agent_type", "via"], 1, |r, i, x: &mut Identity<'a>| {
+                    match i {
+                        0 => x.subject = r.string()?,
+                        1 => groups = opt_list(r, std::mem::take(&mut spare.groups), &mut spare.groups, Reader::string)?,
+                        2 => x.agent_type = opt_str(r)?,
+                        _ => x.via = opt_str(r)?,
+                    }
+                    Ok(())
+                })?;
+                e.groups = groups;
+            }
+            9 => e.route = opt_str(r)?,
+            10 => e.upstream = opt_str(r)?,
+            11 => e.direction = opt_str(r)?,
+            12 => e.method = opt_str(r)?,
+            13 => e.rpc_id = opt_str(r)?,
+            14 => e.tool = opt_str(r)?,
+            15 => e.payload = if r.null()? { None } else { Some(r.skip()?) },
+            16 => e.payload_truncated = r.bool()?,
+            17 => e.bytes = opt_int(r)?,
+            18 => e.latency_us = opt_int(r)?,
+            19 => e.status = opt_int(r)?,
+            20 => e.error_code = opt_int(r)?,
+            21 => {
+                e.decision = opt_object(r, &["action", "stage", "rule", "reason"], 2, |r, i, d: &mut Decision<'a>| {
+                    match i {
+                        0 => d.action = r.string()?,
+                        1 => d.stage = r.string()?,
+                        2 => d.rule = opt_str(r)?,
+                        _ => d.reason = opt_str(r)?,
+                    }
+                    Ok(())
+                })?;
+            }
+            22 => {
+                e.findings = opt_list(r, std::mem::take(&mut spare.findings), &mut spare.findings, |r| {
+                    let f = opt_object(r, &["rule", "kind", "category", "severity", "path", "action", "fingerprint", "encoding"], 6, |r, i, f: &mut Finding<'a>| {
+                        match i {
+                            0..6 => f.required[i] = r.string()?,
+                            6 => f.fingerprint = opt_str(r)?,
+                            _ => f.encoding = opt_str(r)?,
+                        }
+                        Ok(())
+                    })?;
+                    f.map_or_else(|| r.err("a finding is null"), Ok)
+                })?;
+            }
+            23 => {
+                let mut groups = None;
+                e.approval = opt_object(r, &["id", "state", "args_digest", "approver_groups", "by", "reason", "waited_ms", "expires_at"], 3, |r, i, a: &mut Approval<'a>| {
+                    match i {
+                        0 => a.id = r.string()?,
+                        1 => a.state = r.string()?,
+                        2 => a.args_digest = r.string()?,
+                        3 => groups = opt_list(r, std::mem::take(&mut spare.approver_groups), &mut spare.approver_groups, Reader::string)?,
+                        4 => a.by = opt_str(r)?,
+                        5 => a.reason = opt_str(r)?,
+                        6 => a.waited_ms = opt_int(r)?,
+                        _ => a.expires_at = opt_int(r)?,
+                    }
+                    Ok(())
+                })?;
+                e.approver_groups = groups;
+            }
+            24 => {
+                e.tools = opt_list(r, std::mem::take(&mut spare.tools), &mut spare.tools, |r| {
+                    let t = opt_object(r, &["name", "digest"], 2, |r, i, t: &mut Tool<'a>| {
+                        if i == 0 {
+                            t.name = r.string()?;
+                        } else {
+                            t.digest = r.string()?;
+                        }
+                        Ok(())
+                    })?;
+                    t.map_or_else(|| r.err("a tool entry is null"), Ok)
+                })?;
+            }
+            25 => {
+                e.pin = opt_object(r, &["tool", "change", "old_digest", "new_digest"], 2, |r, i, p: &mut Pin<'a>| {
+                    match i {
+                        0 => p.tool = r.string()?,
+                        1 => p.change = r.string()?,
+                        2 => p.old_digest = opt_str(r)?,
+                        _ => p.new_digest = opt_str(r)?,
+                    }
+                    Ok(())
+                })?;
+            }
+            _ => {
+                e.gateway = opt_object(r, &["version", "config_digest", "detail"], 0, |r, i, g: &mut Gateway<'a>| {
+                    match i {
+                        0 => g.version = opt_str(r)?,
+                        1 => g.config_digest = opt_str(r)?,
+                        _ => g.detail = opt_str(r)?,
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    })?;
+    m.require(&r, 5)?;
+    r.end()
 }
 
 /// A struct column built child by child, with its own validity.
@@ -237,7 +415,7 @@ fn list_item(schema: &SchemaRef, name: &str) -> Result<FieldRef> {
     }
 }
 
-fn text(b: &mut StringBuilder, v: &Option<Text<'_>>) {
+fn text(b: &mut StringBuilder, v: &Option<Str<'_>>) {
     b.append_option(v.as_deref());
 }
 
@@ -282,12 +460,12 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
     let mut gateway = Strukt::of(schema, "gateway")?;
     let (mut g_version, mut g_digest, mut g_detail) = (strings(0), strings(0), strings(0));
 
+    let (mut e, mut spare) = (Ev::default(), Spare::default());
     for (i, doc) in docs.iter().enumerate() {
-        // UTF-8 checked once for the whole document; parsing from a `str` then skips the
-        // check per string.
-        let e: Ev<'_> = std::str::from_utf8(doc.as_ref())
+        // UTF-8 checked once for the whole document; the reader then works on a `str`.
+        std::str::from_utf8(doc.as_ref())
             .map_err(anyhow::Error::from)
-            .and_then(|t| serde_json::from_str(t).map_err(anyhow::Error::from))
+            .and_then(|t| event(t, &mut e, &mut spare).map_err(anyhow::Error::from))
             .with_context(|| format!("event {i} of the chunk is not a session event"))?;
         v.append_value(e.v);
         id.append_value(&e.id);
@@ -301,10 +479,10 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
             Some(x) => {
                 identity.valid.push(true);
                 subject.append_value(&x.subject);
-                for g in x.groups.iter().flatten() {
+                for g in e.groups.iter().flatten() {
                     groups.values().append_value(g);
                 }
-                groups.append(x.groups.is_some());
+                groups.append(e.groups.is_some());
                 text(&mut agent_type, &x.agent_type);
                 text(&mut via, &x.via);
             }
@@ -319,7 +497,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
         for (b, x) in [(&mut route, &e.route), (&mut upstream, &e.upstream), (&mut direction, &e.direction), (&mut method, &e.method), (&mut rpc_id, &e.rpc_id), (&mut tool, &e.tool)] {
             text(b, x);
         }
-        payload.append_option(e.payload.map(RawValue::get));
+        payload.append_option(e.payload);
         truncated.append_value(e.payload_truncated);
         bytes.append_option(e.bytes);
         latency.append_option(e.latency_us);
@@ -344,7 +522,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
         let fs = e.findings.as_deref().unwrap_or_default();
         for f in fs {
             finding.valid.push(true);
-            for (b, x) in f_cols.iter_mut().zip([&f.rule, &f.kind, &f.category, &f.severity, &f.path, &f.action]) {
+            for (b, x) in f_cols.iter_mut().zip(&f.required) {
                 b.append_value(x);
             }
             text(&mut f_cols[6], &f.fingerprint);
@@ -358,10 +536,10 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
                 a_id.append_value(&a.id);
                 a_state.append_value(&a.state);
                 a_digest.append_value(&a.args_digest);
-                for g in a.approver_groups.iter().flatten() {
+                for g in e.approver_groups.iter().flatten() {
                     a_groups.values().append_value(g);
                 }
-                a_groups.append(a.approver_groups.is_some());
+                a_groups.append(e.approver_groups.is_some());
                 text(&mut a_by, &a.by);
                 text(&mut a_reason, &a.reason);
                 a_waited.append_option(a.waited_ms);
@@ -479,6 +657,8 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{AsArray, BooleanArray};
     use datafusion::arrow::datatypes::Schema;
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
 
     /// The reference: arrow-json for every column but `payload` (which it cannot keep as
     /// text), `payload` from a serde pass, `payload_truncated` defaulted to false.
@@ -516,8 +696,7 @@ mod tests {
     #[test]
     fn agrees_with_arrow_json() {
         let schema: SchemaRef = Arc::new(sluice_schema::arrow::schema());
-        let fixtures = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/fixtures/v1.jsonl")).unwrap();
-        let mut docs: Vec<Vec<u8>> = fixtures.lines().filter(|l| !l.trim().is_empty()).map(|l| l.as_bytes().to_vec()).collect();
+        let mut docs = fixtures();
         assert!(docs.len() > 10);
         docs.push(br#"{"v":1,"id":"01X","ts":5,"kind":"request","instance":"g\u00e9","tool":"a\"b","payload":{"x":"\u0041"},"identity":{"subject":"s","groups":[]},"findings":[],"future_field":{"a":[1,2]}}"#.to_vec());
         docs.push(br#"{"v":2,"id":"01Y","ts":6,"kind":"some_new_kind","instance":"g","payload_truncated":true,"approval":{"id":"a","state":"pending","args_digest":"d","expires_at":7}}"#.to_vec());
@@ -527,6 +706,95 @@ mod tests {
             assert_eq!(ours.column(i).as_ref(), theirs.column(i).as_ref(), "column {}", f.name());
         }
         assert_eq!(ours.column_by_name("tool").unwrap().as_string::<i32>().value(docs.len() - 2), "a\"b");
+    }
+
+    fn fixtures() -> Vec<Vec<u8>> {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/fixtures/v1.jsonl")).unwrap();
+        text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.as_bytes().to_vec()).collect()
+    }
+
+    /// Events mutated at random (bytes replaced, inserted, deleted, documents cut short) are
+    /// either refused or decoded exactly as the reference decodes them; nothing a JSON parser
+    /// refuses is ever accepted.
+    #[test]
+    fn mutated_events_are_refused_or_decoded_exactly() {
+        let schema: SchemaRef = Arc::new(sluice_schema::arrow::schema());
+        let docs = fixtures();
+        let alphabet = b"{}[]\",:\\u0123456789abcdefABCDEF-+.eEtrnslx \t\n\x01\x7f";
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as usize
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..20_000 {
+            let mut d = docs[round % docs.len()].clone();
+            for _ in 0..1 + rand() % 2 {
+                let at = rand() % (d.len() + 1);
+                let c = alphabet[rand() % alphabet.len()];
+                match rand() % 8 {
+                    0..3 if at < d.len() => d[at] = c,
+                    3..6 => d.insert(at, c),
+                    6 if at < d.len() => drop(d.remove(at)),
+                    _ => d.truncate(at),
+                }
+            }
+            match decode(&schema, &[&d]) {
+                Ok(ours) => {
+                    let text = String::from_utf8_lossy(&d);
+                    assert!(serde_json::from_slice::<Box<RawValue>>(&d).is_ok(), "accepted malformed JSON: {text}");
+                    let theirs = reference(&schema, std::slice::from_ref(&d));
+                    for (i, f) in schema.fields().iter().enumerate() {
+                        assert_eq!(ours.column(i).as_ref(), theirs.column(i).as_ref(), "column {} of {text}", f.name());
+                    }
+                    accepted += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(accepted > 2_000 && refused > 2_000, "accepted {accepted}, refused {refused}");
+    }
+
+    /// What serde's derive refused stays refused, with a reason: duplicate and missing
+    /// members, wrong types, out-of-range integers, lone surrogates, trailing text.
+    #[test]
+    fn events_that_break_the_rules_are_refused_with_a_reason() {
+        let schema: SchemaRef = Arc::new(sluice_schema::arrow::schema());
+        let head = r#"{"v":1,"id":"a","ts":1,"kind":"request","instance":"g""#;
+        for (bad, why) in [
+            (format!(r#"{head},"id":"b"}}"#), "duplicate field `id`"),
+            (r#"{"v":1,"id":"a","ts":1,"instance":"g"}"#.to_string(), "missing field `kind`"),
+            (format!(r#"{head},"identity":{{"groups":[]}}}}"#), "missing field `subject`"),
+            (format!(r#"{head},"decision":{{"action":"deny"}}}}"#), "missing field `stage`"),
+            (format!(r#"{head},"findings":[null]}}"#), "a finding is null"),
+            (format!(r#"{head},"status":70000}}"#), "out of range"),
+            (format!(r#"{head},"bytes":-1}}"#), "out of range"),
+            (format!(r#"{head},"latency_us":1.5}}"#), "not an integer"),
+            (format!(r#"{head},"tool":7}}"#), "expected a string"),
+            (format!(r#"{head},"payload_truncated":null}}"#), "expected true or false"),
+            (format!(r#"{head}}} {{}}"#), "trailing characters"),
+            (format!(r#"{head},"tool":"\ud800"}}"#), "lone leading surrogate"),
+        ] {
+            let e = decode(&schema, &[bad.as_bytes()]).unwrap_err();
+            assert!(format!("{e:#}").contains(why), "{bad}: {e:#}");
+        }
+        let fine = format!(r#" {head} , "unknown" : {{"deep":[1,{{"x":null}}]}}, "tool" : null , "worker":4294967295 }} "#);
+        let b = decode(&schema, &[fine.as_bytes()]).unwrap();
+        assert!(b.column_by_name("tool").unwrap().is_null(0));
+        assert_eq!(b.column_by_name("worker").unwrap().as_primitive::<datafusion::arrow::datatypes::UInt32Type>().value(0), u32::MAX);
+    }
+
+    #[test]
+    fn event_member_indexes_follow_the_names() {
+        for (i, n) in EVENT.iter().enumerate() {
+            assert_eq!(event_member(n), Some(i), "{n}");
+        }
+        assert_eq!(event_member("Kind"), None);
+        let schema = sluice_schema::arrow::schema();
+        let cols: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(cols, EVENT);
     }
 
     #[test]

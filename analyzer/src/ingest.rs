@@ -97,7 +97,7 @@ pub struct Writer {
     pub rows_per_file: usize,
     pending: BTreeMap<Hour, Vec<RecordBatch>>,
     pending_rows: usize,
-    seen: HashMap<Hour, HashSet<u128>>,
+    seen: HashMap<Hour, archive::IdSet>,
     seq: u64,
 }
 
@@ -109,16 +109,18 @@ impl Writer {
     /// Add decoded events; returns how many were duplicates.
     pub fn add(&mut self, batch: &RecordBatch) -> Result<u64> {
         let mut dups = 0;
-        for (h, b) in archive::by_hour(batch)? {
+        for (h, slices) in archive::by_hour(batch)? {
             let seen = match self.seen.entry(h) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(archive::ids_in(&h.dir(&self.root, self.table))?),
             };
-            let kept = archive::dedup(&b, seen)?;
-            dups += (b.num_rows() - kept.num_rows()) as u64;
-            if kept.num_rows() > 0 {
-                self.pending_rows += kept.num_rows();
-                self.pending.entry(h).or_default().push(kept);
+            for b in slices {
+                let kept = archive::dedup(&b, seen)?;
+                dups += (b.num_rows() - kept.num_rows()) as u64;
+                if kept.num_rows() > 0 {
+                    self.pending_rows += kept.num_rows();
+                    self.pending.entry(h).or_default().push(kept);
+                }
             }
         }
         Ok(dups)

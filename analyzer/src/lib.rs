@@ -14,6 +14,7 @@ pub mod archive;
 pub mod chains;
 pub mod decode;
 pub mod ingest;
+pub mod json;
 pub mod query;
 pub mod replay;
 pub mod report;
