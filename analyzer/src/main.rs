@@ -133,26 +133,12 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    keep_freed_memory();
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice-analyzer: {e:#}");
             std::process::ExitCode::from(2)
         }
-    }
-}
-
-/// Ingest builds each chunk's Arrow columns in fresh buffers of several MiB and frees them once
-/// the chunk is in a file. glibc would hand such buffers back to the kernel (mmap/munmap, heap
-/// trimming) and fault every page in again for the next chunk: 8 % of ingest time. Keep them in
-/// the heap instead (the resident size then stays at its peak, a few hundred MiB).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds (it takes the allocator's own locks).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
 
