@@ -1,9 +1,9 @@
 //! `ingest --spool DIR`: session events from a gateway's spool into the archive.
 //!
 //! Records are read in spool order from the last saved cursor, decoded to Arrow in chunks
-//! (arrow-json for the typed columns; the `payload` JSON kept as its text), split by hour,
-//! deduplicated by id and written as one file per hour partition when a chunk of files is
-//! due. The cursor is saved only after the files holding everything before it are durable,
+//! ([`crate::decode`]: one pass of the event reader in [`crate::json`]; the `payload` JSON kept
+//! as its text), split by hour (zero-copy slices), deduplicated by id and written as one file
+//! per hour partition when a chunk of files is due. The cursor is saved only after the files holding everything before it are durable,
 //! so a crash re-reads at most what was not archived — and dedup drops what was.
 
 use crate::archive::{self, Hour};
