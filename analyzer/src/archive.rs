@@ -62,7 +62,7 @@ fn civil(z: i64) -> (i64, u32, u32) {
 }
 
 /// More contiguous runs than this in one batch and [`by_hour`] copies rows instead of slicing.
-const MAX_RUNS: usize = 256;
+pub const MAX_RUNS: usize = 256;
 
 /// Split a batch by the hour of its `ts` column. Events arrive nearly in time order, so an
 /// hour's rows are a few contiguous runs: those are zero-copy slices. Only a batch whose hours
