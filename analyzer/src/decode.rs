@@ -162,19 +162,15 @@ fn opt_int<T: TryFrom<i128>>(r: &mut Reader<'_>) -> json::Result<Option<T>> {
     if r.null()? { Ok(None) } else { r.int().map(Some) }
 }
 
-/// A nullable list whose elements `item` reads into `buf` (cleared first, its buffer reused):
-/// `Some(buf)`, or `None` for `null`, leaving `buf` for later.
-fn opt_list<'a, T>(
-    r: &mut Reader<'a>,
-    mut buf: Vec<T>,
-    spare: &mut Vec<T>,
-    mut item: impl FnMut(&mut Reader<'a>) -> json::Result<T>,
-) -> json::Result<Option<Vec<T>>> {
-    buf.clear();
+/// A nullable list whose elements `item` reads, in the buffer taken from `spare` (cleared,
+/// capacity kept): `Some(list)`, or `None` for `null` with the buffer left in `spare`.
+fn opt_list<'a, T>(r: &mut Reader<'a>, spare: &mut Vec<T>, mut item: impl FnMut(&mut Reader<'a>) -> json::Result<T>) -> json::Result<Option<Vec<T>>> {
     if r.null()? {
-        *spare = buf;
+        spare.clear();
         return Ok(None);
     }
+    let mut buf = std::mem::take(spare);
+    buf.clear();
     r.array(|r| {
         buf.push(item(r)?);
         Ok(())
@@ -283,7 +279,7 @@ fn event<'a>(doc: &'a str, e: &mut Ev<'a>, spare: &mut Spare<'a>) -> json::Resul
                 e.identity = opt_object(r, &["subject", "groups", "agent_type", "via"], 1, |r, i, x: &mut Identity<'a>| {
                     match i {
                         0 => x.subject = r.string()?,
-                        1 => groups = opt_list(r, std::mem::take(&mut spare.groups), &mut spare.groups, Reader::string)?,
+                        1 => groups = opt_list(r, &mut spare.groups, Reader::string)?,
                         2 => x.agent_type = opt_str(r)?,
                         _ => x.via = opt_str(r)?,
                     }
@@ -315,7 +311,7 @@ fn event<'a>(doc: &'a str, e: &mut Ev<'a>, spare: &mut Spare<'a>) -> json::Resul
                 })?;
             }
             22 => {
-                e.findings = opt_list(r, std::mem::take(&mut spare.findings), &mut spare.findings, |r| {
+                e.findings = opt_list(r, &mut spare.findings, |r| {
                     let f = opt_object(r, &["rule", "kind", "category", "severity", "path", "action", "fingerprint", "encoding"], 6, |r, i, f: &mut Finding<'a>| {
                         match i {
                             0..6 => f.required[i] = r.string()?,
@@ -334,7 +330,7 @@ fn event<'a>(doc: &'a str, e: &mut Ev<'a>, spare: &mut Spare<'a>) -> json::Resul
                         0 => a.id = r.string()?,
                         1 => a.state = r.string()?,
                         2 => a.args_digest = r.string()?,
-                        3 => groups = opt_list(r, std::mem::take(&mut spare.approver_groups), &mut spare.approver_groups, Reader::string)?,
+                        3 => groups = opt_list(r, &mut spare.approver_groups, Reader::string)?,
                         4 => a.by = opt_str(r)?,
                         5 => a.reason = opt_str(r)?,
                         6 => a.waited_ms = opt_int(r)?,
@@ -345,7 +341,7 @@ fn event<'a>(doc: &'a str, e: &mut Ev<'a>, spare: &mut Spare<'a>) -> json::Resul
                 e.approver_groups = groups;
             }
             24 => {
-                e.tools = opt_list(r, std::mem::take(&mut spare.tools), &mut spare.tools, |r| {
+                e.tools = opt_list(r, &mut spare.tools, |r| {
                     let t = opt_object(r, &["name", "digest"], 2, |r, i, t: &mut Tool<'a>| {
                         if i == 0 {
                             t.name = r.string()?;
