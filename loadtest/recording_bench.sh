@@ -4,7 +4,7 @@
 #      then to the spool + Kafka;
 #   2. the proxy under load with recording off / spool / spool + Kafka (rate, p99 added).
 #   usage: loadtest/recording_bench.sh [seconds per proxy run, default 10] [recording_bench.py options:
-#          --repeat N, --variant '[recording.kafka] settings' for extra Kafka modes, --isolate: sluice
+#          --repeat N, --load 0.125,0.25,0.5 (fixed rates as fractions of the peak), --variant '[recording.kafka] settings' for extra Kafka modes, --isolate: sluice
 #          on CPU 0, everything else (load, upstream, this broker) on CPU 1]
 source "$(dirname "$0")/../scripts/lib.sh"
 bench_tools

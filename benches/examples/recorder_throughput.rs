@@ -4,8 +4,9 @@
 //! acknowledged them all).
 //!
 //!   cargo run --release -p sluice-benches --example recorder_throughput -- [--events N]
-//!       [--threads T] [--kafka HOST:PORT --topic NAME [--compression zstd|lz4] [--linger-ms MS]]
+//!       [--threads T] [--kafka HOST:PORT --topic NAME [--compression lz4|zstd] [--linger-ms MS]]
 //!       [--dir DIR]
+//!   (Kafka defaults: lz4 and 20 ms, as the gateway's)
 //!
 //! `loadtest/recording_bench.sh` runs it against a real broker and prints the README table.
 
@@ -36,8 +37,8 @@ fn main() -> anyhow::Result<()> {
             ("acks".into(), "all".into()),
             ("max.in.flight.requests.per.connection".into(), "5".into()),
             ("message.timeout.ms".into(), "0".into()),
-            ("linger.ms".into(), arg("--linger-ms").unwrap_or_else(|| "5".into())),
-            ("compression.type".into(), arg("--compression").unwrap_or_else(|| "zstd".into())),
+            ("linger.ms".into(), arg("--linger-ms").unwrap_or_else(|| "20".into())),
+            ("compression.type".into(), arg("--compression").unwrap_or_else(|| "lz4".into())),
             ("partitioner".into(), "murmur2_random".into()),
         ],
     });

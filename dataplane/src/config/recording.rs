@@ -197,4 +197,18 @@ mod tests {
         assert!(k.properties.contains(&("acks".into(), "all".into())));
         assert!(!k.describe().contains("hunter2"));
     }
+
+    #[test]
+    fn producer_batches_and_compression_default_and_can_be_chosen() {
+        let props = |text: &str| {
+            let f: crate::config::schema::File = toml::from_str(text).unwrap();
+            super::compile(&f.recording, None, &mut |p, m| panic!("{p}: {m}")).unwrap().kafka.unwrap().properties
+        };
+        let d = props("[recording.kafka]\nbrokers = \"k:9092\"\n");
+        assert!(d.contains(&("compression.type".into(), "lz4".into())), "{d:?}");
+        assert!(d.contains(&("linger.ms".into(), "20".into())), "{d:?}");
+        let z = props("[recording.kafka]\nbrokers = \"k:9092\"\ncompression = \"zstd\"\nlinger = \"1s\"\n");
+        assert!(z.contains(&("compression.type".into(), "zstd".into())), "{z:?}");
+        assert!(z.contains(&("linger.ms".into(), "1000".into())), "{z:?}");
+    }
 }

@@ -482,11 +482,15 @@ fn default_events_topic() -> String {
 fn default_approvals_topic() -> String {
     "sluice.approvals".into()
 }
+/// lz4: about a third less gateway CPU per event than zstd (`recorder_throughput
+/// --compression`); zstd for links where bytes cost more than the gateway's cores.
 fn default_compression() -> String {
-    "zstd".into()
+    "lz4".into()
 }
+/// Batches of 20 ms: fewer, larger produce requests (less CPU per event); events are in the
+/// spool long before, so nothing waits on this but the analyzer, seconds behind anyway.
 fn default_linger() -> String {
-    "5ms".into()
+    "20ms".into()
 }
 
 /// `[identity]`: who is calling. Bearer JWTs checked against the issuer's JWKS (OIDC

@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 const MAX_IN_FLIGHT: usize = 100_000;
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How long the forwarder waits at the spool's tail before looking for new records.
-const TAIL_WAIT: Duration = Duration::from_millis(5);
+/// How long the forwarder waits at the spool's tail before looking for new records (the
+/// writer appends once per group commit, 10 ms by default; looking more often finds nothing).
+const TAIL_WAIT: Duration = Duration::from_millis(10);
 
 /// Delivery reports land here from librdkafka's callback (called inside `poll`, on the
 /// forwarder's own thread; the mutex is never contended).

@@ -18,8 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 const BATCH_BYTES: usize = 1 << 20;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_millis(500);
-/// While events flow the writer polls the queues this often (no wake-up per event)...
-const BUSY_POLL: Duration = Duration::from_millis(1);
+/// While events flow the writer polls the queues once per group commit (no wake-up per
+/// event, one write and one fsync per wake-up), but at least this often...
+const BUSY_POLL_MAX: Duration = Duration::from_millis(10);
+/// ...and at most this often (a sub-millisecond `fsync_interval` still syncs on time, since a
+/// sync also falls due by record count).
+const BUSY_POLL_MIN: Duration = Duration::from_millis(1);
 /// ...and after this long without events it sleeps until woken.
 const QUIET_AFTER: Duration = Duration::from_millis(50);
 /// While the spool cannot be written, retry this often.
@@ -296,10 +300,11 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
             rec.writer_done.store(true, Ordering::SeqCst);
             return;
         }
-        // While events flow, poll every BUSY_POLL: emitters never pay for a wake-up. After a
-        // quiet spell, sleep until an emitter wakes us, a sync falls due, or a retention pass.
+        // While events flow, poll once per group commit: emitters never pay for a wake-up, and
+        // each wake-up is one write and one fsync. After a quiet spell, sleep until an emitter
+        // wakes us, a sync falls due, or a retention pass.
         if last_event.elapsed() < QUIET_AFTER {
-            std::thread::park_timeout(BUSY_POLL);
+            std::thread::park_timeout(w.cfg.fsync_interval.clamp(BUSY_POLL_MIN, BUSY_POLL_MAX));
             continue;
         }
         rec.writer_sleeping.store(true, Ordering::SeqCst);
