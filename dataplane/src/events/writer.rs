@@ -21,8 +21,8 @@ const RETENTION_EVERY: Duration = Duration::from_millis(500);
 /// While events flow the writer polls the queues once per group commit (no wake-up per
 /// event, one write and one fsync per wake-up), but at least this often...
 const BUSY_POLL_MAX: Duration = Duration::from_millis(10);
-/// ...and at most this often (a sub-millisecond `fsync_interval` still syncs on time, since a
-/// sync also falls due by record count).
+/// ...and at most this often: a sub-millisecond `fsync_interval` syncs every millisecond
+/// while events flow (or sooner by `fsync_records`; a burst is written without sleeping).
 const BUSY_POLL_MIN: Duration = Duration::from_millis(1);
 /// ...and after this long without events it sleeps until woken.
 const QUIET_AFTER: Duration = Duration::from_millis(50);
