@@ -1,6 +1,6 @@
 //! Emitting events: serialise, frame as a spool record, push onto the worker's own queue.
 
-use super::Recorder;
+use super::{Queued, Recorder};
 use parking_lot::Mutex;
 use sluice_schema::{spool, Event};
 use std::cell::{Cell, RefCell};
@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Serialise `ev` into a framed spool record (`json` is a reusable scratch buffer).
 /// `payload` is JSON text the gateway encoded itself; it is spliced in as the `payload` field
@@ -36,14 +37,14 @@ fn frame(ev: &Event<'_>, payload: Option<&[u8]>, json: &mut Vec<u8>) -> Vec<u8> 
 pub struct Emitter {
     rec: Arc<Recorder>,
     worker: usize,
-    tx: SyncSender<Vec<u8>>,
-    overflow: RefCell<VecDeque<Vec<u8>>>,
+    tx: SyncSender<Queued>,
+    overflow: RefCell<VecDeque<Queued>>,
     overflow_bytes: Cell<usize>,
     json: RefCell<Vec<u8>>,
 }
 
 impl Emitter {
-    pub(super) fn new(rec: Arc<Recorder>, worker: usize, tx: SyncSender<Vec<u8>>) -> Self {
+    pub(super) fn new(rec: Arc<Recorder>, worker: usize, tx: SyncSender<Queued>) -> Self {
         Emitter { rec, worker, tx, overflow: RefCell::new(VecDeque::new()), overflow_bytes: Cell::new(0), json: RefCell::new(Vec::with_capacity(4096)) }
     }
 
@@ -64,7 +65,7 @@ impl Emitter {
 
     /// Record one event whose payload is JSON text the gateway encoded (not parsed again).
     pub fn emit_with_payload(&self, ev: &Event<'_>, payload: Option<&[u8]>) {
-        let rec = frame(ev, payload, &mut self.json.borrow_mut());
+        let rec = Queued { rec: frame(ev, payload, &mut self.json.borrow_mut()), at: Instant::now() };
         self.rec.counters.emitted.fetch_add(1, Ordering::Relaxed);
         if !self.overflow.borrow().is_empty() {
             self.flush_overflow();
@@ -80,19 +81,20 @@ impl Emitter {
     }
 
     /// Keep a record in order behind the queue; lose it only past twice the overflow limit.
-    fn spill(&self, r: Vec<u8>) {
+    fn spill(&self, r: Queued) {
         let c = &self.rec.counters;
         c.overflowed.fetch_add(1, Ordering::Relaxed);
         let limit = self.rec.cfg.overflow_bytes;
-        if self.overflow_bytes.get() + r.len() > 2 * limit {
+        let len = r.rec.len();
+        if self.overflow_bytes.get() + len > 2 * limit {
             c.lost_overflow.fetch_add(1, Ordering::Relaxed);
             tracing::error!(worker = self.worker, overflow_bytes = self.overflow_bytes.get(), "event lost: the spool writer is too far behind (recording.overflow_mib × 2 reached)");
             return;
         }
-        if self.overflow_bytes.get() < limit && self.overflow_bytes.get() + r.len() >= limit {
+        if self.overflow_bytes.get() < limit && self.overflow_bytes.get() + len >= limit {
             tracing::warn!(worker = self.worker, "recording overflow limit reached: new requests are refused until the spool catches up");
         }
-        self.overflow_bytes.set(self.overflow_bytes.get() + r.len());
+        self.overflow_bytes.set(self.overflow_bytes.get() + len);
         self.overflow.borrow_mut().push_back(r);
     }
 
@@ -107,7 +109,7 @@ impl Emitter {
         let mut of = self.overflow.borrow_mut();
         let mut moved = false;
         while let Some(r) = of.pop_front() {
-            let len = r.len();
+            let len = r.rec.len();
             match self.tx.try_send(r) {
                 Ok(()) => {
                     self.overflow_bytes.set(self.overflow_bytes.get() - len);
@@ -150,16 +152,16 @@ impl Drop for Emitter {
 /// mutex, off the request path. Blocks briefly when that queue is full rather than lose.
 pub struct ProcessEmitter<'a> {
     rec: &'a Recorder,
-    tx: &'a Mutex<Option<SyncSender<Vec<u8>>>>,
+    tx: &'a Mutex<Option<SyncSender<Queued>>>,
 }
 
 impl<'a> ProcessEmitter<'a> {
-    pub(super) fn new(rec: &'a Recorder, tx: &'a Mutex<Option<SyncSender<Vec<u8>>>>) -> Self {
+    pub(super) fn new(rec: &'a Recorder, tx: &'a Mutex<Option<SyncSender<Queued>>>) -> Self {
         ProcessEmitter { rec, tx }
     }
 
     pub fn emit(&self, ev: &Event<'_>) {
-        let r = frame(ev, None, &mut Vec::new());
+        let r = Queued { rec: frame(ev, None, &mut Vec::new()), at: Instant::now() };
         self.rec.counters.emitted.fetch_add(1, Ordering::Relaxed);
         let sent = self.tx.lock().as_ref().map(|tx| tx.send(r).is_ok());
         if sent == Some(true) {

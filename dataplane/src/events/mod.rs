@@ -12,7 +12,9 @@
 //!   queue. A full queue spills into the worker's overflow list, re-queued in order before
 //!   any newer event; past `recording.overflow_mib` new requests are refused (fail closed),
 //!   past twice that an event is lost with a counter and a log line (no path drops silently).
-//! - [`writer`]: one thread appends records to the active segment, fsyncs by group commit
+//! - [`writer`]: one thread merges the queues by emission stamp (a session's events stay in
+//!   the order they happened when its requests run on different workers), appends records to
+//!   the active segment, fsyncs by group commit
 //!   (every `fsync_interval` or `fsync_records`), rotates by size/age and applies retention.
 //!   It is the only thread that deletes segments. When the spool cannot be written (disk full)
 //!   or is full of undelivered events, `recording.on_full` decides: refuse new requests, or
@@ -41,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Counters for `/metrics` (all monotonic except the gauges noted).
 #[derive(Debug, Default)]
@@ -71,6 +73,14 @@ pub struct Counters {
     pub kafka_up: AtomicU64,
 }
 
+/// A framed spool record on its way to the writer, stamped (monotonic clock) when it was
+/// emitted. The writer merges the queues by this stamp, so the spool holds events in the order
+/// they happened even when one session's requests run on different workers.
+pub struct Queued {
+    pub at: Instant,
+    pub rec: Vec<u8>,
+}
+
 /// The recording pipeline shared by all workers.
 pub struct Recorder {
     pub cfg: RecordingCfg,
@@ -78,8 +88,8 @@ pub struct Recorder {
     pub counters: Counters,
     /// False while the spool cannot take events: new requests are refused (fail closed).
     pub spool_ok: AtomicBool,
-    senders: Mutex<Vec<Option<SyncSender<Vec<u8>>>>>,
-    process: Mutex<Option<SyncSender<Vec<u8>>>>,
+    senders: Mutex<Vec<Option<SyncSender<Queued>>>>,
+    process: Mutex<Option<SyncSender<Queued>>>,
     writer: OnceLock<Thread>,
     writer_sleeping: AtomicBool,
     stopping: AtomicBool,
@@ -100,7 +110,7 @@ impl Recorder {
         let spool = writer::SpoolWriter::open(&cfg.spool, cfg.kafka.is_some())
             .with_context(|| format!("recording.spool.dir {}: the spool cannot be opened", cfg.spool.dir.display()))?;
         let mut senders = Vec::new();
-        let mut receivers: Vec<Receiver<Vec<u8>>> = Vec::new();
+        let mut receivers: Vec<Receiver<Queued>> = Vec::new();
         for _ in 0..=workers {
             let (tx, rx) = sync_channel(cfg.queue_events);
             senders.push(Some(tx));

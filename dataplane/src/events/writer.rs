@@ -1,7 +1,7 @@
 //! The spool writer: one thread that drains every worker's queue into the active segment,
 //! with group commit, rotation, retention and the `on_full` policy.
 
-use super::{Counters, Recorder};
+use super::{Counters, Queued, Recorder};
 use crate::config::recording::{OnFull, SpoolCfg};
 use sluice_schema::spool::{self, SegmentReader, Item};
 use std::collections::VecDeque;
@@ -193,34 +193,87 @@ pub fn count_records(path: &Path) -> u64 {
     n
 }
 
-/// Drain queues into `batch` (whole records) until it is full or they are empty.
-/// Returns (records taken, every queue disconnected).
-fn drain(rxs: &[Receiver<Vec<u8>>], batch: &mut Vec<u8>) -> (usize, bool) {
-    let mut n = 0;
-    let mut closed = 0;
-    for rx in rxs {
-        loop {
-            match rx.try_recv() {
-                Ok(r) => {
-                    batch.extend_from_slice(&r);
-                    n += 1;
-                    if batch.len() >= BATCH_BYTES {
-                        return (n, false);
+/// Records taken from the worker queues, put back into the order they were emitted.
+///
+/// Each queue is in order on its own, but two workers' events interleave: a response recorded
+/// on worker 0 and the `DELETE` that ends its session on worker 1 a moment later sit in
+/// different queues. Every pass reads the clock first (the cutoff) and takes from each queue
+/// only records stamped before it, then sorts what it took by stamp. An event that happened
+/// before a taken one was pushed before that one was stamped, so it is in its queue already and
+/// taken in the same pass; a record stamped after the cutoff waits for the next pass.
+pub(super) struct Merger {
+    /// Per queue: the first record stamped after the last cutoff.
+    held: Vec<Option<Queued>>,
+    /// Taken and sorted, not yet in a batch (a pass may take more than one batch holds).
+    taken: Vec<Queued>,
+}
+
+/// What one [`Merger::fill`] did.
+pub(super) struct Filled {
+    /// Records moved into the batch.
+    pub records: usize,
+    /// Records are waiting (held past the cutoff, or taken beyond the batch's size): fill again
+    /// without sleeping.
+    pub pending: bool,
+    /// Every queue is disconnected and nothing is left.
+    pub closed: bool,
+}
+
+impl Merger {
+    pub(super) fn new(queues: usize) -> Self {
+        Merger { held: (0..queues).map(|_| None).collect(), taken: Vec::new() }
+    }
+
+    /// Move records into `batch`, oldest first, until it holds [`BATCH_BYTES`] or nothing
+    /// stamped before this pass's cutoff is left.
+    pub(super) fn fill(&mut self, rxs: &[Receiver<Queued>], batch: &mut Vec<u8>) -> Filled {
+        let mut closed = 0;
+        if self.taken.is_empty() {
+            let cutoff = Instant::now();
+            for (rx, held) in rxs.iter().zip(&mut self.held) {
+                match held.take() {
+                    Some(q) if q.at > cutoff => {
+                        *held = Some(q);
+                        continue;
+                    }
+                    Some(q) => self.taken.push(q),
+                    None => {}
+                }
+                loop {
+                    match rx.try_recv() {
+                        Ok(q) if q.at > cutoff => {
+                            *held = Some(q);
+                            break;
+                        }
+                        Ok(q) => self.taken.push(q),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            closed += 1;
+                            break;
+                        }
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    closed += 1;
-                    break;
-                }
             }
+            // Stable: ties keep queue order. Each queue's run is sorted already, which the sort
+            // finds and merges.
+            self.taken.sort_by_key(|q| q.at);
         }
+        let mut take = 0;
+        for q in &self.taken {
+            if batch.len() >= BATCH_BYTES {
+                break;
+            }
+            batch.extend_from_slice(&q.rec);
+            take += 1;
+        }
+        self.taken.drain(..take);
+        let pending = !self.taken.is_empty() || self.held.iter().any(Option::is_some);
+        Filled { records: take, pending, closed: closed == rxs.len() && !pending }
     }
-    (n, closed == rxs.len())
 }
 
 /// The writer thread.
-pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) {
+pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Queued>>, mut w: SpoolWriter) {
     let c = &rec.counters;
     let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES + 64 * 1024);
     let mut batch_records = 0usize;
@@ -228,8 +281,10 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
     let mut last_retention = Instant::now();
     let mut full = false;
     let mut last_event = Instant::now();
+    let mut merger = Merger::new(rxs.len());
     loop {
-        let (n, all_closed) = if batch.is_empty() { drain(&rxs, &mut batch) } else { (0, false) };
+        let f = if batch.is_empty() { merger.fill(&rxs, &mut batch) } else { Filled { records: 0, pending: false, closed: false } };
+        let (n, all_closed) = (f.records, f.closed);
         batch_records += n;
         // `full` only refuses new calls: what was already emitted is still written (max_bytes is
         // exceeded by at most the calls in flight), never held in memory where a stop loses it.
@@ -289,7 +344,7 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
                 }
             }
         }
-        if n > 0 || !batch.is_empty() {
+        if n > 0 || f.pending || !batch.is_empty() {
             last_event = Instant::now();
             continue;
         }
@@ -308,10 +363,10 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Vec<u8>>>, mut w: SpoolWriter) 
             continue;
         }
         rec.writer_sleeping.store(true, Ordering::SeqCst);
-        let (n2, _) = drain(&rxs, &mut batch);
-        if n2 > 0 {
+        let f = merger.fill(&rxs, &mut batch);
+        if f.records > 0 || f.pending {
             rec.writer_sleeping.store(false, Ordering::SeqCst);
-            batch_records += n2;
+            batch_records += f.records;
             continue;
         }
         let wait = if w.unsynced > 0 { w.cfg.fsync_interval.saturating_sub(w.last_sync.elapsed()) } else { RETENTION_EVERY };
