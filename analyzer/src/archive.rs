@@ -214,21 +214,68 @@ fn writer_properties(schema: &SchemaRef) -> Result<WriterProperties> {
 }
 
 /// Write `batches` as one Parquet file in `dir`, atomically; returns its path.
-pub fn write_file(dir: &Path, name: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("{name}.parquet"));
-    let tmp = dir.join(format!(".{name}.parquet.tmp"));
-    let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let props = writer_properties(&schema)?;
-    let mut w = ArrowWriter::try_new(f, schema, Some(props))?;
-    for b in batches {
-        w.write(b)?;
+/// A Parquet file being written: under a temporary name (hidden from readers) until
+/// [`OpenFile::finish`] syncs it and renames it into place. Batches are encoded as they come,
+/// so memory holds the current row group's compressed pages, not the file's rows. Dropped
+/// unfinished (an error on the way), the temporary file is removed.
+pub struct OpenFile {
+    w: Option<ArrowWriter<File>>,
+    dir: PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
+    rows: u64,
+}
+
+impl OpenFile {
+    pub fn create(dir: &Path, name: &str, schema: SchemaRef) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{name}.parquet"));
+        let tmp = dir.join(format!(".{name}.parquet.tmp"));
+        let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let props = writer_properties(&schema)?;
+        let mut open = OpenFile { w: None, dir: dir.to_owned(), tmp, path, rows: 0 };
+        open.w = Some(ArrowWriter::try_new(f, schema, Some(props))?);
+        Ok(open)
     }
-    let f = w.into_inner()?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
-    Ok(path)
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let w = self.w.as_mut().context("the file is already finished")?;
+        w.write(batch).with_context(|| format!("writing {}", self.tmp.display()))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Close, sync, rename into place, sync the directory.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        let w = self.w.take().context("the file is already finished")?;
+        let f = w.into_inner().with_context(|| format!("closing {}", self.tmp.display()))?;
+        f.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(std::mem::take(&mut self.path))
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        if self.w.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Write `batches` as one file, atomically.
+pub fn write_file(dir: &Path, name: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<PathBuf> {
+    let mut f = OpenFile::create(dir, name, schema)?;
+    for b in batches {
+        f.write(b)?;
+    }
+    f.finish()
 }
 
 #[cfg(test)]
@@ -297,6 +344,33 @@ mod tests {
         assert!(split.values().all(|bs| bs.len() == 1), "copied, one batch per hour");
         let want: BTreeMap<i64, Vec<i64>> = [0, 1].into_iter().map(|h| (h, (0..interleaved.len() as i64).filter(|i| i % 2 == h).collect())).collect();
         assert_eq!(rows_by_hour(&split), want);
+    }
+
+    #[test]
+    fn a_file_is_hidden_until_finished_and_removed_if_never_finished() {
+        let dir = std::env::temp_dir().join(format!("sluice-openfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let visible = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            v.sort();
+            v
+        };
+        let b = batch_at(&[1, 2, 3]);
+        let mut f = OpenFile::create(&dir, "part-a", b.schema()).unwrap();
+        f.write(&b).unwrap();
+        f.write(&b).unwrap();
+        assert_eq!(visible(&dir), vec![".part-a.parquet.tmp"], "only a hidden temporary file while writing");
+        assert_eq!(f.rows(), 6);
+        let path = f.finish().unwrap();
+        assert_eq!(visible(&dir), vec!["part-a.parquet"]);
+        let rows: usize = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap().build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 6, "every batch written, in one file");
+
+        let mut g = OpenFile::create(&dir, "part-b", b.schema()).unwrap();
+        g.write(&b).unwrap();
+        drop(g); // an error on the way: never finished
+        assert_eq!(visible(&dir), vec!["part-a.parquet"], "the unfinished file is gone");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -430,7 +430,9 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
     let mut identity = Strukt::of(schema, "identity")?;
     let (mut subject, mut groups, mut agent_type, mut via) = (strings(n), ListBuilder::new(StringBuilder::new()), strings(n), strings(n));
     let (mut route, mut upstream, mut direction, mut method, mut rpc_id, mut tool) = (strings(n), strings(n), strings(n), strings(n), strings(n), strings(n));
-    let mut payload = StringBuilder::with_capacity(n, n * 256);
+    // Payloads are part of their documents: their total size bounds the payload column's (no
+    // regrowth copies).
+    let mut payload = StringBuilder::with_capacity(n, docs.iter().map(|d| d.as_ref().len()).sum());
     let mut truncated = BooleanBuilder::with_capacity(n);
     let (mut bytes, mut latency) = (UInt64Builder::with_capacity(n), UInt64Builder::with_capacity(n));
     let mut status = UInt16Builder::with_capacity(n);

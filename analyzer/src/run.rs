@@ -134,7 +134,9 @@ pub fn run(root: &Path, o: Opts, stop: Arc<AtomicBool>, rt: tokio::runtime::Hand
         Some((b, t)) => Some(crate::alerts::Sink::new(b, t)?),
         None => None,
     };
-    let pipeline = Arc::new(Mutex::new(Pipeline::new(root, o.rows_per_file)));
+    let mut p = Pipeline::new(root, o.rows_per_file);
+    p.w.keep_unwritten = true; // the detector reads events before they are in files
+    let pipeline = Arc::new(Mutex::new(p));
     let mut detector = Detector { root: root.to_owned(), rules: o.rules.clone(), lookback_hours: o.lookback_hours, sink, metrics: metrics.clone(), rt, last: Instant::now(), fresh: 0 };
     match &o.source {
         Source::Kafka { brokers, topic, group } => {

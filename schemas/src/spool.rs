@@ -92,7 +92,13 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     if 3 + klen > len {
         return Decoded::Corrupt("key length past the record");
     }
-    Decoded::Record(Record { flags: body[0], key: &body[3..3 + klen], value: &body[3 + klen..] }, FRAME_LEN + len)
+    Decoded::Record(parts(body), FRAME_LEN + len)
+}
+
+/// The parts of a record body [`decode`] has checked (length, CRC, key length).
+fn parts(body: &[u8]) -> Record<'_> {
+    let klen = u16::from_le_bytes([body[1], body[2]]) as usize;
+    Record { flags: body[0], key: &body[3..3 + klen], value: &body[3 + klen..] }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +190,8 @@ impl SegmentReader {
                     let (h, t) = (self.head, self.head + n);
                     self.head = t;
                     self.pos += n as u64;
-                    let Decoded::Record(record, _) = decode(&self.buf[h..t]) else { unreachable!("decoded above") };
+                    // Checked by `decode` above (the CRC is not computed twice).
+                    let record = parts(&self.buf[h + FRAME_LEN..t]);
                     return Ok(Item::Record { record, start, end: self.pos });
                 }
                 Err(Some(reason)) => return Ok(Item::Torn { at: self.pos, reason }),
