@@ -158,11 +158,14 @@ fn refuse_stops_accepting_when_the_spool_is_full_of_undelivered_events() {
     for n in 0..8_000 {
         em.emit(&event(n, 500));
     }
-    // The writer has to put ~4 MB through group-commit fsyncs first: well under a second alone,
-    // but a CI run that tests in parallel on a busy disk once took over 5 s. The deadline only
-    // bounds a failing run.
+    // The writer has to put ~4 MB through group-commit fsyncs first. Whatever it could not take
+    // while the loop above ran sits in the worker's overflow list, which a worker re-queues from
+    // its periodic task (`proxy/mod.rs`); this thread is the worker, so it does the same. (Without
+    // it, a writer slowed down by a parallel test run left most events in the overflow, the spool
+    // stayed under max_bytes, and the test timed out.) The deadline only bounds a failing run.
     let t = std::time::Instant::now();
     while rec.accepting() && t.elapsed() < Duration::from_secs(60) {
+        em.flush_overflow();
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!rec.accepting() && !em.accepting(), "over max_bytes with on_full = refuse: fail closed");
