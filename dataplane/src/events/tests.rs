@@ -255,8 +255,8 @@ fn a_chain_of_events_across_workers_is_spooled_in_the_order_it_happened() {
     assert!(first_wrong.is_none(), "out of order at {first_wrong:?}");
 }
 
-fn queued(n: usize, at: std::time::Instant) -> Queued {
-    let ev = event(n, 10);
+fn queued(n: usize, pad: usize, at: std::time::Instant) -> Queued {
+    let ev = event(n, pad);
     let json = serde_json::to_vec(&ev).unwrap();
     let mut rec = Vec::new();
     sluice_schema::spool::encode(&mut rec, 0, b"k", &json);
@@ -289,10 +289,10 @@ fn the_merger_orders_by_stamp_holds_what_came_after_its_cutoff_and_splits_big_pa
     // Queue 1 holds the older events of an interleaving; each queue is in order on its own.
     for (n, q) in [(0, 1), (1, 0), (2, 1), (3, 1), (4, 0), (5, 0)] {
         let tx = if q == 0 { &tx0 } else { &tx1 };
-        tx.send(queued(n, ms(n as u64))).unwrap();
+        tx.send(queued(n, 10, ms(n as u64))).unwrap();
     }
     // Stamped after the next pass's cutoff (a record pushed while the pass ran).
-    tx0.send(queued(7, Instant::now() + Duration::from_secs(3600))).unwrap();
+    tx0.send(queued(7, 10, Instant::now() + Duration::from_secs(3600))).unwrap();
     let mut m = writer::Merger::new(2);
     let mut batch = Vec::new();
     let f = m.fill(&rxs, &mut batch);
@@ -301,7 +301,7 @@ fn the_merger_orders_by_stamp_holds_what_came_after_its_cutoff_and_splits_big_pa
     assert!(f.pending, "a held record is pending");
     assert!(!f.closed);
     // An older record that arrives now goes before the held one only if stamped before it.
-    tx1.send(queued(6, Instant::now())).unwrap();
+    tx1.send(queued(6, 10, Instant::now())).unwrap();
     batch.clear();
     let f = m.fill(&rxs, &mut batch);
     assert_eq!(batch_ts(&batch), vec![6], "the held record waits until the clock passes it");
@@ -309,18 +309,8 @@ fn the_merger_orders_by_stamp_holds_what_came_after_its_cutoff_and_splits_big_pa
 
     // A pass bigger than one batch: the rest stays ahead of anything newer.
     let (tx2, rx2) = std::sync::mpsc::sync_channel(4096);
-    let big: Vec<u8> = vec![b'x'; 300 * 1024];
     for n in 0..8 {
-        let mut q = queued(100 + n, t + Duration::from_micros(n as u64));
-        q.rec.clear();
-        let json = serde_json::to_vec(&{
-            let mut e = event(100 + n, 0);
-            e.method = Some(String::from_utf8(big.clone()).unwrap().into());
-            e
-        })
-        .unwrap();
-        sluice_schema::spool::encode(&mut q.rec, 0, b"k", &json);
-        tx2.send(q).unwrap();
+        tx2.send(queued(100 + n, 300 * 1024, t + Duration::from_micros(n as u64))).unwrap();
     }
     let rxs = [rx2];
     let mut m = writer::Merger::new(1);
@@ -335,7 +325,7 @@ fn the_merger_orders_by_stamp_holds_what_came_after_its_cutoff_and_splits_big_pa
         if seen.is_empty() {
             assert!(f.pending && f.records < 8, "8 × 300 KiB does not fit one batch");
             // Newer than everything already taken: must come after it.
-            tx2.send(queued(200, Instant::now())).unwrap();
+            tx2.send(queued(200, 10, Instant::now())).unwrap();
         }
         seen.extend(batch_ts(&batch));
     }
