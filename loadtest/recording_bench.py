@@ -35,7 +35,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def sluice(args, tmp, name, up_port, recording):
+def sluice(args, tmp, name, up_port, recording, binary):
     port, admin = free_port(), free_port()
     d = os.path.join(tmp, name)
     os.makedirs(d, exist_ok=True)
@@ -43,7 +43,7 @@ def sluice(args, tmp, name, up_port, recording):
     with open(cfg, "w") as f:
         f.write(f"""[gateway]\nworkers = {args.workers}\n[[listener]]\naddress = "127.0.0.1:{port}"\n[admin]\naddress = "127.0.0.1:{admin}"
 [[upstream]]\nname = "up"\nurl = "http://127.0.0.1:{up_port}/mcp"\n[[route]]\nname = "mcp"\npath = "/mcp"\nupstream = "up"\n{recording.format(dir=d)}""")
-    p = subprocess.Popen([*args.gateway_prefix, args.sluice, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "w"),
+    p = subprocess.Popen([*args.gateway_prefix, binary, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "w"),
                          env={**os.environ, "RUST_LOG": "warn"})
     wait_port(port)
     return p, port, admin
@@ -62,6 +62,10 @@ def main():
                     help="fixed rates as fractions of the recording-off peak, comma-separated (e.g. 0.125,0.25,0.5)")
     ap.add_argument("--variant", action="append", default=[],
                     help='extra Kafka mode: [recording.kafka] settings, e.g. \'compression = "zstd", linger = "20ms"\'')
+    ap.add_argument("--compare", metavar="SLUICE",
+                    help="another sluice build (e.g. before a change): its spool and spool + Kafka modes join the same "
+                         "interleaved runs, so the two builds are compared under the same drift of the machine")
+    ap.add_argument("--broker-pid", type=int, help="the broker's pid: its CPU per 1k requests is reported per mode")
     ap.add_argument("--isolate", action="store_true",
                     help="the gateway (1 worker, and every thread of it) on CPU 0; load generator, upstream and the "
                          "Kafka broker (started by recording_bench.sh) on CPU 1")
@@ -82,11 +86,16 @@ def main():
         ("spool", '[recording.spool]\ndir = "{dir}/spool"\n'),
         ("spool + Kafka", kafka),
     ] + [(f"spool + Kafka, {v}", kafka + v.replace(", ", "\n") + "\n") for v in args.variant]
+    binaries = {name: args.sluice for name, _ in modes}
+    if args.compare:
+        for name, rec in modes[1:3]:
+            modes.append((f"{name} (compared build)", rec))
+            binaries[modes[-1][0]] = args.compare
     gateways, rows = [], []
     try:
         wait_port(up_port)
         for name, rec in modes:
-            gateways.append((name, *sluice(args, tmp, "".join(c if c.isalnum() else "_" for c in name), up_port, rec)))
+            gateways.append((name, *sluice(args, tmp, "".join(c if c.isalnum() else "_" for c in name), up_port, rec, binaries[name])))
         peaks = {}
         for name, _, port, admin in gateways:
             url = f"http://127.0.0.1:{port}/mcp"
@@ -97,13 +106,15 @@ def main():
         # machine lands on every mode alike): the median p99 of each mode.
         fixed = {(rate, name): [] for rate in rates for name, _ in modes}
         cpu = {(rate, name): [0.0, 0] for rate in rates for name, _ in modes}  # CPU seconds, requests answered
+        broker = {(rate, name): 0.0 for rate in rates for name, _ in modes}  # the broker's CPU seconds
         shuffle = random.Random(1)
         for rate in rates:
             for _ in range(args.repeat):
                 for name, p, port, _ in shuffle.sample(gateways, len(gateways)):
-                    c0 = cpu_seconds(p.pid)
+                    c0, b0 = cpu_seconds(p.pid), cpu_seconds(args.broker_pid) if args.broker_pid else 0.0
                     r = oha(args, f"http://127.0.0.1:{port}/mcp", args.seconds, rate=rate)
                     cpu[rate, name][0] += cpu_seconds(p.pid) - c0
+                    broker[rate, name] += (cpu_seconds(args.broker_pid) - b0) if args.broker_pid else 0.0
                     cpu[rate, name][1] += r["ok"]
                     fixed[rate, name].append(r["p99"])
         for name, _, _, admin in gateways:
@@ -132,15 +143,21 @@ def main():
         print(f"| {name} | {peak['rps']:.0f} | {eps:.0f} | {peak['p99']:.0f} | {lost:.0f} |")
     off = modes[0][0]
     print(f"\nFixed rates, {args.repeat} runs of {args.seconds}s per mode and rate, interleaved in shuffled order:\n")
-    print("| req/s | recording | median p99 µs | p99 vs off (90 % interval) | runs (µs, sorted) | gateway CPU ms per 1k requests |")
-    print("|---|---|---|---|---|---|")
+    print("| req/s | recording | median p99 µs | p99 vs off (90 % interval) | paired: median of per-round ratios (90 % interval) "
+          "| runs (µs, sorted) | gateway CPU ms per 1k requests | broker CPU ms per 1k requests |")
+    print("|---|---|---|---|---|---|---|---|")
     for rate in rates:
         for name, _ in modes:
             runs = sorted(fixed[rate, name])
             lo, hi = ratio_interval(fixed[rate, name], fixed[rate, off])
+            # Each round ran every mode once, close together in time: the ratio within a round
+            # is not moved by the machine's drift between rounds.
+            paired = [a / b for a, b in zip(fixed[rate, name], fixed[rate, off])]
+            plo, phi = median_interval(paired)
             per_k = 1000 * 1000 * cpu[rate, name][0] / max(1, cpu[rate, name][1])
+            broker_k = f"{1000 * 1000 * broker[rate, name] / max(1, cpu[rate, name][1]):.1f}" if args.broker_pid else "-"
             print(f"| {rate} | {name} | {median(runs):.0f} | {median(runs) / median(fixed[rate, off]):.2f}× ({lo:.2f}–{hi:.2f}) "
-                  f"| {'/'.join(f'{x:.0f}' for x in runs)} | {per_k:.1f} |")
+                  f"| {median(paired):.2f}× ({plo:.2f}–{phi:.2f}) | {'/'.join(f'{x:.0f}' for x in runs)} | {per_k:.1f} | {broker_k} |")
 
 
 def median(xs):
@@ -154,6 +171,13 @@ def ratio_interval(a, b, rounds=4000):
     rng = random.Random(7)
     rs = sorted(median(rng.choices(a, k=len(a))) / median(rng.choices(b, k=len(b))) for _ in range(rounds))
     return rs[int(0.05 * rounds)], rs[int(0.95 * rounds) - 1]
+
+
+def median_interval(xs, rounds=4000):
+    """Bootstrap 90 % interval of median(xs)."""
+    rng = random.Random(11)
+    ms = sorted(median(rng.choices(xs, k=len(xs))) for _ in range(rounds))
+    return ms[int(0.05 * rounds)], ms[int(0.95 * rounds) - 1]
 
 
 if __name__ == "__main__":

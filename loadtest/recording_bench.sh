@@ -4,7 +4,7 @@
 #      then to the spool + Kafka;
 #   2. the proxy under load with recording off / spool / spool + Kafka (rate, p99 added).
 #   usage: loadtest/recording_bench.sh [seconds per proxy run, default 10] [recording_bench.py options:
-#          --repeat N, --load 0.125,0.25,0.5 (fixed rates as fractions of the peak), --variant '[recording.kafka] settings' for extra Kafka modes, --isolate: sluice
+#          --repeat N, --load 0.125,0.25,0.5 (fixed rates as fractions of the peak), --variant '[recording.kafka] settings' for extra Kafka modes, --compare OTHER_SLUICE_BINARY (a second build in the same runs), --isolate: sluice
 #          on CPU 0, everything else (load, upstream, this broker) on CPU 1]
 source "$(dirname "$0")/../scripts/lib.sh"
 bench_tools
@@ -26,4 +26,4 @@ log "pipeline capacity: spool + Kafka"
 "$BIN" --events 1000000 --threads 2 --kafka "127.0.0.1:$PORT" --topic bench.pipeline
 log "proxy under load"
 cd "$ROOT/loadtest"
-python3 recording_bench.py --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$OHA" --kafka "127.0.0.1:$PORT" --seconds "${1:-10}" "${@:2}"
+python3 recording_bench.py --sluice "$CARGO_TARGET_DIR/release/sluice" --oha "$OHA" --kafka "127.0.0.1:$PORT" --broker-pid "$(cat "$KDIR/pid")" --seconds "${1:-10}" "${@:2}"
