@@ -95,7 +95,11 @@ impl Emitter {
             tracing::warn!(worker = self.worker, "recording overflow limit reached: new requests are refused until the spool catches up");
         }
         self.overflow_bytes.set(self.overflow_bytes.get() + len);
-        self.overflow.borrow_mut().push_back(r);
+        let mut of = self.overflow.borrow_mut();
+        if of.is_empty() {
+            self.rec.unqueued.set(self.worker, Some(r.at));
+        }
+        of.push_back(r);
     }
 
     fn lost_stopped(&self) {
@@ -126,6 +130,7 @@ impl Emitter {
             }
         }
         if moved {
+            self.rec.unqueued.set(self.worker, of.front().map(|r| r.at));
             self.rec.wake_writer();
         }
     }
@@ -144,6 +149,7 @@ impl Drop for Emitter {
                 tracing::error!(worker = self.worker, "event lost: the recorder stopped before a worker's overflow was written");
             }
         }
+        self.rec.unqueued.set(self.worker, None);
         self.rec.wake_writer();
     }
 }

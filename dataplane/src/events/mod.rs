@@ -101,6 +101,8 @@ pub struct Recorder {
     /// Every segment below this is delivered to Kafka (the writer may delete them).
     pub delivered_below: AtomicU64,
     threads: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
+    /// Per queue, the oldest record its worker holds in overflow (for the writer's merge).
+    pub(super) unqueued: Arc<writer::Unqueued>,
 }
 
 impl Recorder {
@@ -131,6 +133,7 @@ impl Recorder {
             active_seq: AtomicU64::new(spool.active_seq()),
             delivered_below: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
+            unqueued: Arc::new(writer::Unqueued::new(receivers.len())),
             cfg,
         });
         spool.publish(&rec.counters);

@@ -7,10 +7,11 @@ use sluice_schema::spool::{segments, Item, SegmentReader};
 use sluice_schema::{Event, Kind, OwnedEvent};
 use std::path::{Path, PathBuf};
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sluice-rec-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A directory for the test's spool (created by the recorder), removed when the test ends.
+fn dir(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::Builder::new().prefix(&format!("sluice-rec-{name}-")).tempdir().unwrap();
+    let d = t.path().join("spool");
+    (t, d)
 }
 
 fn cfg(dir: &Path) -> RecordingCfg {
@@ -64,7 +65,7 @@ fn read_all(d: &Path) -> (Vec<OwnedEvent>, usize) {
 
 #[test]
 fn events_from_every_worker_reach_the_spool_in_order_and_segments_rotate() {
-    let d = dir("order");
+    let (_t, d) = dir("order");
     let rec = Recorder::start(cfg(&d), "test", 2).unwrap();
     let (e0, e1) = (rec.emitter(0).unwrap(), rec.emitter(1).unwrap());
     assert!(rec.emitter(0).is_none(), "a worker's queue is taken once");
@@ -87,7 +88,7 @@ fn events_from_every_worker_reach_the_spool_in_order_and_segments_rotate() {
 
 #[test]
 fn a_second_gateway_cannot_share_a_spool_directory() {
-    let d = dir("lock");
+    let (_t, d) = dir("lock");
     let rec = Recorder::start(cfg(&d), "a", 1).unwrap();
     let err = format!("{:#}", Recorder::start(cfg(&d), "b", 1).err().unwrap());
     assert!(err.contains("another sluice process"), "{err}");
@@ -96,7 +97,7 @@ fn a_second_gateway_cannot_share_a_spool_directory() {
 
 #[test]
 fn a_torn_tail_after_a_crash_is_skipped_and_writing_goes_on_in_a_new_segment() {
-    let d = dir("torn");
+    let (_t, d) = dir("torn");
     let rec = Recorder::start(cfg(&d), "t", 1).unwrap();
     let em = rec.emitter(0).unwrap();
     for n in 0..10 {
@@ -126,7 +127,7 @@ fn a_torn_tail_after_a_crash_is_skipped_and_writing_goes_on_in_a_new_segment() {
 
 #[test]
 fn drop_oldest_keeps_the_spool_bounded_and_counts_every_dropped_event() {
-    let d = dir("drop");
+    let (_t, d) = dir("drop");
     let mut c = cfg(&d);
     c.on_full = OnFull::DropOldest;
     c.spool.max_bytes = 2 << 20;
@@ -150,7 +151,7 @@ fn drop_oldest_keeps_the_spool_bounded_and_counts_every_dropped_event() {
 
 #[test]
 fn refuse_stops_accepting_when_the_spool_is_full_of_undelivered_events() {
-    let d = dir("refuse");
+    let (_t, d) = dir("refuse");
     let mut c = cfg(&d);
     c.spool.max_bytes = 2 << 20;
     let rec = Recorder::start(c, "t", 1).unwrap();
@@ -176,7 +177,7 @@ fn refuse_stops_accepting_when_the_spool_is_full_of_undelivered_events() {
 
 #[test]
 fn a_full_queue_spills_in_order_and_loses_only_past_twice_the_overflow_limit() {
-    let d = dir("spill");
+    let (_t, d) = dir("spill");
     let mut c = cfg(&d);
     c.overflow_bytes = 4096;
     let rec = Recorder::start(c, "t", 1).unwrap();
@@ -220,7 +221,7 @@ fn a_chain_of_events_across_workers_is_spooled_in_the_order_it_happened() {
     // Two workers take turns: each emits only after the other's last emit returned (as a
     // response recorded on one worker precedes the DELETE that another worker records). The
     // writer drains while they run; the spool must still hold 0, 1, 2, ... in order.
-    let d = dir("causal");
+    let (_t, d) = dir("causal");
     let rec = Recorder::start(cfg(&d), "test", 2).unwrap();
     let (to_b, b_rx) = std::sync::mpsc::channel::<usize>();
     let (to_a, a_rx) = std::sync::mpsc::channel::<usize>();
@@ -293,7 +294,7 @@ fn the_merger_orders_by_stamp_holds_what_came_after_its_cutoff_and_splits_big_pa
     }
     // Stamped after the next pass's cutoff (a record pushed while the pass ran).
     tx0.send(queued(7, 10, Instant::now() + Duration::from_secs(3600))).unwrap();
-    let mut m = writer::Merger::new(2);
+    let mut m = writer::Merger::new(Arc::new(writer::Unqueued::new(2)));
     let mut batch = Vec::new();
     let f = m.fill(&rxs, &mut batch);
     assert_eq!(batch_ts(&batch), vec![0, 1, 2, 3, 4, 5]);
@@ -313,7 +314,7 @@ fn the_merger_orders_by_stamp_holds_what_came_after_its_cutoff_and_splits_big_pa
         tx2.send(queued(100 + n, 300 * 1024, t + Duration::from_micros(n as u64))).unwrap();
     }
     let rxs = [rx2];
-    let mut m = writer::Merger::new(1);
+    let mut m = writer::Merger::new(Arc::new(writer::Unqueued::new(1)));
     let mut seen = Vec::new();
     loop {
         batch.clear();
@@ -334,4 +335,43 @@ fn the_merger_orders_by_stamp_holds_what_came_after_its_cutoff_and_splits_big_pa
     batch.clear();
     assert!(m.fill(&rxs, &mut batch).closed, "a disconnected, empty queue reports closed");
     drop((tx0, tx1));
+}
+
+#[test]
+fn the_merger_holds_back_what_came_after_an_overflowed_record() {
+    use std::time::Instant;
+    let unqueued = Arc::new(writer::Unqueued::new(2));
+    let t = Instant::now();
+    let us = |n: u64| t + Duration::from_micros(n);
+    let (tx0, rx0) = std::sync::mpsc::sync_channel(64);
+    let (tx1, rx1) = std::sync::mpsc::sync_channel(64);
+    let rxs = [rx0, rx1];
+    // Worker 0 emitted 1 and 2 into its queue, then 3 and 4 went to its overflow list (queue
+    // full); worker 1 emitted 5 afterwards (e.g. the DELETE that ends the session).
+    tx0.send(queued(1, 10, us(1))).unwrap();
+    tx0.send(queued(2, 10, us(2))).unwrap();
+    unqueued.set(0, Some(us(3)));
+    tx1.send(queued(5, 10, us(5))).unwrap();
+    std::thread::sleep(Duration::from_millis(2)); // every stamp before the cutoff
+    let mut m = writer::Merger::new(unqueued.clone());
+    let mut batch = Vec::new();
+    let f = m.fill(&rxs, &mut batch);
+    assert_eq!(batch_ts(&batch), vec![1, 2], "5 waits for the overflowed 3");
+    assert!(!f.pending && !f.closed, "waiting on a worker is not busy work");
+    batch.clear();
+    assert_eq!(m.fill(&rxs, &mut batch).records, 0, "still overflowed: still held");
+    // Worker 0 moves 3 into its queue (4 stays in overflow), then updates its stamp.
+    tx0.send(queued(3, 10, us(3))).unwrap();
+    unqueued.set(0, Some(us(4)));
+    let f = m.fill(&rxs, &mut batch);
+    assert_eq!(batch_ts(&batch), vec![3]);
+    assert!(!f.pending);
+    tx0.send(queued(4, 10, us(4))).unwrap();
+    unqueued.set(0, None);
+    batch.clear();
+    m.fill(&rxs, &mut batch);
+    assert_eq!(batch_ts(&batch), vec![4, 5]);
+    drop((tx0, tx1));
+    batch.clear();
+    assert!(m.fill(&rxs, &mut batch).closed);
 }

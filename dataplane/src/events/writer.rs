@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -193,6 +193,35 @@ pub fn count_records(path: &Path) -> u64 {
     n
 }
 
+/// Per queue, the stamp of the oldest record its emitter still holds outside the queue (in its
+/// overflow list), or none. One atomic per worker, written only by that worker and only while it
+/// overflows; the [`Merger`] writes nothing stamped at or after it.
+pub struct Unqueued {
+    epoch: Instant,
+    oldest: Box<[AtomicU64]>,
+}
+
+impl Unqueued {
+    pub fn new(queues: usize) -> Self {
+        Unqueued { epoch: Instant::now(), oldest: (0..queues).map(|_| AtomicU64::new(u64::MAX)).collect() }
+    }
+
+    /// Queue `q`'s emitter now holds records from `at` on outside the queue (`None`: nothing).
+    /// Called after records moved into the queue, so the merger never sees the stamp cleared
+    /// before it can see the records.
+    pub fn set(&self, q: usize, at: Option<Instant>) {
+        let v = at.map_or(u64::MAX, |t| u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1));
+        self.oldest[q].store(v, Ordering::SeqCst);
+    }
+
+    fn oldest(&self, q: usize) -> Option<Instant> {
+        match self.oldest.get(q)?.load(Ordering::SeqCst) {
+            u64::MAX => None,
+            n => Some(self.epoch + Duration::from_nanos(n)),
+        }
+    }
+}
+
 /// Records taken from the worker queues, put back into the order they were emitted.
 ///
 /// Each queue is in order on its own, but two workers' events interleave: a response recorded
@@ -200,12 +229,19 @@ pub fn count_records(path: &Path) -> u64 {
 /// different queues. Every pass reads the clock first (the cutoff) and takes from each queue
 /// only records stamped before it, then sorts what it took by stamp. An event that happened
 /// before a taken one was pushed before that one was stamped, so it is in its queue already and
-/// taken in the same pass; a record stamped after the cutoff waits for the next pass.
+/// taken in the same pass; a record stamped after the cutoff waits for the next pass. An event
+/// that went to its worker's overflow list instead (queue full) is not in a queue yet: its stamp
+/// in [`Unqueued`] (read after the cutoff, before the queue is drained) holds back everything
+/// stamped after it until it has been taken.
 pub(super) struct Merger {
     /// Per queue: the first record stamped after the last cutoff.
     held: Vec<Option<Queued>>,
-    /// Taken and sorted, not yet in a batch (a pass may take more than one batch holds).
+    /// Taken and sorted, not yet in a batch (a pass may take more than one batch holds, and
+    /// records stamped at or after `limit` wait for an overflowed one).
     taken: Vec<Queued>,
+    /// The oldest overflowed stamp seen by the last pass.
+    limit: Option<Instant>,
+    unqueued: Arc<Unqueued>,
 }
 
 /// What one [`Merger::fill`] did.
@@ -220,17 +256,25 @@ pub(super) struct Filled {
 }
 
 impl Merger {
-    pub(super) fn new(queues: usize) -> Self {
-        Merger { held: (0..queues).map(|_| None).collect(), taken: Vec::new() }
+    pub(super) fn new(unqueued: Arc<Unqueued>) -> Self {
+        Merger { held: (0..unqueued.oldest.len()).map(|_| None).collect(), taken: Vec::new(), limit: None, unqueued }
+    }
+
+    fn writable(&self, q: &Queued) -> bool {
+        self.limit.is_none_or(|l| q.at < l)
     }
 
     /// Move records into `batch`, oldest first, until it holds [`BATCH_BYTES`] or nothing
-    /// stamped before this pass's cutoff is left.
+    /// stamped before this pass's cutoff (and before any overflowed record) is left.
     pub(super) fn fill(&mut self, rxs: &[Receiver<Queued>], batch: &mut Vec<u8>) -> Filled {
         let mut closed = 0;
-        if self.taken.is_empty() {
+        if self.taken.first().is_none_or(|q| !self.writable(q)) {
             let cutoff = Instant::now();
-            for (rx, held) in rxs.iter().zip(&mut self.held) {
+            self.limit = None;
+            for (i, (rx, held)) in rxs.iter().zip(&mut self.held).enumerate() {
+                if let Some(o) = self.unqueued.oldest(i) {
+                    self.limit = Some(self.limit.map_or(o, |l| l.min(o)));
+                }
                 match held.take() {
                     Some(q) if q.at > cutoff => {
                         *held = Some(q);
@@ -260,15 +304,17 @@ impl Merger {
         }
         let mut take = 0;
         for q in &self.taken {
-            if batch.len() >= BATCH_BYTES {
+            if batch.len() >= BATCH_BYTES || !self.writable(q) {
                 break;
             }
             batch.extend_from_slice(&q.rec);
             take += 1;
         }
         self.taken.drain(..take);
-        let pending = !self.taken.is_empty() || self.held.iter().any(Option::is_some);
-        Filled { records: take, pending, closed: closed == rxs.len() && !pending }
+        // Records waiting for an overflowed one are not pending: its worker wakes the writer
+        // when it moves them into the queue.
+        let pending = self.taken.first().is_some_and(|q| self.writable(q)) || self.held.iter().any(Option::is_some);
+        Filled { records: take, pending, closed: closed == rxs.len() && !pending && self.taken.is_empty() }
     }
 }
 
@@ -281,7 +327,7 @@ pub fn run(rec: Arc<Recorder>, rxs: Vec<Receiver<Queued>>, mut w: SpoolWriter) {
     let mut last_retention = Instant::now();
     let mut full = false;
     let mut last_event = Instant::now();
-    let mut merger = Merger::new(rxs.len());
+    let mut merger = Merger::new(rec.unqueued.clone());
     loop {
         let f = if batch.is_empty() { merger.fill(&rxs, &mut batch) } else { Filled { records: 0, pending: false, closed: false } };
         let (n, all_closed) = (f.records, f.closed);
