@@ -23,8 +23,8 @@ fn check_accepts_the_example_config() {
 
 #[test]
 fn check_reports_every_problem_with_file_and_path() {
-    let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("sluice-cli-").tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let file = dir.join("broken.toml");
     std::fs::write(
         &file,
@@ -126,8 +126,8 @@ fn policy_cases_shipped_with_the_example_pass_and_a_wrong_expectation_fails() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("0 failed"), "{stdout}");
     // The same cases with one expectation turned around must fail, naming the case.
-    let dir = std::env::temp_dir().join(format!("sluice-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("sluice-policy-").tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     std::fs::copy(policy_dir().join("policy.toml"), dir.join("policy.toml")).unwrap();
     let text = std::fs::read_to_string(&cases).unwrap().replacen(
         "expect = [\"allow by engineers\", \"deny by destructive-needs-ops\"",
@@ -184,8 +184,8 @@ fn policy_check_lists_rules_and_reports_every_problem() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("9 rule(s), default deny") && stdout.contains("keys-never-leave") && stdout.contains("response"), "{stdout}");
-    let dir = std::env::temp_dir().join(format!("sluice-policy-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("sluice-policy-bad-").tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[rule]]\nid = \"x\"\nwhen = 'tool.name =='\naction = \"allow\"\n[[rule]]\nid = \"y\"\naction = \"nope\"\n").unwrap();
     let out = sluice().args(["policy", "check", bad.to_str().unwrap()]).output().unwrap();

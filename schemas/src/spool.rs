@@ -239,11 +239,9 @@ mod tests {
         (p, bytes)
     }
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("sluice-spool-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// An empty directory, removed when the test ends.
+    fn tmpdir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("sluice-spool-{name}-")).tempdir().unwrap()
     }
 
     fn values(r: &mut SegmentReader) -> (Vec<Vec<u8>>, Item<'static>) {
@@ -259,7 +257,8 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_resume_from_an_offset() {
-        let d = tmpdir("rt");
+        let t = tmpdir("rt");
+        let d = t.path().to_path_buf();
         let (p, _) = segment(&d, 1, &[(b"s1", b"{\"a\":1}"), (b"", b"{}"), (b"s2", &[b'x'; 300_000])]);
         let mut r = SegmentReader::open(&p, 0).unwrap();
         let Item::Record { record, end, .. } = r.next().unwrap() else { panic!() };
@@ -274,7 +273,8 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_never_returned_at_any_cut() {
-        let d = tmpdir("torn");
+        let t = tmpdir("torn");
+        let d = t.path().to_path_buf();
         let (p, bytes) = segment(&d, 1, &[(b"k", b"first"), (b"k", b"second record")]);
         let first_end = HEADER_LEN as usize + FRAME_LEN + 3 + 1 + 5;
         for cut in HEADER_LEN as usize..bytes.len() {
@@ -287,7 +287,8 @@ mod tests {
 
     #[test]
     fn flipped_bits_are_detected_not_misread() {
-        let d = tmpdir("flip");
+        let t = tmpdir("flip");
+        let d = t.path().to_path_buf();
         let (p, bytes) = segment(&d, 1, &[(b"k", b"{\"event\":1}"), (b"k", b"{\"event\":2}")]);
         for i in HEADER_LEN as usize..bytes.len() {
             let mut b = bytes.clone();
@@ -303,7 +304,8 @@ mod tests {
 
     #[test]
     fn a_live_segment_yields_records_appended_later() {
-        let d = tmpdir("live");
+        let t = tmpdir("live");
+        let d = t.path().to_path_buf();
         let (p, _) = segment(&d, 7, &[(b"k", b"one")]);
         let mut r = SegmentReader::open(&p, 0).unwrap();
         assert_eq!(values(&mut r).0.len(), 1);
@@ -319,7 +321,8 @@ mod tests {
 
     #[test]
     fn foreign_files_are_refused_with_a_hint() {
-        let d = tmpdir("foreign");
+        let t = tmpdir("foreign");
+        let d = t.path().to_path_buf();
         std::fs::write(d.join(segment_name(3)), b"hello world, not a spool").unwrap();
         std::fs::write(d.join("notes.txt"), b"x").unwrap();
         let segs = segments(&d).unwrap();

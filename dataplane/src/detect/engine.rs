@@ -871,8 +871,8 @@ mod tests {
 
     #[test]
     fn broken_pattern_is_reported_with_rule_and_file() {
-        let dir = std::env::temp_dir().join(format!("sluice-rules-engine-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("sluice-rules-engine-").tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("bad.toml"), "[[rule]]\nid = \"broken\"\nkind = \"x\"\ncategory = \"pii\"\nseverity = \"low\"\npatterns = [\"a(b\"]\n").unwrap();
         let err = match Engine::compile(load_dir(&dir).unwrap()) {
             Err(e) => e.to_string(),

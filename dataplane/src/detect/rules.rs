@@ -224,8 +224,8 @@ mod tests {
 
     #[test]
     fn every_problem_in_a_pack_is_reported_with_file_and_rule() {
-        let dir = std::env::temp_dir().join(format!("sluice-rules-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("sluice-rules-").tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::write(
             dir.join("bad.toml"),
             "[[rule]]\nid = \"a\"\nkind = \"Bad-Kind\"\ncategory = \"pii\"\nseverity = \"low\"\npatterns = []\nvalidator = \"entropy\"\n\
