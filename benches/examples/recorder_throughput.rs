@@ -6,7 +6,7 @@
 //!   cargo run --release -p sluice-benches --example recorder_throughput -- [--events N]
 //!       [--threads T] [--kafka HOST:PORT --topic NAME [--compression lz4|zstd] [--linger-ms MS]]
 //!       [--dir DIR]
-//!   (Kafka defaults: lz4 and 20 ms, as the gateway's)
+//!   (Kafka defaults: lz4 and 250 ms, as the gateway's)
 //!
 //! `loadtest/recording_bench.sh` runs it against a real broker and prints the README table.
 
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
             ("acks".into(), "all".into()),
             ("max.in.flight.requests.per.connection".into(), "5".into()),
             ("message.timeout.ms".into(), "0".into()),
-            ("linger.ms".into(), arg("--linger-ms").unwrap_or_else(|| "20".into())),
+            ("linger.ms".into(), arg("--linger-ms").unwrap_or_else(|| "250".into())),
             ("compression.type".into(), arg("--compression").unwrap_or_else(|| "lz4".into())),
             ("partitioner".into(), "murmur2_random".into()),
         ],

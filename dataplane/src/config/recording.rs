@@ -206,7 +206,7 @@ mod tests {
         };
         let d = props("[recording.kafka]\nbrokers = \"k:9092\"\n");
         assert!(d.contains(&("compression.type".into(), "lz4".into())), "{d:?}");
-        assert!(d.contains(&("linger.ms".into(), "20".into())), "{d:?}");
+        assert!(d.contains(&("linger.ms".into(), "250".into())), "{d:?}");
         let z = props("[recording.kafka]\nbrokers = \"k:9092\"\ncompression = \"zstd\"\nlinger = \"1s\"\n");
         assert!(z.contains(&("compression.type".into(), "zstd".into())), "{z:?}");
         assert!(z.contains(&("linger.ms".into(), "1000".into())), "{z:?}");
