@@ -488,9 +488,9 @@ fn default_compression() -> String {
     "lz4".into()
 }
 /// Batches of 250 ms: few, large produce requests. Per-request work on the broker (and in
-/// librdkafka) is what raised the proxy's p99 in `loadtest/recording_bench.sh` (20 ms: 1.10–1.43×
-/// recording off, 250 ms: 0.94–0.97×); events are durable in the spool long before, so nothing
-/// waits on this but the analyzer, seconds behind anyway.
+/// librdkafka) is what raised the proxy's p99 in `loadtest/recording_bench.sh` (at ⅛ and ¼ of
+/// peak, three runs: 20 ms 1.10–1.58× recording off, 250 ms 0.94–1.23×; README); events are
+/// durable in the spool long before, so nothing waits on this but the analyzer.
 fn default_linger() -> String {
     "250ms".into()
 }
