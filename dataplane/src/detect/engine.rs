@@ -1,7 +1,8 @@
 //! The scanner: every rule's patterns, plus the two decode-candidate patterns, compiled into
 //! one Hyperscan database in block mode and one in streaming mode (SOM_LEFTMOST) off the hot
 //! path (block scans find the patterns that are one character class repeated without
-//! Hyperscan, see [`super::runs`], and the class-led ones with a lazy DFA, [`super::lazy`]).
+//! Hyperscan, see [`super::runs`], the class-led ones with a lazy DFA, [`super::lazy`], and
+//! give most matches their starts with a reverse one, [`super::reverse`]).
 //! Scanning normalises the text, runs the database, keeps the longest match per rule and start, applies validators, context words and value
 //! trimming, decodes and rescans encoded candidates, runs the built-in invisible-character
 //! checks and maps every finding back to byte offsets in the original text.
@@ -15,6 +16,7 @@ use super::invisible::{self, Builtin, BUILTINS};
 use super::mask::Strategy;
 use super::normalize::{normalize_into, original};
 use super::lazy::{self, Lazy};
+use super::reverse::{self, NonAscii, Reverse};
 use super::rules::{Category, Loaded, PackError, Severity, Validator};
 use super::runs::{self, Runs, Shape, Trail};
 use super::validate;
@@ -53,7 +55,9 @@ enum Target {
 enum Start {
     /// Every match has this width: start = end − width.
     Fixed(usize),
-    /// Re-scan up to `window` bytes before each end with the pattern alone, start-tracked.
+    /// Re-scan up to `window` bytes before each end with the pattern alone, start-tracked
+    /// (or, if [`Engine::reverse`] holds the pattern, walk back from each end with it; the
+    /// database then serves text that is not ASCII).
     Confirm { db: BlockDatabase, window: usize },
     /// A decode candidate: its extent comes from `candidate_span`.
     Candidate,
@@ -74,6 +78,8 @@ pub struct Engine {
     runs: Option<Runs>,
     /// Class-led patterns, found (ends only) by one lazy DFA in block scans.
     lazy: Option<Lazy>,
+    /// Phase 2 for most confirmed patterns: their starts found backwards from each end.
+    reverse: Option<Reverse>,
     /// Phase-1 ids from `patterns` on are context-word triggers: the rule each one stands for.
     /// A rule that needs context words is not run in phase 1 at all; its patterns run,
     /// start-tracked, only around its words.
@@ -95,6 +101,9 @@ pub struct Scanner {
     norm: String,
     origin: Vec<(u32, u32)>,
     lazy: Option<lazy::Caches>,
+    reverse: Option<regex_automata::hybrid::dfa::Cache>,
+    /// Ends phase 2 hands back to Hyperscan (non-ASCII text), reused.
+    fallback: Vec<(u32, u32, u32)>,
 }
 
 impl Engine {
@@ -266,6 +275,23 @@ impl Engine {
         };
         // Every pattern compiled above, so this only fails on an internal error.
         let starts = starts.map_err(|e| PackError(vec![e]))?;
+        let backwards: Vec<(u32, &str, bool)> = starts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, st)| match (st, targets[i]) {
+                (Start::Confirm { .. }, Target::Rule(r)) if !confirm_always[i] => {
+                    let caseless = rules[r as usize].rule.caseless;
+                    let e = patterns[i].expression.as_str();
+                    reverse::eligible(e, caseless).then_some((i as u32, e, caseless))
+                }
+                _ => None,
+            })
+            .collect();
+        // As with the lazy DFA: if it cannot be built, Hyperscan confirms every start.
+        let reverse = Reverse::new(&backwards).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "starts are confirmed by Hyperscan alone");
+            None
+        });
         let mut meta: Vec<Meta> = rules
             .iter()
             .map(|l| Meta {
@@ -288,7 +314,7 @@ impl Engine {
         let max_context = rules.iter().map(|l| if l.rule.context.is_empty() { 0 } else { l.rule.context_window }).max().unwrap_or(0);
         let hold_back = rules.iter().map(|l| l.rule.max_width).max().unwrap_or(0).max(4096) + max_context;
         let n_patterns = targets.len();
-        Ok(Engine { rules, meta, targets, block, starts, runs, lazy, triggers, patterns: n_patterns, rule_patterns, stream, hold_back, max_context })
+        Ok(Engine { rules, meta, targets, block, starts, runs, lazy, reverse, triggers, patterns: n_patterns, rule_patterns, stream, hold_back, max_context })
     }
 
     pub fn rules(&self) -> &[Loaded] {
@@ -332,7 +358,8 @@ impl Engine {
             }
         }
         let lazy = self.lazy.as_ref().map(Lazy::caches);
-        Ok(Scanner { scratch, raw: Vec::new(), resolved: Vec::new(), norm: String::new(), origin: Vec::new(), lazy })
+        let reverse = self.reverse.as_ref().map(Reverse::cache);
+        Ok(Scanner { scratch, raw: Vec::new(), resolved: Vec::new(), norm: String::new(), origin: Vec::new(), lazy, reverse, fallback: Vec::new() })
     }
 
     /// The matches of context-needing rules near their context words: each rule's patterns,
@@ -408,43 +435,27 @@ impl Engine {
             match &self.starts[id as usize] {
                 Start::Candidate | Start::Run => out.extend_from_slice(ends),
                 Start::Fixed(w) => out.extend(ends.iter().filter(|r| r.2 as usize >= *w).map(|r| (id, r.2 - *w as u32, r.2))),
-                Start::Confirm { db, window } => {
-                    // Merge the windows before each end into regions; one scan per region.
-                    let mut k = 0;
-                    while k < ends.len() {
-                        let mut from = (ends[k].2 as usize).saturating_sub(*window);
-                        while !hay.is_char_boundary(from) {
-                            from -= 1;
-                        }
-                        let mut to = ends[k].2 as usize;
-                        let first = k;
-                        k += 1;
-                        while k < ends.len() && (ends[k].2 as usize).saturating_sub(*window) <= to {
-                            to = ends[k].2 as usize;
-                            k += 1;
-                        }
-                        let region = &ends[first..k];
-                        let base = out.len();
-                        let _ = db.scan(&hay[from..to], &sc.scratch, |_, s, e, _| {
-                            let (s, e) = ((from + s as usize) as u32, (from + e as usize) as u32);
-                            // Only the ends phase 1 saw: a region's edge is not a match boundary.
-                            if region.binary_search_by_key(&e, |r| r.2).is_ok() {
-                                out.push((id, s, e));
+                Start::Confirm { db, window } => match (&self.reverse, sc.reverse.as_mut()) {
+                    (Some(rev), Some(cache)) if rev.holds(id) => {
+                        let mut fallback = std::mem::take(&mut sc.fallback);
+                        fallback.clear();
+                        for &(_, _, end) in ends {
+                            let e = end as usize;
+                            let mut from = e.saturating_sub(*window);
+                            while !hay.is_char_boundary(from) {
+                                from -= 1;
                             }
-                            Matching::Continue
-                        });
-                        // Leftmost start per end.
-                        out[base..].sort_unstable_by_key(|r| (r.2, r.1));
-                        let mut w = base;
-                        for r in base..out.len() {
-                            if w == base || out[w - 1].2 != out[r].2 {
-                                out[w] = out[r];
-                                w += 1;
+                            match rev.start(cache, id, hay.as_bytes(), from, e) {
+                                Ok(Some(s)) => out.push((id, s as u32, end)),
+                                Ok(None) => {}
+                                Err(NonAscii) => fallback.push((id, 0, end)),
                             }
                         }
-                        out.truncate(w);
+                        confirm(db, *window, id, hay, &fallback, &sc.scratch, &mut out);
+                        sc.fallback = fallback;
                     }
-                }
+                    _ => confirm(db, *window, id, hay, ends, &sc.scratch, &mut out),
+                },
             }
             i = j;
         }
@@ -621,6 +632,46 @@ impl Engine {
         }
         let window = &hay.as_bytes()[a..b];
         r.context.iter().any(|w| window.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w.as_bytes())))
+    }
+}
+
+/// Hyperscan's phase 2 for one pattern: the windows of `window` bytes before each end
+/// (sorted) merged into regions, one start-tracked scan per region, the leftmost start kept
+/// for each end phase 1 reported.
+fn confirm(db: &BlockDatabase, window: usize, id: u32, hay: &str, ends: &[(u32, u32, u32)], scratch: &Scratch, out: &mut Vec<(u32, u32, u32)>) {
+    let mut k = 0;
+    while k < ends.len() {
+        let mut from = (ends[k].2 as usize).saturating_sub(window);
+        while !hay.is_char_boundary(from) {
+            from -= 1;
+        }
+        let mut to = ends[k].2 as usize;
+        let first = k;
+        k += 1;
+        while k < ends.len() && (ends[k].2 as usize).saturating_sub(window) <= to {
+            to = ends[k].2 as usize;
+            k += 1;
+        }
+        let region = &ends[first..k];
+        let base = out.len();
+        let _ = db.scan(&hay[from..to], scratch, |_, s, e, _| {
+            let (s, e) = ((from + s as usize) as u32, (from + e as usize) as u32);
+            // Only the ends phase 1 saw: a region's edge is not a match boundary.
+            if region.binary_search_by_key(&e, |r| r.2).is_ok() {
+                out.push((id, s, e));
+            }
+            Matching::Continue
+        });
+        // Leftmost start per end.
+        out[base..].sort_unstable_by_key(|r| (r.2, r.1));
+        let mut w = base;
+        for r in base..out.len() {
+            if w == base || out[w - 1].2 != out[r].2 {
+                out[w] = out[r];
+                w += 1;
+            }
+        }
+        out.truncate(w);
     }
 }
 
@@ -841,6 +892,27 @@ mod tests {
         assert!(spans.contains(&("pii.email", "ｂｏｂ@example.com")), "{spans:?}");
         assert!(spans.contains(&("pii.payment_card", "4111\u{200B}1111 1111 1111")), "{spans:?}");
         assert!(spans.contains(&("builtin.zero_width_evasion", "\u{200B}")), "{spans:?}");
+    }
+
+    /// Phase 2 walks back from each end with the reverse DFA on ASCII and hands text with a
+    /// multi-byte character on the way back to Hyperscan: both give the whole match, and the
+    /// same as a streamed scan (one start-tracked database, no phase 2).
+    #[test]
+    fn starts_are_the_same_through_ascii_and_non_ascii_text() {
+        let e = engine();
+        let mut sc = e.scanner().unwrap();
+        for (text, rule, want) in [
+            ("db: postgres://app:hunter2pw@db.internal:5432/x", "secret.postgres_url_password", "postgres://app:hunter2pw@db.internal:5432"),
+            ("db: postgres://app:h\u{e4}nter2pw@db.internal:5432/x", "secret.postgres_url_password", "postgres://app:h\u{e4}nter2pw@db.internal:5432"),
+            ("caf\u{e9} r\u{e9}sum\u{e9} 8.8.8.8 na\u{ef}ve", "pii.ipv4", "8.8.8.8"),
+            ("\u{e9}8.8.4.4", "pii.ipv4", "8.8.4.4"),
+        ] {
+            let found = scan(&e, &mut sc, text);
+            let spans: Vec<_> = found.iter().map(|f| (f.0.as_str(), &text[f.1..f.2])).collect();
+            assert!(spans.contains(&(rule, want)), "{text:?}: {spans:?}");
+            let (block, streamed) = crate::detect::stream::tests::block_and_stream(&e, &mut sc, text, text.len());
+            assert_eq!(block, streamed, "{text:?}");
+        }
     }
 
     proptest::proptest! {

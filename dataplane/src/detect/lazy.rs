@@ -28,7 +28,7 @@ fn config() -> syntax::Config {
 }
 
 /// The pattern as `regex-syntax` reads it: a rule's case folding written inline.
-fn spelled(expr: &str, caseless: bool) -> std::borrow::Cow<'_, str> {
+pub(super) fn spelled(expr: &str, caseless: bool) -> std::borrow::Cow<'_, str> {
     if caseless {
         format!("(?i:{expr})").into()
     } else {
@@ -201,7 +201,7 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::{default_dir, load_dir};
+    use crate::detect::rules::shipped_patterns;
     use hyperscan::prelude::*;
     use proptest::prelude::*;
 
@@ -223,14 +223,7 @@ mod tests {
     fn shipped() -> &'static (Lazy, Lazy, BlockDatabase) {
         static BOTH: std::sync::OnceLock<(Lazy, Lazy, BlockDatabase)> = std::sync::OnceLock::new();
         BOTH.get_or_init(|| {
-            let mut pats: Vec<(u32, String, bool)> = Vec::new();
-            for l in load_dir(&default_dir()).unwrap_or_else(|e| panic!("{e}")) {
-                for p in &l.rule.patterns {
-                    if !l.rule.context_required && eligible(p, l.rule.caseless) {
-                        pats.push((pats.len() as u32, p.clone(), l.rule.caseless));
-                    }
-                }
-            }
+            let pats = shipped_patterns(eligible);
             let specs: Vec<(u32, &str, bool)> = pats.iter().map(|(i, e, c)| (*i, e.as_str(), *c)).collect();
             let lazy = Lazy::new(&specs, 256).unwrap().unwrap();
             // Lanes from 100 bytes on, overlapping by 64: every match in the test texts is

@@ -25,6 +25,7 @@ pub mod json;
 pub mod lazy;
 pub mod mask;
 pub mod normalize;
+pub mod reverse;
 pub mod rules;
 pub mod runs;
 pub mod stream;

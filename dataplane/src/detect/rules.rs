@@ -203,6 +203,22 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Loaded>, PackError> {
     }
 }
 
+/// The shipped packs' patterns of rules without required context words (as the engine runs
+/// them outside context regions) that `keep(expression, caseless)` takes, numbered in order:
+/// (id, expression, caseless). For tests of the engines that stand in for Hyperscan.
+#[cfg(test)]
+pub(crate) fn shipped_patterns(keep: impl Fn(&str, bool) -> bool) -> Vec<(u32, String, bool)> {
+    let mut pats: Vec<(u32, String, bool)> = Vec::new();
+    for l in load_dir(&default_dir()).unwrap_or_else(|e| panic!("{e}")) {
+        for p in &l.rule.patterns {
+            if !l.rule.context_required && keep(p, l.rule.caseless) {
+                pats.push((pats.len() as u32, p.clone(), l.rule.caseless));
+            }
+        }
+    }
+    pats
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -312,7 +312,7 @@ pub fn mask_chunks(engine: &Engine, plan: Option<Plan<'_>>, chunks: &[&[u8]]) ->
 
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::detect::mask::Masker;
     use crate::detect::rules::{default_dir, load_dir};
@@ -367,6 +367,22 @@ mod tests {
         assert!(!whole.windows(2).any(|w| w == [0xC2, 0xAD]), "the soft hyphens inside the number are removed");
     }
 
+    type Spans = Vec<(u32, usize, usize)>;
+
+    /// (rule, start, end) of a block scan of `text` (before the PII-inside-a-secret filter,
+    /// which streaming does not apply) and of a streamed scan of it cut in two at `cut`, sorted.
+    pub(crate) fn block_and_stream(e: &Engine, sc: &mut crate::detect::engine::Scanner, text: &str, cut: usize) -> (Spans, Spans) {
+        let mut block = Vec::new();
+        e.scan_at(sc, text, 0, &mut block);
+        let at = cut.min(text.len());
+        let (_, streamed) = mask_chunks(e, None, &[&text.as_bytes()[..at], &text.as_bytes()[at..]]).unwrap();
+        let key = |f: &Finding| (f.rule, f.start, f.end);
+        let (mut a, mut b): (Vec<_>, Vec<_>) = (block.iter().map(key).collect(), streamed.iter().map(key).collect());
+        a.sort_unstable();
+        b.sort_unstable();
+        (a, b)
+    }
+
     /// Block scans find starts in a second phase (phase 1 reports ends only); streaming uses
     /// one start-tracked database. Over every corpus document (benign and planted) both report
     /// the same findings at the same offsets.
@@ -380,14 +396,7 @@ mod tests {
             for line in std::fs::read_to_string(dir.join(f)).unwrap().lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
                 let text = v["text"].as_str().unwrap();
-                let mut block = Vec::new();
-                // Before the PII-inside-a-secret filter, which streaming does not apply.
-                e.scan_at(&mut sc, text, 0, &mut block);
-                let (_, streamed) = mask_chunks(e, None, &[text.as_bytes()]).unwrap();
-                let key = |f: &Finding| (f.rule, f.start, f.end);
-                let (mut a, mut b): (Vec<_>, Vec<_>) = (block.iter().map(key).collect(), streamed.iter().map(key).collect());
-                a.sort_unstable();
-                b.sort_unstable();
+                let (a, b) = block_and_stream(e, &mut sc, text, text.len());
                 assert_eq!(a, b, "{f}: {text:?}");
                 docs += 1;
             }
@@ -411,14 +420,7 @@ mod tests {
             let e = engine();
             let mut sc = e.scanner().unwrap();
             let text: String = pieces.iter().zip(&seps).flat_map(|(p, s)| [*p, *s]).collect();
-            let mut block = Vec::new();
-            e.scan_at(&mut sc, &text, 0, &mut block);
-            let at = cut.min(text.len());
-            let (_, streamed) = mask_chunks(e, None, &[&text.as_bytes()[..at], &text.as_bytes()[at..]]).unwrap();
-            let key = |f: &Finding| (f.rule, f.start, f.end);
-            let (mut a, mut b): (Vec<_>, Vec<_>) = (block.iter().map(key).collect(), streamed.iter().map(key).collect());
-            a.sort_unstable();
-            b.sort_unstable();
+            let (a, b) = block_and_stream(e, &mut sc, &text, cut);
             proptest::prop_assert_eq!(a, b, "{:?}", text);
         }
     }
