@@ -156,10 +156,10 @@ impl std::hash::Hasher for IdHasher {
 /// A set of [`id_key`]s.
 pub type IdSet = HashSet<u128, std::hash::BuildHasherDefault<IdHasher>>;
 
-/// The ids already in a partition directory (read from the `id` column only), as [`id_key`]s.
-pub fn ids_in(dir: &Path) -> Result<IdSet> {
-    let mut ids = IdSet::default();
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(ids) };
+/// Add the ids already in a partition directory (read from the `id` column only), as
+/// [`id_key`]s, to `ids`.
+pub fn ids_in(dir: &Path, ids: &mut IdSet) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
     for e in entries.flatten() {
         let p = e.path();
         if p.extension().is_none_or(|x| x != "parquet") {
@@ -175,7 +175,7 @@ pub fn ids_in(dir: &Path) -> Result<IdSet> {
             }
         }
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// Keep the rows whose `id` is not in `seen` (and not repeated within the batch); add them to `seen`.

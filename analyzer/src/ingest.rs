@@ -104,9 +104,20 @@ pub struct Writer {
     open: BTreeMap<Hour, archive::OpenFile>,
     unwritten: BTreeMap<Hour, Vec<RecordBatch>>,
     pending_rows: usize,
-    seen: HashMap<Hour, archive::IdSet>,
+    /// The ids each recent hour holds, for dedup, with the flush generation that last used
+    /// it. An hour unused for a whole flush interval is forgotten at the next flush (its
+    /// files are then all finished, so a late event for it reloads the ids from them) and its
+    /// set, cleared, serves the next new hour at its grown capacity: memory stays bounded in
+    /// continuous mode, and a new hour's set neither grows by rehashing nor faults fresh
+    /// pages in.
+    seen: HashMap<Hour, (archive::IdSet, u64)>,
+    spare_sets: Vec<archive::IdSet>,
+    generation: u64,
     seq: u64,
 }
+
+/// How many cleared id sets are kept for new hours.
+const SPARE_SETS: usize = 2;
 
 impl Writer {
     pub fn new(root: &Path, table: &'static str, rows_per_file: usize) -> Self {
@@ -120,6 +131,8 @@ impl Writer {
             unwritten: BTreeMap::new(),
             pending_rows: 0,
             seen: HashMap::new(),
+            spare_sets: Vec::new(),
+            generation: 0,
             seq: 0,
         }
     }
@@ -128,10 +141,15 @@ impl Writer {
     pub fn add(&mut self, batch: &RecordBatch) -> Result<u64> {
         let mut dups = 0;
         for (h, slices) in archive::by_hour(batch)? {
-            let seen = match self.seen.entry(h) {
+            let (seen, used) = match self.seen.entry(h) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(archive::ids_in(&h.dir(&self.root, self.table))?),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let mut ids = self.spare_sets.pop().unwrap_or_default();
+                    archive::ids_in(&h.dir(&self.root, self.table), &mut ids)?;
+                    v.insert((ids, self.generation))
+                }
             };
+            *used = self.generation;
             for b in slices {
                 let kept = archive::dedup(&b, seen)?;
                 dups += (b.num_rows() - kept.num_rows()) as u64;
@@ -188,6 +206,14 @@ impl Writer {
         self.seen.clear();
     }
 
+    /// The hours whose ids are held for dedup (for tests).
+    #[cfg(test)]
+    fn held_hours(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self.seen.keys().map(|h| h.n).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Finish every open file (synced, renamed into place); returns (rows, files). After an
     /// error here or in [`Writer::add`] the caller stops without saving its source position:
     /// files not finished are removed, and a restart reads their events again.
@@ -200,6 +226,18 @@ impl Writer {
             f.finish()?;
             files += 1;
         }
+        // Every file is finished: an hour's ids can be reloaded from them if it is needed again.
+        let keep_from = self.generation;
+        let stale: Vec<Hour> = self.seen.iter().filter(|(_, (_, used))| *used < keep_from).map(|(h, _)| *h).collect();
+        for h in stale {
+            if let Some((mut ids, _)) = self.seen.remove(&h) {
+                if self.spare_sets.len() < SPARE_SETS {
+                    ids.clear();
+                    self.spare_sets.push(ids);
+                }
+            }
+        }
+        self.generation += 1;
         Ok((rows, files))
     }
 }
@@ -530,4 +568,62 @@ pub fn from_kafka(brokers: &str, topic: &str, group: &str, root: &Path, rows_per
     flush_and_commit(&c, &pipeline, &next, topic)?;
     let st = lock(&pipeline).st.clone();
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    const H: i64 = 3_600_000_000;
+
+    fn events(w: &Writer, evs: &[(&str, i64)]) -> RecordBatch {
+        let docs: Vec<String> = evs.iter().map(|(id, ts)| format!(r#"{{"v":1,"id":"{id}","ts":{ts},"kind":"request","instance":"g"}}"#)).collect();
+        w.codec.decode(&docs).unwrap()
+    }
+
+    /// The ids the archive holds for one hour, one entry per row.
+    fn archived(root: &Path, hour: i64) -> Vec<String> {
+        let dir = Hour { n: hour }.dir(root, "events");
+        let mut ids = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "parquet") {
+                for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap()).unwrap().build().unwrap() {
+                    let b = b.unwrap();
+                    ids.extend(b.column_by_name("id").unwrap().as_string::<i32>().iter().map(|s| s.unwrap().to_string()));
+                }
+            }
+        }
+        ids.sort();
+        ids
+    }
+
+    /// Hours in time order, one flush each: only the hours used since the last flush keep their
+    /// ids in memory; a late duplicate for a forgotten hour is still dropped (its ids come back
+    /// from its files), and a late new event there is kept.
+    #[test]
+    fn dedup_forgets_idle_hours_and_reloads_them_from_the_archive() {
+        let root = std::env::temp_dir().join(format!("sluice-ingest-seen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut w = Writer::new(&root, "events", 1_000);
+        for h in 0..6 {
+            let evs: Vec<(String, i64)> = (0..3).map(|i| (format!("e-{h}-{i}"), h * H + i)).collect();
+            let evs: Vec<(&str, i64)> = evs.iter().map(|(id, ts)| (id.as_str(), *ts)).collect();
+            let b = events(&w, &evs);
+            assert_eq!(w.add(&b).unwrap(), 0);
+            // A duplicate within the hour, before its file is finished.
+            assert_eq!(w.add(&events(&w, &evs[..1])).unwrap(), 1);
+            w.flush().unwrap();
+            assert!(w.held_hours().len() <= 2, "hours held after hour {h}: {:?}", w.held_hours());
+        }
+        assert_eq!(w.held_hours(), vec![5]);
+        assert!(!w.spare_sets.is_empty(), "a forgotten hour's set is kept for reuse");
+        let late = events(&w, &[("e-0-1", 1), ("e-0-late", 7), ("e-5-2", 5 * H + 2)]);
+        assert_eq!(w.add(&late).unwrap(), 2, "the late duplicates of hours 0 and 5");
+        w.flush().unwrap();
+        assert_eq!(archived(&root, 0), vec!["e-0-0", "e-0-1", "e-0-2", "e-0-late"]);
+        assert_eq!(archived(&root, 5), vec!["e-5-0", "e-5-1", "e-5-2"]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
