@@ -43,22 +43,25 @@ pub fn eligible(expr: &str, caseless: bool) -> bool {
     prefixes.min_literal_len().is_none_or(|n| n < 3)
 }
 
-/// Texts at least this long are scanned as two interleaved lanes (see [`Lazy::find`]).
-const TWO_LANES_FROM: usize = 4096;
+/// Most lanes a text is scanned as (see [`Lazy::find`]).
+const LANES: usize = 4;
+
+/// Each lane of a text scanned in several covers at least this many bytes.
+const LANE_MIN: usize = 2048;
 
 /// The class-led patterns of an engine, by Hyperscan pattern id.
 pub struct Lazy {
     dfa: DFA,
     ids: Vec<u32>,
-    /// How far before the middle the second lane starts: one more than the widest match
-    /// phase 2 would confirm.
+    /// How far before its part each lane but the first starts: one more than the widest
+    /// match phase 2 would confirm.
     seam: usize,
-    two_lanes_from: usize,
+    lane_min: usize,
 }
 
 /// Per-core state of a [`Lazy`]: one cache per lane (a cache that is cleared invalidates every
 /// state id but the one in hand, so two lanes never share one).
-pub struct Caches([Cache; 2]);
+pub struct Caches([Cache; LANES]);
 
 impl Lazy {
     /// (pattern id, expression, caseless) of eligible patterns; `None` when there are none.
@@ -76,14 +79,14 @@ impl Lazy {
             .build_many(&exprs)
             .map_err(|e| format!("building the lazy DFA of the class-led patterns: {e}"))?;
         let seam = widest + 1;
-        Ok(Some(Lazy { dfa, ids: patterns.iter().map(|p| p.0).collect(), seam, two_lanes_from: TWO_LANES_FROM.max(4 * seam) }))
+        Ok(Some(Lazy { dfa, ids: patterns.iter().map(|p| p.0).collect(), seam, lane_min: LANE_MIN.max(2 * seam) }))
     }
 
-    /// Two lanes from `from` bytes on, overlapping by `seam` (for tests of the seam).
+    /// Lanes of at least `min` bytes, overlapping by `seam` (for tests of the seams).
     #[cfg(test)]
-    fn lanes(mut self, seam: usize, from: usize) -> Lazy {
+    fn lanes(mut self, seam: usize, min: usize) -> Lazy {
         self.seam = seam;
-        self.two_lanes_from = from.max(2 * seam);
+        self.lane_min = min.max(2 * seam);
         self
     }
 
@@ -95,34 +98,41 @@ impl Lazy {
     /// without start tracking.
     ///
     /// A DFA step is one dependent load, so one lane runs at memory latency, not bandwidth.
-    /// Long texts run as two lanes interleaved: the first half, and the second half started
-    /// `seam` bytes early (with the true look-behind) and reporting only ends from the middle
-    /// on. The second lane misses an end only if every match ending there is wider than the
-    /// seam — wider than any start confirmation looks, so it could never become a finding.
+    /// Long texts run as up to [`LANES`] lanes interleaved: the text cut into equal parts,
+    /// each lane but the first started `seam` bytes before its part (with the true
+    /// look-behind) and reporting only ends inside its part. A lane misses an end only if
+    /// every match ending there is wider than the seam — wider than any start confirmation
+    /// looks, so it could never become a finding.
     pub fn find(&self, caches: &mut Caches, hay: &[u8], out: &mut Vec<(u32, u32, u32)>) {
-        if hay.len() < self.two_lanes_from {
-            let c = &mut caches.0[0];
-            let mut a = Lane::start(&self.dfa, c, hay, 0, 0);
-            for (i, &b) in hay.iter().enumerate() {
-                a.step(self, c, b, i, out);
+        match (hay.len() / self.lane_min).min(LANES) {
+            0 | 1 => self.find_in::<1>(caches, hay, out),
+            2 | 3 => self.find_in::<2>(caches, hay, out),
+            _ => self.find_in::<4>(caches, hay, out),
+        }
+    }
+
+    fn find_in<const N: usize>(&self, caches: &mut Caches, hay: &[u8], out: &mut Vec<(u32, u32, u32)>) {
+        // Lane k reports ends in `part * k .. part * (k + 1)` (the last one to the end of the
+        // text) and starts `seam` bytes before that, except the first.
+        let part = hay.len() / N;
+        let from = |k: usize| if k == 0 { 0 } else { part * k - self.seam };
+        let (caches, _) = caches.0.split_at_mut(N);
+        let mut lanes: [Lane; N] = std::array::from_fn(|k| Lane::start(&self.dfa, &mut caches[k], hay, from(k), part * k));
+        // The first lane is the shortest: all lanes step together for its length.
+        let common = part;
+        for j in 0..common {
+            for k in 0..N {
+                let i = from(k) + j;
+                lanes[k].step(self, &mut caches[k], hay[i], i, out);
             }
-            a.eoi(self, c, hay.len(), out);
-            return;
         }
-        // Two lanes: the first half, and the second half started `seam` bytes early.
-        let mid = hay.len() / 2;
-        let b0 = mid - self.seam;
-        let [ca, cb] = &mut caches.0;
-        let mut a = Lane::start(&self.dfa, ca, hay, 0, 0);
-        let mut b = Lane::start(&self.dfa, cb, hay, b0, mid);
-        for i in 0..mid {
-            a.step(self, ca, hay[i], i, out);
-            b.step(self, cb, hay[b0 + i], b0 + i, out);
+        for k in 1..N {
+            let end = if k == N - 1 { hay.len() } else { part * (k + 1) };
+            for (i, &byte) in hay.iter().enumerate().take(end).skip(from(k) + common) {
+                lanes[k].step(self, &mut caches[k], byte, i, out);
+            }
         }
-        for (i, &byte) in hay.iter().enumerate().skip(b0 + mid) {
-            b.step(self, cb, byte, i, out);
-        }
-        b.eoi(self, cb, hay.len(), out);
+        lanes[N - 1].eoi(self, &mut caches[N - 1], hay.len(), out);
     }
 }
 
@@ -150,7 +160,9 @@ impl Lane {
         // The common case, a known transition between ordinary states, is one lookup and one
         // test.
         if !self.s.is_tagged() && !self.dead {
-            let n = l.dfa.next_state_untagged(cache, self.s, byte);
+            // SAFETY: `self.s` is an untagged state of this DFA, taken from `cache` (a cache
+            // that is cleared keeps the state in hand valid), as the function requires.
+            let n = unsafe { l.dfa.next_state_untagged_unchecked(cache, self.s, byte) };
             if !n.is_tagged() {
                 self.s = n;
                 return;
@@ -226,9 +238,9 @@ mod tests {
             let pats = shipped_patterns(eligible);
             let specs: Vec<(u32, &str, bool)> = pats.iter().map(|(i, e, c)| (*i, e.as_str(), *c)).collect();
             let lazy = Lazy::new(&specs, 256).unwrap().unwrap();
-            // Lanes from 100 bytes on, overlapping by 64: every match in the test texts is
+            // Lanes of 130 bytes or more, overlapping by 64: every match in the test texts is
             // narrower (a separator at least every fourth piece).
-            let lanes = Lazy::new(&specs, 256).unwrap().unwrap().lanes(64, 100);
+            let lanes = Lazy::new(&specs, 256).unwrap().unwrap().lanes(64, 130);
             let hs: Vec<Pattern> = pats
                 .iter()
                 .map(|(i, e, c)| {
@@ -258,19 +270,43 @@ mod tests {
             let (lazy, lanes, db) = shipped();
             let mut got = Vec::new();
             lazy.find(&mut lazy.caches(), hay.as_bytes(), &mut got);
-            let mut two = Vec::new();
-            lanes.find(&mut lanes.caches(), hay.as_bytes(), &mut two);
+            let mut laned = Vec::new();
+            lanes.find(&mut lanes.caches(), hay.as_bytes(), &mut laned);
             let sc = db.alloc_scratch().unwrap();
             let mut want = Vec::new();
             let _ = db.scan(&hay, &sc, |id, _, to, _| {
                 want.push((id, 0, to as u32));
                 Matching::Continue
             });
-            two.sort_unstable();
+            laned.sort_unstable();
             got.sort_unstable();
             want.sort_unstable();
             prop_assert_eq!(&got, &want, "{:?}", hay);
-            prop_assert_eq!(&two, &want, "two lanes over {:?}", hay);
+            prop_assert_eq!(&laned, &want, "lanes over {:?}", hay);
+        }
+    }
+
+    /// Every prefix of a text dense with matches, from two lanes to four: the lane borders
+    /// fall at every offset of the matches, and the ends stay Hyperscan's.
+    #[test]
+    fn lane_borders_at_every_offset_lose_no_end() {
+        let (_, lanes, db) = shipped();
+        let text = "mail bob@example.com, card 4111 1111 1111 1111 on 192.168.25.3; ".repeat(20);
+        let sc = db.alloc_scratch().unwrap();
+        let mut caches = lanes.caches();
+        for n in 260..text.len().min(1000) {
+            let hay = &text[..n];
+            let mut got = Vec::new();
+            lanes.find(&mut caches, hay.as_bytes(), &mut got);
+            let mut want = Vec::new();
+            let _ = db.scan(hay, &sc, |id, _, to, _| {
+                want.push((id, 0, to as u32));
+                Matching::Continue
+            });
+            got.sort_unstable();
+            want.sort_unstable();
+            assert!(!want.is_empty());
+            assert_eq!(got, want, "{n} bytes");
         }
     }
 }
