@@ -16,6 +16,27 @@ pub const MAX_DECODED: usize = 64 * 1024;
 pub const BASE64_CANDIDATE: &str = r"[A-Za-z0-9+/_-]{24,}={0,2}(?:[^A-Za-z0-9+/_=-]|$)";
 pub const PERCENT_CANDIDATE: &str = r"[A-Za-z0-9._~+-]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9._~+!*'(),;:@&=$-]*)+";
 
+/// Is a base64 candidate worth decoding? Encoded bytes mix upper case, lower case and digits;
+/// hex digests, UUIDs, paths and long words do not, and most candidates are those.
+pub fn mixes_cases_and_digits(run: &[u8]) -> bool {
+    /// 1 for upper case, 2 for lower case, 4 for digits.
+    const KIND: [u8; 256] = {
+        let mut t = [0; 256];
+        let mut c = 0;
+        while c < 256 {
+            t[c] = match c as u8 {
+                b'A'..=b'Z' => 1,
+                b'a'..=b'z' => 2,
+                b'0'..=b'9' => 4,
+                _ => 0,
+            };
+            c += 1;
+        }
+        t
+    };
+    run.iter().fold(0, |seen, &c| seen | KIND[c as usize]) == 7
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
@@ -103,6 +124,16 @@ fn printable(bytes: Vec<u8>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_runs_mixing_cases_and_digits_are_worth_decoding() {
+        for yes in ["QUtJQUlPU0ZPRE5ON0VYQU1QTEU", "a1B", "ghp_x9Z"] {
+            assert!(mixes_cases_and_digits(yes.as_bytes()), "{yes}");
+        }
+        for no in ["d41d8cd98f00b204e9800998ecf8427e", "/usr/local/share/applications", "ABCDEF0123456789", "CamelCaseWordsOnly", ""] {
+            assert!(!mixes_cases_and_digits(no.as_bytes()), "{no}");
+        }
+    }
 
     #[test]
     fn decodes_text_and_refuses_binary() {

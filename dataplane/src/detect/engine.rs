@@ -734,13 +734,14 @@ fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize], c
 
 /// [`decode::BASE64_CANDIDATE`] as a run: 24 or more of its class, at most two `=`, then the
 /// end of the text or a character outside the class (the pattern stays for streamed scans;
-/// a test checks both agree).
+/// a test checks both agree). Only runs worth decoding are reported
+/// ([`decode::mixes_cases_and_digits`], which [`candidate_span`] applies to every candidate).
 fn base64_candidate_shape() -> Shape {
     let mut class = [false; 256];
     for b in 0..=255u8 {
         class[b as usize] = b.is_ascii_alphanumeric() || b"+/_-".contains(&b);
     }
-    Shape { class, min: 24, lead_boundary: false, trail: Trail::Terminated { pad: b'=', max: 2 } }
+    Shape { class, min: 24, lead_boundary: false, trail: Trail::Terminated { pad: b'=', max: 2 }, worth_decoding: true }
 }
 
 /// A confirmed match in the scanned (normalised) text.
@@ -769,15 +770,12 @@ fn candidate_span(hay: &str, enc: Encoding, end: usize) -> Option<(usize, usize)
         s -= 1;
     }
     if enc == Encoding::Base64 {
-        // Padding belongs to the run; and text worth decoding mixes upper case, lower case and
-        // digits (hex digests and UUIDs do not), which spares most decode attempts.
+        // Padding belongs to the run; and only text worth decoding is decoded.
+        if !decode::mixes_cases_and_digits(&b[s..e]) {
+            return None;
+        }
         while e < b.len() && b[e] == b'=' {
             e += 1;
-        }
-        let run = &b[s..e];
-        let has = |f: fn(&u8) -> bool| run.iter().any(f);
-        if !(has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase) && has(u8::is_ascii_digit)) {
-            return None;
         }
     }
     (e > s).then_some((s, e))

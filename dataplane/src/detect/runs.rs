@@ -32,6 +32,9 @@ pub struct Shape {
     /// `\b` before: the run starts the text or follows a non-word character.
     pub lead_boundary: bool,
     pub trail: Trail,
+    /// Only runs [`super::decode::mixes_cases_and_digits`] accepts (the base64 decode
+    /// candidate: other runs would be dropped after phase 2 anyway).
+    pub worth_decoding: bool,
 }
 
 fn word(b: u8) -> bool {
@@ -71,7 +74,7 @@ pub fn shape(expr: &str, caseless: bool) -> Option<Shape> {
     if (lead_boundary || trail == Trail::Boundary) && !all_word {
         return None;
     }
-    Some(Shape { class, min, lead_boundary, trail })
+    Some(Shape { class, min, lead_boundary, trail, worth_decoding: false })
 }
 
 /// `CLASS]` → the set and what follows the `]`.
@@ -209,7 +212,7 @@ impl Spec {
     /// The end of the match on the maximal class run [a, b), if the pattern matches there.
     fn accept(&self, hay: &[u8], a: usize, b: usize) -> Option<usize> {
         let sh = &self.shape;
-        if b - a < sh.min || (sh.lead_boundary && a > 0 && word(hay[a - 1])) {
+        if b - a < sh.min || (sh.lead_boundary && a > 0 && word(hay[a - 1])) || (sh.worth_decoding && !super::decode::mixes_cases_and_digits(&hay[a..b])) {
             return None;
         }
         let pads = |pad: u8, max: usize| hay[b..].iter().take(max + 1).take_while(|&&c| c == pad).count();
@@ -322,7 +325,7 @@ mod tests {
     #[test]
     fn the_base64_candidate_ends_where_its_pattern_does() {
         let cls = shape(r"[A-Za-z0-9+/_\-]{4,}", false).unwrap().class;
-        let spec = |max| Runs::new(vec![(0, Shape { class: cls, min: 4, lead_boundary: false, trail: Trail::Terminated { pad: b'=', max } }, 100)]).unwrap();
+        let spec = |max| Runs::new(vec![(0, Shape { class: cls, min: 4, lead_boundary: false, trail: Trail::Terminated { pad: b'=', max }, worth_decoding: false }, 100)]).unwrap();
         let expr = r"[A-Za-z0-9+/_-]{4,}={0,2}(?:[^A-Za-z0-9+/_=-]|$)";
         for hay in ["abcd", "abcd=", "abcd==", "abcd===", "abcd= x", "abcd=x", "ab=cdef gh", "abcd\u{e9}", "x abcdef== y", "abcd===x abcd"] {
             let mut got = Vec::new();
