@@ -127,6 +127,9 @@ pub fn public_ip(s: &str) -> bool {
 }
 
 /// Shannon entropy in bits per character, to tell a generated secret from a word.
+///
+/// Computed as log2(n) − Σ c·log2(c) / n over the byte counts c: a byte seen once adds
+/// nothing, so a generated value (mostly distinct bytes) costs few logarithms.
 pub fn entropy(s: &str) -> f64 {
     if s.is_empty() {
         return 0.0;
@@ -136,10 +139,8 @@ pub fn entropy(s: &str) -> f64 {
         counts[b as usize] += 1;
     }
     let n = s.len() as f64;
-    counts.iter().filter(|c| **c > 0).map(|&c| {
-        let p = c as f64 / n;
-        -p * p.log2()
-    }).sum()
+    let repeated: f64 = counts.iter().filter(|c| **c > 1).map(|&c| f64::from(c) * f64::from(c).log2()).sum();
+    n.log2() - repeated / n
 }
 
 #[cfg(test)]
@@ -174,6 +175,24 @@ mod tests {
         assert!(us_ssn("123-45-6789") && us_ssn("536 22 1029"));
         for bad in ["000-12-3456", "666-12-3456", "912-12-3456", "123-00-4567", "123-45-0000", "078-05-1120", "12-345-678"] {
             assert!(!us_ssn(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    proptest! {
+        /// The same value as the textbook sum −Σ p·log2(p).
+        #[test]
+        fn entropy_is_shannons(s in "[a-c0-9+/A-Z]{0,80}") {
+            let n = s.len() as f64;
+            let mut counts = std::collections::HashMap::new();
+            for b in s.bytes() {
+                *counts.entry(b).or_insert(0u32) += 1;
+            }
+            let want: f64 = counts.values().map(|&c| {
+                let p = f64::from(c) / n;
+                -p * p.log2()
+            }).sum();
+            prop_assert!((entropy(&s) - want).abs() < 1e-9, "{} vs {}", entropy(&s), want);
         }
     }
 
