@@ -178,7 +178,6 @@ mod tests {
         }
     }
 
-    #[test]
     proptest! {
         /// The same value as the textbook sum −Σ p·log2(p).
         #[test]
