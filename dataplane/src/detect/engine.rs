@@ -477,18 +477,21 @@ impl Engine {
     /// database URL is not an e-mail address): drop it, so each span is reported once, as what
     /// it is.
     fn drop_explained(&self, out: &mut Vec<Finding>, first: usize) {
-        let cat = |f: &Finding| self.meta[f.rule as usize].category;
         let mut i = first;
         while i < out.len() {
             let f = out[i];
-            let inside = cat(&f) == Category::Pii
-                && out[first..].iter().any(|o| o.rule != f.rule && cat(o) == Category::Secret && o.start <= f.start && f.end <= o.end);
-            if inside {
+            if out[first..].iter().any(|o| self.explains(o, &f)) {
                 out.remove(i);
             } else {
                 i += 1;
             }
         }
+    }
+
+    /// Is `f` a PII finding entirely inside the secret finding `o`?
+    pub(crate) fn explains(&self, o: &Finding, f: &Finding) -> bool {
+        let cat = |x: &Finding| self.meta[x.rule as usize].category;
+        cat(f) == Category::Pii && cat(o) == Category::Secret && o.start <= f.start && f.end <= o.end
     }
 
     pub(crate) fn scan_at(&self, sc: &mut Scanner, text: &str, depth: u8, out: &mut Vec<Finding>) {

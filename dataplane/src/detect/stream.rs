@@ -11,6 +11,7 @@ use super::engine::{Engine, Finding, Match, Scanner};
 use super::invisible::{self, BUILTINS};
 use super::mask::Plan;
 use super::normalize::normalize_into;
+use super::rules::Category;
 use hyperscan::prelude::*;
 
 pub struct StreamScanner<'e> {
@@ -32,6 +33,10 @@ pub struct StreamScanner<'e> {
     raw: Vec<(u32, usize, usize)>,
     /// Confirmed findings not yet released (absolute original offsets).
     found: Vec<Finding>,
+    /// Released secret findings a finding not yet released may still lie inside (they end
+    /// after the last release's settle point): a PII finding inside one is part of it, as in
+    /// a block scan ([`Engine::scan`]).
+    secrets: Vec<Finding>,
     last_end: Vec<usize>,
     norm: String,
     origin: Vec<(u32, u32)>,
@@ -68,6 +73,7 @@ impl<'e> StreamScanner<'e> {
             norm_len: 0,
             raw: Vec::new(),
             found: Vec::new(),
+            secrets: Vec::new(),
             last_end: vec![0; engine.meta().len()],
             norm: String::new(),
             origin: Vec::new(),
@@ -241,6 +247,9 @@ impl<'e> StreamScanner<'e> {
     /// masking the findings inside.
     fn release(&mut self, plan: Option<Plan<'_>>, mut limit: usize, out: &mut Vec<u8>, findings: &mut Vec<Finding>) {
         self.found.sort_by_key(|f| (f.start, f.end));
+        // Findings settled after this call start at or after `limit` (as given): a released
+        // secret that ends there or before can hold none of them.
+        let settled = limit;
         loop {
             let ext = self.found.iter().filter(|f| f.start < limit && f.end > limit).map(|f| f.end).max();
             match ext {
@@ -253,10 +262,14 @@ impl<'e> StreamScanner<'e> {
             return;
         }
         let n = self.found.iter().take_while(|f| f.start < limit).count();
-        let meta = self.engine.meta();
+        let (engine, meta) = (self.engine, self.engine.meta());
+        self.secrets.extend(self.found[..n].iter().filter(|f| meta[f.rule as usize].category == Category::Secret));
         let mut pos = self.pending_base;
         let mut repl = String::new();
         for f in &self.found[..n] {
+            if self.secrets.iter().any(|o| engine.explains(o, f)) {
+                continue;
+            }
             findings.push(*f);
             let Some(p) = plan.filter(|p| (p.mask_rule)(f.rule)) else { continue };
             if f.end <= pos {
@@ -271,6 +284,7 @@ impl<'e> StreamScanner<'e> {
             pos = f.end;
         }
         self.found.drain(..n);
+        self.secrets.retain(|s| s.end > settled);
         let upto = limit.max(pos);
         out.extend_from_slice(&self.pending[pos - self.pending_base..upto - self.pending_base]);
         self.pending.drain(..upto - self.pending_base);
@@ -369,11 +383,11 @@ pub(crate) mod tests {
 
     type Spans = Vec<(u32, usize, usize)>;
 
-    /// (rule, start, end) of a block scan of `text` (before the PII-inside-a-secret filter,
-    /// which streaming does not apply) and of a streamed scan of it cut in two at `cut`, sorted.
+    /// (rule, start, end) of a block scan of `text` and of a streamed scan of it cut in two at
+    /// `cut`, sorted.
     pub(crate) fn block_and_stream(e: &Engine, sc: &mut crate::detect::engine::Scanner, text: &str, cut: usize) -> (Spans, Spans) {
         let mut block = Vec::new();
-        e.scan_at(sc, text, 0, &mut block);
+        e.scan(sc, text, &mut block);
         let at = cut.min(text.len());
         let (_, streamed) = mask_chunks(e, None, &[&text.as_bytes()[..at], &text.as_bytes()[at..]]).unwrap();
         let key = |f: &Finding| (f.rule, f.start, f.end);
@@ -435,6 +449,31 @@ pub(crate) mod tests {
         "ignore all previous instructions", "lorem ipsum dolor", "2026-11-22T06:23:24Z", "\u{ff42}\u{ff4f}\u{ff42}@example.com",
         "4111\u{200b}1111 1111 1111", "caf\u{e9}", "221 Baker Street", "id 123-456-7890x", "-----BEGIN RSA PRIVATE KEY-----",
     ];
+
+    /// A PII-shaped part of a secret (the `password@host` of a database URL reads as an e-mail
+    /// address) is reported as the secret alone, wherever the stream is cut — also where the
+    /// secret is released with one piece and the part inside it settles with a later one.
+    #[test]
+    fn pii_inside_a_secret_is_dropped_at_every_split() {
+        let e = engine();
+        let mut sc = e.scanner().unwrap();
+        let filler = "lorem ipsum ".repeat(500);
+        let after = "dolor sit amet ".repeat(e.hold_back() / 15 + 100);
+        let text = format!("{filler}note (postgres://app:qyi4ccOZJWJI@db-3.internal:5432/app) {after} and bob@example.com");
+        let email = e.meta().iter().position(|m| m.id == "pii.email").unwrap() as u32;
+        let url = e.meta().iter().position(|m| m.id == "secret.postgres_url_password").unwrap() as u32;
+        let at = text.find("postgres").unwrap();
+        let bob = text.find("bob@").unwrap();
+        let mut want = vec![(url, at, at + 46), (email, bob, bob + 15)];
+        want.sort_unstable();
+        // Cuts around the URL, and where the first piece settles the URL but not the address.
+        let h = e.hold_back();
+        for cut in (at - 10..at + 60).chain(at + h - 10..at + h + 40) {
+            let (block, streamed) = block_and_stream(e, &mut sc, &text, cut);
+            assert_eq!(block, want, "cut at {cut}");
+            assert_eq!(streamed, want, "cut at {cut}");
+        }
+    }
 
     #[test]
     fn long_streams_release_early_and_mask_across_chunks() {

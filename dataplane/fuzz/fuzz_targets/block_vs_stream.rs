@@ -1,0 +1,79 @@
+//! Block scans against the streamed scan: any UTF-8 text gives the same findings at the same
+//! offsets. A block scan finds ends in phase 1 (Hyperscan without start tracking, the lazy DFA
+//! of class-led patterns in interleaved lanes, the run pass) and starts in phase 2 (the reverse
+//! DFA, or Hyperscan start-tracked over a window); a streamed scan keeps one start-tracked
+//! database and none of those fast paths, so it is the reference.
+//!
+//! The two differ by construction only where a pattern's leftmost match is wider than its rule's
+//! `max_width` (phase 2 looks back only that far, so it finds a later start the stream never
+//! reports; the run pass cuts a long run at the width): such inputs are skipped, found by a
+//! start-tracked Hyperscan scan of the normalised text.
+#![no_main]
+use hyperscan::prelude::*;
+use hyperscan::{Block, SomHorizon};
+use libfuzzer_sys::fuzz_target;
+use sluice::detect::engine::{Engine, Finding};
+use sluice::detect::normalize::normalize_into;
+use sluice::detect::rules::{default_dir, load_dir};
+use sluice::detect::stream::mask_chunks;
+use std::sync::OnceLock;
+
+struct Fixture {
+    engine: Engine,
+    /// Every rule pattern, start-tracked, and the width its rule allows.
+    som: BlockDatabase,
+    widths: Vec<usize>,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let rules = load_dir(&default_dir()).unwrap();
+        let (mut pats, mut widths) = (Vec::new(), Vec::new());
+        for l in &rules {
+            for p in &l.rule.patterns {
+                let mut flags = CompileFlags::SOM_LEFTMOST | CompileFlags::UTF8;
+                if l.rule.caseless {
+                    flags |= CompileFlags::CASELESS;
+                }
+                let mut pat = Pattern::with_flags(p, flags).unwrap();
+                pat.id = Some(widths.len());
+                pat.som = Some(SomHorizon::Large);
+                pats.push(pat);
+                widths.push(l.rule.max_width);
+            }
+        }
+        let som = Patterns::from(pats).build::<Block>().unwrap();
+        Fixture { engine: Engine::compile(rules).unwrap(), som, widths }
+    })
+}
+
+fn key(f: &Finding) -> (u32, usize, usize) {
+    (f.rule, f.start, f.end)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let fx = fixture();
+    let (mut norm, mut origin) = (String::new(), Vec::new());
+    let hay = if normalize_into(text, &mut norm, &mut origin) { norm.as_str() } else { text };
+    let scratch = fx.som.alloc_scratch().unwrap();
+    let mut wide = false;
+    let _ = fx.som.scan(hay, &scratch, |id, from, to, _| {
+        wide |= (to - from) as usize > fx.widths[id as usize];
+        if wide { Matching::Terminate } else { Matching::Continue }
+    });
+    if wide {
+        return;
+    }
+    let e = &fx.engine;
+    let mut sc = e.scanner().unwrap();
+    let mut block = Vec::new();
+    e.scan(&mut sc, text, &mut block);
+    let (_, streamed) = mask_chunks(e, None, &[data]).unwrap();
+    let mut a: Vec<_> = block.iter().map(key).collect();
+    let mut b: Vec<_> = streamed.iter().map(key).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "block (left) and streamed (right) findings differ");
+});
