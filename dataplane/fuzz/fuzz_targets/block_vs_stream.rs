@@ -1,5 +1,5 @@
 //! Block scans against the streamed scan: any UTF-8 text gives the same findings at the same
-//! offsets. A block scan finds ends in phase 1 (Hyperscan without start tracking, the lazy DFA
+//! offsets, streamed in one piece or cut in two at a point the input chooses. A block scan finds ends in phase 1 (Hyperscan without start tracking, the lazy DFA
 //! of class-led patterns in interleaved lanes, the run pass) and starts in phase 2 (the reverse
 //! DFA, or Hyperscan start-tracked over a window); a streamed scan keeps one start-tracked
 //! database and none of those fast paths, so it is the reference.
@@ -12,10 +12,11 @@
 use hyperscan::prelude::*;
 use hyperscan::{Block, SomHorizon};
 use libfuzzer_sys::fuzz_target;
-use sluice::detect::engine::{Engine, Finding};
+use sluice::detect::engine::{Engine, Finding, Scanner};
 use sluice::detect::normalize::normalize_into;
 use sluice::detect::rules::{default_dir, load_dir};
-use sluice::detect::stream::mask_chunks;
+use sluice::detect::stream::StreamScanner;
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 struct Fixture {
@@ -52,28 +53,46 @@ fn key(f: &Finding) -> (u32, usize, usize) {
     (f.rule, f.start, f.end)
 }
 
+thread_local! {
+    static SCRATCH: RefCell<(Scanner, Scratch)> = {
+        let fx = fixture();
+        RefCell::new((fx.engine.scanner().unwrap(), fx.som.alloc_scratch().unwrap()))
+    };
+}
+
+fn streamed(e: &Engine, sc: &mut Scanner, pieces: &[&[u8]]) -> Vec<(u32, usize, usize)> {
+    let mut st = StreamScanner::new(e).unwrap();
+    let (mut out, mut found) = (Vec::new(), Vec::new());
+    for p in pieces {
+        st.feed(sc, None, p, &mut out, &mut found);
+    }
+    st.finish(sc, None, &mut out, &mut found);
+    let mut keys: Vec<_> = found.iter().map(key).collect();
+    keys.sort_unstable();
+    keys
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let fx = fixture();
-    let (mut norm, mut origin) = (String::new(), Vec::new());
-    let hay = if normalize_into(text, &mut norm, &mut origin) { norm.as_str() } else { text };
-    let scratch = fx.som.alloc_scratch().unwrap();
-    let mut wide = false;
-    let _ = fx.som.scan(hay, &scratch, |id, from, to, _| {
-        wide |= (to - from) as usize > fx.widths[id as usize];
-        if wide { Matching::Terminate } else { Matching::Continue }
+    SCRATCH.with_borrow_mut(|(sc, scratch)| {
+        let (mut norm, mut origin) = (String::new(), Vec::new());
+        let hay = if normalize_into(text, &mut norm, &mut origin) { norm.as_str() } else { text };
+        let mut wide = false;
+        let _ = fx.som.scan(hay, scratch, |id, from, to, _| {
+            wide |= (to - from) as usize > fx.widths[id as usize];
+            if wide { Matching::Terminate } else { Matching::Continue }
+        });
+        if wide {
+            return;
+        }
+        let e = &fx.engine;
+        let mut block = Vec::new();
+        e.scan(sc, text, &mut block);
+        let mut a: Vec<_> = block.iter().map(key).collect();
+        a.sort_unstable();
+        assert_eq!(a, streamed(e, sc, &[data]), "block (left) and streamed (right) findings differ");
+        let cut = data.len() * usize::from(data.first().copied().unwrap_or(0)) / 256;
+        assert_eq!(a, streamed(e, sc, &[&data[..cut], &data[cut..]]), "block (left) and streamed findings cut at {cut} (right) differ");
     });
-    if wide {
-        return;
-    }
-    let e = &fx.engine;
-    let mut sc = e.scanner().unwrap();
-    let mut block = Vec::new();
-    e.scan(&mut sc, text, &mut block);
-    let (_, streamed) = mask_chunks(e, None, &[data]).unwrap();
-    let mut a: Vec<_> = block.iter().map(key).collect();
-    let mut b: Vec<_> = streamed.iter().map(key).collect();
-    a.sort_unstable();
-    b.sort_unstable();
-    assert_eq!(a, b, "block (left) and streamed (right) findings differ");
 });

@@ -496,7 +496,14 @@ impl Engine {
 
     pub(crate) fn scan_at(&self, sc: &mut Scanner, text: &str, depth: u8, out: &mut Vec<Finding>) {
         let ascii = text.is_ascii();
-        let changed = !ascii && normalize_into(text, &mut sc.norm, &mut sc.origin);
+        // The map must be this text's (or empty): the scanner's last text may have left one.
+        let changed = if ascii {
+            sc.norm.clear();
+            sc.origin.clear();
+            false
+        } else {
+            normalize_into(text, &mut sc.norm, &mut sc.origin)
+        };
         let mut raw = std::mem::take(&mut sc.raw);
         let norm = std::mem::take(&mut sc.norm);
         let origin = std::mem::take(&mut sc.origin);
@@ -813,6 +820,32 @@ mod tests {
         let mut v = Vec::new();
         e.scan(sc, t, &mut v);
         v.into_iter().map(|f| (e.meta()[f.rule as usize].id.clone(), f.start, f.end)).collect()
+    }
+
+    /// A scanner serves one text after another (one per core): the byte map of a text that
+    /// normalisation changed must not place the next text's findings. Each text's findings are
+    /// the ones a fresh scanner reports, whatever came before (ASCII after changed text, changed
+    /// after changed, decoded candidates inside either).
+    #[test]
+    fn a_reused_scanner_places_findings_as_a_fresh_one() {
+        let e = engine();
+        let texts = [
+            "mail \u{ff42}\u{ff4f}\u{ff42}@example.com and \u{ff14}\u{ff11}\u{ff11}\u{ff11} 1111 1111 1111 now",
+            "plain ascii: bob@example.com paid 4111 1111 1111 1111, key AKIAIOSFODNN7EXAMPLE",
+            "caf\u{e9} (no change by normalisation) ada@example.org",
+            "encoded a2V5IEFLSUFJT1NGT0ROTjdFWEFNUExF and bob%40example%2Ecom",
+            "b\u{200b}ob@example.com zero\u{ad}width",
+            "ascii again: carol@example.net",
+        ];
+        let mut reused = e.scanner().unwrap();
+        for order in [[0, 1, 2, 3, 4, 5], [4, 5, 0, 3, 2, 1], [2, 0, 3, 4, 1, 5]] {
+            for i in order {
+                let t = texts[i];
+                let want = scan(&e, &mut e.scanner().unwrap(), t);
+                assert!(!want.is_empty(), "{t:?}");
+                assert_eq!(scan(&e, &mut reused, t), want, "{t:?} after {order:?}");
+            }
+        }
     }
 
     /// Every rule's own examples: each positive yields a finding of that rule covering a

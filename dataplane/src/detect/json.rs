@@ -259,6 +259,19 @@ mod tests {
         (simd_json::to_string(&v).unwrap(), found)
     }
 
+    /// One scanner walks every leaf: a leaf after one that normalisation changed (full-width
+    /// letters) is masked at its own offsets. (The second leaf's key was masked over one byte
+    /// and leaked while the first leaf's byte map was still in the scanner.)
+    #[test]
+    fn a_leaf_after_a_normalised_one_is_masked_whole() {
+        let (out, found) = mask_doc(r#"{"a":"mail \uff42\uff4f\uff42@example.com today","b":"plain key AKIAIOSFODNN7EXAMPLE here"}"#);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["a"].as_str().unwrap().starts_with("mail [email:"), "{out}");
+        assert_eq!(v["b"], "plain key [REDACTED:aws_access_key_id] here", "{out}");
+        let b = found.iter().find(|f| f.path == "/b").unwrap();
+        assert_eq!((b.finding.start, b.finding.end), (10, 30));
+    }
+
     #[test]
     fn leaves_are_masked_by_path_and_names_give_context() {
         let (out, found) = mask_doc(r#"{"user":{"mail":"bob\u0040example.com","password":"Zr8#kP2!qL9vX4m","card":4111111111111111},"n":[1,2]}"#);
