@@ -45,3 +45,27 @@ pub fn mcp_response(size: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": text}], "isError": false}}))
         .expect("encode")
 }
+
+/// A `tools/call` response of about `size` bytes whose structured content is database rows:
+/// many short keys, most of them over numbers, booleans and nested values — the shape where
+/// scanning object keys costs most. The text fields are corpus text, 60 bytes each.
+pub fn mcp_rows(size: usize) -> Vec<u8> {
+    let text = corpus_text(size);
+    let mut pieces = text.as_bytes().chunks(60).map(|c| String::from_utf8_lossy(c).into_owned());
+    let mut rows = Vec::new();
+    let mut len = 0;
+    for i in 0.. {
+        if len >= size {
+            break;
+        }
+        let note = pieces.next().unwrap_or_default();
+        let row = serde_json::json!({
+            "id": i, "name": format!("user {i}"), "note": note, "active": i % 3 != 0, "score": i as f64 / 7.0,
+            "tags": ["a", "b"], "address": {"city": "Lyon", "zip": i % 100}, "created": 1_700_000_000 + i,
+        });
+        len += row.to_string().len();
+        rows.push(row);
+    }
+    serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"content": [], "structuredContent": {"rows": rows}, "isError": false}}))
+        .expect("encode")
+}

@@ -1,14 +1,15 @@
 //! Detection benchmarks: raw scan throughput of the full rule pack on realistic tool output,
 //! the whole response path (parse → normalise → scan → mask → serialise) at 1 KB, 10 KB and
-//! 1 MB, and the same rules through `regex::RegexSet` (+ `find_iter` for the offsets) as the
-//! baseline. Run: `cargo bench -p sluice-benches --bench scan`.
+//! 1 MB of text and 10 KB of database rows (many keys), and the same rules through
+//! `regex::RegexSet` (+ `find_iter` for the offsets) as the baseline. Run: `cargo bench -p
+//! sluice-benches --bench scan`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sluice::detect::engine::Engine;
 use sluice::detect::json::{Buffers, Walk};
 use sluice::detect::mask::{Masker, Plan};
 use sluice::detect::rules::{default_dir, load_dir};
-use sluice_benches::{corpus_text, mcp_response};
+use sluice_benches::{corpus_text, mcp_response, mcp_rows};
 use std::hint::black_box;
 
 fn engine() -> Engine {
@@ -72,8 +73,8 @@ fn whole_path(c: &mut Criterion) {
     let walk = Walk { engine: &e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &all }) };
     let mut bufs = Buffers::default();
     let mut g = c.benchmark_group("whole_path");
-    for (label, size) in [("1KB", 1024), ("10KB", 10 * 1024), ("1MB", 1 << 20)] {
-        let body = mcp_response(size);
+    for (label, size, rows) in [("1KB", 1024, false), ("10KB", 10 * 1024, false), ("1MB", 1 << 20, false), ("rows_10KB", 10 * 1024, true)] {
+        let body = if rows { mcp_rows(size) } else { mcp_response(size) };
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.sample_size(if size > 100_000 { 20 } else { 100 });
         let mut scratch = Vec::with_capacity(body.len());

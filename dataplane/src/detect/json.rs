@@ -2,10 +2,20 @@
 //! `\u0040` into `@`). Each string leaf is scanned; under an object key it is scanned as
 //! `key: value`, so assignment rules (`"password": "…"`) see the name, and only findings in
 //! the value are masked. Integer leaves are scanned as their digits (a card number stored as a
-//! number is still a card number); a masked integer becomes a string. Object keys are never
-//! rewritten (that would change the document's shape); a finding inside a key is reported with
-//! `in_key` set. The output is always valid JSON because only leaves change. The base64
-//! payloads of MCP image/audio blocks and resource blobs are binary and skipped.
+//! number is still a card number); a masked integer becomes a string. The output is always
+//! valid JSON because only leaves and keys change. The base64 payloads of MCP image/audio
+//! blocks and resource blobs are binary and skipped.
+//!
+//! Object keys are text too (a map keyed by e-mail address, a secret used as a name): every
+//! key is scanned on its own, whatever its value, and reported with `in_key` set. A key with
+//! something to mask is renamed to its masked form, keeping its place in the object; when
+//! that name is already taken in the object (two addresses both redacted to
+//! `[REDACTED:email]`), ` #2`, ` #3`, … is appended, so no member is lost. JSON Pointers
+//! (`Found::path`, which the gateway logs and records) never hold a key's finding in clear:
+//! with a mask plan, a key with any finding appears in paths masked by its rules' strategies,
+//! whether or not the document itself is masked. Keys found clean are remembered per core (in
+//! a fixed table, compared byte for byte), so the names repeated in every message are scanned
+//! once.
 
 use super::engine::{Engine, Finding, Scanner};
 use super::mask::{apply, Plan, Span};
@@ -48,7 +58,68 @@ pub struct Buffers {
     findings: Vec<Finding>,
     spans: Vec<(usize, usize, u32)>,
     masked: String,
+    clean: CleanKeys,
+    /// Where the current member's segment starts in `path`.
+    seg: usize,
+    /// The current member's new name, when something found in its key is masked.
+    rename: Option<String>,
 }
+
+/// Keys (up to [`CleanKeys::MAX_KEY`] bytes) whose scan found nothing, in a direct-mapped
+/// table of fixed slots: no allocation per key, a lookup instead of a scan for the names every
+/// message repeats. A slot holds the key's bytes and is compared exactly, so a key with a
+/// finding can never pass for a clean one (the slot's hash only places it; a collision costs
+/// a scan).
+#[derive(Default)]
+struct CleanKeys {
+    /// `SLOTS` × `MAX_KEY` bytes, allocated on first use.
+    bytes: Vec<u8>,
+    /// Each slot's key length; 0 is an empty slot (the empty key is never remembered).
+    lens: Vec<u8>,
+    /// The engine the table was filled by (a reload brings another).
+    engine: usize,
+}
+
+impl CleanKeys {
+    const SLOTS: usize = 1024;
+    const MAX_KEY: usize = 64;
+
+    /// The key's slot when it can be remembered.
+    fn slot(&mut self, engine: &Engine, key: &str) -> Option<usize> {
+        let k = key.as_bytes();
+        if k.is_empty() || k.len() > Self::MAX_KEY {
+            return None;
+        }
+        let id = engine as *const Engine as usize;
+        if self.engine != id || self.lens.is_empty() {
+            self.bytes.clear();
+            self.bytes.resize(Self::SLOTS * Self::MAX_KEY, 0);
+            self.lens.clear();
+            self.lens.resize(Self::SLOTS, 0);
+            self.engine = id;
+        }
+        // FxHash over 8-byte words: placement only, so speed matters, not strength.
+        let mut h = k.len() as u64;
+        for w in k.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..w.len()].copy_from_slice(w);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+        Some((h >> 32) as usize % Self::SLOTS)
+    }
+
+    fn contains(&self, slot: usize, key: &str) -> bool {
+        let at = slot * Self::MAX_KEY;
+        usize::from(self.lens[slot]) == key.len() && &self.bytes[at..at + key.len()] == key.as_bytes()
+    }
+
+    fn insert(&mut self, slot: usize, key: &str) {
+        let at = slot * Self::MAX_KEY;
+        self.bytes[at..at + key.len()].copy_from_slice(key.as_bytes());
+        self.lens[slot] = key.len() as u8;
+    }
+}
+
 
 impl Walk<'_> {
     /// Scan (and mask) every leaf of `v`; returns whether anything was changed.
@@ -77,8 +148,8 @@ impl Walk<'_> {
                 }
                 false
             }
-            BorrowedValue::Static(StaticNode::I64(n)) if n.unsigned_abs() >= 100_000 => self.number(sc, b, v, key, out),
-            BorrowedValue::Static(StaticNode::U64(n)) if *n >= 100_000 => self.number(sc, b, v, key, out),
+            BorrowedValue::Static(StaticNode::I64(n)) if n.unsigned_abs() >= NUMBER_LEAF => self.number(sc, b, v, key, out),
+            BorrowedValue::Static(StaticNode::U64(n)) if *n >= NUMBER_LEAF => self.number(sc, b, v, key, out),
             BorrowedValue::Array(a) => {
                 let mut changed = false;
                 for (i, x) in a.iter_mut().enumerate() {
@@ -92,26 +163,93 @@ impl Walk<'_> {
             BorrowedValue::Object(m) => {
                 let mut changed = false;
                 let binary = binary_field(m);
+                let mut renames: Vec<(String, String)> = Vec::new();
                 for (k, x) in m.iter_mut() {
                     if binary == Some(k.as_ref()) {
                         continue;
                     }
                     let len = b.path.len();
-                    b.path.push('/');
-                    for c in k.chars() {
-                        match c {
-                            '~' => b.path.push_str("~0"),
-                            '/' => b.path.push_str("~1"),
-                            c => b.path.push(c),
-                        }
+                    b.seg = len;
+                    // A string or integer leaf is scanned as `key: value`, which covers the key;
+                    // any other key is scanned alone, before the walk below it.
+                    let with_value = scanned_with_key(x);
+                    let named = !with_value && self.key(sc, b, k, out);
+                    if !named {
+                        push_segment(&mut b.path, k);
                     }
+                    // Taken before the walk below, whose members use the same slot.
+                    let mut rename = b.rename.take();
                     changed |= self.value(sc, b, x, Some(k), out);
                     b.path.truncate(len);
+                    if with_value {
+                        rename = b.rename.take();
+                    }
+                    if let Some(new) = rename {
+                        renames.push((k.to_string(), new));
+                    }
+                }
+                if !renames.is_empty() {
+                    rename_keys(m, renames);
+                    changed = true;
                 }
                 changed
             }
             _ => false,
         }
+    }
+
+    /// Scan an object key on its own; when something is in it, report it and name the member
+    /// ([`Walk::name_key`]) and return `true`.
+    fn key(&self, sc: &mut Scanner, b: &mut Buffers, key: &str, out: &mut Vec<Found>) -> bool {
+        let slot = b.clean.slot(self.engine, key);
+        if slot.is_some_and(|i| b.clean.contains(i, key)) {
+            return false;
+        }
+        b.findings.clear();
+        self.engine.scan(sc, key, &mut b.findings);
+        if b.findings.is_empty() {
+            if let Some(i) = slot {
+                b.clean.insert(i, key);
+            }
+            return false;
+        }
+        self.name_key(b, key, out);
+        true
+    }
+
+    /// Report the findings in `b.findings` that lie in `key` (offsets into it; those running
+    /// on into the `: ` after it are cut at its end), and name the member: the path segment at
+    /// `b.seg` becomes the key masked by every finding's strategy, and `b.rename` the key
+    /// masked by the findings that are masked, if any.
+    fn name_key(&self, b: &mut Buffers, key: &str, out: &mut Vec<Found>) {
+        let meta = self.engine.meta();
+        let in_key = |f: &&Finding| f.start < key.len() && f.end <= key.len() + 2;
+        let (path, rename) = match self.mask {
+            Some(plan) => {
+                let span = |f: &Finding| {
+                    Span { start: f.start, end: f.end.min(key.len()), kind: &meta[f.rule as usize].kind, strategy: plan.strategies[f.rule as usize] }
+                };
+                let all: Vec<Span<'_>> = b.findings.iter().filter(in_key).map(span).collect();
+                let mut path = String::new();
+                apply(plan.masker, key, &all, &mut path);
+                let masked: Vec<Span<'_>> = b.findings.iter().filter(in_key).filter(|f| (plan.mask_rule)(f.rule)).map(span).collect();
+                let rename = (!masked.is_empty()).then(|| {
+                    let mut new = String::new();
+                    apply(plan.masker, key, &masked, &mut new);
+                    new
+                });
+                (path, rename)
+            }
+            None => (key.to_owned(), None),
+        };
+        b.path.truncate(b.seg);
+        push_segment(&mut b.path, &path);
+        for f in b.findings.iter().filter(in_key) {
+            let end = f.end.min(key.len());
+            let fingerprint = self.mask.map(|p| p.masker.fingerprint(&key[f.start..end]));
+            out.push(Found { path: b.path.clone(), finding: Finding { end, ..*f }, in_key: true, fingerprint });
+        }
+        b.rename = rename;
     }
 
     fn number(&self, sc: &mut Scanner, b: &mut Buffers, v: &mut BorrowedValue<'_>, key: Option<&str>, out: &mut Vec<Found>) -> bool {
@@ -160,11 +298,12 @@ impl Walk<'_> {
         if b.findings.is_empty() && b.spans.is_empty() {
             return None;
         }
+        if let Some(k) = key.filter(|k| b.findings.iter().any(|f| f.start < k.len())) {
+            self.name_key(b, k, out);
+        }
         for f in &b.findings {
             if f.end <= prefix {
-                if f.start < prefix.saturating_sub(2) {
-                    out.push(Found { path: b.path.clone(), finding: *f, in_key: true, fingerprint: None });
-                }
+                // In the key: reported above.
                 continue;
             }
             let (s, e) = (f.start.max(prefix) - prefix, f.end - prefix);
@@ -184,6 +323,61 @@ impl Walk<'_> {
             b.spans.iter().map(|&(s, e, r)| Span { start: s, end: e, kind: &meta[r as usize].kind, strategy: plan.strategies[r as usize] }).collect();
         apply(plan.masker, text, &spans, &mut b.masked);
         Some(std::mem::take(&mut b.masked))
+    }
+}
+
+/// Integers from here on are scanned as their digits (smaller ones are counts and ids).
+const NUMBER_LEAF: u64 = 100_000;
+
+/// Whether [`Walk::value`] scans `v` as a leaf, joined to its key: strings, and integers of
+/// [`NUMBER_LEAF`] and more.
+fn scanned_with_key(v: &BorrowedValue<'_>) -> bool {
+    match v {
+        BorrowedValue::String(_) => true,
+        BorrowedValue::Static(StaticNode::I64(n)) => n.unsigned_abs() >= NUMBER_LEAF,
+        BorrowedValue::Static(StaticNode::U64(n)) => *n >= NUMBER_LEAF,
+        _ => false,
+    }
+}
+
+/// Append `/key` to a JSON Pointer, escaped (`~` → `~0`, `/` → `~1`).
+fn push_segment(path: &mut String, key: &str) {
+    path.push('/');
+    for c in key.chars() {
+        match c {
+            '~' => path.push_str("~0"),
+            '/' => path.push_str("~1"),
+            c => path.push(c),
+        }
+    }
+}
+
+/// Rename members of `m` (old name → masked name), keeping their places. A new name already
+/// taken in the object gets ` #2`, ` #3`, … so that no member replaces another.
+fn rename_keys(m: &mut simd_json::borrowed::Object<'_>, renames: Vec<(String, String)>) {
+    use std::collections::{HashMap, HashSet};
+    let old = std::mem::take(m);
+    let from: HashSet<&str> = renames.iter().map(|(o, _)| o.as_str()).collect();
+    let mut taken: HashSet<String> = old.keys().filter(|k| !from.contains(k.as_ref())).map(|k| k.to_string()).collect();
+    // The next suffix to try per masked name: many keys redacted alike stay linear.
+    let mut next: HashMap<String, usize> = HashMap::new();
+    let mut named: HashMap<String, String> = HashMap::with_capacity(renames.len());
+    for (o, new) in renames {
+        let mut name = new.clone();
+        let n = next.entry(new.clone()).or_insert(1);
+        while taken.contains(&name) {
+            *n += 1;
+            name = format!("{new} #{n}");
+        }
+        taken.insert(name.clone());
+        named.insert(o, name);
+    }
+    for (k, v) in old {
+        let k = match named.remove(k.as_ref()) {
+            Some(name) => Cow::Owned(name),
+            None => k,
+        };
+        m.insert(k, v);
     }
 }
 
@@ -236,7 +430,7 @@ impl Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::mask::Masker;
+    use crate::detect::mask::{Masker, Strategy};
     use crate::detect::rules::{default_dir, load_dir};
     use proptest::prelude::*;
     use std::sync::OnceLock;
@@ -286,6 +480,122 @@ mod tests {
         assert!(paths.contains(&"/user/mail") && paths.contains(&"/user/password") && paths.contains(&"/user/card"), "{paths:?}");
     }
 
+    /// Walk `doc` with one strategy for every rule and `mask_rule` choosing what is masked.
+    fn walk_doc(doc: &str, strategy: Strategy, mask_rule: &dyn Fn(u32) -> bool, sc: &mut Scanner, bufs: &mut Buffers) -> (String, Vec<Found>) {
+        let e = engine();
+        let masker = Masker::new([1; 32], "[MASKED]");
+        let strategies = vec![strategy; e.meta().len()];
+        let w = Walk { engine: e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule }) };
+        let mut bytes = doc.as_bytes().to_vec();
+        let mut v = simd_json::to_borrowed_value(&mut bytes).unwrap();
+        let mut found = Vec::new();
+        w.run(sc, bufs, &mut v, &mut found);
+        (simd_json::to_string(&v).unwrap(), found)
+    }
+
+    /// Keys are text: an address keying an object, a secret keying `null`, a card number keying
+    /// a float — none of them was scanned before (only the key of a string or integer leaf was,
+    /// as context), and a found key was never masked, so a gateway in mask mode forwarded them.
+    #[test]
+    fn keys_are_scanned_whatever_their_value_and_masked_in_place() {
+        let doc = r#"{"users":{"first":1,"bob@example.com":{"role":"admin","since":2019},"AKIAIOSFODNN7EXAMPLE":null,"4111 1111 1111 1111":3.5,"last":[true]}}"#;
+        let (out, found) = mask_doc(doc);
+        // Same places, masked names (e-mail fingerprinted, secret redacted, card partial),
+        // values untouched. (Compared as text: `serde_json::Value` would sort the keys.)
+        let fp = &found.iter().find(|f| f.in_key && f.finding.end == 15).unwrap().fingerprint;
+        let want = format!(
+            r#"{{"users":{{"first":1,"[email:{}]":{{"role":"admin","since":2019}},"[REDACTED:aws_access_key_id]":null,"**** **** **** 1111":3.5,"last":[true]}}}}"#,
+            fp.as_deref().unwrap()
+        );
+        assert_eq!(out, want);
+        let in_keys: Vec<(&str, &str)> =
+            found.iter().filter(|f| f.in_key).map(|f| (engine().meta()[f.finding.rule as usize].kind.as_str(), f.path.as_str())).collect();
+        assert_eq!(in_keys.len(), 3, "{found:?}");
+        assert!(in_keys.contains(&("aws_access_key_id", "/users/[REDACTED:aws_access_key_id]")), "{in_keys:?}");
+        assert!(in_keys.contains(&("payment_card", "/users/**** **** **** 1111")), "{in_keys:?}");
+        // Fingerprinted like a value is, so the analyzer can follow it.
+        assert!(found.iter().filter(|f| f.in_key).all(|f| f.fingerprint.as_ref().is_some_and(|h| h.len() == 16)));
+    }
+
+    /// Paths name a key's finding masked even where the document is not masked (the finding
+    /// is only logged) — paths go to the gateway log and the session record — and the
+    /// findings below such a key carry the masked name too.
+    #[test]
+    fn paths_never_hold_a_key_finding_in_clear() {
+        // An object under a found key (its key scanned alone), and a string leaf under one
+        // (scanned as `key: value`).
+        let doc = r#"{"bob@example.com":{"note":"key AKIAIOSFODNN7EXAMPLE","n":"x"},"eve@example.com":"AKIAIOSFODNN7EXAMPLE"}"#;
+        let mut sc = engine().scanner().unwrap();
+        let (out, found) = walk_doc(doc, Strategy::Redact, &|_| false, &mut sc, &mut Buffers::default());
+        assert_eq!(out, doc, "nothing masked when no rule masks");
+        let kinds = |found: &[Found]| -> Vec<(String, String, bool)> {
+            found.iter().map(|f| (f.path.clone(), engine().meta()[f.finding.rule as usize].kind.clone(), f.in_key)).collect()
+        };
+        let e = |p: &str, k: &str, in_key: bool| (p.to_string(), k.to_string(), in_key);
+        let want = vec![
+            e("/[REDACTED:email]", "email", true),
+            e("/[REDACTED:email]/note", "aws_access_key_id", false),
+            e("/[REDACTED:email]", "email", true),
+            e("/[REDACTED:email]", "aws_access_key_id", false),
+        ];
+        assert_eq!(kinds(&found), want);
+        // Masked, the same paths, and the keys renamed (the second one taken: ` #2`).
+        let (out, found) = walk_doc(doc, Strategy::Redact, &|_| true, &mut sc, &mut Buffers::default());
+        assert_eq!(
+            out,
+            r#"{"[REDACTED:email]":{"note":"key [REDACTED:aws_access_key_id]","n":"x"},"[REDACTED:email] #2":"[REDACTED:aws_access_key_id]"}"#
+        );
+        assert_eq!(kinds(&found), want);
+    }
+
+    /// Keys redacted alike stay distinct members: the second and third get ` #2`, ` #3`,
+    /// skipping a name the object already has; nothing is merged or lost.
+    #[test]
+    fn keys_masked_alike_stay_distinct() {
+        let doc = r#"{"a@example.com":1,"[REDACTED:email] #2":"kept","b@example.com":2,"[REDACTED:email]":0,"c@example.com":3}"#;
+        let mut sc = engine().scanner().unwrap();
+        let (out, _) = walk_doc(doc, Strategy::Redact, &|_| true, &mut sc, &mut Buffers::default());
+        assert_eq!(out, r#"{"[REDACTED:email] #3":1,"[REDACTED:email] #2":"kept","[REDACTED:email] #4":2,"[REDACTED:email]":0,"[REDACTED:email] #5":3}"#);
+    }
+
+    /// Two keys placed in one slot: the table holds the last one remembered and answers for
+    /// it alone (a placement hash match is never taken for the key).
+    #[test]
+    fn a_clean_key_table_slot_answers_only_for_its_own_key() {
+        let e = engine();
+        let mut t = CleanKeys::default();
+        let first = "field_0";
+        let slot = t.slot(e, first).unwrap();
+        let other = (1..).map(|i| format!("user{i}@example.com")).find(|k| t.slot(e, k) == Some(slot)).unwrap();
+        t.insert(slot, first);
+        assert!(t.contains(slot, first) && !t.contains(slot, &other));
+        t.insert(slot, &other);
+        assert!(t.contains(slot, &other) && !t.contains(slot, first));
+        assert_eq!(t.slot(e, &"k".repeat(CleanKeys::MAX_KEY + 1)), None);
+        assert_eq!(t.slot(e, ""), None);
+    }
+
+    /// The table of clean keys never hides a key with a finding: 5,000 distinct keys (far more
+    /// than its slots, so slots are overwritten), every tenth an address, walked twice through
+    /// the same buffers — every address found both times, and only they.
+    #[test]
+    fn remembered_clean_keys_never_hide_a_finding() {
+        let mut doc = String::from("{");
+        for i in 0..5000 {
+            let key = if i % 10 == 0 { format!("user{i}@example.com") } else { format!("field_{i}") };
+            doc.push_str(&format!("{}\"{key}\":{{\"v\":{i}}}", if i > 0 { "," } else { "" }));
+        }
+        doc.push('}');
+        let mut sc = engine().scanner().unwrap();
+        let mut bufs = Buffers::default();
+        for pass in 0..2 {
+            let (out, found) = walk_doc(&doc, Strategy::Fingerprint, &|_| true, &mut sc, &mut bufs);
+            assert_eq!(found.iter().filter(|f| f.in_key).count(), 500, "pass {pass}");
+            assert!(!out.contains("@example.com"), "pass {pass}");
+            assert!(out.contains("\"field_4999\""));
+        }
+    }
+
     proptest! {
         /// Masked output is valid JSON and no span the engine detects in the input survives:
         /// rescanning the masked document never finds a value that was found in the input.
@@ -300,7 +610,8 @@ mod tests {
             nest in 0usize..3,
         ) {
             let text: String = parts.concat();
-            let mut doc = serde_json::json!({"content": [{"type": "text", "text": text}]});
+            // The text as a leaf and as a key (of an object, which was never scanned before).
+            let mut doc = serde_json::json!({"content": [{"type": "text", "text": text}], "keyed": {text.clone(): {"n": 1}}});
             for _ in 0..nest { doc = serde_json::json!({"inner": doc, "list": [doc.clone()]}); }
             let (out, found) = mask_doc(&doc.to_string());
             let again: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
@@ -312,6 +623,26 @@ mod tests {
             for f in after {
                 let value = &masked[f.finding.start..f.finding.end];
                 prop_assert!(!before.contains(&value), "{value:?} survived masking: {masked}");
+            }
+            let keyed = leaf["keyed"].as_object().unwrap();
+            prop_assert_eq!(keyed.len(), 1);
+            let (masked_key, inner) = keyed.iter().next().unwrap();
+            prop_assert_eq!(inner, &serde_json::json!({"n": 1}));
+            if nest == 0 {
+                // A key reads as the same text in a leaf does: the same findings, in the same places.
+                let spans = |keyed: bool| {
+                    let mut v: Vec<(usize, usize, u32)> = found.iter()
+                        .filter(|f| if keyed { f.in_key && f.path.starts_with("/keyed/") } else { f.path == "/content/0/text" })
+                        .map(|f| (f.finding.start, f.finding.end, f.finding.rule)).collect();
+                    v.sort_unstable();
+                    v
+                };
+                prop_assert_eq!(spans(true), spans(false));
+            }
+            let (_, after) = mask_doc(&serde_json::json!({"text": masked_key}).to_string());
+            for f in after {
+                let value = &masked_key[f.finding.start..f.finding.end];
+                prop_assert!(!before.contains(&value), "{value:?} survived masking in a key: {masked_key}");
             }
         }
     }

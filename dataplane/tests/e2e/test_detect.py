@@ -7,6 +7,8 @@ import json
 
 import httpx
 
+from conftest import spool_events
+from test_recording import settled
 from test_sdk_clients import ACCEPT, INIT
 
 AKIA = "AKIAIOSFODNN7EXAMPLE"
@@ -128,3 +130,35 @@ def test_streamed_text_body_masked_across_chunks(raw_upstream, gateway):
     # … and the token split across two chunks is masked whole.
     assert rest.decode() == filler + "key [REDACTED:github_classic_token] and [REDACTED:aws_access_key_id]\nend\n"
     assert g.metric("sluice_findings_total", direction="response", kind="github_classic_token") == 1
+
+
+def test_found_object_keys_are_masked_and_never_recorded_in_clear(raw_upstream, gateway):
+    """A tool answer keyed by e-mail address, with a secret as a key of `null`: the gateway
+    renames the members to their masked keys (values kept), and neither the agent, the log nor
+    the session record (finding paths, recorded payloads) sees the values."""
+    structured = {"users": {"ada@example.com": {"role": "admin"}, "bob@example.com": {"role": "dev"}}, AKIA: None, "count": 2}
+
+    def handler(conn, head, body):
+        req = json.loads(body)
+        payload = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": {"content": [{"type": "text", "text": "2 users"}], "structuredContent": structured}}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    with httpx.Client(timeout=10) as c:
+        r = c.post(g.url(), json={"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "list_users", "arguments": {}}}, headers=ACCEPT)
+    assert r.status_code == 200, r.text
+    out = r.json()["result"]["structuredContent"]
+    users = list(out["users"].items())
+    # E-mail addresses are fingerprinted by default: two members, distinct names, values kept.
+    assert len(users) == 2 and all(k.startswith("[email:") for k, _ in users) and users[0][0] != users[1][0], out
+    assert [v for _, v in users] == [{"role": "admin"}, {"role": "dev"}]
+    assert out["[REDACTED:aws_access_key_id]"] is None and out["count"] == 2, out
+    assert g.metric("sluice_findings_total", direction="response", kind="email", action="mask") == 2
+    assert g.metric("sluice_findings_total", direction="response", kind="aws_access_key_id", action="mask") == 1
+    settled(g)
+    record = json.dumps(spool_events(g.spool))
+    paths = [f["path"] for e in spool_events(g.spool) if e["kind"] == "findings" for f in e["findings"]]
+    assert "/structuredContent/[REDACTED:aws_access_key_id]" in paths and sum(p.startswith("/structuredContent/users/[email:") for p in paths) == 2, paths
+    for raw in ("ada@example.com", "bob@example.com", AKIA):
+        assert raw not in r.text and raw not in record and raw not in g.proc.text(), raw
