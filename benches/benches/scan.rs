@@ -70,7 +70,7 @@ fn whole_path(c: &mut Criterion) {
     let masker = Masker::new([9; 32], "[MASKED]");
     let strategies = e.default_strategies();
     let all = |_: u32| true;
-    let walk = Walk { engine: &e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &all }) };
+    let walk = Walk { engine: &e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &all }), skip_binary: true };
     let mut bufs = Buffers::default();
     let mut g = c.benchmark_group("whole_path");
     for (label, size, rows) in [("1KB", 1024, false), ("10KB", 10 * 1024, false), ("1MB", 1 << 20, false), ("rows_10KB", 10 * 1024, true)] {

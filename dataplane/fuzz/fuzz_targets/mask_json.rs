@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let masker = Masker::new([5; 32], "[MASKED]");
     let strategies = vec![strategy; e.meta().len()];
     let before = shape(&v);
-    let walk = Walk { engine: e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &|_| true }) };
+    let walk = Walk { engine: e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &|_| true }), skip_binary: data[0] / 5 % 2 == 0 };
     let mut found = Vec::new();
     STATE.with_borrow_mut(|(sc, bufs)| walk.run(sc, bufs, &mut v, &mut found));
     let out = simd_json::to_string(&v).unwrap();

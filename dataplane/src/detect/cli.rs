@@ -69,7 +69,7 @@ pub fn run(o: Options) -> anyhow::Result<i32> {
             .map(|p| std::fs::read_to_string(p).map(|s| (p.display().to_string(), s)).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
             .collect::<Result<_, _>>()?
     };
-    let walk = Walk { engine: &engine, mask: plan };
+    let walk = Walk { engine: &engine, mask: plan, skip_binary: true };
     let mut bufs = Buffers::default();
     let mut rows = Vec::new();
     for (name, text) in sources {

@@ -109,7 +109,10 @@ impl MessageHook for DetectHook {
         };
         let mask_rule = |r: u32| action(r) == Action::Mask;
         let plan = Plan { masker: &cfg.masker, strategies, mask_rule: &mask_rule };
-        let walk = Walk { engine: &cfg.engine, mask: Some(plan) };
+        // A client's requests carry no MCP binary content (tool arguments are the tool's own
+        // JSON): everything in them is scanned.
+        let skip_binary = !(dir == Direction::Request && matches!(info.kind, Kind::Request | Kind::Notification));
+        let walk = Walk { engine: &cfg.engine, mask: Some(plan), skip_binary };
         st.found.clear();
         let mut changed = false;
         let parts: &[&str] = match info.kind {
@@ -170,7 +173,7 @@ impl MessageHook for DetectHook {
             });
         }
         if blocked.is_empty() && st.found.iter().any(|f| action(f.finding.rule) == Action::Log) {
-            ctx.record_payload = Some(masked_copy(&cfg, st, parts, value));
+            ctx.record_payload = Some(masked_copy(&cfg, st, parts, value, skip_binary));
         }
         if !blocked.is_empty() {
             blocked.sort_unstable();
@@ -191,10 +194,10 @@ impl MessageHook for DetectHook {
 /// The recorded part of a message (`params`, `result`/`error`, or the document) with every
 /// finding masked: what the session record holds when logged findings are forwarded as they
 /// are (nothing sensitive is recorded unmasked).
-fn masked_copy(cfg: &DetectCfg, st: &mut State, parts: &[&str], value: &BorrowedValue<'_>) -> String {
+fn masked_copy(cfg: &DetectCfg, st: &mut State, parts: &[&str], value: &BorrowedValue<'_>, skip_binary: bool) -> String {
     let all = |_: u32| true;
     let plan = Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &all };
-    let walk = Walk { engine: &cfg.engine, mask: Some(plan) };
+    let walk = Walk { engine: &cfg.engine, mask: Some(plan), skip_binary };
     let mut found = Vec::new();
     let part = match (parts.is_empty(), value) {
         (true, v) => Some(v.clone()),

@@ -4,7 +4,10 @@
 //! the value are masked. Integer leaves are scanned as their digits (a card number stored as a
 //! number is still a card number); a masked integer becomes a string. The output is always
 //! valid JSON because only leaves and keys change. The base64 payloads of MCP image/audio
-//! blocks and resource blobs are binary and skipped.
+//! blocks and resource blobs are binary and skipped — only where MCP puts them (a `data`
+//! beside `"type": "image"|"audio"`, a `blob` beside a `uri`), only when they are base64, and
+//! not at all when the walk is told to scan everything (tool arguments: a field named `blob`
+//! there is the tool's own, and would otherwise carry anything past the scan).
 //!
 //! Object keys are text too (a map keyed by e-mail address, a secret used as a name): every
 //! key is scanned on its own, whatever its value, and reported with `in_key` set. A key with
@@ -39,6 +42,8 @@ pub struct Walk<'a> {
     pub engine: &'a Engine,
     /// `None` scans and reports without masking.
     pub mask: Option<Plan<'a>>,
+    /// Skip MCP binary payloads (image/audio `data`, resource `blob`); `false` scans them.
+    pub skip_binary: bool,
 }
 
 /// How much text carries over from one message to the next in a stream (SSE events, batch
@@ -162,7 +167,7 @@ impl Walk<'_> {
             }
             BorrowedValue::Object(m) => {
                 let mut changed = false;
-                let binary = binary_field(m);
+                let binary = if self.skip_binary { binary_field(m) } else { None };
                 let mut renames: Vec<(String, String)> = Vec::new();
                 for (k, x) in m.iter_mut() {
                     if binary == Some(k.as_ref()) {
@@ -388,16 +393,26 @@ fn structural(key: Option<&str>) -> bool {
 }
 
 /// The base64 payload of an MCP binary content block (`data` of an image or audio block,
-/// `blob` of resource contents): binary, not text a model reads, and masking inside it would
-/// corrupt it — it is neither scanned nor masked.
+/// `blob` of resource contents, which also have a `uri`): binary, not text a model reads, and
+/// masking inside it would corrupt it — it is neither scanned nor masked. A payload that is
+/// not base64 (spaces, punctuation: text) is scanned like any other leaf.
 fn binary_field(m: &simd_json::borrowed::Object<'_>) -> Option<&'static str> {
-    if m.contains_key("blob") {
-        return Some("blob");
-    }
-    match m.get("type") {
-        Some(BorrowedValue::String(t)) if t == "image" || t == "audio" => Some("data"),
+    let field = match m.get("type") {
+        Some(BorrowedValue::String(t)) if t == "image" || t == "audio" => "data",
+        _ if m.contains_key("uri") => "blob",
+        _ => return None,
+    };
+    match m.get(field) {
+        Some(BorrowedValue::String(s)) if is_base64(s) => Some(field),
         _ => None,
     }
+}
+
+/// Standard base64 with padding (RFC 4648 §4), as MCP binary payloads are.
+fn is_base64(s: &str) -> bool {
+    let b = s.as_bytes();
+    let body = b.strip_suffix(b"==").or_else(|| b.strip_suffix(b"=")).unwrap_or(b);
+    b.len() % 4 == 0 && body.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 impl Walk<'_> {
@@ -444,7 +459,7 @@ mod tests {
         let e = engine();
         let masker = Masker::new([1; 32], "[MASKED]");
         let strategies = e.default_strategies();
-        let w = Walk { engine: e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &|_| true }) };
+        let w = Walk { engine: e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &|_| true }), skip_binary: true };
         let mut sc = e.scanner().unwrap();
         let mut bytes = doc.as_bytes().to_vec();
         let mut v = simd_json::to_borrowed_value(&mut bytes).unwrap();
@@ -482,10 +497,21 @@ mod tests {
 
     /// Walk `doc` with one strategy for every rule and `mask_rule` choosing what is masked.
     fn walk_doc(doc: &str, strategy: Strategy, mask_rule: &dyn Fn(u32) -> bool, sc: &mut Scanner, bufs: &mut Buffers) -> (String, Vec<Found>) {
+        walk_doc_with(doc, strategy, mask_rule, true, sc, bufs)
+    }
+
+    fn walk_doc_with(
+        doc: &str,
+        strategy: Strategy,
+        mask_rule: &dyn Fn(u32) -> bool,
+        skip_binary: bool,
+        sc: &mut Scanner,
+        bufs: &mut Buffers,
+    ) -> (String, Vec<Found>) {
         let e = engine();
         let masker = Masker::new([1; 32], "[MASKED]");
         let strategies = vec![strategy; e.meta().len()];
-        let w = Walk { engine: e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule }) };
+        let w = Walk { engine: e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule }), skip_binary };
         let mut bytes = doc.as_bytes().to_vec();
         let mut v = simd_json::to_borrowed_value(&mut bytes).unwrap();
         let mut found = Vec::new();
@@ -573,6 +599,32 @@ mod tests {
         assert!(t.contains(slot, &other) && !t.contains(slot, first));
         assert_eq!(t.slot(e, &"k".repeat(CleanKeys::MAX_KEY + 1)), None);
         assert_eq!(t.slot(e, ""), None);
+    }
+
+    /// Binary payloads are skipped only where MCP puts them and only when they are base64; a
+    /// walk told to scan everything (tool arguments) skips nothing. Before, any `blob` member
+    /// and any image's `data` went unscanned, whatever they held and wherever they were.
+    #[test]
+    fn binary_payloads_are_skipped_only_where_mcp_puts_them() {
+        let mut sc = engine().scanner().unwrap();
+        let key = "AKIAIOSFODNN7EXAMPLE"; // also valid base64 (20 characters of its alphabet)
+        let cases = [
+            (format!(r#"{{"type":"image","mimeType":"image/png","data":"{key}"}}"#), true),
+            (format!(r#"{{"uri":"file:///a.bin","blob":"{key}"}}"#), true),
+            // Not base64: text, scanned.
+            (format!(r#"{{"type":"audio","data":"the key is {key}"}}"#), false),
+            // Not where MCP puts binary: a `blob` without a `uri`, a `data` of a text block.
+            (format!(r#"{{"blob":"{key}"}}"#), false),
+            (format!(r#"{{"type":"text","data":"{key}"}}"#), false),
+        ];
+        for (doc, skipped) in &cases {
+            let (out, found) = walk_doc_with(doc, Strategy::Redact, &|_| true, true, &mut sc, &mut Buffers::default());
+            assert_eq!(found.is_empty(), *skipped, "{doc}");
+            assert_eq!(out.contains(key), *skipped, "{out}");
+            let (out, found) = walk_doc_with(doc, Strategy::Redact, &|_| true, false, &mut sc, &mut Buffers::default());
+            assert!(!found.is_empty() && !out.contains(key), "scanning everything: {out}");
+        }
+        assert!(is_base64("aGVsbG8=") && is_base64("aGk=") && is_base64("") && !is_base64("aGk") && !is_base64("a=Gk") && !is_base64("aG k"));
     }
 
     /// The table of clean keys never hides a key with a finding: 5,000 distinct keys (far more

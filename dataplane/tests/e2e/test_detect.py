@@ -162,3 +162,31 @@ def test_found_object_keys_are_masked_and_never_recorded_in_clear(raw_upstream, 
     assert "/structuredContent/[REDACTED:aws_access_key_id]" in paths and sum(p.startswith("/structuredContent/users/[email:") for p in paths) == 2, paths
     for raw in ("ada@example.com", "bob@example.com", AKIA):
         assert raw not in r.text and raw not in record and raw not in g.proc.text(), raw
+
+
+def test_binary_payloads_skipped_in_answers_but_not_in_arguments(raw_upstream, gateway):
+    """An image in a tool's answer passes byte for byte (a long base64 run would otherwise be
+    an encoded-blob finding, and masking would corrupt the picture); the same shape in tool
+    arguments is the tool's own JSON and is scanned: an agent cannot carry a key past the scan
+    by calling it an image."""
+    import base64
+    import random
+
+    image = base64.b64encode(random.Random(7).randbytes(3000)).decode()
+
+    def handler(conn, head, body):
+        req = json.loads(body)
+        result = {"content": [{"type": "image", "mimeType": "image/png", "data": image}, {"type": "text", "text": "done"}]}
+        payload = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": result}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    args = {"attachment": {"type": "image", "mimeType": "image/png", "data": AKIA}, "file": {"uri": "file:///k", "blob": AKIA}}
+    with httpx.Client(timeout=10) as c:
+        r = c.post(g.url(), json={"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "upload", "arguments": args}}, headers=ACCEPT)
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["content"][0]["data"] == image
+    sent = up.requests[-1].decode()
+    assert AKIA not in sent and sent.count("[REDACTED:aws_access_key_id]") == 2, sent
+    assert g.metric("sluice_findings_total", direction="request", kind="aws_access_key_id", action="mask") == 2
