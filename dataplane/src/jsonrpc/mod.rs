@@ -21,7 +21,7 @@ pub struct Body<'a> {
 /// Why a body is not JSON-RPC. `Parse` is `-32700`, `Invalid` is `-32600`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BodyError {
-    #[error("body is not valid JSON: {0}")]
+    #[error("body is not JSON the gateway can read: {0}")]
     Parse(String),
     #[error("invalid JSON-RPC message{}: {reason}", index.map(|i| format!(" at batch index {i}")).unwrap_or_default())]
     Invalid { index: Option<usize>, reason: &'static str },
@@ -38,7 +38,7 @@ impl BodyError {
 
 /// Parse and classify a JSON-RPC body. simd-json parses in place, so `buf` is modified.
 pub fn parse(buf: &mut [u8]) -> Result<Body<'_>, BodyError> {
-    let value = simd_json::to_borrowed_value(buf).map_err(|e| BodyError::Parse(e.to_string()))?;
+    let value = simd_json::to_borrowed_value(buf).map_err(|e| BodyError::Parse(json_error(&e)))?;
     let (batch, values) = match value {
         BorrowedValue::Array(items) => {
             if items.is_empty() {
@@ -54,6 +54,20 @@ pub fn parse(buf: &mut [u8]) -> Result<Body<'_>, BodyError> {
         infos.push(info);
     }
     Ok(Body { batch, values, infos })
+}
+
+/// Why a body did not parse, for the sender. JSON allows numbers of any size; the gateway
+/// reads integers up to 64 bits and numbers within a double's range (what it cannot read, it
+/// cannot inspect or re-encode exactly), and says so rather than calling the body invalid.
+pub fn json_error(e: &simd_json::Error) -> String {
+    match e.error() {
+        simd_json::ErrorType::InvalidNumber => format!(
+            "the number at character {} is malformed, or larger than the gateway reads exactly (integers up to 64 bits, \
+             numbers within a double's range); send such a value as a string",
+            e.index()
+        ),
+        _ => e.to_string(),
+    }
 }
 
 /// Serialize a body whose values may have been changed by hooks.
@@ -82,6 +96,10 @@ mod tests {
         assert!(matches!(parse(&mut b), Err(BodyError::Parse(_))));
         let mut b = b"[]".to_vec();
         assert_eq!(parse(&mut b).unwrap_err().to_string(), "invalid JSON-RPC message: empty batch");
+        // Valid JSON, but a number beyond 64 bits: said so, with what to do.
+        let mut b = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"n":123456789012345678901234567890}}"#.to_vec();
+        let e = parse(&mut b).unwrap_err().to_string();
+        assert!(e.contains("number at character") && e.contains("send such a value as a string"), "{e}");
         let mut b = br#"[{"jsonrpc":"2.0","method":"ping","id":1},{"jsonrpc":"1.0","method":"x"}]"#.to_vec();
         let e = parse(&mut b).unwrap_err();
         assert_eq!(e.code(), Code::InvalidRequest);

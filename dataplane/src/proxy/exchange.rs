@@ -231,7 +231,7 @@ fn with_scratch<R>(w: &Worker, bytes: &[u8], f: impl FnOnce(&mut Vec<u8>) -> R) 
 
 /// A plain JSON document (plain HTTP routes) as a one-element body for the hooks.
 fn document(buf: &mut [u8]) -> Result<jsonrpc::Body<'_>, String> {
-    let v = simd_json::to_borrowed_value(buf).map_err(|e| e.to_string())?;
+    let v = simd_json::to_borrowed_value(buf).map_err(|e| jsonrpc::json_error(&e))?;
     Ok(jsonrpc::Body { batch: false, values: vec![v], infos: vec![jsonrpc::MessageInfo::document()] })
 }
 
@@ -796,7 +796,7 @@ async fn relay_json(
             observe(w, ctx, route, Direction::Response, &mut parsed, Some(track));
             Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed))
         } else {
-            let mut doc = document(buf).map_err(|e| fail(format!("the response is not valid JSON: {e}")))?;
+            let mut doc = document(buf).map_err(|e| fail(format!("the response is not JSON the gateway can read: {e}")))?;
             Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut doc))
         }
     });
