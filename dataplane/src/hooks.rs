@@ -45,6 +45,9 @@ pub struct RequestCtx {
     /// Set by a hook that forwards findings unmasked (action `log`): the message's recorded
     /// part with everything masked, for the session record. Taken by the observer.
     pub record_payload: Option<String>,
+    /// Set by the detection stage when the message's `id` (bit 1) or `method` (bit 2) held a
+    /// finding: the record shows them as `[REDACTED]`. Per message.
+    pub envelope_masked: u8,
     /// The upstream's HTTP status, once its response head is in.
     pub status: Option<u16>,
     /// The authenticated caller (`None`: anonymous, identity off).
@@ -89,6 +92,7 @@ impl RequestCtx {
             findings: Vec::new(),
             carry: String::new(),
             record_payload: None,
+            envelope_masked: 0,
             status: None,
             identity,
             credential: None,
@@ -193,6 +197,7 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
     for (i, (v, info)) in body.values.iter_mut().zip(&body.infos).enumerate() {
         let findings_from = ctx.findings.len();
         ctx.record_payload = None;
+        ctx.envelope_masked = 0;
         ctx.decision = None;
         ctx.message_findings_from = findings_from;
         let verdict = chain.run(ctx, dir, info, v);

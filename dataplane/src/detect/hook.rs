@@ -9,7 +9,7 @@
 //! one exchange (SSE events) are scanned with a carry-over, so a value split across two
 //! events is found.
 
-use super::engine::Scanner;
+use super::engine::{Finding, Scanner};
 use super::json::{Buffers, Found, Walk};
 use super::mask::Plan;
 use super::rules::{Category, Severity};
@@ -53,6 +53,32 @@ struct State {
     scanner: Scanner,
     bufs: Buffers,
     found: Vec<Found>,
+    envelope: Vec<Finding>,
+}
+
+impl Recorded {
+    fn new(
+        direction: Direction,
+        m: &super::engine::Meta,
+        path: String,
+        action: Action,
+        message_id: Option<String>,
+        fingerprint: Option<String>,
+        encoding: Option<&'static str>,
+    ) -> Self {
+        Recorded {
+            direction,
+            rule: m.id.clone(),
+            kind: m.kind.clone(),
+            category: m.category,
+            severity: m.severity,
+            path,
+            action,
+            message_id,
+            fingerprint,
+            encoding,
+        }
+    }
 }
 
 impl DetectHook {
@@ -77,7 +103,7 @@ impl MessageHook for DetectHook {
         let mut slot = self.state.borrow_mut();
         if !slot.as_ref().is_some_and(|s| Arc::ptr_eq(&s.cfg, &cfg)) {
             match cfg.engine.scanner() {
-                Ok(scanner) => *slot = Some(State { cfg: cfg.clone(), scanner, bufs: Buffers::default(), found: Vec::new() }),
+                Ok(scanner) => *slot = Some(State { cfg: cfg.clone(), scanner, bufs: Buffers::default(), found: Vec::new(), envelope: Vec::new() }),
                 Err(e) => {
                     // Fail closed: without a scanner nothing can be inspected.
                     tracing::error!(error = %e, "detect: cannot allocate Hyperscan scratch");
@@ -99,6 +125,9 @@ impl MessageHook for DetectHook {
             _ if forced(r).is_some() => Action::Mask,
             a => a,
         };
+        if let Some(v) = self.envelope(Envelope { route: &ctx.route, findings: &mut ctx.findings, masked: &mut ctx.envelope_masked }, &cfg, st, dir, info, &action) {
+            return v;
+        }
         let mut strategies = self.strategies.borrow_mut();
         let strategies: &[super::mask::Strategy] = if policy.is_some() {
             strategies.clear();
@@ -156,21 +185,11 @@ impl MessageHook for DetectHook {
             if action == Action::Block && !blocked.contains(&m.kind.as_str()) {
                 blocked.push(&m.kind);
             }
-            ctx.findings.push(Recorded {
-                direction: dir,
-                rule: m.id.clone(),
-                kind: m.kind.clone(),
-                category: m.category,
-                severity: m.severity,
-                path: f.path.clone(),
-                action,
-                message_id: info.id.clone(),
-                fingerprint: f.fingerprint.clone(),
-                encoding: f.finding.encoding.map(|e| match e {
-                    super::decode::Encoding::Base64 => "base64",
-                    super::decode::Encoding::Percent => "percent",
-                }),
+            let encoding = f.finding.encoding.map(|e| match e {
+                super::decode::Encoding::Base64 => "base64",
+                super::decode::Encoding::Percent => "percent",
             });
+            ctx.findings.push(Recorded::new(dir, m, f.path.clone(), action, info.id.clone(), f.fingerprint.clone(), encoding));
         }
         if blocked.is_empty() && st.found.iter().any(|f| action(f.finding.rule) == Action::Log) {
             ctx.record_payload = Some(masked_copy(&cfg, st, parts, value, skip_binary));
@@ -190,6 +209,88 @@ impl MessageHook for DetectHook {
         }
     }
 }
+
+impl DetectHook {
+    /// The message's JSON-RPC `id` and `method` pass to the other side as they are (an id
+    /// cannot be masked: it pairs the answer with the call), so they are scanned like any text,
+    /// and a finding in either refuses the message — otherwise an agent could carry a key out
+    /// in its request ids. Short ids (counters: under six characters) are not worth a scan.
+    /// The session record and the log then show the field as `[REDACTED]`.
+    fn envelope(
+        &self,
+        ctx: Envelope<'_>,
+        cfg: &DetectCfg,
+        st: &mut State,
+        dir: Direction,
+        info: &MessageInfo,
+        action: &dyn Fn(u32) -> Action,
+    ) -> Option<Verdict> {
+        // An answer's id is the agent's own (checked on its way out; a refused answer's error
+        // carries it back); a request's id, either way, is chosen by the sender.
+        let answer = dir == Direction::Response && matches!(info.kind, Kind::Response | Kind::Error);
+        let id = info.id.as_deref().filter(|id| id.len() >= 6 && !answer);
+        let method = info.method.as_deref().filter(|m| !crate::jsonrpc::is_mcp_method(m));
+        if id.is_none() && method.is_none() {
+            return None;
+        }
+        let meta = cfg.engine.meta();
+        let mut kinds: Vec<&str> = Vec::new();
+        let mut fields: Vec<&str> = Vec::new();
+        for (field, text, bit) in [("id", id, ENVELOPE_ID), ("method", method, ENVELOPE_METHOD)] {
+            let Some(text) = text else { continue };
+            st.envelope.clear();
+            cfg.engine.scan(&mut st.scanner, text, &mut st.envelope);
+            let mut hit = false;
+            for f in &st.envelope {
+                let a = action(f.rule);
+                if a == Action::Off {
+                    continue;
+                }
+                let m = &meta[f.rule as usize];
+                hit = true;
+                let dlabel = if dir == Direction::Request { "request" } else { "response" };
+                self.metrics.finding(ctx.route, dlabel, &m.kind, Action::Block.as_str());
+                tracing::info!(
+                    target: "sluice::detect",
+                    route = %ctx.route, direction = dlabel, kind = %m.kind, category = ?m.category, severity = ?m.severity,
+                    rule = %m.id, action = Action::Block.as_str(), path = field, "finding in the message's {field}"
+                );
+                let fingerprint = Some(cfg.masker.fingerprint(&text[f.start..f.end]));
+                ctx.findings.push(Recorded::new(dir, m, format!("/{field}"), Action::Block, Some(REDACTED.into()), fingerprint, None));
+                if !kinds.contains(&m.kind.as_str()) {
+                    kinds.push(&m.kind);
+                }
+            }
+            if hit {
+                *ctx.masked |= bit;
+                fields.push(field);
+            }
+        }
+        if kinds.is_empty() {
+            return None;
+        }
+        kinds.sort_unstable();
+        Some(refuse(format!(
+            "the message's {} contains {}; the gateway cannot mask it (ids and method names pass unchanged), so it blocks the message. Use an opaque id (a counter or a random string) and retry.",
+            fields.join(" and "),
+            kinds.join(", ")
+        )))
+    }
+}
+
+/// The parts of the request context the envelope check writes (the action closure holds
+/// another part of it).
+struct Envelope<'a> {
+    route: &'a Arc<str>,
+    findings: &'a mut Vec<Recorded>,
+    masked: &'a mut u8,
+}
+
+/// What the record and the log show for an `id` or `method` that held a finding.
+pub const REDACTED: &str = "[REDACTED]";
+/// Bits of [`RequestCtx::envelope_masked`].
+pub const ENVELOPE_ID: u8 = 1;
+pub const ENVELOPE_METHOD: u8 = 2;
 
 /// The recorded part of a message (`params`, `result`/`error`, or the document) with every
 /// finding masked: what the session record holds when logged findings are forwarded as they

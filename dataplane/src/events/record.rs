@@ -68,6 +68,15 @@ fn recorded_part<'v, 'a>(info: &MessageInfo, v: &'v BorrowedValue<'a>) -> Option
     }
 }
 
+/// A message's `id` or `method` as recorded: `[REDACTED]` when the detection stage found
+/// something in it.
+fn envelope_field(masked: bool, v: &Option<String>) -> Option<Cow<'_, str>> {
+    match v {
+        Some(_) if masked => Some(Cow::Borrowed(crate::detect::hook::REDACTED)),
+        v => v.as_deref().map(Cow::Borrowed),
+    }
+}
+
 impl Observer for RecordObserver {
     fn observed(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &BorrowedValue<'_>, verdict: &Verdict, findings_from: usize) {
         let rec = self.emitter.recorder();
@@ -98,8 +107,8 @@ impl Observer for RecordObserver {
         };
         let mut e = base(ctx, instance, message_kind(info.kind));
         e.direction = Some(direction(dir));
-        e.method = info.method.as_deref().map(Cow::Borrowed);
-        e.rpc_id = info.id.as_deref().map(Cow::Borrowed);
+        e.method = envelope_field(ctx.envelope_masked & crate::detect::hook::ENVELOPE_METHOD != 0, &info.method);
+        e.rpc_id = envelope_field(ctx.envelope_masked & crate::detect::hook::ENVELOPE_ID != 0, &info.id);
         e.tool = info.tool.as_deref().map(Cow::Borrowed);
         e.error_code = info.error_code;
         e.bytes = text.map(|t| t.len() as u64);

@@ -70,6 +70,38 @@ pub fn json_error(e: &simd_json::Error) -> String {
     }
 }
 
+/// Whether `m` is a method the MCP specification defines (such names need no scan).
+pub fn is_mcp_method(m: &str) -> bool {
+    matches!(
+        m,
+        "initialize"
+            | "ping"
+            | "tools/list"
+            | "tools/call"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+            | "prompts/list"
+            | "prompts/get"
+            | "completion/complete"
+            | "logging/setLevel"
+            | "sampling/createMessage"
+            | "elicitation/create"
+            | "roots/list"
+            | "notifications/initialized"
+            | "notifications/cancelled"
+            | "notifications/progress"
+            | "notifications/message"
+            | "notifications/resources/updated"
+            | "notifications/resources/list_changed"
+            | "notifications/tools/list_changed"
+            | "notifications/prompts/list_changed"
+            | "notifications/roots/list_changed"
+    )
+}
+
 /// Serialize a body whose values may have been changed by hooks.
 pub fn encode(values: &[BorrowedValue<'_>], batch: bool, out: &mut Vec<u8>) {
     if batch {

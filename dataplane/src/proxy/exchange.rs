@@ -78,6 +78,7 @@ pub async fn handle(
         findings: Vec::new(),
         carry: String::new(),
         record_payload: None,
+        envelope_masked: 0,
         status: None,
         identity: None,
         credential: up.credential.clone(),
