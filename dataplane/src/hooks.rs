@@ -45,8 +45,9 @@ pub struct RequestCtx {
     /// Set by a hook that forwards findings unmasked (action `log`): the message's recorded
     /// part with everything masked, for the session record. Taken by the observer.
     pub record_payload: Option<String>,
-    /// Set by the detection stage when the message's `id` (bit 1) or `method` (bit 2) held a
-    /// finding: the record shows them as `[REDACTED]`. Per message.
+    /// Set by the detection stage when the message's `id` (bit 1), `method` (bit 2) or the
+    /// tool/prompt name it calls (bit 4) held a finding: the record shows them as `[REDACTED]`.
+    /// Per message.
     pub envelope_masked: u8,
     /// The upstream's HTTP status, once its response head is in.
     pub status: Option<u16>,

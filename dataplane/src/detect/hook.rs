@@ -168,18 +168,27 @@ impl MessageHook for DetectHook {
             return Verdict::Pass;
         }
         let dlabel = if dir == Direction::Request { "request" } else { "response" };
+        // The name a call or prompt request names (`params.name`) is recorded and logged as the
+        // call's tool: a finding in it cannot be masked there, so it refuses the message.
+        let names = dir == Direction::Request && matches!(info.method.as_deref(), Some("tools/call" | "prompts/get"));
+        let in_name = |f: &Found| names && f.path == "/name";
+        if st.found.iter().any(|f| in_name(f) && action(f.finding.rule) != Action::Off) {
+            ctx.envelope_masked |= ENVELOPE_TOOL;
+        }
+        let tool = if ctx.envelope_masked & ENVELOPE_TOOL != 0 { Some(REDACTED) } else { info.tool.as_deref() };
         let mut blocked: Vec<&str> = Vec::new();
         for f in &st.found {
-            let action = action(f.finding.rule);
-            if action == Action::Off {
-                continue;
-            }
+            let action = match action(f.finding.rule) {
+                Action::Off => continue,
+                _ if in_name(f) => Action::Block,
+                a => a,
+            };
             let m = &meta[f.finding.rule as usize];
             self.metrics.finding(&ctx.route, dlabel, &m.kind, action.as_str());
             tracing::info!(
                 target: "sluice::detect",
                 route = %ctx.route, direction = dlabel, kind = %m.kind, category = ?m.category, severity = ?m.severity,
-                rule = %m.id, action = action.as_str(), method = info.method.as_deref().unwrap_or(""), tool = info.tool.as_deref().unwrap_or(""),
+                rule = %m.id, action = action.as_str(), method = info.method.as_deref().unwrap_or(""), tool = tool.unwrap_or(""),
                 id = info.id.as_deref().unwrap_or(""), path = %f.path, encoding = ?f.finding.encoding, "finding"
             );
             if action == Action::Block && !blocked.contains(&m.kind.as_str()) {
@@ -291,6 +300,8 @@ pub const REDACTED: &str = "[REDACTED]";
 /// Bits of [`RequestCtx::envelope_masked`].
 pub const ENVELOPE_ID: u8 = 1;
 pub const ENVELOPE_METHOD: u8 = 2;
+/// The tool (or prompt) name of a `tools/call` (`prompts/get`).
+pub const ENVELOPE_TOOL: u8 = 4;
 
 /// The recorded part of a message (`params`, `result`/`error`, or the document) with every
 /// finding masked: what the session record holds when logged findings are forwarded as they

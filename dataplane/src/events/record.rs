@@ -109,7 +109,7 @@ impl Observer for RecordObserver {
         e.direction = Some(direction(dir));
         e.method = envelope_field(ctx.envelope_masked & crate::detect::hook::ENVELOPE_METHOD != 0, &info.method);
         e.rpc_id = envelope_field(ctx.envelope_masked & crate::detect::hook::ENVELOPE_ID != 0, &info.id);
-        e.tool = info.tool.as_deref().map(Cow::Borrowed);
+        e.tool = envelope_field(ctx.envelope_masked & crate::detect::hook::ENVELOPE_TOOL != 0, &info.tool);
         e.error_code = info.error_code;
         e.bytes = text.map(|t| t.len() as u64);
         e.latency_us = (dir == Direction::Response).then(|| ctx.started.elapsed().as_micros() as u64);

@@ -195,7 +195,8 @@ def test_binary_payloads_skipped_in_answers_but_not_in_arguments(raw_upstream, g
 def test_a_secret_in_the_id_or_method_is_refused_and_never_recorded(raw_upstream, gateway):
     """JSON-RPC ids and method names pass to the upstream unchanged (an id pairs the answer
     with the call and cannot be masked), so an agent could carry a key out in them: the gateway
-    scans both and refuses such a message; the record and the log show `[REDACTED]`."""
+    scans both and refuses such a message; the record and the log show `[REDACTED]`, as for a
+    key in the name of the tool called."""
     def handler(conn, head, body):
         req = json.loads(body)
         payload = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": {"content": []}}).encode()
@@ -211,16 +212,20 @@ def test_a_secret_in_the_id_or_method_is_refused_and_never_recorded(raw_upstream
         assert AKIA not in err["data"]["reason"]
         r = c.post(g.url(), json={**call, "method": f"x/{GHP}", "id": 2}, headers=ACCEPT)
         assert "method contains github_classic_token" in r.json()["error"]["data"]["reason"], r.text
+        # The tool a call names is recorded as the call's tool: a key in it refuses the call.
+        r = c.post(g.url(), json={**call, "params": {"name": f"get-{AKIA}", "arguments": {}}, "id": 3}, headers=ACCEPT)
+        assert "aws_access_key_id" in r.json()["error"]["data"]["reason"], r.text
         # Ordinary ids (UUIDs, counters) go through.
         r = c.post(g.url(), json={**call, "id": "3f2b9c1e-8d4a-4f6e-9b7c-2a1d5e8f0c3b"}, headers=ACCEPT)
         assert r.json()["id"] == "3f2b9c1e-8d4a-4f6e-9b7c-2a1d5e8f0c3b" and "result" in r.json(), r.text
     assert len(up.requests) == 1, "refused messages never reach the upstream"
-    assert g.metric("sluice_findings_total", direction="request", kind="aws_access_key_id", action="block") == 1
+    assert g.metric("sluice_findings_total", direction="request", kind="aws_access_key_id", action="block") == 2
     settled(g)
     events = spool_events(g.spool)
     record = json.dumps(events)
     assert AKIA not in record and GHP not in record and AKIA not in g.proc.text() and GHP not in g.proc.text()
     refused = [e for e in events if e["kind"] == "request" and e.get("rpc_id") == "[REDACTED]"]
     assert len(refused) == 1, [e.get("rpc_id") for e in events if e["kind"] == "request"]
+    assert [e["rpc_id"] for e in events if e["kind"] == "request" and e.get("tool") == "[REDACTED]"] == ["3"]
     paths = {f["path"] for e in events if e["kind"] == "findings" for f in e["findings"]}
     assert {"/id", "/method"} <= paths, paths
