@@ -9,16 +9,18 @@
 //! not at all when the walk is told to scan everything (tool arguments: a field named `blob`
 //! there is the tool's own, and would otherwise carry anything past the scan).
 //!
-//! Object keys are text too (a map keyed by e-mail address, a secret used as a name): every
-//! key is scanned on its own, whatever its value, and reported with `in_key` set. A key with
+//! Object keys are text too (a map keyed by e-mail address, a secret used as a name): a key
+//! over a string or integer leaf is scanned with it (`key: value`), any other key on its own,
+//! and what is found in a key is reported with `in_key` set. A key with
 //! something to mask is renamed to its masked form, keeping its place in the object; when
 //! that name is already taken in the object (two addresses both redacted to
 //! `[REDACTED:email]`), ` #2`, ` #3`, … is appended, so no member is lost. JSON Pointers
 //! (`Found::path`, which the gateway logs and records) never hold a key's finding in clear:
 //! with a mask plan, a key with any finding appears in paths masked by its rules' strategies,
-//! whether or not the document itself is masked. Keys found clean are remembered per core (in
-//! a fixed table, compared byte for byte), so the names repeated in every message are scanned
-//! once.
+//! whether or not the document itself is masked. Keys scanned on their own and found clean are
+//! remembered per core (in a fixed table, compared byte for byte), so the names repeated in
+//! every message are scanned once. A `Buffers` serves one engine at a time (the gateway keeps
+//! them together, with the engine alive, and makes new ones on reload).
 
 use super::engine::{Engine, Finding, Scanner};
 use super::mask::{apply, Plan, Span};
@@ -124,7 +126,6 @@ impl CleanKeys {
         self.lens[slot] = key.len() as u8;
     }
 }
-
 
 impl Walk<'_> {
     /// Scan (and mask) every leaf of `v`; returns whether anything was changed.
