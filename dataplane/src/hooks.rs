@@ -205,6 +205,7 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
         if let Some(o) = &chain.observer {
             o.observed(ctx, dir, info, v, &verdict, findings_from);
         }
+        log_message(ctx, dir, info, &verdict);
         match verdict {
             Verdict::Pass => {}
             Verdict::Changed => changed = true,
@@ -245,6 +246,30 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
     let mut out = Vec::new();
     jsonrpc::encode(&kept, body.batch, &mut out);
     Outcome::Rewritten { body: out, answers }
+}
+
+/// The debug line for one message, written after the hooks: an id, method or tool name in
+/// which detection found something shows as `[REDACTED]` (the message was refused; its record
+/// shows the same), so a debug log never holds what the record may not.
+fn log_message(ctx: &RequestCtx, dir: Direction, info: &MessageInfo, verdict: &Verdict) {
+    use crate::detect::hook::{ENVELOPE_ID, ENVELOPE_METHOD, ENVELOPE_TOOL, REDACTED};
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    fn shown(masked: u8, bit: u8, v: &Option<String>) -> Option<&str> {
+        if masked & bit != 0 { Some(REDACTED) } else { v.as_deref() }
+    }
+    let m = ctx.envelope_masked;
+    let verdict = match verdict {
+        Verdict::Pass => "pass",
+        Verdict::Changed => "changed",
+        Verdict::Refuse { .. } => "refused",
+    };
+    tracing::debug!(
+        worker = ctx.worker, route = %ctx.route, direction = if dir == Direction::Request { "request" } else { "response" },
+        kind = info.kind.as_str(), method = shown(m, ENVELOPE_METHOD, &info.method), id = shown(m, ENVELOPE_ID, &info.id),
+        tool = shown(m, ENVELOPE_TOOL, &info.tool), error_code = info.error_code, session = ctx.mcp_session_id.as_deref(), verdict, "message"
+    );
 }
 
 /// Join error answers the way the agent sent the requests: an array for a batch.

@@ -399,10 +399,6 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &m
             info.method = Some(p.method.clone());
             info.tool = p.tool.clone();
         }
-        tracing::debug!(worker = w.id, route = %route.name, direction = dlabel, kind = info.kind.as_str(),
-            method = info.method.as_deref(), id = info.id.as_deref(), tool = info.tool.as_deref(),
-            answers = answers.as_ref().map(|p| p.method.as_str()), answers_tool = answers.as_ref().and_then(|p| p.tool.as_deref()),
-            error_code = info.error_code, session = sid, "message");
     }
 }
 

@@ -104,14 +104,14 @@ def py_sse(tmp_path_factory):
 
 
 class Gateway:
-    def __init__(self, tmp: Path, routes: list[dict], extra: str = "", workers: int = 2):
+    def __init__(self, tmp: Path, routes: list[dict], extra: str = "", workers: int = 2, log: str = "info"):
         self.port = free_port()
         self.admin_port = free_port()
         self.tmp = tmp
         self.config = tmp / "sluice.toml"
         self.spool = tmp / f"spool-{self.port}"
         self.write_config(routes, extra, workers)
-        self.proc = Proc([str(SLUICE), "run", "--config", str(self.config)], tmp / "sluice.log", {"RUST_LOG": "info"})
+        self.proc = Proc([str(SLUICE), "run", "--config", str(self.config)], tmp / "sluice.log", {"RUST_LOG": log})
         self.wait_ready()
 
     def write_config(self, routes, extra="", workers=2):
@@ -168,8 +168,8 @@ class Gateway:
 def gateway(tmp_path):
     made = []
 
-    def start(routes, extra="", workers=2):
-        g = Gateway(tmp_path, routes, extra, workers)
+    def start(routes, extra="", workers=2, log="info"):
+        g = Gateway(tmp_path, routes, extra, workers, log)
         made.append(g)
         return g
 

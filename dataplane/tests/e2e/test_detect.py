@@ -195,15 +195,15 @@ def test_binary_payloads_skipped_in_answers_but_not_in_arguments(raw_upstream, g
 def test_a_secret_in_the_id_or_method_is_refused_and_never_recorded(raw_upstream, gateway):
     """JSON-RPC ids and method names pass to the upstream unchanged (an id pairs the answer
     with the call and cannot be masked), so an agent could carry a key out in them: the gateway
-    scans both and refuses such a message; the record and the log show `[REDACTED]`, as for a
-    key in the name of the tool called."""
+    scans both and refuses such a message; the record and the log (at debug level too) show
+    `[REDACTED]`, as for a key in the name of the tool called."""
     def handler(conn, head, body):
         req = json.loads(body)
         payload = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": {"content": []}}).encode()
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
 
     up = raw_upstream(handler)
-    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], log="info,sluice=debug")
     call = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "t", "arguments": {}}}
     with httpx.Client(timeout=10) as c:
         r = c.post(g.url(), json={**call, "id": f"req-{AKIA}"}, headers=ACCEPT)
@@ -224,6 +224,9 @@ def test_a_secret_in_the_id_or_method_is_refused_and_never_recorded(raw_upstream
     events = spool_events(g.spool)
     record = json.dumps(events)
     assert AKIA not in record and GHP not in record and AKIA not in g.proc.text() and GHP not in g.proc.text()
+    # The debug log has a line per message: the refused ones name the field [REDACTED].
+    debug = [line for line in g.proc.text().splitlines() if "DEBUG" in line and " message " in line and "[REDACTED]" in line]
+    assert len(debug) == 3, g.proc.text()[-3000:]
     refused = [e for e in events if e["kind"] == "request" and e.get("rpc_id") == "[REDACTED]"]
     assert len(refused) == 1, [e.get("rpc_id") for e in events if e["kind"] == "request"]
     assert [e["rpc_id"] for e in events if e["kind"] == "request" and e.get("tool") == "[REDACTED]"] == ["3"]
