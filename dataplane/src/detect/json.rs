@@ -146,6 +146,9 @@ impl Walk<'_> {
     }
 
     fn value(&self, sc: &mut Scanner, b: &mut Buffers, v: &mut BorrowedValue<'_>, key: Option<&str>, out: &mut Vec<Found>) -> bool {
+        if number_leaf(v) {
+            return self.number(sc, b, v, key, out);
+        }
         match v {
             BorrowedValue::String(s) => {
                 if let Some(new) = self.leaf(sc, b, s, key, out) {
@@ -154,8 +157,6 @@ impl Walk<'_> {
                 }
                 false
             }
-            BorrowedValue::Static(StaticNode::I64(n)) if n.unsigned_abs() >= NUMBER_LEAF => self.number(sc, b, v, key, out),
-            BorrowedValue::Static(StaticNode::U64(n)) if *n >= NUMBER_LEAF => self.number(sc, b, v, key, out),
             BorrowedValue::Array(a) => {
                 let mut changed = false;
                 for (i, x) in a.iter_mut().enumerate() {
@@ -262,6 +263,9 @@ impl Walk<'_> {
         let digits = match v {
             BorrowedValue::Static(StaticNode::I64(n)) => n.to_string(),
             BorrowedValue::Static(StaticNode::U64(n)) => n.to_string(),
+            // A whole float under 1e19 (see `number_leaf`): its integer digits.
+            BorrowedValue::Static(StaticNode::F64(f)) if *f < 0.0 => format!("-{}", (-*f) as u64),
+            BorrowedValue::Static(StaticNode::F64(f)) => (*f as u64).to_string(),
             _ => return false,
         };
         match self.leaf(sc, b, &digits, key, out) {
@@ -335,13 +339,20 @@ impl Walk<'_> {
 /// Integers from here on are scanned as their digits (smaller ones are counts and ids).
 const NUMBER_LEAF: u64 = 100_000;
 
-/// Whether [`Walk::value`] scans `v` as a leaf, joined to its key: strings, and integers of
-/// [`NUMBER_LEAF`] and more.
+/// Whether [`Walk::value`] scans `v` as a leaf, joined to its key: strings and
+/// [`number_leaf`]s.
 fn scanned_with_key(v: &BorrowedValue<'_>) -> bool {
+    matches!(v, BorrowedValue::String(_)) || number_leaf(v)
+}
+
+/// A number scanned as its digits: an integer of [`NUMBER_LEAF`] and more, or a float that
+/// holds one (`4111111111111111.0`, `4.111111111111111e15`: JSON does not tell them apart, a
+/// model reads the same number). Whole floats from 1e19 on hold no exact digits to find.
+fn number_leaf(v: &BorrowedValue<'_>) -> bool {
     match v {
-        BorrowedValue::String(_) => true,
         BorrowedValue::Static(StaticNode::I64(n)) => n.unsigned_abs() >= NUMBER_LEAF,
         BorrowedValue::Static(StaticNode::U64(n)) => *n >= NUMBER_LEAF,
+        BorrowedValue::Static(StaticNode::F64(f)) => f.fract() == 0.0 && (NUMBER_LEAF as f64..1e19).contains(&f.abs()),
         _ => false,
     }
 }
@@ -494,6 +505,21 @@ mod tests {
         assert_eq!(v["n"], serde_json::json!([1, 2]));
         let paths: Vec<_> = found.iter().map(|f| f.path.as_str()).collect();
         assert!(paths.contains(&"/user/mail") && paths.contains(&"/user/password") && paths.contains(&"/user/card"), "{paths:?}");
+    }
+
+    /// A float holding a card number is a card number (JSON does not tell `4111111111111111.0`
+    /// from the integer); a float with a fraction or beyond exact digits is not scanned.
+    #[test]
+    fn whole_floats_are_scanned_as_their_digits() {
+        let (out, found) = mask_doc(r#"{"a":4111111111111111.0,"b":4.111111111111111e15,"c":-5500005555555559.0,"d":[5500005555555559E0],"e":1234.5,"f":1e300,"g":100000.25}"#);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["a"], "************1111", "{out}");
+        assert_eq!(v["b"], "************1111", "{out}");
+        assert_eq!(v["c"], "-************5559", "{out}");
+        assert_eq!(v["d"][0], "************5559", "{out}");
+        assert_eq!((v["e"].as_f64(), v["f"].as_f64(), v["g"].as_f64()), (Some(1234.5), Some(1e300), Some(100000.25)), "{out}");
+        let paths: Vec<_> = found.iter().map(|f| (f.path.as_str(), f.finding.start, f.finding.end)).collect();
+        assert_eq!(paths, [("/a", 0, 16), ("/b", 0, 16), ("/c", 1, 17), ("/d/0", 0, 16)], "{found:?}");
     }
 
     /// Walk `doc` with one strategy for every rule and `mask_rule` choosing what is masked.
