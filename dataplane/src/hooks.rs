@@ -123,12 +123,21 @@ pub enum Verdict {
 pub trait MessageHook {
     fn name(&self) -> &'static str;
     fn on_message(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &mut BorrowedValue<'_>) -> Verdict;
+
+    /// The request target below the route's prefix (path and query), once per request before
+    /// its messages. A hook may rewrite it in place (`Changed`) or refuse the request.
+    fn on_target(&self, _ctx: &mut RequestCtx, _target: &mut String) -> Verdict {
+        Verdict::Pass
+    }
 }
 
 /// Sees every message after the hooks, with their verdict and what they found in it (the
 /// session recorder). It cannot change anything.
 pub trait Observer {
     fn observed(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &BorrowedValue<'_>, verdict: &Verdict, findings_from: usize);
+
+    /// The request target after the hooks (see [`MessageHook::on_target`]).
+    fn observed_target(&self, _ctx: &mut RequestCtx, _verdict: &Verdict, _findings_from: usize) {}
 }
 
 /// The ordered hook chain of a worker, and its observer.
@@ -150,6 +159,26 @@ impl Chain {
 
     pub fn is_empty(&self) -> bool {
         self.hooks.is_empty() && self.observer.is_none()
+    }
+
+    /// Pass the request target through the hooks and show the outcome to the observer.
+    pub fn run_target(&self, ctx: &mut RequestCtx, target: &mut String) -> Verdict {
+        let findings_from = ctx.findings.len();
+        let mut verdict = Verdict::Pass;
+        for h in &self.hooks {
+            match h.on_target(ctx, target) {
+                Verdict::Pass => {}
+                Verdict::Changed => verdict = Verdict::Changed,
+                refuse @ Verdict::Refuse { .. } => {
+                    verdict = refuse;
+                    break;
+                }
+            }
+        }
+        if let Some(o) = &self.observer {
+            o.observed_target(ctx, &verdict, findings_from);
+        }
+        verdict
     }
 
     fn run(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, v: &mut BorrowedValue<'_>) -> Verdict {

@@ -66,7 +66,8 @@ pub fn percent(s: &str) -> Option<String> {
     printable(out).filter(|t| t != s)
 }
 
-fn hex(c: u8) -> Option<u8> {
+/// The value of one hex digit.
+pub(super) fn hex(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),

@@ -100,20 +100,11 @@ impl MessageHook for DetectHook {
         if !cfg.active(dir) && policy.is_none() {
             return Verdict::Pass;
         }
-        let mut slot = self.state.borrow_mut();
-        if !slot.as_ref().is_some_and(|s| Arc::ptr_eq(&s.cfg, &cfg)) {
-            match cfg.engine.scanner() {
-                Ok(scanner) => *slot = Some(State { cfg: cfg.clone(), scanner, bufs: Buffers::default(), found: Vec::new(), envelope: Vec::new() }),
-                Err(e) => {
-                    // Fail closed: without a scanner nothing can be inspected.
-                    tracing::error!(error = %e, "detect: cannot allocate Hyperscan scratch");
-                    return refuse("the gateway cannot inspect this message right now; retry later".into());
-                }
-            }
-        }
-        let Some(st) = slot.as_mut() else {
-            return Verdict::Pass;
+        let mut slot = match self.state(&cfg) {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
         };
+        let st = &mut *slot;
         let meta = cfg.engine.meta();
         // The policy's mask rules for this message: extra kinds to mask, maybe another strategy.
         let forced = |r: u32| {
@@ -194,11 +185,7 @@ impl MessageHook for DetectHook {
             if action == Action::Block && !blocked.contains(&m.kind.as_str()) {
                 blocked.push(&m.kind);
             }
-            let encoding = f.finding.encoding.map(|e| match e {
-                super::decode::Encoding::Base64 => "base64",
-                super::decode::Encoding::Percent => "percent",
-            });
-            ctx.findings.push(Recorded::new(dir, m, f.path.clone(), action, info.id.clone(), f.fingerprint.clone(), encoding));
+            ctx.findings.push(Recorded::new(dir, m, f.path.clone(), action, info.id.clone(), f.fingerprint.clone(), encoding(f)));
         }
         if blocked.is_empty() && st.found.iter().any(|f| action(f.finding.rule) == Action::Log) {
             ctx.record_payload = Some(masked_copy(&cfg, st, parts, value, skip_binary));
@@ -216,6 +203,85 @@ impl MessageHook for DetectHook {
         } else {
             Verdict::Pass
         }
+    }
+
+    /// The request URL below the route's prefix ([`super::url`]): scanned like tool
+    /// arguments with the request actions; a masked part is rewritten percent-encoded, a
+    /// blocked finding refuses the whole request. (The policy's mask rules, which are per
+    /// message, do not apply to it.)
+    fn on_target(&self, ctx: &mut RequestCtx, target: &mut String) -> Verdict {
+        let Some(cfg) = ctx.detect.clone().filter(|c| c.active(Direction::Request)) else {
+            return Verdict::Pass;
+        };
+        let parts = super::url::Target::parse(target);
+        if parts.is_empty() {
+            return Verdict::Pass;
+        }
+        let mut slot = match self.state(&cfg) {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
+        };
+        let st = &mut *slot;
+        let action = |r: u32| cfg.action(Direction::Request, r);
+        let mask_rule = |r: u32| action(r) == Action::Mask;
+        let walk = Walk { engine: &cfg.engine, mask: Some(Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &mask_rule }), skip_binary: false };
+        let mut v = parts.value();
+        st.found.clear();
+        let changed = walk.run(&mut st.scanner, &mut st.bufs, &mut v, &mut st.found);
+        let meta = cfg.engine.meta();
+        let mut blocked: Vec<&str> = Vec::new();
+        for f in &st.found {
+            let action = action(f.finding.rule);
+            if action == Action::Off {
+                continue;
+            }
+            let m = &meta[f.finding.rule as usize];
+            self.metrics.finding(&ctx.route, "request", &m.kind, action.as_str());
+            tracing::info!(
+                target: "sluice::detect",
+                route = %ctx.route, direction = "request", kind = %m.kind, category = ?m.category, severity = ?m.severity,
+                rule = %m.id, action = action.as_str(), http_method = %ctx.http_method, path = %f.path, encoding = ?f.finding.encoding, "finding in the URL"
+            );
+            if action == Action::Block && !blocked.contains(&m.kind.as_str()) {
+                blocked.push(&m.kind);
+            }
+            ctx.findings.push(Recorded::new(Direction::Request, m, f.path.clone(), action, None, f.fingerprint.clone(), encoding(f)));
+        }
+        if !blocked.is_empty() {
+            blocked.sort_unstable();
+            return refuse(format!(
+                "the request's URL (path or query) contains {}; the gateway's content policy blocks this. Remove the value (or ask an operator to review the finding in the gateway log) and retry.",
+                blocked.join(", ")
+            ));
+        }
+        if !changed {
+            return Verdict::Pass;
+        }
+        let new = parts.rebuild(&v);
+        drop(v);
+        drop(parts);
+        *target = new;
+        Verdict::Changed
+    }
+}
+
+impl DetectHook {
+    /// This core's scanner and buffers for `cfg` (new ones after a reload); `Err`: the
+    /// refusal to answer when no scratch can be had (fail closed).
+    fn state(&self, cfg: &Arc<DetectCfg>) -> Result<std::cell::RefMut<'_, State>, Verdict> {
+        let mut slot = self.state.borrow_mut();
+        if !slot.as_ref().is_some_and(|s| Arc::ptr_eq(&s.cfg, cfg)) {
+            match cfg.engine.scanner() {
+                Ok(scanner) => *slot = Some(State { cfg: cfg.clone(), scanner, bufs: Buffers::default(), found: Vec::new(), envelope: Vec::new() }),
+                Err(e) => {
+                    // Fail closed: without a scanner nothing can be inspected.
+                    tracing::error!(error = %e, "detect: cannot allocate Hyperscan scratch");
+                    return Err(refuse("the gateway cannot inspect this message right now; retry later".into()));
+                }
+            }
+        }
+        // Set just above; were it not, refuse rather than pass unscanned.
+        std::cell::RefMut::filter_map(slot, Option::as_mut).map_err(|_| refuse("the gateway cannot inspect this message right now; retry later".into()))
     }
 }
 
@@ -323,6 +389,14 @@ fn masked_copy(cfg: &DetectCfg, st: &mut State, parts: &[&str], value: &Borrowed
         }
         None => "null".into(),
     }
+}
+
+/// How a finding's value was encoded, for the record.
+fn encoding(f: &Found) -> Option<&'static str> {
+    f.finding.encoding.map(|e| match e {
+        super::decode::Encoding::Base64 => "base64",
+        super::decode::Encoding::Percent => "percent",
+    })
 }
 
 fn refuse(reason: String) -> Verdict {

@@ -30,3 +30,4 @@ pub mod rules;
 pub mod runs;
 pub mod stream;
 pub mod validate;
+pub mod url;

@@ -128,12 +128,28 @@ impl Observer for RecordObserver {
             self.catalog(ctx, instance, value);
         }
         let found = &ctx.findings[findings_from.min(ctx.findings.len())..];
+        self.outcome(ctx, instance, dir, [&e.method, &e.rpc_id, &e.tool], found, verdict);
+    }
+
+    /// Findings in the request URL (there is no message to hang them on): a `findings` event and
+    /// the detection stage's decision, without method or id.
+    fn observed_target(&self, ctx: &mut RequestCtx, verdict: &Verdict, findings_from: usize) {
+        let rec = self.emitter.recorder();
+        let found = &ctx.findings[findings_from.min(ctx.findings.len())..];
+        self.outcome(ctx, &rec.instance, Direction::Request, [&None, &None, &None], found, verdict);
+    }
+}
+
+impl RecordObserver {
+    /// The `findings` event of a message (or of the request URL) and the decisions taken on it.
+    fn outcome(&self, ctx: &RequestCtx, instance: &str, dir: Direction, envelope: [&Option<Cow<'_, str>>; 3], found: &[crate::detect::hook::Recorded], verdict: &Verdict) {
+        let [method, rpc_id, tool] = envelope;
         if !found.is_empty() {
             let mut f = base(ctx, instance, Kind::Findings);
             f.direction = Some(direction(dir));
-            f.method = e.method.clone();
-            f.rpc_id = e.rpc_id.clone();
-            f.tool = e.tool.clone();
+            f.method = method.clone();
+            f.rpc_id = rpc_id.clone();
+            f.tool = tool.clone();
             f.findings = found
                 .iter()
                 .map(|r| Finding {
@@ -152,9 +168,9 @@ impl Observer for RecordObserver {
         if let Some(pd) = &ctx.decision {
             let mut d = base(ctx, instance, Kind::Decision);
             d.direction = Some(direction(dir));
-            d.method = e.method.clone();
-            d.rpc_id = e.rpc_id.clone();
-            d.tool = e.tool.clone();
+            d.method = method.clone();
+            d.rpc_id = rpc_id.clone();
+            d.tool = tool.clone();
             let reason = match (&pd.outcome, verdict) {
                 (_, Verdict::Refuse { reason, .. }) => Some(Cow::Borrowed(reason.as_str())),
                 _ => None,
@@ -177,9 +193,9 @@ impl Observer for RecordObserver {
         if let Some((action, reason)) = decision {
             let mut d = base(ctx, instance, Kind::Decision);
             d.direction = Some(direction(dir));
-            d.method = e.method.clone();
-            d.rpc_id = e.rpc_id.clone();
-            d.tool = e.tool.clone();
+            d.method = method.clone();
+            d.rpc_id = rpc_id.clone();
+            d.tool = tool.clone();
             // The deciding rule: the first finding that blocked (refuse) or masked.
             let rule = found
                 .iter()
@@ -189,9 +205,7 @@ impl Observer for RecordObserver {
             self.emitter.emit(&d);
         }
     }
-}
 
-impl RecordObserver {
     /// A `catalog_snapshot` of a `tools/list` result: each tool's name and the blake3 of its
     /// definition in canonical JSON (keys sorted), as forwarded to the agent.
     fn catalog(&self, ctx: &RequestCtx, instance: &str, value: &BorrowedValue<'_>) {

@@ -32,7 +32,9 @@ fn args<'v, 'a>(info: &MessageInfo, value: &'a BorrowedValue<'v>) -> Option<&'a 
 
 /// The facts of one message. `session` is filled by the caller.
 fn facts<'a>(ctx: &'a RequestCtx, dir: Direction, info: &'a MessageInfo, value: &'a BorrowedValue<'a>) -> Facts<'a> {
-    let mine = &ctx.findings[ctx.message_findings_from.min(ctx.findings.len())..];
+    // A plain HTTP document is the request's only message: what was found in its URL counts too.
+    let from = if info.kind == crate::jsonrpc::Kind::Document && dir == Direction::Request { 0 } else { ctx.message_findings_from };
+    let mine = &ctx.findings[from.min(ctx.findings.len())..];
     Facts {
         identity: ctx.identity.as_ref(),
         route: &ctx.route,

@@ -11,7 +11,7 @@ use crate::config::detect::{Action, DetectCfg};
 use crate::config::schema::RouteKind;
 use crate::config::{Config, Route, Upstream};
 use crate::error::ProxyError;
-use crate::hooks::{self, Direction, Outcome, RequestCtx};
+use crate::hooks::{self, Direction, Outcome, RequestCtx, Verdict};
 use crate::http::body::{response_body_kind, BodyKind, ChunkedDecoder, Decoded};
 use crate::http::{write, Head};
 use crate::jsonrpc::{self, Kind};
@@ -109,6 +109,26 @@ pub async fn handle(
     let keep_alive = head.keep_alive() && !w.draining();
     let mlabel = crate::metrics::method_label(method);
 
+    // The URL below the route's prefix carries arguments too: the hooks see it first.
+    let mut target: Option<String> = None;
+    let below = &head.target()[route.path.len().min(path.len())..];
+    if !below.is_empty() {
+        let mut t = below.to_owned();
+        match w.chain.run_target(&mut ctx, &mut t) {
+            Verdict::Pass => {}
+            Verdict::Changed => {
+                ctx.path = format!("{}{}", &path[..route.path.len().min(path.len())], t.split_once('?').map_or(t.as_str(), |(p, _)| p));
+                target = Some(t);
+            }
+            Verdict::Refuse { code, message, reason } => {
+                let b = jsonrpc::error_body(None, code, &message, &reason);
+                respond::send(down, 403, "application/json", &b, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
+                w.metrics.request_done(&route.label, mlabel, 403, started.elapsed());
+                return Ok(keep_alive);
+            }
+        }
+    }
+
     // Request phase: parse, observe and pass the hooks, before any await.
     let mut forwarded: Option<Vec<u8>> = None;
     let mut answers = Vec::new();
@@ -155,7 +175,7 @@ pub async fn handle(
     // Forward.
     let mut req = w.reqbuf.take();
     req.clear();
-    encode_request(&mut req, head, route, up, out_body, client, tls, cfg.identity.is_some() || up.credential.is_some());
+    encode_request(&mut req, head, route, up, target.as_deref(), out_body, client, tls, cfg.identity.is_some() || up.credential.is_some());
     let sent = upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await;
     w.reqbuf.set(req);
     let mut c = match sent {
@@ -281,6 +301,8 @@ fn plain_decision(w: &Worker, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
     f.upstream = &ctx.upstream;
     f.http_method = &ctx.http_method;
     f.path = &ctx.path;
+    // What detection found in the URL.
+    f.request = crate::policy::FindingFacts { all: &ctx.findings, direction: Direction::Request };
     let d = p.decide(&f, None);
     let refusal = match &d.outcome {
         crate::policy::Outcome::Allow => None,
@@ -445,20 +467,19 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
 }
 
 /// The upstream request. With identity on, the agent's credentials (meant for the gateway)
-/// are not passed through.
+/// are not passed through. `target`: the path below the route's prefix and the query, when
+/// the hooks rewrote them.
 #[allow(clippy::too_many_arguments)]
-fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, body: &[u8], client: SocketAddr, tls: bool, strip_credentials: bool) {
+fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, target: Option<&str>, body: &[u8], client: SocketAddr, tls: bool, strip_credentials: bool) {
     let path = head.path();
-    let rest = &path[route.path.len().min(path.len())..];
-    let query = head.target().find('?').map_or("", |i| &head.target()[i..]);
+    let below = target.unwrap_or(&head.target()[route.path.len().min(path.len())..]);
     out.extend_from_slice(head.method().as_bytes());
     out.push(b' ');
     out.extend_from_slice(route.upstream_path.as_bytes());
-    if rest.is_empty() && route.upstream_path.is_empty() {
+    if (below.is_empty() || below.starts_with('?')) && route.upstream_path.is_empty() {
         out.push(b'/');
     }
-    out.extend_from_slice(rest.as_bytes());
-    out.extend_from_slice(query.as_bytes());
+    out.extend_from_slice(below.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let rewrite = route.rewrite_host || head.header("host").is_none();
     write::end_to_end_headers(out, head, |n| {

@@ -232,3 +232,48 @@ def test_a_secret_in_the_id_or_method_is_refused_and_never_recorded(raw_upstream
     assert [e["rpc_id"] for e in events if e["kind"] == "request" and e.get("tool") == "[REDACTED]"] == ["3"]
     paths = {f["path"] for e in events if e["kind"] == "findings" for f in e["findings"]}
     assert {"/id", "/method"} <= paths, paths
+
+
+def test_the_request_url_is_inspected_like_arguments(raw_upstream, gateway):
+    """A plain HTTP API takes its arguments in the URL as often as in a body: path segments and
+    query parameters are decoded and scanned; a masked value reaches the upstream
+    percent-encoded in its place (every other byte as sent), a blocked one refuses the request
+    with 403 naming the kind, and the record holds paths under /url, never the value."""
+    def handler(conn, head, body):
+        payload = b'{"ok": true}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway(
+        [{"path": "/api", "upstream": up.url("/api"), "kind": "http"}, {"path": "/mcp", "upstream": up.url()}],
+        extra='[detect.request]\nsecret = "block"\npii = "mask"\n',
+    )
+    with httpx.Client(timeout=10) as c:
+        r = c.get(g.url("/api/users/bob%40example.com/orders?page=2&q=a+b%2Fc&card=4111111111111111&flag"))
+        assert r.status_code == 200 and r.json() == {"ok": True}, r.text
+        r = c.get(g.url(f"/api/search?q=x&token={AKIA}"))
+        assert r.status_code == 403, r.text
+        reason = r.json()["error"]["data"]["reason"]
+        assert "URL (path or query) contains aws_access_key_id" in reason and AKIA not in reason, reason
+        r = c.post(g.url(f"/mcp?k={GHP}"), json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=ACCEPT)
+        assert r.status_code == 403 and "github_classic_token" in r.text, r.text
+        # Nothing to find: the target goes through byte for byte.
+        r = c.get(g.url("/api/orders/17?sort=-date&fields=a%2Cb"))
+        assert r.status_code == 200, r.text
+    lines = [req.split(b"\r\n", 1)[0].decode() for req in up.requests]
+    assert len(lines) == 2, lines
+    masked, plain = lines
+    path, query = masked.split(" ")[1].split("?")
+    assert path.startswith("/api/users/%5Bemail%3A") and path.endswith("%5D/orders"), masked
+    assert query == "page=2&q=a+b%2Fc&card=" + "%2A" * 12 + "1111&flag", masked
+    assert plain == "GET /api/orders/17?sort=-date&fields=a%2Cb HTTP/1.1", plain
+    settled(g)
+    events = spool_events(g.spool)
+    found = [(f["path"], f["kind"], f["action"]) for e in events if e["kind"] == "findings" for f in e["findings"]]
+    assert ("/url/path/2", "email", "mask") in found and ("/url/query/2/card", "payment_card", "mask") in found, found
+    assert ("/url/query/1/token", "aws_access_key_id", "block") in found and ("/url/query/0/k", "github_classic_token", "block") in found, found
+    decisions = [e["decision"]["action"] for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "detect"]
+    assert decisions.count("mask") == 1 and decisions.count("refuse") == 2, decisions
+    text = json.dumps(events) + g.proc.text()
+    assert "bob@example.com" not in text and "bob%40example.com" not in text and AKIA not in text and GHP not in text
+    assert "4111111111111111" not in text

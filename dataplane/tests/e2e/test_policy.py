@@ -172,7 +172,7 @@ def test_a_batch_cannot_smuggle_a_denied_call(idp, gateway, raw_upstream, tmp_pa
 
 def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upstream, tmp_path):
     """A plain HTTP API behind the gateway: GETs without a body are decided too (by http.method
-    and http.path), not only JSON documents."""
+    and http.path, and by what detection found in the URL), not only JSON documents."""
     seen = []
 
     def handler(conn, head, body):
@@ -181,6 +181,7 @@ def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upst
 
     up = raw_upstream(handler)
     (tmp_path / "policy.toml").write_text(
+        "[[rule]]\nid = \"no-pii-in-urls\"\nwhen = '\"email\" in request.findings.kinds'\naction = \"deny\"\n"
         "[[rule]]\nid = \"reads\"\nwhen = 'http.method == \"GET\" && http.path.startsWith(\"/api/reports\")'\naction = \"allow\"\n"
         "[[rule]]\nid = \"writes\"\nwhen = 'http.method == \"POST\" && \"support\" in identity.groups'\naction = \"allow\"\n")
     extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\n'
@@ -197,6 +198,10 @@ def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upst
         assert r.status_code == 403 and r.json()["error"]["code"] == -32009, r.text
         h2 = {"authorization": f"Bearer {idp.token('support-agent')}"}
         assert c.post(g.url("/api/users"), json={"name": "x"}, headers=h2).status_code == 200
+        # An address in the URL (logged by detection's defaults) is what the first rule denies,
+        # with or without a body.
+        for r in [c.get(g.url("/api/reports/bob%40example.com"), headers=h), c.post(g.url("/api/users?owner=bob@example.com"), json={"name": "x"}, headers=h2)]:
+            assert r.status_code == 403 and '"no-pii-in-urls"' in r.json()["error"]["data"]["reason"], r.text
     assert seen == ["GET /api/reports/q3 HTTP/1.1", "POST /api/users HTTP/1.1"]
 
 
