@@ -29,6 +29,8 @@ pub enum ProxyError {
     JsonRpc(#[from] BodyError),
     #[error("MCP POST bodies must be JSON-RPC; the body is empty")]
     EmptyBody,
+    #[error("the request body is declared {0} but is not UTF-8; the gateway inspects text and form bodies as UTF-8: send it as UTF-8 (or, if it is binary, as application/octet-stream)")]
+    NotUtf8(String),
     #[error("upstream {upstream} cannot be reached: {reason}")]
     UpstreamConnect { upstream: String, reason: String },
     #[error("upstream {upstream} did not answer within {secs:.1}s ({phase})")]
@@ -45,7 +47,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable => Fault::Internal,
         }
@@ -57,6 +59,7 @@ impl ProxyError {
             Head(HeadError::TooLarge { .. } | HeadError::TooManyHeaders) => 431,
             Head(_) | Framing(_) | JsonRpc(_) | EmptyBody => 400,
             BodyTooLarge { .. } => 413,
+            NotUtf8(_) => 415,
             Expectation(_) => 417,
             ClientTimeout => 408,
             NoRoute(_) => 404,
@@ -70,7 +73,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             JsonRpc(e) => e.code(),
-            EmptyBody | Head(_) | Framing(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
+            EmptyBody | NotUtf8(_) | Head(_) | Framing(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => Code::UpstreamUnavailable,
@@ -91,7 +94,7 @@ impl ProxyError {
 
     /// Does the connection stay usable after this error is answered?
     pub fn keeps_connection(&self) -> bool {
-        matches!(self, ProxyError::NoRoute(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody)
+        matches!(self, ProxyError::NoRoute(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_))
             || self.fault() == Fault::Upstream
     }
 }

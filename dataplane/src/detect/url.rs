@@ -30,8 +30,12 @@ impl<'t> Target<'t> {
             None => (target, None),
         };
         let path = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
-        let query = query.map(|q| if q.is_empty() { Vec::new() } else { q.split('&').map(|p| p.split_once('=').map_or((p, None), |(n, v)| (n, Some(v)))).collect() });
-        Target { path, query }
+        Target { path, query: query.map(params) }
+    }
+
+    /// A form body (`application/x-www-form-urlencoded`): parameters as in a query.
+    pub fn form(body: &'t str) -> Self {
+        Target { path: Vec::new(), query: Some(params(body)) }
     }
 
     /// Whether there is any text to inspect (most MCP requests: none).
@@ -42,6 +46,17 @@ impl<'t> Target<'t> {
     /// The decoded parts as the walk reads them.
     pub fn value(&self) -> BorrowedValue<'t> {
         let path: Vec<BorrowedValue<'t>> = self.path.iter().map(|s| BorrowedValue::String(decode(s, false))).collect();
+        let mut url = Object::with_capacity(2);
+        url.insert(Cow::Borrowed("path"), BorrowedValue::Array(Box::new(path)));
+        url.insert(Cow::Borrowed("query"), self.params_value());
+        let mut root = Object::with_capacity(1);
+        root.insert(Cow::Borrowed("url"), BorrowedValue::Object(Box::new(url)));
+        BorrowedValue::Object(Box::new(root))
+    }
+
+    /// The parameters as the walk reads them, `[{"name": "value"}, {"flag": null}, …]` (a
+    /// form body's whole value).
+    pub fn params_value(&self) -> BorrowedValue<'t> {
         let query: Vec<BorrowedValue<'t>> = self
             .query
             .iter()
@@ -52,12 +67,14 @@ impl<'t> Target<'t> {
                 BorrowedValue::Object(Box::new(o))
             })
             .collect();
-        let mut url = Object::with_capacity(2);
-        url.insert(Cow::Borrowed("path"), BorrowedValue::Array(Box::new(path)));
-        url.insert(Cow::Borrowed("query"), BorrowedValue::Array(Box::new(query)));
-        let mut root = Object::with_capacity(1);
-        root.insert(Cow::Borrowed("url"), BorrowedValue::Object(Box::new(url)));
-        BorrowedValue::Object(Box::new(root))
+        BorrowedValue::Array(Box::new(query))
+    }
+
+    /// A form body again, from what [`Target::params_value`] gave after the walk.
+    pub fn rebuild_form(&self, v: &BorrowedValue<'_>) -> String {
+        let mut out = String::new();
+        self.rebuild_params(&mut out, v.as_array());
+        out
     }
 
     /// The target again, from `v` (what [`Target::value`] gave, after the walk masked it):
@@ -72,24 +89,34 @@ impl<'t> Target<'t> {
             let now = url.and_then(|u| u.get("path")).and_then(|p| p.get_idx(i)).and_then(|s| s.as_str());
             part(&mut out, raw, now, false);
         }
-        let Some(query) = &self.query else {
-            return out;
-        };
-        out.push('?');
-        let params = url.and_then(|u| u.get("query")).and_then(|q| q.as_array());
-        for (i, (name, value)) in query.iter().enumerate() {
+        if self.query.is_some() {
+            out.push('?');
+            self.rebuild_params(&mut out, url.and_then(|u| u.get("query")).and_then(|q| q.as_array()));
+        }
+        out
+    }
+
+    fn rebuild_params(&self, out: &mut String, params: Option<&Vec<BorrowedValue<'_>>>) {
+        for (i, (name, value)) in self.query.iter().flatten().enumerate() {
             if i > 0 {
                 out.push('&');
             }
             let member = params.and_then(|p| p.get(i)).and_then(|o| o.as_object()).and_then(|o| o.iter().next());
-            part(&mut out, name, member.map(|(k, _)| k.as_ref()), true);
+            part(out, name, member.map(|(k, _)| k.as_ref()), true);
             if let Some(raw) = value {
                 out.push('=');
-                part(&mut out, raw, member.and_then(|(_, v)| v.as_str()), true);
+                part(out, raw, member.and_then(|(_, v)| v.as_str()), true);
             }
         }
-        out
     }
+}
+
+/// `a=1&b&c=` as (name, value) pairs, raw.
+fn params(q: &str) -> Vec<(&str, Option<&str>)> {
+    if q.is_empty() {
+        return Vec::new();
+    }
+    q.split('&').map(|p| p.split_once('=').map_or((p, None), |(n, v)| (n, Some(v)))).collect()
 }
 
 /// One part: its raw bytes when `now` is what they decode to (or unknown), else `now` encoded.
@@ -200,6 +227,11 @@ mod tests {
         // Bytes that do not decode to UTF-8 are handed over raw.
         assert_eq!(simd_json::to_string(&Target::parse("/%ff%fe").value()).unwrap(), r#"{"url":{"path":["","%ff%fe"],"query":[]}}"#);
         assert!(Target::parse("/").is_empty() && Target::parse("?").is_empty() && !Target::parse("/a").is_empty());
+        // A form body is a query without its `?`.
+        let form = Target::form("email=bob%40example.com&note=hi+there&x");
+        let v = form.params_value();
+        assert_eq!(simd_json::to_string(&v).unwrap(), r#"[{"email":"bob@example.com"},{"note":"hi there"},{"x":null}]"#);
+        assert_eq!(form.rebuild_form(&v), "email=bob%40example.com&note=hi+there&x");
     }
 
     #[test]

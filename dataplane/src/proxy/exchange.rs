@@ -195,7 +195,7 @@ pub async fn handle(
     after_response_head(w, cfg, route, &mut ctx, &mut track, &c.head, method);
     let ctype = c.head.header("content-type").unwrap_or(b"");
     let is_sse = starts_with_ci(ctype, b"text/event-stream");
-    let is_json = starts_with_ci(ctype, b"application/json");
+    let is_json = media(Some(ctype)) == Media::Json;
     let is_mcp = route.kind == RouteKind::Mcp;
 
     let result = if is_mcp && is_sse && kind != BodyKind::None {
@@ -281,14 +281,75 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
             Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut parsed)))
         });
     }
-    let json = head.header("content-type").is_some_and(|c| starts_with_ci(c, b"application/json"));
-    if !is_mcp && json && !body.is_empty() && !w.chain.is_empty() {
-        return with_scratch(w, body, |buf| match document(buf) {
+    if is_mcp || body.is_empty() || w.chain.is_empty() {
+        return Ok(None);
+    }
+    match media(head.header("content-type")) {
+        Media::Json => with_scratch(w, body, |buf| match document(buf) {
             Ok(mut doc) => Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc))),
             Err(e) => Err(ProxyError::JsonRpc(jsonrpc::BodyError::Parse(e))),
-        });
+        }),
+        m @ (Media::Form | Media::Text) => text_document(w, ctx, m, head, body).map(Some),
+        Media::Other => Ok(None),
     }
-    Ok(None)
+}
+
+/// What a body's `Content-Type` makes it for inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    /// `application/json`, `application/*+json`.
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `text/*`, `application/xml`, `*/*+xml`.
+    Text,
+    /// Anything else (binary): not inspected.
+    Other,
+}
+
+fn media(ctype: Option<&[u8]>) -> Media {
+    let Some(c) = ctype else {
+        return Media::Other;
+    };
+    let essence = c.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+    let ends_ci = |suffix: &[u8]| essence.len() >= suffix.len() && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix);
+    if essence.eq_ignore_ascii_case(b"application/json") || ends_ci(b"+json") {
+        Media::Json
+    } else if essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+        Media::Form
+    } else if starts_with_ci(essence, b"text/") || essence.eq_ignore_ascii_case(b"application/xml") || ends_ci(b"+xml") {
+        Media::Text
+    } else {
+        Media::Other
+    }
+}
+
+/// A form or text request body on a plain route passes the hooks as a document — a form as its
+/// parameters (`[{"name": "value"}, …]`, percent-decoded), text as one string — and, when a
+/// hook changed it, is written back in its own format (a form re-encoding only the changed
+/// parts). Text that is not UTF-8 is refused: it could not be inspected.
+fn text_document(w: &Worker, ctx: &mut RequestCtx, m: Media, head: &Head, body: &[u8]) -> Result<Outcome, ProxyError> {
+    let text = std::str::from_utf8(body).map_err(|_| ProxyError::NotUtf8(head.header_str("content-type").unwrap_or("text").to_owned()))?;
+    let form = (m == Media::Form).then(|| crate::detect::url::Target::form(text));
+    let value = match &form {
+        Some(f) => f.params_value(),
+        None => simd_json::BorrowedValue::String(std::borrow::Cow::Borrowed(text)),
+    };
+    let mut doc = jsonrpc::Body { batch: false, values: vec![value], infos: vec![jsonrpc::MessageInfo::document()] };
+    Ok(match hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc) {
+        Outcome::Rewritten { body: mut json, answers } => {
+            // The changed document, encoded as JSON by the chain: back to the body's own format.
+            let v = simd_json::to_borrowed_value(&mut json).map_err(|e| ProxyError::JsonRpc(jsonrpc::BodyError::Parse(e.to_string())))?;
+            let out = match (&form, &v) {
+                (Some(f), v) => f.rebuild_form(v),
+                (None, simd_json::BorrowedValue::String(s)) => s.to_string(),
+                // A hook turned the text into something else: nothing faithful to forward.
+                (None, _) => return Err(ProxyError::JsonRpc(jsonrpc::BodyError::Parse("the gateway could not write the inspected text body back".into()))),
+            };
+            Outcome::Rewritten { body: out.into_bytes(), answers }
+        }
+        o => o,
+    })
 }
 
 /// The policy's decision on a plain HTTP request without a JSON body: `Some(error body)` when
@@ -861,7 +922,7 @@ async fn relay_plain(
 ) -> Result<bool, ()> {
     // Text bodies are scanned and masked as they stream (the length may change, so they go
     // out chunked, or close-delimited to an HTTP/1.0 client).
-    let text = c.head.header_str("content-type").is_some_and(|t| t.trim_start().as_bytes().get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"text/")));
+    let text = media(c.head.header("content-type")) == Media::Text;
     let detect = cfg.detect.as_ref().filter(|d| text && kind != BodyKind::None && d.active(Direction::Response));
     let kind_out = if detect.is_some() && matches!(kind, BodyKind::Length(_)) { BodyKind::CloseDelimited } else { kind };
     let chunked_out = matches!(kind_out, BodyKind::Chunked | BodyKind::CloseDelimited) && client_minor >= 1;

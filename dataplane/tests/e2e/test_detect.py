@@ -277,3 +277,47 @@ def test_the_request_url_is_inspected_like_arguments(raw_upstream, gateway):
     text = json.dumps(events) + g.proc.text()
     assert "bob@example.com" not in text and "bob%40example.com" not in text and AKIA not in text and GHP not in text
     assert "4111111111111111" not in text
+
+
+def test_form_text_and_json_type_bodies_are_inspected(raw_upstream, gateway):
+    """Plain HTTP bodies other than application/json carry arguments too: a form's parameters
+    are decoded and masked in place (the rest of the form byte for byte), text bodies (text/*,
+    XML) are masked as text, `+json` types are JSON — and a `+json` answer is masked like a
+    JSON one. Text that is not UTF-8 is refused (415): it could not be inspected."""
+    def handler(conn, head, body):
+        payload = json.dumps({"owner": {"mail": "carol@example.com"}}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.api+json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/api", "upstream": up.url("/api"), "kind": "http"}], extra='[detect.request]\npii = "mask"\nsecret = "block"\n')
+    sent = [
+        ("application/x-www-form-urlencoded", b"name=Ada&email=bob%40example.com&note=hi+there"),
+        ("text/plain; charset=utf-8", b"call me at bob@example.com today"),
+        ("application/xml", b"<a><card>4111 1111 1111 1111</card></a>"),
+        ("application/merge-patch+json", b'{"email": "bob@example.com"}'),
+    ]
+    with httpx.Client(timeout=10) as c:
+        for ctype, body in sent:
+            r = c.post(g.url("/api/x"), content=body, headers={"content-type": ctype})
+            assert r.status_code == 200, (ctype, r.text)
+            assert "carol@example.com" not in r.text and r.json()["owner"]["mail"].startswith("[email:"), r.text
+        r = c.post(g.url("/api/x"), content=f"key {AKIA}".encode(), headers={"content-type": "text/plain"})
+        assert r.status_code == 403 and "aws_access_key_id" in r.text and AKIA not in r.text, r.text
+        r = c.post(g.url("/api/x"), content=b"caf\xe9 bob@example.com", headers={"content-type": "text/plain; charset=latin1"})
+        assert r.status_code == 415 and "not UTF-8" in r.json()["error"]["data"]["reason"], r.text
+        # Binary bodies are not inspected (and pass unchanged).
+        r = c.post(g.url("/api/x"), content=b"\x00\x01bob@example.com", headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+    bodies = [req.split(b"\r\n\r\n", 1)[1] for req in up.requests]
+    assert len(bodies) == 5, bodies
+    form, text, xml, patch, binary = bodies
+    assert form.startswith(b"name=Ada&email=%5Bemail%3A") and form.endswith(b"%5D&note=hi+there"), form
+    assert text.startswith(b"call me at [email:") and text.endswith(b"] today"), text
+    assert xml == b"<a><card>**** **** **** 1111</card></a>", xml
+    assert json.loads(patch)["email"].startswith("[email:"), patch
+    assert binary == b"\x00\x01bob@example.com"
+    settled(g)
+    events = spool_events(g.spool)
+    paths = [(f["path"], f["kind"]) for e in events if e["kind"] == "findings" and e["direction"] == "request" for f in e["findings"]]
+    assert paths == [("/1/email", "email"), ("", "email"), ("", "payment_card"), ("/email", "email"), ("", "aws_access_key_id")], paths
+    assert "bob@example.com" not in json.dumps(events) and "carol@example.com" not in json.dumps(events)
