@@ -136,8 +136,9 @@ pub trait MessageHook {
 pub trait Observer {
     fn observed(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &BorrowedValue<'_>, verdict: &Verdict, findings_from: usize);
 
-    /// The request target after the hooks (see [`MessageHook::on_target`]).
-    fn observed_target(&self, _ctx: &mut RequestCtx, _verdict: &Verdict, _findings_from: usize) {}
+    /// Findings outside any message, from `findings_from` on: in the request target (see
+    /// [`MessageHook::on_target`]) or in a streamed text body.
+    fn observed_outside(&self, _ctx: &mut RequestCtx, _dir: Direction, _verdict: &Verdict, _findings_from: usize) {}
 }
 
 /// The ordered hook chain of a worker, and its observer.
@@ -175,10 +176,15 @@ impl Chain {
                 }
             }
         }
-        if let Some(o) = &self.observer {
-            o.observed_target(ctx, &verdict, findings_from);
-        }
+        self.observe_outside(ctx, Direction::Request, &verdict, findings_from);
         verdict
+    }
+
+    /// Show the observer findings made outside any message (see [`Observer::observed_outside`]).
+    pub fn observe_outside(&self, ctx: &mut RequestCtx, dir: Direction, verdict: &Verdict, findings_from: usize) {
+        if let Some(o) = &self.observer {
+            o.observed_outside(ctx, dir, verdict, findings_from);
+        }
     }
 
     fn run(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, v: &mut BorrowedValue<'_>) -> Verdict {

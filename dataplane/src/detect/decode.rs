@@ -44,6 +44,16 @@ pub enum Encoding {
     Percent,
 }
 
+impl Encoding {
+    /// The name the record uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Base64 => "base64",
+            Encoding::Percent => "percent",
+        }
+    }
+}
+
 /// Decode a percent-encoded candidate; `None` unless it decodes to different, printable text.
 pub fn percent(s: &str) -> Option<String> {
     let b = s.as_bytes();

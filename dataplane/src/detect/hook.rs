@@ -57,7 +57,7 @@ struct State {
 }
 
 impl Recorded {
-    fn new(
+    pub(crate) fn new(
         direction: Direction,
         m: &super::engine::Meta,
         path: String,
@@ -393,10 +393,7 @@ fn masked_copy(cfg: &DetectCfg, st: &mut State, parts: &[&str], value: &Borrowed
 
 /// How a finding's value was encoded, for the record.
 fn encoding(f: &Found) -> Option<&'static str> {
-    f.finding.encoding.map(|e| match e {
-        super::decode::Encoding::Base64 => "base64",
-        super::decode::Encoding::Percent => "percent",
-    })
+    f.finding.encoding.map(super::decode::Encoding::name)
 }
 
 fn refuse(reason: String) -> Verdict {

@@ -131,12 +131,15 @@ impl Observer for RecordObserver {
         self.outcome(ctx, instance, dir, [&e.method, &e.rpc_id, &e.tool], found, verdict);
     }
 
-    /// Findings in the request URL (there is no message to hang them on): a `findings` event and
-    /// the detection stage's decision, without method or id.
-    fn observed_target(&self, ctx: &mut RequestCtx, verdict: &Verdict, findings_from: usize) {
+    /// Findings in the request URL or a streamed text body (there is no message to hang them
+    /// on): a `findings` event and the detection stage's decision, without method or id.
+    fn observed_outside(&self, ctx: &mut RequestCtx, dir: Direction, verdict: &Verdict, findings_from: usize) {
         let rec = self.emitter.recorder();
         let found = &ctx.findings[findings_from.min(ctx.findings.len())..];
-        self.outcome(ctx, &rec.instance, Direction::Request, [&None, &None, &None], found, verdict);
+        if found.is_empty() {
+            return;
+        }
+        self.outcome(ctx, &rec.instance, dir, [&None, &None, &None], found, verdict);
     }
 }
 

@@ -211,7 +211,12 @@ pub async fn handle(
         let b = hooks::join_answers(true, answers);
         respond::send(down, 200, "application/json", &b, keep_alive, &[]).await.map(|_| true).map_err(|_| ())
     } else {
-        relay_plain(w, cfg, &route.label, down, &mut c, kind, method, keep_alive, head.minor_version).await
+        let from = ctx.findings.len();
+        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version).await;
+        // What the streamed text held, recorded once it has gone (masked) to the agent.
+        let masked = ctx.findings[from..].iter().any(|f| f.action == Action::Mask);
+        w.chain.observe_outside(&mut ctx, Direction::Response, if masked { &Verdict::Changed } else { &Verdict::Pass }, from);
+        r
     };
     w.metrics.request_done(&route.label, mlabel, status, started.elapsed());
     match result {
@@ -912,7 +917,7 @@ async fn relay_json(
 async fn relay_plain(
     w: &Worker,
     cfg: &Config,
-    route: &Arc<str>,
+    ctx: &mut RequestCtx,
     down: &mut Stream,
     c: &mut UpConn,
     kind: BodyKind,
@@ -978,9 +983,9 @@ async fn relay_plain(
             let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
             st.finish(&mut sc, Some(plan), &mut masked, &mut found);
             w.return_scanner(&d.engine, sc);
-            log_stream_findings(w, route, d, &mut found);
+            log_stream_findings(w, ctx, d, &mut found);
         } else if let Some((d, _, _)) = scan.as_ref() {
-            log_stream_findings(w, route, d, &mut found);
+            log_stream_findings(w, ctx, d, &mut found);
         }
         if !masked.is_empty() {
             if chunked_out {
@@ -1010,13 +1015,20 @@ async fn relay_plain(
     }
 }
 
-/// Findings of a streamed text body: counted and logged (block acts as mask once the head is out).
-fn log_stream_findings(w: &Worker, route: &Arc<str>, d: &DetectCfg, found: &mut Vec<crate::detect::engine::Finding>) {
+/// Findings of a streamed text body: counted, logged and kept for the record (block acts as
+/// mask once the head is out). Their path is the body's, ``; no fingerprint (the value has
+/// gone by when the finding is settled).
+fn log_stream_findings(w: &Worker, ctx: &mut RequestCtx, d: &DetectCfg, found: &mut Vec<crate::detect::engine::Finding>) {
     for f in found.drain(..) {
         let m = &d.engine.meta()[f.rule as usize];
-        let action = d.action(Direction::Response, f.rule);
-        let action = if action == Action::Block { Action::Mask } else { action };
-        w.metrics.finding(route, "response", &m.kind, action.as_str());
-        tracing::info!(target: "sluice::detect", direction = "response", kind = %m.kind, rule = %m.id, action = action.as_str(), body = "text", "finding");
+        let action = match d.action(Direction::Response, f.rule) {
+            Action::Off => continue,
+            Action::Block => Action::Mask,
+            a => a,
+        };
+        w.metrics.finding(&ctx.route, "response", &m.kind, action.as_str());
+        tracing::info!(target: "sluice::detect", route = %ctx.route, direction = "response", kind = %m.kind, rule = %m.id, action = action.as_str(), body = "text", "finding");
+        let encoding = f.encoding.map(crate::detect::decode::Encoding::name);
+        ctx.findings.push(crate::detect::hook::Recorded::new(Direction::Response, m, String::new(), action, None, None, encoding));
     }
 }

@@ -107,6 +107,8 @@ def test_plain_http_json_document_is_masked(raw_upstream, gateway):
 
 
 def test_streamed_text_body_masked_across_chunks(raw_upstream, gateway):
+    """A text answer is masked as it streams (a token split across two chunks found whole) and
+    what was found in it is recorded once it has gone."""
     import time as _t
     filler = "log line ok\n" * 3000
 
@@ -130,6 +132,13 @@ def test_streamed_text_body_masked_across_chunks(raw_upstream, gateway):
     # … and the token split across two chunks is masked whole.
     assert rest.decode() == filler + "key [REDACTED:github_classic_token] and [REDACTED:aws_access_key_id]\nend\n"
     assert g.metric("sluice_findings_total", direction="response", kind="github_classic_token") == 1
+    # The session record has what was found (kinds, never the values) and that it was masked.
+    settled(g)
+    events = spool_events(g.spool)
+    found = [(f["path"], f["kind"], f["action"]) for e in events if e["kind"] == "findings" and e["direction"] == "response" for f in e["findings"]]
+    assert found == [("", "github_classic_token", "mask"), ("", "aws_access_key_id", "mask")], found
+    assert [e["decision"]["action"] for e in events if e["kind"] == "decision"] == ["mask"]
+    assert GHP not in json.dumps(events) and AKIA not in json.dumps(events)
 
 
 def test_found_object_keys_are_masked_and_never_recorded_in_clear(raw_upstream, gateway):
