@@ -52,9 +52,19 @@ pub struct Parser {
     max_event: usize,
     line: Vec<u8>,
     current: Event,
-    after_cr: bool,
+    after_cr: AfterCr,
     /// Bytes of a leading UTF-8 BOM matched so far; 3 (or `STARTED`) once past the start.
     bom: usize,
+}
+
+/// What a CR just seen means for an LF right after it (CRLF is one line ending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterCr {
+    No,
+    /// A CR ended a line inside the event: the LF belongs to the event's raw bytes.
+    InEvent,
+    /// A CR ended the event, whose raw bytes were given an LF already: drop the LF.
+    Dispatched,
 }
 
 const BOM: &[u8] = b"\xef\xbb\xbf";
@@ -62,7 +72,7 @@ const STARTED: usize = usize::MAX;
 
 impl Parser {
     pub fn new(max_event: usize) -> Self {
-        Parser { max_event, line: Vec::new(), current: Event::default(), after_cr: false, bom: 0 }
+        Parser { max_event, line: Vec::new(), current: Event::default(), after_cr: AfterCr::No, bom: 0 }
     }
 
     /// Bytes of an event begun but not finished (what is held back from the client).
@@ -83,18 +93,30 @@ impl Parser {
                 }
                 self.bom = STARTED;
             }
-            if self.after_cr {
-                self.after_cr = false;
-                if b == b'\n' {
+            match std::mem::replace(&mut self.after_cr, AfterCr::No) {
+                AfterCr::InEvent if b == b'\n' => {
                     self.current.raw.push(b);
                     continue;
                 }
+                AfterCr::Dispatched if b == b'\n' => continue,
+                _ => {}
             }
             match b {
                 b'\n' | b'\r' => {
-                    self.after_cr = b == b'\r';
                     self.current.raw.extend_from_slice(&self.line);
                     self.current.raw.push(b);
+                    self.after_cr = match (b, self.line.is_empty()) {
+                        // The blank line that ends the event: its raw bytes end with CRLF now
+                        // (an LF after the CR is then dropped), so an agent's parser that
+                        // waits to see whether an LF follows a CR is not left holding the event
+                        // until the next one arrives.
+                        (b'\r', true) => {
+                            self.current.raw.push(b'\n');
+                            AfterCr::Dispatched
+                        }
+                        (b'\r', false) => AfterCr::InEvent,
+                        _ => AfterCr::No,
+                    };
                     self.end_line(out);
                 }
                 _ => {
@@ -177,8 +199,12 @@ mod tests {
         assert_eq!(whole[1].id.as_deref(), Some("7"));
         assert_eq!(whole[1].retry, Some(1500));
         assert_eq!(whole[2].data.as_deref(), Some("x\n"));
+        // Every event's raw bytes are whole (a CR that ends an event is followed by its LF, one
+        // added after a bare CR); nothing of one event is left for the next.
+        assert_eq!(whole[1].raw, b"event: message\r\nid: 7\r\nretry: 1500\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n");
+        assert_eq!(whole[2].raw, b"data:x\rdata\r\r\n");
         let raw: Vec<u8> = whole.iter().flat_map(|e| e.raw.clone()).collect();
-        assert_eq!(raw, &STREAM[3..]);
+        assert_eq!(raw, [&STREAM[3..], b"\n"].concat());
         for split in 0..STREAM.len() {
             assert_eq!(parse_split(STREAM, &[split]), whole, "split {split}");
         }

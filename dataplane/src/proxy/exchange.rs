@@ -34,6 +34,8 @@ struct Track {
     init: Option<serde_json::Value>,
     /// Id of the single request, so that a gateway error can answer it by id.
     reply_id: Option<String>,
+    /// The session this legacy HTTP+SSE stream opened (it ends with the stream).
+    legacy_session: Option<String>,
 }
 
 /// Handle one request. `Ok(keep_alive)` once a response went out; `Err` when nothing was
@@ -99,6 +101,12 @@ pub async fn handle(
                 w.metrics.request_done(&route.label, crate::metrics::method_label(head.method()), 401, started.elapsed());
                 return Ok(keep_alive);
             }
+        }
+    }
+    // A legacy HTTP+SSE post names its session in the query (see `legacy_endpoint`).
+    if ctx.mcp_session_id.is_none() && route.kind == RouteKind::Mcp {
+        if let Some(sid) = legacy_session_id(head.target()).filter(|sid| w.shared.sessions.with(sid, |_| ()).is_some()) {
+            ctx.mcp_session_id = Some(sid.to_owned());
         }
     }
     // The gateway's session id keys every event of the session (Kafka partition, order).
@@ -199,7 +207,11 @@ pub async fn handle(
     let is_mcp = route.kind == RouteKind::Mcp;
 
     let result = if is_mcp && is_sse && kind != BodyKind::None {
-        relay_sse(w, cfg, route, down, &mut c, kind, &mut ctx, &mut track, &answers, head.minor_version, held).await
+        let r = relay_sse(w, cfg, route, down, &mut c, kind, &mut ctx, &mut track, &answers, head.minor_version, held).await;
+        if let Some(sid) = track.legacy_session.take() {
+            end_session(w, &ctx, route, &sid, "the legacy HTTP+SSE stream closed");
+        }
+        r
     } else if is_json && kind != BodyKind::None && (is_mcp || !w.chain.is_empty()) {
         relay_json(w, cfg, down, &mut c, kind, &mut ctx, &mut track, route, &answers, keep_alive, held).await
     } else if held {
@@ -519,17 +531,23 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
         return;
     };
     if (method == "DELETE" && (200..300).contains(&status)) || status == 404 {
-        if let Some(s) = sessions.remove(sid) {
-            tracing::info!(worker = w.id, route = %route.name, mcp_session = sid, gateway_session = %s.gateway_id, status, "session ended");
-            if let Some(em) = &w.emitter {
-                let why = if status == 404 { "upstream no longer knows the session (404)" } else { "DELETE" };
-                crate::events::record::session_event(em, ctx, sluice_schema::Kind::SessionEnd, &s.gateway_id, Some(why));
-            }
-            ctx.gateway_session_id = Some(s.gateway_id);
+        let why = if status == 404 { "upstream no longer knows the session (404)" } else { "DELETE" };
+        if let Some(gid) = end_session(w, ctx, route, sid, why) {
+            ctx.gateway_session_id = Some(gid);
         }
     } else {
         ctx.gateway_session_id = sessions.with(sid, |s| s.gateway_id.clone());
     }
+}
+
+/// Forget a session and record its end; its gateway id, when it was known.
+fn end_session(w: &Worker, ctx: &RequestCtx, route: &Route, sid: &str, why: &str) -> Option<String> {
+    let s = w.shared.sessions.remove(sid)?;
+    tracing::info!(worker = w.id, route = %route.name, mcp_session = sid, gateway_session = %s.gateway_id, why, "session ended");
+    if let Some(em) = &w.emitter {
+        crate::events::record::session_event(em, ctx, sluice_schema::Kind::SessionEnd, &s.gateway_id, Some(why));
+    }
+    Some(s.gateway_id)
 }
 
 /// The upstream request. With identity on, the agent's credentials (meant for the gateway)
@@ -700,7 +718,7 @@ async fn relay_sse(
         if !events.is_empty() {
             payload.clear();
             for ev in events.drain(..) {
-                sse_event(w, route, ctx, track, ev, &mut payload);
+                sse_event(w, cfg, route, ctx, track, ev, &mut payload);
             }
             out.clear();
             frame(&mut out, &payload, chunked_out);
@@ -768,11 +786,14 @@ fn frame(out: &mut Vec<u8>, payload: &[u8], chunked: bool) {
 
 /// One SSE event: parse its data as JSON-RPC, observe, run the hooks, and append what the
 /// agent gets to `out` (the original bytes when nothing changed).
-fn sse_event(w: &Worker, route: &Route, ctx: &mut RequestCtx, track: &mut Track, ev: sse::Event, out: &mut Vec<u8>) {
+fn sse_event(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track, ev: sse::Event, out: &mut Vec<u8>) {
     let Some(data) = ev.data.as_deref().filter(|d| !d.trim().is_empty()) else {
         out.extend_from_slice(&ev.raw); // comments, keep-alives, priming events with empty data
         return;
     };
+    if ev.event.as_deref() == Some("endpoint") {
+        return legacy_endpoint(w, cfg, route, ctx, track, &ev, data.trim(), out);
+    }
     with_scratch(w, data.as_bytes(), |buf| match jsonrpc::parse(buf) {
         Ok(mut parsed) => {
             observe(w, ctx, route, Direction::Response, &mut parsed, Some(track));
@@ -790,6 +811,66 @@ fn sse_event(w: &Worker, route: &Route, ctx: &mut RequestCtx, track: &mut Track,
             w.metrics.messages(&route.label, "response", "invalid", 1);
         }
     });
+}
+
+/// Legacy HTTP+SSE (MCP 2024-11-05): the stream's `endpoint` event names the URL the agent
+/// posts its messages to. It goes to the agent rewritten to the same place through the gateway
+/// (the route's prefix in place of its upstream path), and the `session_id` (`sessionId`) in it
+/// becomes the session's id: the posts name it, so they and this stream's answers are paired
+/// and recorded as one session, which ends with the stream. An endpoint that does not map
+/// through this route (another host, a path outside the route's upstream path) is withheld —
+/// the agent is never sent around the gateway.
+#[allow(clippy::too_many_arguments)]
+fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track, ev: &sse::Event, data: &str, out: &mut Vec<u8>) {
+    let up = &cfg.upstreams[route.upstream];
+    let Some(mapped) = map_endpoint(data, &up.authority, &route.upstream_path, &route.path) else {
+        tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name,
+            "legacy SSE endpoint withheld: it does not lead back through this route (point the route at the server's root so its message path is under the route)");
+        w.metrics.messages(&route.label, "response", "invalid", 1);
+        return;
+    };
+    ev.encode_with_data(&mapped, out);
+    let Some(sid) = legacy_session_id(&mapped) else {
+        return;
+    };
+    let s = Session::new(sid, &route.name);
+    ctx.gateway_session_id = Some(s.gateway_id.clone());
+    ctx.mcp_session_id = Some(sid.to_owned());
+    tracing::info!(worker = w.id, route = %route.name, mcp_session = sid, gateway_session = %s.gateway_id, "session started (legacy HTTP+SSE)");
+    w.shared.sessions.insert(s, cfg.sessions.max_sessions);
+    track.legacy_session = Some(sid.to_owned());
+    if let (Some(em), Some(gid)) = (&w.emitter, ctx.gateway_session_id.as_deref()) {
+        crate::events::record::session_event(em, ctx, sluice_schema::Kind::SessionStart, gid, None);
+    }
+}
+
+/// The gateway path for an endpoint the upstream named (an absolute path, or a URL on the
+/// upstream's own authority): `gateway_prefix` in place of `upstream_path`; `None` when it
+/// does not lead back through the route.
+fn map_endpoint(data: &str, authority: &str, upstream_path: &str, gateway_prefix: &str) -> Option<String> {
+    let path = if data.starts_with('/') && !data.starts_with("//") {
+        data
+    } else {
+        let scheme = ["http://", "https://"].into_iter().find(|p| starts_with_ci(data.as_bytes(), p.as_bytes()))?;
+        let rest = &data[scheme.len()..];
+        let at = rest.find(['/', '?']).unwrap_or(rest.len());
+        if !rest[..at].eq_ignore_ascii_case(authority) {
+            return None;
+        }
+        &rest[at..]
+    };
+    let below = path.strip_prefix(upstream_path)?;
+    if !(below.is_empty() || below.starts_with('/') || below.starts_with('?')) {
+        return None;
+    }
+    let slash = if gateway_prefix.is_empty() && !below.starts_with('/') { "/" } else { "" };
+    Some(format!("{gateway_prefix}{slash}{below}"))
+}
+
+/// The legacy transport's session id in a message endpoint's query.
+fn legacy_session_id(target: &str) -> Option<&str> {
+    let (_, q) = target.split_once('?')?;
+    q.split('&').find_map(|p| p.strip_prefix("session_id=").or_else(|| p.strip_prefix("sessionId="))).filter(|v| !v.is_empty())
 }
 
 /// The worker's body and output buffers, taken for one buffered response and put back on drop
@@ -1030,5 +1111,41 @@ fn log_stream_findings(w: &Worker, ctx: &mut RequestCtx, d: &DetectCfg, found: &
         tracing::info!(target: "sluice::detect", route = %ctx.route, direction = "response", kind = %m.kind, rule = %m.id, action = action.as_str(), body = "text", "finding");
         let encoding = f.encoding.map(crate::detect::decode::Encoding::name);
         ctx.findings.push(crate::detect::hook::Recorded::new(Direction::Response, m, String::new(), action, None, None, encoding));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_endpoints_lead_back_through_the_route_or_nowhere() {
+        let m = |data, up_path, prefix| map_endpoint(data, "10.0.0.5:8000", up_path, prefix);
+        assert_eq!(m("/messages/?session_id=ab12", "", "/legacy").as_deref(), Some("/legacy/messages/?session_id=ab12"));
+        assert_eq!(m("http://10.0.0.5:8000/messages?sessionId=x", "", "").as_deref(), Some("/messages?sessionId=x"));
+        assert_eq!(m("HTTPS://10.0.0.5:8000/srv/m?x", "/srv", "/g").as_deref(), Some("/g/m?x"));
+        assert_eq!(m("/srv?x", "/srv", "").as_deref(), Some("/?x"));
+        assert_eq!(m("/srv?x", "/srv", "/g").as_deref(), Some("/g?x"));
+        // Around the gateway, or outside the route's upstream path: withheld.
+        for data in ["http://evil.example/messages", "//evil.example/m", "http://10.0.0.5:8001/m", "/srvx/m", "/other/m", "messages?x", "ftp://10.0.0.5:8000/m"] {
+            assert_eq!(m(data, "/srv", "/g"), None, "{data}");
+        }
+        assert_eq!(legacy_session_id("/g/messages/?a=1&session_id=ab12"), Some("ab12"));
+        assert_eq!(legacy_session_id("/m?sessionId=X9"), Some("X9"));
+        assert_eq!(legacy_session_id("/m?session_id=&x=1"), None);
+        assert_eq!(legacy_session_id("/m/session_id=1"), None);
+    }
+
+    #[test]
+    fn media_types_by_their_essence() {
+        let m = |c: &str| media(Some(c.as_bytes()));
+        assert_eq!(m("application/json"), Media::Json);
+        assert_eq!(m(" Application/Vnd.Api+JSON ; charset=utf-8"), Media::Json);
+        assert_eq!(m("application/json-seq"), Media::Other);
+        assert_eq!(m("application/x-www-form-urlencoded; charset=UTF-8"), Media::Form);
+        assert_eq!(m("text/plain"), Media::Text);
+        assert_eq!(m("application/atom+xml"), Media::Text);
+        assert_eq!(m("multipart/form-data; boundary=x"), Media::Other);
+        assert_eq!(media(None), Media::Other);
     }
 }

@@ -103,6 +103,14 @@ def py_sse(tmp_path_factory):
     p.stop()
 
 
+@pytest.fixture(scope="session")
+def py_legacy(tmp_path_factory):
+    """The Python SDK server on the legacy HTTP+SSE transport; its root URL (GET /sse, POST /messages/)."""
+    p, url = _py_server(tmp_path_factory, "legacy")
+    yield url.removesuffix("/mcp")
+    p.stop()
+
+
 class Gateway:
     def __init__(self, tmp: Path, routes: list[dict], extra: str = "", workers: int = 2, log: str = "info"):
         self.port = free_port()

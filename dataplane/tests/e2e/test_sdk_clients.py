@@ -7,7 +7,8 @@ import time
 
 import httpx
 
-from conftest import LOG_ONLY, py_client, ts_client
+from conftest import LOG_ONLY, py_client, spool_events, ts_client
+from test_recording import settled
 
 INIT = {
     "jsonrpc": "2.0",
@@ -33,6 +34,28 @@ def test_typescript_client_same_results_direct_and_through_gateway(everything, g
     # Detection ran on the real traffic (log only here): the e-mail address the client
     # entered in the elicitation form came back in a tool result.
     assert g.metric("sluice_findings_total", direction="response", kind="email", action="log") >= 1
+
+
+def test_python_client_over_legacy_http_sse(py_legacy, gateway):
+    """The legacy HTTP+SSE transport (MCP 2024-11-05) through the gateway: the stream's
+    `endpoint` event is rewritten to lead back through the route, the client's posts and the
+    stream's answers (progress, elicitation and sampling included) are one session, recorded
+    with each call's tool, and the session ends with the stream."""
+    g = gateway([{"path": "/legacy", "upstream": py_legacy}], extra=LOG_ONLY)
+    direct = py_client(py_legacy + "/sse", "py", "--legacy", "--interactive")
+    through = py_client(g.url("/legacy/sse"), "py", "--legacy", "--interactive")
+    for run in (direct, through):
+        p = run.pop("progress")
+        assert p == sorted(p) and all(total == 3.0 for _, total in p), p
+    assert through == direct
+    assert direct["add"]["content"][0]["text"] == "42" and direct["elicit"]["content"][0]["text"] == "accept:Ada"
+    settled(g)
+    events = spool_events(g.spool)
+    assert len({e["session"] for e in events if e.get("session")}) == 1, "posts and stream are one session"
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("session_start") == 1 and kinds.count("session_end") == 1, kinds
+    calls = sorted(e["tool"] for e in events if e["kind"] == "response" and e.get("method") == "tools/call")
+    assert calls == ["add", "ask_name", "count", "fail", "shout", "summarize"], calls
 
 
 def test_python_client_against_both_servers(everything, py_json, py_sse, gateway):

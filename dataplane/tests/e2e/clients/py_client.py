@@ -1,15 +1,30 @@
 """Drives one scripted MCP session with the official Python SDK client and prints what it saw
 as JSON, so that a run straight against a server and one through Sluice can be compared.
 
-usage: python py_client.py URL everything|py
+usage: python py_client.py URL everything|py [--interactive] [--legacy]
+  --legacy: the legacy HTTP+SSE transport (URL is the server's /sse stream)
 """
+
+import contextlib
 
 import asyncio
 import json
 import sys
 
 from mcp import ClientSession, types
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamablehttp_client
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str):
+    """(read, write, session id getter) for either transport; legacy sessions have no id header."""
+    if "--legacy" in sys.argv:
+        async with sse_client(url) as (read, write):
+            yield read, write, lambda: None
+    else:
+        async with streamablehttp_client(url) as (read, write, get_session_id):
+            yield read, write, get_session_id
 
 
 def dump(x):
@@ -37,7 +52,7 @@ async def main(url: str, server: str) -> dict:
     async def on_log(p: types.LoggingMessageNotificationParams):
         logs.append(p.level)
 
-    async with streamablehttp_client(url) as (read, write, get_session_id):
+    async with connect(url) as (read, write, get_session_id):
         async with ClientSession(read, write, sampling_callback=sampling, elicitation_callback=elicitation,
                                  logging_callback=on_log) as s:
             init = await s.initialize()

@@ -1,8 +1,9 @@
 """An MCP server written with the official Python SDK (FastMCP), for Sluice's end-to-end tests.
 
-usage: python py_server.py PORT [json|sse]
-  json: POST responses are single JSON bodies (the gateway's buffered path)
-  sse:  POST responses are SSE streams (the gateway's event-by-event path)
+usage: python py_server.py PORT [json|sse|legacy]
+  json:   POST responses are single JSON bodies (the gateway's buffered path)
+  sse:    POST responses are SSE streams (the gateway's event-by-event path)
+  legacy: the legacy HTTP+SSE transport (MCP 2024-11-05): GET /sse, POST /messages/
 """
 
 import sys
@@ -93,4 +94,4 @@ async def complete(ref: PromptReference | ResourceTemplateReference, argument, c
 
 
 if __name__ == "__main__":
-    mcp.run(transport="streamable-http")
+    mcp.run(transport="sse" if mode == "legacy" else "streamable-http")
