@@ -465,7 +465,8 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &m
                     let from_session = sessions.with(sid, |s| {
                         s.messages_out += 1;
                         let p = s.pending_client.remove(id);
-                        if is_init {
+                        // A legacy HTTP+SSE session's answers come on its stream, not the post.
+                        if is_init || p.as_ref().is_some_and(|p| p.method == "initialize") {
                             if let Some(r) = v.get("result") {
                                 s.server_info = r.get("serverInfo").and_then(|x| serde_json::to_value(x).ok());
                                 s.server_capabilities = r.get("capabilities").and_then(|x| serde_json::to_value(x).ok());
@@ -507,7 +508,16 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &m
 fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track, head: &Head, method: &str) {
     let sessions = &w.shared.sessions;
     let status = head.status;
-    if let (Some(init), Some(new_sid)) = (track.init.take(), head.header_str("mcp-session-id")) {
+    let init = track.init.take();
+    if let (Some(init), None, Some(sid)) = (&init, head.header_str("mcp-session-id"), ctx.mcp_session_id.as_deref()) {
+        // A legacy HTTP+SSE session (opened by its stream) learns who the client is.
+        sessions.with(sid, |s| {
+            s.client_info = init.get("clientInfo").cloned();
+            s.client_capabilities = init.get("capabilities").cloned();
+            s.protocol_version = init.get("protocolVersion").and_then(|v| v.as_str()).map(str::to_owned);
+        });
+    }
+    if let (Some(init), Some(new_sid)) = (init, head.header_str("mcp-session-id")) {
         if (200..300).contains(&status) {
             let mut s = Session::new(new_sid, &route.name);
             if let Some(g) = &ctx.gateway_session_id {

@@ -58,6 +58,29 @@ def test_python_client_over_legacy_http_sse(py_legacy, gateway):
     assert calls == ["add", "ask_name", "count", "fail", "shout", "summarize"], calls
 
 
+def test_legacy_session_holds_client_and_server_info_while_its_stream_is_open(py_legacy, gateway):
+    """A legacy session is opened by its stream, before the client says who it is: the
+    `initialize` post and its answer on the stream fill in the client's and server's info."""
+    g = gateway([{"path": "/legacy", "upstream": py_legacy}])
+    with httpx.Client(timeout=10) as c, c.stream("GET", g.url("/legacy/sse"), headers={"accept": "text/event-stream"}) as stream:
+        lines = stream.iter_lines()
+        endpoint = next(line for line in lines if line.startswith("data: "))[6:]
+        assert endpoint.startswith("/legacy/messages/?session_id="), endpoint
+        assert c.post(g.url(endpoint), json=INIT).status_code == 202
+        answer = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+        assert answer["result"]["serverInfo"]["name"] == "sluice-e2e-py", answer
+        s = g.get_admin("/sessions")["sessions"]
+        assert [x["mcp_session_id"] for x in s] == [endpoint.split("=")[1]], s
+        assert s[0]["client_info"]["name"] == "raw-e2e" and s[0]["server_info"]["name"] == "sluice-e2e-py", s
+        assert s[0]["protocol_version"] == "2025-06-18", s
+    # The stream closed: the session ended with it.
+    for _ in range(50):
+        if g.get_admin("/sessions")["count"] == 0:
+            break
+        time.sleep(0.1)
+    assert g.get_admin("/sessions")["count"] == 0
+
+
 def test_python_client_against_both_servers(everything, py_json, py_sse, gateway):
     g = gateway([
         {"path": "/everything", "upstream": everything},
