@@ -81,6 +81,17 @@ def everything(tmp_path_factory):
     p.stop()
 
 
+@pytest.fixture(scope="session")
+def everything_legacy(tmp_path_factory):
+    """`server-everything` on the legacy HTTP+SSE transport; its root URL (GET /sse, POST /message)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("everything-legacy") / "everything.log"
+    p = Proc([NODE, str(HERE / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"), "sse"], log, {"PORT": str(port)})
+    wait_port(port, proc=p.p)
+    yield f"http://127.0.0.1:{port}"
+    p.stop()
+
+
 def _py_server(tmp_path_factory, mode):
     port = free_port()
     log = tmp_path_factory.mktemp(f"py-{mode}") / "server.log"
@@ -261,8 +272,8 @@ def run_client(args, timeout=90) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def ts_client(url: str) -> dict:
-    return run_client([NODE, str(HERE / "clients" / "ts_client.mjs"), url])
+def ts_client(url: str, *flags) -> dict:
+    return run_client([NODE, str(HERE / "clients" / "ts_client.mjs"), url, *flags])
 
 
 def py_client(url: str, server: str, *flags) -> dict:

@@ -58,6 +58,21 @@ def test_python_client_over_legacy_http_sse(py_legacy, gateway):
     assert calls == ["add", "ask_name", "count", "fail", "shout", "summarize"], calls
 
 
+def test_typescript_client_over_legacy_http_sse(everything_legacy, gateway):
+    """The TypeScript SDK's legacy transport (`?sessionId=`) against the reference server:
+    the same results straight and through the gateway, sampling and elicitation included."""
+    g = gateway([{"path": "/legacy", "upstream": everything_legacy}], extra=LOG_ONLY)
+    direct = ts_client(everything_legacy + "/sse", "--legacy")
+    through = ts_client(g.url("/legacy/sse"), "--legacy")
+    # Over this transport the last progress notice races with the result, straight or not.
+    for run in (direct, through):
+        p = run.pop("progress")
+        assert p == sorted(p) and len(p) >= 3 and all(total == 4 for _, total in p), p
+    assert "sampled: " in json.dumps(direct["sampling"])
+    assert through == direct
+    assert g.metric("sluice_messages_total", direction="response", kind="request") >= 2  # sampling + elicitation asks
+
+
 def test_legacy_session_holds_client_and_server_info_while_its_stream_is_open(py_legacy, gateway):
     """A legacy session is opened by its stream, before the client says who it is: the
     `initialize` post and its answer on the stream fill in the client's and server's info."""

@@ -2,8 +2,10 @@
 // saw as JSON (volatile values such as session ids removed), so that a run straight against a
 // server and a run through Sluice can be compared.
 //
-// usage: node ts_client.mjs URL
+// usage: node ts_client.mjs URL [--legacy]
+//   --legacy: the legacy HTTP+SSE transport (URL is the server's /sse stream)
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import {
   CreateMessageRequestSchema,
@@ -13,6 +15,7 @@ import {
 } from "@modelcontextprotocol/sdk/types.js";
 
 const url = new URL(process.argv[2]);
+const legacy = process.argv.includes("--legacy");
 const out = {};
 const client = new Client(
   { name: "sluice-e2e-ts", version: "1.0.0" },
@@ -31,10 +34,10 @@ const logs = [];
 client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => logs.push(n.params.level));
 client.setNotificationHandler(ResourceUpdatedNotificationSchema, () => {});
 
-const transport = new StreamableHTTPClientTransport(url);
+const transport = legacy ? new SSEClientTransport(url) : new StreamableHTTPClientTransport(url);
 await client.connect(transport);
 out.server = client.getServerVersion();
-out.sessionIdPresent = typeof transport.sessionId === "string";
+out.sessionIdPresent = legacy || typeof transport.sessionId === "string";
 out.protocolVersion = transport.protocolVersion ?? null;
 
 const tools = await client.listTools();
@@ -74,7 +77,9 @@ out.completion = await client.complete({
 out.setLevel = await client.setLoggingLevel("debug");
 out.ping = await client.ping();
 
-await transport.terminateSession();
+if (!legacy) {
+  await transport.terminateSession();
+}
 out.terminated = transport.sessionId === undefined;
 await client.close();
 console.log(JSON.stringify(out));
