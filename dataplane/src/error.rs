@@ -31,6 +31,8 @@ pub enum ProxyError {
     EmptyBody,
     #[error("the request body is declared {0} but is not UTF-8; the gateway inspects text and form bodies as UTF-8: send it as UTF-8 (or, if it is binary, as application/octet-stream)")]
     NotUtf8(String),
+    #[error("the request body has Content-Encoding: {0}, which the gateway cannot inspect; send it uncompressed")]
+    Encoded(String),
     #[error("upstream {upstream} cannot be reached: {reason}")]
     UpstreamConnect { upstream: String, reason: String },
     #[error("upstream {upstream} did not answer within {secs:.1}s ({phase})")]
@@ -47,7 +49,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable => Fault::Internal,
         }
@@ -59,7 +61,7 @@ impl ProxyError {
             Head(HeadError::TooLarge { .. } | HeadError::TooManyHeaders) => 431,
             Head(_) | Framing(_) | JsonRpc(_) | EmptyBody => 400,
             BodyTooLarge { .. } => 413,
-            NotUtf8(_) => 415,
+            NotUtf8(_) | Encoded(_) => 415,
             Expectation(_) => 417,
             ClientTimeout => 408,
             NoRoute(_) => 404,
@@ -73,7 +75,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             JsonRpc(e) => e.code(),
-            EmptyBody | NotUtf8(_) | Head(_) | Framing(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
+            EmptyBody | NotUtf8(_) | Encoded(_) | Head(_) | Framing(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => Code::UpstreamUnavailable,
@@ -94,7 +96,7 @@ impl ProxyError {
 
     /// Does the connection stay usable after this error is answered?
     pub fn keeps_connection(&self) -> bool {
-        matches!(self, ProxyError::NoRoute(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_))
+        matches!(self, ProxyError::NoRoute(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_))
             || self.fault() == Fault::Upstream
     }
 }

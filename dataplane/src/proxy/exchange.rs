@@ -200,6 +200,13 @@ pub async fn handle(
     let status = c.head.status;
     ctx.status = Some(status);
     let kind = response_body_kind(&c.head, method).map_err(|e| ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason: e.to_string() })?;
+    // The gateway asks for identity; a compressed answer it would inspect is not forwarded.
+    if let Some(e) = encoding(&c.head).filter(|_| kind != BodyKind::None && (route.kind == RouteKind::Mcp || media(c.head.header("content-type")) != Media::Other)) {
+        return Err(ProxyError::UpstreamProtocol {
+            upstream: up.name.clone(),
+            reason: format!("answered with Content-Encoding: {e} although the gateway asked for identity; the gateway does not forward what it cannot inspect"),
+        });
+    }
     after_response_head(w, cfg, route, &mut ctx, &mut track, &c.head, method);
     let ctype = c.head.header("content-type").unwrap_or(b"");
     let is_sse = starts_with_ci(ctype, b"text/event-stream");
@@ -281,9 +288,14 @@ fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
 /// `Ok(None)`: nothing to inspect (no body, or not JSON on a plain route).
 fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, body: &[u8], track: &mut Track) -> Result<Option<Outcome>, ProxyError> {
     let is_mcp = route.kind == RouteKind::Mcp;
+    // A compressed body cannot be read; one the gateway would inspect is refused.
+    let encoded = || encoding(head).map(|e| ProxyError::Encoded(e.to_owned()));
     if is_mcp && head.method() == "POST" {
         if body.is_empty() {
             return Err(ProxyError::EmptyBody);
+        }
+        if let Some(e) = encoded() {
+            return Err(e);
         }
         return with_scratch(w, body, |buf| {
             let mut parsed = jsonrpc::parse(buf)?;
@@ -301,7 +313,11 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
     if is_mcp || body.is_empty() || w.chain.is_empty() {
         return Ok(None);
     }
-    match media(head.header("content-type")) {
+    let m = media(head.header("content-type"));
+    if let (true, Some(e)) = (m != Media::Other, encoded()) {
+        return Err(e);
+    }
+    match m {
         Media::Json => with_scratch(w, body, |buf| match document(buf) {
             Ok(mut doc) => Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc))),
             Err(e) => Err(ProxyError::JsonRpc(jsonrpc::BodyError::Parse(e))),
@@ -309,6 +325,11 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
         m @ (Media::Form | Media::Text) => text_document(w, ctx, m, head, body).map(Some),
         Media::Other => Ok(None),
     }
+}
+
+/// The body's `Content-Encoding`, unless none or `identity`.
+fn encoding(head: &Head) -> Option<&str> {
+    head.header_str("content-encoding").map(str::trim).filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
 }
 
 /// What a body's `Content-Type` makes it for inspection.
@@ -583,7 +604,10 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
             || (rewrite && n.eq_ignore_ascii_case("host"))
             || (strip_credentials && (n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("x-api-key")))
             || up.credential.as_ref().is_some_and(|c| n.eq_ignore_ascii_case(&c.header))
+            || n.eq_ignore_ascii_case("accept-encoding")
     });
+    // Answers must come readable: compressed ones could not be inspected.
+    write::header(out, "accept-encoding", b"identity");
     // The upstream's own credential: agents never hold it.
     if let Some(c) = &up.credential {
         write::header(out, &c.header, &c.value);

@@ -330,3 +330,40 @@ def test_form_text_and_json_type_bodies_are_inspected(raw_upstream, gateway):
     paths = [(f["path"], f["kind"]) for e in events if e["kind"] == "findings" and e["direction"] == "request" for f in e["findings"]]
     assert paths == [("/1/email", "email"), ("", "email"), ("", "payment_card"), ("/email", "email"), ("", "aws_access_key_id")], paths
     assert "bob@example.com" not in json.dumps(events) and "carol@example.com" not in json.dumps(events)
+
+
+def test_compressed_bodies_are_never_forwarded_uninspected(raw_upstream, gateway):
+    """The gateway asks upstreams for identity encoding whatever the agent accepts; an answer
+    compressed anyway is refused with 502 when it would be inspected (it could hide anything),
+    and a compressed request body the gateway would inspect is refused with 415. Binary bodies
+    pass as they are."""
+    import gzip
+
+    secret_text = gzip.compress(f"key {AKIA}\n".encode())
+
+    def handler(conn, head, body):
+        path = head.split(b" ", 2)[1]
+        if path.endswith(b"/bin"):
+            ctype, payload = b"application/octet-stream", secret_text
+        elif path.endswith(b"/text"):
+            ctype, payload = b"text/plain", secret_text
+        else:
+            ctype, payload = b"application/json", gzip.compress(json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": AKIA}]}}).encode())
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Encoding: gzip\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}, {"path": "/api", "upstream": up.url("/api"), "kind": "http"}])
+    with httpx.Client(timeout=10) as c:
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": {}}}
+        r = c.post(g.url(), json=call, headers={**ACCEPT, "accept-encoding": "gzip, br"})
+        assert r.status_code == 502 and "Content-Encoding: gzip" in r.json()["error"]["data"]["reason"], r.text
+        r = c.get(g.url("/api/text"), headers={"accept-encoding": "gzip"})
+        assert r.status_code == 502 and AKIA not in r.text, r.text
+        r = c.get(g.url("/api/bin"), headers={"accept-encoding": "gzip"})
+        assert r.status_code == 200 and r.headers["content-encoding"] == "gzip" and r.content == gzip.decompress(secret_text)
+        r = c.post(g.url(), content=gzip.compress(json.dumps(call).encode()), headers={**ACCEPT, "content-encoding": "gzip"})
+        assert r.status_code == 415 and "send it uncompressed" in r.json()["error"]["data"]["reason"], r.text
+    assert len(up.requests) == 3, "the compressed request never reached the upstream"
+    for req in up.requests:
+        h = req.split(b"\r\n\r\n", 1)[0].lower()
+        assert b"\r\naccept-encoding: identity" in h and b"gzip" not in h, h
