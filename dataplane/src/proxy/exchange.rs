@@ -433,7 +433,9 @@ fn plain_decision(w: &Worker, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
         });
         em.emit(&e);
     }
-    tracing::debug!(route = %ctx.route, method = %ctx.http_method, path = %ctx.path, decision = %d.label(), "policy");
+    // A path detection found something in is not logged (under `log` it was forwarded as is).
+    let path = if ctx.findings.iter().any(|f| f.path.starts_with("/url/path/")) { crate::detect::hook::REDACTED } else { ctx.path.as_str() };
+    tracing::debug!(route = %ctx.route, method = %ctx.http_method, path, decision = %d.label(), "policy");
     refusal
 }
 

@@ -186,7 +186,7 @@ def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upst
         "[[rule]]\nid = \"writes\"\nwhen = 'http.method == \"POST\" && \"support\" in identity.groups'\naction = \"allow\"\n")
     extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\n'
              f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
-    g = gateway([{"path": "/api", "upstream": up.url("/api"), "kind": "http"}], extra=extra)
+    g = gateway([{"path": "/api", "upstream": up.url("/api"), "kind": "http"}], extra=extra, log="info,sluice=debug")
     h = {"authorization": f"Bearer {idp.token('intern-agent')}"}
     with httpx.Client(timeout=10) as c:
         assert c.get(g.url("/api/reports/q3"), headers=h).status_code == 200
@@ -202,6 +202,9 @@ def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upst
         # with or without a body.
         for r in [c.get(g.url("/api/reports/bob%40example.com"), headers=h), c.post(g.url("/api/users?owner=bob@example.com"), json={"name": "x"}, headers=h2)]:
             assert r.status_code == 403 and '"no-pii-in-urls"' in r.json()["error"]["data"]["reason"], r.text
+    # Decisions are logged at debug level with the path, unless detection found something in it.
+    log = g.proc.text()
+    assert "/api/reports/q3" in log and "bob%40example.com" not in log and "bob@example.com" not in log
     assert seen == ["GET /api/reports/q3 HTTP/1.1", "POST /api/users HTTP/1.1"]
 
 
