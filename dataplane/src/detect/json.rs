@@ -146,9 +146,6 @@ impl Walk<'_> {
     }
 
     fn value(&self, sc: &mut Scanner, b: &mut Buffers, v: &mut BorrowedValue<'_>, key: Option<&str>, out: &mut Vec<Found>) -> bool {
-        if number_leaf(v) {
-            return self.number(sc, b, v, key, out);
-        }
         match v {
             BorrowedValue::String(s) => {
                 if let Some(new) = self.leaf(sc, b, s, key, out) {
@@ -201,7 +198,7 @@ impl Walk<'_> {
                 }
                 changed
             }
-            _ => false,
+            BorrowedValue::Static(_) => number_leaf(v) && self.number(sc, b, v, key, out),
         }
     }
 
@@ -352,7 +349,7 @@ fn number_leaf(v: &BorrowedValue<'_>) -> bool {
     match v {
         BorrowedValue::Static(StaticNode::I64(n)) => n.unsigned_abs() >= NUMBER_LEAF,
         BorrowedValue::Static(StaticNode::U64(n)) => *n >= NUMBER_LEAF,
-        BorrowedValue::Static(StaticNode::F64(f)) => f.fract() == 0.0 && (NUMBER_LEAF as f64..1e19).contains(&f.abs()),
+        BorrowedValue::Static(StaticNode::F64(f)) => (NUMBER_LEAF as f64..1e19).contains(&f.abs()) && f.fract() == 0.0,
         _ => false,
     }
 }
