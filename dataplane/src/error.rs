@@ -33,6 +33,8 @@ pub enum ProxyError {
     NotUtf8(String),
     #[error("the request body has Content-Encoding: {0}, which the gateway cannot inspect; send it uncompressed")]
     Encoded(String),
+    #[error("{0}; the gateway does not forward what it cannot inspect")]
+    Uninspectable(String),
     #[error("upstream {upstream} cannot be reached: {reason}")]
     UpstreamConnect { upstream: String, reason: String },
     #[error("upstream {upstream} did not answer within {secs:.1}s ({phase})")]
@@ -49,7 +51,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable => Fault::Internal,
         }
@@ -61,7 +63,7 @@ impl ProxyError {
             Head(HeadError::TooLarge { .. } | HeadError::TooManyHeaders) => 431,
             Head(_) | Framing(_) | JsonRpc(_) | EmptyBody => 400,
             BodyTooLarge { .. } => 413,
-            NotUtf8(_) | Encoded(_) => 415,
+            NotUtf8(_) | Encoded(_) | Uninspectable(_) => 415,
             Expectation(_) => 417,
             ClientTimeout => 408,
             NoRoute(_) => 404,
@@ -75,7 +77,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             JsonRpc(e) => e.code(),
-            EmptyBody | NotUtf8(_) | Encoded(_) | Head(_) | Framing(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
+            EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => Code::UpstreamUnavailable,
@@ -96,7 +98,7 @@ impl ProxyError {
 
     /// Does the connection stay usable after this error is answered?
     pub fn keeps_connection(&self) -> bool {
-        matches!(self, ProxyError::NoRoute(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_))
+        matches!(self, ProxyError::NoRoute(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_))
             || self.fault() == Fault::Upstream
     }
 }

@@ -24,6 +24,7 @@ pub mod invisible;
 pub mod json;
 pub mod lazy;
 pub mod mask;
+pub mod multipart;
 pub mod normalize;
 pub mod reverse;
 pub mod rules;

@@ -323,6 +323,7 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
             Err(e) => Err(ProxyError::JsonRpc(jsonrpc::BodyError::Parse(e))),
         }),
         m @ (Media::Form | Media::Text) => text_document(w, ctx, m, head, body).map(Some),
+        Media::Multipart => multipart_document(w, ctx, head, body),
         Media::Other => Ok(None),
     }
 }
@@ -330,6 +331,29 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
 /// The body's `Content-Encoding`, unless none or `identity`.
 fn encoding(head: &Head) -> Option<&str> {
     head.header_str("content-encoding").map(str::trim).filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+}
+
+/// A `multipart/form-data` request body on a plain route passes the hooks as its text parts
+/// (see [`crate::detect::multipart`]) and, when a hook changed them, is written back with only
+/// those bytes replaced. A form that cannot be split is refused: it could not be inspected.
+fn multipart_document(w: &Worker, ctx: &mut RequestCtx, head: &Head, body: &[u8]) -> Result<Option<Outcome>, ProxyError> {
+    use crate::detect::multipart::{boundary, Multipart};
+    let ctype = head.header_str("content-type").unwrap_or("");
+    let form = boundary(ctype)
+        .ok_or_else(|| "its Content-Type names no boundary".to_owned())
+        .and_then(|b| Multipart::parse(body, b))
+        .map_err(|why| ProxyError::Uninspectable(format!("the multipart/form-data body cannot be read ({why})")))?;
+    if form.is_empty() {
+        return Ok(None);
+    }
+    let mut doc = jsonrpc::Body { batch: false, values: vec![form.value()], infos: vec![jsonrpc::MessageInfo::document()] };
+    Ok(Some(match hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc) {
+        Outcome::Rewritten { body: mut json, answers } => {
+            let v = simd_json::to_borrowed_value(&mut json).map_err(|e| ProxyError::Uninspectable(format!("the inspected form could not be written back ({e})")))?;
+            Outcome::Rewritten { body: form.rebuild(&v), answers }
+        }
+        o => o,
+    }))
 }
 
 /// What a body's `Content-Type` makes it for inspection.
@@ -341,6 +365,8 @@ enum Media {
     Form,
     /// `text/*`, `application/xml`, `*/*+xml`.
     Text,
+    /// `multipart/form-data`.
+    Multipart,
     /// Anything else (binary): not inspected.
     Other,
 }
@@ -357,6 +383,8 @@ fn media(ctype: Option<&[u8]>) -> Media {
         Media::Form
     } else if starts_with_ci(essence, b"text/") || essence.eq_ignore_ascii_case(b"application/xml") || ends_ci(b"+xml") {
         Media::Text
+    } else if essence.eq_ignore_ascii_case(b"multipart/form-data") {
+        Media::Multipart
     } else {
         Media::Other
     }
@@ -1181,7 +1209,8 @@ mod tests {
         assert_eq!(m("application/x-www-form-urlencoded; charset=UTF-8"), Media::Form);
         assert_eq!(m("text/plain"), Media::Text);
         assert_eq!(m("application/atom+xml"), Media::Text);
-        assert_eq!(m("multipart/form-data; boundary=x"), Media::Other);
+        assert_eq!(m("Multipart/Form-Data; boundary=x"), Media::Multipart);
+        assert_eq!(m("multipart/mixed; boundary=x"), Media::Other);
         assert_eq!(media(None), Media::Other);
     }
 }

@@ -367,3 +367,34 @@ def test_compressed_bodies_are_never_forwarded_uninspected(raw_upstream, gateway
     for req in up.requests:
         h = req.split(b"\r\n\r\n", 1)[0].lower()
         assert b"\r\naccept-encoding: identity" in h and b"gzip" not in h, h
+
+
+def test_multipart_form_fields_and_text_files_are_inspected(raw_upstream, gateway):
+    """A multipart/form-data upload: text fields and text files are scanned with their field
+    names as context and masked in place (the boundary framing and binary files byte for
+    byte); a blocked kind in a text file refuses the upload; a form that cannot be split is
+    refused (415) rather than forwarded uninspected."""
+    def handler(conn, head, body):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/api", "upstream": up.url("/api"), "kind": "http"}], extra='[detect.request]\npii = "mask"\nsecret = "block"\n')
+    png = b"\x89PNG\r\n\x1a\n\x00\xffbob@example.com"
+    with httpx.Client(timeout=10) as c:
+        files = {"photo": ("me.png", png, "image/png"), "notes": ("notes.txt", b"call bob@example.com\n", "text/plain")}
+        r = c.post(g.url("/api/upload"), data={"title": "from bob@example.com"}, files=files)
+        assert r.status_code == 200, r.text
+        r = c.post(g.url("/api/upload"), files={"keys": ("k.txt", f"aws {AKIA}\n".encode(), "text/plain")})
+        assert r.status_code == 403 and "aws_access_key_id" in r.text and AKIA not in r.text, r.text
+        r = c.post(g.url("/api/upload"), content=b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nnot closed", headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 415 and "multipart/form-data body cannot be read" in r.text, r.text
+    assert len(up.requests) == 1
+    head, body = up.requests[0].split(b"\r\n\r\n", 1)
+    assert b"bob@example.com" not in body.replace(png, b""), body
+    assert png in body, "the binary file is forwarded byte for byte"
+    assert body.count(b"[email:") == 2 and b"from [email:" in body and b"call [email:" in body, body
+    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")).split(b":")[1])
+    assert length == len(body)
+    settled(g)
+    paths = sorted(f["path"] for e in spool_events(g.spool) if e["kind"] == "findings" for f in e["findings"])
+    assert paths == ["/0/keys", "/0/title", "/1/notes"], paths
