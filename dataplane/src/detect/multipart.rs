@@ -13,6 +13,10 @@ use simd_json::BorrowedValue;
 use std::borrow::Cow;
 use std::ops::Range;
 
+/// Most parts an upload may have (and parameters a form): each becomes a value of its own for
+/// the inspection, so a body of tiny parts would cost far more memory than its size.
+pub const MAX_PARTS: usize = 10_000;
+
 /// A parsed body: the text parts' field names and contents, as ranges of the body.
 pub struct Multipart<'b> {
     body: &'b [u8],
@@ -40,7 +44,12 @@ impl<'b> Multipart<'b> {
             finder.find(body).ok_or("no part starts with the boundary")? + delim.len()
         };
         let mut parts = Vec::new();
+        let mut count = 0;
         loop {
+            count += 1;
+            if count > MAX_PARTS {
+                return Err(format!("it has more than {MAX_PARTS} parts"));
+            }
             let rest = &body[at..];
             if rest.starts_with(b"--") {
                 return Ok(Multipart { body, parts });
@@ -235,6 +244,7 @@ mod tests {
             (b"no boundary here", "no part"),
             (b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n\xff\xfe\r\n--XyZ--", "not UTF-8"),
             (b"--XyZ junk\r\n\r\nx\r\n--XyZ--", "text after the boundary"),
+            (&b"--XyZ\r\n\r\nx\r\n".repeat(MAX_PARTS + 1), "more than 10000 parts"),
         ] {
             let e = Multipart::parse(body, "XyZ").err().unwrap_or_default();
             assert!(e.contains(why), "{e}");

@@ -314,6 +314,9 @@ def test_form_text_and_json_type_bodies_are_inspected(raw_upstream, gateway):
         assert r.status_code == 403 and "aws_access_key_id" in r.text and AKIA not in r.text, r.text
         r = c.post(g.url("/api/x"), content=b"caf\xe9 bob@example.com", headers={"content-type": "text/plain; charset=latin1"})
         assert r.status_code == 415 and "not UTF-8" in r.json()["error"]["data"]["reason"], r.text
+        # A form of tiny parameters would cost far more to inspect than its size: capped.
+        r = c.post(g.url("/api/x"), content=b"a=1&" * 10001, headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 415 and "more than the 10000" in r.json()["error"]["data"]["reason"], r.text
         # Binary bodies are not inspected (and pass unchanged).
         r = c.post(g.url("/api/x"), content=b"\x00\x01bob@example.com", headers={"content-type": "application/octet-stream"})
         assert r.status_code == 200, r.text
