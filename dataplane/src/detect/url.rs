@@ -38,11 +38,6 @@ impl<'t> Target<'t> {
         Target { path: Vec::new(), query: Some(params(body)) }
     }
 
-    /// How many query (form) parameters there are.
-    pub fn params(&self) -> usize {
-        self.query.as_ref().map_or(0, Vec::len)
-    }
-
     /// Whether there is any text to inspect (most MCP requests: none).
     pub fn is_empty(&self) -> bool {
         self.path.iter().all(|s| s.is_empty()) && self.query.as_ref().is_none_or(|q| q.is_empty())

@@ -396,10 +396,12 @@ fn media(ctype: Option<&[u8]>) -> Media {
 /// parts). Text that is not UTF-8 is refused: it could not be inspected.
 fn text_document(w: &Worker, ctx: &mut RequestCtx, m: Media, head: &Head, body: &[u8]) -> Result<Outcome, ProxyError> {
     let text = std::str::from_utf8(body).map_err(|_| ProxyError::NotUtf8(head.header_str("content-type").unwrap_or("text").to_owned()))?;
-    let form = (m == Media::Form).then(|| crate::detect::url::Target::form(text));
-    if let Some(n) = form.as_ref().map(|f| f.params()).filter(|n| *n > crate::detect::multipart::MAX_PARTS) {
-        return Err(ProxyError::Uninspectable(format!("the form has {n} parameters, more than the {} the gateway inspects", crate::detect::multipart::MAX_PARTS)));
+    // Counted before the form is split (splitting a huge one is what the cap is against).
+    let params = if m == Media::Form { memchr::memchr_iter(b'&', body).count() + 1 } else { 0 };
+    if params > crate::detect::multipart::MAX_PARTS {
+        return Err(ProxyError::Uninspectable(format!("the form has {params} parameters, more than the {} the gateway inspects", crate::detect::multipart::MAX_PARTS)));
     }
+    let form = (m == Media::Form).then(|| crate::detect::url::Target::form(text));
     let value = match &form {
         Some(f) => f.params_value(),
         None => simd_json::BorrowedValue::String(std::borrow::Cow::Borrowed(text)),
