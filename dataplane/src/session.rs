@@ -52,6 +52,10 @@ pub struct Session {
     /// Tool annotations from this session's `tools/list` answers.
     #[serde(skip)]
     pub tools: HashMap<String, crate::policy::Annotations>,
+    /// Legacy HTTP+SSE: the gateway's own answers (refusals of posted calls) waiting to go out
+    /// on the session's stream, where the agent reads its answers.
+    #[serde(skip)]
+    pub legacy_out: Vec<Vec<u8>>,
 }
 
 impl Session {
@@ -73,6 +77,7 @@ impl Session {
             pending_server: HashMap::new(),
             policy: Default::default(),
             tools: HashMap::new(),
+            legacy_out: Vec::new(),
         }
     }
 

@@ -36,6 +36,8 @@ struct Track {
     reply_id: Option<String>,
     /// The session this legacy HTTP+SSE stream opened (it ends with the stream).
     legacy_session: Option<String>,
+    /// This request posts to a legacy HTTP+SSE session: its answers go out on the stream.
+    legacy_post: bool,
 }
 
 /// Handle one request. `Ok(keep_alive)` once a response went out; `Err` when nothing was
@@ -104,16 +106,18 @@ pub async fn handle(
         }
     }
     // A legacy HTTP+SSE post names its session in the query (see `legacy_endpoint`).
+    let mut legacy_post = false;
     if ctx.mcp_session_id.is_none() && route.kind == RouteKind::Mcp {
         if let Some(sid) = legacy_session_id(head.target()).filter(|sid| w.shared.sessions.with(sid, |_| ()).is_some()) {
             ctx.mcp_session_id = Some(sid.to_owned());
+            legacy_post = true;
         }
     }
     // The gateway's session id keys every event of the session (Kafka partition, order).
     if let Some(sid) = ctx.mcp_session_id.as_deref() {
         ctx.gateway_session_id = w.shared.sessions.with(sid, |s| s.gateway_id.clone());
     }
-    let mut track = Track::default();
+    let mut track = Track { legacy_post, ..Track::default() };
     let keep_alive = head.keep_alive() && !w.draining();
     let mlabel = crate::metrics::method_label(method);
 
@@ -155,6 +159,17 @@ pub async fn handle(
             Outcome::Rewritten { body, answers: a } => {
                 forwarded = Some(body);
                 answers = a;
+                if track.legacy_post {
+                    legacy_answers(w, &ctx, &answers);
+                    answers.clear();
+                }
+            }
+            Outcome::Answer(b) if track.legacy_post => {
+                // The agent reads its answers on the session's stream, not here.
+                legacy_answers(w, &ctx, &[b]);
+                respond::send(down, 202, "text/plain", b"Accepted", keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
+                w.metrics.request_done(&route.label, mlabel, 202, started.elapsed());
+                return Ok(keep_alive);
             }
             Outcome::Answer(b) => {
                 // JSON-RPC errors travel in a 200; a refused plain HTTP document is a 403.
@@ -798,16 +813,48 @@ async fn relay_sse(
         if reader.done {
             break;
         }
-        // Wait for upstream bytes, a stream-idle timeout, or the agent going away.
+        // Wait for upstream bytes, a stream-idle timeout, or the agent going away — on a legacy
+        // stream also, now and then, for the gateway's own answers to the session's posts.
+        let legacy = track.legacy_session.clone();
         let next = futures_lite::future::or(
-            async { Some(deadline(cfg.timeouts.stream_idle, c.rbuf.fill(&mut c.stream, cfg.limits.max_sse_event_bytes)).await) },
+            futures_lite::future::or(
+                async { Some(Some(deadline(cfg.timeouts.stream_idle, c.rbuf.fill(&mut c.stream, cfg.limits.max_sse_event_bytes)).await)) },
+                async {
+                    let mut probe = [0u8; 1];
+                    let _ = down.read(&mut probe).await;
+                    None
+                },
+            ),
             async {
-                let mut probe = [0u8; 1];
-                let _ = down.read(&mut probe).await;
-                None
+                if legacy.is_none() {
+                    futures_lite::future::pending::<()>().await;
+                }
+                glommio::timer::sleep(LEGACY_POLL).await;
+                Some(None)
             },
         )
         .await;
+        let next = match next {
+            Some(Some(read)) => Some(read),
+            None => None,
+            Some(None) => {
+                // The poll: send what the gateway answered to the session's posts.
+                let queued = legacy.as_deref().and_then(|sid| w.shared.sessions.with(sid, |s| std::mem::take(&mut s.legacy_out))).unwrap_or_default();
+                if !queued.is_empty() {
+                    payload.clear();
+                    for a in &queued {
+                        let ev = sse::Event { raw: Vec::new(), data: None, event: Some("message".into()), id: None, retry: None };
+                        ev.encode_with_data(&String::from_utf8_lossy(a), &mut payload);
+                    }
+                    out.clear();
+                    frame(&mut out, &payload, chunked_out);
+                    if down.write_all(&out).await.is_err() || down.flush().await.is_err() {
+                        return Err(());
+                    }
+                }
+                continue;
+            }
+        };
         match next {
             None => {
                 tracing::debug!(worker = w.id, route = %route.name, "agent closed the stream");
@@ -912,6 +959,17 @@ fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx
         crate::events::record::session_event(em, ctx, sluice_schema::Kind::SessionStart, gid, None);
     }
 }
+
+/// Queue the gateway's answers to a legacy post for the session's stream (`relay_sse` sends
+/// them within [`LEGACY_POLL`]).
+fn legacy_answers(w: &Worker, ctx: &RequestCtx, answers: &[Vec<u8>]) {
+    if let Some(sid) = ctx.mcp_session_id.as_deref() {
+        w.shared.sessions.with(sid, |s| s.legacy_out.extend(answers.iter().filter(|a| !a.is_empty()).cloned()));
+    }
+}
+
+/// How often a legacy stream looks for the gateway's own answers to the session's posts.
+const LEGACY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The gateway path for an endpoint the upstream named (an absolute path, or a URL on the
 /// upstream's own authority): `gateway_prefix` in place of `upstream_path`; `None` when it

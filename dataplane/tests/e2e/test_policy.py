@@ -228,3 +228,28 @@ def test_mask_rules_change_what_a_group_sees(idp, gateway, py_json, tmp_path):
     assert "ADA.LOVELACE@EXAMPLE.COM" not in intern[1] and "ADA.LOVELACE@EXAMPLE.COM" not in support[1]
     assert "[REDACTED:email]" in intern[1], intern
     assert "[REDACTED:email]" not in support[1] and "WRITE TO" in support[1], support
+
+
+def test_the_policy_holds_over_the_legacy_http_sse_transport(idp, gateway, py_legacy, tmp_path):
+    """Over the legacy transport the answers come on the stream, not on the call's own post:
+    the gateway pairs them through the session, so `tools/list` is filtered and calls are
+    decided exactly as over Streamable HTTP."""
+    from mcp.client.sse import sse_client
+
+    (tmp_path / "policy.toml").write_text(POLICY)
+    extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\nagent_type_claim = "agent_type"\n'
+             f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    g = gateway([{"path": "/legacy", "upstream": py_legacy}], extra=extra)
+
+    async def run(token):
+        async with sse_client(g.url("/legacy/sse"), headers={"authorization": f"Bearer {token}"}) as (read, write):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                listed = sorted(t.name for t in (await s.list_tools()).tools)
+                return listed, await try_call(s, "add", {"a": 2, "b": 3}), await try_call(s, "count", {"n": 2})
+
+    listed, add, count = asyncio.run(run(idp.token("support-agent")))
+    assert listed == ["add", "shout"], listed
+    assert add == ("ok", "5") and count[:2] == ("error", -32009), (add, count)
+    listed, add, _ = asyncio.run(run(idp.token("intern-agent")))
+    assert listed == [] and add[:2] == ("error", -32009), (listed, add)
