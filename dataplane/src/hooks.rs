@@ -272,14 +272,11 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
     if keep.iter().all(|k| !*k) {
         return Outcome::Answer(join_answers(body.batch, answers));
     }
-    let mut kept = Vec::with_capacity(body.values.len());
-    for (v, k) in body.values.drain(..).zip(keep) {
-        if k {
-            kept.push(v);
-        }
-    }
+    // What is forwarded stays in `body` too (a caller may write it in another format).
+    let mut kept = keep.into_iter();
+    body.values.retain(|_| kept.next().unwrap_or(true));
     let mut out = Vec::new();
-    jsonrpc::encode(&kept, body.batch, &mut out);
+    jsonrpc::encode(&body.values, body.batch, &mut out);
     Outcome::Rewritten { body: out, answers }
 }
 

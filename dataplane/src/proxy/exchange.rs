@@ -361,14 +361,26 @@ fn multipart_document(w: &Worker, ctx: &mut RequestCtx, head: &Head, body: &[u8]
     if form.is_empty() {
         return Ok(None);
     }
-    let mut doc = jsonrpc::Body { batch: false, values: vec![form.value()], infos: vec![jsonrpc::MessageInfo::document()] };
-    Ok(Some(match hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc) {
-        Outcome::Rewritten { body: mut json, answers } => {
-            let v = simd_json::to_borrowed_value(&mut json).map_err(|e| ProxyError::Uninspectable(format!("the inspected form could not be written back ({e})")))?;
-            Outcome::Rewritten { body: form.rebuild(&v), answers }
-        }
+    document_through_hooks(w, ctx, form.value(), |v| Ok(form.rebuild(v))).map(Some)
+}
+
+/// A non-JSON request body, as the `value` the hooks read, through the chain as a plain
+/// document; when a hook changed it, `write` turns the changed value back into the body's own
+/// format.
+fn document_through_hooks<'v>(
+    w: &Worker,
+    ctx: &mut RequestCtx,
+    value: simd_json::BorrowedValue<'v>,
+    write: impl FnOnce(&simd_json::BorrowedValue<'v>) -> Result<Vec<u8>, ProxyError>,
+) -> Result<Outcome, ProxyError> {
+    let mut doc = jsonrpc::Body { batch: false, values: vec![value], infos: vec![jsonrpc::MessageInfo::document()] };
+    Ok(match hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc) {
+        Outcome::Rewritten { answers, .. } => match doc.values.first() {
+            Some(v) => Outcome::Rewritten { body: write(v)?, answers },
+            None => return Err(ProxyError::Uninspectable("the inspected body could not be written back".into())),
+        },
         o => o,
-    }))
+    })
 }
 
 /// What a body's `Content-Type` makes it for inspection.
@@ -421,20 +433,11 @@ fn text_document(w: &Worker, ctx: &mut RequestCtx, m: Media, head: &Head, body: 
         Some(f) => f.params_value(),
         None => simd_json::BorrowedValue::String(std::borrow::Cow::Borrowed(text)),
     };
-    let mut doc = jsonrpc::Body { batch: false, values: vec![value], infos: vec![jsonrpc::MessageInfo::document()] };
-    Ok(match hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc) {
-        Outcome::Rewritten { body: mut json, answers } => {
-            // The changed document, encoded as JSON by the chain: back to the body's own format.
-            let v = simd_json::to_borrowed_value(&mut json).map_err(|e| ProxyError::JsonRpc(jsonrpc::BodyError::Parse(e.to_string())))?;
-            let out = match (&form, &v) {
-                (Some(f), v) => f.rebuild_form(v),
-                (None, simd_json::BorrowedValue::String(s)) => s.to_string(),
-                // A hook turned the text into something else: nothing faithful to forward.
-                (None, _) => return Err(ProxyError::JsonRpc(jsonrpc::BodyError::Parse("the gateway could not write the inspected text body back".into()))),
-            };
-            Outcome::Rewritten { body: out.into_bytes(), answers }
-        }
-        o => o,
+    document_through_hooks(w, ctx, value, |v| match (&form, v) {
+        (Some(f), v) => Ok(f.rebuild_form(v).into_bytes()),
+        (None, simd_json::BorrowedValue::String(s)) => Ok(s.as_bytes().to_vec()),
+        // A hook turned the text into something else: nothing faithful to forward.
+        (None, _) => Err(ProxyError::Uninspectable("the inspected text body could not be written back".into())),
     })
 }
 

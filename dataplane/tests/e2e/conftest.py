@@ -71,24 +71,27 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
+def _everything(tmp_path_factory, transport):
+    """`server-everything` on `transport` (`streamableHttp` or `sse`); the process and its root URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp(f"everything-{transport}") / "everything.log"
+    p = Proc([NODE, str(HERE / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"), transport], log, {"PORT": str(port)})
+    wait_port(port, proc=p.p)
+    return p, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def everything(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("everything") / "everything.log"
-    p = Proc([NODE, str(HERE / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"), "streamableHttp"], log, {"PORT": str(port)})
-    wait_port(port, proc=p.p)
-    yield f"http://127.0.0.1:{port}/mcp"
+    p, root = _everything(tmp_path_factory, "streamableHttp")
+    yield root + "/mcp"
     p.stop()
 
 
 @pytest.fixture(scope="session")
 def everything_legacy(tmp_path_factory):
     """`server-everything` on the legacy HTTP+SSE transport; its root URL (GET /sse, POST /message)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("everything-legacy") / "everything.log"
-    p = Proc([NODE, str(HERE / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"), "sse"], log, {"PORT": str(port)})
-    wait_port(port, proc=p.p)
-    yield f"http://127.0.0.1:{port}"
+    p, root = _everything(tmp_path_factory, "sse")
+    yield root
     p.stop()
 
 
