@@ -48,6 +48,8 @@ struct Ev<'a> {
     approval: Option<Approval<'a>>,
     pin: Option<Pin<'a>>,
     gateway: Option<Gateway<'a>>,
+    http_method: Option<Str<'a>>,
+    http_path: Option<Str<'a>>,
     /// The lists, kept here rather than in their parents so that their buffers are reused;
     /// `None` where the list (or its parent) was absent or null.
     groups: Option<Vec<Str<'a>>>,
@@ -202,6 +204,7 @@ fn opt_object<'a, T: Default>(
 const EVENT: &[&str] = &[
     "v", "id", "ts", "kind", "instance", "worker", "session", "mcp_session", "identity", "route", "upstream", "direction", "method", "rpc_id", "tool", "payload",
     "payload_truncated", "bytes", "latency_us", "status", "error_code", "decision", "findings", "approval", "tools", "pin", "gateway",
+    "http_method", "http_path",
 ];
 
 /// [`EVENT`]'s index of a member name (a `match` compiles to a length switch and fixed-size
@@ -235,6 +238,8 @@ fn event_member(key: &str) -> Option<usize> {
         "tools" => 24,
         "pin" => 25,
         "gateway" => 26,
+        "http_method" => 27,
+        "http_path" => 28,
         _ => return None,
     })
 }
@@ -364,7 +369,7 @@ fn event<'a>(doc: &'a str, e: &mut Ev<'a>, spare: &mut Spare<'a>) -> json::Resul
                     Ok(())
                 })?;
             }
-            _ => {
+            26 => {
                 e.gateway = opt_object(r, &["version", "config_digest", "detail"], 0, |r, i, g: &mut Gateway<'a>| {
                     match i {
                         0 => g.version = opt_str(r)?,
@@ -374,6 +379,8 @@ fn event<'a>(doc: &'a str, e: &mut Ev<'a>, spare: &mut Spare<'a>) -> json::Resul
                     Ok(())
                 })?;
             }
+            27 => e.http_method = opt_str(r)?,
+            _ => e.http_path = opt_str(r)?,
         }
         Ok(())
     })?;
@@ -457,6 +464,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
     let (mut p_tool, mut p_change, mut p_old, mut p_new) = (strings(0), strings(0), strings(0), strings(0));
     let mut gateway = Strukt::of(schema, "gateway")?;
     let (mut g_version, mut g_digest, mut g_detail) = (strings(0), strings(0), strings(0));
+    let (mut http_method, mut http_path) = (strings(0), strings(0));
 
     let (mut e, mut spare) = (Ev::default(), Spare::default());
     for (i, doc) in docs.iter().enumerate() {
@@ -593,6 +601,8 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
                 }
             }
         }
+        text(&mut http_method, &e.http_method);
+        text(&mut http_path, &e.http_path);
     }
 
     let identity = identity.finish(vec![Arc::new(subject.finish()), Arc::new(groups.finish()), Arc::new(agent_type.finish()), Arc::new(via.finish())])?;
@@ -646,6 +656,8 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
         tools,
         pin,
         gateway,
+        Arc::new(http_method.finish()),
+        Arc::new(http_path.finish()),
     ];
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }

@@ -4,7 +4,9 @@
 //! - `tool_calls`: each `tools/call` request with its answer (latency, error, masked result);
 //! - `findings`: one row per finding (kind, category, severity, path, action, fingerprint);
 //! - `decisions`: one row per decision (stage, action, rule, reason);
-//! - `approvals`: one row per approval step.
+//! - `approvals`: one row per approval step;
+//! - `http_messages`: one row per request or response on a plain HTTP route (method, path as
+//!   forwarded and masked, status, latency, masked body).
 
 use anyhow::{Context as _, Result};
 use datafusion::arrow::array::RecordBatch;
@@ -43,6 +45,12 @@ pub const VIEWS: &[(&str, &str)] = &[
                 approval['id'] AS approval_id, approval['state'] AS state, approval['by'] AS reviewer, approval['reason'] AS reason, \
                 approval['waited_ms'] AS waited_ms, approval['args_digest'] AS args_digest \
          FROM events WHERE kind LIKE 'approval_%'",
+    ),
+    (
+        "http_messages",
+        "SELECT id AS event_id, ts, session, identity['subject'] AS subject, identity['agent_type'] AS agent_type, route, upstream, direction, \
+                http_method, http_path, status, latency_us, bytes, payload AS body \
+         FROM events WHERE kind = 'document'",
     ),
 ];
 
@@ -207,4 +215,42 @@ pub fn output(schema: SchemaRef, batches: &[RecordBatch], format: Format, out: O
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::AsArray;
+
+    /// Fields are only ever added to the event, so the archive holds files written before a
+    /// column existed: they read with that column null, beside newer files that have it.
+    #[tokio::test]
+    async fn files_archived_before_a_column_was_added_read_it_as_null() {
+        let root = std::env::temp_dir().join(format!("sluice-query-compat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("events/date=2026-11-23/hour=13");
+        let schema: SchemaRef = Arc::new(sluice_schema::arrow::schema());
+        let head = r#""v":1,"ts":1795957200000000,"instance":"gw","route":"api","direction":"response","status":200"#;
+        let old = crate::decode::decode(&schema, &[format!(r#"{{"id":"01KAAAAAAAAAAAAAAAAAAAAAAA","kind":"response",{head}}}"#)]).unwrap();
+        // The file as the first release wrote it: without the plain HTTP columns.
+        let keep: Vec<usize> = (0..schema.fields().len()).filter(|&i| !schema.field(i).name().starts_with("http_")).collect();
+        let old = old.project(&keep).unwrap();
+        crate::archive::write_file(&dir, "old", old.schema(), &[old]).unwrap();
+        let new = crate::decode::decode(&schema, &[format!(r#"{{"id":"01KBBBBBBBBBBBBBBBBBBBBBBB","kind":"document",{head},"http_method":"GET","http_path":"/api/x?q=1"}}"#)]).unwrap();
+        crate::archive::write_file(&dir, "new", schema.clone(), &[new]).unwrap();
+
+        let ctx = context(&root).await.unwrap();
+        let (_, b) = run(&ctx, "SELECT kind, http_method, http_path FROM events ORDER BY id").await.unwrap();
+        let b = datafusion::arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
+        let col = |i: usize| -> Vec<Option<String>> {
+            let c = datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
+            c.as_string::<i32>().iter().map(|v| v.map(str::to_owned)).collect()
+        };
+        assert_eq!(col(0), [Some("response".to_owned()), Some("document".to_owned())]);
+        assert_eq!(col(1), [None, Some("GET".to_owned())]);
+        assert_eq!(col(2), [None, Some("/api/x?q=1".to_owned())]);
+        let (_, b) = run(&ctx, "SELECT http_method, http_path, status FROM http_messages").await.unwrap();
+        assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "the view holds the plain HTTP message only");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

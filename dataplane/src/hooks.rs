@@ -45,6 +45,12 @@ pub struct RequestCtx {
     /// Set by a hook that forwards findings unmasked (action `log`): the message's recorded
     /// part with everything masked, for the session record. Taken by the observer.
     pub record_payload: Option<String>,
+    /// Path and query of an exchange on a plain HTTP route as the record shows them (masked);
+    /// `None` on MCP routes.
+    pub http_target: Option<String>,
+    /// Set by the detection stage when the URL held findings it did not mask (logged or
+    /// blocked): the target below the route's prefix with every finding masked, for the record.
+    pub record_target: Option<String>,
     /// Set by the detection stage when the message's `id` (bit 1), `method` (bit 2) or the
     /// tool/prompt name it calls (bit 4) held a finding: the record shows them as `[REDACTED]`.
     /// Per message.
@@ -93,6 +99,8 @@ impl RequestCtx {
             findings: Vec::new(),
             carry: String::new(),
             record_payload: None,
+            http_target: None,
+            record_target: None,
             envelope_masked: 0,
             status: None,
             identity,
@@ -162,9 +170,9 @@ impl Chain {
         self.hooks.is_empty() && self.observer.is_none()
     }
 
-    /// Pass the request target through the hooks and show the outcome to the observer.
+    /// Pass the request target through the hooks; the caller shows the outcome to the
+    /// observer ([`Chain::observe_outside`]) once it knows what the record may show of the URL.
     pub fn run_target(&self, ctx: &mut RequestCtx, target: &mut String) -> Verdict {
-        let findings_from = ctx.findings.len();
         let mut verdict = Verdict::Pass;
         for h in &self.hooks {
             match h.on_target(ctx, target) {
@@ -176,7 +184,6 @@ impl Chain {
                 }
             }
         }
-        self.observe_outside(ctx, Direction::Request, &verdict, findings_from);
         verdict
     }
 

@@ -72,6 +72,8 @@ pub fn schema() -> Schema {
         list_of("tools", tool),
         strukt("pin", vec![utf8("tool", false), utf8("change", false), utf8("old_digest", true), utf8("new_digest", true)]),
         strukt("gateway", vec![utf8("version", true), utf8("config_digest", true), utf8("detail", true)]),
+        utf8("http_method", true),
+        utf8("http_path", true),
     ])
 }
 

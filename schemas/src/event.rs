@@ -32,7 +32,9 @@ pub enum Kind {
     Response,
     /// A JSON-RPC notification, either direction.
     Notification,
-    /// A JSON document on a plain HTTP route.
+    /// A request or response on a plain HTTP route (`http_method`, `http_path`; its JSON, form
+    /// or text body, masked, as the payload; no payload for a body the gateway does not
+    /// inspect or streams).
     Document,
     /// A stage decided something other than "forward unchanged" (mask, refuse, deny, …).
     Decision,
@@ -167,6 +169,13 @@ pub struct Event<'a> {
     /// Gateway lifecycle details (`gateway_*` kinds) and session-end reasons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayInfo<'a>>,
+    /// HTTP method of an exchange on a plain HTTP route (absent on MCP routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_method: Option<Text<'a>>,
+    /// Path and query of an exchange on a plain HTTP route, as the gateway forwarded them:
+    /// what detection found in them is masked (also where it only logged or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<Text<'a>>,
 }
 
 /// A JSON value kept as its text (embedded verbatim when the event is encoded).
@@ -230,6 +239,8 @@ impl<'a> Event<'a> {
             tools: Vec::new(),
             pin: None,
             gateway: None,
+            http_method: None,
+            http_path: None,
         }
     }
 

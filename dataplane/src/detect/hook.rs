@@ -247,6 +247,15 @@ impl MessageHook for DetectHook {
             }
             ctx.findings.push(Recorded::new(Direction::Request, m, f.path.clone(), action, None, f.fingerprint.clone(), encoding(f)));
         }
+        // The record never shows a value that was only logged or that refused the request.
+        if st.found.iter().any(|f| matches!(action(f.finding.rule), Action::Log | Action::Block)) {
+            let all = |_: u32| true;
+            let walk = Walk { engine: &cfg.engine, mask: Some(Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &all }), skip_binary: false };
+            let mut whole = parts.value();
+            let mut found = Vec::new();
+            walk.run(&mut st.scanner, &mut st.bufs, &mut whole, &mut found);
+            ctx.record_target = Some(parts.rebuild(&whole));
+        }
         if !blocked.is_empty() {
             blocked.sort_unstable();
             return refuse(format!(

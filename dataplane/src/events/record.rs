@@ -39,7 +39,24 @@ pub fn base<'a>(ctx: &'a RequestCtx, instance: &'a str, kind: Kind) -> Event<'a>
         agent_type: i.agent_type.as_deref().map(Cow::Borrowed),
         via: Some(Cow::Borrowed(i.via)),
     });
+    e.http_method = ctx.http_target.as_ref().map(|_| Cow::Borrowed(ctx.http_method.as_str()));
+    e.http_path = ctx.http_target.as_deref().map(Cow::Borrowed);
     e
+}
+
+/// The `document` event of a plain HTTP request or response whose body is not recorded (none,
+/// one the gateway does not inspect, or one it streamed): method, path and size, and for a
+/// response its status and latency.
+pub fn plain_event(em: &Emitter, ctx: &RequestCtx, dir: Direction, bytes: u64) {
+    let rec = em.recorder();
+    let mut e = base(ctx, &rec.instance, Kind::Document);
+    e.direction = Some(direction(dir));
+    e.bytes = Some(bytes);
+    if dir == Direction::Response {
+        e.latency_us = Some(ctx.started.elapsed().as_micros() as u64);
+        e.status = ctx.status;
+    }
+    em.emit(&e);
 }
 
 fn direction(d: Direction) -> event::Direction {

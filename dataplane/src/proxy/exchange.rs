@@ -82,6 +82,8 @@ pub async fn handle(
         findings: Vec::new(),
         carry: String::new(),
         record_payload: None,
+        http_target: None,
+        record_target: None,
         envelope_masked: 0,
         status: None,
         identity: None,
@@ -123,13 +125,23 @@ pub async fn handle(
 
     // The URL below the route's prefix carries arguments too: the hooks see it first.
     let mut target: Option<String> = None;
-    let below = &head.target()[route.path.len().min(path.len())..];
+    let prefix = &path[..route.path.len().min(path.len())];
+    let below = &head.target()[prefix.len()..];
+    let plain = route.kind != RouteKind::Mcp;
     if !below.is_empty() {
         let mut t = below.to_owned();
-        match w.chain.run_target(&mut ctx, &mut t) {
+        let from = ctx.findings.len();
+        let verdict = w.chain.run_target(&mut ctx, &mut t);
+        // The record shows the URL as forwarded, and with every finding masked where
+        // detection only logged or refused.
+        if plain {
+            ctx.http_target = Some(format!("{prefix}{}", ctx.record_target.take().as_deref().unwrap_or(if verdict == Verdict::Changed { &t } else { below })));
+        }
+        w.chain.observe_outside(&mut ctx, Direction::Request, &verdict, from);
+        match verdict {
             Verdict::Pass => {}
             Verdict::Changed => {
-                ctx.path = format!("{}{}", &path[..route.path.len().min(path.len())], t.split_once('?').map_or(t.as_str(), |(p, _)| p));
+                ctx.path = format!("{prefix}{}", t.split_once('?').map_or(t.as_str(), |(p, _)| p));
                 target = Some(t);
             }
             Verdict::Refuse { code, message, reason } => {
@@ -144,9 +156,16 @@ pub async fn handle(
     // Request phase: parse, observe and pass the hooks, before any await.
     let mut forwarded: Option<Vec<u8>> = None;
     let mut answers = Vec::new();
+    if plain && ctx.http_target.is_none() {
+        ctx.http_target = Some(head.target().to_owned());
+    }
     let inspected = request_phase(w, &mut ctx, route, head, body, &mut track)?;
-    if inspected.is_none() && route.kind != RouteKind::Mcp {
-        // A plain HTTP request the hooks did not see (no JSON body): the policy still decides it.
+    if inspected.is_none() && plain {
+        // A plain HTTP request the hooks did not see (no body, or one not inspected): recorded
+        // without its body, and the policy still decides it.
+        if let Some(em) = &w.emitter {
+            crate::events::record::plain_event(em, &ctx, Direction::Request, body.len() as u64);
+        }
         if let Some(refusal) = plain_decision(w, &mut ctx) {
             respond::send(down, 403, "application/json", &refusal, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
             w.metrics.request_done(&route.label, mlabel, 403, started.elapsed());
@@ -246,7 +265,11 @@ pub async fn handle(
         respond::send(down, 200, "application/json", &b, keep_alive, &[]).await.map(|_| true).map_err(|_| ())
     } else {
         let from = ctx.findings.len();
-        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version).await;
+        let mut sent = 0;
+        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version, &mut sent).await;
+        if let Some(em) = w.emitter.as_ref().filter(|_| plain) {
+            crate::events::record::plain_event(em, &ctx, Direction::Response, sent);
+        }
         // What the streamed text held, recorded once it has gone (masked) to the agent.
         let masked = ctx.findings[from..].iter().any(|f| f.action == Action::Mask);
         w.chain.observe_outside(&mut ctx, Direction::Response, if masked { &Verdict::Changed } else { &Verdict::Pass }, from);
@@ -1135,6 +1158,7 @@ async fn relay_plain(
     method: &str,
     keep_alive: bool,
     client_minor: u8,
+    sent: &mut u64,
 ) -> Result<bool, ()> {
     // Text bodies are scanned and masked as they stream (the length may change, so they go
     // out chunked, or close-delimited to an HTTP/1.0 client).
@@ -1179,7 +1203,14 @@ async fn relay_plain(
     loop {
         match scan.as_mut() {
             None => reader
-                .drain(&mut c.rbuf, |b| if chunked_out { write::chunk(&mut out, b) } else { out.extend_from_slice(b) })
+                .drain(&mut c.rbuf, |b| {
+                    *sent += b.len() as u64;
+                    if chunked_out {
+                        write::chunk(&mut out, b)
+                    } else {
+                        out.extend_from_slice(b)
+                    }
+                })
                 .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body framing"))?,
             Some((d, sc, st)) => {
                 let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
@@ -1199,6 +1230,7 @@ async fn relay_plain(
             log_stream_findings(w, ctx, d, &mut found);
         }
         if !masked.is_empty() {
+            *sent += masked.len() as u64;
             if chunked_out {
                 write::chunk(&mut out, &masked)
             } else {

@@ -138,6 +138,9 @@ def test_streamed_text_body_masked_across_chunks(raw_upstream, gateway):
     found = [(f["path"], f["kind"], f["action"]) for e in events if e["kind"] == "findings" and e["direction"] == "response" for f in e["findings"]]
     assert found == [("", "github_classic_token", "mask"), ("", "aws_access_key_id", "mask")], found
     assert [e["decision"]["action"] for e in events if e["kind"] == "decision"] == ["mask"]
+    # The exchange itself: the body-less GET, and the answer's status and size as forwarded.
+    docs = [(e["direction"], e["http_method"], e["http_path"], e.get("status"), e["bytes"]) for e in events if e["kind"] == "document"]
+    assert docs == [("request", "GET", "/logs/today", None, 0), ("response", "GET", "/logs/today", 200, len(rest))], docs
     assert GHP not in json.dumps(events) and AKIA not in json.dumps(events)
 
 
@@ -283,6 +286,18 @@ def test_the_request_url_is_inspected_like_arguments(raw_upstream, gateway):
     assert ("/url/query/1/token", "aws_access_key_id", "block") in found and ("/url/query/0/k", "github_classic_token", "block") in found, found
     decisions = [e["decision"]["action"] for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "detect"]
     assert decisions.count("mask") == 1 and decisions.count("refuse") == 2, decisions
+    # Every plain HTTP exchange is in the record with its method and the path as forwarded
+    # (the body-less request and the answer); the refused one with the key masked.
+    docs = [(e["direction"], e["http_method"], e["http_path"], e.get("status")) for e in events if e["kind"] == "document"]
+    target = masked.split(" ")[1]
+    assert docs == [
+        ("request", "GET", target, None), ("response", "GET", target, 200),
+        ("request", "GET", "/api/orders/17?sort=-date&fields=a%2Cb", None), ("response", "GET", "/api/orders/17?sort=-date&fields=a%2Cb", 200),
+    ], docs
+    blocked = [e["http_path"] for e in events if e["kind"] == "findings" and "search" in e.get("http_path", "")]
+    assert len(blocked) == 1 and blocked[0].startswith("/api/search?q=x&token=%5BREDACTED"), blocked
+    mcp = [e for e in events if e["kind"] == "findings" and any(f["path"] == "/url/query/0/k" for f in e["findings"])]
+    assert len(mcp) == 1 and "http_method" not in mcp[0] and "http_path" not in mcp[0], "MCP exchanges carry no HTTP fields"
     text = json.dumps(events) + g.proc.text()
     assert "bob@example.com" not in text and "bob%40example.com" not in text and AKIA not in text and GHP not in text
     assert "4111111111111111" not in text

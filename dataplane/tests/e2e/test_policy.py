@@ -15,6 +15,7 @@ from mcp.shared.exceptions import McpError
 
 from conftest import spool_events
 from test_identity import ACCEPT, AUDIENCE, INIT, idp  # noqa: F401 (the OpenID Provider fixture)
+from test_recording import settled
 
 POLICY = """
 default = "deny"
@@ -206,6 +207,16 @@ def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upst
     log = g.proc.text()
     assert "/api/reports/q3" in log and "bob%40example.com" not in log and "bob@example.com" not in log
     assert seen == ["GET /api/reports/q3 HTTP/1.1", "POST /api/users HTTP/1.1"]
+    # The record has every exchange with its method and path (an address in it masked,
+    # although detection only logged it) and each decision beside it.
+    settled(g)
+    events = [e for e in spool_events(g.spool) if e.get("route")]
+    assert all("http_method" in e and "http_path" in e for e in events), [e for e in events if "http_method" not in e]
+    denied = [(e["kind"], e["http_method"], e["http_path"]) for e in events if e["kind"] in ("document", "decision") and e["http_path"] == "/api/users"]
+    assert denied[:2] == [("document", "GET", "/api/users"), ("decision", "GET", "/api/users")], denied
+    reports = {e["http_path"] for e in events if e["http_path"].startswith("/api/reports/")}
+    assert "/api/reports/q3" in reports and len(reports) == 2, reports
+    assert "bob" not in json.dumps(events), [p for p in reports if "bob" in p]
 
 
 def test_mask_rules_change_what_a_group_sees(idp, gateway, py_json, tmp_path):
