@@ -9,6 +9,7 @@
 
 use crate::jsonrpc::{self, Code, Kind, MessageInfo};
 use simd_json::BorrowedValue;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -137,6 +138,13 @@ pub trait MessageHook {
     fn on_target(&self, _ctx: &mut RequestCtx, _target: &mut String) -> Verdict {
         Verdict::Pass
     }
+
+    /// The request headers the upstream will read that may carry data — every forwarded one
+    /// but credentials, framing and hop-by-hop headers — as (name, value), once per request
+    /// before its messages. A hook may rewrite values in place (`Changed`) or refuse the request.
+    fn on_headers(&self, _ctx: &mut RequestCtx, _headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
+        Verdict::Pass
+    }
 }
 
 /// Sees every message after the hooks, with their verdict and what they found in it (the
@@ -173,9 +181,23 @@ impl Chain {
     /// Pass the request target through the hooks; the caller shows the outcome to the
     /// observer ([`Chain::observe_outside`]) once it knows what the record may show of the URL.
     pub fn run_target(&self, ctx: &mut RequestCtx, target: &mut String) -> Verdict {
+        self.run_outside(|h| h.on_target(ctx, target))
+    }
+
+    /// Pass the request headers through the hooks (see [`MessageHook::on_headers`]) and show
+    /// the outcome to the observer.
+    pub fn run_headers(&self, ctx: &mut RequestCtx, headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
+        let from = ctx.findings.len();
+        let verdict = self.run_outside(|h| h.on_headers(ctx, headers));
+        self.observe_outside(ctx, Direction::Request, &verdict, from);
+        verdict
+    }
+
+    /// The hooks in order until one refuses; `Changed` if any changed something.
+    fn run_outside(&self, mut each: impl FnMut(&dyn MessageHook) -> Verdict) -> Verdict {
         let mut verdict = Verdict::Pass;
         for h in &self.hooks {
-            match h.on_target(ctx, target) {
+            match each(h.as_ref()) {
                 Verdict::Pass => {}
                 Verdict::Changed => verdict = Verdict::Changed,
                 refuse @ Verdict::Refuse { .. } => {

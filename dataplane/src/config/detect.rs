@@ -43,6 +43,8 @@ pub struct DetectCfg {
     pub strategies: Vec<Strategy>,
     /// Action by [direction][category].
     pub actions: [[Action; 4]; 2],
+    /// Request headers not inspected (lower case), besides credentials and framing.
+    pub skip_headers: Vec<String>,
 }
 
 impl std::fmt::Debug for DetectCfg {
@@ -109,6 +111,15 @@ pub(super) fn compile(d: &schema::Detect, file: Option<&Path>, add: &mut dyn FnM
             }
         }
     }
+    let skip_headers: Vec<String> = match &d.skip_headers {
+        Some(names) => names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        None => schema::DEFAULT_SKIP_HEADERS.iter().map(|n| (*n).to_owned()).collect(),
+    };
+    for (i, n) in skip_headers.iter().enumerate() {
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+            add(format!("detect.skip_headers[{i}]"), format!("\"{n}\" is not a header name; use the name alone, e.g. \"x-real-ip\""));
+        }
+    }
     let key = match &d.fingerprint_key_file {
         Some(p) => {
             let path = resolve(file, p);
@@ -153,7 +164,7 @@ pub(super) fn compile(d: &schema::Detect, file: Option<&Path>, add: &mut dyn FnM
         .iter()
         .map(|m| if m.id.starts_with("builtin.") { m.mask } else { overrides[category_index(m.category)].unwrap_or(m.mask) })
         .collect();
-    Some(Arc::new(DetectCfg { engine, rules_dir, masker, strategies, actions }))
+    Some(Arc::new(DetectCfg { engine, rules_dir, masker, strategies, actions, skip_headers }))
 }
 
 /// The compiled packs of a directory, reused while its files are unchanged: a reload that does

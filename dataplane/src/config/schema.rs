@@ -293,7 +293,14 @@ pub struct Detect {
     /// Mask strategy per category, overriding each rule's default.
     #[serde(default)]
     pub strategy: DetectStrategies,
+    /// Request headers not inspected, besides credentials and framing (which never are).
+    /// Default: the client-address headers a proxy in front of the gateway sets, whose public
+    /// addresses would otherwise be findings ([`DEFAULT_SKIP_HEADERS`]).
+    pub skip_headers: Option<Vec<String>>,
 }
+
+/// Headers that carry the client's address, set by load balancers and CDNs.
+pub const DEFAULT_SKIP_HEADERS: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip", "x-cluster-client-ip"];
 
 impl Default for Detect {
     fn default() -> Self {
@@ -305,6 +312,7 @@ impl Default for Detect {
             request: DetectActions::default(),
             response: DetectActions::default(),
             strategy: DetectStrategies::default(),
+            skip_headers: None,
         }
     }
 }

@@ -17,7 +17,9 @@ use crate::config::detect::{Action, DetectCfg};
 use crate::hooks::{Direction, MessageHook, RequestCtx, Verdict};
 use crate::jsonrpc::{Code, Kind, MessageInfo};
 use crate::metrics::WorkerMetrics;
+use simd_json::prelude::*;
 use simd_json::BorrowedValue;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -193,10 +195,7 @@ impl MessageHook for DetectHook {
         if !blocked.is_empty() {
             blocked.sort_unstable();
             let what = if dir == Direction::Request { "the request's arguments contain" } else { "the upstream's answer contains" };
-            return refuse(format!(
-                "{what} {}; the gateway's content policy blocks this. Remove the value (or ask an operator to review the finding in the gateway log) and retry.",
-                blocked.join(", ")
-            ));
+            return blocked_kinds(what, &blocked);
         }
         if changed {
             Verdict::Changed
@@ -228,25 +227,7 @@ impl MessageHook for DetectHook {
         let mut v = parts.value();
         st.found.clear();
         let changed = walk.run(&mut st.scanner, &mut st.bufs, &mut v, &mut st.found);
-        let meta = cfg.engine.meta();
-        let mut blocked: Vec<&str> = Vec::new();
-        for f in &st.found {
-            let action = action(f.finding.rule);
-            if action == Action::Off {
-                continue;
-            }
-            let m = &meta[f.finding.rule as usize];
-            self.metrics.finding(&ctx.route, "request", &m.kind, action.as_str());
-            tracing::info!(
-                target: "sluice::detect",
-                route = %ctx.route, direction = "request", kind = %m.kind, category = ?m.category, severity = ?m.severity,
-                rule = %m.id, action = action.as_str(), http_method = %ctx.http_method, path = %f.path, encoding = ?f.finding.encoding, "finding in the URL"
-            );
-            if action == Action::Block && !blocked.contains(&m.kind.as_str()) {
-                blocked.push(&m.kind);
-            }
-            ctx.findings.push(Recorded::new(Direction::Request, m, f.path.clone(), action, None, f.fingerprint.clone(), encoding(f)));
-        }
+        let blocked = self.request_findings(ctx, &cfg, &st.found, false, "finding in the URL");
         // The record never shows a value that was only logged or that refused the request.
         if st.found.iter().any(|f| matches!(action(f.finding.rule), Action::Log | Action::Block)) {
             let all = |_: u32| true;
@@ -257,11 +238,7 @@ impl MessageHook for DetectHook {
             ctx.record_target = Some(parts.rebuild(&whole));
         }
         if !blocked.is_empty() {
-            blocked.sort_unstable();
-            return refuse(format!(
-                "the request's URL (path or query) contains {}; the gateway's content policy blocks this. Remove the value (or ask an operator to review the finding in the gateway log) and retry.",
-                blocked.join(", ")
-            ));
+            return blocked_kinds("the request's URL (path or query) contains", &blocked);
         }
         if !changed {
             return Verdict::Pass;
@@ -272,9 +249,80 @@ impl MessageHook for DetectHook {
         *target = new;
         Verdict::Changed
     }
+
+    /// Request headers (see [`MessageHook::on_headers`]), except those `detect.skip_headers`
+    /// names, as `{"headers": [{"name": "value"}, …]}`: each value scanned with its name as
+    /// context, with the request actions. A masked value is rewritten; a blocked finding, or any
+    /// finding in a header's name (which cannot be rewritten), refuses the request.
+    fn on_headers(&self, ctx: &mut RequestCtx, headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
+        let Some(cfg) = ctx.detect.clone().filter(|c| c.active(Direction::Request)) else {
+            return Verdict::Pass;
+        };
+        let inspected = |name: &str| !cfg.skip_headers.iter().any(|s| s.eq_ignore_ascii_case(name));
+        if !headers.iter().any(|(n, _)| inspected(n)) {
+            return Verdict::Pass;
+        }
+        let mut slot = match self.state(&cfg) {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
+        };
+        let st = &mut *slot;
+        let mask_rule = |r: u32| cfg.action(Direction::Request, r) == Action::Mask;
+        let walk = Walk { engine: &cfg.engine, mask: Some(Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &mask_rule }), skip_binary: false };
+        let mut v = super::url::pairs_value(headers.iter().filter(|(n, _)| inspected(n)).map(|(n, v)| (*n, v.as_ref())), "headers");
+        st.found.clear();
+        let changed = walk.run(&mut st.scanner, &mut st.bufs, &mut v, &mut st.found);
+        let blocked = self.request_findings(ctx, &cfg, &st.found, true, "finding in a request header");
+        if !blocked.is_empty() {
+            return blocked_kinds("the request's headers contain", &blocked);
+        }
+        if !changed {
+            return Verdict::Pass;
+        }
+        let now: Vec<Option<String>> = v
+            .get("headers")
+            .and_then(|h| h.as_array())
+            .map(|a| a.iter().map(|o| o.as_object().and_then(|o| o.values().next()).and_then(|s| s.as_str()).map(str::to_owned)).collect())
+            .unwrap_or_default();
+        drop(v);
+        for ((_, value), new) in headers.iter_mut().filter(|(n, _)| inspected(n)).zip(now) {
+            if let Some(new) = new.filter(|n| n != value) {
+                *value = Cow::Owned(new);
+            }
+        }
+        Verdict::Changed
+    }
 }
 
 impl DetectHook {
+    /// Count, log and keep for the record what inspection found outside any message (URL,
+    /// headers), with the request actions; the kinds that refuse the request, sorted. With
+    /// `keys_block`, a finding in a name (`Found::in_key`) refuses whatever its action.
+    fn request_findings<'c>(&self, ctx: &mut RequestCtx, cfg: &'c DetectCfg, found: &[Found], keys_block: bool, what: &'static str) -> Vec<&'c str> {
+        let meta = cfg.engine.meta();
+        let mut blocked: Vec<&str> = Vec::new();
+        for f in found {
+            let action = match cfg.action(Direction::Request, f.finding.rule) {
+                Action::Off => continue,
+                _ if keys_block && f.in_key => Action::Block,
+                a => a,
+            };
+            let m = &meta[f.finding.rule as usize];
+            self.metrics.finding(&ctx.route, "request", &m.kind, action.as_str());
+            tracing::info!(
+                target: "sluice::detect",
+                route = %ctx.route, direction = "request", kind = %m.kind, category = ?m.category, severity = ?m.severity,
+                rule = %m.id, action = action.as_str(), http_method = %ctx.http_method, path = %f.path, encoding = ?f.finding.encoding, "{what}"
+            );
+            if action == Action::Block && !blocked.contains(&m.kind.as_str()) {
+                blocked.push(&m.kind);
+            }
+            ctx.findings.push(Recorded::new(Direction::Request, m, f.path.clone(), action, None, f.fingerprint.clone(), encoding(f)));
+        }
+        blocked.sort_unstable();
+        blocked
+    }
+
     /// This core's scanner and buffers for `cfg` (new ones after a reload); `Err`: the
     /// refusal to answer when no scratch can be had (fail closed).
     fn state(&self, cfg: &Arc<DetectCfg>) -> Result<std::cell::RefMut<'_, State>, Verdict> {
@@ -403,6 +451,14 @@ fn masked_copy(cfg: &DetectCfg, st: &mut State, parts: &[&str], value: &Borrowed
 /// How a finding's value was encoded, for the record.
 fn encoding(f: &Found) -> Option<&'static str> {
     f.finding.encoding.map(super::decode::Encoding::name)
+}
+
+/// The refusal of a blocked finding: where, and the kinds (sorted), never the values.
+fn blocked_kinds(what: &str, kinds: &[&str]) -> Verdict {
+    refuse(format!(
+        "{what} {}; the gateway's content policy blocks this. Remove the value (or ask an operator to review the finding in the gateway log) and retry.",
+        kinds.join(", ")
+    ))
 }
 
 fn refuse(reason: String) -> Verdict {

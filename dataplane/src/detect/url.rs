@@ -14,6 +14,21 @@ use simd_json::value::borrowed::Object;
 use simd_json::{BorrowedValue, StaticNode};
 use std::borrow::Cow;
 
+/// Name–value pairs as the walk reads them, `{"<top>": [{"name": "value"}, …]}` (request
+/// headers: findings at `/headers/N/name`).
+pub fn pairs_value<'t>(pairs: impl Iterator<Item = (&'t str, &'t str)>, top: &'static str) -> BorrowedValue<'t> {
+    let list: Vec<BorrowedValue<'t>> = pairs
+        .map(|(n, v)| {
+            let mut o = Object::with_capacity(1);
+            o.insert(Cow::Borrowed(n), BorrowedValue::String(Cow::Borrowed(v)));
+            BorrowedValue::Object(Box::new(o))
+        })
+        .collect();
+    let mut root = Object::with_capacity(1);
+    root.insert(Cow::Borrowed(top), BorrowedValue::Array(Box::new(list)));
+    BorrowedValue::Object(Box::new(root))
+}
+
 /// A request target below the route's prefix, split into its raw parts.
 pub struct Target<'t> {
     /// The path's segments between `/` (the first is empty when the path starts with `/`).

@@ -128,6 +128,7 @@ pub async fn handle(
     let prefix = &path[..route.path.len().min(path.len())];
     let below = &head.target()[prefix.len()..];
     let plain = route.kind != RouteKind::Mcp;
+    let mut refused = None;
     if !below.is_empty() {
         let mut t = below.to_owned();
         let from = ctx.findings.len();
@@ -144,21 +145,32 @@ pub async fn handle(
                 ctx.path = format!("{prefix}{}", t.split_once('?').map_or(t.as_str(), |(p, _)| p));
                 target = Some(t);
             }
-            Verdict::Refuse { code, message, reason } => {
-                let b = jsonrpc::error_body(None, code, &message, &reason);
-                respond::send(down, 403, "application/json", &b, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
-                w.metrics.request_done(&route.label, mlabel, 403, started.elapsed());
-                return Ok(keep_alive);
-            }
+            refusal => refused = Some(refusal),
         }
+    }
+    if plain && ctx.http_target.is_none() {
+        ctx.http_target = Some(head.target().to_owned());
+    }
+    // The headers the upstream reads carry data too (credentials and framing aside).
+    let strip_credentials = cfg.identity.is_some() || up.credential.is_some();
+    let rewrite_host = route.rewrite_host || head.header("host").is_none();
+    let mut header_edits = Vec::new();
+    if refused.is_none() && !w.chain.is_empty() {
+        match inspect_headers(w, &mut ctx, head, up, rewrite_host, strip_credentials) {
+            Ok(edits) => header_edits = edits,
+            Err(refusal) => refused = Some(refusal),
+        }
+    }
+    if let Some(Verdict::Refuse { code, message, reason }) = refused {
+        let b = jsonrpc::error_body(None, code, &message, &reason);
+        respond::send(down, 403, "application/json", &b, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
+        w.metrics.request_done(&route.label, mlabel, 403, started.elapsed());
+        return Ok(keep_alive);
     }
 
     // Request phase: parse, observe and pass the hooks, before any await.
     let mut forwarded: Option<Vec<u8>> = None;
     let mut answers = Vec::new();
-    if plain && ctx.http_target.is_none() {
-        ctx.http_target = Some(head.target().to_owned());
-    }
     let inspected = request_phase(w, &mut ctx, route, head, body, &mut track)?;
     if inspected.is_none() && plain {
         // A plain HTTP request the hooks did not see (no body, or one not inspected): recorded
@@ -217,7 +229,8 @@ pub async fn handle(
     // Forward.
     let mut req = w.reqbuf.take();
     req.clear();
-    encode_request(&mut req, head, route, up, target.as_deref(), out_body, client, tls, cfg.identity.is_some() || up.credential.is_some());
+    let forward = Forward { target: target.as_deref(), headers: &header_edits, rewrite_host, strip_credentials, client, tls };
+    encode_request(&mut req, head, route, up, &forward, out_body);
     let sent = upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await;
     w.reqbuf.set(req);
     let mut c = match sent {
@@ -657,13 +670,67 @@ fn end_session(w: &Worker, ctx: &RequestCtx, route: &Route, sid: &str, why: &str
     Some(s.gateway_id)
 }
 
-/// The upstream request. With identity on, the agent's credentials (meant for the gateway)
-/// are not passed through. `target`: the path below the route's prefix and the query, when
-/// the hooks rewrote them.
-#[allow(clippy::too_many_arguments)]
-fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, target: Option<&str>, body: &[u8], client: SocketAddr, tls: bool, strip_credentials: bool) {
+/// What the hooks changed in the request head, and how its headers are passed on.
+struct Forward<'a> {
+    /// The path below the route's prefix and the query, when the hooks rewrote them.
+    target: Option<&'a str>,
+    /// Header values the hooks rewrote, by position in the head (ascending).
+    headers: &'a [(usize, String)],
+    /// The upstream's authority replaces the agent's `Host`.
+    rewrite_host: bool,
+    /// The agent's credentials (meant for the gateway, or replaced by the upstream's own) are
+    /// not passed through.
+    strip_credentials: bool,
+    /// The agent's address and whether it came over TLS (the forwarding headers).
+    client: SocketAddr,
+    tls: bool,
+}
+
+/// Headers the gateway does not pass on as the agent sent them: forwarding headers (it writes
+/// its own), `Host` when it names the upstream, the agent's credentials when they are not for
+/// the upstream, the upstream credential's header (it injects the value), `Accept-Encoding`.
+fn replaced_header(n: &str, rewrite_host: bool, strip_credentials: bool, up: &Upstream) -> bool {
+    n.eq_ignore_ascii_case("x-forwarded-for")
+        || n.eq_ignore_ascii_case("x-forwarded-proto")
+        || n.eq_ignore_ascii_case("forwarded")
+        || (rewrite_host && n.eq_ignore_ascii_case("host"))
+        || (strip_credentials && (n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("x-api-key")))
+        || up.credential.as_ref().is_some_and(|c| n.eq_ignore_ascii_case(&c.header))
+        || n.eq_ignore_ascii_case("accept-encoding")
+}
+
+/// Headers that are never inspected even when passed on: credentials (secrets by design),
+/// the routing and framing headers the gateway itself reads.
+const UNINSPECTED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "x-api-key", "host", "content-length"];
+
+/// The request headers the upstream will read as the agent sent them, through the hooks
+/// ([`hooks::MessageHook::on_headers`]); `Ok`: the values to write instead (by position in the
+/// head), `Err`: the refusal.
+fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream, rewrite_host: bool, strip_credentials: bool) -> Result<Vec<(usize, String)>, Verdict> {
+    let conn = head.header("connection").unwrap_or(b"");
+    let mut at = Vec::new();
+    let mut pairs: Vec<(&str, std::borrow::Cow<'_, str>)> = Vec::new();
+    for (i, (n, v)) in head.headers().enumerate() {
+        if crate::http::is_hop_by_hop(n, conn) || replaced_header(n, rewrite_host, strip_credentials, up) || UNINSPECTED_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        at.push((i, v));
+        pairs.push((n, String::from_utf8_lossy(v)));
+    }
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    match w.chain.run_headers(ctx, &mut pairs) {
+        Verdict::Pass => Ok(Vec::new()),
+        Verdict::Changed => Ok(at.into_iter().zip(pairs).filter(|((_, old), (_, new))| new.as_bytes() != *old).map(|((i, _), (_, new))| (i, new.into_owned())).collect()),
+        refusal => Err(refusal),
+    }
+}
+
+/// The upstream request: the head as the agent sent it, with what [`Forward`] says.
+fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, fwd: &Forward<'_>, body: &[u8]) {
     let path = head.path();
-    let below = target.unwrap_or(&head.target()[route.path.len().min(path.len())..]);
+    let below = fwd.target.unwrap_or(&head.target()[route.path.len().min(path.len())..]);
     out.extend_from_slice(head.method().as_bytes());
     out.push(b' ');
     out.extend_from_slice(route.upstream_path.as_bytes());
@@ -672,26 +739,17 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
     }
     out.extend_from_slice(below.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let rewrite = route.rewrite_host || head.header("host").is_none();
-    write::end_to_end_headers(out, head, |n| {
-        n.eq_ignore_ascii_case("x-forwarded-for")
-            || n.eq_ignore_ascii_case("x-forwarded-proto")
-            || n.eq_ignore_ascii_case("forwarded")
-            || (rewrite && n.eq_ignore_ascii_case("host"))
-            || (strip_credentials && (n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("x-api-key")))
-            || up.credential.as_ref().is_some_and(|c| n.eq_ignore_ascii_case(&c.header))
-            || n.eq_ignore_ascii_case("accept-encoding")
-    });
+    write::end_to_end_headers(out, head, |n| replaced_header(n, fwd.rewrite_host, fwd.strip_credentials, up), fwd.headers);
     // Answers must come readable: compressed ones could not be inspected.
     write::header(out, "accept-encoding", b"identity");
     // The upstream's own credential: agents never hold it.
     if let Some(c) = &up.credential {
         write::header(out, &c.header, &c.value);
     }
-    if rewrite {
+    if fwd.rewrite_host {
         write::header(out, "host", up.authority.as_bytes());
     }
-    write::forwarding_headers(out, head, client.ip(), tls);
+    write::forwarding_headers(out, head, fwd.client.ip(), fwd.tls);
     if !body.is_empty() || matches!(head.method(), "POST" | "PUT" | "PATCH") {
         write::content_length(out, body.len());
     }
@@ -702,7 +760,7 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
 /// Status line and end-to-end headers of the upstream's response.
 fn response_head(out: &mut Vec<u8>, up: &Head) {
     write::status_line(out, up.status, up.reason());
-    write::end_to_end_headers(out, up, |_| false);
+    write::end_to_end_headers(out, up, |_| false, &[]);
 }
 
 /// Decodes the upstream body framing from the connection's read buffer.

@@ -246,11 +246,9 @@ def test_a_secret_in_the_id_or_method_is_refused_and_never_recorded(raw_upstream
     assert {"/id", "/method"} <= paths, paths
 
 
-def test_the_request_url_is_inspected_like_arguments(raw_upstream, gateway):
-    """A plain HTTP API takes its arguments in the URL as often as in a body: path segments and
-    query parameters are decoded and scanned; a masked value reaches the upstream
-    percent-encoded in its place (every other byte as sent), a blocked one refuses the request
-    with 403 naming the kind, and the record holds paths under /url, never the value."""
+def _api_and_mcp(raw_upstream, gateway):
+    """An upstream answering `{"ok": true}` behind a plain route `/api` and an MCP route `/mcp`;
+    request secrets blocked, PII masked."""
     def handler(conn, head, body):
         payload = b'{"ok": true}'
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
@@ -260,6 +258,15 @@ def test_the_request_url_is_inspected_like_arguments(raw_upstream, gateway):
         [{"path": "/api", "upstream": up.url("/api"), "kind": "http"}, {"path": "/mcp", "upstream": up.url()}],
         extra='[detect.request]\nsecret = "block"\npii = "mask"\n',
     )
+    return up, g
+
+
+def test_the_request_url_is_inspected_like_arguments(raw_upstream, gateway):
+    """A plain HTTP API takes its arguments in the URL as often as in a body: path segments and
+    query parameters are decoded and scanned; a masked value reaches the upstream
+    percent-encoded in its place (every other byte as sent), a blocked one refuses the request
+    with 403 naming the kind, and the record holds paths under /url, never the value."""
+    up, g = _api_and_mcp(raw_upstream, gateway)
     with httpx.Client(timeout=10) as c:
         r = c.get(g.url("/api/users/bob%40example.com/orders?page=2&q=a+b%2Fc&card=4111111111111111&flag"))
         assert r.status_code == 200 and r.json() == {"ok": True}, r.text
@@ -301,6 +308,45 @@ def test_the_request_url_is_inspected_like_arguments(raw_upstream, gateway):
     text = json.dumps(events) + g.proc.text()
     assert "bob@example.com" not in text and "bob%40example.com" not in text and AKIA not in text and GHP not in text
     assert "4111111111111111" not in text
+
+
+def test_request_headers_are_inspected_like_arguments(raw_upstream, gateway):
+    """A header the upstream reads carries data as surely as the URL: each forwarded header
+    (credentials, framing and the client-address headers a proxy sets aside) is scanned with
+    its name as context; a masked value is rewritten in place (every other header byte for
+    byte), a blocked kind — or anything found in a header's name, which cannot be rewritten —
+    refuses the request with 403 naming the kind; the record has the finding, never the value."""
+    up, g = _api_and_mcp(raw_upstream, gateway)
+    with httpx.Client(timeout=10) as c:
+        r = c.get(g.url("/api/orders"), headers={"x-note": "call bob@example.com today", "x-trace": "abc-123", "x-real-ip": "8.8.8.8",
+                                                 "x-origin": "8.8.4.4", "authorization": f"Bearer {GHP}"})
+        assert r.status_code == 200, r.text
+        r = c.get(g.url("/api/orders"), headers={"x-debug": f"key={AKIA}"})
+        assert r.status_code == 403, r.text
+        reason = r.json()["error"]["data"]["reason"]
+        assert "headers contain aws_access_key_id" in reason and AKIA not in reason, reason
+        r = c.get(g.url("/api/orders"), headers={"+12025550143": "1"})
+        assert r.status_code == 403 and "headers contain phone_number" in r.json()["error"]["data"]["reason"], r.text
+        r = c.post(g.url("/mcp"), json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={**ACCEPT, "x-debug": GHP})
+        assert r.status_code == 403 and "github_classic_token" in r.text, r.text
+    assert len(up.requests) == 1, [q.split(b"\r\n", 1)[0] for q in up.requests]
+    sent = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in up.requests[0].split(b"\r\n\r\n")[0].decode().split("\r\n")[1:])}
+    assert sent["x-note"].startswith("call ") and sent["x-note"].endswith(" today") and "bob@example.com" not in sent["x-note"], sent
+    assert sent["x-origin"] != "8.8.4.4" and "8.8.4.4" not in sent["x-origin"], sent
+    # Untouched: a header without findings, the client-address header a proxy sets, and the
+    # agent's own credential for the upstream (the gateway authenticates no one here).
+    assert sent["x-trace"] == "abc-123" and sent["x-real-ip"] == "8.8.8.8" and sent["authorization"] == f"Bearer {GHP}", sent
+    settled(g)
+    events = spool_events(g.spool)
+    # Paths are /headers/N/name, N counting the inspected headers (the client's own come first).
+    found = sorted((f["path"].split("/", 3)[-1], f["kind"], f["action"]) for e in events if e["kind"] == "findings" for f in e["findings"])
+    assert found == [
+        ("[REDACTED:phone_number]", "phone_number", "block"), ("x-debug", "aws_access_key_id", "block"), ("x-debug", "github_classic_token", "block"),
+        ("x-note", "email", "mask"), ("x-origin", "ipv4_address", "mask"),
+    ], found
+    assert all(f["path"].startswith("/headers/") for e in events if e["kind"] == "findings" for f in e["findings"])
+    text = json.dumps(events) + g.proc.text()
+    assert "bob@example.com" not in text and AKIA not in text and "8.8.4.4" not in text and "12025550143" not in text
 
 
 def test_form_text_and_json_type_bodies_are_inspected(raw_upstream, gateway):
