@@ -45,6 +45,8 @@ pub enum ProxyError {
     ShuttingDown,
     #[error("the gateway cannot record calls right now (its event spool is full or not writable), so it does not forward them; retry later or on another instance")]
     RecordingUnavailable,
+    #[error("{0}; retry shortly, or on another instance")]
+    Overloaded(String),
 }
 
 impl ProxyError {
@@ -53,7 +55,7 @@ impl ProxyError {
         match self {
             Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
-            ShuttingDown | RecordingUnavailable => Fault::Internal,
+            ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
     }
 
@@ -69,7 +71,7 @@ impl ProxyError {
             NoRoute(_) => 404,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
-            ShuttingDown | RecordingUnavailable => 503,
+            ShuttingDown | RecordingUnavailable | Overloaded(_) => 503,
         }
     }
 
@@ -84,6 +86,7 @@ impl ProxyError {
             UpstreamTimeout { .. } => Code::UpstreamTimeout,
             ShuttingDown => Code::ShuttingDown,
             RecordingUnavailable => Code::RecordingUnavailable,
+            Overloaded(_) => Code::Overloaded,
         }
     }
 

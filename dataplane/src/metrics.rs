@@ -36,6 +36,12 @@ pub struct WorkerMetrics {
     pub upstream_reused: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Connections refused at `limits.max_connections`.
+    pub connections_refused: AtomicU64,
+    /// Request bodies refused at `limits.max_buffered_bytes`.
+    pub bodies_refused: AtomicU64,
+    /// Request-body bytes held now.
+    pub buffered_bytes: AtomicI64,
     labelled: Mutex<Labelled>,
 }
 
@@ -106,6 +112,9 @@ pub fn render(workers: &[Arc<WorkerMetrics>], sessions: usize, out: &mut String)
     counter(out, "sluice_upstream_reused_total", "Requests sent on a pooled upstream connection.", &|w| w.upstream_reused.load(Ordering::Relaxed));
     counter(out, "sluice_upstream_errors_total", "Upstream connect, write or read failures.", &|w| w.upstream_errors.load(Ordering::Relaxed));
     counter(out, "sluice_timeouts_total", "Requests or streams ended by a timeout.", &|w| w.timeouts.load(Ordering::Relaxed));
+    counter(out, "sluice_connections_refused_total", "Connections refused (503) at limits.max_connections.", &|w| w.connections_refused.load(Ordering::Relaxed));
+    counter(out, "sluice_bodies_refused_total", "Request bodies refused (503) at limits.max_buffered_bytes.", &|w| w.bodies_refused.load(Ordering::Relaxed));
+    gauge(out, "sluice_buffered_bytes", "Request-body bytes held (counted against limits.max_buffered_bytes).", &|w| w.buffered_bytes.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP sluice_sessions Live MCP sessions tracked.\n# TYPE sluice_sessions gauge\nsluice_sessions {sessions}");
 
     let _ = writeln!(out, "# HELP sluice_requests_total Requests answered, by route, method and status.\n# TYPE sluice_requests_total counter");

@@ -47,6 +47,13 @@ pub struct Limits {
     pub max_head_bytes: usize,
     pub max_body_bytes: usize,
     pub max_sse_event_bytes: usize,
+    /// Open agent connections per worker (its share of `limits.max_connections`).
+    pub worker_connections: usize,
+    /// Request-body bytes held at once per worker (its share of `limits.max_buffered_bytes`).
+    pub worker_buffered_bytes: usize,
+    /// The configured totals, for messages.
+    pub max_connections: usize,
+    pub max_buffered_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +186,22 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
     if l.max_body_bytes < 1024 {
         is.add("limits.max_body_bytes", "must be at least 1024");
     }
-    let limits = Limits { max_head_bytes: l.max_head_bytes, max_body_bytes: l.max_body_bytes, max_sse_event_bytes: l.max_sse_event_bytes };
+    if l.max_connections == 0 {
+        is.add("limits.max_connections", "must be at least 1");
+    }
+    if l.max_buffered_bytes < l.max_body_bytes {
+        is.add("limits.max_buffered_bytes", format!("must be at least limits.max_body_bytes ({}), or no body of the largest allowed size could be read", l.max_body_bytes));
+    }
+    let limits = Limits {
+        max_head_bytes: l.max_head_bytes,
+        max_body_bytes: l.max_body_bytes,
+        max_sse_event_bytes: l.max_sse_event_bytes,
+        worker_connections: l.max_connections.div_ceil(workers.max(1)),
+        // A worker's share always fits one body of the largest allowed size.
+        worker_buffered_bytes: (l.max_buffered_bytes / workers.max(1)).max(l.max_body_bytes),
+        max_connections: l.max_connections,
+        max_buffered_bytes: l.max_buffered_bytes,
+    };
     let t = &f.timeouts;
     let timeouts = Timeouts {
         client_header: is.duration("timeouts.client_header", &t.client_header),

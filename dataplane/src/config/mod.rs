@@ -116,6 +116,9 @@ url = "http://127.0.0.1:1"
 [[route]]
 path = "mcp"
 upstream = "b"
+[limits]
+max_connections = 0
+max_buffered_bytes = 4096
 [detect]
 skip_headers = ["x-real-ip", "x real ip"]
 [detect.request]
@@ -124,7 +127,7 @@ pii = "sometimes"
         );
         let e = load(&f.0).unwrap_err();
         let paths: Vec<_> = e.issues.iter().map(|i| i.path.as_str()).collect();
-        for p in ["gateway.shutdown_grace", "listener[0].address", "upstream[0].url", "upstream[1].name", "route[0].path", "route[0].upstream", "detect.skip_headers[1]", "detect.request.pii"] {
+        for p in ["gateway.shutdown_grace", "listener[0].address", "upstream[0].url", "upstream[1].name", "route[0].path", "route[0].upstream", "detect.skip_headers[1]", "detect.request.pii", "limits.max_connections", "limits.max_buffered_bytes"] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
         let text = e.to_string();

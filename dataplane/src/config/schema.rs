@@ -117,12 +117,34 @@ pub struct Limits {
     pub max_body_bytes: usize,
     #[serde(default = "default_body")]
     pub max_sse_event_bytes: usize,
+    /// Open agent connections, all workers together (each worker takes its share); one more
+    /// is answered 503 and closed.
+    #[serde(default = "default_connections")]
+    pub max_connections: usize,
+    /// Request-body bytes held at once, all workers together (each worker takes its share): a
+    /// body that would pass it is answered 503 before it is read, so many large or slow bodies
+    /// cannot exhaust the host's memory.
+    #[serde(default = "default_buffered")]
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_head_bytes: default_head(), max_body_bytes: default_body(), max_sse_event_bytes: default_body() }
+        Limits {
+            max_head_bytes: default_head(),
+            max_body_bytes: default_body(),
+            max_sse_event_bytes: default_body(),
+            max_connections: default_connections(),
+            max_buffered_bytes: default_buffered(),
+        }
     }
+}
+
+fn default_connections() -> usize {
+    20_000
+}
+fn default_buffered() -> usize {
+    1 << 30
 }
 
 fn default_head() -> usize {

@@ -10,7 +10,7 @@
 //! events is found.
 
 use super::engine::{Finding, Scanner};
-use super::json::{Buffers, Found, Walk};
+use super::json::{Buffers, CleanTexts, Found, Walk};
 use super::mask::Plan;
 use super::rules::{Category, Severity};
 use crate::config::detect::{Action, DetectCfg};
@@ -56,6 +56,12 @@ struct State {
     bufs: Buffers,
     found: Vec<Found>,
     envelope: Vec<Finding>,
+    /// The request headers not known clean, as one text, `name: value` per line (see `on_headers`).
+    headers: String,
+    /// Header lines whose scan found nothing: agents repeat theirs on every request.
+    clean_headers: Box<CleanTexts<256, 128>>,
+    /// Slots of the lines in `headers`, remembered once the scan finds nothing.
+    header_slots: Vec<(usize, std::ops::Range<usize>)>,
 }
 
 impl Recorded {
@@ -267,6 +273,39 @@ impl MessageHook for DetectHook {
             Err(refused) => return refused,
         };
         let st = &mut *slot;
+        // Most requests hold nothing, and repeat the headers of the one before: each inspected
+        // header as a `name: value` line (what the walk scans it as), those not remembered clean
+        // scanned together once. Nothing found there: nothing in any line alone either (a
+        // line's findings are among those of a text that holds it), so all are remembered.
+        st.headers.clear();
+        st.header_slots.clear();
+        for (n, v) in headers.iter().filter(|(n, _)| inspected(n)) {
+            let at = st.headers.len();
+            st.headers.push_str(n);
+            st.headers.push_str(": ");
+            st.headers.push_str(v);
+            let line = &st.headers[at..];
+            match st.clean_headers.slot(&cfg.engine, line) {
+                Some(slot) if st.clean_headers.contains(slot, line) => st.headers.truncate(at),
+                slot => {
+                    if let Some(slot) = slot {
+                        st.header_slots.push((slot, at..st.headers.len()));
+                    }
+                    st.headers.push('\n');
+                }
+            }
+        }
+        if st.headers.is_empty() {
+            return Verdict::Pass;
+        }
+        st.envelope.clear();
+        cfg.engine.scan(&mut st.scanner, &st.headers, &mut st.envelope);
+        if st.envelope.is_empty() {
+            for (slot, r) in &st.header_slots {
+                st.clean_headers.insert(*slot, &st.headers[r.clone()]);
+            }
+            return Verdict::Pass;
+        }
         let mask_rule = |r: u32| cfg.action(Direction::Request, r) == Action::Mask;
         let walk = Walk { engine: &cfg.engine, mask: Some(Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &mask_rule }), skip_binary: false };
         let mut v = super::url::pairs_value(headers.iter().filter(|(n, _)| inspected(n)).map(|(n, v)| (*n, v.as_ref())), "headers");
@@ -329,7 +368,7 @@ impl DetectHook {
         let mut slot = self.state.borrow_mut();
         if !slot.as_ref().is_some_and(|s| Arc::ptr_eq(&s.cfg, cfg)) {
             match cfg.engine.scanner() {
-                Ok(scanner) => *slot = Some(State { cfg: cfg.clone(), scanner, bufs: Buffers::default(), found: Vec::new(), envelope: Vec::new() }),
+                Ok(scanner) => *slot = Some(State { cfg: cfg.clone(), scanner, bufs: Buffers::default(), found: Vec::new(), envelope: Vec::new(), headers: String::new(), clean_headers: Box::default(), header_slots: Vec::new() }),
                 Err(e) => {
                     // Fail closed: without a scanner nothing can be inspected.
                     tracing::error!(error = %e, "detect: cannot allocate Hyperscan scratch");
@@ -463,4 +502,60 @@ fn blocked_kinds(what: &str, kinds: &[&str]) -> Verdict {
 
 fn refuse(reason: String) -> Verdict {
     Verdict::Refuse { code: Code::Refused, message: "blocked by content inspection".into(), reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook_and_ctx() -> (DetectHook, RequestCtx) {
+        let text = "[[listener]]\naddress = \"127.0.0.1:9\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\npath = \"/mcp\"\nupstream = \"u\"\n\
+                    [detect.request]\npii = \"mask\"\nsecret = \"block\"\n";
+        let f: crate::config::schema::File = toml::from_str(text).unwrap();
+        let cfg = crate::config::from_schema(&f).unwrap();
+        (DetectHook::new(Arc::default()), RequestCtx::offline("r", cfg.detect.clone(), None, None))
+    }
+
+    /// Header lines remembered clean never hide a finding: 3,000 requests repeating two clean
+    /// headers beside one that changes every time (far more distinct lines than the table has
+    /// slots), every third holding an address, one in fifty a key — each address masked and
+    /// each key refused every time, and nothing else touched.
+    #[test]
+    fn remembered_clean_header_lines_never_hide_a_finding() {
+        let (hook, mut ctx) = hook_and_ctx();
+        for i in 0..3000 {
+            let note = match i {
+                _ if i % 50 == 0 => format!("key AKIAIOSFODNN7EXAMPL{}", (b'A' + (i / 50 % 26) as u8) as char),
+                _ if i % 3 == 0 => format!("user{i}@example.com"),
+                _ => format!("ticket {i}"),
+            };
+            let mut headers = [("accept", Cow::Borrowed("application/json, text/event-stream")), ("x-note", Cow::Owned(note.clone())), ("user-agent", Cow::Borrowed("agent/1.0"))];
+            let v = hook.on_headers(&mut ctx, &mut headers);
+            match i {
+                _ if i % 50 == 0 => assert!(matches!(&v, Verdict::Refuse { reason, .. } if reason.contains("aws_access_key_id")), "{i}: {v:?}"),
+                _ if i % 3 == 0 => {
+                    assert_eq!(v, Verdict::Changed, "{i}");
+                    assert!(!headers[1].1.contains("@example.com"), "{i}: {}", headers[1].1);
+                }
+                _ => assert_eq!(v, Verdict::Pass, "{i}"),
+            }
+            assert_eq!((headers[0].1.as_ref(), headers[2].1.as_ref()), ("application/json, text/event-stream", "agent/1.0"));
+            if i % 3 != 0 {
+                assert_eq!(headers[1].1, note);
+            }
+        }
+    }
+
+    /// Names in `detect.skip_headers` are not scanned; a finding in a header's name refuses
+    /// even under `mask` (a name cannot be rewritten).
+    #[test]
+    fn skipped_headers_pass_and_a_finding_in_a_name_refuses() {
+        let (hook, mut ctx) = hook_and_ctx();
+        let mut headers = [("X-Real-IP", Cow::Borrowed("8.8.8.8")), ("x-origin", Cow::Borrowed("8.8.4.4"))];
+        assert_eq!(hook.on_headers(&mut ctx, &mut headers), Verdict::Changed);
+        assert_eq!(headers[0].1, "8.8.8.8");
+        assert_ne!(headers[1].1, "8.8.4.4");
+        let mut headers = [("+12025550143", Cow::Borrowed("1"))];
+        assert!(matches!(hook.on_headers(&mut ctx, &mut headers), Verdict::Refuse { reason, .. } if reason.contains("phone_number")));
+    }
 }

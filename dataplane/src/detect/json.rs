@@ -72,37 +72,39 @@ pub struct Buffers {
     rename: Option<String>,
 }
 
-/// Keys (up to [`CleanKeys::MAX_KEY`] bytes) whose scan found nothing, in a direct-mapped
-/// table of fixed slots: no allocation per key, a lookup instead of a scan for the names every
-/// message repeats. A slot holds the key's bytes and is compared exactly, so a key with a
-/// finding can never pass for a clean one (the slot's hash only places it; a collision costs
-/// a scan).
+/// Object keys whose scan found nothing.
+type CleanKeys = CleanTexts<1024, 64>;
+
+/// Texts (up to `MAX` bytes, at most 255) whose scan found nothing, in a direct-mapped table
+/// of `SLOTS` fixed slots: no allocation per text, a lookup instead of a scan for the texts
+/// every message repeats (object keys, request header lines). A slot holds the text's bytes
+/// and is compared exactly, so a text with a finding can never pass for a clean one (the
+/// slot's hash only places it; a collision costs a scan).
 #[derive(Default)]
-struct CleanKeys {
-    /// `SLOTS` × `MAX_KEY` bytes, allocated on first use.
+pub struct CleanTexts<const SLOTS: usize, const MAX: usize> {
+    /// `SLOTS` × `MAX` bytes, allocated on first use.
     bytes: Vec<u8>,
-    /// Each slot's key length; 0 is an empty slot (the empty key is never remembered).
+    /// Each slot's text length; 0 is an empty slot (the empty text is never remembered).
     lens: Vec<u8>,
     /// The engine the table was filled by (a reload brings another).
     engine: usize,
 }
 
-impl CleanKeys {
-    const SLOTS: usize = 1024;
-    const MAX_KEY: usize = 64;
+impl<const SLOTS: usize, const MAX: usize> CleanTexts<SLOTS, MAX> {
+    pub const MAX_LEN: usize = MAX;
 
-    /// The key's slot when it can be remembered.
-    fn slot(&mut self, engine: &Engine, key: &str) -> Option<usize> {
+    /// The text's slot when it can be remembered.
+    pub fn slot(&mut self, engine: &Engine, key: &str) -> Option<usize> {
         let k = key.as_bytes();
-        if k.is_empty() || k.len() > Self::MAX_KEY {
+        if k.is_empty() || k.len() > MAX {
             return None;
         }
         let id = engine as *const Engine as usize;
         if self.engine != id || self.lens.is_empty() {
             self.bytes.clear();
-            self.bytes.resize(Self::SLOTS * Self::MAX_KEY, 0);
+            self.bytes.resize(SLOTS * MAX, 0);
             self.lens.clear();
-            self.lens.resize(Self::SLOTS, 0);
+            self.lens.resize(SLOTS, 0);
             self.engine = id;
         }
         // FxHash over 8-byte words: placement only, so speed matters, not strength.
@@ -112,16 +114,16 @@ impl CleanKeys {
             b[..w.len()].copy_from_slice(w);
             h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
-        Some((h >> 32) as usize % Self::SLOTS)
+        Some((h >> 32) as usize % SLOTS)
     }
 
-    fn contains(&self, slot: usize, key: &str) -> bool {
-        let at = slot * Self::MAX_KEY;
+    pub fn contains(&self, slot: usize, key: &str) -> bool {
+        let at = slot * MAX;
         usize::from(self.lens[slot]) == key.len() && &self.bytes[at..at + key.len()] == key.as_bytes()
     }
 
-    fn insert(&mut self, slot: usize, key: &str) {
-        let at = slot * Self::MAX_KEY;
+    pub fn insert(&mut self, slot: usize, key: &str) {
+        let at = slot * MAX;
         self.bytes[at..at + key.len()].copy_from_slice(key.as_bytes());
         self.lens[slot] = key.len() as u8;
     }
@@ -621,7 +623,7 @@ mod tests {
         assert!(t.contains(slot, first) && !t.contains(slot, &other));
         t.insert(slot, &other);
         assert!(t.contains(slot, &other) && !t.contains(slot, first));
-        assert_eq!(t.slot(e, &"k".repeat(CleanKeys::MAX_KEY + 1)), None);
+        assert_eq!(t.slot(e, &"k".repeat(CleanKeys::MAX_LEN + 1)), None);
         assert_eq!(t.slot(e, ""), None);
     }
 

@@ -30,6 +30,8 @@ pub enum Code {
     RateLimited,
     /// The call needs a human's approval, which was not given (denied, expired, unavailable).
     ApprovalRequired,
+    /// The gateway is at a connection or memory limit; retry shortly.
+    Overloaded,
 }
 
 impl Code {
@@ -49,6 +51,7 @@ impl Code {
             Code::PolicyDenied => -32009,
             Code::RateLimited => -32010,
             Code::ApprovalRequired => -32011,
+            Code::Overloaded => -32012,
         }
     }
 }

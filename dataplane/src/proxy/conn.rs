@@ -21,6 +21,64 @@ impl Drop for OpenGuard {
     }
 }
 
+/// Request-body bytes one connection holds, counted against its worker's share of
+/// `limits.max_buffered_bytes`; given back after each exchange and when the connection ends.
+struct Held {
+    w: Rc<Worker>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Hold `to` bytes in all; `Err` (503) when the worker's share would be passed.
+    fn grow(&mut self, to: usize, share: usize, total: usize) -> Result<(), ProxyError> {
+        if to <= self.bytes {
+            return Ok(());
+        }
+        let more = to - self.bytes;
+        let now = self.w.buffered.get();
+        if now + more > share {
+            self.w.metrics.bodies_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(worker = self.w.id, held = now, wanted = more, share, "request body refused: limits.max_buffered_bytes reached");
+            return Err(ProxyError::Overloaded(format!(
+                "the gateway holds as many request bodies as its memory limit allows (limits.max_buffered_bytes = {total} bytes across its workers)"
+            )));
+        }
+        self.set(now + more, more as i64);
+        self.bytes = to;
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        let n = std::mem::take(&mut self.bytes);
+        self.set(self.w.buffered.get() - n, -(n as i64));
+    }
+
+    fn set(&self, now: usize, delta: i64) {
+        self.w.buffered.set(now);
+        self.w.metrics.buffered_bytes.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The body capacity a connection keeps between requests; a larger buffer is freed.
+const KEEP_BODY: usize = 64 * 1024;
+
+/// A connection over `limits.max_connections`: 503 with the reason (plain listeners), then close.
+pub async fn refuse(w: Rc<Worker>, tcp: TcpStream, plain: bool) {
+    if plain {
+        let cfg = w.config();
+        let e = ProxyError::Overloaded(format!("the gateway has as many connections open as it allows (limits.max_connections = {})", cfg.limits.max_connections));
+        let mut stream = Stream::Plain(tcp);
+        let _ = deadline(std::time::Duration::from_secs(1), respond::error(&mut stream, &e, None, false)).await;
+        let _ = stream.close().await;
+    }
+}
+
 pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::TlsAcceptor>) {
     w.open.set(w.open.get() + 1);
     w.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
@@ -58,6 +116,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
     let mut rbuf = ReadBuf::default();
     let mut head = Head::default();
     let mut body = Vec::new();
+    let mut held = Held { w: w.clone(), bytes: 0 };
     loop {
         let cfg = w.config();
         let limits = http::Limits { max_head_bytes: cfg.limits.max_head_bytes };
@@ -107,7 +166,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
         };
         rbuf.consume(n);
         let keep_alive = head.keep_alive() && !w.draining();
-        match read_body(&w, &mut stream, &mut rbuf, &head, &mut body).await {
+        match read_body(&w, &mut stream, &mut rbuf, &head, &mut body, &mut held).await {
             Ok(()) => {}
             Err(e) => {
                 let _ = respond::error(&mut stream, &e, None, false).await;
@@ -115,6 +174,10 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             }
         }
         let outcome = exchange::handle(&w, &cfg, &mut stream, &head, &body, client, is_tls, peer.as_ref(), started).await;
+        held.release();
+        if body.capacity() > KEEP_BODY {
+            body = Vec::new();
+        }
         let keep = match outcome {
             Ok(k) => k && keep_alive,
             Err(e) => {
@@ -136,15 +199,18 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
 
 /// Read the request body into `body` (reused across requests), enforcing the size limit and
 /// answering `Expect: 100-continue`.
-async fn read_body(w: &Worker, stream: &mut Stream, rbuf: &mut ReadBuf, head: &Head, body: &mut Vec<u8>) -> Result<(), ProxyError> {
+async fn read_body(w: &Worker, stream: &mut Stream, rbuf: &mut ReadBuf, head: &Head, body: &mut Vec<u8>, held: &mut Held) -> Result<(), ProxyError> {
     body.clear();
     let cfg = w.config();
     let max = cfg.limits.max_body_bytes;
+    let (share, total) = (cfg.limits.worker_buffered_bytes, cfg.limits.max_buffered_bytes);
     let kind = request_body_kind(head)?;
     if let BodyKind::Length(n) = kind {
         if n > max as u64 {
             return Err(ProxyError::BodyTooLarge { limit: max });
         }
+        // Before a byte of it is read (or 100-continue sent).
+        held.grow(n as usize, share, total)?;
     }
     if let Some(exp) = head.header("expect") {
         if !exp.eq_ignore_ascii_case(b"100-continue") {
@@ -177,8 +243,13 @@ async fn read_body(w: &Worker, stream: &mut Stream, rbuf: &mut ReadBuf, head: &H
                     }
                     let (used, d) = dec.decode(rbuf.data())?;
                     if let Decoded::Data(r) = &d {
-                        if body.len() + r.len() > max {
+                        let to = body.len() + r.len();
+                        if to > max {
                             return Err(ProxyError::BodyTooLarge { limit: max });
+                        }
+                        // Held in doubling steps as the body grows.
+                        if to > held.bytes {
+                            held.grow(to.max(2 * held.bytes).max(KEEP_BODY).min(max), share, total)?;
                         }
                         body.extend_from_slice(&rbuf.data()[r.clone()]);
                     }

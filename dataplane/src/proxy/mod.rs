@@ -94,6 +94,8 @@ pub struct Worker {
     pub chain: Chain,
     /// Connections open on this worker.
     pub open: Cell<usize>,
+    /// Request-body bytes its connections hold now (see `conn::Held`).
+    pub buffered: Cell<usize>,
     /// Scratch buffer that simd-json parses in (it parses in place, and the original bytes
     /// must stay intact for forwarding).
     /// Taken and put back around each use, never held across an await.
@@ -166,6 +168,7 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
         pool: upstream::Pool::default(),
         chain,
         open: Cell::new(0),
+        buffered: Cell::new(0),
         scratch: Cell::new(Vec::with_capacity(64 * 1024)),
         reqbuf: Cell::new(Vec::with_capacity(16 * 1024)),
         respbuf: Cell::new(Vec::with_capacity(16 * 1024)),
@@ -218,6 +221,12 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustl
         .await;
         let Some(accepted) = accepted else { return };
         match accepted {
+            Ok(stream) if w.open.get() >= w.config().limits.worker_connections => {
+                // At the limit: a short answer and close (over TLS there is no handshake to answer in).
+                w.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+                let plain = acceptor.is_none();
+                glommio::spawn_local(conn::refuse(w.clone(), stream, plain)).detach();
+            }
             Ok(stream) => {
                 let w2 = w.clone();
                 let acc = acceptor.clone();

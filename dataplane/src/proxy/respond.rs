@@ -23,8 +23,10 @@ pub async fn send(stream: &mut Stream, status: u16, content_type: &str, body: &[
     stream.flush().await
 }
 
-/// Answer an error: its status, and a JSON-RPC error whose `data.reason` says what happened.
+/// Answer an error: its status, and a JSON-RPC error whose `data.reason` says what happened
+/// (with `Retry-After` when the gateway is at a limit).
 pub async fn error(stream: &mut Stream, e: &ProxyError, id: Option<&str>, keep_alive: bool) -> std::io::Result<()> {
     let body = error_body(id, e.code(), e.title(), &e.to_string());
-    send(stream, e.status(), "application/json", &body, keep_alive, &[]).await
+    let extra: &[(&str, &[u8])] = if matches!(e, ProxyError::Overloaded(_)) { &[("retry-after", b"1")] } else { &[] };
+    send(stream, e.status(), "application/json", &body, keep_alive, extra).await
 }

@@ -278,3 +278,80 @@ def test_stream_idle_and_keepalive_idle_timeouts(raw_upstream, gateway):
         s.settimeout(5)
         assert s.recv(4096) == b""
         assert 0.3 < time.time() - t < 3
+
+
+def _head(conn: socket.socket, timeout=5.0) -> bytes:
+    """Everything the gateway sends on `conn` until it closes it or stops for `timeout`."""
+    conn.settimeout(timeout)
+    got = b""
+    try:
+        while True:
+            b = conn.recv(65536)
+            if not b:
+                break
+            got += b
+            if b"\r\n\r\n" in got and b"}" in got:
+                break
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return got
+
+
+def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream, gateway):
+    """Many large or slow bodies cannot exhaust the host's memory, nor many idle connections its
+    sockets: a body that would pass the worker's share of `limits.max_buffered_bytes` is refused
+    before it is read, a connection past `limits.max_connections` is answered and closed — both
+    503 with -32012, `Retry-After` and the limit named — and both are served again once the
+    holders are gone. Bodies within the limit are unaffected."""
+    up = raw_upstream(json_ok)
+    mib = 1024 * 1024
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], workers=1,
+                extra=f"[limits]\nmax_body_bytes = {mib}\nmax_buffered_bytes = {mib + mib // 2}\nmax_connections = 3\n")
+    big = json.dumps({**PING, "params": {"pad": "x" * (mib - 200)}}).encode()
+    assert mib - 200 < len(big) <= mib
+    # A client that announced a 1 MiB body and sends it slowly holds its bytes …
+    slow = socket.create_connection(("127.0.0.1", g.port))
+    slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+                 + f"Content-Length: {len(big)}\r\n\r\n".encode() + big[:1000])
+    time.sleep(0.3)
+    assert g.metric("sluice_buffered_bytes") == len(big)
+    # … so a second large body does not fit — refused on its head alone — while a small one does.
+    head = b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+    with socket.create_connection(("127.0.0.1", g.port)) as c:
+        c.sendall(head + f"Content-Length: {len(big)}\r\n\r\n".encode())
+        got = _head(c)
+    assert got.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in got.lower(), got
+    err = json.loads(got.split(b"\r\n\r\n", 1)[1])["error"]
+    assert err["code"] == -32012 and "limits.max_buffered_bytes = 1572864" in err["data"]["reason"], err
+    assert httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=10).status_code == 200
+    # Chunked bodies are counted as they grow.
+    with socket.create_connection(("127.0.0.1", g.port)) as c:
+        c.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            for i in range(0, len(big), 64 * 1024):
+                part = big[i:i + 64 * 1024]
+                c.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                time.sleep(0.01)
+        except OSError:
+            pass  # refused mid-body: the gateway closed
+        got = _head(c)
+    assert got.startswith(b"HTTP/1.1 503") and b"-32012" in got, got
+    assert g.metric("sluice_bodies_refused_total") == 2
+    slow.sendall(big[1000:])
+    assert _head(slow).startswith(b"HTTP/1.1 200"), "the slow body, once whole, is served"
+    assert g.metric("sluice_buffered_bytes") == 0, "given back after the exchange"
+    assert httpx.post(g.url(), content=big, headers=ACCEPT, timeout=10).status_code == 200
+    # Connections: the slow one is still open (keep-alive); two more fill the limit of 3.
+    held = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(2)]
+    time.sleep(0.2)
+    extra = socket.create_connection(("127.0.0.1", g.port))
+    got = _head(extra)
+    assert got.startswith(b"HTTP/1.1 503"), got
+    assert b"retry-after: 1" in got.lower() and b"-32012" in got and b"limits.max_connections = 3" in got, got
+    assert extra.recv(10) == b"", "closed after the answer"
+    extra.close()
+    assert g.metric("sluice_connections_refused_total") == 1
+    for s in held + [slow]:
+        s.close()
+    time.sleep(0.2)
+    assert httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=10).status_code == 200
