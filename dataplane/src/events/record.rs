@@ -44,6 +44,31 @@ pub fn base<'a>(ctx: &'a RequestCtx, instance: &'a str, kind: Kind) -> Event<'a>
     e
 }
 
+/// The answer the gateway gave in the upstream's place (unreachable, timed out, broke the
+/// exchange): a `response` event (`document` on a plain HTTP route) for the call, with the
+/// status and the JSON-RPC error as the agent received them. `call`: the method and tool of the
+/// request it answers, when known.
+pub fn gateway_answer(em: &Emitter, ctx: &RequestCtx, call: Option<(&str, Option<&str>)>, id: Option<&str>, err: &crate::error::ProxyError) {
+    let (status, code) = (err.status(), err.code().value());
+    let rec = em.recorder();
+    let kind = if ctx.http_target.is_some() { Kind::Document } else { Kind::Response };
+    let mut e = base(ctx, &rec.instance, kind);
+    e.direction = Some(event::Direction::Response);
+    fn field<'a>(masked: u8, v: Option<&'a str>, bit: u8) -> Option<Cow<'a, str>> {
+        v.map(|v| Cow::Borrowed(if masked & bit != 0 { crate::detect::hook::REDACTED } else { v }))
+    }
+    let m = ctx.envelope_masked;
+    e.method = field(m, call.map(|c| c.0), crate::detect::hook::ENVELOPE_METHOD);
+    e.tool = field(m, call.and_then(|c| c.1), crate::detect::hook::ENVELOPE_TOOL);
+    e.rpc_id = field(m, id, crate::detect::hook::ENVELOPE_ID);
+    e.status = Some(status);
+    e.error_code = Some(code);
+    e.latency_us = Some(ctx.started.elapsed().as_micros() as u64);
+    let error = serde_json::json!({ "code": code, "message": err.title(), "data": { "gateway": "sluice", "reason": err.to_string() } }).to_string();
+    e.bytes = Some(error.len() as u64);
+    em.emit_with_payload(&e, Some(error.as_bytes()));
+}
+
 /// The `document` event of a plain HTTP request or response whose body is not recorded (none,
 /// one the gateway does not inspect, or one it streamed): method, path and size, and for a
 /// response its status and latency.

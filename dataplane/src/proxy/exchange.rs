@@ -237,7 +237,7 @@ pub async fn handle(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "upstream failed");
-            fail_answer(down, held, &e, track.reply_id.as_deref(), keep_alive).await.map_err(|_| ProxyError::ClientTimeout)?;
+            fail_answer(w, &ctx, &track, down, held, &e, keep_alive).await.map_err(|_| ProxyError::ClientTimeout)?;
             w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
             return Ok(keep_alive);
         }
@@ -271,7 +271,7 @@ pub async fn handle(
     } else if held {
         // The agent's answer is already an SSE stream: anything else from the upstream ends it with an error.
         let e = ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason: format!("answered an approved call with status {status} and no JSON-RPC body") };
-        fail_answer(down, true, &e, track.reply_id.as_deref(), false).await.map(|_| false).map_err(|_| ())
+        fail_answer(w, &ctx, &track, down, true, &e, false).await.map(|_| false).map_err(|_| ())
     } else if !answers.is_empty() && kind == BodyKind::None {
         // Only notifications went upstream (202); the refused requests still get answers.
         let b = hooks::join_answers(true, answers);
@@ -300,9 +300,20 @@ pub async fn handle(
     }
 }
 
-/// Answer with an error: a whole response, or (`held`: the SSE stream is already open) a last
-/// event that ends the stream.
-async fn fail_answer(down: &mut Stream, held: bool, e: &ProxyError, id: Option<&str>, keep_alive: bool) -> std::io::Result<()> {
+/// Answer with an error in the upstream's place: a whole response, or (`held`: the SSE stream
+/// is already open) a last event that ends the stream. The answer is recorded as the call's
+/// response: the upstream gave none.
+#[allow(clippy::too_many_arguments)]
+async fn fail_answer(w: &Worker, ctx: &RequestCtx, track: &Track, down: &mut Stream, held: bool, e: &ProxyError, keep_alive: bool) -> std::io::Result<()> {
+    let id = track.reply_id.as_deref();
+    if let Some(em) = &w.emitter {
+        let call = match track.pending.as_slice() {
+            [(_, p)] => Some(p),
+            all => all.iter().find(|(i, _)| Some(i.as_str()) == id).map(|(_, p)| p),
+        };
+        let call = call.map(|p| (p.method.as_str(), p.tool.as_deref()));
+        crate::events::record::gateway_answer(em, ctx, call, id, e);
+    }
     if !held {
         return respond::error(down, e, id, keep_alive).await;
     }
@@ -1162,7 +1173,7 @@ async fn relay_json(
         }),
     };
     if let Err(e) = res {
-        let _ = fail_answer(down, held, &e, track.reply_id.as_deref(), false).await;
+        let _ = fail_answer(w, ctx, track, down, held, &e, false).await;
         return Err(());
     }
     let is_mcp = route.kind == RouteKind::Mcp;
@@ -1178,7 +1189,7 @@ async fn relay_json(
     });
     let replaced = match outcome {
         Err(e) => {
-            let _ = fail_answer(down, held, &e, track.reply_id.as_deref(), false).await;
+            let _ = fail_answer(w, ctx, track, down, held, &e, false).await;
             return Err(());
         }
         Ok(Outcome::Unchanged) => None,

@@ -10,6 +10,9 @@ import time
 
 import httpx
 
+from conftest import spool_events
+from test_recording import settled
+
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 PING = {"jsonrpc": "2.0", "id": "p-1", "method": "ping"}
@@ -31,17 +34,29 @@ def test_upstream_refused_is_502_with_jsonrpc_error(gateway):
     assert err["id"] == "p-1"
     assert err["error"]["code"] == -32001
     assert "cannot be reached" in err["error"]["data"]["reason"]
+    # The record has the call and the answer the gateway gave in the upstream's place.
+    settled(g)
+    events = [e for e in spool_events(g.spool) if e["kind"] in ("request", "response")]
+    assert [(e["kind"], e.get("method"), e.get("rpc_id"), e.get("status"), e.get("error_code")) for e in events] == [
+        ("request", "ping", '"p-1"', None, None), ("response", "ping", '"p-1"', 502, -32001)], events
+    assert "cannot be reached" in events[1]["payload"]["data"]["reason"] and events[1]["latency_us"] > 0, events[1]
 
 
 def test_upstream_hang_is_504(raw_upstream, gateway):
     up = raw_upstream(lambda conn, head, body: time.sleep(5))
-    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra='[timeouts]\nupstream_first_byte = "500ms"\n')
+    g = gateway([{"path": "/mcp", "upstream": up.url()}, {"path": "/api", "upstream": up.url("/api"), "kind": "http"}],
+                extra='[timeouts]\nupstream_first_byte = "500ms"\n')
     t = time.time()
     r = httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=10)
     assert r.status_code == 504
     assert r.json()["error"]["code"] == -32002
     assert time.time() - t < 4
     assert g.metric("sluice_timeouts_total") >= 1
+    # On a plain HTTP route too; both answers are in the record as the agent got them.
+    assert httpx.get(g.url("/api/slow?x=1"), timeout=10).status_code == 504
+    settled(g)
+    answers = [(e["kind"], e.get("http_path"), e["status"], e["error_code"]) for e in spool_events(g.spool) if e.get("direction") == "response"]
+    assert answers == [("response", None, 504, -32002), ("document", "/api/slow?x=1", 504, -32002)], answers
 
 
 def test_upstream_closing_mid_sse_ends_the_stream(raw_upstream, gateway):
