@@ -1,5 +1,5 @@
 //! `report --from … --to …`: an audit report of a time range for a compliance reviewer —
-//! sessions, identities, tools, decisions, findings by kind, masked values, approvals (count
+//! sessions, identities, tools, plain HTTP calls, decisions, findings by kind, masked values, approvals (count
 //! and wait times), blocked attempts, chain alerts, pin changes — as JSON (the data),
 //! Markdown (tables) or HTML (tables and bar charts, self-contained: no script, no fetch).
 
@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 /// The report's sections: (id, title, SQL over the range). `{range}` is the time filter.
 const SECTIONS: &[(&str, &str, &str)] = &[
     ("tools", "Tool calls by tool", "SELECT tool, count(*) AS calls, count(DISTINCT session) AS sessions, sum(CASE WHEN error_code IS NOT NULL THEN 1 ELSE 0 END) AS errors FROM tool_calls WHERE {range} GROUP BY tool ORDER BY calls DESC, tool LIMIT 50"),
+    ("http", "Plain HTTP calls by route and method", "SELECT route, http_method, sum(CASE WHEN direction = 'request' THEN 1 ELSE 0 END) AS calls, sum(CASE WHEN direction = 'response' AND status >= 400 THEN 1 ELSE 0 END) AS failed, count(DISTINCT subject) AS callers FROM http_messages WHERE {range} GROUP BY route, http_method ORDER BY calls DESC, route, http_method LIMIT 50"),
     ("identities", "Callers", "SELECT identity['subject'] AS subject, count(DISTINCT session) AS sessions, sum(CASE WHEN kind = 'request' AND method = 'tools/call' THEN 1 ELSE 0 END) AS calls FROM events WHERE {range} AND identity IS NOT NULL GROUP BY identity['subject'] ORDER BY calls DESC, subject LIMIT 50"),
     ("decisions", "Decisions", "SELECT stage, action, coalesce(rule, '-') AS rule, count(*) AS n FROM decisions WHERE {range} GROUP BY stage, action, coalesce(rule, '-') ORDER BY n DESC, stage, action LIMIT 50"),
     ("blocked", "Blocked attempts", "SELECT ts, subject, tool, action, coalesce(rule, '-') AS rule, reason FROM decisions WHERE {range} AND action IN ('deny', 'refuse', 'rate_limited') ORDER BY ts LIMIT 200"),

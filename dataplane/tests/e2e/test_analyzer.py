@@ -68,8 +68,11 @@ def probe(url: str, sessions: int = 1, sums=(11, 12, 13)) -> list:
 
 
 def test_spool_to_parquet_reads_the_same_everywhere_and_never_twice(py_json, gateway, tmp_path):
-    g = gateway([{"path": "/mcp", "upstream": py_json}])
+    g = gateway([{"path": "/mcp", "upstream": py_json}, {"path": "/api", "upstream": py_json.rsplit("/", 1)[0] + "/api", "kind": "http"}])
     py_client(g.url(), "py")
+    # A plain HTTP call (the server answers 404 to it) carries an address in its URL.
+    import httpx
+    status = httpx.get(g.url("/api/users/bob%40example.com?page=2"), timeout=10).status_code
     assert g.proc.stop() == 0
     spooled = spool_events(g.spool)
     ids = {e["id"] for e in spooled}
@@ -133,6 +136,13 @@ def test_spool_to_parquet_reads_the_same_everywhere_and_never_twice(py_json, gat
     bad = analyzer(archive, "sql", "SELECT nope FROM events", check=False)
     assert bad.returncode == 2 and "nope" in bad.stderr
 
+    # The plain HTTP call, in the analyzer's view and in DuckDB, its URL as recorded (masked).
+    http = sql(archive, "SELECT direction, http_method, http_path, status FROM http_messages ORDER BY ts")
+    assert [(h["direction"], h["http_method"], h.get("status")) for h in http] == [("request", "GET", None), ("response", "GET", status)], http
+    assert http[0]["http_path"] == http[1]["http_path"] and http[0]["http_path"].startswith("/api/users/") and "bob" not in http[0]["http_path"], http
+    plain = dict(con.execute(f"SELECT kind, count(*) FROM read_parquet('{glob}') WHERE http_method = 'GET' GROUP BY kind").fetchall())
+    assert plain == {"document": 2, "findings": 1}, plain
+
 
 def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafka, tmp_path):
     """A session probes the policy (three refused calls to one tool with different arguments);
@@ -185,7 +195,7 @@ def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafk
     page = json.loads(r.stdout.strip().splitlines()[-1])
     assert page["title"] == "Sluice audit report"
     ids = [s["id"] for s in page["sections"]]
-    assert ids == ["summary", "tools", "identities", "decisions", "blocked", "findings", "approvals", "alerts", "pins"], ids
+    assert ids == ["summary", "tools", "http", "identities", "decisions", "blocked", "findings", "approvals", "alerts", "pins"], ids
     assert page["charts"] >= 3 and any("blocked" in c and c.startswith("3") for c in page["cards"]), page
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[20:24], "big") > 900, "a full page, taller than one screen"
