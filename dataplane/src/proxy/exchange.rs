@@ -621,6 +621,14 @@ fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &m
             info.method = Some(p.method.clone());
             info.tool = p.tool.clone();
         }
+        // Fail closed: an answer the gateway cannot pair with its request (an id it never saw;
+        // a legacy session whose posts went through another instance) that lists tools is
+        // decided as a `tools/list` answer — filtered by the policy, pinned, recorded as a
+        // catalog — rather than passing unfiltered.
+        if dir == Direction::Response && info.kind == Kind::Response && info.method.is_none() && v.get("result").and_then(|r| r.get("tools")).is_some_and(|t| t.is_array()) {
+            tracing::debug!(worker = w.id, route = %route.name, id, "an unpaired answer lists tools: decided as tools/list");
+            info.method = Some("tools/list".to_owned());
+        }
     }
 }
 

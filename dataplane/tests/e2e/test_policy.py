@@ -171,6 +171,25 @@ def test_a_batch_cannot_smuggle_a_denied_call(idp, gateway, raw_upstream, tmp_pa
     assert [(i.get("id"), i["method"]) for i in received] == [(1, "tools/call"), (None, "notifications/progress"), (4, "tools/call")]
 
 
+def test_an_unpaired_answer_listing_tools_is_filtered_as_tools_list(idp, gateway, raw_upstream, tmp_path):
+    """Fail closed on pairing: an answer whose id the gateway never saw asked (an upstream
+    answering under another id; a legacy session whose posts went through another gateway
+    instance) still has the tools the caller may not use taken out when it lists tools."""
+    tools = [{"name": n, "inputSchema": {"type": "object"}} for n in ("add", "count", "delete_everything")]
+
+    def handler(conn, head, body):
+        data = json.dumps({"jsonrpc": "2.0", "id": 99, "result": {"tools": tools}}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s-1\r\ncontent-length: "
+                     + str(len(data)).encode() + b"\r\n\r\n" + data)
+
+    up = raw_upstream(handler)
+    g = policy_gateway(gateway, idp, up.url(), tmp_path)
+    h = {**ACCEPT, "authorization": f"Bearer {idp.token('support-agent')}", "mcp-protocol-version": "2025-06-18"}
+    r = httpx.post(g.url(), json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=h, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == 99 and [t["name"] for t in r.json()["result"]["tools"]] == ["add"], r.text
+
+
 def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upstream, tmp_path):
     """A plain HTTP API behind the gateway: GETs without a body are decided too (by http.method
     and http.path, and by what detection found in the URL), not only JSON documents."""
