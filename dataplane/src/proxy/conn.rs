@@ -2,7 +2,7 @@
 //! → exchange, with the client header and idle timeouts that defeat slow clients.
 
 use super::io::{deadline, ReadBuf, Stream};
-use super::{exchange, respond, Worker};
+use super::{exchange, respond, Held, Worker};
 use crate::error::ProxyError;
 use crate::http::body::{request_body_kind, BodyKind, ChunkedDecoder, Decoded};
 use crate::http::{self, Head};
@@ -18,50 +18,6 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.set(self.0.open.get() - 1);
         self.0.metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Request-body bytes one connection holds, counted against its worker's share of
-/// `limits.max_buffered_bytes`; given back after each exchange and when the connection ends.
-struct Held {
-    w: Rc<Worker>,
-    bytes: usize,
-}
-
-impl Held {
-    /// Hold `to` bytes in all; `Err` (503) when the worker's share would be passed.
-    fn grow(&mut self, to: usize, share: usize, total: usize) -> Result<(), ProxyError> {
-        if to <= self.bytes {
-            return Ok(());
-        }
-        let more = to - self.bytes;
-        let now = self.w.buffered.get();
-        if now + more > share {
-            self.w.metrics.bodies_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(worker = self.w.id, held = now, wanted = more, share, "request body refused: limits.max_buffered_bytes reached");
-            return Err(ProxyError::Overloaded(format!(
-                "the gateway holds as many request bodies as its memory limit allows (limits.max_buffered_bytes = {total} bytes across its workers)"
-            )));
-        }
-        self.set(now + more, more as i64);
-        self.bytes = to;
-        Ok(())
-    }
-
-    fn release(&mut self) {
-        let n = std::mem::take(&mut self.bytes);
-        self.set(self.w.buffered.get() - n, -(n as i64));
-    }
-
-    fn set(&self, now: usize, delta: i64) {
-        self.w.buffered.set(now);
-        self.w.metrics.buffered_bytes.fetch_add(delta, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 
@@ -116,7 +72,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
     let mut rbuf = ReadBuf::default();
     let mut head = Head::default();
     let mut body = Vec::new();
-    let mut held = Held { w: w.clone(), bytes: 0 };
+    let mut held = Held::new(&w);
     loop {
         let cfg = w.config();
         let limits = http::Limits { max_head_bytes: cfg.limits.max_head_bytes };
@@ -199,18 +155,17 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
 
 /// Read the request body into `body` (reused across requests), enforcing the size limit and
 /// answering `Expect: 100-continue`.
-async fn read_body(w: &Worker, stream: &mut Stream, rbuf: &mut ReadBuf, head: &Head, body: &mut Vec<u8>, held: &mut Held) -> Result<(), ProxyError> {
+async fn read_body(w: &Worker, stream: &mut Stream, rbuf: &mut ReadBuf, head: &Head, body: &mut Vec<u8>, held: &mut Held<'_>) -> Result<(), ProxyError> {
     body.clear();
     let cfg = w.config();
     let max = cfg.limits.max_body_bytes;
-    let (share, total) = (cfg.limits.worker_buffered_bytes, cfg.limits.max_buffered_bytes);
     let kind = request_body_kind(head)?;
     if let BodyKind::Length(n) = kind {
         if n > max as u64 {
             return Err(ProxyError::BodyTooLarge { limit: max });
         }
         // Before a byte of it is read (or 100-continue sent).
-        held.grow(n as usize, share, total)?;
+        held.grow(n as usize, &cfg.limits)?;
     }
     if let Some(exp) = head.header("expect") {
         if !exp.eq_ignore_ascii_case(b"100-continue") {
@@ -247,10 +202,7 @@ async fn read_body(w: &Worker, stream: &mut Stream, rbuf: &mut ReadBuf, head: &H
                         if to > max {
                             return Err(ProxyError::BodyTooLarge { limit: max });
                         }
-                        // Held in doubling steps as the body grows.
-                        if to > held.bytes {
-                            held.grow(to.max(2 * held.bytes).max(KEEP_BODY).min(max), share, total)?;
-                        }
+                        held.grow_to_fit(to, KEEP_BODY, max, &cfg.limits)?;
                         body.extend_from_slice(&rbuf.data()[r.clone()]);
                     }
                     rbuf.consume(used);

@@ -1146,18 +1146,35 @@ async fn relay_json(
     let JsonBufs { body, out, .. } = &mut bufs;
     let max = cfg.limits.max_body_bytes;
     let mut reader = BodyReader::new(kind);
+    // The answer is held whole: it counts against the worker's memory limit like a request body.
+    let mut holding = super::Held::new(w);
+    let mut over: Option<ProxyError> = None;
+    if let BodyKind::Length(n) = kind {
+        if let Err(e) = holding.grow((n as usize).min(max), &cfg.limits) {
+            over = Some(e);
+        }
+    }
     let read = async {
         loop {
+            if over.is_some() {
+                return Ok(());
+            }
             let mut too_big = false;
             reader.drain(&mut c.rbuf, |b| {
-                if body.len() + b.len() > max {
+                let to = body.len() + b.len();
+                if to > max {
                     too_big = true;
+                } else if let Err(e) = holding.grow_to_fit(to, 64 * 1024, max, &cfg.limits) {
+                    over.get_or_insert(e);
                 } else {
                     body.extend_from_slice(b);
                 }
             })?;
             if too_big {
                 return Err(format!("the response is larger than limits.max_body_bytes ({max})"));
+            }
+            if over.is_some() {
+                return Ok(());
             }
             if reader.done {
                 return Ok(());
@@ -1172,7 +1189,10 @@ async fn relay_json(
     let upstream_name = ctx.upstream.clone();
     let fail = |reason: String| ProxyError::UpstreamProtocol { upstream: upstream_name.clone(), reason };
     let res = match deadline(cfg.timeouts.stream_idle, read).await {
-        Some(Ok(())) => Ok(()),
+        Some(Ok(())) => match over.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        },
         Some(Err(reason)) => Err(fail(reason)),
         None => Err(ProxyError::UpstreamTimeout {
             upstream: ctx.upstream.clone(),

@@ -14,6 +14,7 @@ pub(crate) mod respond;
 mod upstream;
 
 use crate::config::Config;
+use crate::error::ProxyError;
 use crate::detect::engine::{Engine, Scanner};
 use crate::hooks::Chain;
 use crate::metrics::WorkerMetrics;
@@ -137,6 +138,63 @@ impl Worker {
 
     pub fn draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Body bytes (agents' requests, buffered answers) a connection holds, counted against its
+/// worker's share of `limits.max_buffered_bytes`; given back on `release` and on drop.
+pub struct Held<'w> {
+    w: &'w Worker,
+    bytes: usize,
+}
+
+impl<'w> Held<'w> {
+    pub fn new(w: &'w Worker) -> Self {
+        Held { w, bytes: 0 }
+    }
+
+    /// Hold `to` bytes in all; `Err` (503) when the worker's share would be passed.
+    pub fn grow(&mut self, to: usize, limits: &crate::config::Limits) -> Result<(), ProxyError> {
+        if to <= self.bytes {
+            return Ok(());
+        }
+        let more = to - self.bytes;
+        let now = self.w.buffered.get();
+        if now + more > limits.worker_buffered_bytes {
+            self.w.metrics.bodies_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(worker = self.w.id, held = now, wanted = more, share = limits.worker_buffered_bytes, "body refused: limits.max_buffered_bytes reached");
+            return Err(ProxyError::Overloaded(format!(
+                "the gateway holds as many message bodies as its memory limit allows (limits.max_buffered_bytes = {} bytes across its workers)",
+                limits.max_buffered_bytes
+            )));
+        }
+        self.set(now + more, more as i64);
+        self.bytes = to;
+        Ok(())
+    }
+
+    /// Hold enough for a body growing to `len` (of at most `max`), in doubling steps from `first`.
+    pub fn grow_to_fit(&mut self, len: usize, first: usize, max: usize, limits: &crate::config::Limits) -> Result<(), ProxyError> {
+        if len <= self.bytes {
+            return Ok(());
+        }
+        self.grow(len.max(2 * self.bytes).max(first).min(max).max(len), limits)
+    }
+
+    pub fn release(&mut self) {
+        let n = std::mem::take(&mut self.bytes);
+        self.set(self.w.buffered.get() - n, -(n as i64));
+    }
+
+    fn set(&self, now: usize, delta: i64) {
+        self.w.buffered.set(now);
+        self.w.metrics.buffered_bytes.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

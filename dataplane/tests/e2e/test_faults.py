@@ -320,7 +320,13 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     holders are gone. Bodies within the limit are unaffected."""
     up = raw_upstream(json_ok)
     mib = 1024 * 1024
-    g = gateway([{"path": "/mcp", "upstream": up.url()}], workers=1,
+    answer = json.dumps({"jsonrpc": "2.0", "id": "p-1", "result": {"pad": "y" * (700 * 1024)}}).encode()
+
+    def big_answer(conn, head, body):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(answer)}\r\n\r\n".encode() + answer)
+
+    big_up = raw_upstream(big_answer)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}, {"path": "/big", "upstream": big_up.url("/big")}], workers=1,
                 extra=f"[limits]\nmax_body_bytes = {mib}\nmax_buffered_bytes = {mib + mib // 2}\nmax_connections = 3\n")
     big = json.dumps({**PING, "params": {"pad": "x" * (mib - 200)}}).encode()
     assert mib - 200 < len(big) <= mib
@@ -351,11 +357,15 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
             pass  # refused mid-body: the gateway closed
         got = _head(c)
     assert got.startswith(b"HTTP/1.1 503") and b"-32012" in got, got
-    assert g.metric("sluice_bodies_refused_total") == 2
+    # An answer the gateway must hold whole counts too: 700 KiB does not fit beside the slow body.
+    r = httpx.post(g.url("/big"), json=PING, headers=ACCEPT, timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["code"] == -32012 and "message bodies" in r.text, r.text
+    assert g.metric("sluice_bodies_refused_total") == 3
     slow.sendall(big[1000:])
     assert _head(slow).startswith(b"HTTP/1.1 200"), "the slow body, once whole, is served"
     assert g.metric("sluice_buffered_bytes") == 0, "given back after the exchange"
     assert httpx.post(g.url(), content=big, headers=ACCEPT, timeout=10).status_code == 200
+    assert httpx.post(g.url("/big"), json=PING, headers=ACCEPT, timeout=10).status_code == 200
     # Connections: the slow one is still open (keep-alive); two more fill the limit of 3.
     held = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(2)]
     time.sleep(0.2)
