@@ -741,7 +741,8 @@ fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream,
     }
     match w.chain.run_headers(ctx, &mut pairs) {
         Verdict::Pass => Ok(Vec::new()),
-        Verdict::Changed => Ok(at.into_iter().zip(pairs).filter(|((_, old), (_, new))| new.as_bytes() != *old).map(|((i, _), (_, new))| (i, new.into_owned())).collect()),
+        // A mask never ends a header line early (a placeholder is configuration, not trusted to be one line).
+        Verdict::Changed => Ok(at.into_iter().zip(pairs).filter(|((_, old), (_, new))| new.as_bytes() != *old).map(|((i, _), (_, new))| (i, new.replace(['\r', '\n', '\0'], " "))).collect()),
         refusal => Err(refusal),
     }
 }
