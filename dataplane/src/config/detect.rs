@@ -111,6 +111,10 @@ pub(super) fn compile(d: &schema::Detect, file: Option<&Path>, add: &mut dyn FnM
             }
         }
     }
+    // A mask lands in headers, URLs and upload framing too: one line of text.
+    if d.placeholder.chars().any(char::is_control) {
+        add("detect.placeholder".into(), "must be one line of text without control characters (it replaces values in headers, URLs and uploads too)".into());
+    }
     let skip_headers: Vec<String> = match &d.skip_headers {
         Some(names) => names.iter().map(|n| n.to_ascii_lowercase()).collect(),
         None => schema::DEFAULT_SKIP_HEADERS.iter().map(|n| (*n).to_owned()).collect(),

@@ -120,6 +120,7 @@ upstream = "b"
 max_connections = 0
 max_buffered_bytes = 4096
 [detect]
+placeholder = "[MASKED]\r\nx-evil: 1"
 skip_headers = ["x-real-ip", "x real ip"]
 [detect.request]
 pii = "sometimes"
@@ -127,7 +128,7 @@ pii = "sometimes"
         );
         let e = load(&f.0).unwrap_err();
         let paths: Vec<_> = e.issues.iter().map(|i| i.path.as_str()).collect();
-        for p in ["gateway.shutdown_grace", "listener[0].address", "upstream[0].url", "upstream[1].name", "route[0].path", "route[0].upstream", "detect.skip_headers[1]", "detect.request.pii", "limits.max_connections", "limits.max_buffered_bytes"] {
+        for p in ["gateway.shutdown_grace", "listener[0].address", "upstream[0].url", "upstream[1].name", "route[0].path", "route[0].upstream", "detect.placeholder", "detect.skip_headers[1]", "detect.request.pii", "limits.max_connections", "limits.max_buffered_bytes"] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
         let text = e.to_string();

@@ -349,21 +349,6 @@ def test_request_headers_are_inspected_like_arguments(raw_upstream, gateway):
     assert "bob@example.com" not in text and AKIA not in text and "8.8.4.4" not in text and "12025550143" not in text
 
 
-def test_a_masked_header_value_stays_one_header(raw_upstream, gateway):
-    """A mask written into a header can never end its line: a placeholder holding CR/LF (it is
-    configuration, not trusted to be one line) cannot add a header the agent did not send."""
-    def handler(conn, head, body):
-        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
-
-    up = raw_upstream(handler)
-    g = gateway([{"path": "/api", "upstream": up.url("/api"), "kind": "http"}],
-                extra='[detect]\nplaceholder = "[MASKED]\\r\\nx-evil: 1"\n[detect.request]\npii = "mask"\n[detect.strategy]\npii = "placeholder"\n')
-    assert httpx.get(g.url("/api/x"), headers={"x-note": "call bob@example.com"}, timeout=10).status_code == 200
-    head = up.requests[0].split(b"\r\n\r\n")[0].decode()
-    lines = head.split("\r\n")
-    assert not any(l.lower().startswith("x-evil") for l in lines) and "x-note: call [MASKED]  x-evil: 1" in lines, head
-
-
 def test_form_text_and_json_type_bodies_are_inspected(raw_upstream, gateway):
     """Plain HTTP bodies other than application/json carry arguments too: a form's parameters
     are decoded and masked in place (the rest of the form byte for byte), text bodies (text/*,
