@@ -49,22 +49,17 @@ pub fn base<'a>(ctx: &'a RequestCtx, instance: &'a str, kind: Kind) -> Event<'a>
 /// status and the JSON-RPC error as the agent received them. `call`: the method and tool of the
 /// request it answers, when known.
 pub fn gateway_answer(em: &Emitter, ctx: &RequestCtx, call: Option<(&str, Option<&str>)>, id: Option<&str>, err: &crate::error::ProxyError) {
-    let (status, code) = (err.status(), err.code().value());
     let rec = em.recorder();
     let kind = if ctx.http_target.is_some() { Kind::Document } else { Kind::Response };
     let mut e = base(ctx, &rec.instance, kind);
     e.direction = Some(event::Direction::Response);
-    fn field<'a>(masked: u8, v: Option<&'a str>, bit: u8) -> Option<Cow<'a, str>> {
-        v.map(|v| Cow::Borrowed(if masked & bit != 0 { crate::detect::hook::REDACTED } else { v }))
-    }
-    let m = ctx.envelope_masked;
-    e.method = field(m, call.map(|c| c.0), crate::detect::hook::ENVELOPE_METHOD);
-    e.tool = field(m, call.and_then(|c| c.1), crate::detect::hook::ENVELOPE_TOOL);
-    e.rpc_id = field(m, id, crate::detect::hook::ENVELOPE_ID);
-    e.status = Some(status);
-    e.error_code = Some(code);
+    e.method = envelope_field(ctx, crate::detect::hook::ENVELOPE_METHOD, call.map(|c| c.0));
+    e.tool = envelope_field(ctx, crate::detect::hook::ENVELOPE_TOOL, call.and_then(|c| c.1));
+    e.rpc_id = envelope_field(ctx, crate::detect::hook::ENVELOPE_ID, id);
+    e.status = Some(err.status());
+    e.error_code = Some(err.code().value());
     e.latency_us = Some(ctx.started.elapsed().as_micros() as u64);
-    let error = serde_json::json!({ "code": code, "message": err.title(), "data": { "gateway": "sluice", "reason": err.to_string() } }).to_string();
+    let error = crate::jsonrpc::error_object(err.code(), err.title(), &err.to_string()).to_string();
     e.bytes = Some(error.len() as u64);
     em.emit_with_payload(&e, Some(error.as_bytes()));
 }
@@ -112,11 +107,8 @@ fn recorded_part<'v, 'a>(info: &MessageInfo, v: &'v BorrowedValue<'a>) -> Option
 
 /// A message's `id` or `method` as recorded: `[REDACTED]` when the detection stage found
 /// something in it.
-fn envelope_field(masked: bool, v: &Option<String>) -> Option<Cow<'_, str>> {
-    match v {
-        Some(_) if masked => Some(Cow::Borrowed(crate::detect::hook::REDACTED)),
-        v => v.as_deref().map(Cow::Borrowed),
-    }
+fn envelope_field<'a>(ctx: &RequestCtx, bit: u8, v: Option<&'a str>) -> Option<Cow<'a, str>> {
+    v.map(|v| Cow::Borrowed(if ctx.envelope_masked & bit != 0 { crate::detect::hook::REDACTED } else { v }))
 }
 
 impl Observer for RecordObserver {
@@ -149,9 +141,9 @@ impl Observer for RecordObserver {
         };
         let mut e = base(ctx, instance, message_kind(info.kind));
         e.direction = Some(direction(dir));
-        e.method = envelope_field(ctx.envelope_masked & crate::detect::hook::ENVELOPE_METHOD != 0, &info.method);
-        e.rpc_id = envelope_field(ctx.envelope_masked & crate::detect::hook::ENVELOPE_ID != 0, &info.id);
-        e.tool = envelope_field(ctx.envelope_masked & crate::detect::hook::ENVELOPE_TOOL != 0, &info.tool);
+        e.method = envelope_field(ctx, crate::detect::hook::ENVELOPE_METHOD, info.method.as_deref());
+        e.rpc_id = envelope_field(ctx, crate::detect::hook::ENVELOPE_ID, info.id.as_deref());
+        e.tool = envelope_field(ctx, crate::detect::hook::ENVELOPE_TOOL, info.tool.as_deref());
         e.error_code = info.error_code;
         e.bytes = text.map(|t| t.len() as u64);
         e.latency_us = (dir == Direction::Response).then(|| ctx.started.elapsed().as_micros() as u64);

@@ -5,7 +5,7 @@ pub mod classify;
 pub mod reply;
 
 pub use classify::{classify, Kind, MessageInfo};
-pub use reply::{error_body, Code};
+pub use reply::{error_body, error_object, Code};
 
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;

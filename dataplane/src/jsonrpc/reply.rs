@@ -60,16 +60,13 @@ impl Code {
 /// `id` is the JSON text of the request id (as in `MessageInfo::id`), or `None` for `null`.
 pub fn error_body(id: Option<&str>, code: Code, message: &str, reason: &str) -> Vec<u8> {
     let id: serde_json::Value = id.and_then(|s| serde_json::from_str(s).ok()).unwrap_or(serde_json::Value::Null);
-    let body = json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {
-            "code": code.value(),
-            "message": message,
-            "data": { "gateway": "sluice", "reason": reason },
-        }
-    });
+    let body = json!({ "jsonrpc": "2.0", "id": id, "error": error_object(code, message, reason) });
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The `error` member of a gateway error: `{"code":…,"message":…,"data":{"gateway":"sluice","reason":…}}`.
+pub fn error_object(code: Code, message: &str, reason: &str) -> serde_json::Value {
+    json!({ "code": code.value(), "message": message, "data": { "gateway": "sluice", "reason": reason } })
 }
 
 #[cfg(test)]

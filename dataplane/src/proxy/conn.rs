@@ -2,7 +2,7 @@
 //! → exchange, with the client header and idle timeouts that defeat slow clients.
 
 use super::io::{deadline, ReadBuf, Stream};
-use super::{exchange, respond, Held, Worker};
+use super::{exchange, respond, Held, Worker, KEEP_BODY};
 use crate::error::ProxyError;
 use crate::http::body::{request_body_kind, BodyKind, ChunkedDecoder, Decoded};
 use crate::http::{self, Head};
@@ -20,9 +20,6 @@ impl Drop for OpenGuard {
         self.0.metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
-
-/// The body capacity a connection keeps between requests; a larger buffer is freed.
-const KEEP_BODY: usize = 64 * 1024;
 
 /// A connection over `limits.max_connections`: 503 with the reason (plain listeners), then close.
 pub async fn refuse(w: Rc<Worker>, tcp: TcpStream, plain: bool) {

@@ -1165,7 +1165,7 @@ async fn relay_json(
                 let to = body.len() + b.len();
                 if to > max {
                     too_big = true;
-                } else if let Err(e) = holding.grow_to_fit(to, 64 * 1024, max, &cfg.limits) {
+                } else if let Err(e) = holding.grow_to_fit(to, super::KEEP_BODY, max, &cfg.limits) {
                     over.get_or_insert(e);
                 } else {
                     body.extend_from_slice(b);

@@ -95,7 +95,7 @@ pub struct Worker {
     pub chain: Chain,
     /// Connections open on this worker.
     pub open: Cell<usize>,
-    /// Request-body bytes its connections hold now (see `conn::Held`).
+    /// Body bytes its connections hold now (see [`Held`]).
     pub buffered: Cell<usize>,
     /// Scratch buffer that simd-json parses in (it parses in place, and the original bytes
     /// must stay intact for forwarding).
@@ -140,6 +140,10 @@ impl Worker {
         self.shared.draining.load(Ordering::Relaxed)
     }
 }
+
+/// The body capacity a connection keeps between requests (a larger buffer is freed), and the
+/// first step by which a growing body is held.
+pub const KEEP_BODY: usize = 64 * 1024;
 
 /// Body bytes (agents' requests, buffered answers) a connection holds, counted against its
 /// worker's share of `limits.max_buffered_bytes`; given back on `release` and on drop.
