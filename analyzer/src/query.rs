@@ -36,7 +36,8 @@ pub const VIEWS: &[(&str, &str)] = &[
     (
         "decisions",
         "SELECT id AS event_id, ts, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
-                decision['stage'] AS stage, decision['action'] AS action, decision['rule'] AS rule, decision['reason'] AS reason \
+                decision['stage'] AS stage, decision['action'] AS action, decision['rule'] AS rule, decision['reason'] AS reason, \
+                status, error_code, client_ip \
          FROM events WHERE kind = 'decision'",
     ),
     (
@@ -232,15 +233,15 @@ mod tests {
         let schema: SchemaRef = Arc::new(sluice_schema::arrow::schema());
         let head = r#""v":1,"ts":1795957200000000,"instance":"gw","route":"api","direction":"response","status":200"#;
         let old = crate::decode::decode(&schema, &[format!(r#"{{"id":"01KAAAAAAAAAAAAAAAAAAAAAAA","kind":"response",{head}}}"#)]).unwrap();
-        // The file as the first release wrote it: without the plain HTTP columns.
-        let keep: Vec<usize> = (0..schema.fields().len()).filter(|&i| !schema.field(i).name().starts_with("http_")).collect();
+        // The file as the first release wrote it: without the plain HTTP and client columns.
+        let keep: Vec<usize> = (0..schema.fields().len()).filter(|&i| !schema.field(i).name().starts_with("http_") && schema.field(i).name() != "client_ip").collect();
         let old = old.project(&keep).unwrap();
         crate::archive::write_file(&dir, "old", old.schema(), &[old]).unwrap();
-        let new = crate::decode::decode(&schema, &[format!(r#"{{"id":"01KBBBBBBBBBBBBBBBBBBBBBBB","kind":"document",{head},"http_method":"GET","http_path":"/api/x?q=1"}}"#)]).unwrap();
+        let new = crate::decode::decode(&schema, &[format!(r#"{{"id":"01KBBBBBBBBBBBBBBBBBBBBBBB","kind":"document",{head},"http_method":"GET","http_path":"/api/x?q=1","client_ip":"10.0.0.7"}}"#)]).unwrap();
         crate::archive::write_file(&dir, "new", schema.clone(), &[new]).unwrap();
 
         let ctx = context(&root).await.unwrap();
-        let (_, b) = run(&ctx, "SELECT kind, http_method, http_path FROM events ORDER BY id").await.unwrap();
+        let (_, b) = run(&ctx, "SELECT kind, http_method, http_path, client_ip FROM events ORDER BY id").await.unwrap();
         let b = datafusion::arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
         let col = |i: usize| -> Vec<Option<String>> {
             let c = datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
@@ -249,6 +250,7 @@ mod tests {
         assert_eq!(col(0), [Some("response".to_owned()), Some("document".to_owned())]);
         assert_eq!(col(1), [None, Some("GET".to_owned())]);
         assert_eq!(col(2), [None, Some("/api/x?q=1".to_owned())]);
+        assert_eq!(col(3), [None, Some("10.0.0.7".to_owned())]);
         let (_, b) = run(&ctx, "SELECT http_method, http_path, status FROM http_messages").await.unwrap();
         assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "the view holds the plain HTTP message only");
         std::fs::remove_dir_all(&root).unwrap();

@@ -1,6 +1,6 @@
 //! `report --from … --to …`: an audit report of a time range for a compliance reviewer —
 //! sessions, identities, tools, plain HTTP calls, decisions, findings by kind, masked values, approvals (count
-//! and wait times), blocked attempts, chain alerts, pin changes — as JSON (the data),
+//! and wait times), blocked attempts, requests refused before inspection, chain alerts, pin changes — as JSON (the data),
 //! Markdown (tables) or HTML (tables and bar charts, self-contained: no script, no fetch).
 
 use anyhow::{Context as _, Result};
@@ -14,7 +14,8 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ("http", "Plain HTTP calls by route and method", "SELECT route, http_method, sum(CASE WHEN direction = 'request' THEN 1 ELSE 0 END) AS calls, sum(CASE WHEN direction = 'response' AND status >= 400 THEN 1 ELSE 0 END) AS failed, count(DISTINCT subject) AS callers FROM http_messages WHERE {range} GROUP BY route, http_method ORDER BY calls DESC, route, http_method LIMIT 50"),
     ("identities", "Callers", "SELECT identity['subject'] AS subject, count(DISTINCT session) AS sessions, sum(CASE WHEN kind = 'request' AND method = 'tools/call' THEN 1 ELSE 0 END) AS calls FROM events WHERE {range} AND identity IS NOT NULL GROUP BY identity['subject'] ORDER BY calls DESC, subject LIMIT 50"),
     ("decisions", "Decisions", "SELECT stage, action, coalesce(rule, '-') AS rule, count(*) AS n FROM decisions WHERE {range} GROUP BY stage, action, coalesce(rule, '-') ORDER BY n DESC, stage, action LIMIT 50"),
-    ("blocked", "Blocked attempts", "SELECT ts, subject, tool, action, coalesce(rule, '-') AS rule, reason FROM decisions WHERE {range} AND action IN ('deny', 'refuse', 'rate_limited') ORDER BY ts LIMIT 200"),
+    ("blocked", "Blocked attempts", "SELECT ts, subject, tool, action, coalesce(rule, '-') AS rule, reason FROM decisions WHERE {range} AND action IN ('deny', 'refuse', 'rate_limited') AND stage <> 'protocol' ORDER BY ts LIMIT 200"),
+    ("protocol", "Requests refused before inspection", "SELECT status, reason, count(*) AS n, count(DISTINCT client_ip) AS clients, min(ts) AS first, max(ts) AS last FROM decisions WHERE {range} AND stage = 'protocol' GROUP BY status, reason ORDER BY n DESC, status, reason LIMIT 50"),
     ("findings", "Findings by kind", "SELECT kind, category, count(*) AS n, sum(CASE WHEN action = 'mask' THEN 1 ELSE 0 END) AS masked, sum(CASE WHEN action = 'block' THEN 1 ELSE 0 END) AS blocked FROM findings WHERE {range} GROUP BY kind, category ORDER BY n DESC, kind LIMIT 50"),
     ("approvals", "Approvals", "SELECT state, count(*) AS n, CAST(approx_percentile_cont(waited_ms, 0.5) AS BIGINT) AS p50_wait_ms, CAST(approx_percentile_cont(waited_ms, 0.9) AS BIGINT) AS p90_wait_ms, max(waited_ms) AS max_wait_ms FROM approvals WHERE {range} AND step IN ('approval_decided', 'approval_expired') GROUP BY state ORDER BY n DESC"),
     ("alerts", "Chain alerts", "SELECT rule, severity, count(*) AS n, count(DISTINCT session) AS sessions FROM alerts WHERE {range} GROUP BY rule, severity ORDER BY n DESC, rule"),
@@ -64,7 +65,8 @@ pub async fn build(ctx: &SessionContext, from: &str, to: &str) -> Result<Value> 
         &format!(
             "SELECT count(*) AS events, count(DISTINCT session) AS sessions, count(DISTINCT identity['subject']) AS identities, \
              sum(CASE WHEN kind = 'request' AND method = 'tools/call' THEN 1 ELSE 0 END) AS tool_calls, \
-             sum(CASE WHEN kind = 'decision' AND decision['action'] IN ('deny', 'refuse', 'rate_limited') THEN 1 ELSE 0 END) AS blocked, \
+             sum(CASE WHEN kind = 'decision' AND decision['action'] IN ('deny', 'refuse', 'rate_limited') AND decision['stage'] <> 'protocol' THEN 1 ELSE 0 END) AS blocked, \
+             sum(CASE WHEN kind = 'decision' AND decision['stage'] = 'protocol' THEN 1 ELSE 0 END) AS refused_before_inspection, \
              sum(CASE WHEN kind = 'approval_requested' THEN 1 ELSE 0 END) AS approvals_requested, \
              sum(CASE WHEN kind = 'pin_change' THEN 1 ELSE 0 END) AS pin_changes \
              FROM events WHERE {range}"

@@ -99,6 +99,22 @@ impl ProxyError {
         }
     }
 
+    /// The reason as the session record keeps it: the agent's answer may quote what the
+    /// client sent (a path, a header value, the character JSON parsing stopped at), which no
+    /// stage has inspected, so the record says what was wrong without it.
+    pub fn recorded_reason(&self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow;
+        use ProxyError::*;
+        match self {
+            NoRoute(_) => Cow::Borrowed("no route matches the request path"),
+            Expectation(_) => Cow::Borrowed("an Expect header other than 100-continue"),
+            NotUtf8(_) => Cow::Borrowed("the request body is declared as text but is not UTF-8"),
+            Encoded(_) => Cow::Borrowed("the request body has a Content-Encoding the gateway cannot inspect"),
+            JsonRpc(BodyError::Parse(_)) => Cow::Borrowed("the body is not JSON the gateway can read"),
+            other => Cow::Owned(other.to_string()),
+        }
+    }
+
     /// Does the connection stay usable after this error is answered?
     pub fn keeps_connection(&self) -> bool {
         matches!(self, ProxyError::NoRoute(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_))
@@ -119,5 +135,24 @@ mod tests {
         let e = ProxyError::JsonRpc(BodyError::Parse("x".into()));
         assert_eq!((e.status(), e.code().value()), (400, -32700));
         assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
+    }
+
+    /// What the client sent stays in its answer, never in the record's reason.
+    #[test]
+    fn recorded_reasons_quote_nothing_the_client_sent() {
+        let sent = "AKIAQYLPMN5HFIQR7XQB";
+        let parse = simd_json::to_borrowed_value(&mut format!("{{\"k\": {sent}}}").into_bytes()).map(drop).unwrap_err();
+        for e in [
+            ProxyError::NoRoute(format!("/x/{sent}")),
+            ProxyError::Expectation(sent.into()),
+            ProxyError::NotUtf8(format!("text/plain; x={sent}")),
+            ProxyError::Encoded(sent.into()),
+            ProxyError::JsonRpc(BodyError::Parse(format!("{} {sent}", crate::jsonrpc::json_error(&parse)))),
+        ] {
+            assert!(e.to_string().contains(sent), "the agent's answer says what was wrong: {e}");
+            assert!(!e.recorded_reason().contains(sent), "{e} -> {}", e.recorded_reason());
+        }
+        let e = ProxyError::BodyTooLarge { limit: 7 };
+        assert_eq!(e.recorded_reason(), e.to_string(), "the gateway's own words are kept whole");
     }
 }

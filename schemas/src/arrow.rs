@@ -74,6 +74,7 @@ pub fn schema() -> Schema {
         strukt("gateway", vec![utf8("version", true), utf8("config_digest", true), utf8("detail", true)]),
         utf8("http_method", true),
         utf8("http_path", true),
+        utf8("client_ip", true),
     ])
 }
 

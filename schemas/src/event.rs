@@ -176,6 +176,11 @@ pub struct Event<'a> {
     /// what detection found in them is masked (also where it only logged or refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_path: Option<Text<'a>>,
+    /// The address of the peer that sent the request (behind a load balancer: the balancer's),
+    /// on the events that open a session or refuse a request: `session_start`, and the
+    /// `decision` of a request refused by identity or before inspection (stage `protocol`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<Text<'a>>,
 }
 
 /// A JSON value kept as its text (embedded verbatim when the event is encoded).
@@ -241,6 +246,7 @@ impl<'a> Event<'a> {
             gateway: None,
             http_method: None,
             http_path: None,
+            client_ip: None,
         }
     }
 

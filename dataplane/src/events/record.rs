@@ -64,6 +64,34 @@ pub fn gateway_answer(em: &Emitter, ctx: &RequestCtx, call: Option<(&str, Option
     em.emit_with_payload(&e, Some(error.as_bytes()));
 }
 
+/// A request the gateway refused before any stage read its content: malformed HTTP or
+/// JSON-RPC, too large, a body it cannot inspect, over a limit, no route. A `decision` event
+/// (stage `protocol`, action `refuse`) with the status and code the agent got, the client's
+/// address, and a reason that repeats nothing the client sent. With `ctx` (the request was
+/// routed and its caller identified) it carries the exchange's fields; without, only what is
+/// known before that — never a session, which would be the client's unauthenticated claim.
+/// `route`: the route's label when the request head was read but no context exists yet.
+pub fn refusal(em: &Emitter, ctx: Option<&RequestCtx>, worker: usize, route: Option<&str>, client: std::net::IpAddr, err: &crate::error::ProxyError) {
+    let rec = em.recorder();
+    let mut e = match ctx {
+        Some(ctx) => base(ctx, &rec.instance, Kind::Decision),
+        None => {
+            let mut e = Event::new(crate::ids::new_id(), now_us(), Kind::Decision, &*rec.instance);
+            e.worker = Some(worker as u32);
+            e.route = route.map(Cow::Borrowed);
+            e
+        }
+    };
+    let reason = err.recorded_reason();
+    let client = client.to_string();
+    e.direction = Some(event::Direction::Request);
+    e.status = Some(err.status());
+    e.error_code = Some(err.code().value());
+    e.client_ip = Some(Cow::Borrowed(&client));
+    e.decision = Some(Decision { action: Cow::Borrowed("refuse"), stage: Cow::Borrowed("protocol"), rule: None, reason: Some(reason) });
+    em.emit(&e);
+}
+
 /// The `document` event of a plain HTTP request or response whose body is not recorded (none,
 /// one the gateway does not inspect, or one it streamed): method, path and size, and for a
 /// response its status and latency.
@@ -304,6 +332,10 @@ pub fn session_event(em: &Emitter, ctx: &RequestCtx, kind: Kind, gateway_session
     let rec = em.recorder();
     let mut e = base(ctx, &rec.instance, kind);
     e.session = Some(Cow::Borrowed(gateway_session));
+    let client = ctx.client.ip().to_string();
+    if kind == Kind::SessionStart {
+        e.client_ip = Some(Cow::Borrowed(&client));
+    }
     e.gateway = detail.map(|d| GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed(d)) });
     em.emit(&e);
 }

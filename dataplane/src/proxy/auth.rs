@@ -54,6 +54,8 @@ pub async fn refuse(w: &Worker, down: &mut Stream, ctx: &RequestCtx, route: &Rou
     if let Some(em) = &w.emitter {
         let mut d = crate::events::record::base(ctx, &em.recorder().instance, Kind::Decision);
         let reason = e.to_string();
+        let client = ctx.client.ip().to_string();
+        d.client_ip = Some(Cow::Borrowed(&client));
         d.decision = Some(Decision { action: Cow::Borrowed("deny"), stage: Cow::Borrowed("identity"), rule: None, reason: Some(Cow::Borrowed(&reason)) });
         em.emit(&d);
     }

@@ -107,12 +107,14 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
         let n = match parsed {
             None => {
                 w.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+                w.record_refusal(None, None, client, &ProxyError::ClientTimeout);
                 let _ = respond::error(&mut stream, &ProxyError::ClientTimeout, None, false).await;
                 return;
             }
             Some(Ok(Some(n))) => n,
             Some(Ok(None)) => return,
             Some(Err(e)) => {
+                w.record_refusal(None, None, client, &e);
                 let _ = respond::error(&mut stream, &e, None, false).await;
                 return;
             }
@@ -122,10 +124,13 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
         match read_body(&w, &mut stream, &mut rbuf, &head, &mut body, &mut held).await {
             Ok(()) => {}
             Err(e) => {
+                let route = cfg.route_for(head.header_str("host"), head.path()).map(|(_, r)| r.label.clone());
+                w.record_refusal(None, route.as_deref(), client, &e);
                 let _ = respond::error(&mut stream, &e, None, false).await;
                 return;
             }
         }
+        // `handle` records what it refuses itself (with the exchange's fields where it has them).
         let outcome = exchange::handle(&w, &cfg, &mut stream, &head, &body, client, is_tls, peer.as_ref(), started).await;
         held.release();
         if body.capacity() > KEEP_BODY {

@@ -63,7 +63,11 @@ pub async fn handle(
         let keep_alive = head.keep_alive() && !w.draining();
         return super::auth::serve_metadata(down, cfg, auth, head, tls, keep_alive).await.map(|_| keep_alive).map_err(|_| ProxyError::ClientTimeout);
     }
-    let (_, route) = cfg.route_for(head.header_str("host"), path).ok_or_else(|| ProxyError::NoRoute(path.to_string()))?;
+    let Some((_, route)) = cfg.route_for(head.header_str("host"), path) else {
+        let e = ProxyError::NoRoute(path.to_string());
+        w.record_refusal(None, None, client, &e);
+        return Err(e);
+    };
     let up = &cfg.upstreams[route.upstream];
     let method = head.method();
     let mut ctx = RequestCtx {
@@ -171,7 +175,13 @@ pub async fn handle(
     // Request phase: parse, observe and pass the hooks, before any await.
     let mut forwarded: Option<Vec<u8>> = None;
     let mut answers = Vec::new();
-    let inspected = request_phase(w, &mut ctx, route, head, body, &mut track)?;
+    let inspected = match request_phase(w, &mut ctx, route, head, body, &mut track) {
+        Ok(i) => i,
+        Err(e) => {
+            w.record_refusal(Some(&ctx), None, client, &e);
+            return Err(e);
+        }
+    };
     if inspected.is_none() && plain {
         // A plain HTTP request the hooks did not see (no body, or one not inspected): recorded
         // without its body, and the policy still decides it.
@@ -246,14 +256,25 @@ pub async fn handle(
     // Response head.
     let status = c.head.status;
     ctx.status = Some(status);
-    let kind = response_body_kind(&c.head, method).map_err(|e| ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason: e.to_string() })?;
-    // The gateway asks for identity; a compressed answer it would inspect is not forwarded.
-    if let Some(e) = encoding(&c.head).filter(|_| kind != BodyKind::None && (route.kind == RouteKind::Mcp || media(c.head.header("content-type")) != Media::Other)) {
-        return Err(ProxyError::UpstreamProtocol {
-            upstream: up.name.clone(),
-            reason: format!("answered with Content-Encoding: {e} although the gateway asked for identity; the gateway does not forward what it cannot inspect"),
-        });
-    }
+    // An answer the gateway cannot frame or inspect is answered (by id) and recorded in its place.
+    let unusable = match response_body_kind(&c.head, method) {
+        Err(e) => Err(e.to_string()),
+        // The gateway asks for identity; a compressed answer it would inspect is not forwarded.
+        Ok(kind) => match encoding(&c.head).filter(|_| kind != BodyKind::None && (route.kind == RouteKind::Mcp || media(c.head.header("content-type")) != Media::Other)) {
+            Some(e) => Err(format!("answered with Content-Encoding: {e} although the gateway asked for identity; the gateway does not forward what it cannot inspect")),
+            None => Ok(kind),
+        },
+    };
+    let kind = match unusable {
+        Ok(kind) => kind,
+        Err(reason) => {
+            let e = ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason };
+            tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "upstream answer not forwarded");
+            fail_answer(w, &ctx, &track, down, held, &e, keep_alive && !held).await.map_err(|_| ProxyError::ClientTimeout)?;
+            w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
+            return Ok(keep_alive && !held);
+        }
+    };
     after_response_head(w, cfg, route, &mut ctx, &mut track, &c.head, method);
     let ctype = c.head.header("content-type").unwrap_or(b"");
     let is_sse = starts_with_ci(ctype, b"text/event-stream");

@@ -139,6 +139,13 @@ impl Worker {
     pub fn draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
     }
+
+    /// Record a request refused before any stage read it (see `record::refusal`).
+    pub fn record_refusal(&self, ctx: Option<&crate::hooks::RequestCtx>, route: Option<&str>, client: std::net::SocketAddr, e: &ProxyError) {
+        if let Some(em) = &self.emitter {
+            crate::events::record::refusal(em, ctx, self.id, route, client.ip(), e);
+        }
+    }
 }
 
 /// The body capacity a connection keeps between requests (a larger buffer is freed), and the

@@ -8,9 +8,11 @@ import shutil
 import subprocess
 
 import duckdb
+import httpx
 import pyarrow.dataset as ds
 
 from conftest import ANALYZER, HERE, NODE, py_client, spool_events
+from test_sdk_clients import ACCEPT
 
 
 def analyzer(archive, *args, check=True):
@@ -157,6 +159,9 @@ def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafk
     subprocess.run([str(BROKER), "topics", str(kafka.port), f"{alerts_topic}:2"], check=True, capture_output=True)
     g = gateway([{"path": "/mcp", "upstream": py_json}], extra=small_sums_policy(tmp_path) + kafka_recording(tmp_path, kafka, ev))
     assert probe(g.url(), sums=(1, 11, 12, 13)) == ["ok", -32009, -32009, -32009]
+    # A body that is not JSON: refused before any stage reads it, and recorded as such.
+    r = httpx.post(g.url(), content=b'{"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1', headers=ACCEPT, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32700, r.text
     assert g.proc.stop() == 0
     emitted = len(spool_events(tmp_path / "spool"))
     archive = tmp_path / "archive"
@@ -185,6 +190,9 @@ def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafk
     assert rep["summary"]["blocked"] == 3 and rep["summary"]["alerts"] == 1 and rep["summary"]["sessions"] == 1, rep["summary"]
     blocked = next(s for s in rep["sections"] if s["id"] == "blocked")
     assert [r["rule"] for r in blocked["rows"]] == ["small-sums"] * 3
+    assert rep["summary"]["refused_before_inspection"] == 1, rep["summary"]
+    protocol = next(s for s in rep["sections"] if s["id"] == "protocol")
+    assert [(r["status"], r["reason"], r["n"], r["clients"]) for r in protocol["rows"]] == [(400, "the body is not JSON the gateway can read", 1, 1)], protocol
     md = analyzer(archive, "report", *period, "--format", "md").stdout
     assert "## Chain alerts" in md and "| probing | medium | 1 | 1 |" in md, md
     html = tmp_path / "report.html"
@@ -195,7 +203,7 @@ def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafk
     page = json.loads(r.stdout.strip().splitlines()[-1])
     assert page["title"] == "Sluice audit report"
     ids = [s["id"] for s in page["sections"]]
-    assert ids == ["summary", "tools", "http", "identities", "decisions", "blocked", "findings", "approvals", "alerts", "pins"], ids
+    assert ids == ["summary", "tools", "http", "identities", "decisions", "blocked", "protocol", "findings", "approvals", "alerts", "pins"], ids
     assert page["charts"] >= 3 and any("blocked" in c and c.startswith("3") for c in page["cards"]), page
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[20:24], "big") > 900, "a full page, taller than one screen"

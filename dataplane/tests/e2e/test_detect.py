@@ -421,6 +421,7 @@ def test_compressed_bodies_are_never_forwarded_uninspected(raw_upstream, gateway
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": {}}}
         r = c.post(g.url(), json=call, headers={**ACCEPT, "accept-encoding": "gzip, br"})
         assert r.status_code == 502 and "Content-Encoding: gzip" in r.json()["error"]["data"]["reason"], r.text
+        assert r.json()["id"] == 1, "answered by the call's id"
         r = c.get(g.url("/api/text"), headers={"accept-encoding": "gzip"})
         assert r.status_code == 502 and AKIA not in r.text, r.text
         r = c.get(g.url("/api/bin"), headers={"accept-encoding": "gzip"})
@@ -428,6 +429,13 @@ def test_compressed_bodies_are_never_forwarded_uninspected(raw_upstream, gateway
         r = c.post(g.url(), content=gzip.compress(json.dumps(call).encode()), headers={**ACCEPT, "content-encoding": "gzip"})
         assert r.status_code == 415 and "send it uncompressed" in r.json()["error"]["data"]["reason"], r.text
     assert len(up.requests) == 3, "the compressed request never reached the upstream"
+    # The record: the call's answer is the gateway's 502; the compressed request a refusal.
+    settled(g)
+    events = spool_events(g.spool)
+    answers = [(e["kind"], e.get("tool"), e.get("rpc_id"), e["status"]) for e in events if e["kind"] == "response"]
+    assert answers == [("response", "t", "1", 502)], answers
+    refused = [(e["status"], e["decision"]["reason"]) for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]
+    assert refused == [(415, "the request body has a Content-Encoding the gateway cannot inspect")], refused
     for req in up.requests:
         h = req.split(b"\r\n\r\n", 1)[0].lower()
         assert b"\r\naccept-encoding: identity" in h and b"gzip" not in h, h

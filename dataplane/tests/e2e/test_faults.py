@@ -16,6 +16,7 @@ from test_recording import settled
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 PING = {"jsonrpc": "2.0", "id": "p-1", "method": "ping"}
+SECRET = "AKIAQYLPMN5HFIQR7XQB"
 
 
 def json_ok(conn, head, body):
@@ -169,7 +170,7 @@ def test_bad_input_gets_clear_errors(raw_upstream, gateway):
         r = c.post(g.url(), json=PING, headers={**ACCEPT, "x-big": "y" * 2000})
         assert r.status_code == 431
     with httpx.Client(timeout=5) as c:
-        r = c.post(g.url("/nothing-here"), json=PING, headers=ACCEPT)
+        r = c.post(g.url(f"/nothing-here/{SECRET}"), json=PING, headers=ACCEPT)
         assert (r.status_code, r.json()["error"]["code"]) == (404, -32005)
     # Smuggling shapes are refused outright.
     with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
@@ -184,6 +185,19 @@ def test_bad_input_gets_clear_errors(raw_upstream, gateway):
         s.sendall(body)
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
     assert b"expect" not in up.requests[-1].lower()
+    # Every refusal is in the record: what was wrong, the status and code the client got, from
+    # where — and nothing the client sent that no stage inspected (the path held a key).
+    settled(g)
+    events = spool_events(g.spool)
+    refused = [e for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]
+    assert [(e["status"], e["error_code"]) for e in refused] == [
+        (400, -32700), (400, -32600), (400, -32600), (400, -32600), (413, -32003), (431, -32600), (404, -32005), (400, -32600)], refused
+    assert all(e["decision"]["action"] == "refuse" and e["client_ip"] == "127.0.0.1" and "session" not in e for e in refused), refused
+    # Routed ones name their route; the parse error's record does not quote the body.
+    assert [e.get("route") for e in refused] == ["r0"] * 5 + [None, None, "r0"], refused
+    assert refused[0]["decision"]["reason"] == "the body is not JSON the gateway can read", refused[0]
+    assert refused[6]["decision"]["reason"] == "no route matches the request path", refused[6]
+    assert SECRET not in json.dumps(events)
 
 
 def test_batch_messages_are_classified_each(raw_upstream, gateway):

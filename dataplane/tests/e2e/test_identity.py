@@ -119,6 +119,9 @@ def test_missing_token_gets_a_challenge_that_leads_to_the_authorization_server(i
     disco = httpx.get(f"{meta['authorization_servers'][0]}/.well-known/openid-configuration").json()
     assert disco["token_endpoint"].startswith(idp.issuer)
     assert not up.requests, "nothing reaches the upstream unauthenticated"
+    g.proc.stop()
+    refused = [e for e in spool_events(g.spool) if e["kind"] == "decision"]
+    assert [(e["decision"]["stage"], e["decision"]["action"], e["client_ip"]) for e in refused] == [("identity", "deny", "127.0.0.1")], refused
 
 
 def b64(d: dict) -> str:

@@ -85,6 +85,7 @@ def test_official_client_session_in_kafka_in_order_masked_and_complete(everythin
     assert kinds[-1] == "session_end"
     ordered = [e for _, _, _, e in sorted(mine, key=lambda m: m[1])]
     assert ordered[0]["method"] == "initialize"
+    assert ordered[1]["client_ip"] == "127.0.0.1" and all("client_ip" not in e for e in ordered[2:]), "the session's opening names its client"
     # Every JSON-RPC message the gateway counted is recorded, once.
     counted = g.metric("sluice_messages_total")
     assert sum(1 for e in events if e["kind"] in MESSAGE_KINDS) == counted > 20
