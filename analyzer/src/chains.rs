@@ -22,6 +22,7 @@ use std::sync::Arc;
 pub const BUILTIN: &[(&str, &str)] = &[
     ("exfiltration.sql", include_str!("../chains/exfiltration.sql")),
     ("taint.sql", include_str!("../chains/taint.sql")),
+    ("taint_to_http.sql", include_str!("../chains/taint_to_http.sql")),
     ("credential_to_network.sql", include_str!("../chains/credential_to_network.sql")),
     ("probing.sql", include_str!("../chains/probing.sql")),
     ("bulk_enumeration.sql", include_str!("../chains/bulk_enumeration.sql")),

@@ -497,7 +497,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
             }
             None => {
                 identity.valid.push(false);
-                subject.append_value("");
+                subject.append_null();
                 groups.append(false);
                 agent_type.append_null();
                 via.append_null();
@@ -522,8 +522,8 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
             }
             None => {
                 decision.valid.push(false);
-                d_action.append_value("");
-                d_stage.append_value("");
+                d_action.append_null();
+                d_stage.append_null();
                 d_rule.append_null();
                 d_reason.append_null();
             }
@@ -557,7 +557,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
             None => {
                 approval.valid.push(false);
                 for b in [&mut a_id, &mut a_state, &mut a_digest] {
-                    b.append_value("");
+                    b.append_null();
                 }
                 a_groups.append(false);
                 a_by.append_null();
@@ -584,8 +584,8 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
             }
             None => {
                 pin.valid.push(false);
-                p_tool.append_value("");
-                p_change.append_value("");
+                p_tool.append_null();
+                p_change.append_null();
                 p_old.append_null();
                 p_new.append_null();
             }

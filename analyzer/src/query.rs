@@ -2,8 +2,8 @@
 //! `date` and `hour`, which prune files when a query filters on them), and views for the
 //! questions audits ask most:
 //! - `tool_calls`: each `tools/call` request with its answer (latency, error, masked result);
-//! - `findings`: one row per finding (kind, category, severity, path, action, fingerprint);
-//! - `decisions`: one row per decision (stage, action, rule, reason);
+//! - `findings`: one row per finding (kind, category, severity, path, action, fingerprint; on plain HTTP routes the method and path);
+//! - `decisions`: one row per decision (stage, action, rule, reason, status, code, client address);
 //! - `approvals`: one row per approval step;
 //! - `http_messages`: one row per request or response on a plain HTTP route (method, path as
 //!   forwarded and masked, status, latency, masked body).
@@ -30,7 +30,7 @@ pub const VIEWS: &[(&str, &str)] = &[
         "findings",
         "SELECT id AS event_id, ts, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
                 f['rule'] AS rule, f['kind'] AS kind, f['category'] AS category, f['severity'] AS severity, f['path'] AS path, \
-                f['action'] AS action, f['fingerprint'] AS fingerprint, f['encoding'] AS encoding \
+                f['action'] AS action, f['fingerprint'] AS fingerprint, f['encoding'] AS encoding, http_method, http_path \
          FROM (SELECT *, unnest(findings) AS f FROM events WHERE kind = 'findings')",
     ),
     (
@@ -223,14 +223,19 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::AsArray;
 
+    /// An empty archive for one test: its root, an hour partition of `events`, the schema.
+    fn scratch_archive(name: &str) -> (std::path::PathBuf, std::path::PathBuf, SchemaRef) {
+        let root = std::env::temp_dir().join(format!("sluice-query-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("events/date=2026-11-23/hour=13");
+        (root, dir, Arc::new(sluice_schema::arrow::schema()))
+    }
+
     /// Fields are only ever added to the event, so the archive holds files written before a
     /// column existed: they read with that column null, beside newer files that have it.
     #[tokio::test]
     async fn files_archived_before_a_column_was_added_read_it_as_null() {
-        let root = std::env::temp_dir().join(format!("sluice-query-compat-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let dir = root.join("events/date=2026-11-23/hour=13");
-        let schema: SchemaRef = Arc::new(sluice_schema::arrow::schema());
+        let (root, dir, schema) = scratch_archive("compat");
         let head = r#""v":1,"ts":1795957200000000,"instance":"gw","route":"api","direction":"response","status":200"#;
         let old = crate::decode::decode(&schema, &[format!(r#"{{"id":"01KAAAAAAAAAAAAAAAAAAAAAAA","kind":"response",{head}}}"#)]).unwrap();
         // The file as the first release wrote it: without the plain HTTP and client columns.
@@ -253,6 +258,51 @@ mod tests {
         assert_eq!(col(3), [None, Some("10.0.0.7".to_owned())]);
         let (_, b) = run(&ctx, "SELECT http_method, http_path, status FROM http_messages").await.unwrap();
         assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "the view holds the plain HTTP message only");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A field of an absent record (the identity of an anonymous call, the decision of a
+    /// message) is null in SQL — as DuckDB reads it — not an empty string, both archived and
+    /// in memory; files written when those fields were required still read, unchanged.
+    #[tokio::test]
+    async fn fields_of_absent_records_are_null() {
+        use datafusion::arrow::datatypes::{Field, Fields, Schema};
+        let (root, dir, schema) = scratch_archive("nulls");
+        let head = r#""v":1,"ts":1795957200000000,"instance":"gw""#;
+        let anonymous = format!(r#"{{"id":"01KBBBBBBBBBBBBBBBBBBBBBBB","kind":"request",{head}}}"#);
+        let decided = format!(r#"{{"id":"01KAAAAAAAAAAAAAAAAAAAAAAA","kind":"decision",{head},"identity":{{"subject":"ann"}},"decision":{{"action":"deny","stage":"policy"}}}}"#);
+        // The older file: the same columns with the records' required fields not nullable.
+        let required = |f: &Field| -> Field {
+            match f.data_type() {
+                DataType::Struct(children) if ["identity", "decision", "approval", "pin"].contains(&f.name().as_str()) => {
+                    let kids: Fields = children.iter().map(|c| c.as_ref().clone().with_nullable(c.is_nullable() && !matches!(c.name().as_str(), "subject" | "action" | "stage" | "id" | "state" | "args_digest" | "tool" | "change"))).collect();
+                    Field::new(f.name(), DataType::Struct(kids), true)
+                }
+                _ => f.clone(),
+            }
+        };
+        let old_schema = Arc::new(Schema::new(schema.fields().iter().map(|f| required(f)).collect::<Vec<_>>()));
+        assert_ne!(old_schema, schema);
+        let old = crate::decode::decode(&schema, &[&decided]).unwrap();
+        let cols = old.columns().iter().zip(old_schema.fields()).map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()).unwrap()).collect();
+        let old = RecordBatch::try_new(old_schema.clone(), cols).unwrap();
+        crate::archive::write_file(&dir, "old", old_schema, &[old]).unwrap();
+        let new = crate::decode::decode(&schema, &[&anonymous]).unwrap();
+        crate::archive::write_file(&dir, "new", schema.clone(), &[new]).unwrap();
+
+        let sql = "SELECT identity['subject'] AS s, decision['stage'] AS d FROM events ORDER BY id";
+        let read = |b: Vec<RecordBatch>| -> Vec<(Option<String>, Option<String>)> {
+            let b = datafusion::arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
+            let col = |i: usize| datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
+            let (s, d) = (col(0), col(1));
+            s.as_string::<i32>().iter().zip(d.as_string::<i32>().iter()).map(|(s, d)| (s.map(str::to_owned), d.map(str::to_owned))).collect()
+        };
+        let want = vec![(Some("ann".to_owned()), Some("policy".to_owned())), (None, None)];
+        let (_, b) = run(&context(&root).await.unwrap(), sql).await.unwrap();
+        assert_eq!(read(b), want, "archived");
+        let mem = context_in_memory(vec![crate::decode::decode(&schema, &[&decided, &anonymous]).unwrap()]).await.unwrap();
+        let (_, b) = run(&mem, sql).await.unwrap();
+        assert_eq!(read(b), want, "in memory");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

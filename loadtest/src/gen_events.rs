@@ -6,9 +6,12 @@
 //! Sessions arrive over `--hours`, hundreds at a time, and interleave in time order the way a
 //! busy gateway's spool does. Each session initializes, lists tools and makes tool calls
 //! (request → policy decision → answer, with findings and keyed fingerprints where the
-//! answers carry personal data, an occasional refusal). A small share of sessions carry one
-//! planted attack chain each — exfiltration, taint, credential-to-network, probing, bulk
-//! enumeration, retry after a denied approval — and pin changes happen now and then; the
+//! answers carry personal data, an occasional refusal); a share of the agents also call a
+//! plain HTTP API through the gateway (events without a session, keyed by the instance, some
+//! with fingerprinted personal data in their bodies). A small share of sessions carry one
+//! planted attack chain each — exfiltration, taint, taint into a plain HTTP API,
+//! credential-to-network, probing, bulk enumeration, retry after a denied approval — and pin
+//! changes happen now and then; the
 //! plants are counted and printed (JSON on stdout) so a benchmark can check that the chain
 //! rules find exactly them. Benign sessions use tools that cannot complete a chain.
 
@@ -92,6 +95,7 @@ const ANSWERS: &[&str] = &[
 struct Plants {
     exfiltration: u64,
     taint: u64,
+    taint_to_http: u64,
     credential_to_network: u64,
     probing: u64,
     bulk_enumeration: u64,
@@ -110,7 +114,8 @@ struct Session<'r> {
     worker: u32,
     t: i64,
     rpc: u64,
-    out: Vec<(i64, Vec<u8>)>,
+    /// (time, plain HTTP — keyed by the instance rather than the session —, event JSON)
+    out: Vec<(i64, bool, Vec<u8>)>,
 }
 
 fn ser(e: &Event<'_>) -> Vec<u8> {
@@ -138,7 +143,59 @@ impl Session<'_> {
     }
 
     fn push(&mut self, json: Vec<u8>) {
-        self.out.push((self.t, json));
+        self.out.push((self.t, false, json));
+    }
+
+    /// A call to the partner API on a plain HTTP route by this session's agent: the request
+    /// (`document`, no session), its findings when `fp` is given (an e-mail address in the
+    /// body), the answer.
+    fn http(&mut self, method: &str, path: &str, body: &str, fp: Option<&str>) {
+        fn plain<'s>(s: &'s Session<'_>, kind: Kind, dir: Direction, method: &str, path: &str) -> Event<'s> {
+            let mut e = s.base(kind);
+            e.session = None;
+            e.mcp_session = None;
+            e.route = Some(Cow::Borrowed("partner-api"));
+            e.upstream = Some(Cow::Borrowed("partner-api"));
+            e.direction = Some(dir);
+            e.http_method = Some(Cow::Owned(method.to_owned()));
+            e.http_path = Some(Cow::Owned(path.to_owned()));
+            e
+        }
+        let json = {
+            let mut q = plain(self, Kind::Document, Direction::Request, method, path);
+            q.payload = raw(body);
+            q.bytes = Some(body.len() as u64);
+            ser(&q)
+        };
+        self.out.push((self.t, true, json));
+        if let Some(fp) = fp {
+            self.t += 40;
+            let json = {
+                let mut f = plain(self, Kind::Findings, Direction::Request, method, path);
+                f.findings = vec![Finding {
+                    rule: Cow::Borrowed("pii.email"),
+                    kind: Cow::Borrowed("email"),
+                    category: Cow::Borrowed("pii"),
+                    severity: Cow::Borrowed("medium"),
+                    path: Cow::Borrowed("/to"),
+                    action: Cow::Borrowed("mask"),
+                    fingerprint: Some(Cow::Owned(fp.to_owned())),
+                    encoding: None,
+                }];
+                ser(&f)
+            };
+            self.out.push((self.t, true, json));
+        }
+        self.gap(20, 600);
+        let json = {
+            let mut r = plain(self, Kind::Document, Direction::Response, method, path);
+            r.payload = raw(r#"{"status":"accepted"}"#);
+            r.bytes = Some(21);
+            r.status = Some(202);
+            r.latency_us = Some(48_000);
+            ser(&r)
+        };
+        self.out.push((self.t, true, json));
     }
 
     fn gap(&mut self, lo_ms: i64, hi_ms: i64) {
@@ -403,7 +460,7 @@ fn generate(out: &Path, events: u64, hours: i64, seed: u64, t0: i64) -> Result<(
     }
     let mut rng = Rng(seed);
     let mut sink = SpoolOut { dir: out.to_owned(), seq: 0, buf: Vec::with_capacity(SpoolOut::SEGMENT + (1 << 20)), bytes: 0 };
-    let mut plants = Plants { exfiltration: 0, taint: 0, credential_to_network: 0, probing: 0, bulk_enumeration: 0, retry_after_denied_approval: 0, call_after_pin_change: 0 };
+    let mut plants = Plants { exfiltration: 0, taint: 0, taint_to_http: 0, credential_to_network: 0, probing: 0, bulk_enumeration: 0, retry_after_denied_approval: 0, call_after_pin_change: 0 };
     // Min-heap of (time, serial) → (session key, event JSON) for the events not yet due.
     let mut heap: BinaryHeap<std::cmp::Reverse<(i64, u64)>> = BinaryHeap::new();
     let mut held: BTreeMap<u64, (String, Vec<u8>)> = BTreeMap::new();
@@ -504,15 +561,36 @@ fn generate(out: &Path, events: u64, hours: i64, seed: u64, t0: i64) -> Result<(
                 s.gap(5000, 60_000);
                 s.approval(Kind::ApprovalRequested, &b, "pending", &digest);
             }
+            6 => {
+                plants.taint_to_http += 1;
+                let fp = format!("fp:{}", s.rng.hex(16));
+                s.gap(500, 3000);
+                s.call("get_customer", r#"{"id":2207}"#, "Rui Lima <[email:fp]>, plan team", CallOpts { answer_finding: Some(("pii", &fp)), ..CallOpts::default() });
+                s.gap(2000, 60_000);
+                s.http("POST", "/partner/v1/contacts", r#"{"to":"[email:fp]","list":"spring-promo"}"#, Some(&fp));
+            }
             _ => {}
         }
         s.benign(calls - calls / 2);
+        // A third of the agents also use the partner API: lookups, and notices to addresses
+        // of their own (fingerprints no tool answered with).
+        if s.rng.chance(330_000) {
+            for _ in 0..s.rng.range(1, 4) {
+                s.gap(400, 8000);
+                if s.rng.chance(500_000) {
+                    let fp = format!("fp:{}", s.rng.hex(16));
+                    s.http("POST", "/partner/v1/notices", r#"{"to":"[email:fp]","template":"renewal"}"#, Some(&fp));
+                } else {
+                    s.http("GET", "/partner/v1/plans?region=eu", "", None);
+                }
+            }
+        }
         s.end();
         let key = s.sid.clone();
-        for (t, json) in std::mem::take(&mut s.out) {
+        for (t, plain, json) in std::mem::take(&mut s.out) {
             serial += 1;
             heap.push(std::cmp::Reverse((t, serial)));
-            held.insert(serial, (key.clone(), json));
+            held.insert(serial, (if plain { "gw-load-1".to_owned() } else { key.clone() }, json));
         }
         // A tool's description changes now and then (not in the last tenth, so a call follows).
         if clock >= next_pin && clock < t0 + span * 9 / 10 {
@@ -543,6 +621,7 @@ fn generate(out: &Path, events: u64, hours: i64, seed: u64, t0: i64) -> Result<(
         "planted": {
             "exfiltration": plants.exfiltration,
             "taint": plants.taint,
+            "taint-to-http": plants.taint_to_http,
             "credential-to-network": plants.credential_to_network,
             "probing": plants.probing,
             "bulk-enumeration": plants.bulk_enumeration,

@@ -15,6 +15,9 @@ fn list_of(name: &str, item: DataType) -> Field {
     Field::new(name, DataType::List(Arc::new(Field::new("item", item, true))), true)
 }
 
+/// An optional record. Its fields are nullable even where the event requires them: a field of
+/// an absent record must read as null (not an empty string) in every engine, and a Parquet
+/// reader can only tell that from the field's own definition levels.
 fn strukt(name: &str, fields: Vec<Field>) -> Field {
     Field::new(name, DataType::Struct(Fields::from(fields)), true)
 }
@@ -41,7 +44,7 @@ pub fn schema() -> Schema {
         Field::new("worker", DataType::UInt32, true),
         utf8("session", true),
         utf8("mcp_session", true),
-        strukt("identity", vec![utf8("subject", false), list_of("groups", DataType::Utf8), utf8("agent_type", true), utf8("via", true)]),
+        strukt("identity", vec![utf8("subject", true), list_of("groups", DataType::Utf8), utf8("agent_type", true), utf8("via", true)]),
         utf8("route", true),
         utf8("upstream", true),
         utf8("direction", true),
@@ -54,14 +57,14 @@ pub fn schema() -> Schema {
         Field::new("latency_us", DataType::UInt64, true),
         Field::new("status", DataType::UInt16, true),
         Field::new("error_code", DataType::Int64, true),
-        strukt("decision", vec![utf8("action", false), utf8("stage", false), utf8("rule", true), utf8("reason", true)]),
+        strukt("decision", vec![utf8("action", true), utf8("stage", true), utf8("rule", true), utf8("reason", true)]),
         list_of("findings", finding),
         strukt(
             "approval",
             vec![
-                utf8("id", false),
-                utf8("state", false),
-                utf8("args_digest", false),
+                utf8("id", true),
+                utf8("state", true),
+                utf8("args_digest", true),
                 list_of("approver_groups", DataType::Utf8),
                 utf8("by", true),
                 utf8("reason", true),
@@ -70,7 +73,7 @@ pub fn schema() -> Schema {
             ],
         ),
         list_of("tools", tool),
-        strukt("pin", vec![utf8("tool", false), utf8("change", false), utf8("old_digest", true), utf8("new_digest", true)]),
+        strukt("pin", vec![utf8("tool", true), utf8("change", true), utf8("old_digest", true), utf8("new_digest", true)]),
         strukt("gateway", vec![utf8("version", true), utf8("config_digest", true), utf8("detail", true)]),
         utf8("http_method", true),
         utf8("http_path", true),

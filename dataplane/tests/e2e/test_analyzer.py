@@ -345,3 +345,48 @@ def _up(port: int) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_a_value_from_an_mcp_answer_sent_on_to_a_plain_http_api_alerts(py_json, gateway, tmp_path):
+    """`taint-to-http` end to end: an agent (API key) gets an IBAN back from an MCP tool and
+    then posts it to a plain HTTP API route; another agent posts the same IBAN without having
+    received it. The analyzer follows the value by its keyed fingerprint across the two
+    channels and alerts for the first agent only, with both findings as evidence. (Personal
+    data in answers is logged, not masked, here: agents that need it see it, and the chain is
+    what remains to watch.)"""
+    import hashlib
+
+    keys = {"agent-7": "sk-agent-7-2b1f9c", "agent-8": "sk-agent-8-6d0e4a"}
+    ident = "[identity]\n" + "".join(f'[[identity.api_key]]\nsubject = "{s}"\nsha256 = "{hashlib.sha256(k.encode()).hexdigest()}"\n' for s, k in keys.items())
+    extra = ident + '[detect.request]\npii = "log"\n[detect.response]\npii = "log"\n'
+    g = gateway([{"path": "/mcp", "upstream": py_json}, {"path": "/api", "upstream": py_json.rsplit("/", 1)[0] + "/api", "kind": "http"}], extra=extra)
+    iban = "GB82WEST12345698765432"
+    with httpx.Client(timeout=10) as c:
+        h = {**ACCEPT, "x-api-key": keys["agent-7"]}
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "taint", "version": "1"}}}
+        r = c.post(g.url(), json=init, headers=h)
+        assert r.status_code == 200, r.text
+        h["mcp-session-id"] = r.headers["mcp-session-id"]
+        assert c.post(g.url(), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h).status_code == 202
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "shout", "arguments": {"text": f"refund to {iban} today"}}}
+        r = c.post(g.url(), json=call, headers=h)
+        assert iban in r.text, r.text
+        for who in ["agent-7", "agent-8"]:
+            r = c.post(g.url("/api/payouts"), json={"iban": iban, "amount": 10}, headers={"x-api-key": keys[who]})
+            assert r.status_code == 404, r.text  # the test server has no such API; the request went through
+    assert g.proc.stop() == 0
+    spooled = spool_events(g.spool)
+    archive = tmp_path / "archive"
+    analyzer(archive, "ingest", "--spool", str(g.spool))
+    alerts = [json.loads(l) for l in analyzer(archive, "chains").stdout.splitlines() if l.strip()]
+    chained = [a for a in alerts if a["rule"] == "taint-to-http"]
+    assert len(chained) == 1, alerts
+    by_id = {e["id"]: e for e in spooled}
+    out, sent = (by_id[i] for i in chained[0]["evidence"])
+    assert (out["kind"], out["direction"], out["tool"], out["identity"]["subject"]) == ("findings", "response", "shout", "agent-7"), out
+    assert (sent["kind"], sent["http_method"], sent["identity"]["subject"]) == ("findings", "POST", "agent-7"), sent
+    assert chained[0]["session"] == out["session"] and chained[0]["subject"] == "agent-7"
+    # Followed without being kept: the value is in no event and no alert, only its fingerprint.
+    assert iban not in json.dumps(spooled) and iban not in json.dumps(alerts)
+    assert out["findings"][0]["fingerprint"] == sent["findings"][0]["fingerprint"]
