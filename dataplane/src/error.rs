@@ -25,6 +25,8 @@ pub enum ProxyError {
     ClientTimeout,
     #[error("no route matches {0}; check the URL path")]
     NoRoute(String),
+    #[error("requests from web pages at {0} may not call this gateway (protection against DNS rebinding and cross-site calls); if this is your web client, add its origin to gateway.allowed_origins")]
+    ForbiddenOrigin(String),
     #[error("{0}")]
     JsonRpc(#[from] BodyError),
     #[error("MCP POST bodies must be JSON-RPC; the body is empty")]
@@ -53,7 +55,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
@@ -69,6 +71,7 @@ impl ProxyError {
             Expectation(_) => 417,
             ClientTimeout => 408,
             NoRoute(_) => 404,
+            ForbiddenOrigin(_) => 403,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => 503,
@@ -82,6 +85,7 @@ impl ProxyError {
             EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
+            ForbiddenOrigin(_) => Code::Refused,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => Code::UpstreamUnavailable,
             UpstreamTimeout { .. } => Code::UpstreamTimeout,
             ShuttingDown => Code::ShuttingDown,
@@ -107,6 +111,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             NoRoute(_) => Cow::Borrowed("no route matches the request path"),
+            ForbiddenOrigin(_) => Cow::Borrowed("the request came from a web page whose origin gateway.allowed_origins does not list"),
             Expectation(_) => Cow::Borrowed("an Expect header other than 100-continue"),
             NotUtf8(_) => Cow::Borrowed("the request body is declared as text but is not UTF-8"),
             Encoded(_) => Cow::Borrowed("the request body has a Content-Encoding the gateway cannot inspect"),
@@ -117,7 +122,7 @@ impl ProxyError {
 
     /// Does the connection stay usable after this error is answered?
     pub fn keeps_connection(&self) -> bool {
-        matches!(self, ProxyError::NoRoute(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_))
+        matches!(self, ProxyError::NoRoute(_) | ProxyError::ForbiddenOrigin(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_))
             || self.fault() == Fault::Upstream
     }
 }
@@ -144,6 +149,7 @@ mod tests {
         let parse = simd_json::to_borrowed_value(&mut format!("{{\"k\": {sent}}}").into_bytes()).map(drop).unwrap_err();
         for e in [
             ProxyError::NoRoute(format!("/x/{sent}")),
+            ProxyError::ForbiddenOrigin(format!("https://{sent}.example")),
             ProxyError::Expectation(sent.into()),
             ProxyError::NotUtf8(format!("text/plain; x={sent}")),
             ProxyError::Encoded(sent.into()),

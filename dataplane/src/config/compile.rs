@@ -17,6 +17,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub io_memory: usize,
     pub ring_depth: usize,
+    /// Who may call from a web page (`Origin`), besides loopback pages.
+    pub origins: crate::http::origin::Origins,
     pub listeners: Vec<ListenerCfg>,
     pub admin: Option<SocketAddr>,
     pub limits: Limits,
@@ -142,6 +144,9 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
     if !(8..=32768).contains(&g.ring_depth) || !g.ring_depth.is_power_of_two() {
         is.add("gateway.ring_depth", "must be a power of two between 8 and 32768");
     }
+    let origins = crate::http::origin::Origins {
+        allowed: g.allowed_origins.iter().enumerate().filter_map(|(i, o)| crate::http::origin::Origin::parse(o).map_err(|e| is.add(format!("gateway.allowed_origins[{i}]"), e)).ok()).collect(),
+    };
     let workers = if g.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { g.workers };
 
     if f.listeners.is_empty() {
@@ -320,6 +325,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         shutdown_grace,
         io_memory: g.io_memory_kib * 1024,
         ring_depth: g.ring_depth,
+        origins,
         listeners,
         admin,
         limits,

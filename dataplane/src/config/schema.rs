@@ -51,6 +51,10 @@ pub struct Gateway {
     /// io_uring submission queue depth per worker.
     #[serde(default = "default_ring_depth")]
     pub ring_depth: usize,
+    /// Web origins (`https://chat.example.com`) whose pages may call the gateway, besides
+    /// loopback ones; a request with any other `Origin` is refused 403.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Gateway {
@@ -62,6 +66,7 @@ impl Default for Gateway {
             shutdown_grace: default_grace(),
             io_memory_kib: default_io_memory(),
             ring_depth: default_ring_depth(),
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! - [`head`]: request and response heads (httparse), stored as spans into one reusable buffer.
 //! - [`body`]: body framing (Content-Length, chunked, close-delimited) and the chunked decoder.
 //! - [`write`]: encoding heads and chunks for the other side, with hop-by-hop headers removed.
+//! - [`origin`]: the `Origin` check against DNS rebinding and cross-site calls.
 
 pub mod body;
 pub mod head;
+pub mod origin;
 pub mod write;
 
 pub use body::{BodyKind, ChunkedDecoder, Decoded};

@@ -12,7 +12,18 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-struct OpenGuard(Rc<Worker>);
+/// A connection counted against `limits.max_connections` from the moment it is accepted —
+/// before its task first runs, so a burst of accepts cannot pass the limit — until it ends.
+pub struct OpenGuard(Rc<Worker>);
+
+impl OpenGuard {
+    pub fn new(w: &Rc<Worker>) -> Self {
+        w.open.set(w.open.get() + 1);
+        w.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+        w.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(w.clone())
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -32,11 +43,7 @@ pub async fn refuse(w: Rc<Worker>, tcp: TcpStream, plain: bool) {
     }
 }
 
-pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::TlsAcceptor>) {
-    w.open.set(w.open.get() + 1);
-    w.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
-    w.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-    let _guard = OpenGuard(w.clone());
+pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::TlsAcceptor>, _open: OpenGuard) {
     let _ = tcp.set_nodelay(true);
     let Ok(client) = tcp.peer_addr() else { return };
     let cfg = w.config();

@@ -68,6 +68,13 @@ pub async fn handle(
         w.record_refusal(None, None, client, &e);
         return Err(e);
     };
+    // A web page may call only from an origin the deployment lists (or a loopback one).
+    if let Some(origin) = head.header("origin").filter(|o| !cfg.origins.allows(o)) {
+        let e = ProxyError::ForbiddenOrigin(String::from_utf8_lossy(origin).into_owned());
+        tracing::info!(worker = w.id, route = %route.name, origin = %String::from_utf8_lossy(origin), "request from a web origin refused");
+        w.record_refusal(None, Some(&route.label), client, &e);
+        return Err(e);
+    }
     let up = &cfg.upstreams[route.upstream];
     let method = head.method();
     let mut ctx = RequestCtx {

@@ -297,9 +297,8 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustl
                 glommio::spawn_local(conn::refuse(w.clone(), stream, plain)).detach();
             }
             Ok(stream) => {
-                let w2 = w.clone();
-                let acc = acceptor.clone();
-                glommio::spawn_local(async move { conn::serve(w2, stream, acc).await }).detach();
+                let (w2, acc, open) = (w.clone(), acceptor.clone(), conn::OpenGuard::new(&w));
+                glommio::spawn_local(async move { conn::serve(w2, stream, acc, open).await }).detach();
             }
             Err(e) => {
                 tracing::warn!(worker = w.id, listener = %name, error = %e, "accept failed");

@@ -95,6 +95,18 @@ def everything_legacy(tmp_path_factory):
     p.stop()
 
 
+@pytest.fixture(scope="session")
+def conformance_server(tmp_path_factory):
+    """The server of `servers/conformance_server.py` (every feature the MCP conformance suite
+    checks); its MCP URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("conformance-server") / "server.log"
+    p = Proc([PY, str(HERE / "servers" / "conformance_server.py"), str(port)], log)
+    wait_port(port, proc=p.p)
+    yield f"http://127.0.0.1:{port}/mcp"
+    p.stop()
+
+
 def _py_server(tmp_path_factory, mode):
     port = free_port()
     log = tmp_path_factory.mktemp(f"py-{mode}") / "server.log"

@@ -382,7 +382,11 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     assert httpx.post(g.url("/big"), json=PING, headers=ACCEPT, timeout=10).status_code == 200
     # Connections: the slow one is still open (keep-alive); two more fill the limit of 3.
     held = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(2)]
-    time.sleep(0.2)
+    for _ in range(50):
+        if g.metric("sluice_active_connections") == 3:
+            break
+        time.sleep(0.1)
+    assert g.metric("sluice_active_connections") == 3, "the slow connection and the two held ones are open"
     extra = socket.create_connection(("127.0.0.1", g.port))
     got = _head(extra)
     assert got.startswith(b"HTTP/1.1 503"), got
