@@ -42,7 +42,7 @@ fn line(out: &mut Vec<u8>, field: &str, value: &str) {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SseError {
-    #[error("an SSE event is larger than {0} bytes")]
+    #[error("sent an SSE event larger than limits.max_sse_event_bytes ({0} bytes)")]
     TooLarge(usize),
 }
 
@@ -68,6 +68,8 @@ enum AfterCr {
 }
 
 const BOM: &[u8] = b"\xef\xbb\xbf";
+/// The line buffer a stream keeps between lines; a longer line's buffer is freed after it.
+const KEEP_LINE: usize = 16 * 1024;
 const STARTED: usize = usize::MAX;
 
 impl Parser {
@@ -164,8 +166,11 @@ impl Parser {
                 _ => {}
             }
         }
-        self.line = line;
-        self.line.clear();
+        // The line buffer is kept for the next line, unless one long line grew it.
+        if line.capacity() <= KEEP_LINE {
+            self.line = line;
+            self.line.clear();
+        }
     }
 }
 

@@ -919,6 +919,8 @@ async fn relay_sse(
     let mut reader = BodyReader::new(kind);
     let mut events = Vec::new();
     let mut parse_err = None;
+    // The event still arriving counts against the worker's share of `limits.max_buffered_bytes`.
+    let mut holding = super::Held::new(w);
     loop {
         reader
             .drain(&mut c.rbuf, |bytes| {
@@ -927,8 +929,16 @@ async fn relay_sse(
                 }
             })
             .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream SSE framing"))?;
-        if let Some(e) = parse_err.take() {
+        let refused = match parse_err.take() {
+            Some(reason) => Some(ProxyError::UpstreamProtocol { upstream: cfg.upstreams[route.upstream].name.clone(), reason }),
+            None => holding.resize(parser.pending(), &cfg.limits).err(),
+        };
+        if let Some(e) = refused {
             tracing::warn!(worker = w.id, route = %route.name, error = %e, "upstream SSE stream refused");
+            // A call waiting on this stream gets its error as the stream's last event.
+            if chunked_out && track.reply_id.is_some() {
+                let _ = fail_answer(w, ctx, track, down, true, &e, false).await;
+            }
             return Err(());
         }
         if !events.is_empty() {

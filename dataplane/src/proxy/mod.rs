@@ -192,6 +192,18 @@ impl<'w> Held<'w> {
         self.grow(len.max(2 * self.bytes).max(first).min(max).max(len), limits)
     }
 
+    /// Hold exactly `to` bytes: more as with `grow`, fewer given back (an SSE event once it
+    /// has gone out).
+    pub fn resize(&mut self, to: usize, limits: &crate::config::Limits) -> Result<(), ProxyError> {
+        if to > self.bytes {
+            return self.grow(to, limits);
+        }
+        let less = self.bytes - to;
+        self.set(self.w.buffered.get() - less, -(less as i64));
+        self.bytes = to;
+        Ok(())
+    }
+
     pub fn release(&mut self) {
         let n = std::mem::take(&mut self.bytes);
         self.set(self.w.buffered.get() - n, -(n as i64));

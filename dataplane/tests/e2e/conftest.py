@@ -138,19 +138,20 @@ def py_legacy(tmp_path_factory):
 
 
 class Gateway:
-    def __init__(self, tmp: Path, routes: list[dict], extra: str = "", workers: int = 2, log: str = "info"):
+    def __init__(self, tmp: Path, routes: list[dict], extra: str = "", workers: int = 2, log: str = "info", gateway_keys: str = ""):
         self.port = free_port()
         self.admin_port = free_port()
         self.tmp = tmp
         self.config = tmp / "sluice.toml"
         self.spool = tmp / f"spool-{self.port}"
-        self.write_config(routes, extra, workers)
+        self.write_config(routes, extra, workers, gateway_keys)
         self.proc = Proc([str(SLUICE), "run", "--config", str(self.config)], tmp / "sluice.log", {"RUST_LOG": log})
         self.wait_ready()
 
-    def write_config(self, routes, extra="", workers=2):
+    def write_config(self, routes, extra="", workers=2, gateway_keys=""):
+        """`gateway_keys`: more lines of the `[gateway]` table."""
         lines = [
-            f'[gateway]\nworkers = {workers}\nshutdown_grace = "5s"\n',
+            f'[gateway]\nworkers = {workers}\nshutdown_grace = "5s"\n{gateway_keys}',
             f'[[listener]]\naddress = "127.0.0.1:{self.port}"\n',
             f'[admin]\naddress = "127.0.0.1:{self.admin_port}"\n',
             extra,
@@ -202,8 +203,8 @@ class Gateway:
 def gateway(tmp_path):
     made = []
 
-    def start(routes, extra="", workers=2, log="info"):
-        g = Gateway(tmp_path, routes, extra, workers, log)
+    def start(routes, extra="", workers=2, log="info", gateway_keys=""):
+        g = Gateway(tmp_path, routes, extra, workers, log, gateway_keys)
         made.append(g)
         return g
 

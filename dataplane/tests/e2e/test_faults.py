@@ -398,3 +398,49 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
         s.close()
     time.sleep(0.2)
     assert httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=10).status_code == 200
+
+
+def test_sse_events_count_against_the_memory_limit(raw_upstream, gateway):
+    """An SSE event is held until it is whole, and what is held counts against
+    `limits.max_buffered_bytes` like a body: past the worker's share the waiting call gets its
+    error as the stream's last event (-32012), an event over `limits.max_sse_event_bytes` ends
+    the stream with -32001, and the memory is given back either way."""
+    kib = 1024
+
+    def sse_answer(conn, head, body):
+        size = int(head.split(b" ", 2)[1].rsplit(b"/", 1)[1])
+        req = json.loads(body)
+        ev = b"event: message\ndata: " + json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": {"pad": ("ok " * size)[:size]}}).encode() + b"\n\n"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + f"Content-Length: {len(ev)}\r\n\r\n".encode() + ev)
+
+    up = raw_upstream(sse_answer)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}, {"path": "/sse", "upstream": up.url("/sse")}], workers=1,
+                extra=f"[limits]\nmax_body_bytes = {1024 * kib}\nmax_sse_event_bytes = {1024 * kib}\nmax_buffered_bytes = {1536 * kib}\n")
+
+    def call(size: int) -> list:
+        r = httpx.post(g.url(f"/sse/{size}"), json={**PING, "id": f"s-{size}"}, headers=ACCEPT, timeout=20)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text[:300]
+        return [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+
+    # Within the limits an event of 900 KiB goes through whole.
+    [ok] = call(900 * kib)
+    assert ok["id"] == "s-921600" and len(ok["result"]["pad"]) == 900 * kib
+    # With a slow client holding a 1 MiB request body, the same event no longer fits.
+    big = json.dumps({**PING, "params": {"pad": "x" * (1000 * kib)}}).encode()
+    slow = socket.create_connection(("127.0.0.1", g.port))
+    slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+                 + f"Content-Length: {len(big)}\r\n\r\n".encode() + big[:1000])
+    time.sleep(0.3)
+    [refused] = call(900 * kib)
+    assert refused["id"] == "s-921600" and refused["error"]["code"] == -32012 and "limits.max_buffered_bytes" in refused["error"]["data"]["reason"], refused
+    slow.close()
+    time.sleep(0.3)
+    # An event over max_sse_event_bytes ends the stream with the upstream's fault named.
+    [too_big] = call(1100 * kib)
+    assert too_big["error"]["code"] == -32001 and "limits.max_sse_event_bytes" in too_big["error"]["data"]["reason"], too_big
+    assert g.metric("sluice_buffered_bytes") == 0, "given back"
+    assert g.metric("sluice_bodies_refused_total") == 1
+    # Both refusals are the calls' answers in the record.
+    settled(g)
+    answers = [(e.get("rpc_id"), e.get("error_code")) for e in spool_events(g.spool) if e["kind"] == "response"]
+    assert answers == [('"s-921600"', None), ('"s-921600"', -32012), ('"s-1126400"', -32001)], answers

@@ -208,7 +208,8 @@ def test_headers_pass_through_and_forwarding_added(raw_upstream, gateway):
                      + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
 
     up = raw_upstream(handler)
-    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    # The web client's origin is listed (any other is refused: test_conformance).
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], gateway_keys='allowed_origins = ["https://app.example"]\n')
     with socket.create_connection(("127.0.0.1", g.port)) as s:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
         s.sendall(b"POST /mcp?x=1 HTTP/1.1\r\nHost: agents.example:443\r\nOrigin: https://app.example\r\nAccept: application/json, text/event-stream\r\n"
@@ -217,7 +218,9 @@ def test_headers_pass_through_and_forwarding_added(raw_upstream, gateway):
                   + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
         resp = b""
         while b'"result"' not in resp:
-            resp += s.recv(65536)
+            got = s.recv(65536)
+            assert got, resp
+            resp += got
     sent = up.requests[0].decode()
     head = sent.split("\r\n\r\n")[0].lower()
     assert sent.startswith("POST /mcp?x=1 HTTP/1.1")
