@@ -806,9 +806,16 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
 }
 
 /// Status line and end-to-end headers of the upstream's response.
-fn response_head(out: &mut Vec<u8>, up: &Head) {
+/// The upstream's status line and end-to-end headers for the agent; a header value holding the
+/// upstream's injected credential (an upstream that echoes what it was sent) has it replaced,
+/// as `ScrubHook` does in bodies.
+fn response_head(out: &mut Vec<u8>, up: &Head, ctx: &RequestCtx) {
     write::status_line(out, up.status, up.reason());
-    write::end_to_end_headers(out, up, |_| false, &[]);
+    let scrubbed = ctx.credential.as_deref().map(|c| crate::scrub::header_values(up, &c.secrets)).unwrap_or_default();
+    if !scrubbed.is_empty() {
+        tracing::warn!(upstream = %ctx.upstream, "the upstream echoed its injected credential in a response header; scrubbed");
+    }
+    write::end_to_end_headers(out, up, |_| false, &scrubbed);
 }
 
 /// Decodes the upstream body framing from the connection's read buffer.
@@ -886,7 +893,7 @@ async fn relay_sse(
     let mut out = Vec::with_capacity(1024);
     // A held call's stream is already open (its head went out while it waited).
     if !held {
-        response_head(&mut out, &c.head);
+        response_head(&mut out, &c.head, ctx);
         if chunked_out {
             write::header(&mut out, "transfer-encoding", b"chunked");
         }
@@ -1271,7 +1278,7 @@ async fn relay_json(
         out.extend_from_slice(write::LAST_CHUNK);
         return if down.write_all(out).await.is_ok() && down.flush().await.is_ok() { Ok(true) } else { Err(()) };
     }
-    response_head(out, &c.head);
+    response_head(out, &c.head, ctx);
     write::content_length(out, final_body.len());
     write::header(out, "connection", if keep_alive { b"keep-alive" } else { b"close" });
     out.extend_from_slice(b"\r\n");
@@ -1300,7 +1307,10 @@ async fn relay_plain(
     // out chunked, or close-delimited to an HTTP/1.0 client).
     let text = media(c.head.header("content-type")) == Media::Text;
     let detect = cfg.detect.as_ref().filter(|d| text && kind != BodyKind::None && d.active(Direction::Response));
-    let kind_out = if detect.is_some() && matches!(kind, BodyKind::Length(_)) { BodyKind::CloseDelimited } else { kind };
+    // An upstream's injected credential echoed in a text answer is replaced as it streams.
+    let mut cred = ctx.credential.as_deref().filter(|_| text && kind != BodyKind::None).map(|c| crate::scrub::StreamScrub::new(&c.secrets));
+    let mut clean = Vec::new();
+    let kind_out = if (detect.is_some() || cred.is_some()) && matches!(kind, BodyKind::Length(_)) { BodyKind::CloseDelimited } else { kind };
     let chunked_out = matches!(kind_out, BodyKind::Chunked | BodyKind::CloseDelimited) && client_minor >= 1;
     let mut scan = match detect {
         Some(d) => match (w.take_scanner(&d.engine), crate::detect::stream::StreamScanner::new(&d.engine)) {
@@ -1315,7 +1325,7 @@ async fn relay_plain(
     let mut masked = Vec::new();
     let mut found = Vec::new();
     let mut out = Vec::with_capacity(1024);
-    response_head(&mut out, &c.head);
+    response_head(&mut out, &c.head, ctx);
     match kind_out {
         BodyKind::Length(n) => {
             let _ = std::io::Write::write_fmt(&mut out, format_args!("content-length: {n}\r\n"));
@@ -1340,6 +1350,14 @@ async fn relay_plain(
         match scan.as_mut() {
             None => reader
                 .drain(&mut c.rbuf, |b| {
+                    let b = match cred.as_mut() {
+                        Some(s) => {
+                            clean.clear();
+                            s.feed(b, &mut clean);
+                            &clean[..]
+                        }
+                        None => b,
+                    };
                     *sent += b.len() as u64;
                     if chunked_out {
                         write::chunk(&mut out, b)
@@ -1352,8 +1370,31 @@ async fn relay_plain(
                 let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
                 let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
                 reader
-                    .drain(&mut c.rbuf, |b| st.feed(sc, Some(plan), b, &mut masked, &mut found))
+                    .drain(&mut c.rbuf, |b| match cred.as_mut() {
+                        Some(s) => {
+                            clean.clear();
+                            s.feed(b, &mut clean);
+                            st.feed(sc, Some(plan), &clean, &mut masked, &mut found)
+                        }
+                        None => st.feed(sc, Some(plan), b, &mut masked, &mut found),
+                    })
                     .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body framing"))?;
+            }
+        }
+        // At the end, what the credential scrub held back goes on (to detection, or out).
+        if let Some(mut s) = cred.take_if(|_| reader.done) {
+            clean.clear();
+            s.finish(&mut clean);
+            if s.replaced {
+                tracing::warn!(upstream = %ctx.upstream, "the upstream echoed its injected credential in a text answer; scrubbed");
+            }
+            match scan.as_mut() {
+                Some((d, sc, st)) => {
+                    let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
+                    let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
+                    st.feed(sc, Some(plan), &clean, &mut masked, &mut found);
+                }
+                None => masked.extend_from_slice(&clean),
             }
         }
         if let Some((d, mut sc, st)) = scan.take_if(|_| reader.done) {
