@@ -43,6 +43,10 @@ pub struct StreamScanner<'e> {
     batch: Vec<(u32, u32, u32)>,
     /// Invisible-character runs, across pieces.
     invisible: invisible::Finder,
+    /// The keyed fingerprint of each finding released so far and not yet taken, in the order
+    /// of the findings (computed from the original bytes while they are still held; `None`
+    /// without a masking plan).
+    fingerprints: Vec<Option<String>>,
 }
 
 impl Drop for StreamScanner<'_> {
@@ -79,6 +83,7 @@ impl<'e> StreamScanner<'e> {
             origin: Vec::new(),
             batch: Vec::new(),
             invisible: invisible::Finder::default(),
+            fingerprints: Vec::new(),
         })
     }
 
@@ -120,8 +125,15 @@ impl<'e> StreamScanner<'e> {
         self.trim(limit);
     }
 
-    /// End of the stream: settle every match and release everything.
-    pub fn finish(mut self, sc: &mut Scanner, plan: Option<Plan<'_>>, out: &mut Vec<u8>, findings: &mut Vec<Finding>) {
+    /// Move the fingerprints of the findings released so far (one per finding, in order) to
+    /// `into`.
+    pub fn take_fingerprints(&mut self, into: &mut Vec<Option<String>>) {
+        into.append(&mut self.fingerprints);
+    }
+
+    /// End of the stream: settle every match and release everything. Returns the fingerprints
+    /// not yet taken (see [`StreamScanner::take_fingerprints`]).
+    pub fn finish(mut self, sc: &mut Scanner, plan: Option<Plan<'_>>, out: &mut Vec<u8>, findings: &mut Vec<Finding>) -> Vec<Option<String>> {
         if !self.utf8_tail.is_empty() {
             let n = self.utf8_tail.len();
             self.utf8_tail.clear();
@@ -142,6 +154,7 @@ impl<'e> StreamScanner<'e> {
         self.settle(sc, usize::MAX);
         let end = self.pending_base + self.pending.len();
         self.release(plan, end, out, findings);
+        std::mem::take(&mut self.fingerprints)
     }
 
     fn push_text(&mut self, sc: &mut Scanner, s: &str) {
@@ -271,6 +284,10 @@ impl<'e> StreamScanner<'e> {
                 continue;
             }
             findings.push(*f);
+            // The value is still held here (released findings lie in `pending`); the analyzer
+            // follows it across calls by this, as for findings in JSON.
+            let held = f.start >= self.pending_base && f.end <= self.pending_base + self.pending.len();
+            self.fingerprints.push(plan.filter(|_| held).map(|p| p.masker.fingerprint(&String::from_utf8_lossy(&self.pending[f.start - self.pending_base..f.end - self.pending_base]))));
             let Some(p) = plan.filter(|p| (p.mask_rule)(f.rule)) else { continue };
             if f.end <= pos {
                 continue;
@@ -344,6 +361,33 @@ pub(crate) mod tests {
         let plan = Plan { masker: &masker, strategies: &strategies, mask_rule: &|_| true };
         let (out, f) = mask_chunks(e, Some(plan), chunks).unwrap();
         (out, f.into_iter().map(|f| (e.meta()[f.rule as usize].kind.clone(), f.start, f.end)).collect())
+    }
+
+    /// Every released finding has the keyed fingerprint of its original bytes — the one a JSON
+    /// leaf holding the same value gets — however the stream was cut.
+    #[test]
+    fn streamed_findings_carry_the_fingerprint_of_their_value() {
+        let e = engine();
+        let masker = Masker::new([3; 32], "[MASKED]");
+        let strategies = e.default_strategies();
+        let plan = Plan { masker: &masker, strategies: &strategies, mask_rule: &|_| true };
+        let text = "row 1: ana.sousa@example.org, IBAN GB82 WEST 1234 5698 7654 32; row 2: rui@example.net\n".repeat(3);
+        for cut in (1..text.len()).step_by(7) {
+            let mut sc = e.scanner().unwrap();
+            let mut st = StreamScanner::new(e).unwrap();
+            let (mut out, mut found, mut fps) = (Vec::new(), Vec::new(), Vec::new());
+            for part in [&text.as_bytes()[..cut], &text.as_bytes()[cut..]] {
+                st.feed(&mut sc, Some(plan), part, &mut out, &mut found);
+                st.take_fingerprints(&mut fps);
+            }
+            fps.extend(st.finish(&mut sc, Some(plan), &mut out, &mut found));
+            assert_eq!(found.len(), 9, "cut at {cut}: {found:?}");
+            assert_eq!(fps.len(), found.len(), "one fingerprint per finding");
+            for (f, fp) in found.iter().zip(&fps) {
+                assert_eq!(fp.as_deref(), Some(masker.fingerprint(&text[f.start..f.end]).as_str()), "cut at {cut}: {f:?}");
+            }
+            assert_eq!(fps[0], fps[3], "the same address, the same fingerprint");
+        }
     }
 
     /// The same text split at every byte position gives the same masked output and findings

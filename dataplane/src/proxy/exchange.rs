@@ -1323,7 +1323,7 @@ async fn relay_plain(
         None => None,
     };
     let mut masked = Vec::new();
-    let mut found = Vec::new();
+    let (mut found, mut fingerprints) = (Vec::new(), Vec::new());
     let mut out = Vec::with_capacity(1024);
     response_head(&mut out, &c.head, ctx);
     match kind_out {
@@ -1397,14 +1397,17 @@ async fn relay_plain(
                 None => masked.extend_from_slice(&clean),
             }
         }
+        if let Some((_, _, st)) = scan.as_mut() {
+            st.take_fingerprints(&mut fingerprints);
+        }
         if let Some((d, mut sc, st)) = scan.take_if(|_| reader.done) {
             let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
             let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
-            st.finish(&mut sc, Some(plan), &mut masked, &mut found);
+            fingerprints.extend(st.finish(&mut sc, Some(plan), &mut masked, &mut found));
             w.return_scanner(&d.engine, sc);
-            log_stream_findings(w, ctx, d, &mut found);
+            log_stream_findings(w, ctx, d, &mut found, &mut fingerprints);
         } else if let Some((d, _, _)) = scan.as_ref() {
-            log_stream_findings(w, ctx, d, &mut found);
+            log_stream_findings(w, ctx, d, &mut found, &mut fingerprints);
         }
         if !masked.is_empty() {
             *sent += masked.len() as u64;
@@ -1436,10 +1439,12 @@ async fn relay_plain(
 }
 
 /// Findings of a streamed text body: counted, logged and kept for the record (block acts as
-/// mask once the head is out). Their path is the body's, ``; no fingerprint (the value has
-/// gone by when the finding is settled).
-fn log_stream_findings(w: &Worker, ctx: &mut RequestCtx, d: &DetectCfg, found: &mut Vec<crate::detect::engine::Finding>) {
+/// mask once the head is out). Their path is the body's, ``; each with the keyed fingerprint
+/// the scanner took while it still held the value (`fingerprints`, one per finding).
+fn log_stream_findings(w: &Worker, ctx: &mut RequestCtx, d: &DetectCfg, found: &mut Vec<crate::detect::engine::Finding>, fingerprints: &mut Vec<Option<String>>) {
+    let mut fps = fingerprints.drain(..);
     for f in found.drain(..) {
+        let fingerprint = fps.next().flatten();
         let m = &d.engine.meta()[f.rule as usize];
         let action = match d.action(Direction::Response, f.rule) {
             Action::Off => continue,
@@ -1449,7 +1454,7 @@ fn log_stream_findings(w: &Worker, ctx: &mut RequestCtx, d: &DetectCfg, found: &
         w.metrics.finding(&ctx.route, "response", &m.kind, action.as_str());
         tracing::info!(target: "sluice::detect", route = %ctx.route, direction = "response", kind = %m.kind, rule = %m.id, action = action.as_str(), body = "text", "finding");
         let encoding = f.encoding.map(crate::detect::decode::Encoding::name);
-        ctx.findings.push(crate::detect::hook::Recorded::new(Direction::Response, m, String::new(), action, None, None, encoding));
+        ctx.findings.push(crate::detect::hook::Recorded::new(Direction::Response, m, String::new(), action, None, fingerprint, encoding));
     }
 }
 

@@ -137,6 +137,9 @@ def test_streamed_text_body_masked_across_chunks(raw_upstream, gateway):
     events = spool_events(g.spool)
     found = [(f["path"], f["kind"], f["action"]) for e in events if e["kind"] == "findings" and e["direction"] == "response" for f in e["findings"]]
     assert found == [("", "github_classic_token", "mask"), ("", "aws_access_key_id", "mask")], found
+    # Each with the keyed fingerprint of its value (the token cut across chunks fingerprinted whole).
+    fps = [f.get("fingerprint") for e in events if e["kind"] == "findings" for f in e["findings"]]
+    assert len(fps) == 2 and all(fp and len(fp) == 16 for fp in fps) and fps[0] != fps[1], fps
     assert [e["decision"]["action"] for e in events if e["kind"] == "decision"] == ["mask"]
     # The exchange itself: the body-less GET, and the answer's status and size as forwarded.
     docs = [(e["direction"], e["http_method"], e["http_path"], e.get("status"), e["bytes"]) for e in events if e["kind"] == "document"]
