@@ -769,8 +769,10 @@ fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream,
     }
     match w.chain.run_headers(ctx, &mut pairs) {
         Verdict::Pass => Ok(Vec::new()),
-        // A mask never ends a header line early (a placeholder is configuration, not trusted to be one line).
-        Verdict::Changed => Ok(at.into_iter().zip(pairs).filter(|((_, old), (_, new))| new.as_bytes() != *old).map(|((i, _), (_, new))| (i, new.replace(['\r', '\n', '\0'], " "))).collect()),
+        // Only the values a hook changed are rewritten (compared as the hooks read them: a value
+        // that is not UTF-8 and was not masked goes on byte for byte). A mask never ends a
+        // header line early (a placeholder is configuration, not trusted to be one line).
+        Verdict::Changed => Ok(at.into_iter().zip(pairs).filter(|((_, old), (_, new))| *new != String::from_utf8_lossy(old)).map(|((i, _), (_, new))| (i, new.replace(['\r', '\n', '\0'], " "))).collect()),
         refusal => Err(refusal),
     }
 }
@@ -805,7 +807,6 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
     out.extend_from_slice(body);
 }
 
-/// Status line and end-to-end headers of the upstream's response.
 /// The upstream's status line and end-to-end headers for the agent; a header value holding the
 /// upstream's injected credential (an upstream that echoes what it was sent) has it replaced,
 /// as `ScrubHook` does in bodies.
