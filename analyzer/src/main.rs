@@ -123,9 +123,20 @@ enum Cmd {
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
     },
-    /// A session's transcript in order (gateway session id).
+    /// A session's transcript in order (gateway session id); or, with --subject, everything
+    /// one caller did in a period, across sessions and plain HTTP routes.
     Replay {
-        session: String,
+        #[arg(required_unless_present = "subject", conflicts_with = "subject")]
+        session: Option<String>,
+        /// The caller (identity subject) whose activity to replay.
+        #[arg(long)]
+        subject: Option<String>,
+        /// With --subject: from this time (RFC 3339), inclusive.
+        #[arg(long, requires = "subject")]
+        from: Option<String>,
+        /// With --subject: until this time (RFC 3339), exclusive.
+        #[arg(long, requires = "subject")]
+        to: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -225,13 +236,17 @@ async fn run(cli: Cli) -> Result<()> {
                 None => print!("{text}"),
             }
         }
-        Cmd::Replay { session, json } => {
+        Cmd::Replay { session, subject, from, to, json } => {
             let ctx = query::context(&cli.archive).await?;
-            let rows = replay::events(&ctx, &session).await?;
+            let rows = match (&session, &subject) {
+                (Some(sid), _) => replay::events(&ctx, sid).await?,
+                (None, Some(who)) => replay::subject_events(&ctx, who, from.as_deref(), to.as_deref()).await?,
+                (None, None) => anyhow::bail!("give a session id, or --subject"),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", replay::text(&rows));
+                print!("{}", replay::text(&rows, subject.is_some()));
             }
         }
     }

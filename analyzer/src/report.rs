@@ -88,7 +88,7 @@ pub async fn build(ctx: &SessionContext, from: &str, to: &str) -> Result<Value> 
     Ok(json!({ "from": from, "to": to, "generated_by": format!("sluice-analyzer {}", env!("CARGO_PKG_VERSION")), "summary": s, "sections": sections }))
 }
 
-fn chrono_check(t: &str) -> Result<()> {
+pub(crate) fn chrono_check(t: &str) -> Result<()> {
     let ok = t.len() >= 10 && t.as_bytes()[4] == b'-' && t.as_bytes()[7] == b'-' && t.chars().all(|c| c.is_ascii_alphanumeric() || "-:.+TZ ".contains(c));
     anyhow::ensure!(ok, "{t:?} is not an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)");
     Ok(())

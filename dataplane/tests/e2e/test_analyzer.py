@@ -390,3 +390,13 @@ def test_a_value_from_an_mcp_answer_sent_on_to_a_plain_http_api_alerts(py_json, 
     # Followed without being kept: the value is in no event and no alert, only its fingerprint.
     assert iban not in json.dumps(spooled) and iban not in json.dumps(alerts)
     assert out["findings"][0]["fingerprint"] == sent["findings"][0]["fingerprint"]
+    # The caller's activity across its session and the plain API, in one transcript.
+    lines = analyzer(archive, "replay", "--subject", "agent-7").stdout.splitlines()
+    sid = out["session"]
+    assert any(f"[{sid}]  → tools/call shout" in l for l in lines), lines
+    posts = [l for l in lines if "→ HTTP POST" in l]
+    assert len(posts) == 1 and "[http]  → HTTP POST /api/payouts [agent-7]" in posts[0] and iban not in posts[0], lines
+    assert any("[http]  ← HTTP 404 POST /api/payouts" in l for l in lines), lines
+    assert not any("agent-8" in l for l in lines)
+    late = analyzer(archive, "replay", "--subject", "agent-7", "--from", "2100-01-01T00:00:00Z", check=False)
+    assert late.returncode == 2 and "no events of agent-7" in late.stderr, late.stderr
