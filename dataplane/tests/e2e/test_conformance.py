@@ -35,14 +35,13 @@ def test_conformance_checks_that_pass_directly_pass_through_the_gateway(conforma
     g = gateway([{"path": "/mcp", "upstream": conformance_server}])
     through = run_suite(g.url(), tmp_path / "through")
     assert set(through) == set(direct), set(through) ^ set(direct)
-    lost = {k: through[k] for k, (status, _) in direct.items() if status == "SUCCESS" and through[k][0] != "SUCCESS"}
-    assert not lost, lost
-    # The server itself lets any web origin in; the gateway refuses another site's page (403)
-    # and still serves local ones — so every check passes through it.
-    assert direct[("dns-rebinding-protection", "localhost-host-rebinding-rejected")][0] == "FAILURE"
+    # Every check passes through the gateway (so none that passes directly is lost) …
     failed = {k: v for k, v in through.items() if v[0] != "SUCCESS"}
     assert not failed, failed
-    assert sum(1 for s, _ in direct.values() if s == "SUCCESS") >= 39
+    assert len(through) >= 40
+    # … including one the server fails by itself: it lets any web origin in, the gateway
+    # refuses another site's page (403) and still serves local ones.
+    assert direct[("dns-rebinding-protection", "localhost-host-rebinding-rejected")][0] == "FAILURE"
     # The refused page is in the record, without its origin.
     settled(g)
     refused = [e for e in spool_events(g.spool) if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]

@@ -98,10 +98,18 @@ async def test_tool_with_logging(ctx: Context) -> str:
     return "Tool with logging executed successfully"
 
 
+# Messages for the client during a call name the call (`related_request_id`), so that they go on
+# the call's own SSE stream: without it the SDK sends them on the client's standalone GET
+# stream, or drops them if that is not open yet (`Context.report_progress` does not name it).
+
+
 @mcp.tool(description="Reports progress while it runs")
 async def test_tool_with_progress(ctx: Context) -> str:
+    meta = ctx.request_context.meta
+    token = meta.progressToken if meta else None
     for done in (0, 50, 100):
-        await ctx.report_progress(done, 100)
+        if token is not None:
+            await ctx.session.send_progress_notification(progress_token=token, progress=done, total=100, related_request_id=ctx.request_id)
         if done < 100:
             await asyncio.sleep(0.05)
     return "Tool with progress executed successfully"
@@ -114,7 +122,8 @@ def test_error_handling() -> str:
 
 @mcp.tool(description="Asks the client's model for a completion")
 async def test_sampling(prompt: str, ctx: Context) -> str:
-    r = await ctx.session.create_message(messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))], max_tokens=100)
+    r = await ctx.session.create_message(messages=[SamplingMessage(role="user", content=TextContent(type="text", text=prompt))], max_tokens=100,
+                                         related_request_id=ctx.request_id)
     text = r.content.text if isinstance(r.content, TextContent) else str(r.content)
     return f"LLM response: {text}"
 
@@ -122,12 +131,12 @@ async def test_sampling(prompt: str, ctx: Context) -> str:
 @mcp.tool(description="Asks the user for input")
 async def test_elicitation(message: str, ctx: Context) -> str:
     schema = {"type": "object", "properties": {"response": {"type": "string", "description": "User's response"}}, "required": ["response"]}
-    r = await ctx.session.elicit(message=message, requestedSchema=schema)
+    r = await ctx.session.elicit(message=message, requestedSchema=schema, related_request_id=ctx.request_id)
     return f"User response: action={r.action}, content={json.dumps(r.content)}"
 
 
 async def elicited(ctx: Context, schema: dict) -> str:
-    r = await ctx.session.elicit(message="Please review and update the form fields", requestedSchema=schema)
+    r = await ctx.session.elicit(message="Please review and update the form fields", requestedSchema=schema, related_request_id=ctx.request_id)
     return f"Elicitation completed: action={r.action}, content={json.dumps(r.content)}"
 
 
