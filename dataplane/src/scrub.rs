@@ -10,17 +10,18 @@ pub const MARK: &str = "[REDACTED:upstream-credential]";
 
 pub struct ScrubHook;
 
+/// `text` with every secret replaced by [`MARK`].
+fn replaced(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_owned(), |t, x| t.replace(x.as_str(), MARK))
+}
+
 /// Response headers whose value holds one of `secrets`, as (position, value with each replaced
 /// by [`MARK`]) for `write::end_to_end_headers`; empty when none does.
 pub fn header_values(head: &crate::http::Head, secrets: &[String]) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     for (i, (_, value)) in head.headers().enumerate() {
         if secrets.iter().any(|s| memchr::memmem::find(value, s.as_bytes()).is_some()) {
-            let mut v = String::from_utf8_lossy(value).into_owned();
-            for s in secrets {
-                v = v.replace(s.as_str(), MARK);
-            }
-            out.push((i, v));
+            out.push((i, replaced(&String::from_utf8_lossy(value), secrets)));
         }
     }
     out
@@ -30,11 +31,7 @@ fn scrub(v: &mut BorrowedValue<'_>, secrets: &[String]) -> bool {
     match v {
         BorrowedValue::String(s) => {
             if secrets.iter().any(|x| s.contains(x.as_str())) {
-                let mut out = s.to_string();
-                for x in secrets {
-                    out = out.replace(x.as_str(), MARK);
-                }
-                *s = Cow::Owned(out);
+                *s = Cow::Owned(replaced(s, secrets));
                 return true;
             }
             false

@@ -332,9 +332,8 @@ pub fn session_event(em: &Emitter, ctx: &RequestCtx, kind: Kind, gateway_session
     let rec = em.recorder();
     let mut e = base(ctx, &rec.instance, kind);
     e.session = Some(Cow::Borrowed(gateway_session));
-    let client = ctx.client.ip().to_string();
     if kind == Kind::SessionStart {
-        e.client_ip = Some(Cow::Borrowed(&client));
+        e.client_ip = Some(Cow::Owned(ctx.client.ip().to_string()));
     }
     e.gateway = detail.map(|d| GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed(d)) });
     em.emit(&e);

@@ -1323,6 +1323,9 @@ async fn relay_plain(
         },
         None => None,
     };
+    // How findings are masked (block acts as mask once the head is out), for every piece.
+    let mask_rule = |r: u32| detect.is_some_and(|d| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block));
+    let plan = detect.map(|d| crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule });
     let mut masked = Vec::new();
     let (mut found, mut fingerprints) = (Vec::new(), Vec::new());
     let mut out = Vec::with_capacity(1024);
@@ -1367,17 +1370,15 @@ async fn relay_plain(
                     }
                 })
                 .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body framing"))?,
-            Some((d, sc, st)) => {
-                let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
-                let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
+            Some((_, sc, st)) => {
                 reader
                     .drain(&mut c.rbuf, |b| match cred.as_mut() {
                         Some(s) => {
                             clean.clear();
                             s.feed(b, &mut clean);
-                            st.feed(sc, Some(plan), &clean, &mut masked, &mut found)
+                            st.feed(sc, plan, &clean, &mut masked, &mut found)
                         }
-                        None => st.feed(sc, Some(plan), b, &mut masked, &mut found),
+                        None => st.feed(sc, plan, b, &mut masked, &mut found),
                     })
                     .map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body framing"))?;
             }
@@ -1390,11 +1391,7 @@ async fn relay_plain(
                 tracing::warn!(upstream = %ctx.upstream, "the upstream echoed its injected credential in a text answer; scrubbed");
             }
             match scan.as_mut() {
-                Some((d, sc, st)) => {
-                    let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
-                    let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
-                    st.feed(sc, Some(plan), &clean, &mut masked, &mut found);
-                }
+                Some((_, sc, st)) => st.feed(sc, plan, &clean, &mut masked, &mut found),
                 None => masked.extend_from_slice(&clean),
             }
         }
@@ -1402,9 +1399,7 @@ async fn relay_plain(
             st.take_fingerprints(&mut fingerprints);
         }
         if let Some((d, mut sc, st)) = scan.take_if(|_| reader.done) {
-            let mask_rule = |r: u32| matches!(d.action(Direction::Response, r), Action::Mask | Action::Block);
-            let plan = crate::detect::mask::Plan { masker: &d.masker, strategies: &d.strategies, mask_rule: &mask_rule };
-            fingerprints.extend(st.finish(&mut sc, Some(plan), &mut masked, &mut found));
+            fingerprints.extend(st.finish(&mut sc, plan, &mut masked, &mut found));
             w.return_scanner(&d.engine, sc);
             log_stream_findings(w, ctx, d, &mut found, &mut fingerprints);
         } else if let Some((d, _, _)) = scan.as_ref() {
