@@ -28,6 +28,10 @@ pub enum ProxyError {
     #[error("requests from web pages at {0} may not call this gateway (protection against DNS rebinding and cross-site calls); if this is your web client, add its origin to gateway.allowed_origins")]
     ForbiddenOrigin(String),
     #[error("{0}")]
+    BadHost(&'static str),
+    #[error("this gateway does not answer to the name {0} (protection against DNS rebinding: a web page can point a name of its own at the gateway); if it is a name of this gateway, add it to gateway.allowed_hosts, or call it by its IP address")]
+    MisdirectedHost(String),
+    #[error("{0}")]
     JsonRpc(#[from] BodyError),
     #[error("MCP POST bodies must be JSON-RPC; the body is empty")]
     EmptyBody,
@@ -55,7 +59,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | MisdirectedHost(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
@@ -65,13 +69,14 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             Head(HeadError::TooLarge { .. } | HeadError::TooManyHeaders) => 431,
-            Head(_) | Framing(_) | JsonRpc(_) | EmptyBody => 400,
+            Head(_) | Framing(_) | BadHost(_) | JsonRpc(_) | EmptyBody => 400,
             BodyTooLarge { .. } => 413,
             NotUtf8(_) | Encoded(_) | Uninspectable(_) => 415,
             Expectation(_) => 417,
             ClientTimeout => 408,
             NoRoute(_) => 404,
             ForbiddenOrigin(_) => 403,
+            MisdirectedHost(_) => 421,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
             UpstreamTimeout { .. } => 504,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => 503,
@@ -82,10 +87,10 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             JsonRpc(e) => e.code(),
-            EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
+            EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | BadHost(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
-            ForbiddenOrigin(_) => Code::Refused,
+            ForbiddenOrigin(_) | MisdirectedHost(_) => Code::Refused,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => Code::UpstreamUnavailable,
             UpstreamTimeout { .. } => Code::UpstreamTimeout,
             ShuttingDown => Code::ShuttingDown,
@@ -112,6 +117,7 @@ impl ProxyError {
         match self {
             NoRoute(_) => Cow::Borrowed("no route matches the request path"),
             ForbiddenOrigin(_) => Cow::Borrowed("the request came from a web page whose origin gateway.allowed_origins does not list"),
+            MisdirectedHost(_) => Cow::Borrowed("the request named the gateway by a host name gateway.allowed_hosts does not list"),
             Expectation(_) => Cow::Borrowed("an Expect header other than 100-continue"),
             NotUtf8(_) => Cow::Borrowed("the request body is declared as text but is not UTF-8"),
             Encoded(_) => Cow::Borrowed("the request body has a Content-Encoding the gateway cannot inspect"),
@@ -140,6 +146,9 @@ mod tests {
         let e = ProxyError::JsonRpc(BodyError::Parse("x".into()));
         assert_eq!((e.status(), e.code().value()), (400, -32700));
         assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
+        let e = ProxyError::MisdirectedHost("rebind.example".into());
+        assert_eq!((e.status(), e.code().value(), e.fault()), (421, -32004, Fault::Client));
+        assert_eq!(ProxyError::BadHost("x").status(), 400);
     }
 
     /// What the client sent stays in its answer, never in the record's reason.
@@ -150,6 +159,7 @@ mod tests {
         for e in [
             ProxyError::NoRoute(format!("/x/{sent}")),
             ProxyError::ForbiddenOrigin(format!("https://{sent}.example")),
+            ProxyError::MisdirectedHost(format!("{sent}.example:8080")),
             ProxyError::Expectation(sent.into()),
             ProxyError::NotUtf8(format!("text/plain; x={sent}")),
             ProxyError::Encoded(sent.into()),

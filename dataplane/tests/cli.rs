@@ -28,14 +28,14 @@ fn check_reports_every_problem_with_file_and_path() {
     let file = dir.join("broken.toml");
     std::fs::write(
         &file,
-        "[gateway]\nallowed_origins = [\"https://chat.example.com\", \"chat.example.com/app\"]\n[timeouts]\nstream_idle = \"forever\"\n[[listener]]\naddress = \"127.0.0.1:99999\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\npath = \"/mcp\"\nupstream = \"b\"\n",
+        "[gateway]\nallowed_origins = [\"https://chat.example.com\", \"chat.example.com/app\"]\nallowed_hosts = [\"gw.example\", \"https://gw.example\"]\n[timeouts]\nstream_idle = \"forever\"\n[[listener]]\naddress = \"127.0.0.1:99999\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\npath = \"/mcp\"\nhost = \"tools.example:8080\"\nupstream = \"b\"\n",
     )
     .unwrap();
     let out = sluice().args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("4 problem(s)"), "{err}");
-    for path in ["gateway.allowed_origins[1]", "timeouts.stream_idle", "listener[0].address", "route[0].upstream"] {
+    assert!(err.contains("6 problem(s)"), "{err}");
+    for path in ["gateway.allowed_origins[1]", "gateway.allowed_hosts[1]", "timeouts.stream_idle", "listener[0].address", "route[0].host", "route[0].upstream"] {
         assert!(err.contains(&format!("{}: {path}:", file.display())), "{path} missing in:\n{err}");
     }
     assert!(err.contains("no upstream is named \"b\""), "{err}");

@@ -19,6 +19,7 @@ pub struct Config {
     pub ring_depth: usize,
     /// Who may call from a web page (`Origin`), besides loopback pages.
     pub origins: crate::http::origin::Origins,
+    pub hosts: crate::http::origin::Hosts,
     pub listeners: Vec<ListenerCfg>,
     pub admin: Option<SocketAddr>,
     pub limits: Limits,
@@ -147,6 +148,9 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
     let origins = crate::http::origin::Origins {
         allowed: g.allowed_origins.iter().enumerate().filter_map(|(i, o)| crate::http::origin::Origin::parse(o).map_err(|e| is.add(format!("gateway.allowed_origins[{i}]"), e)).ok()).collect(),
     };
+    let mut hosts = crate::http::origin::Hosts {
+        allowed: g.allowed_hosts.iter().enumerate().filter_map(|(i, h)| crate::http::origin::HostPattern::parse(h).map_err(|e| is.add(format!("gateway.allowed_hosts[{i}]"), e)).ok()).collect(),
+    };
     let workers = if g.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { g.workers };
 
     if f.listeners.is_empty() {
@@ -271,6 +275,13 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         if !r.path.starts_with('/') {
             is.add(format!("{p}.path"), format!("\"{}\" must start with \"/\"", r.path));
         }
+        // The names routes match by are names of the gateway (an address needs no entry).
+        if let Some(h) = r.host.as_deref().filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('[')) {
+            match crate::http::origin::HostPattern::parse(h) {
+                Ok(pattern) if !h.contains([':', '*']) => hosts.allowed.push(pattern),
+                _ => is.add(format!("{p}.host"), format!("\"{h}\" is not a host name; a route matches a Host header's name without its port, e.g. \"tools.example\"")),
+            }
+        }
         let Some(up) = f.upstreams.iter().position(|u| u.name == r.upstream) else {
             let known: Vec<_> = f.upstreams.iter().map(|u| u.name.as_str()).collect();
             is.add(format!("{p}.upstream"), format!("no upstream is named \"{}\" (known: {known:?})", r.upstream));
@@ -326,6 +337,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         io_memory: g.io_memory_kib * 1024,
         ring_depth: g.ring_depth,
         origins,
+        hosts,
         listeners,
         admin,
         limits,

@@ -55,6 +55,11 @@ pub struct Gateway {
     /// loopback ones; a request with any other `Origin` is refused 403.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Names the gateway is called by (`sluice.corp.example`, `name:port`, `*.domain`, or `*`
+    /// for any), besides IP addresses, loopback names and the names routes match by; a request
+    /// whose `Host` is any other name is refused 421 (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Gateway {
@@ -67,6 +72,7 @@ impl Default for Gateway {
             io_memory_kib: default_io_memory(),
             ring_depth: default_ring_depth(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

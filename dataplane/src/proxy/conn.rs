@@ -127,6 +127,18 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             }
         };
         rbuf.consume(n);
+        // Before the body is read: a name nobody gave the gateway is a rebinding page's.
+        if let Err(refusal) = cfg.hosts.check(&head) {
+            let e = ProxyError::from(refusal);
+            let route = cfg.route_for(None, head.path()).map(|(_, r)| r.label.clone());
+            if let ProxyError::MisdirectedHost(h) = &e {
+                tracing::info!(worker = w.id, %client, host = %h, path = head.path(), "request for a host name gateway.allowed_hosts does not list refused");
+            }
+            w.record_refusal(None, route.as_deref(), client, &e);
+            w.metrics.request_done(route.as_ref().unwrap_or(&std::sync::Arc::from("-")), crate::metrics::method_label(head.method()), e.status(), started.elapsed());
+            let _ = respond::error(&mut stream, &e, None, false).await;
+            return;
+        }
         let keep_alive = head.keep_alive() && !w.draining();
         match read_body(&w, &mut stream, &mut rbuf, &head, &mut body, &mut held).await {
             Ok(()) => {}

@@ -3,8 +3,9 @@ checks of a server) run against a server directly and through the gateway, with 
 recording on as deployed: every check that passes directly passes through the gateway — tools
 returning every content type, logging and progress notifications, sampling and elicitation
 (server-to-client requests inside an SSE answer), resources, subscriptions, prompts, completion,
-several SSE streams — and the gateway adds the one the server lacks on purpose: refusing a page
-from another web origin (DNS rebinding protection)."""
+several SSE streams — and the gateway adds the one the server lacks on purpose: refusing a
+request that names it by another site's name, from that site's page (DNS rebinding
+protection)."""
 
 import json
 import re
@@ -40,9 +41,10 @@ def test_conformance_checks_that_pass_directly_pass_through_the_gateway(conforma
     assert not failed, failed
     assert len(through) >= 40
     # … including one the server fails by itself: it lets any web origin in, the gateway
-    # refuses another site's page (403) and still serves local ones.
+    # refuses another site's name (421: its `Host` is checked before its `Origin`) and still
+    # serves local pages.
     assert direct[("dns-rebinding-protection", "localhost-host-rebinding-rejected")][0] == "FAILURE"
     # The refused page is in the record, without its origin.
     settled(g)
     refused = [e for e in spool_events(g.spool) if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]
-    assert refused and all(e["status"] == 403 and e["error_code"] == -32004 and "evil" not in json.dumps(e) for e in refused), refused
+    assert refused and all(e["status"] == 421 and e["error_code"] == -32004 and "evil" not in json.dumps(e) for e in refused), refused

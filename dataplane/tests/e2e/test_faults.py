@@ -73,7 +73,7 @@ def test_upstream_closing_mid_sse_ends_the_stream(raw_upstream, gateway):
     got = b""
     with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
         body = json.dumps(PING).encode()
-        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\n"
                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         while True:
             b = s.recv(65536)
@@ -174,13 +174,13 @@ def test_bad_input_gets_clear_errors(raw_upstream, gateway):
         assert (r.status_code, r.json()["error"]["code"]) == (404, -32005)
     # Smuggling shapes are refused outright.
     with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
-        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400")
     assert len(up.requests) == 0, "nothing invalid reached the upstream"
     # Expect: 100-continue is answered before the body is sent.
     with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
         body = json.dumps(PING).encode()
-        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode())
         assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(body)
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
@@ -299,7 +299,7 @@ def test_stream_idle_and_keepalive_idle_timeouts(raw_upstream, gateway):
     assert g.metric("sluice_timeouts_total") >= 1
     # Status codes pass through (405 from a server without DELETE support, say).
     with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
-        s.sendall(b"DELETE /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: s\r\n\r\n")
+        s.sendall(b"DELETE /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nMcp-Session-Id: s\r\n\r\n")
         resp = s.recv(4096)
         assert resp.startswith(b"HTTP/1.1 405") and b"Allow: GET" in resp
         # The keep-alive connection is closed after idle_keepalive without a new request.
@@ -346,12 +346,12 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     assert mib - 200 < len(big) <= mib
     # A client that announced a 1 MiB body and sends it slowly holds its bytes …
     slow = socket.create_connection(("127.0.0.1", g.port))
-    slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+    slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
                  + f"Content-Length: {len(big)}\r\n\r\n".encode() + big[:1000])
     time.sleep(0.3)
     assert g.metric("sluice_buffered_bytes") == len(big)
     # … so a second large body does not fit — refused on its head alone — while a small one does.
-    head = b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+    head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
     with socket.create_connection(("127.0.0.1", g.port)) as c:
         c.sendall(head + f"Content-Length: {len(big)}\r\n\r\n".encode())
         got = _head(c)
@@ -428,7 +428,7 @@ def test_sse_events_count_against_the_memory_limit(raw_upstream, gateway):
     # With a slow client holding a 1 MiB request body, the same event no longer fits.
     big = json.dumps({**PING, "params": {"pad": "x" * (1000 * kib)}}).encode()
     slow = socket.create_connection(("127.0.0.1", g.port))
-    slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+    slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
                  + f"Content-Length: {len(big)}\r\n\r\n".encode() + big[:1000])
     time.sleep(0.3)
     [refused] = call(900 * kib)

@@ -208,8 +208,9 @@ def test_headers_pass_through_and_forwarding_added(raw_upstream, gateway):
                      + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
 
     up = raw_upstream(handler)
-    # The web client's origin is listed (any other is refused: test_conformance).
-    g = gateway([{"path": "/mcp", "upstream": up.url()}], gateway_keys='allowed_origins = ["https://app.example"]\n')
+    # The web client's origin and the gateway's name are listed (others are refused:
+    # test_conformance, test_rebinding).
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], gateway_keys='allowed_origins = ["https://app.example"]\nallowed_hosts = ["agents.example"]\n')
     with socket.create_connection(("127.0.0.1", g.port)) as s:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
         s.sendall(b"POST /mcp?x=1 HTTP/1.1\r\nHost: agents.example:443\r\nOrigin: https://app.example\r\nAccept: application/json, text/event-stream\r\n"
