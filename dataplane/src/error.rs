@@ -29,6 +29,8 @@ pub enum ProxyError {
     ForbiddenOrigin(String),
     #[error("{0}")]
     BadHost(&'static str),
+    #[error("{0}")]
+    BadPath(&'static str),
     #[error("this gateway does not answer to the name {0} (protection against DNS rebinding: a web page can point a name of its own at the gateway); if it is a name of this gateway, add it to gateway.allowed_hosts, or call it by its IP address")]
     MisdirectedHost(String),
     #[error("{0}")]
@@ -59,7 +61,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | MisdirectedHost(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | MisdirectedHost(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
@@ -69,7 +71,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             Head(HeadError::TooLarge { .. } | HeadError::TooManyHeaders) => 431,
-            Head(_) | Framing(_) | BadHost(_) | JsonRpc(_) | EmptyBody => 400,
+            Head(_) | Framing(_) | BadHost(_) | BadPath(_) | JsonRpc(_) | EmptyBody => 400,
             BodyTooLarge { .. } => 413,
             NotUtf8(_) | Encoded(_) | Uninspectable(_) => 415,
             Expectation(_) => 417,
@@ -87,7 +89,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             JsonRpc(e) => e.code(),
-            EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | BadHost(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
+            EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | BadHost(_) | BadPath(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
             ForbiddenOrigin(_) | MisdirectedHost(_) => Code::Refused,

@@ -96,6 +96,7 @@ pub struct Route {
     pub upstream: usize,
     pub upstream_path: String,
     pub rewrite_host: bool,
+    pub allow_encoded_slashes: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -274,6 +275,15 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         let p = format!("route[{i}]");
         if !r.path.starts_with('/') {
             is.add(format!("{p}.path"), format!("\"{}\" must start with \"/\"", r.path));
+        } else if r.path.contains('?') {
+            is.add(format!("{p}.path"), format!("\"{}\" is a path prefix and cannot hold a query", r.path));
+        } else {
+            // Requests are routed on their canonical path; a prefix in another form matches none.
+            match crate::http::path::canonical(&r.path) {
+                Ok(None) => {}
+                Ok(Some(c)) => is.add(format!("{p}.path"), format!("\"{}\" is read as \"{c}\" (dot segments, escapes and repeated slashes are resolved before routing); write that", r.path)),
+                Err(e) => is.add(format!("{p}.path"), format!("\"{}\": {}", r.path, e.reason())),
+            }
         }
         // The names routes match by are names of the gateway (an address needs no entry).
         if let Some(h) = r.host.as_deref().filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('[')) {
@@ -305,6 +315,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
             upstream: up,
             upstream_path: upstream_path.trim_end_matches('/').to_string(),
             rewrite_host: r.rewrite_host,
+            allow_encoded_slashes: r.allow_encoded_slashes,
         });
     }
 

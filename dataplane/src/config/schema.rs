@@ -271,6 +271,10 @@ pub struct Route {
     /// Send the upstream's own authority as Host instead of the agent's.
     #[serde(default)]
     pub rewrite_host: bool,
+    /// Let request paths hold escaped separators (`%2F`, `%5C`), for upstreams that take them
+    /// inside a segment (GitLab project ids); refused 400 otherwise.
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
 }
 
 fn root() -> String {

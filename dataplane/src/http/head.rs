@@ -138,6 +138,13 @@ impl Head {
         std::str::from_utf8(&self.raw[self.target.clone()]).unwrap_or("")
     }
 
+    /// Replace the request target (with its canonical form: `path::canonical`).
+    pub fn set_target(&mut self, target: &str) {
+        let start = self.raw.len();
+        self.raw.extend_from_slice(target.as_bytes());
+        self.target = start..self.raw.len();
+    }
+
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &str {
         let t = self.target();

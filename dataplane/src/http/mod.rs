@@ -3,11 +3,13 @@
 //! - [`head`]: request and response heads (httparse), stored as spans into one reusable buffer.
 //! - [`body`]: body framing (Content-Length, chunked, close-delimited) and the chunked decoder.
 //! - [`write`]: encoding heads and chunks for the other side, with hop-by-hop headers removed.
-//! - [`origin`]: the `Origin` check against DNS rebinding and cross-site calls.
+//! - [`origin`]: the `Origin` and `Host` checks against DNS rebinding and cross-site calls.
+//! - [`path`]: the request path in canonical form (dot segments, escapes), as the upstream reads it.
 
 pub mod body;
 pub mod head;
 pub mod origin;
+pub mod path;
 pub mod write;
 
 pub use body::{BodyKind, ChunkedDecoder, Decoded};

@@ -127,9 +127,9 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             }
         };
         rbuf.consume(n);
-        // Before the body is read: a name nobody gave the gateway is a rebinding page's.
-        if let Err(refusal) = cfg.hosts.check(&head) {
-            let e = ProxyError::from(refusal);
+        // Before the body is read: a name nobody gave the gateway is a rebinding page's, and
+        // the path is decided on in the form the upstream will read.
+        if let Err(e) = check_host_and_path(&cfg, &mut head) {
             let route = cfg.route_for(None, head.path()).map(|(_, r)| r.label.clone());
             if let ProxyError::MisdirectedHost(h) = &e {
                 tracing::info!(worker = w.id, %client, host = %h, path = head.path(), "request for a host name gateway.allowed_hosts does not list refused");
@@ -172,6 +172,23 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             return;
         }
     }
+}
+
+/// The `Host` check (`http::origin`), then the target replaced by its canonical form
+/// (`http::path`); escaped separators only on routes that allow them.
+fn check_host_and_path(cfg: &crate::config::Config, head: &mut Head) -> Result<(), ProxyError> {
+    cfg.hosts.check(head)?;
+    match http::path::canonical(head.target()) {
+        Ok(None) => {}
+        Ok(Some(t)) => head.set_target(&t),
+        Err(e) => return Err(ProxyError::BadPath(e.reason())),
+    }
+    if http::path::has_encoded_separator(head.path()) && !cfg.route_for(head.header_str("host"), head.path()).is_some_and(|(_, r)| r.allow_encoded_slashes) {
+        return Err(ProxyError::BadPath(
+            "the request path holds an escaped '/' or '\\' (%2F, %5C), which an upstream may decode before splitting the path and so read another one; send the separator unescaped, or set allow_encoded_slashes = true on the route if its upstream needs them",
+        ));
+    }
+    Ok(())
 }
 
 /// Read the request body into `body` (reused across requests), enforcing the size limit and

@@ -5,6 +5,7 @@ decision is recorded with its rule."""
 
 import asyncio
 import json
+import socket
 import time
 
 import httpx
@@ -236,6 +237,60 @@ def test_plain_http_routes_are_decided_by_method_and_path(idp, gateway, raw_upst
     reports = {e["http_path"] for e in events if e["http_path"].startswith("/api/reports/")}
     assert "/api/reports/q3" in reports and len(reports) == 2, reports
     assert "bob" not in json.dumps(events), [p for p in reports if "bob" in p]
+
+
+def test_a_path_is_decided_in_the_form_the_upstream_reads(idp, gateway, raw_upstream, tmp_path):
+    """A policy that allows reads under /api/reports cannot be walked out of with dot segments,
+    escaped dots, repeated slashes or Tomcat's `..;`: the gateway decides on the canonical path
+    and sends the upstream that path, so both read the same one. Escaped separators are
+    refused unless the route allows them, and then passed as sent."""
+    seen = []
+
+    def handler(conn, head, body):
+        seen.append(head.split(b"\r\n", 1)[0].decode())
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
+
+    up = raw_upstream(handler)
+    (tmp_path / "policy.toml").write_text("[[rule]]\nid = \"reads\"\nwhen = 'http.method == \"GET\" && http.path.startsWith(\"/api/reports/\")'\naction = \"allow\"\n"
+                                         "[[rule]]\nid = \"git\"\nwhen = 'http.path.startsWith(\"/git/projects/\")'\naction = \"allow\"\n")
+    extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\n'
+             f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    g = gateway([{"path": "/api", "upstream": up.url("/v2"), "kind": "http"},
+                 {"path": "/git", "upstream": up.url("/gitlab"), "kind": "http", "name": "git"}], extra=extra)
+    g.config.write_text(g.config.read_text().replace('name = "git"\nkind = "http"\n', 'name = "git"\nkind = "http"\nallow_encoded_slashes = true\n'))
+    g.proc.p.send_signal(1)
+    for _ in range(100):
+        if g.metric("sluice_config_reloads_total") >= 1:
+            break
+        time.sleep(0.2)
+    token = idp.token("intern-agent")
+
+    def get(target):
+        with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), json.loads(body)
+
+    assert get("/api/reports/q3")[0] == 200
+    for walk in ["/api/reports/../users", "/api/reports/%2e%2e/users", "/api/reports/.%2E/users", "/api/reports//../users", "/api/reports/./../users?all=1"]:
+        status, body = get(walk)
+        assert status == 403 and body["error"]["code"] == -32009, (walk, body)
+    assert get("/api/reports/x/../q4")[0] == 200
+    # Outside the route's upstream base, the same: /api/../.. stays under /v2.
+    assert get("/api/reports/../../../../etc/passwd")[0] == 404, "read as /etc/passwd: no route"
+    for bad in ["/api/reports/..;/users", "/api/reports\\..\\users", "/api/reports/%2e%2e%2fusers", "/api/reports/%00", "/api/reports/%zz"]:
+        status, body = get(bad)
+        assert status == 400 and body["error"]["code"] == -32600, (bad, body)
+    assert "allow_encoded_slashes" in get("/api/reports/a%2Fb")[1]["error"]["data"]["reason"]
+    # A route that allows escaped slashes passes them on (hex upper-cased), not split on.
+    assert get("/git/projects/group%2fproject/../other%2Fproject")[0] == 200
+    assert seen == ["GET /v2/reports/q3 HTTP/1.1", "GET /v2/reports/q4 HTTP/1.1", "GET /gitlab/projects/other%2Fproject HTTP/1.1"], seen
+    settled(g)
+    paths = [e["http_path"] for e in spool_events(g.spool) if e["kind"] == "decision" and e["decision"]["stage"] == "policy"]
+    assert [p.split("?")[0] for p in paths].count("/api/users") == 5 and not any(".." in p or "//" in p for p in paths), paths
 
 
 def test_mask_rules_change_what_a_group_sees(idp, gateway, py_json, tmp_path):
