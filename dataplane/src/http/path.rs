@@ -13,8 +13,13 @@
 //! `\` (some servers read it as `/`), and dot segments with parameters (`..;x`). Escaped
 //! separators (`%2F`, `%5C`) are kept as they are — they are not split on — and refused unless
 //! the route allows them ([`has_encoded_separator`]), since an upstream that decodes them
-//! before splitting would read another path. The query is left alone; `*` and absolute-form
-//! targets are not paths and are routed as they are.
+//! before splitting would read another path. The query is left alone.
+//!
+//! A target in absolute form (`GET http://host/admin HTTP/1.1`, which servers must accept) is
+//! brought to origin form ([`origin_form`]) first — else the policy would read
+//! `http://host/admin` where the upstream serves `/admin` — provided it names the host the
+//! `Host` header names (a request naming two hosts is read differently by different servers).
+//! Any other target (`*`, `ftp://…`, not UTF-8) is refused.
 
 /// Why a path is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +39,47 @@ impl PathError {
             PathError::DotParameter => "the request path has a dot segment with parameters ('..;' or '.;'), which some servers read as '..'",
         }
     }
+}
+
+/// Why a target is not a path the gateway can route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    /// Neither a path nor an http(s) URL.
+    NotAPath,
+    /// An absolute-form target naming another host than `Host`.
+    TwoHosts,
+}
+
+impl TargetError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TargetError::NotAPath => "the request target must be a path (\"/mcp\") or an http(s) URL",
+            TargetError::TwoHosts => "the request target is a URL naming another host than the Host header; send the path alone",
+        }
+    }
+}
+
+/// An absolute-form target (`http://host[:port]/path?query`) as its origin form (`/path?query`,
+/// `/` when it has no path); `Ok(None)` for a target that is a path already.
+pub fn origin_form(target: &str, host: Option<&[u8]>) -> Result<Option<String>, TargetError> {
+    if target.starts_with('/') {
+        return Ok(None);
+    }
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return Err(TargetError::NotAPath);
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = host.map(|h| super::trim_ascii(h)).unwrap_or_default();
+    if authority.is_empty() || !authority.as_bytes().eq_ignore_ascii_case(host) {
+        return Err(TargetError::TwoHosts);
+    }
+    Ok(Some(if path.starts_with('/') { path.to_owned() } else { format!("/{path}") }))
 }
 
 /// The canonical form of an origin-form request target (path and query); `Ok(None)` when it is
@@ -157,8 +203,6 @@ mod tests {
             ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource/mcp"),
             ("/caf\u{e9}/../x", "/x"),
             ("/mcp?sessionId=a//b", "/mcp?sessionId=a//b"),
-            ("*", "*"),
-            ("http://a.example/../x", "http://a.example/../x"),
         ] {
             assert_eq!(canon(sent), read, "{sent}");
         }
@@ -185,6 +229,21 @@ mod tests {
         }
         assert_eq!(canon("/api/a..;b"), "/api/a..;b", "only a dot segment with parameters");
         assert_eq!(canon("/api/x;v=1"), "/api/x;v=1");
+    }
+
+    #[test]
+    fn absolute_form_targets_become_paths_of_the_host_they_name() {
+        let host = Some(&b"gw.example:8080"[..]);
+        assert_eq!(origin_form("/mcp", host), Ok(None));
+        assert_eq!(origin_form("http://gw.example:8080/admin/../x?q=1", host).unwrap().as_deref(), Some("/admin/../x?q=1"));
+        assert_eq!(origin_form("HTTPS://GW.example:8080", host).unwrap().as_deref(), Some("/"));
+        assert_eq!(origin_form("http://gw.example:8080?q", host).unwrap().as_deref(), Some("/?q"));
+        for (target, h) in [("http://other.example/admin", host), ("http://gw.example/admin", host), ("http:///admin", host), ("http://gw.example:8080/", None)] {
+            assert_eq!(origin_form(target, h), Err(TargetError::TwoHosts), "{target}");
+        }
+        for target in ["*", "", "ftp://gw.example:8080/x", "admin", "http:/x"] {
+            assert_eq!(origin_form(target, host), Err(TargetError::NotAPath), "{target}");
+        }
     }
 
     proptest! {

@@ -174,10 +174,16 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
     }
 }
 
-/// The `Host` check (`http::origin`), then the target replaced by its canonical form
-/// (`http::path`); escaped separators only on routes that allow them.
+/// The `Host` check (`http::origin`), then the target replaced by its canonical path
+/// (`http::path`; an absolute-form URL by its path first); escaped separators only on routes
+/// that allow them.
 fn check_host_and_path(cfg: &crate::config::Config, head: &mut Head) -> Result<(), ProxyError> {
     cfg.hosts.check(head)?;
+    match http::path::origin_form(head.target(), head.header("host")) {
+        Ok(None) => {}
+        Ok(Some(t)) => head.set_target(&t),
+        Err(e) => return Err(ProxyError::BadPath(e.reason())),
+    }
     match http::path::canonical(head.target()) {
         Ok(None) => {}
         Ok(Some(t)) => head.set_target(&t),

@@ -285,12 +285,16 @@ def test_a_path_is_decided_in_the_form_the_upstream_reads(idp, gateway, raw_upst
         status, body = get(bad)
         assert status == 400 and body["error"]["code"] == -32600, (bad, body)
     assert "allow_encoded_slashes" in get("/api/reports/a%2Fb")[1]["error"]["data"]["reason"]
+    # A URL as the target is read as its path (when it names the Host header's host).
+    assert get("http://127.0.0.1/api/users")[0] == 403
+    for bad in ["http://other.example/api/reports/q3", "*", "ftp://127.0.0.1/api/reports/q3"]:
+        assert get(bad)[0] == 400, bad
     # A route that allows escaped slashes passes them on (hex upper-cased), not split on.
     assert get("/git/projects/group%2fproject/../other%2Fproject")[0] == 200
     assert seen == ["GET /v2/reports/q3 HTTP/1.1", "GET /v2/reports/q4 HTTP/1.1", "GET /gitlab/projects/other%2Fproject HTTP/1.1"], seen
     settled(g)
     paths = [e["http_path"] for e in spool_events(g.spool) if e["kind"] == "decision" and e["decision"]["stage"] == "policy"]
-    assert [p.split("?")[0] for p in paths].count("/api/users") == 5 and not any(".." in p or "//" in p for p in paths), paths
+    assert [p.split("?")[0] for p in paths].count("/api/users") == 6 and not any(".." in p or "//" in p for p in paths), paths
 
 
 def test_mask_rules_change_what_a_group_sees(idp, gateway, py_json, tmp_path):
