@@ -75,7 +75,7 @@ pub fn origin_form(target: &str, host: Option<&[u8]>) -> Result<Option<String>, 
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
-    let host = host.map(|h| super::trim_ascii(h)).unwrap_or_default();
+    let host = host.map(super::trim_ascii).unwrap_or_default();
     if authority.is_empty() || !authority.as_bytes().eq_ignore_ascii_case(host) {
         return Err(TargetError::TwoHosts);
     }
