@@ -106,7 +106,7 @@ pub fn run(o: Options) -> anyhow::Result<i32> {
             }
             Input::Json | Input::Tools => {
                 let mut bytes = text.into_bytes();
-                let mut v = simd_json::to_borrowed_value(&mut bytes).map_err(|e| anyhow::anyhow!("{name}: not JSON: {e}"))?;
+                let mut v = crate::jsonrpc::read_value(&mut bytes).map_err(|e| anyhow::anyhow!("{name}: not JSON the scanner reads: {e}"))?;
                 let mut found = Vec::new();
                 walk.run(&mut sc, &mut bufs, &mut v, &mut found);
                 if plan.is_some() {

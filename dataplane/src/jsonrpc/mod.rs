@@ -25,20 +25,94 @@ pub enum BodyError {
     Parse(String),
     #[error("invalid JSON-RPC message{}: {reason}", index.map(|i| format!(" at batch index {i}")).unwrap_or_default())]
     Invalid { index: Option<usize>, reason: &'static str },
+    #[error("the JSON nests arrays and objects deeper than {MAX_DEPTH} levels, which the gateway does not read")]
+    TooDeep,
+    #[error("an object in the JSON (at nesting depth {depth}) names the same member twice; JSON readers differ on which one counts (RFC 8259 §4), so the gateway does not pass it on: send each member once")]
+    DuplicateMember { depth: usize },
 }
 
 impl BodyError {
     pub fn code(&self) -> Code {
         match self {
             BodyError::Parse(_) => Code::ParseError,
-            BodyError::Invalid { .. } => Code::InvalidRequest,
+            BodyError::Invalid { .. } | BodyError::TooDeep | BodyError::DuplicateMember { .. } => Code::InvalidRequest,
         }
     }
 }
 
+/// Arrays and objects nest at most this deep in JSON the gateway reads (serde_json's default
+/// limit too): the walks over a parsed value recurse, and a few hundred kilobytes of `[` would
+/// otherwise exhaust a worker's stack and take the process down.
+pub const MAX_DEPTH: usize = 128;
+
+/// Parse JSON (in place: `buf` is modified) into a value, refusing what could exhaust the
+/// stack ([`MAX_DEPTH`]) or what two readers could read differently: an object naming a member
+/// twice (simd-json keeps both and its lookups find the first; most upstreams' readers take the
+/// last — a policy would decide on one tool name and the upstream call another). Both are
+/// checked on simd-json's tape, which is built without recursion, before the value is.
+pub fn read_value(buf: &mut [u8]) -> Result<BorrowedValue<'_>, BodyError> {
+    let tape = simd_json::to_tape(buf).map_err(|e| BodyError::Parse(json_error(&e)))?;
+    check_tape(&tape.0)?;
+    Ok(simd_json::value::lazy::Value::from_tape(tape.as_value()).into_value())
+}
+
+/// Nesting depth and member names of every object, in one pass over the tape (`count` of an
+/// array or object is the number of nodes inside it). Allocates only for objects of more than
+/// 16 members.
+fn check_tape(nodes: &[simd_json::Node<'_>]) -> Result<(), BodyError> {
+    use simd_json::Node;
+    // Where each open array or object ends on the tape.
+    let mut ends = [0usize; MAX_DEPTH];
+    let mut depth = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        while depth > 0 && i >= ends[depth - 1] {
+            depth -= 1;
+        }
+        let (len, count, object) = match *node {
+            Node::Array { len, count } => (len, count, false),
+            Node::Object { len, count } => (len, count, true),
+            _ => continue,
+        };
+        if depth == MAX_DEPTH {
+            return Err(BodyError::TooDeep);
+        }
+        ends[depth] = i + 1 + count;
+        depth += 1;
+        if object && len > 1 && has_duplicate_key(nodes, i + 1, len) {
+            return Err(BodyError::DuplicateMember { depth });
+        }
+    }
+    Ok(())
+}
+
+/// Do the `len` members starting at `nodes[at]` (key, value, key, value, …) repeat a key?
+fn has_duplicate_key(nodes: &[simd_json::Node<'_>], mut at: usize, len: usize) -> bool {
+    use simd_json::Node;
+    const SMALL: usize = 16;
+    let mut small = [""; SMALL];
+    let mut large: Vec<&str> = Vec::new();
+    for n in 0..len {
+        let Some(Node::String(k)) = nodes.get(at) else { return false };
+        if len <= SMALL {
+            if small[..n].contains(k) {
+                return true;
+            }
+            small[n] = k;
+        } else {
+            large.push(k);
+        }
+        at += 1 + match nodes.get(at + 1) {
+            Some(Node::Array { count, .. } | Node::Object { count, .. }) => 1 + count,
+            _ => 1,
+        };
+    }
+    large.sort_unstable();
+    large.windows(2).any(|w| w[0] == w[1])
+}
+
 /// Parse and classify a JSON-RPC body. simd-json parses in place, so `buf` is modified.
 pub fn parse(buf: &mut [u8]) -> Result<Body<'_>, BodyError> {
-    let value = simd_json::to_borrowed_value(buf).map_err(|e| BodyError::Parse(json_error(&e)))?;
+    let value = read_value(buf)?;
     let (batch, values) = match value {
         BorrowedValue::Array(items) => {
             if items.is_empty() {
@@ -151,5 +225,50 @@ mod tests {
         let a: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let b: serde_json::Value = serde_json::from_slice(src).unwrap();
         assert_eq!(a, b);
+    }
+
+    fn read(text: &str) -> Result<String, BodyError> {
+        let mut b = text.as_bytes().to_vec();
+        read_value(&mut b).map(|v| {
+            let mut out = Vec::new();
+            encode(&[v], false, &mut out);
+            String::from_utf8(out).unwrap()
+        })
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_at_any_depth_and_however_spelled() {
+        for twice in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","name":"delete_everything"}}"#,
+            r#"{"a":1,"a":1}"#,
+            r#"{"n\u0061me":1,"name":2}"#,
+            r#"[0,{"x":[{"k":{"deep":1},"k":[1,2,{"k":3}]}]}]"#,
+            r#"{"a":{"b":1},"c":[1,[2]],"d":3,"a":null}"#,
+        ] {
+            assert!(matches!(read(twice), Err(BodyError::DuplicateMember { .. })), "{twice}");
+        }
+        // 40 members, the repeat far apart (the sorted path), and one without a repeat.
+        let many = |dup: bool| format!("{{{}}}", (0..40).map(|i| format!("\"k{}\":{{\"k{i}\":[{i}]}}", if dup && i == 39 { 3 } else { i })).collect::<Vec<_>>().join(","));
+        assert!(matches!(read(&many(true)), Err(BodyError::DuplicateMember { depth: 1 })));
+        assert!(read(&many(false)).is_ok());
+        // The same name in different objects, or as a value, is fine.
+        for once in [r#"{"a":{"a":{"a":"a"}},"b":[{"a":1},{"a":2}]}"#, r#"{"k":"k","v":["k","k"]}"#, "{}", "[]", "\"x\"", r#"{"a":[],"b":{},"c":[[]]}"#] {
+            assert_eq!(read(once).map(|v| serde_json::from_str::<serde_json::Value>(&v).unwrap()).unwrap(), serde_json::from_str::<serde_json::Value>(once).unwrap(), "{once}");
+        }
+        let e = read(r#"{"secret-AKIAQYLPMN5HFIQR7XQB":1,"secret-AKIAQYLPMN5HFIQR7XQB":2}"#).unwrap_err();
+        assert!(!e.to_string().contains("AKIA") && e.code() == Code::InvalidRequest, "the error never quotes the name: {e}");
+    }
+
+    #[test]
+    fn nesting_is_bounded_before_the_value_is_built() {
+        let nested = |d: usize| (0..d).fold("1".to_owned(), |s, level| if level % 2 == 0 { format!("[{s}]") } else { format!("{{\"a\":{s}}}") });
+        assert!(read(&nested(MAX_DEPTH)).is_ok());
+        assert_eq!(read(&nested(MAX_DEPTH + 1)), Err(BodyError::TooDeep));
+        // Deep enough to overflow a worker's stack if a value were built from it.
+        let mut deep = "[".repeat(1_000_000).into_bytes();
+        deep.extend(std::iter::repeat_n(b']', 1_000_000));
+        assert_eq!(read_value(&mut deep).map(drop), Err(BodyError::TooDeep));
+        // Depth counts open containers only: many siblings are not deep.
+        assert!(read(&format!("[{}]", vec!["[[1]]"; 10_000].join(","))).is_ok());
     }
 }

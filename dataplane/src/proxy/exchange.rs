@@ -365,8 +365,8 @@ fn with_scratch<R>(w: &Worker, bytes: &[u8], f: impl FnOnce(&mut Vec<u8>) -> R) 
 }
 
 /// A plain JSON document (plain HTTP routes) as a one-element body for the hooks.
-fn document(buf: &mut [u8]) -> Result<jsonrpc::Body<'_>, String> {
-    let v = simd_json::to_borrowed_value(buf).map_err(|e| jsonrpc::json_error(&e))?;
+fn document(buf: &mut [u8]) -> Result<jsonrpc::Body<'_>, jsonrpc::BodyError> {
+    let v = jsonrpc::read_value(buf)?;
     Ok(jsonrpc::Body { batch: false, values: vec![v], infos: vec![jsonrpc::MessageInfo::document()] })
 }
 
@@ -410,7 +410,7 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
     match m {
         Media::Json => with_scratch(w, body, |buf| match document(buf) {
             Ok(mut doc) => Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut doc))),
-            Err(e) => Err(ProxyError::JsonRpc(jsonrpc::BodyError::Parse(e))),
+            Err(e) => Err(ProxyError::JsonRpc(e)),
         }),
         m @ (Media::Form | Media::Text) => text_document(w, ctx, m, head, body).map(Some),
         Media::Multipart => multipart_document(w, ctx, head, body),
@@ -1258,7 +1258,7 @@ async fn relay_json(
             observe(w, ctx, route, Direction::Response, &mut parsed, Some(track));
             Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed))
         } else {
-            let mut doc = document(buf).map_err(|e| fail(format!("the response is not JSON the gateway can read: {e}")))?;
+            let mut doc = document(buf).map_err(|e| fail(format!("the answer: {e}")))?;
             Ok(hooks::process_body(&w.chain, ctx, Direction::Response, &mut doc))
         }
     });

@@ -444,3 +444,37 @@ def test_sse_events_count_against_the_memory_limit(raw_upstream, gateway):
     settled(g)
     answers = [(e.get("rpc_id"), e.get("error_code")) for e in spool_events(g.spool) if e["kind"] == "response"]
     assert answers == [('"s-921600"', None), ('"s-921600"', -32012), ('"s-1126400"', -32001)], answers
+
+
+def test_json_nested_past_the_limit_is_refused_and_the_gateway_stays_up(raw_upstream, gateway):
+    """A few hundred kilobytes of `[` exhausted a worker's stack and aborted the process (every
+    worker, every connection). Now refused before a value is built, in both directions."""
+    deep = lambda d: "[" * d + "]" * d  # noqa: E731
+    answers = {"mode": "ok"}
+
+    def handler(conn, head, body):
+        rid = json.loads(body)["id"] if body.startswith(b"{") else None
+        result = json.loads(deep(10)) if answers["mode"] == "ok" else None
+        payload = (json.dumps({"jsonrpc": "2.0", "id": rid, "result": {"x": result}}) if result is not None
+                   else '{"jsonrpc":"2.0","id":%s,"result":{"x":%s}}' % (json.dumps(rid), deep(200_000))).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}, {"path": "/api", "upstream": up.url("/api"), "kind": "http"}], workers=1)
+    call = lambda x: '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"x":%s}}}' % x  # noqa: E731
+    with httpx.Client(timeout=10) as c:
+        for body, url in [(call(deep(300_000)), g.url()), (call(deep(129)), g.url()), (deep(300_000), g.url("/api/x"))]:
+            r = c.post(url, content=body, headers=ACCEPT)
+            assert r.status_code == 400 and r.json()["error"]["code"] == -32600, r.text[:300]
+            assert "deeper than 128 levels" in r.json()["error"]["data"]["reason"]
+        assert up.requests == [], "nothing too deep was forwarded"
+        r = c.post(g.url(), content=call(deep(100)), headers=ACCEPT)
+        assert r.status_code == 200 and r.json()["result"]["x"] == json.loads(deep(10)), "the same worker still serves"
+        # An upstream answering too deep: the agent gets an error for its call, not the answer.
+        answers["mode"] = "deep"
+        r = c.post(g.url(), content=call("1"), headers=ACCEPT)
+        assert r.status_code == 502 and r.json()["id"] == 7 and r.json()["error"]["code"] == -32001, r.text[:300]
+        assert "deeper than 128 levels" in r.json()["error"]["data"]["reason"]
+        answers["mode"] = "ok"
+        assert c.post(g.url(), content=call("1"), headers=ACCEPT).status_code == 200
+    assert g.proc.p.poll() is None

@@ -342,3 +342,34 @@ def test_the_policy_holds_over_the_legacy_http_sse_transport(idp, gateway, py_le
     assert add == ("ok", "5") and count[:2] == ("error", -32009), (add, count)
     listed, add, _ = asyncio.run(run(idp.token("intern-agent")))
     assert listed == [] and add[:2] == ("error", -32009), (listed, add)
+
+
+def test_a_member_named_twice_cannot_split_the_policy_from_the_upstream(idp, gateway, raw_upstream, tmp_path):
+    """`{"name": "add", "name": "delete_everything"}`: the gateway's reader took the first name
+    (and the policy allowed `add`), the upstream's reader — Python's, JavaScript's — takes the
+    last and ran `delete_everything`. Messages that name a member twice are refused, both ways."""
+    def handler(conn, head, body):
+        dup = b'"content":[],"content":[{"type":"text","text":"hidden"}]' if b"list_twice" in body else b'"content":[{"type":"text","text":"ok"}]'
+        out = b'{"jsonrpc":"2.0","id":1,"result":{' + dup + b'}}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+    up = raw_upstream(handler)
+    (tmp_path / "policy.toml").write_text("[[rule]]\nid = \"only-add\"\nwhen = 'tool.name == \"add\" || tool.name == \"list_twice\"'\naction = \"allow\"\n"
+                                          "[[rule]]\nid = \"not-calls\"\nwhen = 'method != \"tools/call\"'\naction = \"allow\"\n")
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    with httpx.Client(timeout=10) as c:
+        for body in [b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","name":"delete_everything","arguments":{}}}',
+                     b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"n\\u0061me":"delete_everything","name":"add","arguments":{}}}',
+                     b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"x":"safe","x":"AKIAQYLPMN5HFIQR7XQB"}}}']:
+            r = c.post(g.url(), content=body, headers=ACCEPT)
+            assert r.status_code == 400 and r.json()["error"]["code"] == -32600, r.text
+            assert "names the same member twice" in r.json()["error"]["data"]["reason"]
+        assert up.requests == []
+        r = c.post(g.url(), content=b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{}}}', headers=ACCEPT)
+        assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == "ok"
+        # An answer naming a member twice does not reach the agent.
+        r = c.post(g.url(), content=b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_twice","arguments":{}}}', headers=ACCEPT)
+        assert r.status_code == 502 and r.json()["error"]["code"] == -32001 and "hidden" not in r.text, r.text
+    settled(g)
+    refused = [e for e in spool_events(g.spool) if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]
+    assert len(refused) == 3 and all(e["status"] == 400 and "AKIA" not in json.dumps(e) for e in refused), refused
