@@ -33,6 +33,8 @@ pub enum ProxyError {
     BadPath(&'static str),
     #[error("this gateway does not answer to the name {0} (protection against DNS rebinding: a web page can point a name of its own at the gateway); if it is a name of this gateway, add it to gateway.allowed_hosts, or call it by its IP address")]
     MisdirectedHost(String),
+    #[error("no session with this id belongs to the caller; start one with initialize (a session id is not a credential: each caller uses its own)")]
+    ForeignSession,
     #[error("{0}")]
     JsonRpc(#[from] BodyError),
     #[error("MCP POST bodies must be JSON-RPC; the body is empty")]
@@ -61,7 +63,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | MisdirectedHost(_) | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
@@ -76,7 +78,7 @@ impl ProxyError {
             NotUtf8(_) | Encoded(_) | Uninspectable(_) => 415,
             Expectation(_) => 417,
             ClientTimeout => 408,
-            NoRoute(_) => 404,
+            NoRoute(_) | ForeignSession => 404,
             ForbiddenOrigin(_) => 403,
             MisdirectedHost(_) => 421,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
@@ -89,7 +91,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             JsonRpc(e) => e.code(),
-            EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | BadHost(_) | BadPath(_) | Expectation(_) | ClientTimeout => Code::InvalidRequest,
+            EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | BadHost(_) | BadPath(_) | ForeignSession | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
             ForbiddenOrigin(_) | MisdirectedHost(_) => Code::Refused,
@@ -130,7 +132,7 @@ impl ProxyError {
 
     /// Does the connection stay usable after this error is answered?
     pub fn keeps_connection(&self) -> bool {
-        matches!(self, ProxyError::NoRoute(_) | ProxyError::ForbiddenOrigin(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_))
+        matches!(self, ProxyError::NoRoute(_) | ProxyError::ForeignSession | ProxyError::ForbiddenOrigin(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_))
             || self.fault() == Fault::Upstream
     }
 }

@@ -30,6 +30,9 @@ pub struct Session {
     pub gateway_id: String,
     pub mcp_session_id: String,
     pub route: String,
+    /// The authenticated subject that opened the session (none without `[identity]`): only
+    /// it may use the session (MCP security best practices: bind session ids to the user).
+    pub owner: Option<String>,
     pub protocol_version: Option<String>,
     pub client_info: Option<serde_json::Value>,
     pub client_capabilities: Option<serde_json::Value>,
@@ -64,6 +67,7 @@ impl Session {
             gateway_id: crate::ids::new_id(),
             mcp_session_id: mcp_session_id.to_owned(),
             route: route.to_owned(),
+            owner: None,
             protocol_version: None,
             client_info: None,
             client_capabilities: None,

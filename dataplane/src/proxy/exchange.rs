@@ -126,9 +126,21 @@ pub async fn handle(
             legacy_post = true;
         }
     }
-    // The gateway's session id keys every event of the session (Kafka partition, order).
+    // The gateway's session id keys every event of the session (Kafka partition, order). A
+    // session belongs to the caller that opened it: another caller presenting its id (learned
+    // from a log, a proxy, a shared machine) would continue its upstream state and write into
+    // its record, so it is answered as if the session did not exist.
     if let Some(sid) = ctx.mcp_session_id.as_deref() {
-        ctx.gateway_session_id = w.shared.sessions.with(sid, |s| s.gateway_id.clone());
+        if let Some((gid, owner)) = w.shared.sessions.with(sid, |s| (s.gateway_id.clone(), s.owner.clone())) {
+            let caller = ctx.identity.as_ref().map(|i| i.subject.as_str());
+            if let Some(owner) = owner.filter(|o| Some(o.as_str()) != caller) {
+                tracing::warn!(worker = w.id, route = %route.name, caller = caller.unwrap_or("-"), owner = %owner, gateway_session = %gid, "a session was presented by another caller than the one that opened it; refused");
+                let e = ProxyError::ForeignSession;
+                w.record_refusal(Some(&ctx), Some(&route.label), client, &e);
+                return Err(e);
+            }
+            ctx.gateway_session_id = Some(gid);
+        }
     }
     let mut track = Track { legacy_post, ..Track::default() };
     let keep_alive = head.keep_alive() && !w.draining();
@@ -677,6 +689,7 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
     if let (Some(init), Some(new_sid)) = (init, head.header_str("mcp-session-id")) {
         if (200..300).contains(&status) {
             let mut s = Session::new(new_sid, &route.name);
+            s.owner = ctx.identity.as_ref().map(|i| i.subject.clone());
             if let Some(g) = &ctx.gateway_session_id {
                 s.gateway_id = g.clone();
             }
@@ -1099,7 +1112,8 @@ fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx
     let Some(sid) = legacy_session_id(&mapped) else {
         return;
     };
-    let s = Session::new(sid, &route.name);
+    let mut s = Session::new(sid, &route.name);
+    s.owner = ctx.identity.as_ref().map(|i| i.subject.clone());
     ctx.gateway_session_id = Some(s.gateway_id.clone());
     ctx.mcp_session_id = Some(sid.to_owned());
     tracing::info!(worker = w.id, route = %route.name, mcp_session = sid, gateway_session = %s.gateway_id, "session started (legacy HTTP+SSE)");

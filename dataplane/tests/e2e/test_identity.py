@@ -182,3 +182,40 @@ def test_rotated_provider_keys_are_fetched_on_an_unknown_kid(idp, gateway, raw_u
     assert jwt.get_unverified_header(tok)["kid"] == "k2"
     r = call(g, tok)
     assert r.status_code == 200, r.text
+
+
+def test_a_session_answers_only_the_caller_that_opened_it(idp, gateway, py_json):
+    """An MCP session id is not a credential: another authenticated caller presenting one
+    (learned from a log, a shared proxy) would continue that session's upstream state and write
+    into its record. The gateway binds each session to the subject that opened it."""
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=identity_cfg(idp))
+    owner, other = idp.token("support-agent"), idp.token("intern-agent")
+
+    def post(token, msg, sid=None, extra=None):
+        h = {**ACCEPT, "authorization": f"Bearer {token}", "mcp-protocol-version": "2025-06-18", **(extra or {})}
+        if sid:
+            h["mcp-session-id"] = sid
+        return httpx.post(g.url(), json=msg, headers=h, timeout=10)
+
+    r = post(owner, INIT)
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    assert post(owner, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid).status_code == 202
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    for token, headers in [(other, None), (None, {"x-api-key": API_KEY})]:
+        r = post(token or "", listing, sid, headers) if token else httpx.post(g.url(), json=listing, headers={**ACCEPT, "mcp-session-id": sid, **headers}, timeout=10)
+        assert r.status_code == 404 and r.json()["error"]["code"] == -32600, r.text
+        assert "start one with initialize" in r.json()["error"]["data"]["reason"]
+    r = httpx.delete(g.url(), headers={"authorization": f"Bearer {other}", "mcp-session-id": sid}, timeout=10)
+    assert r.status_code == 404, "nor may it end the session"
+    r = post(owner, listing, sid)
+    assert r.status_code == 200 and r.json()["result"]["tools"], r.text
+    sessions = g.get_admin("/sessions")
+    assert [s["owner"] for s in sessions["sessions"] if s["mcp_session_id"] == sid] == ["support-agent"], sessions
+    g.proc.stop()
+    events = spool_events(g.spool)
+    gid = next(e["session"] for e in events if e["kind"] == "session_start")
+    in_session = [e for e in events if e.get("session") == gid]
+    assert {e["identity"]["subject"] for e in in_session if e.get("identity")} == {"support-agent"}, "nothing of the other callers in the session's record"
+    refused = [e for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]
+    assert sorted(e["identity"]["subject"] for e in refused) == ["ci-bot", "intern-agent", "intern-agent"] and all(e["status"] == 404 and "session" not in e for e in refused), refused
