@@ -31,6 +31,8 @@ pub enum ProxyError {
     BadHost(&'static str),
     #[error("{0}")]
     BadPath(&'static str),
+    #[error("the request has more than one {0} header; servers differ on which one counts, so the gateway does not forward it: send it once")]
+    BadHeader(&'static str),
     #[error("this gateway does not answer to the name {0} (protection against DNS rebinding: a web page can point a name of its own at the gateway); if it is a name of this gateway, add it to gateway.allowed_hosts, or call it by its IP address")]
     MisdirectedHost(String),
     #[error("no session with this id belongs to the caller; start one with initialize (a session id is not a credential: each caller uses its own)")]
@@ -63,7 +65,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | BadHeader(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
@@ -73,7 +75,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             Head(HeadError::TooLarge { .. } | HeadError::TooManyHeaders) => 431,
-            Head(_) | Framing(_) | BadHost(_) | BadPath(_) | JsonRpc(_) | EmptyBody => 400,
+            Head(_) | Framing(_) | BadHost(_) | BadPath(_) | BadHeader(_) | JsonRpc(_) | EmptyBody => 400,
             BodyTooLarge { .. } => 413,
             NotUtf8(_) | Encoded(_) | Uninspectable(_) => 415,
             Expectation(_) => 417,
@@ -91,7 +93,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             JsonRpc(e) => e.code(),
-            EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | BadHost(_) | BadPath(_) | ForeignSession | Expectation(_) | ClientTimeout => Code::InvalidRequest,
+            EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | BadHost(_) | BadPath(_) | BadHeader(_) | ForeignSession | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
             ForbiddenOrigin(_) | MisdirectedHost(_) => Code::Refused,

@@ -174,11 +174,14 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
     }
 }
 
-/// The `Host` check (`http::origin`), then the target replaced by its canonical path
+/// The `Host` check (`http::origin`), headers that must come once, then the target replaced by its canonical path
 /// (`http::path`; an absolute-form URL by its path first); escaped separators only on routes
 /// that allow them.
 fn check_host_and_path(cfg: &crate::config::Config, head: &mut Head) -> Result<(), ProxyError> {
     cfg.hosts.check(head)?;
+    if let Some(name) = repeated_header(head) {
+        return Err(ProxyError::BadHeader(name));
+    }
     match http::path::origin_form(head.target(), head.header("host")) {
         Ok(None) => {}
         Ok(Some(t)) => head.set_target(&t),
@@ -195,6 +198,24 @@ fn check_host_and_path(cfg: &crate::config::Config, head: &mut Head) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// Headers the gateway decides on that a request may carry once: with two, the gateway would
+/// read the first and an upstream maybe the last, or both joined.
+const SINGLE: [&str; 8] = ["content-type", "content-encoding", "mcp-session-id", "mcp-protocol-version", "authorization", "x-api-key", "origin", "last-event-id"];
+
+/// The first of [`SINGLE`] that the request repeats (one pass over its headers).
+fn repeated_header(head: &Head) -> Option<&'static str> {
+    let mut seen = 0u8;
+    for (n, _) in head.headers() {
+        if let Some(i) = SINGLE.iter().position(|s| s.eq_ignore_ascii_case(n)) {
+            if seen & (1 << i) != 0 {
+                return Some(SINGLE[i]);
+            }
+            seen |= 1 << i;
+        }
+    }
+    None
 }
 
 /// Read the request body into `body` (reused across requests), enforcing the size limit and

@@ -281,7 +281,7 @@ pub async fn handle(
         // The gateway asks for identity; a compressed answer it would inspect is not forwarded.
         Ok(kind) => match encoding(&c.head).filter(|_| kind != BodyKind::None && (route.kind == RouteKind::Mcp || media(c.head.header("content-type")) != Media::Other)) {
             Some(e) => Err(format!("answered with Content-Encoding: {e} although the gateway asked for identity; the gateway does not forward what it cannot inspect")),
-            None => Ok(kind),
+            None => answer_type_problem(&c.head, kind, route.kind).map_or(Ok(kind), Err),
         },
     };
     let kind = match unusable {
@@ -319,7 +319,7 @@ pub async fn handle(
     } else {
         let from = ctx.findings.len();
         let mut sent = 0;
-        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version, &mut sent).await;
+        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version, &mut sent, is_mcp).await;
         if let Some(em) = w.emitter.as_ref().filter(|_| plain) {
             crate::events::record::plain_event(em, &ctx, Direction::Response, sent);
         }
@@ -483,6 +483,41 @@ enum Media {
     Multipart,
     /// Anything else (binary): not inspected.
     Other,
+}
+
+/// Why an upstream answer's type would let it past inspection, if it would: more than one
+/// `Content-Type` (clients differ on which counts — fetch joins them, so the TypeScript SDK
+/// finds `application/json` in `application/octet-stream, application/json` and parses a body
+/// the gateway passed as binary), or, on an MCP route, a typed body that is neither JSON, an SSE
+/// stream, nor — where no client reads JSON-RPC from it — a 202's body or an error's text (which
+/// the gateway scans): a `text/plain; x=application/json` tool listing would reach the
+/// TypeScript SDK unfiltered and unpinned.
+fn answer_type_problem(head: &Head, kind: BodyKind, route: RouteKind) -> Option<String> {
+    let n = head.header_count("content-type");
+    if n > 1 {
+        return Some(format!("answered with {n} Content-Type headers, which clients read differently; the gateway does not forward it"));
+    }
+    if route != RouteKind::Mcp || kind == BodyKind::None {
+        return None;
+    }
+    let ctype = head.header("content-type");
+    let essence = ctype.map(|c| c.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii());
+    let m = media(ctype);
+    // No client reads a 202's body (the Python SDK's legacy transport sends "Accepted" with
+    // no type), nor JSON-RPC from an error's text.
+    let unread = head.status == 202 || (m == Media::Text && head.status >= 400);
+    // An untyped body (the TypeScript SDK's 200 to a DELETE, chunked and empty) is scanned as
+    // text (`relay_plain`); the SDKs refuse to read JSON-RPC from it.
+    if m == Media::Json || essence.is_some_and(|e| e.eq_ignore_ascii_case(b"text/event-stream")) || unread || ctype.is_none() {
+        return None;
+    }
+    // Named when it looks like a media type (it is the upstream's text, shown to the agent).
+    let shown = match essence {
+        None | Some(b"") => "no media type".to_owned(),
+        Some(e) if e.len() <= 64 && e.iter().all(|b| b.is_ascii_alphanumeric() || b"/+.-_".contains(b)) => format!("Content-Type {}", String::from_utf8_lossy(e)),
+        Some(_) => "an unusual Content-Type".to_owned(),
+    };
+    Some(format!("answered an MCP request (status {}) with a body of {shown}, neither JSON nor an SSE stream; the gateway does not forward what a client could read as JSON-RPC uninspected", head.status))
 }
 
 fn media(ctype: Option<&[u8]>) -> Media {
@@ -1317,10 +1352,12 @@ async fn relay_plain(
     keep_alive: bool,
     client_minor: u8,
     sent: &mut u64,
+    mcp: bool,
 ) -> Result<bool, ()> {
     // Text bodies are scanned and masked as they stream (the length may change, so they go
     // out chunked, or close-delimited to an HTTP/1.0 client).
-    let text = media(c.head.header("content-type")) == Media::Text;
+    let ctype = c.head.header("content-type");
+    let text = media(ctype) == Media::Text || (mcp && ctype.is_none());
     let detect = cfg.detect.as_ref().filter(|d| text && kind != BodyKind::None && d.active(Direction::Response));
     // An upstream's injected credential echoed in a text answer is replaced as it streams.
     let mut cred = ctx.credential.as_deref().filter(|_| text && kind != BodyKind::None).map(|c| crate::scrub::StreamScrub::new(&c.secrets));

@@ -478,3 +478,56 @@ def test_json_nested_past_the_limit_is_refused_and_the_gateway_stays_up(raw_upst
         answers["mode"] = "ok"
         assert c.post(g.url(), content=call("1"), headers=ACCEPT).status_code == 200
     assert g.proc.p.poll() is None
+
+
+def test_answers_a_client_could_read_past_inspection_are_not_forwarded(raw_upstream, gateway):
+    """An MCP answer is JSON or an SSE stream (or text where no client reads JSON-RPC from it:
+    202, errors). A body the gateway would pass as binary, or with two Content-Types — fetch
+    joins them, and the TypeScript SDK then finds `application/json` in the joined value and
+    parses what the gateway never inspected — is replaced by an error for the call."""
+    rpc = lambda text: json.dumps({"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": text}]}}).encode()  # noqa: E731
+    answers = {
+        "octet": (b"200 OK", [b"Content-Type: application/octet-stream"], rpc(f"key {SECRET}")),
+        "two": (b"200 OK", [b"Content-Type: application/octet-stream", b"Content-Type: application/json"], rpc(f"key {SECRET}")),
+        "textjson": (b"200 OK", [b"Content-Type: text/plain; x=application/json"], rpc("a tool listing nobody filtered")),
+        "untyped": (b"200 OK", [], rpc(f"key {SECRET}")),
+        "typeless": (b"200 OK", [b"Content-Type: ;x=1"], rpc(f"key {SECRET}")),
+        "accepted": (b"202 Accepted", [b"Content-Type: text/plain; charset=utf-8"], b"Accepted"),
+        "error": (b"500 Internal Server Error", [b"Content-Type: text/plain"], f"boom with {SECRET}".encode()),
+        "json": (b"200 OK", [b"Content-Type: application/json; charset=utf-8"], rpc(f"key {SECRET}")),
+    }
+
+    def handler(conn, head, body):
+        status, headers, payload = answers[json.loads(body)["params"]["name"]] if body.startswith(b"{") else answers["json"]
+        conn.sendall(b"HTTP/1.1 " + status + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}, {"path": "/api", "upstream": up.url("/api"), "kind": "http"}])
+    call = lambda name: {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": name, "arguments": {}}}  # noqa: E731
+    with httpx.Client(timeout=10) as c:
+        for name, shown in [("octet", "application/octet-stream"), ("two", "2 Content-Type headers"), ("textjson", "text/plain"), ("typeless", "no media type")]:
+            r = c.post(g.url(), json=call(name), headers=ACCEPT)
+            assert r.status_code == 502 and r.json()["id"] == 5 and r.json()["error"]["code"] == -32001, (name, r.text)
+            assert shown in r.json()["error"]["data"]["reason"] and SECRET not in r.text and "nobody filtered" not in r.text, (name, r.text)
+        # Untyped (as the TypeScript SDK answers a DELETE): scanned as text; SDKs do not read it.
+        r = c.post(g.url(), json=call("untyped"), headers=ACCEPT)
+        assert r.status_code == 200 and SECRET not in r.text and "[REDACTED" in r.text, r.text
+        r = c.post(g.url(), json=call("accepted"), headers=ACCEPT)
+        assert (r.status_code, r.text) == (202, "Accepted")
+        r = c.post(g.url(), json=call("error"), headers=ACCEPT)
+        assert r.status_code == 500 and r.text.startswith("boom with ") and SECRET not in r.text, r.text  # scanned as text
+        r = c.post(g.url(), json=call("json"), headers=ACCEPT)
+        assert r.status_code == 200 and SECRET not in r.text and "[REDACTED" in r.text
+        # A plain route may answer binary, but not with two Content-Types either.
+        r = c.post(g.url("/api/x"), json=call("octet"))
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+        r = c.post(g.url("/api/x"), json=call("two"))
+        assert r.status_code == 502 and SECRET not in r.text
+        # A request may not repeat the headers the gateway decides on either.
+        for twice in [b"Content-Type: application/json\r\nContent-Type: text/plain", b"Mcp-Session-Id: a\r\nMcp-Session-Id: b"]:
+            with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
+                body = json.dumps(call("json")).encode()
+                s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json, text/event-stream\r\n" + twice
+                          + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+                head = s.recv(65536)
+            assert head.startswith(b"HTTP/1.1 400 ") and b"more than one" in head, head
