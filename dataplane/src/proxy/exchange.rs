@@ -401,6 +401,7 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
         }
         return with_scratch(w, body, |buf| {
             let mut parsed = jsonrpc::parse(buf)?;
+            reused_request_id(w, ctx, &parsed)?;
             observe(w, ctx, route, Direction::Request, &mut parsed, Some(track));
             if track.init.is_some() && ctx.gateway_session_id.is_none() {
                 // `initialize` opens a session: its id exists before the first event.
@@ -613,6 +614,33 @@ fn plain_decision(w: &Worker, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
 }
 
 /// Count and correlate the messages of one body; keep the session record current.
+/// A request id used twice in a batch, or again while the session still awaits the answer to
+/// it, is refused: answers are paired with their requests by id, and a second request under
+/// the same id would have the answer to one read as the other's — a `tools/list` answer taken
+/// for a `tools/call` result escapes the policy's filtering of the listing (the MCP base
+/// protocol: an id "MUST NOT have been previously used by the requestor within the same
+/// session").
+fn reused_request_id(w: &Worker, ctx: &RequestCtx, body: &jsonrpc::Body<'_>) -> Result<(), ProxyError> {
+    let ids = || body.infos.iter().enumerate().filter(|(_, i)| i.kind == Kind::Request).filter_map(|(n, i)| Some((n, i.id.as_deref()?)));
+    let index = |n: usize| body.batch.then_some(n);
+    if body.batch {
+        for (n, id) in ids() {
+            if ids().take_while(|(m, _)| *m < n).any(|(_, earlier)| earlier == id) {
+                return Err(ProxyError::JsonRpc(jsonrpc::BodyError::Invalid { index: index(n), reason: "the batch uses this request id twice; give each request its own id" }));
+            }
+        }
+    }
+    let Some(sid) = ctx.mcp_session_id.as_deref() else { return Ok(()) };
+    let pending = w.shared.sessions.with(sid, |s| ids().find(|(_, id)| s.pending_client.contains_key(*id)).map(|(n, _)| n)).flatten();
+    match pending {
+        Some(n) => Err(ProxyError::JsonRpc(jsonrpc::BodyError::Invalid {
+            index: index(n),
+            reason: "a request with this id still awaits its answer in this session; use a new id for each request",
+        })),
+        None => Ok(()),
+    }
+}
+
 fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &mut jsonrpc::Body<'_>, mut track: Option<&mut Track>) {
     let dlabel = if dir == Direction::Request { "request" } else { "response" };
     let sessions = &w.shared.sessions;

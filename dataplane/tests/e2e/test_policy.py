@@ -373,3 +373,48 @@ def test_a_member_named_twice_cannot_split_the_policy_from_the_upstream(idp, gat
     settled(g)
     refused = [e for e in spool_events(g.spool) if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]
     assert len(refused) == 3 and all(e["status"] == 400 and "AKIA" not in json.dumps(e) for e in refused), refused
+
+
+def test_a_request_id_used_twice_cannot_mispair_answers(gateway, raw_upstream, tmp_path):
+    """Answers are paired with requests by id. Two requests under one id — in a batch, or while
+    the first still awaits its answer — would have a `tools/list` answer read as a `tools/call`
+    result, and the listing would reach the agent unfiltered. Refused."""
+    import threading
+
+    def handler(conn, head, body):
+        msg = json.loads(body)
+        headers = b""
+        if msg["method"] == "initialize":
+            result, headers = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "raw", "version": "1"}}, b"mcp-session-id: s-9\r\n"
+        elif msg["method"] == "tools/call":
+            time.sleep(2)
+            result = {"content": [{"type": "text", "text": "4"}]}
+        else:
+            result = {"tools": [{"name": "add", "inputSchema": {"type": "object"}}, {"name": "drop_tables", "inputSchema": {"type": "object"}}]}
+        out = json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n" + headers + b"content-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+    up = raw_upstream(handler)
+    (tmp_path / "policy.toml").write_text("[[rule]]\nid = \"add-only\"\nwhen = 'tool.name == \"add\"'\naction = \"allow\"\n"
+                                          "[[rule]]\nid = \"not-calls\"\nwhen = 'method != \"tools/call\"'\naction = \"allow\"\n")
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    listing = lambda i: {"jsonrpc": "2.0", "id": i, "method": "tools/list"}  # noqa: E731
+    add = lambda i: {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "add", "arguments": {}}}  # noqa: E731
+    with httpx.Client(timeout=10) as c:
+        r = c.post(g.url(), json=[listing(7), add(7)], headers=ACCEPT)
+        assert r.status_code == 400 and "batch index 1" in r.json()["error"]["data"]["reason"], r.text
+        r = c.post(g.url(), json=INIT, headers=ACCEPT)
+        sid = r.headers["mcp-session-id"]
+        h = {**ACCEPT, "mcp-session-id": sid}
+        slow = []
+        t = threading.Thread(target=lambda: slow.append(httpx.post(g.url(), json=add(9), headers=h, timeout=10)))
+        t.start()
+        time.sleep(0.7)
+        r = c.post(g.url(), json=listing(9), headers=h)
+        assert r.status_code == 400 and "still awaits its answer" in r.json()["error"]["data"]["reason"], r.text
+        t.join()
+        assert slow[0].status_code == 200 and slow[0].json()["result"]["content"][0]["text"] == "4"
+        # Once answered, the listing goes through — filtered.
+        r = c.post(g.url(), json=listing(10), headers=h)
+        assert "result" in r.json() and [t["name"] for t in r.json()["result"]["tools"]] == ["add"], r.text
+    assert len([q for q in up.requests if b'"tools/list"' in q]) == 1
