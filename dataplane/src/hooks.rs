@@ -139,10 +139,12 @@ pub trait MessageHook {
         Verdict::Pass
     }
 
-    /// The request headers the upstream will read that may carry data — every forwarded one
-    /// but credentials, framing and hop-by-hop headers — as (name, value), once per request
-    /// before its messages. A hook may rewrite values in place (`Changed`) or refuse the request.
-    fn on_headers(&self, _ctx: &mut RequestCtx, _headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
+    /// Headers that may carry data, as (name, value): on a request, those the upstream will
+    /// read — every forwarded one but credentials, framing and hop-by-hop headers — once before
+    /// its messages; on an answer, those the agent will read, before its body. A hook may
+    /// rewrite values in place (`Changed`) or refuse (a request; an answer's head is answered
+    /// as it was passed, with values rewritten).
+    fn on_headers(&self, _ctx: &mut RequestCtx, _dir: Direction, _headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
         Verdict::Pass
     }
 }
@@ -184,12 +186,12 @@ impl Chain {
         self.run_outside(|h| h.on_target(ctx, target))
     }
 
-    /// Pass the request headers through the hooks (see [`MessageHook::on_headers`]) and show
-    /// the outcome to the observer.
-    pub fn run_headers(&self, ctx: &mut RequestCtx, headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
+    /// Pass a request's or an answer's headers through the hooks (see
+    /// [`MessageHook::on_headers`]) and show the outcome to the observer.
+    pub fn run_headers(&self, ctx: &mut RequestCtx, dir: Direction, headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
         let from = ctx.findings.len();
-        let verdict = self.run_outside(|h| h.on_headers(ctx, headers));
-        self.observe_outside(ctx, Direction::Request, &verdict, from);
+        let verdict = self.run_outside(|h| h.on_headers(ctx, dir, headers));
+        self.observe_outside(ctx, dir, &verdict, from);
         verdict
     }
 

@@ -233,7 +233,7 @@ impl MessageHook for DetectHook {
         let mut v = parts.value();
         st.found.clear();
         let changed = walk.run(&mut st.scanner, &mut st.bufs, &mut v, &mut st.found);
-        let blocked = self.request_findings(ctx, &cfg, &st.found, false, "finding in the URL");
+        let blocked = self.outside_findings(ctx, &cfg, Direction::Request, &st.found, false, "finding in the URL");
         // The record never shows a value that was only logged or that refused the request.
         if st.found.iter().any(|f| matches!(action(f.finding.rule), Action::Log | Action::Block)) {
             let all = |_: u32| true;
@@ -256,12 +256,13 @@ impl MessageHook for DetectHook {
         Verdict::Changed
     }
 
-    /// Request headers (see [`MessageHook::on_headers`]), except those `detect.skip_headers`
-    /// names, as `{"headers": [{"name": "value"}, …]}`: each value scanned with its name as
-    /// context, with the request actions. A masked value is rewritten; a blocked finding, or any
-    /// finding in a header's name (which cannot be rewritten), refuses the request.
-    fn on_headers(&self, ctx: &mut RequestCtx, headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
-        let Some(cfg) = ctx.detect.clone().filter(|c| c.active(Direction::Request)) else {
+    /// Headers (see [`MessageHook::on_headers`]), except those `detect.skip_headers` names, as
+    /// `{"headers": [{"name": "value"}, …]}`: each value scanned with its name as context, with
+    /// the direction's actions. A masked value is rewritten. On a request, a blocked finding, or
+    /// any finding in a header's name (which cannot be rewritten), refuses the request; on an
+    /// answer, whose status the agent is to get, a blocked value is masked.
+    fn on_headers(&self, ctx: &mut RequestCtx, dir: Direction, headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
+        let Some(cfg) = ctx.detect.clone().filter(|c| c.active(dir)) else {
             return Verdict::Pass;
         };
         let inspected = |name: &str| !cfg.skip_headers.iter().any(|s| s.eq_ignore_ascii_case(name));
@@ -306,13 +307,15 @@ impl MessageHook for DetectHook {
             }
             return Verdict::Pass;
         }
-        let mask_rule = |r: u32| cfg.action(Direction::Request, r) == Action::Mask;
+        let answer = dir == Direction::Response;
+        let mask_rule = |r: u32| matches!(cfg.action(dir, r), Action::Mask) || (answer && cfg.action(dir, r) == Action::Block);
         let walk = Walk { engine: &cfg.engine, mask: Some(Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &mask_rule }), skip_binary: false };
         let mut v = super::url::pairs_value(headers.iter().filter(|(n, _)| inspected(n)).map(|(n, v)| (*n, v.as_ref())), "headers");
         st.found.clear();
         let changed = walk.run(&mut st.scanner, &mut st.bufs, &mut v, &mut st.found);
-        let blocked = self.request_findings(ctx, &cfg, &st.found, true, "finding in a request header");
-        if !blocked.is_empty() {
+        let what = if answer { "finding in an answer header" } else { "finding in a request header" };
+        let blocked = self.outside_findings(ctx, &cfg, dir, &st.found, !answer, what);
+        if !blocked.is_empty() && !answer {
             return blocked_kinds("the request's headers contain", &blocked);
         }
         if !changed {
@@ -335,28 +338,31 @@ impl MessageHook for DetectHook {
 
 impl DetectHook {
     /// Count, log and keep for the record what inspection found outside any message (URL,
-    /// headers), with the request actions; the kinds that refuse the request, sorted. With
-    /// `keys_block`, a finding in a name (`Found::in_key`) refuses whatever its action.
-    fn request_findings<'c>(&self, ctx: &mut RequestCtx, cfg: &'c DetectCfg, found: &[Found], keys_block: bool, what: &'static str) -> Vec<&'c str> {
+    /// headers), with the direction's actions; the kinds that block, sorted. With
+    /// `keys_block`, a finding in a name (`Found::in_key`) blocks whatever its action.
+    fn outside_findings<'c>(&self, ctx: &mut RequestCtx, cfg: &'c DetectCfg, dir: Direction, found: &[Found], keys_block: bool, what: &'static str) -> Vec<&'c str> {
         let meta = cfg.engine.meta();
+        let dlabel = if dir == Direction::Request { "request" } else { "response" };
         let mut blocked: Vec<&str> = Vec::new();
         for f in found {
-            let action = match cfg.action(Direction::Request, f.finding.rule) {
+            let action = match cfg.action(dir, f.finding.rule) {
                 Action::Off => continue,
                 _ if keys_block && f.in_key => Action::Block,
+                // An answer's head goes out with its status: what would block is masked.
+                Action::Block if dir == Direction::Response => Action::Mask,
                 a => a,
             };
             let m = &meta[f.finding.rule as usize];
-            self.metrics.finding(&ctx.route, "request", &m.kind, action.as_str());
+            self.metrics.finding(&ctx.route, dlabel, &m.kind, action.as_str());
             tracing::info!(
                 target: "sluice::detect",
-                route = %ctx.route, direction = "request", kind = %m.kind, category = ?m.category, severity = ?m.severity,
+                route = %ctx.route, direction = dlabel, kind = %m.kind, category = ?m.category, severity = ?m.severity,
                 rule = %m.id, action = action.as_str(), http_method = %ctx.http_method, path = %f.path, encoding = ?f.finding.encoding, "{what}"
             );
             if action == Action::Block && !blocked.contains(&m.kind.as_str()) {
                 blocked.push(&m.kind);
             }
-            ctx.findings.push(Recorded::new(Direction::Request, m, f.path.clone(), action, None, f.fingerprint.clone(), encoding(f)));
+            ctx.findings.push(Recorded::new(dir, m, f.path.clone(), action, None, f.fingerprint.clone(), encoding(f)));
         }
         blocked.sort_unstable();
         blocked
@@ -530,7 +536,7 @@ mod tests {
                 _ => format!("ticket {i}"),
             };
             let mut headers = [("accept", Cow::Borrowed("application/json, text/event-stream")), ("x-note", Cow::Owned(note.clone())), ("user-agent", Cow::Borrowed("agent/1.0"))];
-            let v = hook.on_headers(&mut ctx, &mut headers);
+            let v = hook.on_headers(&mut ctx, Direction::Request, &mut headers);
             match i {
                 _ if i % 50 == 0 => assert!(matches!(&v, Verdict::Refuse { reason, .. } if reason.contains("aws_access_key_id")), "{i}: {v:?}"),
                 _ if i % 3 == 0 => {
@@ -552,10 +558,27 @@ mod tests {
     fn skipped_headers_pass_and_a_finding_in_a_name_refuses() {
         let (hook, mut ctx) = hook_and_ctx();
         let mut headers = [("X-Real-IP", Cow::Borrowed("8.8.8.8")), ("x-origin", Cow::Borrowed("8.8.4.4"))];
-        assert_eq!(hook.on_headers(&mut ctx, &mut headers), Verdict::Changed);
+        assert_eq!(hook.on_headers(&mut ctx, Direction::Request, &mut headers), Verdict::Changed);
         assert_eq!(headers[0].1, "8.8.8.8");
         assert_ne!(headers[1].1, "8.8.4.4");
         let mut headers = [("+12025550143", Cow::Borrowed("1"))];
-        assert!(matches!(hook.on_headers(&mut ctx, &mut headers), Verdict::Refuse { reason, .. } if reason.contains("phone_number")));
+        assert!(matches!(hook.on_headers(&mut ctx, Direction::Request, &mut headers), Verdict::Refuse { reason, .. } if reason.contains("phone_number")));
+    }
+
+    /// An answer's headers: a blocked kind is masked (the head goes out with the upstream's
+    /// status), a logged one left as sent, both recorded in the answer's direction.
+    #[test]
+    fn an_answers_headers_are_masked_where_a_request_would_be_refused() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:9\"\n[[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\npath = \"/mcp\"\nupstream = \"u\"\n\
+                    [detect.response]\npii = \"log\"\nsecret = \"block\"\n";
+        let f: crate::config::schema::File = toml::from_str(text).unwrap();
+        let cfg = crate::config::from_schema(&f).unwrap();
+        let (hook, mut ctx) = (DetectHook::new(Arc::default()), RequestCtx::offline("r", cfg.detect.clone(), None, None));
+        let mut headers = [("x-debug-token", Cow::Borrowed("AKIAQYLPMN5HFIQR7XQB")), ("x-contact", Cow::Borrowed("bob@example.com")), ("x-request-id", Cow::Borrowed("r-17"))];
+        assert_eq!(hook.on_headers(&mut ctx, Direction::Response, &mut headers), Verdict::Changed);
+        assert!(!headers[0].1.contains("AKIA") && headers[0].1.contains("aws_access_key_id"), "{}", headers[0].1);
+        assert_eq!((headers[1].1.as_ref(), headers[2].1.as_ref()), ("bob@example.com", "r-17"));
+        let got: Vec<_> = ctx.findings.iter().map(|f| (f.direction, f.kind.as_str(), f.action)).collect();
+        assert_eq!(got, [(Direction::Response, "aws_access_key_id", Action::Mask), (Direction::Response, "email", Action::Log)]);
     }
 }

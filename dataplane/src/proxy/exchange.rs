@@ -843,7 +843,7 @@ fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream,
     if pairs.is_empty() {
         return Ok(Vec::new());
     }
-    match w.chain.run_headers(ctx, &mut pairs) {
+    match w.chain.run_headers(ctx, Direction::Request, &mut pairs) {
         Verdict::Pass => Ok(Vec::new()),
         // Only the values a hook changed are rewritten (compared as the hooks read them: a value
         // that is not UTF-8 and was not masked goes on byte for byte). A mask never ends a
@@ -886,13 +886,56 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
 /// The upstream's status line and end-to-end headers for the agent; a header value holding the
 /// upstream's injected credential (an upstream that echoes what it was sent) has it replaced,
 /// as `ScrubHook` does in bodies.
-fn response_head(out: &mut Vec<u8>, up: &Head, ctx: &RequestCtx) {
+fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx) {
     write::status_line(out, up.status, up.reason());
-    let scrubbed = ctx.credential.as_deref().map(|c| crate::scrub::header_values(up, &c.secrets)).unwrap_or_default();
-    if !scrubbed.is_empty() {
+    let mut replaced = ctx.credential.as_deref().map(|c| crate::scrub::header_values(up, &c.secrets)).unwrap_or_default();
+    if !replaced.is_empty() {
         tracing::warn!(upstream = %ctx.upstream, "the upstream echoed its injected credential in a response header; scrubbed");
     }
-    write::end_to_end_headers(out, up, |_| false, &scrubbed);
+    inspect_answer_headers(w, ctx, up, &mut replaced);
+    write::end_to_end_headers(out, up, |_| false, &replaced);
+}
+
+/// Answer headers that carry no data of the upstream's choosing the agent reads, or that the
+/// agent needs as sent (its session id, its cookies: credentials it is meant to hold).
+const UNINSPECTED_ANSWER_HEADERS: &[&str] = &["content-type", "content-length", "date", "etag", "last-modified", "mcp-session-id", "set-cookie"];
+
+/// The answer's headers the agent reads through the hooks (detection, as on requests): masked
+/// values join `replaced` (header index → new value), after the credential scrub.
+fn inspect_answer_headers(w: &Worker, ctx: &mut RequestCtx, up: &Head, replaced: &mut Vec<(usize, String)>) {
+    if w.chain.is_empty() {
+        return;
+    }
+    let conn = up.header("connection").unwrap_or(b"");
+    let mut at = Vec::new();
+    let mut pairs: Vec<(&str, std::borrow::Cow<'_, str>)> = Vec::new();
+    for (i, (n, v)) in up.headers().enumerate() {
+        if crate::http::is_hop_by_hop(n, conn) || UNINSPECTED_ANSWER_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        let v = match replaced.iter().find(|(j, _)| *j == i) {
+            Some((_, scrubbed)) => std::borrow::Cow::Owned(scrubbed.clone()),
+            None => String::from_utf8_lossy(v),
+        };
+        at.push(i);
+        pairs.push((n, v));
+    }
+    if pairs.is_empty() || w.chain.run_headers(ctx, Direction::Response, &mut pairs) != Verdict::Changed {
+        return;
+    }
+    for (i, (_, new)) in at.into_iter().zip(pairs) {
+        let before = replaced.iter().position(|(j, _)| *j == i);
+        let old = before.map_or_else(|| String::from_utf8_lossy(up.headers().nth(i).map_or(&b""[..], |(_, v)| v)), |k| std::borrow::Cow::Borrowed(replaced[k].1.as_str()));
+        if new == old {
+            continue;
+        }
+        // A mask never ends a header line early (a placeholder is configuration).
+        let new = new.replace(['\r', '\n', '\0'], " ");
+        match before {
+            Some(k) => replaced[k].1 = new,
+            None => replaced.push((i, new)),
+        }
+    }
 }
 
 /// Decodes the upstream body framing from the connection's read buffer.
@@ -970,7 +1013,7 @@ async fn relay_sse(
     let mut out = Vec::with_capacity(1024);
     // A held call's stream is already open (its head went out while it waited).
     if !held {
-        response_head(&mut out, &c.head, ctx);
+        response_head(w, &mut out, &c.head, ctx);
         if chunked_out {
             write::header(&mut out, "transfer-encoding", b"chunked");
         }
@@ -1356,7 +1399,7 @@ async fn relay_json(
         out.extend_from_slice(write::LAST_CHUNK);
         return if down.write_all(out).await.is_ok() && down.flush().await.is_ok() { Ok(true) } else { Err(()) };
     }
-    response_head(out, &c.head, ctx);
+    response_head(w, out, &c.head, ctx);
     write::content_length(out, final_body.len());
     write::header(out, "connection", if keep_alive { b"keep-alive" } else { b"close" });
     out.extend_from_slice(b"\r\n");
@@ -1408,7 +1451,7 @@ async fn relay_plain(
     let mut masked = Vec::new();
     let (mut found, mut fingerprints) = (Vec::new(), Vec::new());
     let mut out = Vec::with_capacity(1024);
-    response_head(&mut out, &c.head, ctx);
+    response_head(w, &mut out, &c.head, ctx);
     match kind_out {
         BodyKind::Length(n) => {
             let _ = std::io::Write::write_fmt(&mut out, format_args!("content-length: {n}\r\n"));

@@ -355,6 +355,34 @@ def test_request_headers_are_inspected_like_arguments(raw_upstream, gateway):
     assert "bob@example.com" not in text and AKIA not in text and "8.8.4.4" not in text and "12025550143" not in text
 
 
+def test_answer_headers_are_inspected_like_answers(raw_upstream, gateway):
+    """What an upstream puts in its answer's headers reaches the agent as surely as its body: each
+    header the agent reads is scanned with the answer actions (a blocked kind masked — the head
+    goes out with the upstream's status), and recorded in the answer's direction. The session
+    id, cookies (credentials the agent is meant to hold) and framing headers pass as sent."""
+    def handler(conn, head, body):
+        payload = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {}}).encode() if b"/mcp" in head.split(b"\r\n")[0] else b'{"ok": true}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: s-1\r\n"
+                     + f"X-Debug-Token: {AKIA}\r\nLocation: https://app.example/u?who=bob@example.com\r\nSet-Cookie: sid={GHP}; HttpOnly\r\nX-Request-Id: r-17\r\n".encode()
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/api", "upstream": up.url("/api"), "kind": "http"}, {"path": "/mcp", "upstream": up.url()}],
+                extra='[detect.response]\nsecret = "block"\npii = "mask"\n')
+    with httpx.Client(timeout=10) as c:
+        for r in [c.get(g.url("/api/orders")), c.post(g.url("/mcp"), json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=ACCEPT)]:
+            assert r.status_code == 200, r.text
+            assert AKIA not in r.headers["x-debug-token"] and "aws_access_key_id" in r.headers["x-debug-token"], r.headers
+            assert "bob@example.com" not in r.headers["location"] and r.headers["location"].startswith("https://app.example/u?who="), r.headers
+            assert r.headers["set-cookie"] == f"sid={GHP}; HttpOnly" and r.headers["mcp-session-id"] == "s-1" and r.headers["x-request-id"] == "r-17"
+    settled(g)
+    events = spool_events(g.spool)
+    found = sorted((e.get("http_path") or "mcp", f["path"].split("/", 3)[-1].lower(), f["kind"], f["action"]) for e in events if e["kind"] == "findings" and e["direction"] == "response" for f in e["findings"])
+    assert found == [("/api/orders", "location", "email", "mask"), ("/api/orders", "x-debug-token", "aws_access_key_id", "mask"),
+                     ("mcp", "location", "email", "mask"), ("mcp", "x-debug-token", "aws_access_key_id", "mask")], found
+    assert AKIA not in json.dumps(events) and "bob@example.com" not in json.dumps(events)
+
+
 def test_form_text_and_json_type_bodies_are_inspected(raw_upstream, gateway):
     """Plain HTTP bodies other than application/json carry arguments too: a form's parameters
     are decoded and masked in place (the rest of the form byte for byte), text bodies (text/*,
