@@ -129,7 +129,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
         rbuf.consume(n);
         // Before the body is read: a name nobody gave the gateway is a rebinding page's, and
         // the path is decided on in the form the upstream will read.
-        if let Err(e) = check_host_and_path(&cfg, &mut head) {
+        if let Err(e) = check_head(&cfg, &mut head) {
             let route = cfg.route_for(None, head.path()).map(|(_, r)| r.label.clone());
             if let ProxyError::MisdirectedHost(h) = &e {
                 tracing::info!(worker = w.id, %client, host = %h, path = head.path(), "request for a host name gateway.allowed_hosts does not list refused");
@@ -174,10 +174,11 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
     }
 }
 
-/// The `Host` check (`http::origin`), headers that must come once, then the target replaced by its canonical path
-/// (`http::path`; an absolute-form URL by its path first); escaped separators only on routes
-/// that allow them.
-fn check_host_and_path(cfg: &crate::config::Config, head: &mut Head) -> Result<(), ProxyError> {
+/// What is checked of a request head before its body is read: the `Host` check
+/// (`http::origin`), headers that must come once, then the target replaced by its canonical
+/// path (`http::path`; an absolute-form URL by its path first), escaped separators only on
+/// routes that allow them.
+fn check_head(cfg: &crate::config::Config, head: &mut Head) -> Result<(), ProxyError> {
     cfg.hosts.check(head)?;
     if let Some(name) = repeated_header(head) {
         return Err(ProxyError::BadHeader(name));

@@ -624,10 +624,11 @@ fn reused_request_id(w: &Worker, ctx: &RequestCtx, body: &jsonrpc::Body<'_>) -> 
     let ids = || body.infos.iter().enumerate().filter(|(_, i)| i.kind == Kind::Request).filter_map(|(n, i)| Some((n, i.id.as_deref()?)));
     let index = |n: usize| body.batch.then_some(n);
     if body.batch {
-        for (n, id) in ids() {
-            if ids().take_while(|(m, _)| *m < n).any(|(_, earlier)| earlier == id) {
-                return Err(ProxyError::JsonRpc(jsonrpc::BodyError::Invalid { index: index(n), reason: "the batch uses this request id twice; give each request its own id" }));
-            }
+        // Sorted, so that a batch of many requests costs n log n, not n².
+        let mut seen: Vec<(&str, usize)> = ids().map(|(n, id)| (id, n)).collect();
+        seen.sort_unstable();
+        if let Some(pair) = seen.windows(2).filter(|p| p[0].0 == p[1].0).min_by_key(|p| p[1].1) {
+            return Err(ProxyError::JsonRpc(jsonrpc::BodyError::Invalid { index: index(pair[1].1), reason: "the batch uses this request id twice; give each request its own id" }));
         }
     }
     let Some(sid) = ctx.mcp_session_id.as_deref() else { return Ok(()) };
