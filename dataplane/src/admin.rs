@@ -38,6 +38,12 @@ fn serve(mut conn: TcpStream, sh: &Shared) {
             _ => return reply(&mut conn, 400, "text/plain", b"bad request\n"),
         }
     };
+    // The admin listener is as reachable by a rebinding page as the agents' one (and usually on
+    // loopback, the classic target): the same names only. `/sessions` lists session ids.
+    if let Err(refusal) = sh.config.load().hosts.check(&head) {
+        let e = crate::error::ProxyError::from(refusal);
+        return reply(&mut conn, e.status(), "application/json", serde_json::json!({ "error": e.to_string() }).to_string().as_bytes());
+    }
     if head.path().starts_with("/approvals") {
         // Reviewers' decisions carry a small JSON body (a reason).
         let want = head.header_str("content-length").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
@@ -103,9 +109,18 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
 }
 
 fn reply(conn: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
-    let mut out = Vec::with_capacity(body.len() + 128);
+    let mut out = Vec::with_capacity(body.len() + 256);
     write::status_line(&mut out, status, b"");
     write::header(&mut out, "content-type", ctype.as_bytes());
+    // The reviewers' page may not be framed by another site (a click on Approve there would be
+    // the reviewer's), nor any answer sniffed as another type or cached.
+    write::header(&mut out, "x-content-type-options", b"nosniff");
+    write::header(&mut out, "cache-control", b"no-store");
+    if ctype.starts_with("text/html") {
+        write::header(&mut out, "content-security-policy", b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'");
+        write::header(&mut out, "x-frame-options", b"DENY");
+        write::header(&mut out, "referrer-policy", b"no-referrer");
+    }
     write::content_length(&mut out, body.len());
     write::header(&mut out, "connection", b"close");
     out.extend_from_slice(b"\r\n");

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import time
+import urllib.request
 
 from conftest import HERE, NODE, spool_events
 from test_credentials import with_credential
@@ -129,3 +130,21 @@ def test_a_name_a_route_matches_by_is_the_gateways(gateway, raw_upstream):
     reload(g, 'kind = "http"\n', 'kind = "http"\nhost = "billing.example"\n', 1)
     assert raw(g.port, "GET /api/x HTTP/1.1\r\nHost: billing.example:8080")[0] == 401
     assert raw(g.port, "GET /api/x HTTP/1.1\r\nHost: other.example")[0] == 421
+
+
+def test_the_admin_listener_answers_only_to_the_gateways_names_and_its_page_cannot_be_framed(gateway, raw_upstream):
+    """The admin listener (usually on loopback, the classic rebinding target) lists session ids
+    at /sessions: the same Host check. Its reviewers' page may not be framed by another site."""
+    up = account_api(raw_upstream)
+    g = gateway([{"path": "/api", "kind": "http", "upstream": up.url("")}])
+    with socket.create_connection(("127.0.0.1", g.admin_port), timeout=10) as s:
+        s.sendall(b"GET /sessions HTTP/1.1\r\nHost: cats.attacker.test\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 421 ") and b"gateway.allowed_hosts" in body, data
+    assert "sessions" in g.get_admin("/sessions")  # by address: served
+    page = urllib.request.urlopen(g.admin("/approvals/ui"), timeout=5)
+    assert page.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
