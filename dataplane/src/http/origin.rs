@@ -41,26 +41,15 @@ impl Origin {
             "https" => 443,
             _ => return bad("the scheme must be http or https"),
         };
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return bad("only a host and an optional port may follow the scheme");
         }
-        // `[v6]:port`, `[v6]`, `host:port`, `host`.
-        let (host, port) = match rest.strip_prefix('[') {
-            Some(v6) => match v6.split_once(']') {
-                Some((addr, "")) => (format!("[{addr}]"), None),
-                Some((addr, p)) if p.starts_with(':') => (format!("[{addr}]"), Some(&p[1..])),
-                _ => return bad("unclosed IPv6 bracket"),
-            },
-            None => match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (rest.to_owned(), None),
-            },
-        };
+        let Some((host, port)) = split_authority(rest) else { return bad("only a host and an optional port may follow the scheme") };
         let port = match port {
             None => default,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n > 0 && !p.starts_with('+') => n,
-                _ => return bad("the port is not a number from 1 to 65535"),
+            Some(p) => match parse_port(p) {
+                Some(n) => n,
+                None => return bad("the port is not a number from 1 to 65535"),
             },
         };
         if host.is_empty() || host == "[]" {

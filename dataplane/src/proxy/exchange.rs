@@ -502,18 +502,18 @@ fn answer_type_problem(head: &Head, kind: BodyKind, route: RouteKind) -> Option<
         return None;
     }
     let ctype = head.header("content-type");
-    let essence = ctype.map(|c| c.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii());
+    let media_type = ctype.map(essence);
     let m = media(ctype);
     // No client reads a 202's body (the Python SDK's legacy transport sends "Accepted" with
     // no type), nor JSON-RPC from an error's text.
     let unread = head.status == 202 || (m == Media::Text && head.status >= 400);
     // An untyped body (the TypeScript SDK's 200 to a DELETE, chunked and empty) is scanned as
     // text (`relay_plain`); the SDKs refuse to read JSON-RPC from it.
-    if m == Media::Json || essence.is_some_and(|e| e.eq_ignore_ascii_case(b"text/event-stream")) || unread || ctype.is_none() {
+    if m == Media::Json || media_type.is_some_and(|e| e.eq_ignore_ascii_case(b"text/event-stream")) || unread || ctype.is_none() {
         return None;
     }
     // Named when it looks like a media type (it is the upstream's text, shown to the agent).
-    let shown = match essence {
+    let shown = match media_type {
         None | Some(b"") => "no media type".to_owned(),
         Some(e) if e.len() <= 64 && e.iter().all(|b| b.is_ascii_alphanumeric() || b"/+.-_".contains(b)) => format!("Content-Type {}", String::from_utf8_lossy(e)),
         Some(_) => "an unusual Content-Type".to_owned(),
@@ -521,11 +521,16 @@ fn answer_type_problem(head: &Head, kind: BodyKind, route: RouteKind) -> Option<
     Some(format!("answered an MCP request (status {}) with a body of {shown}, neither JSON nor an SSE stream; the gateway does not forward what a client could read as JSON-RPC uninspected", head.status))
 }
 
+/// A media type without its parameters (`application/json; charset=utf-8` → `application/json`).
+fn essence(ctype: &[u8]) -> &[u8] {
+    ctype.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii()
+}
+
 fn media(ctype: Option<&[u8]>) -> Media {
     let Some(c) = ctype else {
         return Media::Other;
     };
-    let essence = c.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+    let essence = essence(c);
     let ends_ci = |suffix: &[u8]| essence.len() >= suffix.len() && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix);
     if essence.eq_ignore_ascii_case(b"application/json") || ends_ci(b"+json") {
         Media::Json

@@ -16,6 +16,7 @@ from mcp.shared.exceptions import McpError
 
 from conftest import spool_events
 from test_identity import ACCEPT, AUDIENCE, INIT, idp  # noqa: F401 (the OpenID Provider fixture)
+from test_rebinding import reload
 from test_recording import settled
 
 POLICY = """
@@ -257,12 +258,7 @@ def test_a_path_is_decided_in_the_form_the_upstream_reads(idp, gateway, raw_upst
              f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
     g = gateway([{"path": "/api", "upstream": up.url("/v2"), "kind": "http"},
                  {"path": "/git", "upstream": up.url("/gitlab"), "kind": "http", "name": "git"}], extra=extra)
-    g.config.write_text(g.config.read_text().replace('name = "git"\nkind = "http"\n', 'name = "git"\nkind = "http"\nallow_encoded_slashes = true\n'))
-    g.proc.p.send_signal(1)
-    for _ in range(100):
-        if g.metric("sluice_config_reloads_total") >= 1:
-            break
-        time.sleep(0.2)
+    reload(g, 'name = "git"\nkind = "http"\n', 'name = "git"\nkind = "http"\nallow_encoded_slashes = true\n', 1)
     token = idp.token("intern-agent")
 
     def get(target):
