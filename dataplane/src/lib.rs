@@ -34,4 +34,5 @@ pub mod runtime;
 pub mod scrub;
 pub mod session;
 pub mod sse;
+pub mod stdio;
 pub mod tls;

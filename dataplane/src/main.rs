@@ -43,6 +43,28 @@ enum Cmd {
         #[arg(long)]
         kafka: Option<String>,
     },
+    /// Run a local MCP server (stdio transport) behind the gateway: an MCP client launches
+    /// `sluice stdio -- COMMAND…` in the server's place; every message both ways is inspected,
+    /// decided and recorded, and the caller is the operating-system user.
+    Stdio {
+        /// Configuration file: its [detect], [policy], [recording], [limits], [sessions] and
+        /// [gateway] sections apply (no listener or route is needed).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The name of this server in policy (`route`) and in the record.
+        #[arg(long, default_value = "stdio")]
+        name: String,
+        /// Without --config: spool directory (default: $XDG_STATE_HOME/sluice/spool or
+        /// ~/.local/state/sluice/spool; a held one is followed by DIR-1, DIR-2, …).
+        #[arg(long)]
+        spool: Option<PathBuf>,
+        /// Without --config: also send events to these Kafka brokers (`host:port,...`).
+        #[arg(long)]
+        kafka: Option<String>,
+        /// The MCP server's command and arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Print the JSON Schema of session events (what the spool and Kafka carry).
     Schema,
     /// Read a spool directory: `cat` prints every event as a JSON line, `stat` a summary.
@@ -166,6 +188,15 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Cmd::Stdio { config, name, spool, kafka, command } = cli.cmd {
+        return match sluice::stdio::run(sluice::stdio::Options { config, name, spool, kafka, command }) {
+            Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("sluice stdio: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.cmd {
         Cmd::Check { config: path } => match config::load(&path) {
             Ok(c) => {
@@ -203,7 +234,7 @@ fn main() -> std::process::ExitCode {
             }),
         },
         Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
-        Cmd::Scan { .. } | Cmd::Rules { .. } | Cmd::Policy { .. } | Cmd::Approvals { .. } => Ok(()),
+        Cmd::Scan { .. } | Cmd::Rules { .. } | Cmd::Policy { .. } | Cmd::Approvals { .. } | Cmd::Stdio { .. } => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

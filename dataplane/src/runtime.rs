@@ -81,7 +81,7 @@ impl Source {
 }
 
 /// A gateway lifecycle event from outside the workers.
-fn lifecycle(rec: &Option<Arc<Recorder>>, kind: Kind, digest: Option<&str>, detail: &str) {
+pub(crate) fn lifecycle(rec: &Option<Arc<Recorder>>, kind: Kind, digest: Option<&str>, detail: &str) {
     let Some(rec) = rec else { return };
     let mut e = Event::new(crate::ids::new_id(), crate::events::now_us(), kind, &*rec.instance);
     e.gateway = Some(GatewayInfo { version: Some(Cow::Borrowed(env!("CARGO_PKG_VERSION"))), config_digest: digest.map(Cow::Borrowed), detail: Some(Cow::Borrowed(detail)) });

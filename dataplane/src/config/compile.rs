@@ -136,7 +136,15 @@ pub(super) fn resolve(base: Option<&Path>, p: &str) -> std::path::PathBuf {
     }
 }
 
-pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, Vec<Issue>> {
+/// What the configuration is for: the HTTP gateway needs listeners and routes; the stdio
+/// transport (`sluice stdio`) reads only the sections that apply to one local server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Gateway,
+    Stdio,
+}
+
+pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -> Result<Config, Vec<Issue>> {
     let mut is = Issues(Vec::new());
     let g = &f.gateway;
     let shutdown_grace = is.duration("gateway.shutdown_grace", &g.shutdown_grace);
@@ -154,7 +162,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
     };
     let workers = if g.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { g.workers };
 
-    if f.listeners.is_empty() {
+    if f.listeners.is_empty() && purpose == Purpose::Gateway {
         is.add("listener", "at least one [[listener]] is needed, e.g. address = \"127.0.0.1:8080\"");
     }
     let mut listeners = Vec::new();
@@ -267,7 +275,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>) -> Result<Config, V
         }
     }
 
-    if f.routes.is_empty() {
+    if f.routes.is_empty() && purpose == Purpose::Gateway {
         is.add("route", "at least one [[route]] is needed, e.g. path = \"/mcp\", upstream = \"…\"");
     }
     let mut routes = Vec::new();
@@ -447,11 +455,23 @@ upstream = "a"
 "#,
         )
         .unwrap();
-        let c = compile(&f, None).unwrap();
+        let c = compile(&f, None, Purpose::Gateway).unwrap();
         assert_eq!(c.route_for(Some("x"), "/mcp").unwrap().0, 1);
         assert_eq!(c.route_for(Some("x"), "/mcp/sub").unwrap().0, 1);
         assert_eq!(c.route_for(Some("x"), "/mcpx").unwrap().0, 0);
         assert_eq!(c.route_for(Some("TOOLS.example:8080"), "/mcp").unwrap().0, 2);
         assert_eq!(c.route_for(None, "/other").unwrap().0, 0);
+    }
+
+    #[test]
+    fn the_stdio_transport_needs_no_listener_or_route_but_the_gateway_does() {
+        let f: schema::File = toml::from_str("[limits]\nmax_body_bytes = 4096\n").unwrap();
+        let c = compile(&f, None, Purpose::Stdio).unwrap();
+        assert_eq!(c.limits.max_body_bytes, 4096);
+        let paths: Vec<String> = compile(&f, None, Purpose::Gateway).unwrap_err().into_iter().map(|i| i.path).collect();
+        assert_eq!(paths, ["listener", "route"]);
+        // Every other section is still checked.
+        let f: schema::File = toml::from_str("[limits]\nmax_body_bytes = 0\n").unwrap();
+        assert!(compile(&f, None, Purpose::Stdio).is_err());
     }
 }

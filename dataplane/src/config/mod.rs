@@ -11,7 +11,7 @@ pub mod policy;
 pub mod recording;
 pub mod schema;
 
-pub use compile::{Config, Limits, ListenerCfg, Route, SessionsCfg, Timeouts, Upstream};
+pub use compile::{Config, Limits, ListenerCfg, Purpose, Route, SessionsCfg, Timeouts, Upstream};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -44,18 +44,28 @@ impl fmt::Display for ConfigError {
 
 /// Read, parse and compile a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_for(path, Purpose::Gateway)
+}
+
+/// Load a configuration file for `purpose` (the stdio transport needs no listener or route).
+pub fn load_for(path: &Path, purpose: Purpose) -> Result<Config, ConfigError> {
     let fail = |path_in: &str, message: String| ConfigError { file: Some(path.to_owned()), issues: vec![Issue { path: path_in.into(), message }] };
     let text = std::fs::read_to_string(path).map_err(|e| fail("(file)", format!("cannot read the file: {e}; check the path and permissions")))?;
     let file: schema::File = toml::from_str(&text).map_err(|e| {
         let at = e.span().map(|s| line_col(&text, s.start)).unwrap_or_default();
         fail(&at, format!("{}; see deploy/sluice.toml for every key", e.message()))
     })?;
-    compile::compile(&file, Some(path)).map_err(|issues| ConfigError { file: Some(path.to_owned()), issues })
+    compile::compile(&file, Some(path), purpose).map_err(|issues| ConfigError { file: Some(path.to_owned()), issues })
 }
 
 /// Compile a configuration built in memory (quick mode, tests).
 pub fn from_schema(file: &schema::File) -> Result<Config, ConfigError> {
-    compile::compile(file, None).map_err(|issues| ConfigError { file: None, issues })
+    from_schema_for(file, Purpose::Gateway)
+}
+
+/// Compile a configuration built in memory for `purpose`.
+pub fn from_schema_for(file: &schema::File, purpose: Purpose) -> Result<Config, ConfigError> {
+    compile::compile(file, None, purpose).map_err(|issues| ConfigError { file: None, issues })
 }
 
 pub(crate) fn line_col(text: &str, offset: usize) -> String {

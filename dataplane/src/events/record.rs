@@ -330,13 +330,22 @@ pub fn canonical(v: &BorrowedValue<'_>, out: &mut Vec<u8>) {
 /// `session_start` / `session_end` for the exchange that opened or closed a session.
 pub fn session_event(em: &Emitter, ctx: &RequestCtx, kind: Kind, gateway_session: &str, detail: Option<&str>) {
     let rec = em.recorder();
-    let mut e = base(ctx, &rec.instance, kind);
+    em.emit(&session(ctx, &rec.instance, kind, gateway_session, detail));
+}
+
+/// `session_start` / `session_end` from outside the workers (the stdio transport's process).
+pub fn process_session_event(rec: &std::sync::Arc<crate::events::Recorder>, ctx: &RequestCtx, kind: Kind, gateway_session: &str, detail: Option<&str>) {
+    rec.process_emitter().emit(&session(ctx, &rec.instance, kind, gateway_session, detail));
+}
+
+fn session<'a>(ctx: &'a RequestCtx, instance: &'a str, kind: Kind, gateway_session: &'a str, detail: Option<&'a str>) -> Event<'a> {
+    let mut e = base(ctx, instance, kind);
     e.session = Some(Cow::Borrowed(gateway_session));
     if kind == Kind::SessionStart {
         e.client_ip = Some(Cow::Owned(ctx.client.ip().to_string()));
     }
     e.gateway = detail.map(|d| GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed(d)) });
-    em.emit(&e);
+    e
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What a policy condition can see about one message, and its CEL form.
 //!
 //! Inputs (also listed in the README):
-//! - `identity`: `sub`, `groups`, `agent`, `via` (`jwt`, `api_key`, `mtls`, `anonymous`),
+//! - `identity`: `sub`, `groups`, `agent`, `via` (`jwt`, `api_key`, `mtls`, `os_user`, `anonymous`),
 //!   `authenticated`, `claims` (every claim of the token).
 //! - `route`, `upstream`, `method` (JSON-RPC method; empty on plain HTTP routes), `http`
 //!   (`method`, `path`).

@@ -89,20 +89,25 @@ pub enum SessionsHandle {
     Runtime(Arc<crate::runtime::Shared>),
     /// A store of its own (policy cases: no approvals are waited for).
     Own(Arc<Store>),
+    /// The stdio transport: the process's sessions, and no approvals (nobody can review a
+    /// call held in a local process; such calls are refused, saying why).
+    Stdio(Arc<crate::runtime::Shared>),
 }
 
 impl SessionsHandle {
     fn store(&self) -> &Store {
         match self {
-            SessionsHandle::Runtime(s) => &s.sessions,
+            SessionsHandle::Runtime(s) | SessionsHandle::Stdio(s) => &s.sessions,
             SessionsHandle::Own(s) => s,
         }
     }
 
-    fn approvals(&self) -> Option<&crate::approvals::Store> {
+    /// The approval store, or why calls cannot be held here.
+    fn approvals(&self) -> Result<&crate::approvals::Store, &'static str> {
         match self {
-            SessionsHandle::Runtime(s) => Some(&s.approvals),
-            SessionsHandle::Own(_) => None,
+            SessionsHandle::Runtime(s) => Ok(&s.approvals),
+            SessionsHandle::Own(_) => Err("approvals are not available here"),
+            SessionsHandle::Stdio(_) => Err("approvals are not available over the stdio transport (no reviewer can reach a local process); run this server behind `sluice run` to have calls approved"),
         }
     }
 }
@@ -191,8 +196,9 @@ impl PolicyHook {
         let Some(identity) = ctx.identity.as_ref() else {
             return refuse(format!("this call needs the approval of a member of {who} (policy rule \"{rule}\"), and approvals need an authenticated caller"));
         };
-        let Some(store) = self.sessions.approvals() else {
-            return refuse(format!("this call needs the approval of a member of {who} (policy rule \"{rule}\"), and approvals are not available here"));
+        let store = match self.sessions.approvals() {
+            Ok(store) => store,
+            Err(why) => return refuse(format!("this call needs the approval of a member of {who} (policy rule \"{rule}\"), and {why}")),
         };
         // Bound to the exact arguments as they will be forwarded (after masking).
         let exact = args(info, value);

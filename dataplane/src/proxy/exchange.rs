@@ -26,7 +26,7 @@ use std::time::Instant;
 
 /// What this exchange learned about its messages, to correlate responses and track sessions.
 #[derive(Default)]
-struct Track {
+pub(crate) struct Track {
     /// Requests sent in this exchange: id text → what was asked.
     pending: Vec<(String, Pending)>,
     /// `initialize` params (client info, capabilities, protocol version), when this exchange
@@ -367,7 +367,7 @@ async fn fail_answer(w: &Worker, ctx: &RequestCtx, track: &Track, down: &mut Str
 /// Run `f` on a copy of `bytes` in the worker's scratch buffer: simd-json parses in place, and
 /// the original bytes must stay intact for forwarding. The buffer is put back afterwards (it is
 /// never held across an await).
-fn with_scratch<R>(w: &Worker, bytes: &[u8], f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+pub(crate) fn with_scratch<R>(w: &Worker, bytes: &[u8], f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     let mut scratch = w.scratch.take();
     scratch.clear();
     scratch.extend_from_slice(bytes);
@@ -625,7 +625,7 @@ fn plain_decision(w: &Worker, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
 /// for a `tools/call` result escapes the policy's filtering of the listing (the MCP base
 /// protocol: an id "MUST NOT have been previously used by the requestor within the same
 /// session").
-fn reused_request_id(w: &Worker, ctx: &RequestCtx, body: &jsonrpc::Body<'_>) -> Result<(), ProxyError> {
+pub(crate) fn reused_request_id(w: &Worker, ctx: &RequestCtx, body: &jsonrpc::Body<'_>) -> Result<(), ProxyError> {
     let ids = || body.infos.iter().enumerate().filter(|(_, i)| i.kind == Kind::Request).filter_map(|(n, i)| Some((n, i.id.as_deref()?)));
     let index = |n: usize| body.batch.then_some(n);
     if body.batch {
@@ -647,7 +647,7 @@ fn reused_request_id(w: &Worker, ctx: &RequestCtx, body: &jsonrpc::Body<'_>) -> 
     }
 }
 
-fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &mut jsonrpc::Body<'_>, mut track: Option<&mut Track>) {
+pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &mut jsonrpc::Body<'_>, mut track: Option<&mut Track>) {
     let dlabel = if dir == Direction::Request { "request" } else { "response" };
     let sessions = &w.shared.sessions;
     let sid = ctx.mcp_session_id.as_deref();

@@ -8,7 +8,7 @@
 
 mod auth;
 mod conn;
-mod exchange;
+pub(crate) mod exchange;
 pub mod io;
 pub(crate) mod respond;
 mod upstream;
@@ -114,6 +114,35 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker's state and its hook chain: scrub, policy masks, detection, policy (its
+    /// sessions and approvals through `sessions`), and the recorder when `emitter` is given.
+    pub fn new(id: usize, shared: &Arc<Shared>, emitter: Option<Rc<crate::events::Emitter>>, sessions: crate::policy::hook::SessionsHandle) -> Self {
+        let mut chain = Chain::new(vec![
+            Box::new(crate::scrub::ScrubHook),
+            Box::new(crate::policy::hook::PolicyMasks::default()),
+            Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone())),
+            Box::new(crate::policy::hook::PolicyHook::new(sessions)),
+        ]);
+        if let Some(em) = &emitter {
+            chain = chain.with_observer(Box::new(crate::events::record::RecordObserver::new(em.clone())));
+        }
+        Worker {
+            id,
+            metrics: shared.metrics[id].clone(),
+            shared: shared.clone(),
+            pool: upstream::Pool::default(),
+            chain,
+            open: Cell::new(0),
+            buffered: Cell::new(0),
+            scratch: Cell::new(Vec::with_capacity(64 * 1024)),
+            reqbuf: Cell::new(Vec::with_capacity(16 * 1024)),
+            respbuf: Cell::new(Vec::with_capacity(16 * 1024)),
+            drain: Drain::default(),
+            emitter,
+            scanners: RefCell::new(Vec::new()),
+        }
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.shared.config.load_full()
     }
@@ -233,30 +262,7 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
         Some(r) => Some(Rc::new(r.emitter(id).ok_or_else(|| anyhow::anyhow!("worker {id}: no event queue (started twice?)"))?)),
         None => None,
     };
-    let mut chain = Chain::new(vec![
-        Box::new(crate::scrub::ScrubHook),
-        Box::new(crate::policy::hook::PolicyMasks::default()),
-        Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone())),
-        Box::new(crate::policy::hook::PolicyHook::new(crate::policy::hook::SessionsHandle::Runtime(shared.clone()))),
-    ]);
-    if let Some(em) = &emitter {
-        chain = chain.with_observer(Box::new(crate::events::record::RecordObserver::new(em.clone())));
-    }
-    let worker = Rc::new(Worker {
-        id,
-        metrics: shared.metrics[id].clone(),
-        shared: shared.clone(),
-        pool: upstream::Pool::default(),
-        chain,
-        open: Cell::new(0),
-        buffered: Cell::new(0),
-        scratch: Cell::new(Vec::with_capacity(64 * 1024)),
-        reqbuf: Cell::new(Vec::with_capacity(16 * 1024)),
-        respbuf: Cell::new(Vec::with_capacity(16 * 1024)),
-        drain: Drain::default(),
-        emitter,
-        scanners: RefCell::new(Vec::new()),
-    });
+    let worker = Rc::new(Worker::new(id, &shared, emitter, crate::policy::hook::SessionsHandle::Runtime(shared.clone())));
     shared.ready_workers.fetch_add(1, Ordering::SeqCst);
     tracing::info!(worker = id, listeners = cfg.listeners.len(), "worker ready");
 

@@ -1,8 +1,9 @@
 """Drives one scripted MCP session with the official Python SDK client and prints what it saw
 as JSON, so that a run straight against a server and one through Sluice can be compared.
 
-usage: python py_client.py URL everything|py [--interactive] [--legacy]
+usage: python py_client.py URL everything|py [--interactive] [--legacy|--stdio]
   --legacy: the legacy HTTP+SSE transport (URL is the server's /sse stream)
+  --stdio:  the stdio transport (URL is the server's command line as a JSON array)
 """
 
 import contextlib
@@ -11,15 +12,20 @@ import asyncio
 import json
 import sys
 
-from mcp import ClientSession, types
+from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.sse import sse_client
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamablehttp_client
 
 
 @contextlib.asynccontextmanager
 async def connect(url: str):
     """(read, write, session id getter) for either transport; legacy sessions have no id header."""
-    if "--legacy" in sys.argv:
+    if "--stdio" in sys.argv:
+        cmd = json.loads(url)
+        async with stdio_client(StdioServerParameters(command=cmd[0], args=cmd[1:])) as (read, write):
+            yield read, write, lambda: None
+    elif "--legacy" in sys.argv:
         async with sse_client(url) as (read, write):
             yield read, write, lambda: None
     else:

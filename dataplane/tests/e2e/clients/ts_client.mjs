@@ -2,10 +2,12 @@
 // saw as JSON (volatile values such as session ids removed), so that a run straight against a
 // server and a run through Sluice can be compared.
 //
-// usage: node ts_client.mjs URL [--legacy]
+// usage: node ts_client.mjs URL [--legacy|--stdio]
 //   --legacy: the legacy HTTP+SSE transport (URL is the server's /sse stream)
+//   --stdio:  the stdio transport (URL is the server's command line as a JSON array)
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import {
   CreateMessageRequestSchema,
@@ -14,8 +16,8 @@ import {
   ResourceUpdatedNotificationSchema,
 } from "@modelcontextprotocol/sdk/types.js";
 
-const url = new URL(process.argv[2]);
 const legacy = process.argv.includes("--legacy");
+const stdio = process.argv.includes("--stdio");
 const out = {};
 const client = new Client(
   { name: "sluice-e2e-ts", version: "1.0.0" },
@@ -34,10 +36,17 @@ const logs = [];
 client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => logs.push(n.params.level));
 client.setNotificationHandler(ResourceUpdatedNotificationSchema, () => {});
 
-const transport = legacy ? new SSEClientTransport(url) : new StreamableHTTPClientTransport(url);
+function connectTo(target) {
+  if (stdio) {
+    const [command, ...args] = JSON.parse(target);
+    return new StdioClientTransport({ command, args, stderr: "inherit" });
+  }
+  return legacy ? new SSEClientTransport(new URL(target)) : new StreamableHTTPClientTransport(new URL(target));
+}
+const transport = connectTo(process.argv[2]);
 await client.connect(transport);
 out.server = client.getServerVersion();
-out.sessionIdPresent = legacy || typeof transport.sessionId === "string";
+out.sessionIdPresent = legacy || stdio || typeof transport.sessionId === "string";
 out.protocolVersion = transport.protocolVersion ?? null;
 
 const tools = await client.listTools();
@@ -77,7 +86,7 @@ out.completion = await client.complete({
 out.setLevel = await client.setLoggingLevel("debug");
 out.ping = await client.ping();
 
-if (!legacy) {
+if (!legacy && !stdio) {
   await transport.terminateSession();
 }
 out.terminated = transport.sessionId === undefined;

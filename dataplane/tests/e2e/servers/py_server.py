@@ -1,9 +1,10 @@
 """An MCP server written with the official Python SDK (FastMCP), for Sluice's end-to-end tests.
 
-usage: python py_server.py PORT [json|sse|legacy]
+usage: python py_server.py PORT [json|sse|legacy|stdio]
   json:   POST responses are single JSON bodies (the gateway's buffered path)
   sse:    POST responses are SSE streams (the gateway's event-by-event path)
   legacy: the legacy HTTP+SSE transport (MCP 2024-11-05): GET /sse, POST /messages/
+  stdio:  newline-delimited JSON-RPC on stdin/stdout (PORT is ignored)
 """
 
 import sys
@@ -94,4 +95,4 @@ async def complete(ref: PromptReference | ResourceTemplateReference, argument, c
 
 
 if __name__ == "__main__":
-    mcp.run(transport="sse" if mode == "legacy" else "streamable-http")
+    mcp.run(transport={"legacy": "sse", "stdio": "stdio"}.get(mode, "streamable-http"))
