@@ -205,6 +205,8 @@ struct Link {
     session: String,
     /// The server's program name (not its arguments: they may hold secrets).
     upstream: String,
+    /// The secrets given to the server in its environment: scrubbed from what it sends back.
+    scrub: Option<Arc<crate::config::credential::Injected>>,
 }
 
 impl Link {
@@ -217,6 +219,7 @@ impl Link {
         ctx.http_method = String::new();
         ctx.mcp_session_id = Some(self.session.clone());
         ctx.gateway_session_id = Some(self.session.clone());
+        ctx.credential = self.scrub.clone();
         ctx
     }
 }
@@ -497,8 +500,10 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
         allow_encoded_slashes: false,
     };
     let identity = os_identity();
+    let server = cfg.stdio_servers.iter().find(|s| s.name == opts.name);
     let mut child = Command::new(program)
         .args(&opts.command[1..])
+        .envs(server.iter().flat_map(|s| s.env.iter().map(|(k, v)| (k, v))))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -510,7 +515,8 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     let mut session = Session::new("", &route.name);
     session.mcp_session_id = session.gateway_id.clone();
     session.owner = Some(identity.subject.clone());
-    let link = Arc::new(Link { shared: shared.clone(), route, identity, session: session.gateway_id.clone(), upstream });
+    let scrub = server.and_then(|s| s.scrub.clone());
+    let link = Arc::new(Link { shared: shared.clone(), route, identity, session: session.gateway_id.clone(), upstream, scrub });
     shared.sessions.insert(session, cfg.sessions.max_sessions);
     crate::runtime::lifecycle(&shared.recorder, EventKind::GatewayStart, None, "started (stdio)");
     if let Some(rec) = &shared.recorder {

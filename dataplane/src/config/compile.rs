@@ -36,6 +36,8 @@ pub struct Config {
     pub identity: Option<Arc<crate::identity::Authenticator>>,
     /// `None`: no policy file; every call that passes identity and detection is allowed.
     pub policy: Option<Arc<crate::policy::Policy>>,
+    /// What `sluice stdio --name NAME` gives the servers it runs.
+    pub stdio_servers: Vec<super::credential::StdioServer>,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +339,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         return Err(is.0);
     }
     let identity = super::identity::compile(f.identity.as_ref(), &mut |path, msg| is.add(path, msg));
+    let stdio_servers = super::credential::compile_stdio(&f.stdio_servers, file, &mut |path, msg| is.add(path, msg));
     if let (Some(p), None) = (&policy, &identity) {
         if let Some(r) = p.rules.iter().find(|r| matches!(r.action, crate::policy::Action::RequireApproval { .. })) {
             is.add(
@@ -368,6 +371,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         recording,
         identity,
         policy,
+        stdio_servers,
     })
 }
 

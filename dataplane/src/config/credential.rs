@@ -36,35 +36,40 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
-pub(super) fn compile(c: &schema::Credential, file: Option<&Path>, at: &str, add: &mut dyn FnMut(String, String)) -> Option<std::sync::Arc<Injected>> {
-    let p = format!("{at}.credential");
-    let secret = match (&c.env, &c.file) {
+/// The secret named by `env = "VAR"` or `file = "/path"` (exactly one) at config path `p`.
+pub(super) fn read_secret(env: Option<&str>, secret_file: Option<&str>, file: Option<&Path>, p: &str, add: &mut dyn FnMut(String, String)) -> Option<String> {
+    match (env, secret_file) {
         (Some(var), None) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => v,
+            Ok(v) if !v.is_empty() => Some(v),
             _ => {
                 add(format!("{p}.env"), format!("environment variable {var} is not set (or empty); export it for the sluice process"));
-                return None;
+                None
             }
         },
         (None, Some(f)) => {
             let path = resolve(file, f);
             match std::fs::read_to_string(&path) {
-                Ok(v) if !v.trim().is_empty() => v.trim_end_matches(['\r', '\n']).to_owned(),
+                Ok(v) if !v.trim().is_empty() => Some(v.trim_end_matches(['\r', '\n']).to_owned()),
                 Ok(_) => {
                     add(format!("{p}.file"), format!("{} is empty", path.display()));
-                    return None;
+                    None
                 }
                 Err(e) => {
                     add(format!("{p}.file"), format!("cannot read {}: {e}", path.display()));
-                    return None;
+                    None
                 }
             }
         }
         _ => {
-            add(p, "set exactly one of env = \"VAR\" or file = \"/path\" (secrets are never written in this file)".into());
-            return None;
+            add(p.to_owned(), "set exactly one of env = \"VAR\" or file = \"/path\" (secrets are never written in this file)".into());
+            None
         }
-    };
+    }
+}
+
+pub(super) fn compile(c: &schema::Credential, file: Option<&Path>, at: &str, add: &mut dyn FnMut(String, String)) -> Option<std::sync::Arc<Injected>> {
+    let p = format!("{at}.credential");
+    let secret = read_secret(c.env.as_deref(), c.file.as_deref(), file, &p, add)?;
     let (header, value) = match (c.kind.as_str(), &c.header) {
         ("bearer", None) => ("authorization".to_string(), format!("Bearer {secret}")),
         ("basic", None) => {
@@ -100,6 +105,51 @@ pub(super) fn compile(c: &schema::Credential, file: Option<&Path>, at: &str, add
     Some(std::sync::Arc::new(Injected { header, value: value.into_bytes(), secrets }))
 }
 
+/// What `sluice stdio --name NAME` gives the server it runs: environment variables holding
+/// secrets, and those secrets as a credential to scrub from the server's answers.
+#[derive(Clone)]
+pub struct StdioServer {
+    pub name: String,
+    pub env: Vec<(String, String)>,
+    pub scrub: Option<std::sync::Arc<Injected>>,
+}
+
+impl std::fmt::Debug for StdioServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(n, _)| n.as_str()).collect();
+        write!(f, "StdioServer {{ name: {:?}, env: {names:?} = *** }}", self.name)
+    }
+}
+
+pub(super) fn compile_stdio(servers: &[schema::StdioServer], file: Option<&Path>, add: &mut dyn FnMut(String, String)) -> Vec<StdioServer> {
+    let mut out: Vec<StdioServer> = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let p = format!("stdio_server[{i}]");
+        if servers[..i].iter().any(|o| o.name == s.name) {
+            add(format!("{p}.name"), format!("\"{}\" names another stdio_server too; names must be unique", s.name));
+        }
+        let mut env = Vec::new();
+        for (j, e) in s.env.iter().enumerate() {
+            let pe = format!("{p}.env[{j}]");
+            let valid = e.name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') && e.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                add(format!("{pe}.name"), format!("\"{}\" is not an environment variable name (letters, digits, '_'; not starting with a digit)", e.name));
+            }
+            if let Some(v) = read_secret(e.env.as_deref(), e.file.as_deref(), file, &pe, add) {
+                if v.contains('\0') {
+                    add(pe, "the secret contains a NUL byte and cannot be passed in the environment".into());
+                } else if valid {
+                    env.push((e.name.clone(), v));
+                }
+            }
+        }
+        let secrets: Vec<String> = env.iter().map(|(_, v)| v.clone()).filter(|v| v.len() >= 8).collect();
+        let scrub = (!secrets.is_empty()).then(|| std::sync::Arc::new(Injected { header: String::new(), value: Vec::new(), secrets }));
+        out.push(StdioServer { name: s.name.clone(), env, scrub });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::schema::Credential;
@@ -131,6 +181,27 @@ mod tests {
         assert!(issues[0].contains("not a credential kind"), "{issues:?}");
         let (_, issues) = compile("bearer", None, None, Some("/nonexistent/token"));
         assert!(issues[0].starts_with("upstream[0].credential.file: cannot read /nonexistent/token"), "{issues:?}");
+    }
+
+    #[test]
+    fn stdio_secrets_become_environment_variables_and_problems_name_their_path() {
+        use crate::config::schema::{StdioEnv, StdioServer};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gh.token"), "ghp_secretvalue123\n").unwrap();
+        let env = |name: &str, file: Option<&str>, var: Option<&str>| StdioEnv { name: name.into(), file: file.map(Into::into), env: var.map(Into::into) };
+        let servers = vec![
+            StdioServer { name: "github".into(), env: vec![env("GITHUB_TOKEN", Some("gh.token"), None)] },
+            StdioServer { name: "bad".into(), env: vec![env("1X", Some("gh.token"), None), env("Y", None, None), env("Z", Some("missing"), None)] },
+            StdioServer { name: "github".into(), env: vec![] },
+        ];
+        let mut issues = Vec::new();
+        let base = dir.path().join("sluice.toml");
+        let out = super::compile_stdio(&servers, Some(&base), &mut |p, m| issues.push(format!("{p}: {m}")));
+        assert_eq!(out[0].env, vec![("GITHUB_TOKEN".to_string(), "ghp_secretvalue123".to_string())], "read relative to the config file, newline trimmed");
+        assert_eq!(out[0].scrub.as_ref().unwrap().secrets, ["ghp_secretvalue123"]);
+        assert!(!format!("{:?}", out[0]).contains("secretvalue"), "Debug hides values");
+        let paths: Vec<&str> = issues.iter().map(|i| i.split(':').next().unwrap()).collect();
+        assert_eq!(paths, ["stdio_server[1].env[0].name", "stdio_server[1].env[1]", "stdio_server[1].env[2].file", "stdio_server[2].name"], "{issues:?}");
     }
 
     #[test]

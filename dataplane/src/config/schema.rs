@@ -28,6 +28,30 @@ pub struct File {
     pub identity: Option<Identity>,
     /// `[policy] file = "policy.toml"`: the ordered rules that decide each call.
     pub policy: Option<super::policy::PolicyRef>,
+    /// `[[stdio_server]]`: what `sluice stdio --name NAME` gives the local server it runs.
+    #[serde(default, rename = "stdio_server")]
+    pub stdio_servers: Vec<StdioServer>,
+}
+
+/// A local server run by `sluice stdio --name NAME`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioServer {
+    pub name: String,
+    /// Secrets handed to the server as environment variables (the agent's configuration never
+    /// holds them), scrubbed from everything the server sends back.
+    #[serde(default)]
+    pub env: Vec<StdioEnv>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioEnv {
+    /// The variable the server reads.
+    pub name: String,
+    /// Where the secret is: an environment variable of the sluice process, or a file.
+    pub env: Option<String>,
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -246,7 +246,7 @@ def test_bad_client_lines_are_answered_and_the_session_goes_on(tmp_path):
 
 
 BAD_SERVER = r'''
-import json, sys
+import json, os, sys
 def out(m):
     sys.stdout.write(m + "\n"); sys.stdout.flush()
 for line in sys.stdin:
@@ -255,6 +255,9 @@ for line in sys.stdin:
         out("Server listening on stdio (a log line on the wrong stream)")
         out(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
                         "serverInfo": {"name": "bad", "version": "1"}}}))
+    elif m.get("method") == "tools/call" and m["params"]["name"] == "env":
+        tok = os.environ.get("DEPLOY_TOKEN", "")
+        out(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {"content": [{"type": "text", "text": f"token={tok} len={len(tok)}"}]}}))
     elif m.get("method") == "tools/call" and m["params"]["name"] == "dup":
         # Two results: which one a reader takes depends on the reader.
         out('{"jsonrpc": "2.0", "id": %s, "result": {"content": []}, "result": {"content": [{"type": "text", "text": "x"}]}}' % json.dumps(m["id"]))
@@ -268,13 +271,21 @@ for line in sys.stdin:
 
 def test_server_output_is_inspected_and_its_exit_status_passed_on(tmp_path):
     (tmp_path / "bad.py").write_text(BAD_SERVER)
-    raw = Raw(through(stdio_config(tmp_path), [PY, str(tmp_path / "bad.py")]))
+    token = "dpl_" + "7f3Kq9ZxW2mN8vB4tR6yH1jL5cP0sD3g"
+    (tmp_path / "deploy.token").write_text(token + "\n")
+    cfg = stdio_config(tmp_path, '[[stdio_server]]\nname = "bad"\n[[stdio_server.env]]\nname = "DEPLOY_TOKEN"\nfile = "deploy.token"\n')
+    raw = Raw(through(cfg, [PY, str(tmp_path / "bad.py")], name="bad"))
     raw.send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}})
     # The stray log line never reaches the client: the first thing it reads is the answer.
     assert raw.recv()["result"]["serverInfo"]["name"] == "bad"
     raw.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "x", "arguments": {}}})
     text = raw.recv()["result"]["content"][0]["text"]
     assert "ghp_" not in text and text.startswith("the deploy key is ") and text.endswith(" keep it"), text
+    # The server got its secret from the gateway (the client's command line never held it),
+    # and what it echoes of it is scrubbed on the way back.
+    raw.send({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "env", "arguments": {}}})
+    text = raw.recv()["result"]["content"][0]["text"]
+    assert text == f"token=[REDACTED:upstream-credential] len={len(token)}", text
     # An answer the gateway will not read is not passed on, and the call it answers gets an
     # error in its place instead of waiting for ever.
     raw.send({"jsonrpc": "2.0", "id": "call-3", "method": "tools/call", "params": {"name": "dup", "arguments": {}}})
@@ -288,6 +299,7 @@ def test_server_output_is_inspected_and_its_exit_status_passed_on(tmp_path):
     refused = [e for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]
     assert len(refused) == 2 and all("the server wrote a line that is not JSON-RPC" in r["decision"]["reason"] for r in refused), refused
     assert "Server listening" not in json.dumps(events)
+    assert token not in json.dumps(events)
     assert "the server exited with status 3" in [e for e in events if e["kind"] == "session_end"][0]["gateway"]["detail"]
 
 
