@@ -276,10 +276,10 @@ pub fn next_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Re
 }
 
 /// What became of one message.
-struct Step {
-    /// To the other side: `None` when nothing goes on, else the bytes (the original line when
+struct Step<'a> {
+    /// To the other side: `None` when nothing goes on, else the bytes (the line as read when
     /// unchanged).
-    forward: Option<Vec<u8>>,
+    forward: Option<std::borrow::Cow<'a, [u8]>>,
     /// Back to the sender: the gateway's answers (refusals), one line.
     back: Option<Vec<u8>>,
 }
@@ -294,7 +294,7 @@ struct Unpassed {
 }
 
 /// One message through the chain. `line` is what the sender wrote.
-fn message(w: &Worker, link: &Link, cfg: &Config, dir: Direction, line: &[u8]) -> Step {
+fn message<'a>(w: &Worker, link: &Link, cfg: &Config, dir: Direction, line: &'a [u8]) -> Step<'a> {
     let mut ctx = link.ctx(w.id, cfg);
     let done = with_scratch(w, line, |buf| {
         let mut parsed = match jsonrpc::parse(buf) {
@@ -339,8 +339,8 @@ fn message(w: &Worker, link: &Link, cfg: &Config, dir: Direction, line: &[u8]) -
         drain_overflow(em);
     }
     match done {
-        Ok((Outcome::Unchanged, _)) => Step { forward: Some(line.to_vec()), back: None },
-        Ok((Outcome::Rewritten { body, answers }, batch)) => Step { forward: Some(body), back: (!answers.is_empty()).then(|| hooks::join_answers(batch, answers)) },
+        Ok((Outcome::Unchanged, _)) => Step { forward: Some(line.into()), back: None },
+        Ok((Outcome::Rewritten { body, answers }, batch)) => Step { forward: Some(body.into()), back: (!answers.is_empty()).then(|| hooks::join_answers(batch, answers)) },
         Ok((Outcome::Answer(b), _)) => Step { forward: None, back: (!b.is_empty()).then_some(b) },
         Err(Unpassed { error, id, to }) => {
             let side = if dir == Direction::Request { "client" } else { "server" };
@@ -349,7 +349,7 @@ fn message(w: &Worker, link: &Link, cfg: &Config, dir: Direction, line: &[u8]) -
             let answer = || jsonrpc::error_body(id.as_deref(), error.code(), error.title(), &error.to_string());
             match to {
                 Some(d) if d == dir => Step { forward: None, back: Some(answer()) },
-                Some(_) => Step { forward: Some(answer()), back: None },
+                Some(_) => Step { forward: Some(answer().into()), back: None },
                 None => Step { forward: None, back: None },
             }
         }
