@@ -324,3 +324,29 @@ def test_sigterm_stops_the_server_and_concurrent_gateways_take_their_own_spools(
         assert "terminated by a signal" in ends[0]["gateway"]["detail"]
         sessions.add(starts[0]["session"])
     assert len(sessions) == 2
+
+
+def test_stdio_session_reaches_kafka_whole_and_in_order(kafka, tmp_path):
+    """With Kafka configured, a stdio process sends its session there as the HTTP gateway does:
+    every spooled event, keyed by the session, in one partition, in spool order; events the
+    process had not delivered when it stopped would stay in its spool for the next start."""
+    from test_recording import recording, topics
+
+    ev_topic, _ = topics(kafka, "e2e-stdio")
+    cfg = tmp_path / "stdio.toml"
+    cfg.write_text('[gateway]\nshutdown_grace = "10s"\n' + recording(tmp_path / "spool", kafka, ev_topic))
+
+    async def script(s: ClientSession):
+        tools = sorted(t.name for t in (await s.list_tools()).tools)
+        return tools, (await s.call_tool("add", {"a": 1, "b": 2})).content[0].text
+
+    tools, added = py_session(through(cfg, PY_SERVER, name="notes"), script)
+    assert "add" in tools and added == "3"
+    spooled = spool_events(tmp_path / "spool")
+    got = kafka.consume(ev_topic, want=len(spooled), timeout=60)
+    session = next(e["session"] for e in spooled if e["kind"] == "session_start")
+    of_session = [e["id"] for e in spooled if e.get("session") == session]
+    in_kafka = [(p, k, e) for p, _, k, e in got if e.get("session") == session]
+    assert [e["id"] for _, _, e in in_kafka] == of_session, "every event of the session, in order"
+    assert {k for _, k, _ in in_kafka} == {session} and len({p for p, _, _ in in_kafka}) == 1
+    assert {e["id"] for _, _, _, e in got} == {e["id"] for e in spooled}, "lifecycle events too"
