@@ -36,6 +36,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list:
+    """`n` distinct free ports (held open together while they are picked: two calls of
+    `free_port` in a row may return the same one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def wait_port(port: int, timeout: float = 20.0, proc=None) -> None:
     end = time.time() + timeout
     while time.time() < end:
@@ -139,8 +152,7 @@ def py_legacy(tmp_path_factory):
 
 class Gateway:
     def __init__(self, tmp: Path, routes: list[dict], extra: str = "", workers: int = 2, log: str = "info", gateway_keys: str = ""):
-        self.port = free_port()
-        self.admin_port = free_port()
+        self.port, self.admin_port = free_ports(2)
         self.tmp = tmp
         self.config = tmp / "sluice.toml"
         self.spool = tmp / f"spool-{self.port}"

@@ -242,7 +242,7 @@ def test_run_shares_partitions_alerts_while_running_and_takes_over(py_json, gate
     import signal
     import time
 
-    from conftest import BROKER, free_port
+    from conftest import BROKER, free_ports
     from test_recording import topics
 
     ev, _ = topics(kafka, "e2e-run")
@@ -250,7 +250,7 @@ def test_run_shares_partitions_alerts_while_running_and_takes_over(py_json, gate
     subprocess.run([str(BROKER), "topics", str(kafka.port), f"{alerts_topic}:2"], check=True, capture_output=True)
     g = gateway([{"path": "/mcp", "upstream": py_json}], extra=small_sums_policy(tmp_path) + kafka_recording(tmp_path, kafka, ev))
     archive = tmp_path / "archive"
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     procs = [
         subprocess.Popen([str(ANALYZER), "--archive", str(archive), "run", "--kafka", kafka.bootstrap, "--topic", ev,
                           "--group", "e2e-run", "--alerts-topic", alerts_topic, "--detect-secs", "1", "--flush-secs", "3600",

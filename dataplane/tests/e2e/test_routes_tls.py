@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from conftest import SLUICE, Proc, free_port, wait_port
+from conftest import SLUICE, Proc, free_ports, wait_port
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -141,7 +141,7 @@ def test_tls_termination_and_origination(certs):
     up = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     up.socket = ctx.wrap_socket(up.socket, server_side=True)
     serve(up)
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     cfg = certs / f"tls-{port}.toml"
     cfg.write_text(f"""
 [gateway]
@@ -206,7 +206,7 @@ def test_mtls_client_certificates_are_identities_for_the_policy(certs, echo_http
     bot = client_cert(certs, "bot", "/CN=build-bot/O=CI", san="URI:spiffe://corp/ci/build-bot")
     stranger = client_cert(certs, "stranger", "/CN=stranger")
     rogue = client_cert(certs, "rogue-bot", "/CN=build-bot", ca="rogue")
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     (certs / "mtls-policy.toml").write_text(
         "[[rule]]\nid = \"ci-bots\"\nwhen = 'identity.via == \"mtls\" && \"ci\" in identity.groups'\naction = \"allow\"\n")
     cfg = certs / f"mtls-{port}.toml"
