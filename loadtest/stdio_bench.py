@@ -3,7 +3,10 @@ over its pipes and through `sluice stdio` (detection, recording to a spool), in 
 
     python3 loadtest/stdio_bench.py SLUICE_BIN [--calls 20000] [--size 1024]
 
-Two measurements per path: latency (one call at a time: p50/p99/p99.9 of the round trip) and
+First, start-up: the time from launching the server (or sluice with the server) to reading
+the answer to `initialize`, seven launches each — straight, through sluice with its compiled
+rule databases cached (`SLUICE_DB_CACHE`, filled by a first launch), and with the cache off.
+Then two measurements per path: latency (one call at a time: p50/p99/p99.9 of the round trip) and
 throughput (every call written at once by one thread while another reads the answers). For
 sluice, also its CPU time (user + system, from /proc) per call. The server answers each call
 with `--size` bytes of log-like text, the client and the server are Python, so the direct
@@ -52,6 +55,28 @@ def start(cmd):
     p.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
     p.stdin.flush()
     return p
+
+
+def first_answer(cmd, env):
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **env})
+    p.stdin.write(b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}\n')
+    p.stdin.flush()
+    assert b'"result"' in p.stdout.readline()
+    took = time.perf_counter() - t
+    p.stdin.close()
+    p.wait(30)
+    return took
+
+
+def startup(server, through, cache):
+    first_answer(through, {"SLUICE_DB_CACHE": cache})  # fills the cache
+    print("| start-up (launch → answer to initialize) | median ms | min | max |\n|---|---|---|---|")
+    for name, cmd, env in [("direct", server, {}), ("sluice stdio, databases cached", through, {"SLUICE_DB_CACHE": cache}),
+                           ("sluice stdio, cache off", through, {"SLUICE_DB_CACHE": "off"})]:
+        t = sorted(first_answer(cmd, env) * 1e3 for _ in range(7))
+        print(f"| {name} | {statistics.median(t):.0f} | {t[0]:.0f} | {t[-1]:.0f} |")
+    print()
 
 
 def cpu_seconds(pid):
@@ -110,6 +135,7 @@ def main():
     server = [sys.executable, server_py, str(a.size)]
     cfg = os.path.join(tmp, "stdio.toml")
     open(cfg, "w").write(f'[recording.spool]\ndir = "{tmp}/spool"\n')
+    startup(server, [a.sluice, "stdio", "--config", cfg, "--", *server], os.path.join(tmp, "hs"))
     rows = []
     for name, cmd, watch in [
         ("direct (pipes)", server, lambda p: None),

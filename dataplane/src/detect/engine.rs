@@ -242,13 +242,16 @@ impl Engine {
             Target::Candidate(_) => 0,
         }).collect();
         let confirm_always: Vec<bool> = targets.iter().map(by_context).collect();
-        // The databases compile in parallel (the two big ones take about a second each).
+        // The databases compile in parallel (the two big ones take about a second each), or
+        // load from the cache of earlier compiles.
+        let cache = super::dbcache::dir();
+        let cache = cache.as_deref();
         let (block, (stream, starts)) = std::thread::scope(|s| {
             let st = s.spawn(|| {
-                let stream = som.build::<Streaming>().map_err(|e| format!("compiling the rule database (streaming mode): {e}"));
-                (stream, start_resolvers(&patterns, &targets, &windows, &confirm_always, &native))
+                let stream = super::dbcache::build::<_, Streaming>(cache, "streaming", &som).map_err(|e| format!("compiling the rule database (streaming mode): {e}"));
+                (stream, start_resolvers(&patterns, &targets, &windows, &confirm_always, &native, cache))
             });
-            let bl = prefilter.build::<Block>().map_err(|e| format!("compiling the rule database (block mode): {e}"));
+            let bl = super::dbcache::build::<_, Block>(cache, "block", &prefilter).map_err(|e| format!("compiling the rule database (block mode): {e}"));
             (bl, st.join().unwrap_or_else(|_| (Err("the streaming-mode compile panicked".into()), Err("the confirm compile panicked".into()))))
         });
         let (block, stream) = match (block, stream) {
@@ -706,7 +709,7 @@ pub fn literal(w: &str) -> String {
 /// How each pattern's block-mode matches get their starts: fixed-width patterns by
 /// arithmetic, the others by a start-tracked database of the pattern alone (compiled here,
 /// in parallel) scanned over `windows[id]` bytes before each end.
-fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize], confirm_always: &[bool], native: &[bool]) -> Result<Vec<Start>, String> {
+fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize], confirm_always: &[bool], native: &[bool], cache: Option<&std::path::Path>) -> Result<Vec<Start>, String> {
     let one = |i: usize| -> Result<Start, String> {
         if native[i] {
             return Ok(Start::Run);
@@ -721,7 +724,7 @@ fn start_resolvers(patterns: &Patterns, targets: &[Target], windows: &[usize], c
         }
         let mut q = p.clone();
         q.id = Some(0);
-        let db = q.build::<Block>().map_err(|e| format!("compiling the start-confirm database of {}: {e}", p.expression))?;
+        let db = super::dbcache::build::<_, Block>(cache, "block", &q).map_err(|e| format!("compiling the start-confirm database of {}: {e}", p.expression))?;
         Ok(Start::Confirm { db, window: windows[i].min(info.max_width()) })
     };
     let n = patterns.len();

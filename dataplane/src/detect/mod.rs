@@ -16,6 +16,7 @@
 //! matching instead. [`hook`] puts the engine on the request path; [`cli`] is `sluice scan`.
 
 pub mod cli;
+pub mod dbcache;
 pub mod decode;
 pub mod engine;
 pub mod hook;

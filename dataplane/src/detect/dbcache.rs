@@ -1,0 +1,175 @@
+//! Compiled Hyperscan databases kept on disk between starts.
+//!
+//! Compiling the rule packs takes about two seconds of CPU (nearly all of it inside Hyperscan's
+//! compiler); `sluice stdio` pays that at every launch of every local server, the gateway at
+//! every start and reload. A database is a pure function of what was compiled — every pattern's
+//! expression, flags, id and start-of-match horizon, the mode — and of the Hyperscan build, so
+//! it is cached under the blake3 of exactly that and loaded instead of compiled when present.
+//!
+//! A cache file is `blake3(payload) ‖ payload` (Hyperscan's serialised form): a torn or altered
+//! file does not load and is compiled again. Hyperscan itself refuses a database serialised for
+//! another version or CPU. The directory is used only when it belongs to this user and no one
+//! else may write to it: a database planted there would decide what detection sees.
+//! Any failure to read or write the cache is a compile, never an error.
+
+use hyperscan::prelude::*;
+use hyperscan::{Mode, Serialized};
+use std::fmt::Debug;
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The cache directory: `SLUICE_DB_CACHE` (`off` disables), systemd's `CACHE_DIRECTORY`,
+/// `XDG_CACHE_HOME/sluice/hyperscan`, or `~/.cache/sluice/hyperscan`.
+pub fn dir() -> Option<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(d) = var("SLUICE_DB_CACHE") {
+        return (d.as_os_str() != "off").then_some(d);
+    }
+    if let Some(d) = var("CACHE_DIRECTORY") {
+        return Some(d.join("hyperscan"));
+    }
+    if let Some(d) = var("XDG_CACHE_HOME") {
+        return Some(d.join("sluice").join("hyperscan"));
+    }
+    var("HOME").map(|h| h.join(".cache").join("sluice").join("hyperscan"))
+}
+
+/// `what`'s database in mode `M` (`mode` names it in the key): loaded from `dir` when a
+/// good copy is there, else compiled and stored.
+pub fn build<B, M>(dir: Option<&Path>, mode: &str, what: &B) -> Result<Database<M>, hyperscan::Error>
+where
+    B: Builder<Err = hyperscan::Error> + Debug,
+    M: Mode,
+{
+    let Some(dir) = dir.filter(|d| usable(d)) else {
+        return what.build::<M>();
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(hyperscan::version_str().to_bytes());
+    h.update(mode.as_bytes());
+    h.update(format!("{what:?}").as_bytes());
+    let path = dir.join(format!("{}.hsdb", h.finalize().to_hex()));
+    if let Some(db) = load::<M>(&path) {
+        return Ok(db);
+    }
+    let db = what.build::<M>()?;
+    if let Err(e) = store(&path, &db) {
+        tracing::debug!(path = %path.display(), error = %e, "compiled rule database not cached");
+    }
+    Ok(db)
+}
+
+/// Ours and not writable by anyone else (created so when missing).
+fn usable(dir: &Path) -> bool {
+    if !dir.exists() {
+        let made = std::fs::create_dir_all(dir).and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)));
+        if made.is_err() {
+            return false;
+        }
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() && m.uid() == me && m.mode() & 0o022 == 0 => true,
+        Ok(_) => {
+            tracing::warn!(dir = %dir.display(), "the rule database cache is not owned by this user or is writable by others; not used (compiling instead)");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+fn load<M: Mode>(path: &Path) -> Option<Database<M>> {
+    let bytes = std::fs::read(path).ok()?;
+    let (sum, payload) = bytes.split_at_checked(32)?;
+    if blake3::hash(payload).as_bytes() != sum {
+        tracing::warn!(path = %path.display(), "a cached rule database does not match its checksum; compiling instead");
+        return None;
+    }
+    payload.deserialize::<M>().ok()
+}
+
+fn store<M>(path: &Path, db: &Database<M>) -> std::io::Result<()> {
+    let payload = db.serialize().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(blake3::hash(&payload).as_bytes())?;
+    f.write_all(&payload)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyperscan::{Block, Streaming};
+
+    fn patterns() -> Patterns {
+        let mut a = Pattern::with_flags(r"\bAKIA[0-9A-Z]{16}\b", CompileFlags::SOM_LEFTMOST).unwrap();
+        a.id = Some(7);
+        let mut b = Pattern::with_flags(r"secret=\w{8,}", CompileFlags::CASELESS).unwrap();
+        b.id = Some(9);
+        Patterns::from(vec![a, b])
+    }
+
+    fn ends(db: &BlockDatabase, text: &str) -> Vec<(u32, u64, u64)> {
+        let scratch = db.alloc_scratch().unwrap();
+        let mut out = Vec::new();
+        db.scan(text, &scratch, |id, from, to, _| {
+            out.push((id, from, to));
+            Matching::Continue
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_cached_database_matches_as_the_compiled_one_and_a_damaged_file_is_compiled_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("hs");
+        let text = "key AKIAZ3MNOPQRSTUV7XYZ and SECRET=hunter2hunter2";
+        let fresh = ends(&patterns().build::<Block>().unwrap(), text);
+        assert!(fresh.iter().any(|m| m.0 == 7) && fresh.iter().any(|m| m.0 == 9), "{fresh:?}");
+        let first = build::<_, Block>(Some(&dir), "block", &patterns()).unwrap();
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "stored once: {files:?}");
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        let loaded = load::<Block>(&files[0]).expect("loads back");
+        assert_eq!(ends(&first, text), fresh);
+        assert_eq!(ends(&loaded, text), fresh);
+        // Another mode or other patterns are other entries.
+        build::<_, Streaming>(Some(&dir), "streaming", &patterns()).unwrap();
+        let mut other = patterns();
+        other[1].id = Some(10);
+        build::<_, Block>(Some(&dir), "block", &other).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+        // One flipped byte: not loaded, compiled again, and the file rewritten good.
+        let mut bytes = std::fs::read(&files[0]).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&files[0], &bytes).unwrap();
+        assert!(load::<Block>(&files[0]).is_none());
+        assert_eq!(ends(&build::<_, Block>(Some(&dir), "block", &patterns()).unwrap(), text), fresh);
+        assert!(load::<Block>(&files[0]).is_some(), "rewritten");
+        // A truncated file neither.
+        std::fs::write(&files[0], &bytes[..10]).unwrap();
+        assert!(load::<Block>(&files[0]).is_none());
+    }
+
+    #[test]
+    fn a_directory_others_may_write_to_is_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("hs");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(!usable(&dir));
+        let db = build::<_, Block>(Some(&dir), "block", &patterns()).unwrap();
+        assert_eq!(ends(&db, "AKIAZ3MNOPQRSTUV7XYZ").len(), 1, "compiled all the same");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing written there");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(usable(&dir));
+    }
+}
