@@ -92,7 +92,10 @@ fn load<M: Mode>(path: &Path) -> Option<Database<M>> {
 
 fn store<M>(path: &Path, db: &Database<M>) -> std::io::Result<()> {
     let payload = db.serialize().map_err(|e| std::io::Error::other(e.to_string()))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per writer: processes, and threads of one process, may store the same entry at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(blake3::hash(&payload).as_bytes())?;
     f.write_all(&payload)?;
