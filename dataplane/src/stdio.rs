@@ -501,6 +501,13 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     };
     let identity = os_identity();
     let server = cfg.stdio_servers.iter().find(|s| s.name == opts.name);
+    if server.is_none() && !cfg.stdio_servers.is_empty() {
+        let known: Vec<&str> = cfg.stdio_servers.iter().map(|s| s.name.as_str()).collect();
+        tracing::warn!(name = %opts.name, known = ?known, "no [[stdio_server]] has this --name: the server gets no secrets from the configuration");
+    }
+    // Signals from here on are the relay's to handle (the server gets SIGTERM, the session
+    // its end), not the default action's.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP]).context("installing signal handlers")?;
     let mut child = Command::new(program)
         .args(&opts.command[1..])
         .envs(server.iter().flat_map(|s| s.env.iter().map(|(k, v)| (k, v))))
@@ -541,7 +548,6 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
             let _ = tx.send(End::ServerClosed);
         })?
     };
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP]).context("installing signal handlers")?;
     {
         let tx = tx.clone();
         std::thread::Builder::new().name("sluice-signals".into()).spawn(move || {
