@@ -484,6 +484,9 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     };
     // One worker per direction.
     cfg.workers = 2;
+    if cfg.identity.is_some() {
+        tracing::warn!("[identity] does not apply over stdio: the caller is the operating-system user running this process");
+    }
     let recorder = start_recording(&cfg)?;
     let grace = cfg.shutdown_grace;
     let shared = Shared::new(cfg.clone(), recorder);
