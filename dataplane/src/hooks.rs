@@ -277,8 +277,10 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
             Verdict::Changed => changed = true,
             Verdict::Refuse { code, message, reason } => {
                 match (dir, info.kind) {
-                    // A refused response keeps its place: the agent gets an error for its id.
-                    (Direction::Response, Kind::Response | Kind::Error) => {
+                    // A refused answer keeps its place: whoever asked gets an error for its id
+                    // instead of waiting for ever — the agent for its call, the server for its
+                    // sampling or elicitation request.
+                    (_, Kind::Response | Kind::Error) => {
                         let err = jsonrpc::error_body(info.id.as_deref(), code, &message, &reason);
                         let mut buf = err;
                         if let Ok(owned) = simd_json::to_owned_value(&mut buf) {
@@ -467,10 +469,15 @@ mod tests {
 
     #[test]
     fn refused_response_becomes_error_with_same_id() {
-        let Outcome::Rewritten { body, .. } = run(r#"{"jsonrpc":"2.0","id":5,"result":{"secret":"x"}}"#, Direction::Response) else { panic!() };
-        let v = json(&body);
-        assert_eq!(v["id"], 5);
-        assert_eq!(v["error"]["message"], "blocked");
-        assert!(v.get("result").is_none());
+        // Both ways: a server's answer to the agent's call, and the agent's answer to the
+        // server's own request (sampling, elicitation) — the asker is never left waiting.
+        for dir in [Direction::Response, Direction::Request] {
+            let Outcome::Rewritten { body, answers } = run(r#"{"jsonrpc":"2.0","id":5,"result":{"secret":"x"}}"#, dir) else { panic!("{dir:?}") };
+            let v = json(&body);
+            assert_eq!(v["id"], 5);
+            assert_eq!(v["error"]["message"], "blocked");
+            assert!(v.get("result").is_none());
+            assert!(answers.is_empty(), "the error goes on to the asker, not back to the sender");
+        }
     }
 }

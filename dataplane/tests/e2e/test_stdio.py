@@ -350,3 +350,29 @@ def test_stdio_session_reaches_kafka_whole_and_in_order(kafka, tmp_path):
     assert [e["id"] for _, _, e in in_kafka] == of_session, "every event of the session, in order"
     assert {k for _, k, _ in in_kafka} == {session} and len({p for p, _, _ in in_kafka}) == 1
     assert {e["id"] for _, _, _, e in got} == {e["id"] for e in spooled}, "lifecycle events too"
+
+
+def test_a_refused_client_answer_reaches_the_server_as_an_error(tmp_path):
+    """The client answers the server's elicitation with a secret, which detection blocks on
+    requests: the server is not left waiting for that answer — it gets an error for its
+    request id, and the tool call that asked ends with that error instead of hanging."""
+    cfg = stdio_config(tmp_path, '[detect.request]\nsecret = "block"\n')
+
+    async def leaky_elicitation(ctx, params):
+        return types.ElicitResult(action="accept", content={"name": "AKIAZ3MNOPQRSTUV7XYZ"})
+
+    async def run():
+        params = StdioServerParameters(command=str(SLUICE), args=through(cfg, PY_SERVER)[1:])
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write, elicitation_callback=leaky_elicitation) as s:
+                await s.initialize()
+                r = await s.call_tool("ask_name", {})
+                return r.isError, r.content[0].text
+
+    is_error, text = asyncio.run(asyncio.wait_for(run(), 30))
+    assert is_error and "AKIAZ3MNOPQRSTUV7XYZ" not in text, text
+    assert text == "Error executing tool ask_name: blocked by content inspection", text
+    events = spool_events(tmp_path / "spool")
+    assert "AKIAZ3MNOPQRSTUV7XYZ" not in json.dumps(events)
+    refused = [e for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "detect" and e.get("direction") == "request"]
+    assert refused and refused[0]["method"] == "elicitation/create", refused
