@@ -3,12 +3,12 @@
 //! Compiling the rule packs takes about two seconds of CPU (nearly all of it inside Hyperscan's
 //! compiler); `sluice stdio` pays that at every launch of every local server, the gateway at
 //! every start and reload. A database is a pure function of what was compiled — every pattern's
-//! expression, flags, id and start-of-match horizon, the mode — and of the Hyperscan build, so
-//! it is cached under the blake3 of exactly that and loaded instead of compiled when present.
+//! expression, flags, id and start-of-match horizon, the mode — and of the Hyperscan build and
+//! the host it tunes for (CPU features), so it is cached under the blake3 of exactly that and
+//! loaded instead of compiled when present.
 //!
 //! A cache file is `blake3(payload) ‖ payload` (Hyperscan's serialised form): a torn or altered
-//! file does not load and is compiled again. Hyperscan itself refuses a database serialised for
-//! another version or CPU. The directory is used only when it belongs to this user and no one
+//! file does not load and is compiled again. The directory is used only when it belongs to this user and no one
 //! else may write to it: a database planted there would decide what detection sees.
 //! Any failure to read or write the cache is a compile, never an error.
 
@@ -47,6 +47,9 @@ where
     };
     let mut h = blake3::Hasher::new();
     h.update(hyperscan::version_str().to_bytes());
+    for x in host_platform() {
+        h.update(&x.to_le_bytes());
+    }
     h.update(mode.as_bytes());
     h.update(format!("{what:?}").as_bytes());
     let path = dir.join(format!("{}.hsdb", h.finalize().to_hex()));
@@ -58,6 +61,21 @@ where
         tracing::debug!(path = %path.display(), error = %e, "compiled rule database not cached");
     }
     Ok(db)
+}
+
+/// The host as Hyperscan compiles for it (tuning, CPU features): a database built on another
+/// kind of machine (a cache in a shared home directory) is another entry, compiled here.
+fn host_platform() -> [u64; 2] {
+    let mut info = std::mem::MaybeUninit::<hyperscan_sys::hs_platform_info_t>::zeroed();
+    // SAFETY: hs_populate_platform only writes the struct it is given.
+    let rc = unsafe { hyperscan_sys::hs_populate_platform(info.as_mut_ptr()) };
+    // SAFETY: zeroed is a valid value of this plain C struct, and filled when rc is success.
+    let info = unsafe { info.assume_init() };
+    if rc == 0 {
+        [u64::from(info.tune), info.cpu_features]
+    } else {
+        [u64::MAX; 2]
+    }
 }
 
 /// Ours and not writable by anyone else (created so when missing).
