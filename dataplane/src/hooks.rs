@@ -143,8 +143,9 @@ pub trait MessageHook {
     /// read — every forwarded one but credentials, framing and hop-by-hop headers — once before
     /// its messages; on an answer, those the agent will read, before its body. A hook may
     /// rewrite values in place (`Changed`) or refuse (a request; an answer's head is answered
-    /// as it was passed, with values rewritten).
-    fn on_headers(&self, _ctx: &mut RequestCtx, _dir: Direction, _headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
+    /// as it was passed, with values rewritten). On an answer, a header whose *name* a hook
+    /// changed (masked: no longer a header name) is not passed on at all.
+    fn on_headers(&self, _ctx: &mut RequestCtx, _dir: Direction, _headers: &mut [(Cow<'_, str>, Cow<'_, str>)]) -> Verdict {
         Verdict::Pass
     }
 }
@@ -188,7 +189,7 @@ impl Chain {
 
     /// Pass a request's or an answer's headers through the hooks (see
     /// [`MessageHook::on_headers`]) and show the outcome to the observer.
-    pub fn run_headers(&self, ctx: &mut RequestCtx, dir: Direction, headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
+    pub fn run_headers(&self, ctx: &mut RequestCtx, dir: Direction, headers: &mut [(Cow<'_, str>, Cow<'_, str>)]) -> Verdict {
         let from = ctx.findings.len();
         let verdict = self.run_outside(|h| h.on_headers(ctx, dir, headers));
         self.observe_outside(ctx, dir, &verdict, from);

@@ -261,7 +261,7 @@ impl MessageHook for DetectHook {
     /// the direction's actions. A masked value is rewritten. On a request, a blocked finding, or
     /// any finding in a header's name (which cannot be rewritten), refuses the request; on an
     /// answer, whose status the agent is to get, a blocked value is masked.
-    fn on_headers(&self, ctx: &mut RequestCtx, dir: Direction, headers: &mut [(&str, Cow<'_, str>)]) -> Verdict {
+    fn on_headers(&self, ctx: &mut RequestCtx, dir: Direction, headers: &mut [(Cow<'_, str>, Cow<'_, str>)]) -> Verdict {
         let Some(cfg) = ctx.detect.clone().filter(|c| c.active(dir)) else {
             return Verdict::Pass;
         };
@@ -310,7 +310,7 @@ impl MessageHook for DetectHook {
         let answer = dir == Direction::Response;
         let mask_rule = |r: u32| matches!(cfg.action(dir, r), Action::Mask) || (answer && cfg.action(dir, r) == Action::Block);
         let walk = Walk { engine: &cfg.engine, mask: Some(Plan { masker: &cfg.masker, strategies: &cfg.strategies, mask_rule: &mask_rule }), skip_binary: false };
-        let mut v = super::url::pairs_value(headers.iter().filter(|(n, _)| inspected(n)).map(|(n, v)| (*n, v.as_ref())), "headers");
+        let mut v = super::url::pairs_value(headers.iter().filter(|(n, _)| inspected(n)).map(|(n, v)| (n.as_ref(), v.as_ref())), "headers");
         st.found.clear();
         let changed = walk.run(&mut st.scanner, &mut st.bufs, &mut v, &mut st.found);
         let what = if answer { "finding in an answer header" } else { "finding in a request header" };
@@ -321,14 +321,19 @@ impl MessageHook for DetectHook {
         if !changed {
             return Verdict::Pass;
         }
-        let now: Vec<Option<String>> = v
+        // Each header as the walk left it: (name, value), a name masked where it held a finding.
+        let now: Vec<Option<(String, Option<String>)>> = v
             .get("headers")
             .and_then(|h| h.as_array())
-            .map(|a| a.iter().map(|o| o.as_object().and_then(|o| o.values().next()).and_then(|s| s.as_str()).map(str::to_owned)).collect())
+            .map(|a| a.iter().map(|o| o.as_object().and_then(|o| o.iter().next()).map(|(k, s)| (k.to_string(), s.as_str().map(str::to_owned)))).collect())
             .unwrap_or_default();
         drop(v);
-        for ((_, value), new) in headers.iter_mut().filter(|(n, _)| inspected(n)).zip(now) {
-            if let Some(new) = new.filter(|n| n != value) {
+        for ((name, value), new) in headers.iter_mut().filter(|(n, _)| inspected(n)).zip(now) {
+            let Some((new_name, new_value)) = new else { continue };
+            if new_name != *name {
+                *name = Cow::Owned(new_name);
+            }
+            if let Some(new) = new_value.filter(|n| n != value) {
                 *value = Cow::Owned(new);
             }
         }
@@ -535,7 +540,7 @@ mod tests {
                 _ if i % 3 == 0 => format!("user{i}@example.com"),
                 _ => format!("ticket {i}"),
             };
-            let mut headers = [("accept", Cow::Borrowed("application/json, text/event-stream")), ("x-note", Cow::Owned(note.clone())), ("user-agent", Cow::Borrowed("agent/1.0"))];
+            let mut headers = [(Cow::Borrowed("accept"), Cow::Borrowed("application/json, text/event-stream")), (Cow::Borrowed("x-note"), Cow::Owned(note.clone())), (Cow::Borrowed("user-agent"), Cow::Borrowed("agent/1.0"))];
             let v = hook.on_headers(&mut ctx, Direction::Request, &mut headers);
             match i {
                 _ if i % 50 == 0 => assert!(matches!(&v, Verdict::Refuse { reason, .. } if reason.contains("aws_access_key_id")), "{i}: {v:?}"),
@@ -557,11 +562,11 @@ mod tests {
     #[test]
     fn skipped_headers_pass_and_a_finding_in_a_name_refuses() {
         let (hook, mut ctx) = hook_and_ctx();
-        let mut headers = [("X-Real-IP", Cow::Borrowed("8.8.8.8")), ("x-origin", Cow::Borrowed("8.8.4.4"))];
+        let mut headers = [(Cow::Borrowed("X-Real-IP"), Cow::Borrowed("8.8.8.8")), (Cow::Borrowed("x-origin"), Cow::Borrowed("8.8.4.4"))];
         assert_eq!(hook.on_headers(&mut ctx, Direction::Request, &mut headers), Verdict::Changed);
         assert_eq!(headers[0].1, "8.8.8.8");
         assert_ne!(headers[1].1, "8.8.4.4");
-        let mut headers = [("+12025550143", Cow::Borrowed("1"))];
+        let mut headers = [(Cow::Borrowed("+12025550143"), Cow::Borrowed("1"))];
         assert!(matches!(hook.on_headers(&mut ctx, Direction::Request, &mut headers), Verdict::Refuse { reason, .. } if reason.contains("phone_number")));
     }
 
@@ -574,11 +579,19 @@ mod tests {
         let f: crate::config::schema::File = toml::from_str(text).unwrap();
         let cfg = crate::config::from_schema(&f).unwrap();
         let (hook, mut ctx) = (DetectHook::new(Arc::default()), RequestCtx::offline("r", cfg.detect.clone(), None, None));
-        let mut headers = [("x-debug-token", Cow::Borrowed("AKIAQYLPMN5HFIQR7XQB")), ("x-contact", Cow::Borrowed("bob@example.com")), ("x-request-id", Cow::Borrowed("r-17"))];
+        let mut headers = [
+            (Cow::Borrowed("x-debug-token"), Cow::Borrowed("AKIAQYLPMN5HFIQR7XQB")),
+            (Cow::Borrowed("x-contact"), Cow::Borrowed("bob@example.com")),
+            (Cow::Borrowed("x-request-id"), Cow::Borrowed("r-17")),
+            (Cow::Borrowed("x-key-AKIAQYLPMN5HFIQR7XQC"), Cow::Borrowed("1")),
+        ];
         assert_eq!(hook.on_headers(&mut ctx, Direction::Response, &mut headers), Verdict::Changed);
         assert!(!headers[0].1.contains("AKIA") && headers[0].1.contains("aws_access_key_id"), "{}", headers[0].1);
         assert_eq!((headers[1].1.as_ref(), headers[2].1.as_ref()), ("bob@example.com", "r-17"));
+        // A finding in a name: the name comes back masked (the exchange then drops the header).
+        assert!(!headers[3].0.contains("AKIA") && headers[3].0.contains("aws_access_key_id"), "{}", headers[3].0);
+        assert_eq!(headers.iter().take(3).map(|(n, _)| n.as_ref()).collect::<Vec<_>>(), ["x-debug-token", "x-contact", "x-request-id"]);
         let got: Vec<_> = ctx.findings.iter().map(|f| (f.direction, f.kind.as_str(), f.action)).collect();
-        assert_eq!(got, [(Direction::Response, "aws_access_key_id", Action::Mask), (Direction::Response, "email", Action::Log)]);
+        assert_eq!(got, [(Direction::Response, "aws_access_key_id", Action::Mask), (Direction::Response, "email", Action::Log), (Direction::Response, "aws_access_key_id", Action::Mask)]);
     }
 }

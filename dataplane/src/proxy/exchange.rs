@@ -838,13 +838,13 @@ const UNINSPECTED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "
 fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream, rewrite_host: bool, strip_credentials: bool) -> Result<Vec<(usize, String)>, Verdict> {
     let conn = head.header("connection").unwrap_or(b"");
     let mut at = Vec::new();
-    let mut pairs: Vec<(&str, std::borrow::Cow<'_, str>)> = Vec::new();
+    let mut pairs: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> = Vec::new();
     for (i, (n, v)) in head.headers().enumerate() {
         if crate::http::is_hop_by_hop(n, conn) || replaced_header(n, rewrite_host, strip_credentials, up) || UNINSPECTED_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) {
             continue;
         }
         at.push((i, v));
-        pairs.push((n, String::from_utf8_lossy(v)));
+        pairs.push((n.into(), String::from_utf8_lossy(v)));
     }
     if pairs.is_empty() {
         return Ok(Vec::new());
@@ -898,8 +898,8 @@ fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx)
     if !replaced.is_empty() {
         tracing::warn!(upstream = %ctx.upstream, "the upstream echoed its injected credential in a response header; scrubbed");
     }
-    inspect_answer_headers(w, ctx, up, &mut replaced);
-    write::end_to_end_headers(out, up, |_| false, &replaced);
+    let dropped = inspect_answer_headers(w, ctx, up, &mut replaced);
+    write::end_to_end_headers(out, up, |n| dropped.iter().any(|d| d.eq_ignore_ascii_case(n)), &replaced);
 }
 
 /// Answer headers that carry no data of the upstream's choosing the agent reads, or that the
@@ -907,14 +907,17 @@ fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx)
 const UNINSPECTED_ANSWER_HEADERS: &[&str] = &["content-type", "content-length", "date", "etag", "last-modified", "mcp-session-id", "set-cookie"];
 
 /// The answer's headers the agent reads through the hooks (detection, as on requests): masked
-/// values join `replaced` (header index → new value), after the credential scrub.
-fn inspect_answer_headers(w: &Worker, ctx: &mut RequestCtx, up: &Head, replaced: &mut Vec<(usize, String)>) {
+/// values join `replaced` (header index → new value), after the credential scrub. Returns the
+/// names of headers not to pass on: those whose name held a finding (a masked name is no
+/// header name, and the agent must not read the name as sent).
+fn inspect_answer_headers(w: &Worker, ctx: &mut RequestCtx, up: &Head, replaced: &mut Vec<(usize, String)>) -> Vec<String> {
+    let mut dropped = Vec::new();
     if w.chain.is_empty() {
-        return;
+        return dropped;
     }
     let conn = up.header("connection").unwrap_or(b"");
     let mut at = Vec::new();
-    let mut pairs: Vec<(&str, std::borrow::Cow<'_, str>)> = Vec::new();
+    let mut pairs: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> = Vec::new();
     for (i, (n, v)) in up.headers().enumerate() {
         if crate::http::is_hop_by_hop(n, conn) || UNINSPECTED_ANSWER_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) {
             continue;
@@ -924,12 +927,16 @@ fn inspect_answer_headers(w: &Worker, ctx: &mut RequestCtx, up: &Head, replaced:
             None => String::from_utf8_lossy(v),
         };
         at.push(i);
-        pairs.push((n, v));
+        pairs.push((n.into(), v));
     }
     if pairs.is_empty() || w.chain.run_headers(ctx, Direction::Response, &mut pairs) != Verdict::Changed {
-        return;
+        return dropped;
     }
-    for (i, (_, new)) in at.into_iter().zip(pairs) {
+    for (i, (name, new)) in at.into_iter().zip(pairs) {
+        if let Some((sent, _)) = up.headers().nth(i).filter(|(sent, _)| *sent != name) {
+            dropped.push(sent.to_owned());
+            continue;
+        }
         let before = replaced.iter().position(|(j, _)| *j == i);
         let old = before.map_or_else(|| String::from_utf8_lossy(up.headers().nth(i).map_or(&b""[..], |(_, v)| v)), |k| std::borrow::Cow::Borrowed(replaced[k].1.as_str()));
         if new == old {
@@ -942,6 +949,9 @@ fn inspect_answer_headers(w: &Worker, ctx: &mut RequestCtx, up: &Head, replaced:
             None => replaced.push((i, new)),
         }
     }
+    // The head is written in header order, taking the replacements in theirs.
+    replaced.sort_by_key(|(i, _)| *i);
+    dropped
 }
 
 /// Decodes the upstream body framing from the connection's read buffer.

@@ -364,6 +364,7 @@ def test_answer_headers_are_inspected_like_answers(raw_upstream, gateway):
         payload = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {}}).encode() if b"/mcp" in head.split(b"\r\n")[0] else b'{"ok": true}'
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: s-1\r\n"
                      + f"X-Debug-Token: {AKIA}\r\nLocation: https://app.example/u?who=bob@example.com\r\nSet-Cookie: sid={GHP}; HttpOnly\r\nX-Request-Id: r-17\r\n".encode()
+                     + b"X-Key-AKIAQYLPMN5HFIQR7XQC: yes\r\n"
                      + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
 
     up = raw_upstream(handler)
@@ -375,12 +376,17 @@ def test_answer_headers_are_inspected_like_answers(raw_upstream, gateway):
             assert AKIA not in r.headers["x-debug-token"] and "aws_access_key_id" in r.headers["x-debug-token"], r.headers
             assert "bob@example.com" not in r.headers["location"] and r.headers["location"].startswith("https://app.example/u?who="), r.headers
             assert r.headers["set-cookie"] == f"sid={GHP}; HttpOnly" and r.headers["mcp-session-id"] == "s-1" and r.headers["x-request-id"] == "r-17"
+            # A finding in a header's name: the header is not passed on (a masked name is no name).
+            assert not any("akiaqylpmn5hfiqr7xqc" in k.lower() or k.lower().startswith("x-key") for k in r.headers), r.headers
     settled(g)
     events = spool_events(g.spool)
     found = sorted((e.get("http_path") or "mcp", f["path"].split("/", 3)[-1].lower(), f["kind"], f["action"]) for e in events if e["kind"] == "findings" and e["direction"] == "response" for f in e["findings"])
-    assert found == [("/api/orders", "location", "email", "mask"), ("/api/orders", "x-debug-token", "aws_access_key_id", "mask"),
-                     ("mcp", "location", "email", "mask"), ("mcp", "x-debug-token", "aws_access_key_id", "mask")], found
-    assert AKIA not in json.dumps(events) and "bob@example.com" not in json.dumps(events)
+    named = [f for f in found if f[1].startswith("x-key-")]
+    assert [(p, k, a) for p, _, k, a in named] == [("/api/orders", "aws_access_key_id", "mask"), ("mcp", "aws_access_key_id", "mask")], found
+    assert [f for f in found if f not in named] == [
+        ("/api/orders", "location", "email", "mask"), ("/api/orders", "x-debug-token", "aws_access_key_id", "mask"),
+        ("mcp", "location", "email", "mask"), ("mcp", "x-debug-token", "aws_access_key_id", "mask")], found
+    assert AKIA not in json.dumps(events) and "bob@example.com" not in json.dumps(events) and "AKIAQYLPMN5HFIQR7XQC" not in json.dumps(events)
 
 
 def test_form_text_and_json_type_bodies_are_inspected(raw_upstream, gateway):
@@ -427,7 +433,7 @@ def test_form_text_and_json_type_bodies_are_inspected(raw_upstream, gateway):
     events = spool_events(g.spool)
     paths = [(f["path"], f["kind"]) for e in events if e["kind"] == "findings" and e["direction"] == "request" for f in e["findings"]]
     assert paths == [("/1/email", "email"), ("", "email"), ("", "payment_card"), ("/email", "email"), ("", "aws_access_key_id")], paths
-    assert "bob@example.com" not in json.dumps(events) and "carol@example.com" not in json.dumps(events)
+    assert "bob@example.com" not in json.dumps(events) and "AKIAQYLPMN5HFIQR7XQC" not in json.dumps(events)
 
 
 def test_compressed_bodies_are_never_forwarded_uninspected(raw_upstream, gateway):
