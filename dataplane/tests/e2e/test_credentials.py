@@ -30,7 +30,7 @@ def test_upstream_gets_the_injected_credential_and_never_the_agents(gateway, raw
         # A careless upstream that echoes what it was sent.
         auth = next((l.split(b":", 1)[1].strip().decode() for l in head.split(b"\r\n") if l.lower().startswith(b"authorization:")), "")
         out = json.dumps({"jsonrpc": "2.0", "id": json.loads(body)["id"], "result": {"content": [{"type": "text", "text": f"you sent {auth}"}]}}).encode()
-        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo: " + auth.encode() + b"\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-contact: bob@example.com\r\nx-echo: " + auth.encode() + b"\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
 
     up = raw_upstream(handler)
     (tmp_path / "upstream.token").write_text(SECRET + "\n")
@@ -47,6 +47,9 @@ def test_upstream_gets_the_injected_credential_and_never_the_agents(gateway, raw
     assert SECRET not in r.text and "[REDACTED:upstream-credential]" in text, text
     # Echoed in a response header too: replaced there as well.
     assert r.headers["x-echo"] == "Bearer [REDACTED:upstream-credential]" and SECRET not in str(r.headers), r.headers
+    # A finding in a header before the echoed one is masked all the same (the replacements are
+    # applied in header order).
+    assert r.headers["x-contact"].startswith("[") and "bob@example.com" not in r.headers["x-contact"], r.headers
     g.proc.stop()
     assert SECRET not in json.dumps(spool_events(g.spool))
     assert SECRET not in g.proc.log.read_text()
