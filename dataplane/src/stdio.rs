@@ -561,26 +561,28 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     }
     drop(tx);
 
-    let why = match rx.recv() {
+    // How far into the shutdown sequence (wait, SIGTERM, SIGKILL) the server already is.
+    let (why, from) = match rx.recv() {
         Ok(End::ClientClosed) => {
             // The client is done: the server's input closes, as if the client had closed it
-            // (MCP stdio shutdown), and its last answers still go out.
+            // (MCP stdio shutdown), and its last answers still go out. A server still running
+            // after the grace gets SIGTERM next.
             to_server.close();
             let until = Instant::now() + grace;
             while !server_thread.is_finished() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            "the client closed its input"
+            ("the client closed its input", 1)
         }
-        Ok(End::ServerClosed) => "the server closed its output",
+        Ok(End::ServerClosed) => ("the server closed its output", 0),
         Ok(End::Signal(sig)) => {
             terminate(&child, libc::SIGTERM);
-            if sig == libc::SIGHUP { "hangup" } else { "terminated by a signal" }
+            (if sig == libc::SIGHUP { "hangup" } else { "terminated by a signal" }, 1)
         }
-        Err(_) => "the relay threads ended",
+        Err(_) => ("the relay threads ended", 0),
     };
     to_server.close();
-    let status = stop_child(&mut child, grace);
+    let status = stop_child(&mut child, grace, from);
     let code = match status {
         Some(s) => s.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)),
         None => 1,
@@ -607,10 +609,14 @@ fn terminate(child: &Child, sig: libc::c_int) {
 }
 
 /// Wait for the server to exit; after `grace`, SIGTERM; after another `grace`, SIGKILL (the
-/// MCP stdio shutdown sequence).
-fn stop_child(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
-    for signal in [None, Some(libc::SIGTERM), Some(libc::SIGKILL)] {
+/// MCP stdio shutdown sequence), starting at step `from` (1: SIGTERM first, the grace before
+/// it already spent).
+fn stop_child(child: &mut Child, grace: Duration, from: usize) -> Option<std::process::ExitStatus> {
+    for signal in [None, Some(libc::SIGTERM), Some(libc::SIGKILL)].into_iter().skip(from) {
         if let Some(sig) = signal {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
             tracing::warn!(pid = child.id(), signal = sig, "the MCP server did not exit in time");
             terminate(child, sig);
         }

@@ -139,6 +139,10 @@ impl Forwarder {
             if rec.stopping() && stop_at.is_none() {
                 stop_at = Some(Instant::now() + Duration::from_millis(rec.stop_grace_ms.load(Ordering::Relaxed)));
             }
+            // Read before the spool is read to its end below: only then does reaching the end
+            // mean everything the writer will ever write was seen (read after, the writer could
+            // have appended its last records in between, and they would be left behind).
+            let writer_was_done = rec.writer_done();
             // Produce what the spool holds, while there is room in flight.
             let mut produced = 0usize;
             let mut at_end = false;
@@ -292,7 +296,7 @@ impl Forwarder {
                 last_save = Instant::now();
             }
             if let Some(t) = stop_at {
-                let drained = at_end && inflight.is_empty() && rec.writer_done();
+                let drained = at_end && inflight.is_empty() && writer_was_done;
                 if drained || Instant::now() >= t {
                     if !inflight.is_empty() {
                         tracing::warn!(in_flight = inflight.len(), "stopping with undelivered events; they are sent from the spool on next start");

@@ -376,3 +376,32 @@ def test_a_refused_client_answer_reaches_the_server_as_an_error(tmp_path):
     assert "AKIAZ3MNOPQRSTUV7XYZ" not in json.dumps(events)
     refused = [e for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "detect" and e.get("direction") == "request"]
     assert refused and refused[0]["method"] == "elicitation/create", refused
+
+
+STUCK_SERVER = r'''
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sys.stdout.write('{"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "up"}}\n')
+sys.stdout.flush()
+while True:
+    time.sleep(1)
+'''
+
+
+def test_a_server_that_will_not_stop_is_killed_after_the_grace(tmp_path):
+    """The MCP stdio shutdown sequence: the client closes sluice's input, sluice closes the
+    server's; a server still running after the grace gets SIGTERM, and one that ignores it,
+    SIGKILL after another grace — sluice then ends with its status (128 + 9)."""
+    (tmp_path / "stuck.py").write_text(STUCK_SERVER)
+    cfg = tmp_path / "stdio.toml"
+    cfg.write_text(f'[gateway]\nshutdown_grace = "1s"\n[recording.spool]\ndir = "{tmp_path / "spool"}"\n')
+    raw = Raw(through(cfg, [PY, str(tmp_path / "stuck.py")]))
+    assert raw.recv()["params"]["data"] == "up"
+    started = time.time()
+    raw.p.stdin.close()
+    assert raw.p.wait(15) == 128 + signal.SIGKILL, raw.stderr()
+    took = time.time() - started
+    assert 1.5 < took < 6, took
+    assert "did not exit in time" in raw.stderr()
+    end = [e for e in spool_events(tmp_path / "spool") if e["kind"] == "session_end"][0]
+    assert end["gateway"]["detail"] == "the client closed its input; the server exited with status 137", end
