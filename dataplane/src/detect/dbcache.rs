@@ -52,8 +52,12 @@ where
     }
     h.update(mode.as_bytes());
     h.update(format!("{what:?}").as_bytes());
+    static PRUNED: std::sync::Once = std::sync::Once::new();
+    PRUNED.call_once(|| prune(dir, std::time::SystemTime::now()));
     let path = dir.join(format!("{}.hsdb", h.finalize().to_hex()));
     if let Some(db) = load::<M>(&path) {
+        // Used: kept from pruning for another while.
+        let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         return Ok(db);
     }
     let db = what.build::<M>()?;
@@ -75,6 +79,32 @@ fn host_platform() -> [u64; 2] {
         [u64::from(info.tune), info.cpu_features]
     } else {
         [u64::MAX; 2]
+    }
+}
+
+/// Entries unused for this long are removed (each rule-pack change leaves its databases behind,
+/// ~11 MB for the shipped packs).
+const KEEP_UNUSED: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Remove entries not used for [`KEEP_UNUSED`], and temporary files a writer that died left
+/// (older than an hour), as of `now`. Once per process.
+fn prune(dir: &Path, now: std::time::SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let keep = if name.ends_with(".hsdb") {
+            KEEP_UNUSED
+        } else if name.contains(".tmp") {
+            std::time::Duration::from_secs(3600)
+        } else {
+            continue;
+        };
+        let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|m| now.duration_since(m).ok());
+        if age.is_some_and(|a| a > keep) {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
@@ -178,6 +208,23 @@ mod tests {
         // A truncated file neither.
         std::fs::write(&files[0], &bytes[..10]).unwrap();
         assert!(load::<Block>(&files[0]).is_none());
+    }
+
+    #[test]
+    fn entries_unused_for_a_month_and_dead_writers_temporaries_are_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let files = [("old.hsdb", 31 * day), ("recent.hsdb", 29 * day), ("x.tmp12-0", 2 * 3600 * std::time::Duration::from_secs(1)), ("y.tmp12-1", std::time::Duration::from_secs(60)), ("other.txt", 400 * day)];
+        for (name, age) in files {
+            let f = std::fs::File::create(dir.join(name)).unwrap();
+            f.set_modified(now - age).unwrap();
+        }
+        prune(dir, now);
+        let mut left: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["other.txt", "recent.hsdb", "y.tmp12-1"]);
     }
 
     #[test]
