@@ -54,8 +54,9 @@ enum Cmd {
         /// The name of this server in policy (`route`) and in the record.
         #[arg(long, default_value = "stdio")]
         name: String,
-        /// Without --config: spool directory (default: $XDG_STATE_HOME/sluice/spool or
-        /// ~/.local/state/sluice/spool; a held one is followed by DIR-1, DIR-2, …).
+        /// Without --config: spool directory (default: $STATE_DIRECTORY/spool under systemd,
+        /// else $XDG_STATE_HOME/sluice/spool or ~/.local/state/sluice/spool; a held one is
+        /// followed by DIR-1, DIR-2, …).
         #[arg(long)]
         spool: Option<PathBuf>,
         /// Without --config: also send events to these Kafka brokers (`host:port,...`).

@@ -62,7 +62,8 @@ pub struct Options {
 fn quick(opts: &Options) -> anyhow::Result<Config> {
     let spool = match &opts.spool {
         Some(d) => d.clone(),
-        None => user_state_dir().join("sluice").join("spool"),
+        // The gateway's default under systemd ($STATE_DIRECTORY/spool), else the user's.
+        None => config::user_dir("STATE_DIRECTORY", "XDG_STATE_HOME", ".local/state").unwrap_or_else(|| PathBuf::from(".")).join("spool"),
     };
     let mut text = format!("[recording.spool]\ndir = {:?}\n", spool.to_string_lossy());
     if let Some(k) = &opts.kafka {
@@ -70,18 +71,6 @@ fn quick(opts: &Options) -> anyhow::Result<Config> {
     }
     let file: schema::File = toml::from_str(&text)?;
     config::from_schema_for(&file, Purpose::Stdio).map_err(|e| anyhow!("{e}"))
-}
-
-/// `$STATE_DIRECTORY`, `$XDG_STATE_HOME`, or `~/.local/state`.
-fn user_state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".local").join("state")
 }
 
 /// The caller: the operating-system user this process runs as, with its groups.

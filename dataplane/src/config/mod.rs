@@ -68,6 +68,14 @@ pub fn from_schema_for(file: &schema::File, purpose: Purpose) -> Result<Config, 
     compile::compile(file, None, purpose).map_err(|issues| ConfigError { file: None, issues })
 }
 
+/// sluice's own directory of a kind: the one systemd gives the service (`systemd_var`, e.g.
+/// `STATE_DIRECTORY`), else `$XDG_…/sluice` (`xdg_var`), else `~/<home_rel>/sluice`; `None`
+/// without any of them.
+pub fn user_dir(systemd_var: &str, xdg_var: &str, home_rel: &str) -> Option<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var(systemd_var).or_else(|| var(xdg_var).map(|d| d.join("sluice"))).or_else(|| var("HOME").map(|h| h.join(home_rel).join("sluice")))
+}
+
 pub(crate) fn line_col(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;

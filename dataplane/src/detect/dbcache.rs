@@ -22,17 +22,10 @@ use std::path::{Path, PathBuf};
 /// The cache directory: `SLUICE_DB_CACHE` (`off` disables), systemd's `CACHE_DIRECTORY`,
 /// `XDG_CACHE_HOME/sluice/hyperscan`, or `~/.cache/sluice/hyperscan`.
 pub fn dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(d) = var("SLUICE_DB_CACHE") {
-        return (d.as_os_str() != "off").then_some(d);
+    if let Some(d) = std::env::var_os("SLUICE_DB_CACHE").filter(|d| !d.is_empty()) {
+        return (d != "off").then(|| PathBuf::from(d));
     }
-    if let Some(d) = var("CACHE_DIRECTORY") {
-        return Some(d.join("hyperscan"));
-    }
-    if let Some(d) = var("XDG_CACHE_HOME") {
-        return Some(d.join("sluice").join("hyperscan"));
-    }
-    var("HOME").map(|h| h.join(".cache").join("sluice").join("hyperscan"))
+    crate::config::user_dir("CACHE_DIRECTORY", "XDG_CACHE_HOME", ".cache").map(|d| d.join("hyperscan"))
 }
 
 /// `what`'s database in mode `M` (`mode` names it in the key): loaded from `dir` when a
