@@ -6,6 +6,12 @@
 //! update takes, so there is no global lock on the hot path. Sessions are released on DELETE,
 //! when the upstream answers 404 for them, when idle past `sessions.idle_timeout`, or when the
 //! store is full (least recently used first).
+//!
+//! The session id an agent holds is the gateway's, not the upstream's ([`Ids`]): it names the
+//! gateway's session and the upstream's, and carries a keyed tag over both, the route and the
+//! caller that opened the session. Any gateway holding the deployment's key can check it
+//! without shared state — so a session continues across gateway instances and restarts under
+//! its one gateway id, and is refused to every other caller there too.
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -187,9 +193,165 @@ impl Store {
     }
 }
 
+/// Bytes of the tag (128 bits), written as 26 Crockford base32 characters.
+const TAG_BYTES: usize = 16;
+
+/// Mints and opens the session ids agents hold: `GATEWAY_ID.TAG.UPSTREAM_ID`, where `TAG` is a
+/// blake3 keyed hash of the route, the owner (the subject that opened the session, or none),
+/// the gateway's session id and the upstream's. Only the holder of the key makes a tag that
+/// opens, so an id presented by another caller, on another route, or altered in any character
+/// does not.
+#[derive(Clone, Copy)]
+pub struct Ids {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Ids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ids(<key hidden>)")
+    }
+}
+
+/// Why a presented session id did not open.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unopened<'t> {
+    /// Not an id this gateway hands out (an upstream's own id, or mangled).
+    Malformed,
+    /// Well formed, but its tag is not for this caller and route under this key: another
+    /// caller's session, another deployment's key (or one from before a restart without a key
+    /// file), or altered. Carries the upstream's id it names, for the log.
+    Foreign { upstream: &'t str },
+}
+
+impl Ids {
+    /// Ids keyed by key material a deployment shares between its gateways (≥ 16 bytes).
+    pub fn from_material(material: &[u8]) -> Self {
+        Ids { key: blake3::derive_key("sluice 2026-11 session ids", material) }
+    }
+
+    /// Ids keyed for this process only (no key file): valid until it restarts.
+    pub fn for_process() -> Self {
+        Ids { key: crate::ids::process_key("sluice 2026-11 session ids (no key file)") }
+    }
+
+    fn tag(&self, route: &str, owner: Option<&str>, gateway: &str, upstream: &str) -> [u8; TAG_BYTES] {
+        // Length-prefixed, so no two field lists hash the same bytes; no owner differs from an
+        // empty one. Encoded on the stack and hashed in one call (the usual ids fit in 512
+        // bytes): a call per field cost more than the hash.
+        let mut buf = [0u8; 512];
+        let mut n = 0;
+        let mut h = None::<blake3::Hasher>;
+        for field in [Some(route), owner, Some(gateway), Some(upstream)] {
+            let (tag, bytes) = field.map_or((0u8, &b""[..]), |f| (1, f.as_bytes()));
+            let len = (bytes.len() as u64).to_le_bytes();
+            for part in [&[tag][..], &len[..], bytes] {
+                if let Some(h) = h.as_mut() {
+                    h.update(part);
+                } else if n + part.len() <= buf.len() {
+                    buf[n..n + part.len()].copy_from_slice(part);
+                    n += part.len();
+                } else {
+                    let mut long = blake3::Hasher::new_keyed(&self.key);
+                    long.update(&buf[..n]).update(part);
+                    h = Some(long);
+                }
+            }
+        }
+        let hash = h.map_or_else(|| blake3::keyed_hash(&self.key, &buf[..n]), |h| h.finalize());
+        let mut t = [0u8; TAG_BYTES];
+        t.copy_from_slice(&hash.as_bytes()[..TAG_BYTES]);
+        t
+    }
+
+    /// The id to give the agent for the upstream's session `upstream`.
+    pub fn mint(&self, route: &str, owner: Option<&str>, gateway: &str, upstream: &str) -> String {
+        let tag = u128::from_be_bytes(self.tag(route, owner, gateway, upstream));
+        let mut out = String::with_capacity(gateway.len() + 28 + upstream.len());
+        out.push_str(gateway);
+        out.push('.');
+        crate::ids::push_base32(&mut out, tag);
+        out.push('.');
+        out.push_str(upstream);
+        out
+    }
+
+    /// The gateway's and the upstream's session ids named by `held`, if it was minted for
+    /// `caller` on `route`.
+    pub fn open<'t>(&self, route: &str, caller: Option<&str>, held: &'t str) -> Result<(&'t str, &'t str), Unopened<'t>> {
+        let mut parts = held.splitn(3, '.');
+        let (Some(gateway), Some(tag), Some(upstream)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Unopened::Malformed);
+        };
+        let Some(tag) = crate::ids::parse_base32(tag) else {
+            return Err(Unopened::Malformed);
+        };
+        if gateway.len() != 26 || crate::ids::parse_base32(gateway).is_none() || upstream.is_empty() {
+            return Err(Unopened::Malformed);
+        }
+        // Compared without an early exit: the time taken says nothing of how much matched.
+        let want = self.tag(route, caller, gateway, upstream);
+        let diff = tag.to_be_bytes().iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b));
+        if diff == 0 {
+            Ok((gateway, upstream))
+        } else {
+            Err(Unopened::Foreign { upstream })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ids_open_only_for_their_caller_route_and_key() {
+        let ids = Ids::from_material(b"0123456789abcdef-deployment");
+        let gid = crate::ids::new_id();
+        let held = ids.mint("mcp", Some("alice"), &gid, "up.session-1");
+        assert!(held.starts_with(&format!("{gid}.")) && held.ends_with(".up.session-1"), "{held}");
+        assert!(held.bytes().all(|b| (0x21..=0x7e).contains(&b)), "visible ASCII, as MCP requires");
+        assert_eq!(ids.open("mcp", Some("alice"), &held), Ok((gid.as_str(), "up.session-1")));
+        // Another gateway of the deployment (same key material) opens it too.
+        assert_eq!(Ids::from_material(b"0123456789abcdef-deployment").open("mcp", Some("alice"), &held), Ok((gid.as_str(), "up.session-1")));
+        let foreign = Err(Unopened::Foreign { upstream: "up.session-1" });
+        assert_eq!(ids.open("mcp", Some("bob"), &held), foreign, "another caller");
+        assert_eq!(ids.open("mcp", None, &held), foreign, "an anonymous caller");
+        assert_eq!(ids.open("other", Some("alice"), &held), foreign, "another route");
+        assert_eq!(Ids::from_material(b"another deployment's key").open("mcp", Some("alice"), &held), foreign);
+        assert_eq!(Ids::for_process().open("mcp", Some("alice"), &held), foreign);
+        // An anonymous session opens for anonymous callers only.
+        let anon = ids.mint("mcp", None, &gid, "u");
+        assert!(ids.open("mcp", None, &anon).is_ok());
+        assert!(ids.open("mcp", Some(""), &anon).is_err(), "no owner is not an empty subject");
+        // Every single-character change to the gateway id, tag or upstream id is refused.
+        for i in 0..held.len() {
+            for c in [b'0', b'Z', b'.', b'a', b'-'] {
+                let mut b = held.clone().into_bytes();
+                if b[i] == c {
+                    continue;
+                }
+                b[i] = c;
+                let altered = String::from_utf8(b).unwrap();
+                assert!(ids.open("mcp", Some("alice"), &altered).is_err(), "{altered}");
+            }
+        }
+        for bad in ["", "abc", "up-1", &gid, &format!("{gid}."), &format!("{gid}.x.y"), &held[..held.len() - 13], &format!("{}.", &held[..held.rfind('.').unwrap()])] {
+            assert!(ids.open("mcp", Some("alice"), bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(ids.open("mcp", Some("alice"), "up-1"), Err(Unopened::Malformed), "an upstream's own id is not one of ours");
+        // Fields past the stack buffer hash the same bytes through the streaming hasher.
+        for len in [400, 480, 500, 1000] {
+            let long = "u".repeat(len);
+            let held = ids.mint("mcp", Some("alice"), &gid, &long);
+            assert!(ids.open("mcp", Some("alice"), &held).is_ok(), "{len}");
+            assert!(ids.open("mcp", Some("alicf"), &held).is_err(), "{len}");
+            let mut h = blake3::Hasher::new_keyed(&ids.key);
+            for f in ["mcp", "alice", &gid, &long] {
+                h.update(&[1]).update(&(f.len() as u64).to_le_bytes()).update(f.as_bytes());
+            }
+            assert_eq!(ids.tag("mcp", Some("alice"), &gid, &long), h.finalize().as_bytes()[..TAG_BYTES], "{len}");
+        }
+    }
 
     #[test]
     fn insert_update_remove_and_count() {

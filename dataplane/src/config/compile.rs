@@ -105,6 +105,8 @@ pub struct Route {
 pub struct SessionsCfg {
     pub idle_timeout: Duration,
     pub max_sessions: usize,
+    /// Mints and opens the session ids agents hold (`sessions.key_file`).
+    pub ids: crate::session::Ids,
 }
 
 struct Issues(Vec<Issue>);
@@ -329,7 +331,29 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         });
     }
 
-    let sessions = SessionsCfg { idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout), max_sessions: f.sessions.max_sessions };
+    let ids = match &f.sessions.key_file {
+        Some(p) => {
+            let path = resolve(file, p);
+            match std::fs::read(&path) {
+                Ok(k) if k.len() >= 16 => crate::session::Ids::from_material(&k),
+                Ok(_) => {
+                    is.add("sessions.key_file", format!("{} holds fewer than 16 bytes; write at least 32 random bytes (e.g. `head -c 32 /dev/urandom > {}`) and copy the file to every gateway", path.display(), path.display()));
+                    crate::session::Ids::for_process()
+                }
+                Err(e) => {
+                    is.add("sessions.key_file", format!("cannot read {}: {e}", path.display()));
+                    crate::session::Ids::for_process()
+                }
+            }
+        }
+        None => {
+            if purpose == Purpose::Gateway && f.routes.iter().any(|r| r.kind == schema::RouteKind::Mcp) {
+                tracing::warn!("sessions.key_file is not set: the MCP session ids this gateway hands out are valid on it until it restarts (then agents start new sessions); set it, the same file on every gateway, to continue sessions across gateways and restarts");
+            }
+            crate::session::Ids::for_process()
+        }
+    };
+    let sessions = SessionsCfg { idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout), max_sessions: f.sessions.max_sessions, ids };
 
     let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));
     let recording = super::recording::compile(&f.recording, file, &mut |path, msg| is.add(path, msg));
@@ -465,6 +489,34 @@ upstream = "a"
         assert_eq!(c.route_for(Some("x"), "/mcpx").unwrap().0, 0);
         assert_eq!(c.route_for(Some("TOOLS.example:8080"), "/mcp").unwrap().0, 2);
         assert_eq!(c.route_for(None, "/other").unwrap().0, 0);
+    }
+
+    #[test]
+    fn keys_made_without_a_key_file_hold_across_reloads_and_key_files_are_checked() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\npath = \"/mcp\"\nupstream = \"a\"\n";
+        let f: schema::File = toml::from_str(text).unwrap();
+        let (one, two) = (compile(&f, None, Purpose::Gateway).unwrap(), compile(&f, None, Purpose::Gateway).unwrap());
+        let fp = |c: &Config| c.detect.as_ref().unwrap().masker.fingerprint("alice@example.com");
+        assert_eq!(fp(&one), fp(&two), "fingerprints stay comparable after a reload");
+        let held = one.sessions.ids.mint("route0", None, &crate::ids::new_id(), "u");
+        assert!(two.sessions.ids.open("route0", None, &held).is_ok(), "a reload ends no session");
+
+        let dir = std::env::temp_dir().join(format!("sluice-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("short.key"), b"too short").unwrap();
+        std::fs::write(dir.join("good.key"), [7u8; 32]).unwrap();
+        let with = |key: &str| toml::from_str::<schema::File>(&format!("{text}[sessions]\nkey_file = \"{key}\"\n[detect]\nenabled = false\n")).unwrap();
+        let file = dir.join("sluice.toml");
+        for (key, problem) in [("short.key", "fewer than 16 bytes"), ("missing.key", "cannot read")] {
+            let issues = compile(&with(key), Some(&file), Purpose::Gateway).unwrap_err();
+            assert!(issues.iter().any(|i| i.path == "sessions.key_file" && i.message.contains(problem) && i.message.contains(key)), "{issues:?}");
+        }
+        // Relative to the config file; every gateway reading the same key opens the others' ids.
+        let (a, b) = (compile(&with("good.key"), Some(&file), Purpose::Gateway).unwrap(), compile(&with("good.key"), Some(&file), Purpose::Gateway).unwrap());
+        let held = a.sessions.ids.mint("route0", Some("alice"), &crate::ids::new_id(), "u");
+        assert!(b.sessions.ids.open("route0", Some("alice"), &held).is_ok());
+        assert!(one.sessions.ids.open("route0", Some("alice"), &held).is_err(), "the key file's ids are not the process's");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -314,11 +314,16 @@ pub struct Sessions {
     /// Most sessions tracked at once; the least recently used beyond that are released.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Key material (≥ 16 bytes) for the session ids agents hold, the same file on every
+    /// gateway of a deployment: a session then continues on any of them and across restarts.
+    /// Without it, ids are valid on this gateway until it restarts.
+    #[serde(default)]
+    pub key_file: Option<String>,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
-        Sessions { idle_timeout: default_session_idle(), max_sessions: default_max_sessions() }
+        Sessions { idle_timeout: default_session_idle(), max_sessions: default_max_sessions(), key_file: None }
     }
 }
 

@@ -53,18 +53,11 @@ impl std::fmt::Debug for Masker {
 
 impl Default for Masker {
     /// A masker whose fingerprint key is random for this process (fingerprints are then only
-    /// stable until restart; the gateway config sets a key file for a stable one).
+    /// stable until restart, and across reloads; the gateway config sets a key file for a
+    /// stable one).
     fn default() -> Self {
-        let mut key = [0u8; 32];
-        getrandom(&mut key);
-        Masker { key, placeholder: "[MASKED]".into() }
+        Masker { key: crate::ids::process_key("sluice fingerprint key (no key file)"), placeholder: "[MASKED]".into() }
     }
-}
-
-fn getrandom(buf: &mut [u8]) {
-    // SAFETY: getrandom(2) writes at most `buf.len()` bytes into the valid buffer.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    assert_eq!(n, buf.len() as isize, "getrandom failed");
 }
 
 impl Masker {

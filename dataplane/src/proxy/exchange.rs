@@ -38,6 +38,8 @@ pub(crate) struct Track {
     legacy_session: Option<String>,
     /// This request posts to a legacy HTTP+SSE session: its answers go out on the stream.
     legacy_post: bool,
+    /// The session id the agent gets in place of the upstream's (`session::Ids`).
+    session_token: Option<String>,
 }
 
 /// Handle one request. `Ok(keep_alive)` once a response went out; `Err` when nothing was
@@ -118,6 +120,36 @@ pub async fn handle(
             }
         }
     }
+    // The session id an agent holds is the gateway's (`session::Ids`): it opens only for the
+    // caller that opened the session, on its route, and names the upstream's id, which is what
+    // goes upstream. Checked by key, it holds on every gateway of the deployment: a session
+    // opened on another gateway, or before a restart, continues here under its own id.
+    let mut upstream_sid_at = None;
+    if route.kind == RouteKind::Mcp {
+        if let Some(held) = ctx.mcp_session_id.take() {
+            let caller = ctx.identity.as_ref().map(|i| i.subject.as_str());
+            match cfg.sessions.ids.open(&route.name, caller, &held) {
+                Ok((gid, usid)) => {
+                    upstream_sid_at = head.headers().position(|(n, _)| n.eq_ignore_ascii_case("mcp-session-id"));
+                    ctx.gateway_session_id = Some(gid.to_owned());
+                    ctx.mcp_session_id = Some(usid.to_owned());
+                }
+                Err(why) => {
+                    let owner = match why {
+                        crate::session::Unopened::Foreign { upstream } => w.shared.sessions.with(upstream, |s| s.owner.clone()).flatten(),
+                        crate::session::Unopened::Malformed => None,
+                    };
+                    match owner.filter(|o| Some(o.as_str()) != caller) {
+                        Some(owner) => tracing::warn!(worker = w.id, route = %route.name, caller = caller.unwrap_or("-"), owner = %owner, "a session was presented by another caller than the one that opened it; refused"),
+                        None => tracing::info!(worker = w.id, route = %route.name, caller = caller.unwrap_or("-"), problem = ?why, "a session id this gateway did not hand out to this caller on this route (another caller's, another key's, or altered); refused"),
+                    }
+                    let e = ProxyError::ForeignSession;
+                    w.record_refusal(Some(&ctx), Some(&route.label), client, &e);
+                    return Err(e);
+                }
+            }
+        }
+    }
     // A legacy HTTP+SSE post names its session in the query (see `legacy_endpoint`).
     let mut legacy_post = false;
     if ctx.mcp_session_id.is_none() && route.kind == RouteKind::Mcp {
@@ -131,15 +163,30 @@ pub async fn handle(
     // from a log, a proxy, a shared machine) would continue its upstream state and write into
     // its record, so it is answered as if the session did not exist.
     if let Some(sid) = ctx.mcp_session_id.as_deref() {
-        if let Some((gid, owner)) = w.shared.sessions.with(sid, |s| (s.gateway_id.clone(), s.owner.clone())) {
-            let caller = ctx.identity.as_ref().map(|i| i.subject.as_str());
-            if let Some(owner) = owner.filter(|o| Some(o.as_str()) != caller) {
-                tracing::warn!(worker = w.id, route = %route.name, caller = caller.unwrap_or("-"), owner = %owner, gateway_session = %gid, "a session was presented by another caller than the one that opened it; refused");
-                let e = ProxyError::ForeignSession;
-                w.record_refusal(Some(&ctx), Some(&route.label), client, &e);
-                return Err(e);
+        let caller = ctx.identity.as_ref().map(|i| i.subject.as_str());
+        match w.shared.sessions.with(sid, |s| (s.gateway_id.clone(), s.owner.clone())) {
+            Some((gid, owner)) => {
+                // Ids are checked by key above; a legacy session (named in the query) by owner.
+                let other_gateway_id = ctx.gateway_session_id.as_deref().is_some_and(|g| g != gid);
+                if other_gateway_id || owner.as_deref().is_some_and(|o| Some(o) != caller) {
+                    tracing::warn!(worker = w.id, route = %route.name, caller = caller.unwrap_or("-"), owner = owner.as_deref().unwrap_or("-"), gateway_session = %gid, "a session was presented by another caller than the one that opened it; refused");
+                    let e = ProxyError::ForeignSession;
+                    w.record_refusal(Some(&ctx), Some(&route.label), client, &e);
+                    return Err(e);
+                }
+                ctx.gateway_session_id = Some(gid);
             }
-            ctx.gateway_session_id = Some(gid);
+            None => {
+                if let Some(gid) = ctx.gateway_session_id.as_deref() {
+                    // Opened on another gateway or before a restart: this gateway takes it up
+                    // under the same id (its events stay one session in the record).
+                    let mut s = Session::new(sid, &route.name);
+                    s.gateway_id = gid.to_owned();
+                    s.owner = caller.map(str::to_owned);
+                    tracing::info!(worker = w.id, route = %route.name, mcp_session = sid, gateway_session = gid, "session continued here (opened on another gateway or before a restart)");
+                    w.shared.sessions.insert(s, cfg.sessions.max_sessions);
+                }
+            }
         }
     }
     let mut track = Track { legacy_post, ..Track::default() };
@@ -179,10 +226,14 @@ pub async fn handle(
     let rewrite_host = route.rewrite_host || head.header("host").is_none();
     let mut header_edits = Vec::new();
     if refused.is_none() && !w.chain.is_empty() {
-        match inspect_headers(w, &mut ctx, head, up, rewrite_host, strip_credentials) {
+        match inspect_headers(w, &mut ctx, head, up, rewrite_host, strip_credentials, upstream_sid_at) {
             Ok(edits) => header_edits = edits,
             Err(refusal) => refused = Some(refusal),
         }
+    }
+    if let (Some(at), Some(usid)) = (upstream_sid_at, ctx.mcp_session_id.as_deref()) {
+        header_edits.push((at, usid.to_owned()));
+        header_edits.sort_by_key(|(i, _)| *i);
     }
     if let Some(Verdict::Refuse { code, message, reason }) = refused {
         let b = jsonrpc::error_body(None, code, &message, &reason);
@@ -295,6 +346,7 @@ pub async fn handle(
         }
     };
     after_response_head(w, cfg, route, &mut ctx, &mut track, &c.head, method);
+    track.session_token = session_token(cfg, route, &mut ctx, &c.head);
     let ctype = c.head.header("content-type").unwrap_or(b"");
     let is_sse = starts_with_ci(ctype, b"text/event-stream");
     let is_json = media(Some(ctype)) == Media::Json;
@@ -319,7 +371,7 @@ pub async fn handle(
     } else {
         let from = ctx.findings.len();
         let mut sent = 0;
-        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version, &mut sent, is_mcp).await;
+        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version, &mut sent, is_mcp, track.session_token.as_deref()).await;
         if let Some(em) = w.emitter.as_ref().filter(|_| plain) {
             crate::events::record::plain_event(em, &ctx, Direction::Response, sent);
         }
@@ -784,9 +836,17 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
         if let Some(gid) = end_session(w, ctx, route, sid, why) {
             ctx.gateway_session_id = Some(gid);
         }
-    } else {
-        ctx.gateway_session_id = sessions.with(sid, |s| s.gateway_id.clone());
+    } else if let Some(gid) = sessions.with(sid, |s| s.gateway_id.clone()) {
+        ctx.gateway_session_id = Some(gid);
     }
+}
+
+/// The session id the agent gets for the one the upstream names in its answer: the gateway's
+/// (see `handle`), bound to the route and the caller.
+fn session_token(cfg: &Config, route: &Route, ctx: &mut RequestCtx, head: &Head) -> Option<String> {
+    let usid = head.header_str("mcp-session-id").filter(|_| route.kind == RouteKind::Mcp)?;
+    let gid = ctx.gateway_session_id.get_or_insert_with(crate::ids::new_id);
+    Some(cfg.sessions.ids.mint(&route.name, ctx.identity.as_ref().map(|i| i.subject.as_str()), gid, usid))
 }
 
 /// Forget a session and record its end; its gateway id, when it was known.
@@ -835,12 +895,14 @@ const UNINSPECTED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "
 /// The request headers the upstream will read as the agent sent them, through the hooks
 /// ([`hooks::MessageHook::on_headers`]); `Ok`: the values to write instead (by position in the
 /// head), `Err`: the refusal.
-fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream, rewrite_host: bool, strip_credentials: bool) -> Result<Vec<(usize, String)>, Verdict> {
+/// `session_at`: the session id header the gateway opened (it writes the upstream's id there).
+#[allow(clippy::too_many_arguments)]
+fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream, rewrite_host: bool, strip_credentials: bool, session_at: Option<usize>) -> Result<Vec<(usize, String)>, Verdict> {
     let conn = head.header("connection").unwrap_or(b"");
     let mut at = Vec::new();
     let mut pairs: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> = Vec::new();
     for (i, (n, v)) in head.headers().enumerate() {
-        if crate::http::is_hop_by_hop(n, conn) || replaced_header(n, rewrite_host, strip_credentials, up) || UNINSPECTED_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) {
+        if Some(i) == session_at || crate::http::is_hop_by_hop(n, conn) || replaced_header(n, rewrite_host, strip_credentials, up) || UNINSPECTED_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) {
             continue;
         }
         at.push((i, v));
@@ -892,13 +954,19 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
 /// The upstream's status line and end-to-end headers for the agent; a header value holding the
 /// upstream's injected credential (an upstream that echoes what it was sent) has it replaced,
 /// as `ScrubHook` does in bodies.
-fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx) {
+/// `session`: the id to write in place of the upstream's session id.
+fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx, session: Option<&str>) {
     write::status_line(out, up.status, up.reason());
     let mut replaced = ctx.credential.as_deref().map(|c| crate::scrub::header_values(up, &c.secrets)).unwrap_or_default();
     if !replaced.is_empty() {
         tracing::warn!(upstream = %ctx.upstream, "the upstream echoed its injected credential in a response header; scrubbed");
     }
     let dropped = inspect_answer_headers(w, ctx, up, &mut replaced);
+    if let (Some(token), Some(at)) = (session, up.headers().position(|(n, _)| n.eq_ignore_ascii_case("mcp-session-id"))) {
+        replaced.retain(|(i, _)| *i != at);
+        replaced.push((at, token.to_owned()));
+        replaced.sort_by_key(|(i, _)| *i);
+    }
     write::end_to_end_headers(out, up, |n| dropped.iter().any(|d| d.eq_ignore_ascii_case(n)), &replaced);
 }
 
@@ -1029,7 +1097,7 @@ async fn relay_sse(
     let mut out = Vec::with_capacity(1024);
     // A held call's stream is already open (its head went out while it waited).
     if !held {
-        response_head(w, &mut out, &c.head, ctx);
+        response_head(w, &mut out, &c.head, ctx, track.session_token.as_deref());
         if chunked_out {
             write::header(&mut out, "transfer-encoding", b"chunked");
         }
@@ -1415,7 +1483,7 @@ async fn relay_json(
         out.extend_from_slice(write::LAST_CHUNK);
         return if down.write_all(out).await.is_ok() && down.flush().await.is_ok() { Ok(true) } else { Err(()) };
     }
-    response_head(w, out, &c.head, ctx);
+    response_head(w, out, &c.head, ctx, track.session_token.as_deref());
     write::content_length(out, final_body.len());
     write::header(out, "connection", if keep_alive { b"keep-alive" } else { b"close" });
     out.extend_from_slice(b"\r\n");
@@ -1440,6 +1508,7 @@ async fn relay_plain(
     client_minor: u8,
     sent: &mut u64,
     mcp: bool,
+    session: Option<&str>,
 ) -> Result<bool, ()> {
     // Text bodies are scanned and masked as they stream (the length may change, so they go
     // out chunked, or close-delimited to an HTTP/1.0 client).
@@ -1467,7 +1536,7 @@ async fn relay_plain(
     let mut masked = Vec::new();
     let (mut found, mut fingerprints) = (Vec::new(), Vec::new());
     let mut out = Vec::with_capacity(1024);
-    response_head(w, &mut out, &c.head, ctx);
+    response_head(w, &mut out, &c.head, ctx, session);
     match kind_out {
         BodyKind::Length(n) => {
             let _ = std::io::Write::write_fmt(&mut out, format_args!("content-length: {n}\r\n"));

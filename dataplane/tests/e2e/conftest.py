@@ -177,6 +177,13 @@ class Gateway:
             lines.append(f'[[route]]\nname = "{r.get("name", f"r{i}")}"\nkind = "{kind}"\npath = "{r["path"]}"\nupstream = "u{i}"\n')
         self.config.write_text("\n".join(lines))
 
+    def restart(self, log="info"):
+        """Stop (SIGTERM) and start again on the same config, ports and spool."""
+        rc = self.proc.stop()
+        assert rc == 0, f"sluice exited {rc} on SIGTERM:\n{self.proc.text()[-3000:]}"
+        self.proc = Proc([str(SLUICE), "run", "--config", str(self.config)], self.tmp / "sluice.log", {"RUST_LOG": log})
+        self.wait_ready()
+
     def wait_ready(self, timeout=20):
         end = time.time() + timeout
         while time.time() < end:
@@ -215,8 +222,11 @@ class Gateway:
 def gateway(tmp_path):
     made = []
 
-    def start(routes, extra="", workers=2, log="info", gateway_keys=""):
-        g = Gateway(tmp_path, routes, extra, workers, log, gateway_keys)
+    def start(routes, extra="", workers=2, log="info", gateway_keys="", home=None):
+        """`home`: a directory of its own under the test's (config, log), for a second gateway."""
+        d = tmp_path / home if home else tmp_path
+        d.mkdir(exist_ok=True)
+        g = Gateway(d, routes, extra, workers, log, gateway_keys)
         made.append(g)
         return g
 

@@ -299,7 +299,7 @@ def test_stream_idle_and_keepalive_idle_timeouts(raw_upstream, gateway):
     assert g.metric("sluice_timeouts_total") >= 1
     # Status codes pass through (405 from a server without DELETE support, say).
     with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
-        s.sendall(b"DELETE /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nMcp-Session-Id: s\r\n\r\n")
+        s.sendall(b"DELETE /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         resp = s.recv(4096)
         assert resp.startswith(b"HTTP/1.1 405") and b"Allow: GET" in resp
         # The keep-alive connection is closed after idle_keepalive without a new request.

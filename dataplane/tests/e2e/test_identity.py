@@ -211,7 +211,7 @@ def test_a_session_answers_only_the_caller_that_opened_it(idp, gateway, py_json)
     r = post(owner, listing, sid)
     assert r.status_code == 200 and r.json()["result"]["tools"], r.text
     sessions = g.get_admin("/sessions")
-    assert [s["owner"] for s in sessions["sessions"] if s["mcp_session_id"] == sid] == ["support-agent"], sessions
+    assert [s["owner"] for s in sessions["sessions"] if sid.endswith("." + s["mcp_session_id"])] == ["support-agent"], sessions
     g.proc.stop()
     events = spool_events(g.spool)
     gid = next(e["session"] for e in events if e["kind"] == "session_start")
@@ -219,3 +219,26 @@ def test_a_session_answers_only_the_caller_that_opened_it(idp, gateway, py_json)
     assert {e["identity"]["subject"] for e in in_session if e.get("identity")} == {"support-agent"}, "nothing of the other callers in the session's record"
     refused = [e for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]
     assert sorted(e["identity"]["subject"] for e in refused) == ["ci-bot", "intern-agent", "intern-agent"] and all(e["status"] == 404 and "session" not in e for e in refused), refused
+
+
+def test_a_session_is_bound_to_its_caller_on_every_gateway_of_the_deployment(idp, gateway, py_json, tmp_path):
+    """The binding travels in the session id itself (a keyed tag over the caller): a gateway that
+    never saw the session opened refuses it to another caller just the same."""
+    key = tmp_path / "session.key"
+    key.write_bytes(b"k" * 32)
+    extra = identity_cfg(idp) + f'[sessions]\nkey_file = "{key}"\n'
+    a = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra, home="a")
+    b = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra, home="b")
+    owner, other = idp.token("support-agent"), idp.token("intern-agent")
+    h = lambda tok, sid=None: {**ACCEPT, "authorization": f"Bearer {tok}", "mcp-protocol-version": "2025-06-18", **({"mcp-session-id": sid} if sid else {})}  # noqa: E731
+    r = httpx.post(a.url(), json=INIT, headers=h(owner), timeout=10)
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    for tok, hdrs in [(other, h(other, sid)), (None, {**ACCEPT, "x-api-key": API_KEY, "mcp-session-id": sid})]:
+        r = httpx.post(b.url(), json=listing, headers=hdrs, timeout=10)
+        assert r.status_code == 404 and "start one with initialize" in r.json()["error"]["data"]["reason"], r.text
+    assert b.get_admin("/sessions")["count"] == 0, "a refused caller does not open the session here"
+    r = httpx.post(b.url(), json=listing, headers=h(owner, sid), timeout=10)
+    assert r.status_code == 200 and r.json()["result"]["tools"], r.text
+    assert [s["owner"] for s in b.get_admin("/sessions")["sessions"]] == ["support-agent"]

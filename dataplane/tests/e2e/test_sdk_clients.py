@@ -131,7 +131,8 @@ def test_session_record_holds_client_and_server_info(py_json, gateway):
         sid = r.headers["mcp-session-id"]
         s = g.get_admin("/sessions")["sessions"]
         assert len(s) == 1
-        assert s[0]["mcp_session_id"] == sid
+        # The agent holds the gateway's id for the session, which names the upstream's.
+        assert sid.startswith(s[0]["gateway_id"] + ".") and sid.endswith("." + s[0]["mcp_session_id"]), (sid, s)
         assert s[0]["client_info"]["name"] == "raw-e2e"
         assert s[0]["server_info"]["name"] == "sluice-e2e-py"
         assert s[0]["protocol_version"] == "2025-06-18"
@@ -211,10 +212,14 @@ def test_headers_pass_through_and_forwarding_added(raw_upstream, gateway):
     # The web client's origin and the gateway's name are listed (others are refused:
     # test_conformance, test_rebinding).
     g = gateway([{"path": "/mcp", "upstream": up.url()}], gateway_keys='allowed_origins = ["https://app.example"]\nallowed_hosts = ["agents.example"]\n')
+    # The agent holds the gateway's session id for the upstream's "up-1" (test_sessions).
+    sid = httpx.post(g.url(), json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"accept": "application/json, text/event-stream"}, timeout=10).headers["mcp-session-id"]
+    assert sid.endswith(".up-1") and len(sid) > len("up-1") + 50, sid
+    up.requests.clear()
     with socket.create_connection(("127.0.0.1", g.port)) as s:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
         s.sendall(b"POST /mcp?x=1 HTTP/1.1\r\nHost: agents.example:443\r\nOrigin: https://app.example\r\nAccept: application/json, text/event-stream\r\n"
-                  b"Mcp-Session-Id: abc\r\nMCP-Protocol-Version: 2025-11-25\r\nLast-Event-ID: e-7\r\nConnection: keep-alive, X-Secret-Hop\r\n"
+                  + f"Mcp-Session-Id: {sid}\r\n".encode() + b"MCP-Protocol-Version: 2025-11-25\r\nLast-Event-ID: e-7\r\nConnection: keep-alive, X-Secret-Hop\r\n"
                   b"X-Secret-Hop: 1\r\nProxy-Authorization: Basic eA==\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                   + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
         resp = b""
@@ -225,7 +230,7 @@ def test_headers_pass_through_and_forwarding_added(raw_upstream, gateway):
     sent = up.requests[0].decode()
     head = sent.split("\r\n\r\n")[0].lower()
     assert sent.startswith("POST /mcp?x=1 HTTP/1.1")
-    for must in ["host: agents.example:443", "origin: https://app.example", "mcp-session-id: abc", "mcp-protocol-version: 2025-11-25",
+    for must in ["host: agents.example:443", "origin: https://app.example", "mcp-session-id: up-1", "mcp-protocol-version: 2025-11-25",
                  "last-event-id: e-7", "x-forwarded-for: 127.0.0.1", "forwarded: for=127.0.0.1;proto=http;host=\"agents.example:443\"",
                  f"content-length: {len(body)}"]:
         assert must in head, (must, head)
@@ -233,4 +238,4 @@ def test_headers_pass_through_and_forwarding_added(raw_upstream, gateway):
         assert never not in head, never
     assert sent.endswith(body.decode())
     rhead = resp.split(b"\r\n\r\n")[0].decode().lower()
-    assert "mcp-session-id: up-1" in rhead and "x-upstream: yes" in rhead and "keep-alive: timeout" not in rhead
+    assert f"mcp-session-id: {sid.lower()}" in rhead.split("\r\n") and "x-upstream: yes" in rhead and "keep-alive: timeout" not in rhead

@@ -1,0 +1,121 @@
+"""Session ids: the agent holds the gateway's id for each MCP session (`GATEWAY_ID.TAG.UPSTREAM_ID`,
+the tag a keyed hash over the route, the caller and both ids). Any gateway with the deployment's
+`sessions.key_file` opens it, so a session continues on another gateway and after a restart,
+under one gateway id in the record; an id altered, taken to another route, or never handed out
+(the upstream's own) is refused like an unknown session."""
+
+import json
+
+import httpx
+
+from conftest import spool_events
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "sessions-e2e", "version": "1"}}}
+LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json", "mcp-protocol-version": "2025-06-18"}
+
+
+def post(g, msg, sid=None, path="/mcp"):
+    h = {**ACCEPT, **({"mcp-session-id": sid} if sid else {})}
+    return httpx.post(g.url(path), json=msg, headers=h, timeout=10)
+
+
+def call(n):
+    return {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": "shout", "arguments": {"text": f"call {n}"}}}
+
+
+def assert_unknown(r):
+    assert r.status_code == 404, r.text
+    body = r.json()
+    assert body["error"]["code"] == -32600 and "start one with initialize" in body["error"]["data"]["reason"], body
+
+
+def key_cfg(tmp_path):
+    key = tmp_path / "session.key"
+    if not key.exists():
+        key.write_bytes(bytes(range(48)))
+    return f'[sessions]\nkey_file = "{key}"\n'
+
+
+def test_session_ids_are_the_gateways_and_refused_when_altered_or_moved(py_json, gateway):
+    g = gateway([{"path": "/mcp", "upstream": py_json, "name": "tools"}, {"path": "/other", "upstream": py_json, "name": "other"}])
+    r = post(g, INIT)
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    gid, tag, upstream_sid = sid.split(".", 2)
+    assert len(gid) == 26 and len(tag) == 26 and upstream_sid, sid
+    [s] = g.get_admin("/sessions")["sessions"]
+    assert (s["gateway_id"], s["mcp_session_id"]) == (gid, upstream_sid), s
+    assert post(g, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid).status_code == 202
+    r = post(g, LIST, sid)
+    assert r.status_code == 200 and r.json()["result"]["tools"], r.text
+
+    # The upstream's own id was never handed out; an id altered in its tag, its gateway id or
+    # its upstream id, or taken to another route, opens nothing.
+    flip = lambda c: "0" if c != "0" else "1"  # noqa: E731
+    altered = [
+        upstream_sid,
+        f"{gid}.{tag[:-1]}{flip(tag[-1])}.{upstream_sid}",
+        f"{gid[:-1]}{flip(gid[-1])}.{tag}.{upstream_sid}",
+        f"{gid}.{tag}.{upstream_sid}x",
+        f"{gid}.{tag}",
+    ]
+    for bad in altered:
+        assert_unknown(post(g, LIST, bad))
+    assert_unknown(post(g, LIST, sid, path="/other"))
+    # Nor may an altered id end the session.
+    r = httpx.delete(g.url(), headers={**ACCEPT, "mcp-session-id": altered[1]}, timeout=10)
+    assert r.status_code == 404
+    assert post(g, LIST, sid).status_code == 200, "the session is untouched"
+
+    g.proc.stop()
+    events = spool_events(g.spool)
+    refused = [e for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "protocol"]
+    assert len(refused) == len(altered) + 2 and all(e["status"] == 404 and "session" not in e for e in refused), refused
+    mine = [e for e in events if e.get("session") == gid]
+    assert [e["kind"] for e in mine].count("session_start") == 1, mine
+    assert sum(e["kind"] == "request" and e.get("method") == "tools/list" for e in mine) == 2, "only the two accepted listings"
+    assert {e["mcp_session"] for e in mine if e.get("mcp_session")} == {upstream_sid}, "the record names the upstream's id"
+
+
+def test_a_session_continues_on_another_gateway_and_after_a_restart_with_the_shared_key(py_json, gateway, tmp_path):
+    routes = [{"path": "/mcp", "upstream": py_json, "name": "tools"}]
+    a = gateway(routes, key_cfg(tmp_path), home="a")
+    b = gateway(routes, key_cfg(tmp_path), home="b")
+    c = gateway(routes, home="c")  # no key file: ids of its own, valid until it restarts
+    r = post(a, INIT)
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    gid, _, upstream_sid = sid.split(".", 2)
+    assert post(a, {"jsonrpc": "2.0", "method": "notifications/initialized"}, sid).status_code == 202
+
+    # Another gateway of the deployment takes the session up under the same gateway id.
+    r = post(b, call(3), sid)
+    assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == "CALL 3", r.text
+    assert r.headers.get("mcp-session-id") in (None, sid)
+    [s] = b.get_admin("/sessions")["sessions"]
+    assert (s["gateway_id"], s["mcp_session_id"]) == (gid, upstream_sid), s
+    # One without the key does not open it.
+    assert_unknown(post(c, call(4), sid))
+
+    # A restart: the session goes on, and its events keep its id.
+    a.restart()
+    r = post(a, call(5), sid)
+    assert r.status_code == 200, r.text
+    # Without a key file, the ids a gateway handed out end with its process.
+    r = post(c, INIT)
+    c_sid = r.headers["mcp-session-id"]
+    assert post(c, LIST, c_sid).status_code == 200
+    c.restart()
+    assert_unknown(post(c, LIST, c_sid))
+
+    for g in (a, b):
+        g.proc.stop()
+    a_events, b_events = spool_events(a.spool), spool_events(b.spool)
+    assert [e["kind"] for e in a_events if e.get("session") == gid].count("session_start") == 1
+    for events, n in [(b_events, 3), (a_events, 5)]:
+        calls = [e for e in events if e["kind"] == "request" and e.get("method") == "tools/call"]
+        assert [(e["session"], e["mcp_session"], e["rpc_id"]) for e in calls] == [(gid, upstream_sid, str(n))], calls
+    assert not any(e["kind"] == "session_start" for e in b_events), "taken up, not started again"
+    assert "session continued here" in b.proc.log.read_text()
