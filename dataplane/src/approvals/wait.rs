@@ -70,7 +70,7 @@ pub fn sse_frame(data: &[u8]) -> Vec<u8> {
 }
 
 /// Hold the call until it is decided, its request expires, or the agent goes away.
-pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse: bool, keep_alive: bool) -> Held {
+pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse: bool, keep_alive: bool, cors: Option<crate::proxy::cors::Reader<'_>>) -> Held {
     let store = &w.shared.approvals;
     let instance = w.shared.recorder.as_ref().map(|r| r.instance.clone());
     if h.created {
@@ -85,6 +85,7 @@ pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse
         write::header(&mut head, "content-type", b"text/event-stream");
         write::header(&mut head, "cache-control", b"no-cache");
         write::header(&mut head, "transfer-encoding", b"chunked");
+        crate::proxy::cors::write_answer_headers(&mut head, cors);
         head.extend_from_slice(b"\r\n");
         head.extend_from_slice(&progress(h, Duration::ZERO));
         if down.write_all(&head).await.is_err() || down.flush().await.is_err() {
@@ -95,7 +96,7 @@ pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse
     let mut last_progress = Instant::now();
     loop {
         let Some((state, newly)) = store.poll(&h.entry.id) else {
-            return refuse(down, h, sse, keep_alive, "the approval request is gone (the gateway restarted or pruned it); send the call again").await;
+            return refuse(down, h, sse, keep_alive, cors, "the approval request is gone (the gateway restarted or pruned it); send the call again").await;
         };
         match state {
             State::Approved { by, .. } => {
@@ -104,7 +105,7 @@ pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse
             }
             State::Denied { by, reason } => {
                 let why = if reason.is_empty() { String::new() } else { format!(": {reason}") };
-                return refuse(down, h, sse, keep_alive, &format!("{by} denied this call{why}; do not retry it unchanged")).await;
+                return refuse(down, h, sse, keep_alive, cors, &format!("{by} denied this call{why}; do not retry it unchanged")).await;
             }
             State::Expired | State::Used { .. } => {
                 if newly {
@@ -115,13 +116,13 @@ pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse
                     }
                 }
                 let groups = h.entry.approvers.join(" or ");
-                return refuse(down, h, sse, keep_alive, &format!("no member of {groups} decided in time (approval {}); the call was not made — send it again to ask again", h.entry.id)).await;
+                return refuse(down, h, sse, keep_alive, cors, &format!("no member of {groups} decided in time (approval {}); the call was not made — send it again to ask again", h.entry.id)).await;
             }
             State::Pending => {}
         }
         if w.draining() {
             // A draining gateway does not keep calls waiting for people.
-            return refuse(down, h, sse, false, &format!("the gateway is restarting; approval {} is still open — send the call again to wait for it", h.entry.id)).await;
+            return refuse(down, h, sse, false, cors, &format!("the gateway is restarting; approval {} is still open — send the call again to wait for it", h.entry.id)).await;
         }
         if sse && last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
@@ -149,7 +150,7 @@ pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse
     }
 }
 
-async fn refuse(down: &mut crate::proxy::io::Stream, h: &Hold, sse: bool, keep_alive: bool, reason: &str) -> Held {
+async fn refuse(down: &mut crate::proxy::io::Stream, h: &Hold, sse: bool, keep_alive: bool, cors: Option<crate::proxy::cors::Reader<'_>>, reason: &str) -> Held {
     let body = jsonrpc::error_body(h.rpc_id.as_deref(), Code::ApprovalRequired, "approval not given", reason);
     if sse {
         let mut out = sse_frame(&body);
@@ -157,6 +158,6 @@ async fn refuse(down: &mut crate::proxy::io::Stream, h: &Hold, sse: bool, keep_a
         let ok = down.write_all(&out).await.is_ok() && down.flush().await.is_ok();
         return Held::Done(ok && keep_alive);
     }
-    let ok = crate::proxy::respond::send(down, 200, "application/json", &body, keep_alive, &[]).await.is_ok();
+    let ok = crate::proxy::respond::send(down, 200, "application/json", &body, keep_alive, &[], cors).await.is_ok();
     Held::Done(ok && keep_alive)
 }

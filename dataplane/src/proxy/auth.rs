@@ -3,6 +3,7 @@
 //! `WWW-Authenticate` challenge that points MCP clients at this resource's metadata, and
 //! serve that metadata (RFC 9728, as the MCP authorization spec asks).
 
+use super::cors::Reader;
 use super::io::Stream;
 use super::{respond, Worker};
 use crate::config::{Config, Route};
@@ -49,7 +50,7 @@ fn metadata_url(head: &Head, tls: bool, resource_path: &str) -> String {
 
 /// 401 with a Bearer challenge and a JSON-RPC error the agent can act on; the refusal is recorded.
 #[allow(clippy::too_many_arguments)]
-pub async fn refuse(w: &Worker, down: &mut Stream, ctx: &RequestCtx, route: &Route, head: &Head, tls: bool, e: &AuthError, keep_alive: bool) -> std::io::Result<()> {
+pub async fn refuse(w: &Worker, down: &mut Stream, ctx: &RequestCtx, route: &Route, head: &Head, tls: bool, e: &AuthError, keep_alive: bool, cors: Option<Reader<'_>>) -> std::io::Result<()> {
     tracing::info!(worker = w.id, route = %route.name, reason = %e, "unauthenticated request refused");
     if let Some(em) = &w.emitter {
         let mut d = crate::events::record::base(ctx, &em.recorder().instance, Kind::Decision);
@@ -65,18 +66,20 @@ pub async fn refuse(w: &Worker, down: &mut Stream, ctx: &RequestCtx, route: &Rou
         challenge.push_str(&format!(", error=\"invalid_token\", error_description=\"{}\"", e.to_string().replace('"', "'")));
     }
     let body = error_body(None, Code::Unauthenticated, "Unauthenticated", &e.to_string());
-    respond::send(down, 401, "application/json", &body, keep_alive, &[("www-authenticate", challenge.as_bytes())]).await
+    respond::send(down, 401, "application/json", &body, keep_alive, &[("www-authenticate", challenge.as_bytes())], cors).await
 }
 
 /// `GET /.well-known/oauth-protected-resource[/<route path>]`.
 pub async fn serve_metadata(down: &mut Stream, cfg: &Config, auth: &Authenticator, head: &Head, tls: bool, keep_alive: bool) -> std::io::Result<()> {
+    // Browser clients fetch the metadata cross-origin during their OAuth discovery.
+    let cors = super::cors::reader(cfg, head, true);
     let suffix = &head.path()[METADATA_PATH.len()..];
     let resource = auth.resource.clone().unwrap_or_else(|| format!("{}{}", origin(head, tls), if suffix.is_empty() { "/" } else { suffix }));
     let servers: Vec<&str> = auth.jwks().map(|j| j.issuer.as_str()).into_iter().collect();
     let known = suffix.is_empty() || cfg.routes.iter().any(|r| r.path == suffix.trim_end_matches('/'));
     if !known {
         let body = error_body(None, Code::NoRoute, "Not found", &format!("no protected resource at {suffix}; see {METADATA_PATH}"));
-        return respond::send(down, 404, "application/json", &body, keep_alive, &[]).await;
+        return respond::send(down, 404, "application/json", &body, keep_alive, &[], cors).await;
     }
     let body = serde_json::json!({
         "resource": resource,
@@ -84,5 +87,5 @@ pub async fn serve_metadata(down: &mut Stream, cfg: &Config, auth: &Authenticato
         "bearer_methods_supported": ["header"],
         "resource_name": "Sluice MCP gateway",
     });
-    respond::send(down, 200, "application/json", body.to_string().as_bytes(), keep_alive, &[("cache-control", b"max-age=300")]).await
+    respond::send(down, 200, "application/json", body.to_string().as_bytes(), keep_alive, &[("cache-control", b"max-age=300")], cors).await
 }

@@ -38,7 +38,7 @@ pub async fn refuse(w: Rc<Worker>, tcp: TcpStream, plain: bool) {
         let cfg = w.config();
         let e = ProxyError::Overloaded(format!("the gateway has as many connections open as it allows (limits.max_connections = {})", cfg.limits.max_connections));
         let mut stream = Stream::Plain(tcp);
-        let _ = deadline(std::time::Duration::from_secs(1), respond::error(&mut stream, &e, None, false)).await;
+        let _ = deadline(std::time::Duration::from_secs(1), respond::error(&mut stream, &e, None, false, None)).await;
         let _ = stream.close().await;
     }
 }
@@ -115,14 +115,14 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             None => {
                 w.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
                 w.record_refusal(None, None, client, &ProxyError::ClientTimeout);
-                let _ = respond::error(&mut stream, &ProxyError::ClientTimeout, None, false).await;
+                let _ = respond::error(&mut stream, &ProxyError::ClientTimeout, None, false, None).await;
                 return;
             }
             Some(Ok(Some(n))) => n,
             Some(Ok(None)) => return,
             Some(Err(e)) => {
                 w.record_refusal(None, None, client, &e);
-                let _ = respond::error(&mut stream, &e, None, false).await;
+                let _ = respond::error(&mut stream, &e, None, false, None).await;
                 return;
             }
         };
@@ -136,7 +136,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             }
             w.record_refusal(None, route.as_deref(), client, &e);
             w.metrics.request_done(route.as_ref().unwrap_or(&std::sync::Arc::from("-")), crate::metrics::method_label(head.method()), e.status(), started.elapsed());
-            let _ = respond::error(&mut stream, &e, None, false).await;
+            let _ = respond::error(&mut stream, &e, None, false, None).await;
             return;
         }
         let keep_alive = head.keep_alive() && !w.draining();
@@ -145,7 +145,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             Err(e) => {
                 let route = cfg.route_for(head.header_str("host"), head.path()).map(|(_, r)| r.label.clone());
                 w.record_refusal(None, route.as_deref(), client, &e);
-                let _ = respond::error(&mut stream, &e, None, false).await;
+                let _ = respond::error(&mut stream, &e, None, false, None).await;
                 return;
             }
         }
@@ -161,7 +161,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
                 let keep = keep_alive && e.keeps_connection();
                 let route: std::sync::Arc<str> = std::sync::Arc::from("-");
                 w.metrics.request_done(&route, crate::metrics::method_label(head.method()), e.status(), started.elapsed());
-                if respond::error(&mut stream, &e, None, keep).await.is_err() {
+                if respond::error(&mut stream, &e, None, keep, super::cors::reader(&cfg, &head, true)).await.is_err() {
                     return;
                 }
                 keep

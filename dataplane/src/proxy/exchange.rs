@@ -26,7 +26,7 @@ use std::time::Instant;
 
 /// What this exchange learned about its messages, to correlate responses and track sessions.
 #[derive(Default)]
-pub(crate) struct Track {
+pub(crate) struct Track<'h> {
     /// Requests sent in this exchange: id text → what was asked.
     pending: Vec<(String, Pending)>,
     /// `initialize` params (client info, capabilities, protocol version), when this exchange
@@ -40,6 +40,8 @@ pub(crate) struct Track {
     legacy_post: bool,
     /// The session id the agent gets in place of the upstream's (`session::Ids`).
     session_token: Option<String>,
+    /// The web page reading the answer, if the request came from one (`cors`).
+    cors: Option<super::cors::Reader<'h>>,
 }
 
 /// Handle one request. `Ok(keep_alive)` once a response went out; `Err` when nothing was
@@ -76,6 +78,15 @@ pub async fn handle(
         tracing::info!(worker = w.id, route = %route.name, origin = %String::from_utf8_lossy(origin), "request from a web origin refused");
         w.record_refusal(None, Some(&route.label), client, &e);
         return Err(e);
+    }
+    // A web page's preflight is the gateway's to answer (it decides which origins may call).
+    let cors = super::cors::reader(cfg, head, route.kind == RouteKind::Mcp);
+    if let Some(reader) = cors.filter(|_| super::cors::is_preflight(head)) {
+        let keep_alive = head.keep_alive() && !w.draining();
+        down.write_all(&super::cors::preflight_answer(head, reader, keep_alive)).await.map_err(|_| ProxyError::ClientTimeout)?;
+        down.flush().await.map_err(|_| ProxyError::ClientTimeout)?;
+        w.metrics.request_done(&route.label, crate::metrics::method_label(head.method()), 204, started.elapsed());
+        return Ok(keep_alive);
     }
     let up = &cfg.upstreams[route.upstream];
     let method = head.method();
@@ -114,7 +125,7 @@ pub async fn handle(
             Ok(id) => ctx.identity = id,
             Err(e) => {
                 let keep_alive = head.keep_alive() && !w.draining();
-                super::auth::refuse(w, down, &ctx, route, head, tls, &e, keep_alive).await.map_err(|_| ProxyError::ClientTimeout)?;
+                super::auth::refuse(w, down, &ctx, route, head, tls, &e, keep_alive, cors).await.map_err(|_| ProxyError::ClientTimeout)?;
                 w.metrics.request_done(&route.label, crate::metrics::method_label(head.method()), 401, started.elapsed());
                 return Ok(keep_alive);
             }
@@ -189,7 +200,7 @@ pub async fn handle(
             }
         }
     }
-    let mut track = Track { legacy_post, ..Track::default() };
+    let mut track = Track { legacy_post, cors, ..Track::default() };
     let keep_alive = head.keep_alive() && !w.draining();
     let mlabel = crate::metrics::method_label(method);
 
@@ -237,7 +248,7 @@ pub async fn handle(
     }
     if let Some(Verdict::Refuse { code, message, reason }) = refused {
         let b = jsonrpc::error_body(None, code, &message, &reason);
-        respond::send(down, 403, "application/json", &b, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
+        respond::send(down, 403, "application/json", &b, keep_alive, &[], cors).await.map_err(|_| ProxyError::ClientTimeout)?;
         w.metrics.request_done(&route.label, mlabel, 403, started.elapsed());
         return Ok(keep_alive);
     }
@@ -259,7 +270,7 @@ pub async fn handle(
             crate::events::record::plain_event(em, &ctx, Direction::Request, body.len() as u64);
         }
         if let Some(refusal) = plain_decision(w, &mut ctx) {
-            respond::send(down, 403, "application/json", &refusal, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
+            respond::send(down, 403, "application/json", &refusal, keep_alive, &[], cors).await.map_err(|_| ProxyError::ClientTimeout)?;
             w.metrics.request_done(&route.label, mlabel, 403, started.elapsed());
             return Ok(keep_alive);
         }
@@ -278,7 +289,7 @@ pub async fn handle(
             Outcome::Answer(b) if track.legacy_post => {
                 // The agent reads its answers on the session's stream, not here.
                 legacy_answers(w, &ctx, &[b]);
-                respond::send(down, 202, "text/plain", b"Accepted", keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
+                respond::send(down, 202, "text/plain", b"Accepted", keep_alive, &[], cors).await.map_err(|_| ProxyError::ClientTimeout)?;
                 w.metrics.request_done(&route.label, mlabel, 202, started.elapsed());
                 return Ok(keep_alive);
             }
@@ -286,7 +297,7 @@ pub async fn handle(
                 // JSON-RPC errors travel in a 200; a refused plain HTTP document is a 403.
                 let status = if b.is_empty() || route.kind != RouteKind::Mcp { 403 } else { 200 };
                 let b = if b.is_empty() { jsonrpc::error_body(None, jsonrpc::Code::Refused, "Refused", "the gateway refused this notification") } else { b };
-                respond::send(down, status, "application/json", &b, keep_alive, &[]).await.map_err(|_| ProxyError::ClientTimeout)?;
+                respond::send(down, status, "application/json", &b, keep_alive, &[], cors).await.map_err(|_| ProxyError::ClientTimeout)?;
                 w.metrics.request_done(&route.label, mlabel, status, started.elapsed());
                 return Ok(keep_alive);
             }
@@ -296,7 +307,7 @@ pub async fn handle(
     let mut held = false;
     if let Some(h) = ctx.hold.take() {
         let sse = head.minor_version >= 1 && head.header("accept").is_some_and(|a| a.windows(17).any(|x| x.eq_ignore_ascii_case(b"text/event-stream")));
-        match crate::approvals::wait::hold(w, down, &h, sse, keep_alive).await {
+        match crate::approvals::wait::hold(w, down, &h, sse, keep_alive, cors).await {
             crate::approvals::wait::Held::Go { streaming } => held = streaming,
             crate::approvals::wait::Held::Done(keep) => {
                 w.metrics.request_done(&route.label, mlabel, 200, started.elapsed());
@@ -367,11 +378,11 @@ pub async fn handle(
     } else if !answers.is_empty() && kind == BodyKind::None {
         // Only notifications went upstream (202); the refused requests still get answers.
         let b = hooks::join_answers(true, answers);
-        respond::send(down, 200, "application/json", &b, keep_alive, &[]).await.map(|_| true).map_err(|_| ())
+        respond::send(down, 200, "application/json", &b, keep_alive, &[], cors).await.map(|_| true).map_err(|_| ())
     } else {
         let from = ctx.findings.len();
         let mut sent = 0;
-        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version, &mut sent, is_mcp, track.session_token.as_deref()).await;
+        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version, &mut sent, is_mcp, &track).await;
         if let Some(em) = w.emitter.as_ref().filter(|_| plain) {
             crate::events::record::plain_event(em, &ctx, Direction::Response, sent);
         }
@@ -396,7 +407,7 @@ pub async fn handle(
 /// is already open) a last event that ends the stream. The answer is recorded as the call's
 /// response: the upstream gave none.
 #[allow(clippy::too_many_arguments)]
-async fn fail_answer(w: &Worker, ctx: &RequestCtx, track: &Track, down: &mut Stream, held: bool, e: &ProxyError, keep_alive: bool) -> std::io::Result<()> {
+async fn fail_answer(w: &Worker, ctx: &RequestCtx, track: &Track<'_>, down: &mut Stream, held: bool, e: &ProxyError, keep_alive: bool) -> std::io::Result<()> {
     let id = track.reply_id.as_deref();
     if let Some(em) = &w.emitter {
         let call = match track.pending.as_slice() {
@@ -407,7 +418,7 @@ async fn fail_answer(w: &Worker, ctx: &RequestCtx, track: &Track, down: &mut Str
         crate::events::record::gateway_answer(em, ctx, call, id, e);
     }
     if !held {
-        return respond::error(down, e, id, keep_alive).await;
+        return respond::error(down, e, id, keep_alive, track.cors).await;
     }
     let body = jsonrpc::error_body(id, e.code(), &e.to_string(), &e.to_string());
     let mut out = crate::approvals::wait::sse_frame(&body);
@@ -440,7 +451,7 @@ fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
 
 /// Parse the request body (MCP: JSON-RPC; HTTP: a JSON document), observe it and run the hooks.
 /// `Ok(None)`: nothing to inspect (no body, or not JSON on a plain route).
-fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, body: &[u8], track: &mut Track) -> Result<Option<Outcome>, ProxyError> {
+fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, body: &[u8], track: &mut Track<'_>) -> Result<Option<Outcome>, ProxyError> {
     let is_mcp = route.kind == RouteKind::Mcp;
     // A compressed body cannot be read; one the gateway would inspect is refused.
     let encoded = || encoding(head).map(|e| ProxyError::Encoded(e.to_owned()));
@@ -699,7 +710,7 @@ pub(crate) fn reused_request_id(w: &Worker, ctx: &RequestCtx, body: &jsonrpc::Bo
     }
 }
 
-pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &mut jsonrpc::Body<'_>, mut track: Option<&mut Track>) {
+pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &mut jsonrpc::Body<'_>, mut track: Option<&mut Track<'_>>) {
     let dlabel = if dir == Direction::Request { "request" } else { "response" };
     let sessions = &w.shared.sessions;
     let sid = ctx.mcp_session_id.as_deref();
@@ -795,7 +806,7 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
 
 /// Session bookkeeping on the response head: a new session on `initialize`, release on DELETE
 /// or on the upstream's 404 for a session it no longer knows.
-fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track, head: &Head, method: &str) {
+fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track<'_>, head: &Head, method: &str) {
     let sessions = &w.shared.sessions;
     let status = head.status;
     let init = track.init.take();
@@ -877,9 +888,12 @@ struct Forward<'a> {
 
 /// Headers the gateway does not pass on as the agent sent them: forwarding headers (it writes
 /// its own), `Host` when it names the upstream, the agent's credentials when they are not for
-/// the upstream, the upstream credential's header (it injects the value), `Accept-Encoding`.
+/// the upstream, the upstream credential's header (it injects the value), `Accept-Encoding`,
+/// and `Origin`: the gateway checked it and answers for CORS (`cors`); an upstream checking it
+/// again against its own list would refuse the web clients the gateway serves.
 fn replaced_header(n: &str, rewrite_host: bool, strip_credentials: bool, up: &Upstream) -> bool {
-    n.eq_ignore_ascii_case("x-forwarded-for")
+    n.eq_ignore_ascii_case("origin")
+        || n.eq_ignore_ascii_case("x-forwarded-for")
         || n.eq_ignore_ascii_case("x-forwarded-proto")
         || n.eq_ignore_ascii_case("forwarded")
         || (rewrite_host && n.eq_ignore_ascii_case("host"))
@@ -954,8 +968,10 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
 /// The upstream's status line and end-to-end headers for the agent; a header value holding the
 /// upstream's injected credential (an upstream that echoes what it was sent) has it replaced,
 /// as `ScrubHook` does in bodies.
-/// `session`: the id to write in place of the upstream's session id.
-fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx, session: Option<&str>) {
+/// The gateway's say on session id (`track.session_token`, in place of the upstream's) and on
+/// CORS (the upstream's `Access-Control-*` headers dropped, the gateway's for a web page added).
+fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx, track: &Track<'_>) {
+    let session = track.session_token.as_deref();
     write::status_line(out, up.status, up.reason());
     let mut replaced = ctx.credential.as_deref().map(|c| crate::scrub::header_values(up, &c.secrets)).unwrap_or_default();
     if !replaced.is_empty() {
@@ -967,7 +983,8 @@ fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx,
         replaced.push((at, token.to_owned()));
         replaced.sort_by_key(|(i, _)| *i);
     }
-    write::end_to_end_headers(out, up, |n| dropped.iter().any(|d| d.eq_ignore_ascii_case(n)), &replaced);
+    write::end_to_end_headers(out, up, |n| super::cors::is_cors_header(n) || dropped.iter().any(|d| d.eq_ignore_ascii_case(n)), &replaced);
+    super::cors::write_answer_headers(out, track.cors);
 }
 
 /// Answer headers that carry no data of the upstream's choosing the agent reads, or that the
@@ -1088,7 +1105,7 @@ async fn relay_sse(
     c: &mut UpConn,
     kind: BodyKind,
     ctx: &mut RequestCtx,
-    track: &mut Track,
+    track: &mut Track<'_>,
     answers: &[Vec<u8>],
     client_minor: u8,
     held: bool,
@@ -1097,7 +1114,7 @@ async fn relay_sse(
     let mut out = Vec::with_capacity(1024);
     // A held call's stream is already open (its head went out while it waited).
     if !held {
-        response_head(w, &mut out, &c.head, ctx, track.session_token.as_deref());
+        response_head(w, &mut out, &c.head, ctx, track);
         if chunked_out {
             write::header(&mut out, "transfer-encoding", b"chunked");
         }
@@ -1255,7 +1272,7 @@ fn frame(out: &mut Vec<u8>, payload: &[u8], chunked: bool) {
 
 /// One SSE event: parse its data as JSON-RPC, observe, run the hooks, and append what the
 /// agent gets to `out` (the original bytes when nothing changed).
-fn sse_event(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track, ev: sse::Event, out: &mut Vec<u8>) {
+fn sse_event(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track<'_>, ev: sse::Event, out: &mut Vec<u8>) {
     let Some(data) = ev.data.as_deref().filter(|d| !d.trim().is_empty()) else {
         out.extend_from_slice(&ev.raw); // comments, keep-alives, priming events with empty data
         return;
@@ -1290,7 +1307,7 @@ fn sse_event(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, trac
 /// through this route (another host, a path outside the route's upstream path) is withheld —
 /// the agent is never sent around the gateway.
 #[allow(clippy::too_many_arguments)]
-fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track, ev: &sse::Event, data: &str, out: &mut Vec<u8>) {
+fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, track: &mut Track<'_>, ev: &sse::Event, data: &str, out: &mut Vec<u8>) {
     let up = &cfg.upstreams[route.upstream];
     let Some(mapped) = map_endpoint(data, &up.authority, &route.upstream_path, &route.path) else {
         tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name,
@@ -1387,7 +1404,7 @@ async fn relay_json(
     c: &mut UpConn,
     kind: BodyKind,
     ctx: &mut RequestCtx,
-    track: &mut Track,
+    track: &mut Track<'_>,
     route: &Route,
     answers: &[Vec<u8>],
     keep_alive: bool,
@@ -1483,7 +1500,7 @@ async fn relay_json(
         out.extend_from_slice(write::LAST_CHUNK);
         return if down.write_all(out).await.is_ok() && down.flush().await.is_ok() { Ok(true) } else { Err(()) };
     }
-    response_head(w, out, &c.head, ctx, track.session_token.as_deref());
+    response_head(w, out, &c.head, ctx, track);
     write::content_length(out, final_body.len());
     write::header(out, "connection", if keep_alive { b"keep-alive" } else { b"close" });
     out.extend_from_slice(b"\r\n");
@@ -1508,7 +1525,7 @@ async fn relay_plain(
     client_minor: u8,
     sent: &mut u64,
     mcp: bool,
-    session: Option<&str>,
+    track: &Track<'_>,
 ) -> Result<bool, ()> {
     // Text bodies are scanned and masked as they stream (the length may change, so they go
     // out chunked, or close-delimited to an HTTP/1.0 client).
@@ -1536,7 +1553,7 @@ async fn relay_plain(
     let mut masked = Vec::new();
     let (mut found, mut fingerprints) = (Vec::new(), Vec::new());
     let mut out = Vec::with_capacity(1024);
-    response_head(w, &mut out, &c.head, ctx, session);
+    response_head(w, &mut out, &c.head, ctx, track);
     match kind_out {
         BodyKind::Length(n) => {
             let _ = std::io::Write::write_fmt(&mut out, format_args!("content-length: {n}\r\n"));

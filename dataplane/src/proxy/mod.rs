@@ -8,6 +8,7 @@
 
 mod auth;
 mod conn;
+pub(crate) mod cors;
 pub(crate) mod exchange;
 pub mod io;
 pub(crate) mod respond;
