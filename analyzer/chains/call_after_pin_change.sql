@@ -2,10 +2,11 @@
 -- severity: high
 -- summary: a tool was called after its description changed (possible rug pull)
 --
--- A `pin_change` event for a tool on a route, then a call to that tool on that route. One
--- alert per change. Near miss: the call came before the change.
+-- A `pin_change` event saying a tool's definition changed on a route, then a call to that tool
+-- on that route. One alert per change. Near misses: the call came before the change; the other
+-- pin changes (a tool added, removed, colliding, shadowed, a change accepted).
 WITH changes AS (
-  SELECT id, ts, route, pin['tool'] AS tool, pin['change'] AS change FROM events WHERE kind = 'pin_change'
+  SELECT id, ts, route, pin['tool'] AS tool, pin['change'] AS change FROM events WHERE kind = 'pin_change' AND pin['change'] = 'changed'
 ),
 calls AS (
   SELECT id, ts, route, tool, session, identity['subject'] AS subject FROM events

@@ -44,7 +44,7 @@ fn serve(mut conn: TcpStream, sh: &Shared) {
         let e = crate::error::ProxyError::from(refusal);
         return reply(&mut conn, e.status(), "application/json", serde_json::json!({ "error": e.to_string() }).to_string().as_bytes());
     }
-    if head.path().starts_with("/approvals") {
+    if head.path().starts_with("/approvals") || head.path().starts_with("/pins") {
         // Reviewers' decisions carry a small JSON body (a reason).
         let want = head.header_str("content-length").and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
         if want > MAX_BODY {
@@ -59,7 +59,7 @@ fn serve(mut conn: TcpStream, sh: &Shared) {
             }
         }
         body.truncate(want);
-        let (status, ctype, out) = crate::approvals::admin::handle(&head, &body, sh);
+        let (status, ctype, out) = if head.path().starts_with("/pins") { crate::pins::admin::handle(&head, &body, sh) } else { crate::approvals::admin::handle(&head, &body, sh) };
         return reply(&mut conn, status, ctype, &out);
     }
     let (status, ctype, body) = route(head.method(), head.path(), sh);
@@ -104,7 +104,7 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
             let sessions = sh.sessions.snapshot();
             (200, "application/json", serde_json::to_vec(&serde_json::json!({ "count": sessions.len(), "sessions": sessions })).unwrap_or_default())
         }
-        _ => (404, "text/plain", b"not found: try /healthz /readyz /metrics /sessions /approvals /approvals/ui\n".to_vec()),
+        _ => (404, "text/plain", b"not found: try /healthz /readyz /metrics /sessions /approvals /approvals/ui /pins\n".to_vec()),
     }
 }
 

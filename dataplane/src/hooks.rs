@@ -74,6 +74,12 @@ pub struct RequestCtx {
     pub in_batch: bool,
     /// A call the policy holds for a human's approval (taken by the exchange).
     pub hold: Option<crate::approvals::wait::Hold>,
+    /// The stage that changed or refused the current message when it is neither detection nor
+    /// policy (for the record's decision), e.g. `pins`.
+    pub stage: Option<&'static str>,
+    /// This exchange asked for a page of `tools/list` after the first (`Some(true)`), or for the
+    /// first (`Some(false)`); `None`: not known (its answer says nothing of missing tools).
+    pub listing_paged: Option<bool>,
 }
 
 impl RequestCtx {
@@ -112,6 +118,8 @@ impl RequestCtx {
             message_findings_from: 0,
             in_batch: false,
             hold: None,
+            stage: None,
+            listing_paged: None,
         }
     }
 }

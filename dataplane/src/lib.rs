@@ -32,6 +32,7 @@ pub mod approvals;
 pub mod proxy;
 pub mod runtime;
 pub mod scrub;
+pub mod pins;
 pub mod session;
 pub mod sse;
 pub mod stdio;

@@ -115,6 +115,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: sluice::approvals::cli::ApprovalsCmd,
     },
+    /// Tool pins through the admin API: `list [--changed]`, `accept UPSTREAM TOOL` (a changed
+    /// definition becomes the pin; authenticated with the token of a `pins.approvers` member).
+    Pins {
+        #[command(flatten)]
+        common: sluice::approvals::cli::Common,
+        #[command(subcommand)]
+        cmd: sluice::pins::cli::PinsCmd,
+    },
     /// List every detection rule (id, kind, category, severity, default mask, what it matches).
     Rules {
         #[arg(long, value_enum, default_value = "table")]
@@ -189,6 +197,15 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Cmd::Pins { common, cmd } = cli.cmd {
+        return match sluice::pins::cli::run(&common, cmd) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice pins: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     if let Cmd::Stdio { config, name, spool, kafka, command } = cli.cmd {
         return match sluice::stdio::run(sluice::stdio::Options { config, name, spool, kafka, command }) {
             Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
@@ -235,7 +252,7 @@ fn main() -> std::process::ExitCode {
             }),
         },
         Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
-        Cmd::Scan { .. } | Cmd::Rules { .. } | Cmd::Policy { .. } | Cmd::Approvals { .. } | Cmd::Stdio { .. } => Ok(()),
+        Cmd::Scan { .. } | Cmd::Rules { .. } | Cmd::Policy { .. } | Cmd::Approvals { .. } | Cmd::Pins { .. } | Cmd::Stdio { .. } => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

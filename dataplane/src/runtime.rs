@@ -31,12 +31,16 @@ pub struct Shared {
     pub recorder: Option<Arc<Recorder>>,
     /// Calls held for a human's approval.
     pub approvals: Arc<crate::approvals::Store>,
+    /// Tool definitions pinned per upstream.
+    pub pins: Arc<crate::pins::Store>,
 }
 
 impl Shared {
-    pub fn new(cfg: Config, recorder: Option<Arc<Recorder>>) -> Arc<Self> {
+    pub fn new(cfg: Config, recorder: Option<Arc<Recorder>>, pins: crate::pins::Store) -> Arc<Self> {
         let workers = cfg.workers;
+        pins.configure(cfg.pins.as_ref());
         Arc::new(Shared {
+            pins: Arc::new(pins),
             config: ArcSwap::from_pointee(cfg),
             sessions: session::Store::default(),
             approvals: Arc::default(),
@@ -105,8 +109,19 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             tracing::error!(issuer = %j.issuer, "the issuer's keys could not be fetched yet; bearer tokens are refused until they are");
         }
     }
+    // Pins kept across restarts: a file that cannot be read stops the start (without it every
+    // server would be trusted afresh).
+    let pins = match cfg.pins.as_ref().and_then(|p| p.file.as_deref()) {
+        Some(f) => crate::pins::Store::load(f)?,
+        None => {
+            if cfg.pins.is_some() {
+                tracing::warn!("pins.file is not set: tool pins are kept in memory only, and every server is trusted afresh after a restart");
+            }
+            crate::pins::Store::default()
+        }
+    };
     lifecycle(&recorder, Kind::GatewayStart, Some(&source.digest()), "started");
-    let shared = Shared::new(cfg.clone(), recorder);
+    let shared = Shared::new(cfg.clone(), recorder, pins);
 
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP])
         .context("installing signal handlers")?;
@@ -140,6 +155,11 @@ pub fn run(source: Source) -> anyhow::Result<()> {
                     e.route = Some(Cow::Borrowed(&s.route));
                     e.gateway = Some(GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed("idle timeout")) });
                     rec.process_emitter().emit(&e);
+                }
+            }
+            if let Some(f) = sh.config.load().pins.as_ref().and_then(|p| p.file.clone()) {
+                if let Err(e) = sh.pins.save_if_dirty(&f) {
+                    tracing::error!(file = %f.display(), error = %e, "cannot write the pins file; retrying every second (pins stay in force in memory)");
                 }
             }
             for a in sh.approvals.expire_due() {
@@ -194,6 +214,12 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             errors.push(e);
         }
     }
+    // The last pin changes (the housekeeping thread writes once a second).
+    if let Some(f) = shared.config.load().pins.as_ref().and_then(|p| p.file.clone()) {
+        if let Err(e) = shared.pins.save_if_dirty(&f) {
+            tracing::error!(file = %f.display(), error = %e, "cannot write the pins file at stop: pin changes since the last write are lost");
+        }
+    }
     lifecycle(&shared.recorder, Kind::GatewayStop, None, if errors.is_empty() { "stopped" } else { "a worker failed" });
     if let Some(rec) = &shared.recorder {
         rec.stop(cfg.shutdown_grace);
@@ -225,6 +251,10 @@ fn reload(sh: &Shared, source: &Source) {
             if let (Some(o), Some(n)) = (old.identity.as_ref().and_then(|a| a.jwks()), new.identity.as_ref().and_then(|a| a.jwks())) {
                 n.adopt(o);
             }
+            if old.pins.as_ref().map(|p| &p.file) != new.pins.as_ref().map(|p| &p.file) {
+                tracing::warn!("pins.file changes take effect on restart (pins are loaded at start)");
+            }
+            sh.pins.configure(new.pins.as_ref());
             sh.config.store(Arc::new(new));
             sh.reloads.fetch_add(1, Ordering::Relaxed);
             tracing::info!("configuration reloaded");

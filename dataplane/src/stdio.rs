@@ -478,7 +478,7 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     }
     let recorder = start_recording(&cfg)?;
     let grace = cfg.shutdown_grace;
-    let shared = Shared::new(cfg.clone(), recorder);
+    let shared = Shared::new(cfg.clone(), recorder, crate::pins::Store::default());
     let upstream = Path::new(program).file_name().map_or_else(|| program.to_string_lossy().into_owned(), |n| n.to_string_lossy().into_owned());
     let route = Route {
         name: opts.name.clone(),

@@ -341,7 +341,7 @@ pub struct ToolEntry<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PinChange<'a> {
     pub tool: Text<'a>,
-    /// `added`, `changed`, `removed`, `shadowed`, `collision`.
+    /// `added`, `changed`, `removed`, `shadowed`, `collision`, `accepted` (an operator accepted a changed definition).
     pub change: Text<'a>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_digest: Option<Text<'a>>,

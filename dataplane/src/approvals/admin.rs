@@ -15,13 +15,14 @@ use sluice_schema::event::Kind;
 
 const PAGE: &str = include_str!("page.html");
 
-type Reply = (u16, &'static str, Vec<u8>);
+/// An admin answer: status, content type, body.
+pub(crate) type Reply = (u16, &'static str, Vec<u8>);
 
-fn json(status: u16, v: serde_json::Value) -> Reply {
+pub(crate) fn json(status: u16, v: serde_json::Value) -> Reply {
     (status, "application/json", v.to_string().into_bytes())
 }
 
-fn problem(status: u16, msg: &str) -> Reply {
+pub(crate) fn problem(status: u16, msg: &str) -> Reply {
     json(status, serde_json::json!({ "error": msg }))
 }
 

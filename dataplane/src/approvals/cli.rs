@@ -36,7 +36,7 @@ pub enum ApprovalsCmd {
     },
 }
 
-fn call(c: &Common, method: &str, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn call(c: &Common, method: &str, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
     let from_env = std::env::var("SLUICE_REVIEWER_TOKEN").ok().filter(|t| !t.is_empty());
     let token = c.token.as_deref().or(from_env.as_deref()).ok_or_else(|| anyhow!("give --token or set SLUICE_REVIEWER_TOKEN (a token of a member of the approver group)"))?;
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(15))).http_status_as_error(false).build().into();

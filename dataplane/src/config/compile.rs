@@ -27,6 +27,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
     pub sessions: SessionsCfg,
+    /// Tool pinning (`None`: off).
+    pub pins: Option<PinsCfg>,
     /// Content inspection; `None` when `[detect] enabled = false`.
     pub detect: Option<std::sync::Arc<super::detect::DetectCfg>>,
     /// Session recording; `None` when `[recording] enabled = false`. Read at start (the sink
@@ -99,6 +101,13 @@ pub struct Route {
     pub upstream_path: String,
     pub rewrite_host: bool,
     pub allow_encoded_slashes: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PinsCfg {
+    pub file: Option<std::path::PathBuf>,
+    pub on_change: crate::pins::OnChange,
+    pub approvers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -353,6 +362,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
             crate::session::Ids::for_process()
         }
     };
+    let pins = f.pins.enabled.then(|| PinsCfg { file: f.pins.file.as_deref().map(|p| resolve(file, p)), on_change: f.pins.on_change, approvers: f.pins.approvers.clone() });
     let sessions = SessionsCfg { idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout), max_sessions: f.sessions.max_sessions, ids };
 
     let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));
@@ -391,6 +401,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         upstreams,
         routes,
         sessions,
+        pins,
         detect,
         recording,
         identity,

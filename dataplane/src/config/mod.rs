@@ -11,7 +11,7 @@ pub mod policy;
 pub mod recording;
 pub mod schema;
 
-pub use compile::{Config, Limits, ListenerCfg, Purpose, Route, SessionsCfg, Timeouts, Upstream};
+pub use compile::{Config, Limits, ListenerCfg, PinsCfg, Purpose, Route, SessionsCfg, Timeouts, Upstream};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -22,6 +22,8 @@ pub struct File {
     #[serde(default)]
     pub sessions: Sessions,
     #[serde(default)]
+    pub pins: Pins,
+    #[serde(default)]
     pub detect: Detect,
     #[serde(default)]
     pub recording: Recording,
@@ -319,6 +321,29 @@ pub struct Sessions {
     /// Without it, ids are valid on this gateway until it restarts.
     #[serde(default)]
     pub key_file: Option<String>,
+}
+
+/// Tool pinning (`crate::pins`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pins {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where pins are kept across restarts (default: memory only).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// What a tool whose definition changed does until accepted: `block` or `log`.
+    #[serde(default)]
+    pub on_change: crate::pins::OnChange,
+    /// Groups whose members may accept a changed definition (admin API, `sluice pins accept`).
+    #[serde(default)]
+    pub approvers: Vec<String>,
+}
+
+impl Default for Pins {
+    fn default() -> Self {
+        Pins { enabled: true, file: None, on_change: Default::default(), approvers: Vec::new() }
+    }
 }
 
 impl Default for Sessions {

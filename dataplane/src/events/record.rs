@@ -145,6 +145,7 @@ impl Observer for RecordObserver {
         let instance: &str = &rec.instance;
         let max = rec.cfg.max_payload_bytes;
         let masked_copy = ctx.record_payload.take();
+        let stage = ctx.stage.take();
         let ctx = &*ctx;
         let mut buf = self.payload.borrow_mut();
         buf.clear();
@@ -190,7 +191,7 @@ impl Observer for RecordObserver {
             self.catalog(ctx, instance, value);
         }
         let found = &ctx.findings[findings_from.min(ctx.findings.len())..];
-        self.outcome(ctx, instance, dir, [&e.method, &e.rpc_id, &e.tool], found, verdict);
+        self.outcome(ctx, instance, dir, [&e.method, &e.rpc_id, &e.tool], found, verdict, stage);
     }
 
     /// Findings in the request URL or a streamed text body (there is no message to hang them
@@ -201,13 +202,15 @@ impl Observer for RecordObserver {
         if found.is_empty() {
             return;
         }
-        self.outcome(ctx, &rec.instance, dir, [&None, &None, &None], found, verdict);
+        self.outcome(ctx, &rec.instance, dir, [&None, &None, &None], found, verdict, None);
     }
 }
 
 impl RecordObserver {
     /// The `findings` event of a message (or of the request URL) and the decisions taken on it.
-    fn outcome(&self, ctx: &RequestCtx, instance: &str, dir: Direction, envelope: [&Option<Cow<'_, str>>; 3], found: &[crate::detect::hook::Recorded], verdict: &Verdict) {
+    /// `stage`: the stage that changed or refused the message when neither detection nor policy did.
+    #[allow(clippy::too_many_arguments)]
+    fn outcome(&self, ctx: &RequestCtx, instance: &str, dir: Direction, envelope: [&Option<Cow<'_, str>>; 3], found: &[crate::detect::hook::Recorded], verdict: &Verdict, stage: Option<&'static str>) {
         let [method, rpc_id, tool] = envelope;
         if !found.is_empty() {
             let mut f = base(ctx, instance, Kind::Findings);
@@ -256,17 +259,19 @@ impl RecordObserver {
             Verdict::Refuse { reason, .. } => Some(("refuse", Some(reason.as_str()))),
         };
         if let Some((action, reason)) = decision {
+            // Pinning changes a listing only by hiding tools.
+            let action = if stage == Some("pins") && action == "mask" { "hide" } else { action };
             let mut d = base(ctx, instance, Kind::Decision);
             d.direction = Some(direction(dir));
             d.method = method.clone();
             d.rpc_id = rpc_id.clone();
             d.tool = tool.clone();
             // The deciding rule: the first finding that blocked (refuse) or masked.
-            let rule = found
-                .iter()
-                .find(|r| if action == "refuse" { r.action.as_str() == "block" } else { r.action.as_str() == "mask" })
-                .map(|r| Cow::Borrowed(r.rule.as_str()));
-            d.decision = Some(Decision { action: Cow::Borrowed(action), stage: Cow::Borrowed("detect"), rule, reason: reason.map(Cow::Borrowed) });
+            let rule = match stage {
+                Some("pins") => Some(Cow::Borrowed("pin")),
+                _ => found.iter().find(|r| if action == "refuse" { r.action.as_str() == "block" } else { r.action.as_str() == "mask" }).map(|r| Cow::Borrowed(r.rule.as_str())),
+            };
+            d.decision = Some(Decision { action: Cow::Borrowed(action), stage: Cow::Borrowed(stage.unwrap_or("detect")), rule, reason: reason.map(Cow::Borrowed) });
             self.emitter.emit(&d);
         }
     }

@@ -32,6 +32,8 @@ pub enum Code {
     ApprovalRequired,
     /// The gateway is at a connection or memory limit; retry shortly.
     Overloaded,
+    /// The tool's definition changed since it was pinned; an operator must accept it.
+    ToolChanged,
 }
 
 impl Code {
@@ -52,6 +54,7 @@ impl Code {
             Code::RateLimited => -32010,
             Code::ApprovalRequired => -32011,
             Code::Overloaded => -32012,
+            Code::ToolChanged => -32013,
         }
     }
 }

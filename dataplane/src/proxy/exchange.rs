@@ -118,6 +118,8 @@ pub async fn handle(
         message_findings_from: 0,
         in_batch: false,
         hold: None,
+        stage: None,
+        listing_paged: None,
     };
     // Identify: no call is parsed, let alone forwarded, for a caller that is not authenticated.
     if let Some(auth) = cfg.identity.as_ref() {

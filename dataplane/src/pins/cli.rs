@@ -1,0 +1,55 @@
+//! `sluice pins list|accept`: the pins admin API from a terminal (same `--admin` and `--token`
+//! as `sluice approvals`; the token of a member of a `pins.approvers` group).
+
+use crate::approvals::cli::{call, Common};
+
+#[derive(clap::Subcommand)]
+pub enum PinsCmd {
+    /// Every pinned tool; `--changed`: only those whose definition changed and waits to be accepted.
+    List {
+        #[arg(long)]
+        changed: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept the changed definition of TOOL on UPSTREAM as its pin (calls to it go through again).
+    Accept { upstream: String, tool: String },
+}
+
+pub fn run(common: &Common, cmd: PinsCmd) -> anyhow::Result<()> {
+    match cmd {
+        PinsCmd::List { changed, json } => {
+            let v = call(common, "GET", "/pins", None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let mut shown = 0;
+            for (upstream, tools) in v["upstreams"].as_object().into_iter().flatten() {
+                for (tool, p) in tools.as_object().into_iter().flatten() {
+                    let state = match (p["changed_to"].as_str(), p["absent"].as_bool().unwrap_or(false)) {
+                        (Some(_), _) => "CHANGED",
+                        (None, true) => "absent",
+                        (None, false) => "pinned",
+                    };
+                    if changed && state != "CHANGED" {
+                        continue;
+                    }
+                    shown += 1;
+                    let digest = p["digest"].as_str().unwrap_or("");
+                    let to = p["changed_to"].as_str().map(|d| format!(" → {}", &d[..d.len().min(16)])).unwrap_or_default();
+                    println!("{upstream:<20} {tool:<32} {state:<8} {}{to}", &digest[..digest.len().min(16)]);
+                }
+            }
+            if shown == 0 {
+                println!("{}", if changed { "no changed definition waits to be accepted" } else { "no tool is pinned yet" });
+            }
+            Ok(())
+        }
+        PinsCmd::Accept { upstream, tool } => {
+            let v = call(common, "POST", "/pins/accept", Some(serde_json::json!({ "upstream": upstream, "tool": tool })))?;
+            println!("accepted {tool} on {upstream}: pinned to {}", v["pin"]["digest"].as_str().unwrap_or(""));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Pinning on the data path: every `tools/list` answer is compared with the upstream's pins
+//! (before detection masks anything: a pin is of the definition as the upstream sent it), what
+//! changed is recorded as `pin_change` events, tools whose definition changed are hidden while
+//! changes block, and calls to them are refused.
+
+use super::{Listed, Store};
+use crate::events::Emitter;
+use crate::hooks::{Direction, MessageHook, RequestCtx, Verdict};
+use crate::jsonrpc::{Code, Kind, MessageInfo};
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+use sluice_schema::event::{GatewayInfo, PinChange};
+use std::borrow::Cow;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub struct PinHook {
+    store: Arc<Store>,
+    emitter: Option<Rc<Emitter>>,
+    canon: std::cell::RefCell<Vec<u8>>,
+}
+
+impl PinHook {
+    pub fn new(store: Arc<Store>, emitter: Option<Rc<Emitter>>) -> Self {
+        PinHook { store, emitter, canon: Default::default() }
+    }
+
+    fn listing(&self, ctx: &mut RequestCtx, value: &mut BorrowedValue<'_>) -> Verdict {
+        let Some(result) = value.get("result") else { return Verdict::Pass };
+        let Some(tools) = result.get("tools").and_then(|t| t.as_array()) else { return Verdict::Pass };
+        // Only a first page without a next one lists every tool: only then is a missing tool gone.
+        let complete = ctx.listing_paged == Some(false) && result.get("nextCursor").is_none_or(|c| c.is_null());
+        let mut listed = Vec::with_capacity(tools.len());
+        {
+            let mut canon = self.canon.borrow_mut();
+            for t in tools {
+                let Some(name) = t.get("name").and_then(|n| n.as_str()) else { continue };
+                canon.clear();
+                crate::events::record::canonical(t, &mut canon);
+                listed.push(Listed { name, digest: blake3::hash(&canon).to_hex().to_string(), description: t.get("description").and_then(|d| d.as_str()).unwrap_or("") });
+            }
+        }
+        let (noted, hide) = self.store.observe(&ctx.upstream, &listed, complete);
+        drop(listed);
+        for n in &noted {
+            tracing::warn!(route = %ctx.route, upstream = %ctx.upstream, tool = %n.tool, change = n.change, detail = n.detail.as_deref().unwrap_or(""), "tool pin: {}", n.change);
+            if let Some(em) = &self.emitter {
+                let mut e = crate::events::record::base(ctx, &em.recorder().instance, sluice_schema::Kind::PinChange);
+                e.direction = Some(sluice_schema::event::Direction::Response);
+                e.method = Some(Cow::Borrowed("tools/list"));
+                e.tool = Some(Cow::Borrowed(&n.tool));
+                e.pin = Some(PinChange {
+                    tool: Cow::Borrowed(&n.pinned_tool),
+                    change: Cow::Borrowed(n.change),
+                    old_digest: n.old_digest.as_deref().map(Cow::Borrowed),
+                    new_digest: n.new_digest.as_deref().map(Cow::Borrowed),
+                });
+                e.gateway = n.detail.as_deref().map(|d| GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed(d)) });
+                em.emit(&e);
+            }
+        }
+        if hide.is_empty() {
+            return Verdict::Pass;
+        }
+        if let Some(BorrowedValue::Array(tools)) = value.get_mut("result").and_then(|r| r.get_mut("tools")) {
+            tools.retain(|t| t.get("name").and_then(|n| n.as_str()).is_none_or(|n| !hide.iter().any(|h| h == n)));
+        }
+        ctx.stage = Some("pins");
+        Verdict::Changed
+    }
+}
+
+impl MessageHook for PinHook {
+    fn name(&self) -> &'static str {
+        "pins"
+    }
+
+    fn on_message(&self, ctx: &mut RequestCtx, dir: Direction, info: &MessageInfo, value: &mut BorrowedValue<'_>) -> Verdict {
+        if !self.store.enabled() {
+            return Verdict::Pass;
+        }
+        match (dir, info.kind, info.method.as_deref()) {
+            (Direction::Request, Kind::Request, Some("tools/list")) => {
+                ctx.listing_paged = Some(value.get("params").and_then(|p| p.get("cursor")).is_some_and(|c| !c.is_null()));
+                Verdict::Pass
+            }
+            (Direction::Request, Kind::Request, Some("tools/call")) => match info.tool.as_deref() {
+                Some(tool) if self.store.refuses(&ctx.upstream, tool) => {
+                    ctx.stage = Some("pins");
+                    Verdict::Refuse {
+                        code: Code::ToolChanged,
+                        message: "tool definition changed".into(),
+                        reason: format!(
+                            "the definition of tool {tool} changed since the gateway pinned it (a server changing a tool it was trusted with is how a rug pull works); calls to it are refused until an operator accepts the new definition (sluice pins accept {} {tool})",
+                            ctx.upstream
+                        ),
+                    }
+                }
+                _ => Verdict::Pass,
+            },
+            (Direction::Response, Kind::Response, Some("tools/list")) => self.listing(ctx, value),
+            _ => Verdict::Pass,
+        }
+    }
+}
