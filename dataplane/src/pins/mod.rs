@@ -208,11 +208,16 @@ impl Store {
         let mut noted = Vec::new();
         let mut hide = Vec::new();
         let mut added = Vec::new();
+        // Definitions this listing shows for the first time (added or newly changed): only
+        // their descriptions need checking for other upstreams' names; the others were checked
+        // when they came, and names added since are checked the other way round below.
+        let mut fresh: Vec<&str> = Vec::new();
         for t in tools {
             match pins.get_mut(t.name) {
                 None => {
                     pins.insert(t.name.to_owned(), Pin { digest: t.digest.clone(), changed_to: None, absent: false, first_seen_ms: now, accepted_by: None, accepted_ms: None });
                     added.push(t.name.to_owned());
+                    fresh.push(t.name);
                     if !first {
                         noted.push(Noted { change: "added", tool: t.name.into(), pinned_tool: t.name.into(), old_digest: None, new_digest: Some(t.digest.clone()), detail: None });
                     }
@@ -230,6 +235,7 @@ impl Store {
                                 self.changed.fetch_add(1, Ordering::Relaxed);
                             }
                             p.changed_to = Some(t.digest.clone());
+                            fresh.push(t.name);
                             noted.push(Noted { change: "changed", tool: t.name.into(), pinned_tool: t.name.into(), old_digest: Some(p.digest.clone()), new_digest: Some(t.digest.clone()), detail: None });
                         }
                         hide.push(t.name.to_owned());
@@ -259,8 +265,8 @@ impl Store {
                     }
                 }
             }
-            // This upstream's descriptions naming the other's tools …
-            for t in tools {
+            // This upstream's new descriptions naming the other's tools …
+            for t in tools.iter().filter(|t| fresh.contains(&t.name)) {
                 for name in their.keys().filter(|n| distinctive(n) && names(t.description, n)) {
                     if st.reported.insert(format!("shadowed\u{0}{upstream}\u{0}{}\u{0}{other}\u{0}{name}", t.name)) {
                         noted.push(Noted { change: "shadowed", tool: t.name.into(), pinned_tool: name.clone(), old_digest: None, new_digest: Some(t.digest.clone()), detail: Some(format!("the description of {} names {name}, a tool of upstream {other}", t.name)) });
