@@ -204,6 +204,8 @@ const TAG_BYTES: usize = 16;
 #[derive(Clone, Copy)]
 pub struct Ids {
     key: [u8; 32],
+    /// The key before a rotation: ids it minted still open (new ones are minted with `key`).
+    previous: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Ids {
@@ -226,15 +228,28 @@ pub enum Unopened<'t> {
 impl Ids {
     /// Ids keyed by key material a deployment shares between its gateways (≥ 16 bytes).
     pub fn from_material(material: &[u8]) -> Self {
-        Ids { key: blake3::derive_key("sluice 2026-11 session ids", material) }
+        Ids { key: Self::derive(material), previous: None }
+    }
+
+    fn derive(material: &[u8]) -> [u8; 32] {
+        blake3::derive_key("sluice 2026-11 session ids", material)
+    }
+
+    /// Also open the ids minted with the key made from `material` (the key before a rotation).
+    pub fn with_previous(self, material: &[u8]) -> Self {
+        Ids { previous: Some(Self::derive(material)), ..self }
     }
 
     /// Ids keyed for this process only (no key file): valid until it restarts.
     pub fn for_process() -> Self {
-        Ids { key: crate::ids::process_key("sluice 2026-11 session ids (no key file)") }
+        Ids { key: crate::ids::process_key("sluice 2026-11 session ids (no key file)"), previous: None }
     }
 
     fn tag(&self, route: &str, owner: Option<&str>, gateway: &str, upstream: &str) -> [u8; TAG_BYTES] {
+        Self::tag_with(&self.key, route, owner, gateway, upstream)
+    }
+
+    fn tag_with(key: &[u8; 32], route: &str, owner: Option<&str>, gateway: &str, upstream: &str) -> [u8; TAG_BYTES] {
         // Length-prefixed, so no two field lists hash the same bytes; no owner differs from an
         // empty one. Encoded on the stack and hashed in one call (the usual ids fit in 512
         // bytes): a call per field cost more than the hash.
@@ -251,13 +266,13 @@ impl Ids {
                     buf[n..n + part.len()].copy_from_slice(part);
                     n += part.len();
                 } else {
-                    let mut long = blake3::Hasher::new_keyed(&self.key);
+                    let mut long = blake3::Hasher::new_keyed(key);
                     long.update(&buf[..n]).update(part);
                     h = Some(long);
                 }
             }
         }
-        let hash = h.map_or_else(|| blake3::keyed_hash(&self.key, &buf[..n]), |h| h.finalize());
+        let hash = h.map_or_else(|| blake3::keyed_hash(key, &buf[..n]), |h| h.finalize());
         let mut t = [0u8; TAG_BYTES];
         t.copy_from_slice(&hash.as_bytes()[..TAG_BYTES]);
         t
@@ -289,9 +304,9 @@ impl Ids {
             return Err(Unopened::Malformed);
         }
         // Compared without an early exit: the time taken says nothing of how much matched.
-        let want = self.tag(route, caller, gateway, upstream);
-        let diff = tag.to_be_bytes().iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b));
-        if diff == 0 {
+        let held = tag.to_be_bytes();
+        let matches = |key: &[u8; 32]| held.iter().zip(Self::tag_with(key, route, caller, gateway, upstream)).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+        if matches(&self.key) || self.previous.as_ref().is_some_and(matches) {
             Ok((gateway, upstream))
         } else {
             Err(Unopened::Foreign { upstream })
@@ -339,6 +354,15 @@ mod tests {
             assert!(ids.open("mcp", Some("alice"), bad).is_err(), "{bad:?}");
         }
         assert_eq!(ids.open("mcp", Some("alice"), "up-1"), Err(Unopened::Malformed), "an upstream's own id is not one of ours");
+        // A key rotation: the new key with the old one as previous opens both generations and
+        // mints with the new one; without it, the old ids are refused.
+        let rotated = Ids::from_material(b"the next key, 32 bytes or so....").with_previous(b"0123456789abcdef-deployment");
+        assert!(rotated.open("mcp", Some("alice"), &held).is_ok());
+        let fresh = rotated.mint("mcp", Some("alice"), &gid, "up.session-1");
+        assert_ne!(fresh, held);
+        assert!(Ids::from_material(b"the next key, 32 bytes or so....").open("mcp", Some("alice"), &fresh).is_ok());
+        assert!(Ids::from_material(b"the next key, 32 bytes or so....").open("mcp", Some("alice"), &held).is_err());
+        assert!(rotated.open("mcp", Some("bob"), &held).is_err(), "the previous key binds the caller just the same");
         // Fields past the stack buffer hash the same bytes through the streaming hasher.
         for len in [400, 480, 500, 1000] {
             let long = "u".repeat(len);

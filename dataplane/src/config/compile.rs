@@ -340,27 +340,34 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         });
     }
 
-    let ids = match &f.sessions.key_file {
-        Some(p) => {
-            let path = resolve(file, p);
-            match std::fs::read(&path) {
-                Ok(k) if k.len() >= 16 => crate::session::Ids::from_material(&k),
-                Ok(_) => {
-                    is.add("sessions.key_file", format!("{} holds fewer than 16 bytes; write at least 32 random bytes (e.g. `head -c 32 /dev/urandom > {}`) and copy the file to every gateway", path.display(), path.display()));
-                    crate::session::Ids::for_process()
-                }
-                Err(e) => {
-                    is.add("sessions.key_file", format!("cannot read {}: {e}", path.display()));
-                    crate::session::Ids::for_process()
-                }
+    // Key material of at least 16 bytes from a file of the deployment, every problem named.
+    let mut key_material = |key: &str, p: &str| -> Option<Vec<u8>> {
+        let path = resolve(file, p);
+        match std::fs::read(&path) {
+            Ok(k) if k.len() >= 16 => Some(k),
+            Ok(_) => {
+                is.add(format!("sessions.{key}"), format!("{} holds fewer than 16 bytes; write at least 32 random bytes (e.g. `head -c 32 /dev/urandom > {}`) and copy the file to every gateway", path.display(), path.display()));
+                None
+            }
+            Err(e) => {
+                is.add(format!("sessions.{key}"), format!("cannot read {}: {e}", path.display()));
+                None
             }
         }
-        None => {
-            if purpose == Purpose::Gateway && f.routes.iter().any(|r| r.kind == schema::RouteKind::Mcp) {
-                tracing::warn!("sessions.key_file is not set: the MCP session ids this gateway hands out are valid on it until it restarts (then agents start new sessions); set it, the same file on every gateway, to continue sessions across gateways and restarts");
-            }
-            crate::session::Ids::for_process()
+    };
+    let current = f.sessions.key_file.as_deref().and_then(|p| key_material("key_file", p));
+    let previous = f.sessions.previous_key_file.as_deref().and_then(|p| key_material("previous_key_file", p));
+    if f.sessions.key_file.is_none() {
+        if f.sessions.previous_key_file.is_some() {
+            is.add("sessions.previous_key_file", "is the key before a rotation, read only with sessions.key_file (the new key): set that too");
+        } else if purpose == Purpose::Gateway && f.routes.iter().any(|r| r.kind == schema::RouteKind::Mcp) {
+            tracing::warn!("sessions.key_file is not set: the MCP session ids this gateway hands out are valid on it until it restarts (then agents start new sessions); set it, the same file on every gateway, to continue sessions across gateways and restarts");
         }
+    }
+    let ids = match (current, previous) {
+        (Some(k), Some(p)) => crate::session::Ids::from_material(&k).with_previous(&p),
+        (Some(k), None) => crate::session::Ids::from_material(&k),
+        (None, _) => crate::session::Ids::for_process(),
     };
     let pins = f.pins.enabled.then(|| PinsCfg { file: f.pins.file.as_deref().map(|p| resolve(file, p)), on_change: f.pins.on_change, approvers: f.pins.approvers.clone() });
     let sessions = SessionsCfg { idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout), max_sessions: f.sessions.max_sessions, ids };
@@ -521,7 +528,11 @@ upstream = "a"
         for (key, problem) in [("short.key", "fewer than 16 bytes"), ("missing.key", "cannot read")] {
             let issues = compile(&with(key), Some(&file), Purpose::Gateway).unwrap_err();
             assert!(issues.iter().any(|i| i.path == "sessions.key_file" && i.message.contains(problem) && i.message.contains(key)), "{issues:?}");
+            let issues = compile(&toml::from_str(&format!("{text}[sessions]\nkey_file = \"good.key\"\nprevious_key_file = \"{key}\"\n")).unwrap(), Some(&file), Purpose::Gateway).unwrap_err();
+            assert!(issues.iter().any(|i| i.path == "sessions.previous_key_file" && i.message.contains(problem)), "{issues:?}");
         }
+        let alone = compile(&toml::from_str(&format!("{text}[sessions]\nprevious_key_file = \"good.key\"\n")).unwrap(), Some(&file), Purpose::Gateway).unwrap_err();
+        assert!(alone.iter().any(|i| i.path == "sessions.previous_key_file" && i.message.contains("set that too")), "{alone:?}");
         // Relative to the config file; every gateway reading the same key opens the others' ids.
         let (a, b) = (compile(&with("good.key"), Some(&file), Purpose::Gateway).unwrap(), compile(&with("good.key"), Some(&file), Purpose::Gateway).unwrap());
         let held = a.sessions.ids.mint("route0", Some("alice"), &crate::ids::new_id(), "u");

@@ -321,6 +321,9 @@ pub struct Sessions {
     /// Without it, ids are valid on this gateway until it restarts.
     #[serde(default)]
     pub key_file: Option<String>,
+    /// The key file before a rotation: ids minted with it still open until it is removed.
+    #[serde(default)]
+    pub previous_key_file: Option<String>,
 }
 
 /// Tool pinning (`crate::pins`).
@@ -348,7 +351,7 @@ impl Default for Pins {
 
 impl Default for Sessions {
     fn default() -> Self {
-        Sessions { idle_timeout: default_session_idle(), max_sessions: default_max_sessions(), key_file: None }
+        Sessions { idle_timeout: default_session_idle(), max_sessions: default_max_sessions(), key_file: None, previous_key_file: None }
     }
 }
 

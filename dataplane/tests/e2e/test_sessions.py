@@ -119,3 +119,23 @@ def test_a_session_continues_on_another_gateway_and_after_a_restart_with_the_sha
         assert [(e["session"], e["mcp_session"], e["rpc_id"]) for e in calls] == [(gid, upstream_sid, str(n))], calls
     assert not any(e["kind"] == "session_start" for e in b_events), "taken up, not started again"
     assert "session continued here" in b.proc.log.read_text()
+
+
+def test_a_key_rotation_keeps_open_sessions_until_the_previous_key_is_removed(py_json, gateway, tmp_path):
+    old, new = tmp_path / "old.key", tmp_path / "new.key"
+    old.write_bytes(b"o" * 32)
+    new.write_bytes(b"n" * 32)
+    g = gateway([{"path": "/mcp", "upstream": py_json, "name": "tools"}], f'[sessions]\nkey_file = "{old}"\n')
+    before = post(g, INIT).headers["mcp-session-id"]
+    assert post(g, LIST, before).status_code == 200
+    # Rotate: the new key mints, the old one still opens.
+    g.config.write_text(g.config.read_text().replace(f'key_file = "{old}"', f'key_file = "{new}"\nprevious_key_file = "{old}"'))
+    g.restart()
+    assert post(g, LIST, before).status_code == 200, "a session opened before the rotation goes on"
+    after = post(g, INIT).headers["mcp-session-id"]
+    assert after.split(".")[1] != before.split(".")[1]
+    # Once the previous key is removed, only ids of the new key open.
+    g.config.write_text(g.config.read_text().replace(f'\nprevious_key_file = "{old}"', ""))
+    g.restart()
+    assert_unknown(post(g, LIST, before))
+    assert post(g, LIST, after).status_code == 200
