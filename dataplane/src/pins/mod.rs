@@ -182,7 +182,13 @@ impl Store {
     /// Is a call to `tool` on `upstream` refused (its definition changed, not accepted, and
     /// changes block)?
     pub fn refuses(&self, upstream: &str, tool: &str) -> bool {
-        self.changed.load(Ordering::Relaxed) > 0 && self.blocking() && self.state.read().upstreams.get(upstream).and_then(|t| t.get(tool)).is_some_and(|p| p.changed_to.is_some())
+        self.blocking() && self.is_changed(upstream, tool)
+    }
+
+    /// Did the definition of `tool` on `upstream` change since it was pinned, not accepted?
+    /// (An atomic read while no tool has; a read lock otherwise.)
+    pub fn is_changed(&self, upstream: &str, tool: &str) -> bool {
+        self.changed.load(Ordering::Relaxed) > 0 && self.enabled() && self.state.read().upstreams.get(upstream).and_then(|t| t.get(tool)).is_some_and(|p| p.changed_to.is_some())
     }
 
     /// Compare a `tools/list` answer of `upstream` with its pins (`complete`: the listing was

@@ -129,6 +129,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<u8> {
                 path: "",
                 tool: tool.as_deref(),
                 annotations: ann,
+                pin_changed: false,
                 args: args_v,
                 request: FindingFacts { all: &ctx.findings, direction: Direction::Request },
                 response: FindingFacts::NONE,

@@ -9,7 +9,9 @@
 //!   this session's `tools/list`), `annotations` (`readOnlyHint`, `destructiveHint`,
 //!   `idempotentHint`, `openWorldHint`; the MCP defaults when the server gave none:
 //!   not read-only, destructive, not idempotent, open world). Annotations come from the
-//!   upstream server and are only as trustworthy as it is.
+//!   upstream server and are only as trustworthy as it is. `pin_changed`: the tool's
+//!   definition changed since the gateway pinned it and no one accepted the change (with
+//!   `pins.on_change = "log"`, a rule can hold such calls for approval instead of blocking).
 //! - `args`: the tool call's `arguments` (other requests: their `params`), as JSON.
 //! - `request.findings`, `response.findings`: `count`, `kinds`, `categories`, `severities`,
 //!   `rules` of what detection found in this message.
@@ -125,6 +127,8 @@ pub struct Facts<'a> {
     pub tool: Option<&'a str>,
     /// `None`: the tool was not seen in a `tools/list` of this session.
     pub annotations: Option<Annotations>,
+    /// The tool's definition changed since it was pinned, not accepted (`crate::pins`).
+    pub pin_changed: bool,
     pub args: Option<&'a BorrowedValue<'a>>,
     pub request: FindingFacts<'a>,
     pub response: FindingFacts<'a>,
@@ -213,6 +217,7 @@ impl<'a> Facts<'a> {
             path: "",
             tool: None,
             annotations: None,
+            pin_changed: false,
             args: None,
             request: FindingFacts::NONE,
             response: FindingFacts::NONE,
@@ -248,6 +253,7 @@ impl<'a> Facts<'a> {
         map([
             ("name", s(self.tool.unwrap_or(""))),
             ("known", boolean(self.annotations.is_some())),
+            ("pin_changed", boolean(self.pin_changed)),
             (
                 "annotations",
                 map([

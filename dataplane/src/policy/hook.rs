@@ -44,6 +44,7 @@ fn facts<'a>(ctx: &'a RequestCtx, dir: Direction, info: &'a MessageInfo, value: 
         path: &ctx.path,
         tool: info.tool.as_deref(),
         annotations: None,
+        pin_changed: false,
         args: if dir == Direction::Request { args(info, value) } else { None },
         request: FindingFacts { all: if dir == Direction::Request { mine } else { &[] }, direction: Direction::Request },
         response: FindingFacts { all: if dir == Direction::Response { mine } else { &[] }, direction: Direction::Response },
@@ -102,6 +103,14 @@ impl SessionsHandle {
         }
     }
 
+    /// The tool pins, where there are any (not for offline decisions).
+    fn pins(&self) -> Option<&crate::pins::Store> {
+        match self {
+            SessionsHandle::Runtime(s) | SessionsHandle::Stdio(s) => Some(&s.pins),
+            SessionsHandle::Own(_) => None,
+        }
+    }
+
     /// The approval store, or why calls cannot be held here.
     fn approvals(&self) -> Result<&crate::approvals::Store, &'static str> {
         match self {
@@ -157,6 +166,7 @@ impl PolicyHook {
             let mut f = facts(ctx, Direction::Request, info, value);
             f.session = session.as_ref();
             f.annotations = annotations;
+            f.pin_changed = info.tool.as_deref().is_some_and(|t| self.sessions.pins().is_some_and(|pins| pins.is_changed(&ctx.upstream, t)));
             p.decide(&f, None)
         };
         self.update_session(ctx, info.method.as_deref() == Some("tools/call"));

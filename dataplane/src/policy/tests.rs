@@ -304,3 +304,22 @@ approvers = ["x"]
     let b = &problems.iter().find(|(a, _)| a == "rule[2] (\"b\").when").unwrap().1;
     assert!(b.contains("`secrets`") && b.contains("identity"), "{b}");
 }
+
+#[test]
+fn a_tool_whose_definition_changed_can_be_held_for_a_human() {
+    let p = policy(
+        r#"
+default = "allow"
+[[rule]]
+id = "changed-tools-need-a-reviewer"
+when = 'method == "tools/call" && tool.pin_changed'
+action = "require_approval"
+approvers = ["security"]
+"#,
+    );
+    let eng = who("alice", &["eng"]);
+    let mut f = call(Some(&eng), "daily_fact");
+    assert_eq!(p.decide(&f, None).label(), "allow by default");
+    f.pin_changed = true;
+    assert_eq!(p.decide(&f, None).label(), "require_approval by changed-tools-need-a-reviewer");
+}

@@ -134,3 +134,20 @@ def test_changes_only_logged_pass_and_two_servers_sharing_a_name_collide(gateway
     changes = sorted((e["pin"]["change"], e["pin"]["tool"]) for e in events if e["kind"] == "pin_change")
     assert ("changed", "daily_fact") in changes and ("collision", "daily_fact") in changes and ("collision", "rug_pull") in changes, changes
     assert not [e for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "pins"], "nothing refused or hidden"
+
+
+def test_a_policy_can_decide_on_a_changed_definition(gateway, servers, tmp_path):
+    """With changes only logged, the policy sees `tool.pin_changed` and decides (here: deny with
+    its own reason; `require_approval` holds the call for a reviewer the same way)."""
+    _, facts = servers
+    policy = tmp_path / "policy.toml"
+    policy.write_text('default = "allow"\n[[rule]]\nid = "changed-tools"\nwhen = \'method == "tools/call" && tool.pin_changed\'\n'
+                      'action = "deny"\nreason = "this tool changed since it was reviewed; ask the platform team"\n')
+    g = gateway([{"path": "/facts", "upstream": facts}], extra=f'[pins]\non_change = "log"\n[policy]\nfile = "{policy}"\n')
+    a = Agent(g, "/facts", None)
+    a.tools()
+    assert a.call("daily_fact")["result"]["content"][0]["text"] == "Honey never spoils."
+    a.call("rug_pull")
+    assert "daily_fact" in a.tools(), "logged, so listed"
+    err = a.call("daily_fact")["error"]
+    assert err["code"] == -32009 and "ask the platform team" in err["data"]["reason"], err
