@@ -74,6 +74,11 @@ struct State {
 
 const VERSION: u32 = 1;
 
+/// Most tools pinned per upstream. Real servers list tens; a hostile one inventing new names
+/// at every listing would otherwise grow the pins (memory and file) without end. Tools past it
+/// are not pinned, and hidden while changes block (fail closed).
+pub const MAX_TOOLS: usize = 4096;
+
 /// One tool of a listing: its name, the digest of its definition, its description.
 pub struct Listed<'a> {
     pub name: &'a str,
@@ -219,7 +224,14 @@ impl Store {
         // when they came, and names added since are checked the other way round below.
         let mut fresh: Vec<&str> = Vec::new();
         for t in tools {
+            let full = pins.len() >= MAX_TOOLS;
             match pins.get_mut(t.name) {
+                None if full => {
+                    if st.reported.insert(format!("full\u{0}{upstream}")) {
+                        tracing::warn!(upstream, max = MAX_TOOLS, "tool pin: the upstream lists more tools than are pinned per upstream; the ones past that are not pinned, and hidden while changes block");
+                    }
+                    hide.push(t.name.to_owned());
+                }
                 None => {
                     pins.insert(t.name.to_owned(), Pin { digest: t.digest.clone(), changed_to: None, absent: false, first_seen_ms: now, accepted_by: None, accepted_ms: None });
                     added.push(t.name.to_owned());
@@ -434,6 +446,18 @@ mod tests {
         let (n, _) = s.observe("mail", &listed(&[("send_email", "m1", ""), ("search", "m2", ""), ("forward-mail", "m3", "")]), true);
         assert_eq!(changes(&n), [("added", "forward-mail"), ("shadowed", "forward-mail")]);
         assert_eq!(n[1].detail.as_deref(), Some("the description of note_1, a tool of upstream notes, names it"));
+    }
+
+    #[test]
+    fn an_upstream_cannot_grow_its_pins_without_end() {
+        let s = Store::default();
+        let names: Vec<String> = (0..MAX_TOOLS + 3).map(|i| format!("t{i}")).collect();
+        let tools: Vec<(&str, &str, &str)> = names.iter().map(|n| (n.as_str(), "d", "")).collect();
+        let (_, hide) = s.observe("u", &listed(&tools), true);
+        assert_eq!(hide, ["t4096", "t4097", "t4098"], "past the limit: not pinned, hidden");
+        assert_eq!(s.state.read().upstreams["u"].len(), MAX_TOOLS);
+        s.set_mode(OnChange::Log);
+        assert!(s.observe("u", &listed(&tools), true).1.is_empty(), "logged only: passed");
     }
 
     #[test]
