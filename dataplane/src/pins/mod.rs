@@ -119,7 +119,12 @@ pub struct Store {
     /// `OnChange` as a byte (0 block, 1 log, 2 pinning off), set from the config at start and
     /// on reload.
     mode: AtomicU8,
+    /// What listings showed since start, by [`CHANGES`] (metrics).
+    noted: [std::sync::atomic::AtomicU64; CHANGES.len()],
 }
+
+/// The kinds of `pin_change`, in the order of the metrics' counters.
+pub const CHANGES: [&str; 6] = ["added", "changed", "removed", "collision", "shadowed", "accepted"];
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -303,6 +308,9 @@ impl Store {
             }
         }
         self.dirty.store(true, Ordering::Relaxed);
+        for n in &noted {
+            self.count(n.change);
+        }
         if !self.blocking() {
             hide.clear();
         }
@@ -323,7 +331,24 @@ impl Store {
         p.accepted_ms = Some(now_ms());
         self.changed.fetch_sub(1, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Relaxed);
+        self.count("accepted");
         Ok(p.clone())
+    }
+
+    fn count(&self, change: &str) {
+        if let Some(i) = CHANGES.iter().position(|c| *c == change) {
+            self.noted[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Prometheus text: tools waiting for acceptance now, pin changes since start by kind.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# HELP sluice_pins_changed Tools whose definition changed since it was pinned, not accepted yet.\n# TYPE sluice_pins_changed gauge\nsluice_pins_changed {}", self.changed.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP sluice_pin_changes_total Changes tool listings showed against the pins, and acceptances.\n# TYPE sluice_pin_changes_total counter");
+        for (c, n) in CHANGES.iter().zip(&self.noted) {
+            let _ = writeln!(out, "sluice_pin_changes_total{{change=\"{c}\"}} {}", n.load(Ordering::Relaxed));
+        }
     }
 
     /// Every pin, for the admin API.

@@ -75,6 +75,9 @@ def test_a_rug_pull_is_hidden_refused_until_accepted_and_remembered_across_a_res
     assert set(a.tools()) == {"rug_pull"}, "the changed tool is hidden"
     err = a.call("daily_fact")["error"]
     assert err["code"] == -32013 and "sluice pins accept u1 daily_fact" in err["data"]["reason"], err
+    # What monitoring alerts on.
+    assert g.metric("sluice_pins_changed") == 1 and g.metric("sluice_pin_changes_total", change="changed") == 1
+    assert g.metric("sluice_pin_changes_total", change="shadowed") == 1
 
     # Operators see it; agents may not, nor accept it.
     listed = pins_cli(g, reviewer, "list", "--changed")
@@ -91,6 +94,7 @@ def test_a_rug_pull_is_hidden_refused_until_accepted_and_remembered_across_a_res
     accepted = pins_cli(g, reviewer, "accept", "u1", "daily_fact")
     assert accepted.returncode == 0 and "accepted daily_fact on u1" in accepted.stdout, accepted
     assert "daily_fact" in a.tools() and a.call("daily_fact")["result"]["content"][0]["text"] == "Honey never spoils."
+    assert g.metric("sluice_pins_changed") == 0 and g.metric("sluice_pin_changes_total", change="accepted") == 1
     again = pins_cli(g, reviewer, "accept", "u1", "daily_fact")
     assert again.returncode == 2 and "409" in again.stderr, "nothing left to accept"
 
