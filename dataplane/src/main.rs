@@ -52,7 +52,7 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The name of this server in policy (`route`) and in the record.
-        #[arg(long, default_value = "stdio")]
+        #[arg(long, default_value = sluice::stdio::DEFAULT_NAME)]
         name: String,
         /// Without --config: spool directory (default: $STATE_DIRECTORY/spool under systemd,
         /// else $XDG_STATE_HOME/sluice/spool or ~/.local/state/sluice/spool; a held one is
@@ -120,6 +120,10 @@ enum Cmd {
     Pins {
         #[command(flatten)]
         common: sluice::approvals::cli::Common,
+        /// Work on a pins file directly instead of a running gateway's admin API (the files
+        /// `sluice stdio` keeps; a gateway's only while it is stopped).
+        #[arg(long, global = true)]
+        file: Option<PathBuf>,
         #[command(subcommand)]
         cmd: sluice::pins::cli::PinsCmd,
     },
@@ -197,8 +201,8 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    if let Cmd::Pins { common, cmd } = cli.cmd {
-        return match sluice::pins::cli::run(&common, cmd) {
+    if let Cmd::Pins { common, file, cmd } = cli.cmd {
+        return match sluice::pins::cli::run(&common, file.as_deref(), cmd) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sluice pins: {e:#}");

@@ -73,6 +73,29 @@ fn quick(opts: &Options) -> anyhow::Result<Config> {
     config::from_schema_for(&file, Purpose::Stdio).map_err(|e| anyhow!("{e}"))
 }
 
+/// Where this server's pins are kept: `pins.file` of the configuration, else one file per server
+/// under the user's state directory — named by `--name`, or by the program and a digest of its
+/// arguments (which may hold secrets, so they are not spelled out). `None`: nowhere to keep them.
+fn pins_file(cfg: &Config, opts: &Options, program: &str) -> Option<PathBuf> {
+    if let Some(f) = cfg.pins.as_ref().and_then(|p| p.file.clone()) {
+        return Some(f);
+    }
+    let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect::<String>();
+    let key = if opts.name != DEFAULT_NAME {
+        safe(&opts.name)
+    } else {
+        let mut h = blake3::Hasher::new();
+        for a in &opts.command[1..] {
+            h.update(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).update(&[0]);
+        }
+        format!("{}-{}", safe(program), &h.finalize().to_hex()[..12])
+    };
+    Some(config::user_dir("STATE_DIRECTORY", "XDG_STATE_HOME", ".local/state")?.join("pins").join(format!("{key}.json")))
+}
+
+/// `--name` when none is given.
+pub const DEFAULT_NAME: &str = "stdio";
+
 /// The caller: the operating-system user this process runs as, with its groups.
 pub fn os_identity() -> Identity {
     // SAFETY: getuid cannot fail and touches no memory of ours.
@@ -478,8 +501,30 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     }
     let recorder = start_recording(&cfg)?;
     let grace = cfg.shutdown_grace;
-    let shared = Shared::new(cfg.clone(), recorder, crate::pins::Store::default());
     let upstream = Path::new(program).file_name().map_or_else(|| program.to_string_lossy().into_owned(), |n| n.to_string_lossy().into_owned());
+    // A local server's tools are pinned across launches: an update of its package that
+    // changes a tool's description (the usual rug pull of a local server) is caught at the
+    // next launch. One file per server, so servers started through the same program
+    // (`npx`, `uvx`) do not share pins.
+    let pins_file = cfg.pins.as_ref().and(pins_file(&cfg, &opts, &upstream));
+    let pins = match &pins_file {
+        Some(f) => {
+            let store = crate::pins::Store::load(f)?;
+            store.set_accept_hint(format!("sluice pins accept --file {}", f.display()));
+            store
+        }
+        None => crate::pins::Store::default(),
+    };
+    let shared = Shared::new(cfg.clone(), recorder, pins);
+    if let Some(f) = pins_file.clone() {
+        let sh = shared.clone();
+        std::thread::Builder::new().name("sluice-pins".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if let Err(e) = sh.pins.save_if_dirty(&f) {
+                tracing::error!(file = %f.display(), error = %e, "cannot write the pins file; retrying every second");
+            }
+        })?;
+    }
     let route = Route {
         name: opts.name.clone(),
         label: Arc::from(opts.name.as_str()),
@@ -582,6 +627,11 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
         crate::events::record::process_session_event(rec, &link.ctx(0, &cfg), EventKind::SessionEnd, &link.session, Some(&detail));
     }
     shared.sessions.remove(&link.session);
+    if let Some(f) = &pins_file {
+        if let Err(e) = shared.pins.save_if_dirty(f) {
+            tracing::error!(file = %f.display(), error = %e, "cannot write the pins file at stop: pin changes of this run are lost");
+        }
+    }
     crate::runtime::lifecycle(&shared.recorder, EventKind::GatewayStop, None, "stopped (stdio)");
     if let Some(rec) = &shared.recorder {
         rec.stop(grace);

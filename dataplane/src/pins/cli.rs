@@ -16,10 +16,15 @@ pub enum PinsCmd {
     Accept { upstream: String, tool: String },
 }
 
-pub fn run(common: &Common, cmd: PinsCmd) -> anyhow::Result<()> {
+/// `file`: work on that pins file instead of the admin API (accepting as the OS user).
+pub fn run(common: &Common, file: Option<&std::path::Path>, cmd: PinsCmd) -> anyhow::Result<()> {
+    let local = file.map(super::Store::load).transpose()?;
     match cmd {
         PinsCmd::List { changed, json } => {
-            let v = call(common, "GET", "/pins", None)?;
+            let v = match &local {
+                Some(store) => store.list(),
+                None => call(common, "GET", "/pins", None)?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -47,7 +52,14 @@ pub fn run(common: &Common, cmd: PinsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         PinsCmd::Accept { upstream, tool } => {
-            let v = call(common, "POST", "/pins/accept", Some(serde_json::json!({ "upstream": upstream, "tool": tool })))?;
+            let v = match (&local, file) {
+                (Some(store), Some(path)) => {
+                    let pin = store.accept(&upstream, &tool, &crate::stdio::os_identity().subject)?;
+                    store.save_if_dirty(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    serde_json::json!({ "pin": pin })
+                }
+                _ => call(common, "POST", "/pins/accept", Some(serde_json::json!({ "upstream": upstream, "tool": tool })))?,
+            };
             println!("accepted {tool} on {upstream}: pinned to {}", v["pin"]["digest"].as_str().unwrap_or(""));
             Ok(())
         }

@@ -91,7 +91,8 @@ impl MessageHook for PinHook {
                         code: Code::ToolChanged,
                         message: "tool definition changed".into(),
                         reason: format!(
-                            "the definition of tool {tool} changed since the gateway pinned it (a server changing a tool it was trusted with is how a rug pull works); calls to it are refused until an operator accepts the new definition (sluice pins accept {} {tool}; under `sluice stdio`, pins last as long as the process: restart the server)",
+                            "the definition of tool {tool} changed since the gateway pinned it (a server changing a tool it was trusted with is how a rug pull works); calls to it are refused until an operator accepts the new definition ({} {} {tool})",
+                            self.store.accept_hint(),
                             ctx.upstream
                         ),
                     }

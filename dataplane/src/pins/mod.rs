@@ -121,6 +121,8 @@ pub struct Store {
     mode: AtomicU8,
     /// What listings showed since start, by [`CHANGES`] (metrics).
     noted: [std::sync::atomic::AtomicU64; CHANGES.len()],
+    /// The command that accepts a change here (without upstream and tool), for refusals.
+    accept_hint: std::sync::OnceLock<String>,
 }
 
 /// The kinds of `pin_change`, in the order of the metrics' counters.
@@ -167,6 +169,16 @@ impl Store {
         }
         let changed = state.upstreams.values().flat_map(|t| t.values()).filter(|p| p.changed_to.is_some()).count();
         Ok(Store { state: RwLock::new(state), changed: AtomicUsize::new(changed), ..Store::default() })
+    }
+
+    /// How an operator accepts a change where these pins live (default: `sluice pins accept`,
+    /// through the gateway's admin API).
+    pub fn set_accept_hint(&self, hint: String) {
+        let _ = self.accept_hint.set(hint);
+    }
+
+    pub fn accept_hint(&self) -> &str {
+        self.accept_hint.get().map_or("sluice pins accept", String::as_str)
     }
 
     pub fn set_mode(&self, m: OnChange) {
@@ -369,6 +381,9 @@ impl Store {
             serde_json::to_vec_pretty(&*st).map_err(std::io::Error::other)?
         };
         let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+                std::fs::create_dir_all(dir)?;
+            }
             let tmp = path.with_extension("json.tmp");
             let mut f = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(&mut f, &text)?;

@@ -405,3 +405,46 @@ def test_a_server_that_will_not_stop_is_killed_after_the_grace(tmp_path):
     assert "did not exit in time" in raw.stderr()
     end = [e for e in spool_events(tmp_path / "spool") if e["kind"] == "session_end"][0]
     assert end["gateway"]["detail"] == "the client closed its input; the server exited with status 137", end
+
+
+def test_a_local_server_changing_a_tool_between_launches_is_caught_at_the_next_launch(tmp_path):
+    """The usual rug pull of a local server: its package is updated and a tool's description
+    changes. `sluice stdio` keeps each server's pins in the user's state directory, so the next
+    launch hides the changed tool and refuses its calls until the user accepts the change on
+    the file (`sluice pins accept --file`)."""
+    cfg = stdio_config(tmp_path)
+    server = [PY, str(HERE / "servers" / "rug_pull_server.py"), "0", "facts", "stdio"]
+    state = tmp_path / "state"
+
+    def launch(pulled: bool):
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "XDG_STATE_HOME": str(state), **({"RUG_PULLED": "1"} if pulled else {})}
+
+        async def run():
+            params = StdioServerParameters(command=str(SLUICE), args=through(cfg, server, name="facts")[1:], env=env)
+            async with stdio_client(params) as (read, write):
+                async with ClientSession(read, write) as s:
+                    await s.initialize()
+                    tools = {t.name: t for t in (await s.list_tools()).tools}
+                    try:
+                        called = (await s.call_tool("daily_fact", {})).content[0].text
+                    except McpError as e:
+                        called = e.error
+                    return tools, called
+        return asyncio.run(asyncio.wait_for(run(), 60))
+
+    tools, called = launch(False)
+    assert "daily_fact" in tools and called == "Honey never spoils."
+    pins = state / "sluice" / "pins" / "facts.json"
+    assert pins.exists(), list(state.rglob("*"))
+    # The package changed the tool between two launches.
+    tools, called = launch(True)
+    assert "daily_fact" not in tools and "rug_pull" in tools, tools
+    assert called.code == -32013 and f"sluice pins accept --file {pins}" in called.data["reason"], called
+    upstream = next(iter(json.loads(pins.read_text())["upstreams"]))
+    listed = subprocess.run([str(SLUICE), "pins", "list", "--changed", "--file", str(pins)], capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0 and "daily_fact" in listed.stdout and "CHANGED" in listed.stdout, listed
+    accepted = subprocess.run([str(SLUICE), "pins", "accept", upstream, "daily_fact", "--file", str(pins)], capture_output=True, text=True, timeout=30)
+    assert accepted.returncode == 0, accepted
+    assert json.loads(pins.read_text())["upstreams"][upstream]["daily_fact"]["accepted_by"] == USER
+    tools, called = launch(True)
+    assert "IMPORTANT" in tools["daily_fact"].description and called == "Honey never spoils."
