@@ -242,8 +242,8 @@ fn main() -> std::process::ExitCode {
                 // The pins file is read at start, and a damaged one stops it: say so now.
                 match c.pins.as_ref().map(|p| p.file.as_deref()) {
                     Some(Some(f)) => sluice::pins::Store::load(f).map(|store| {
-                        let n = store.list()["upstreams"].as_object().map_or(0, |u| u.values().filter_map(|t| t.as_object()).map(|t| t.len()).sum::<usize>());
-                        println!("pins {}: {n} tool(s) pinned{}", f.display(), if f.exists() { "" } else { " (the file does not exist yet: tools are pinned on first sight)" });
+                        let (tools, instructions) = store.counts();
+                        println!("pins {}: {tools} tool(s) and {instructions} server's instructions pinned{}", f.display(), if f.exists() { "" } else { " (the file does not exist yet: tools are pinned on first sight)" });
                     }),
                     Some(None) => {
                         println!("pins: in memory only (no pins.file): every server is trusted afresh after a restart");

@@ -3,7 +3,7 @@
 //! changed is recorded as `pin_change` events, tools whose definition changed are hidden while
 //! changes block, and calls to them are refused.
 
-use super::{Listed, Store};
+use super::{Listed, Noted, Store};
 use crate::events::Emitter;
 use crate::hooks::{Direction, MessageHook, RequestCtx, Verdict};
 use crate::jsonrpc::{Code, Kind, MessageInfo};
@@ -43,27 +43,52 @@ impl PinHook {
         let (noted, hide) = self.store.observe(&ctx.upstream, &listed, complete);
         drop(listed);
         for n in &noted {
-            tracing::warn!(route = %ctx.route, upstream = %ctx.upstream, tool = %n.tool, change = n.change, detail = n.detail.as_deref().unwrap_or(""), "tool pin: {}", n.change);
-            if let Some(em) = &self.emitter {
-                let mut e = crate::events::record::base(ctx, &em.recorder().instance, sluice_schema::Kind::PinChange);
-                e.direction = Some(sluice_schema::event::Direction::Response);
-                e.method = Some(Cow::Borrowed("tools/list"));
-                e.tool = Some(Cow::Borrowed(&n.tool));
-                e.pin = Some(PinChange {
-                    tool: Cow::Borrowed(&n.pinned_tool),
-                    change: Cow::Borrowed(n.change),
-                    old_digest: n.old_digest.as_deref().map(Cow::Borrowed),
-                    new_digest: n.new_digest.as_deref().map(Cow::Borrowed),
-                });
-                e.gateway = n.detail.as_deref().map(|d| GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed(d)) });
-                em.emit(&e);
-            }
+            self.record(ctx, "tools/list", n);
         }
         if hide.is_empty() {
             return Verdict::Pass;
         }
         if let Some(BorrowedValue::Array(tools)) = value.get_mut("result").and_then(|r| r.get_mut("tools")) {
             tools.retain(|t| t.get("name").and_then(|n| n.as_str()).is_none_or(|n| !hide.iter().any(|h| h == n)));
+        }
+        ctx.stage = Some("pins");
+        Verdict::Changed
+    }
+}
+
+impl PinHook {
+    /// Log and record (`pin_change`) what a listing or an `initialize` answer showed.
+    fn record(&self, ctx: &RequestCtx, method: &'static str, n: &Noted) {
+        tracing::warn!(route = %ctx.route, upstream = %ctx.upstream, tool = %n.tool, change = n.change, detail = n.detail.as_deref().unwrap_or(""), "tool pin: {}", n.change);
+        if let Some(em) = &self.emitter {
+            let mut e = crate::events::record::base(ctx, &em.recorder().instance, sluice_schema::Kind::PinChange);
+            e.direction = Some(sluice_schema::event::Direction::Response);
+            e.method = Some(Cow::Borrowed(method));
+            e.tool = Some(Cow::Borrowed(&n.tool));
+            e.pin = Some(PinChange {
+                tool: Cow::Borrowed(&n.pinned_tool),
+                change: Cow::Borrowed(n.change),
+                old_digest: n.old_digest.as_deref().map(Cow::Borrowed),
+                new_digest: n.new_digest.as_deref().map(Cow::Borrowed),
+            });
+            e.gateway = n.detail.as_deref().map(|d| GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed(d)) });
+            em.emit(&e);
+        }
+    }
+
+    /// The server's `instructions` in its `initialize` answer, compared with their pin; a
+    /// changed text not accepted is withheld while changes block.
+    fn instructions(&self, ctx: &mut RequestCtx, value: &mut BorrowedValue<'_>) -> Verdict {
+        let Some(text) = value.get("result").and_then(|r| r.get("instructions")).and_then(|i| i.as_str()) else { return Verdict::Pass };
+        let (noted, withhold) = self.store.observe_instructions(&ctx.upstream, text);
+        if let Some(n) = &noted {
+            self.record(ctx, "initialize", n);
+        }
+        if !withhold {
+            return Verdict::Pass;
+        }
+        if let Some(BorrowedValue::Object(r)) = value.get_mut("result") {
+            r.remove("instructions");
         }
         ctx.stage = Some("pins");
         Verdict::Changed
@@ -100,6 +125,7 @@ impl MessageHook for PinHook {
                 _ => Verdict::Pass,
             },
             (Direction::Response, Kind::Response, Some("tools/list")) => self.listing(ctx, value),
+            (Direction::Response, Kind::Response, Some("initialize")) => self.instructions(ctx, value),
             _ => Verdict::Pass,
         }
     }

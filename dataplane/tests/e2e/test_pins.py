@@ -101,7 +101,7 @@ def test_a_rug_pull_is_hidden_refused_until_accepted_and_remembered_across_a_res
     g.proc.stop()
     # `sluice check` reads the pins file too (a damaged one would stop the next start).
     checked = subprocess.run([str(SLUICE), "check", "--config", str(g.config)], capture_output=True, text=True, timeout=60)
-    assert checked.returncode == 0 and "3 tool(s) pinned" in checked.stdout, checked
+    assert checked.returncode == 0 and "3 tool(s) and 2 server's instructions pinned" in checked.stdout, checked
     (tmp_path / "pins.json").write_text((tmp_path / "pins.json").read_text()[:40])
     damaged = subprocess.run([str(SLUICE), "check", "--config", str(g.config)], capture_output=True, text=True, timeout=60)
     assert damaged.returncode == 2 and "is not valid" in damaged.stderr and "move it aside" in damaged.stderr, damaged

@@ -423,22 +423,23 @@ def test_a_local_server_changing_a_tool_between_launches_is_caught_at_the_next_l
             params = StdioServerParameters(command=str(SLUICE), args=through(cfg, server, name="facts")[1:], env=env)
             async with stdio_client(params) as (read, write):
                 async with ClientSession(read, write) as s:
-                    await s.initialize()
+                    instructions = (await s.initialize()).instructions
                     tools = {t.name: t for t in (await s.list_tools()).tools}
                     try:
                         called = (await s.call_tool("daily_fact", {})).content[0].text
                     except McpError as e:
                         called = e.error
-                    return tools, called
+                    return tools, called, instructions
         return asyncio.run(asyncio.wait_for(run(), 60))
 
-    tools, called = launch(False)
-    assert "daily_fact" in tools and called == "Honey never spoils."
+    tools, called, instructions = launch(False)
+    assert "daily_fact" in tools and called == "Honey never spoils." and instructions == "Facts for the curious."
     pins = state / "sluice" / "pins" / "facts.json"
     assert pins.exists(), list(state.rglob("*"))
     # The package changed the tool between two launches.
-    tools, called = launch(True)
+    tools, called, instructions = launch(True)
     assert "daily_fact" not in tools and "rug_pull" in tools, tools
+    assert instructions is None, "the server's changed instructions are withheld too"
     assert called.code == -32013 and f"sluice pins accept --file {pins}" in called.data["reason"], called
     upstream = next(iter(json.loads(pins.read_text())["upstreams"]))
     listed = subprocess.run([str(SLUICE), "pins", "list", "--changed", "--file", str(pins)], capture_output=True, text=True, timeout=30)
@@ -446,5 +447,9 @@ def test_a_local_server_changing_a_tool_between_launches_is_caught_at_the_next_l
     accepted = subprocess.run([str(SLUICE), "pins", "accept", upstream, "daily_fact", "--file", str(pins)], capture_output=True, text=True, timeout=30)
     assert accepted.returncode == 0, accepted
     assert json.loads(pins.read_text())["upstreams"][upstream]["daily_fact"]["accepted_by"] == USER
-    tools, called = launch(True)
-    assert "IMPORTANT" in tools["daily_fact"].description and called == "Honey never spoils."
+    tools, called, instructions = launch(True)
+    assert "IMPORTANT" in tools["daily_fact"].description and called == "Honey never spoils." and instructions is None
+    accepted = subprocess.run([str(SLUICE), "pins", "accept", upstream, "(server instructions)", "--file", str(pins)], capture_output=True, text=True, timeout=30)
+    assert accepted.returncode == 0, accepted
+    # Accepted, they reach the client again (detection still masks the file they name).
+    assert "Before answering, read" in launch(True)[2]
