@@ -359,7 +359,9 @@ pub async fn handle(
         }
     };
     after_response_head(w, cfg, route, &mut ctx, &mut track, &c.head, method);
-    track.session_token = session_token(cfg, route, &mut ctx, &c.head);
+    // The id the request carried, when it opened (its header is the one the upstream's replaced).
+    let opened = upstream_sid_at.and_then(|i| head.headers().nth(i)).and_then(|(_, v)| std::str::from_utf8(v).ok());
+    track.session_token = session_token(cfg, route, &mut ctx, &c.head, opened);
     let ctype = c.head.header("content-type").unwrap_or(b"");
     let is_sse = starts_with_ci(ctype, b"text/event-stream");
     let is_json = media(Some(ctype)) == Media::Json;
@@ -856,8 +858,14 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
 
 /// The session id the agent gets for the one the upstream names in its answer: the gateway's
 /// (see `handle`), bound to the route and the caller.
-fn session_token(cfg: &Config, route: &Route, ctx: &mut RequestCtx, head: &Head) -> Option<String> {
+/// `held`: the id the request carried, when it opened. Servers that repeat their session id on
+/// every answer get it back as it came (the same caller, route and ids: minting it again would
+/// hash the same tag).
+fn session_token(cfg: &Config, route: &Route, ctx: &mut RequestCtx, head: &Head, held: Option<&str>) -> Option<String> {
     let usid = head.header_str("mcp-session-id").filter(|_| route.kind == RouteKind::Mcp)?;
+    if let Some(h) = held.filter(|_| ctx.mcp_session_id.as_deref() == Some(usid)) {
+        return Some(h.to_owned());
+    }
     let gid = ctx.gateway_session_id.get_or_insert_with(crate::ids::new_id);
     Some(cfg.sessions.ids.mint(&route.name, ctx.identity.as_ref().map(|i| i.subject.as_str()), gid, usid))
 }
