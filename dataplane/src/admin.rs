@@ -89,6 +89,7 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
             let mut s = String::with_capacity(16 * 1024);
             crate::metrics::render(&sh.metrics, sh.sessions.len(), &mut s);
             sh.pins.render(&mut s);
+            render_tokens(&sh.config.load(), &mut s);
             if let Some(r) = &sh.recorder {
                 r.counters.render(&mut s);
                 s.push_str(&format!("# HELP sluice_recording_accepting 1 while the spool takes events (0: requests are refused).\n# TYPE sluice_recording_accepting gauge\nsluice_recording_accepting {}\n", u8::from(r.accepting())));
@@ -127,4 +128,24 @@ fn reply(conn: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     let _ = conn.write_all(&out);
+}
+
+/// Upstream tokens (`kind = "oauth_client_credentials"`): held or not, and the token
+/// endpoint's answers by outcome.
+fn render_tokens(cfg: &crate::config::Config, s: &mut String) {
+    use std::fmt::Write;
+    // Label values escaped as the text format wants (upstream names are free text).
+    let tokens: Vec<_> = cfg.upstreams.iter().filter_map(|u| Some((u.name.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"), u.credential.as_ref()?.token()?))).collect();
+    if tokens.is_empty() {
+        return;
+    }
+    s.push_str("# HELP sluice_upstream_token_held 1 while the gateway holds an unexpired token for the upstream (0: its calls are answered 503).\n# TYPE sluice_upstream_token_held gauge\n");
+    for (name, t) in &tokens {
+        let _ = writeln!(s, "sluice_upstream_token_held{{upstream=\"{}\"}} {}", name, u8::from(t.live().value.is_some()));
+    }
+    s.push_str("# HELP sluice_upstream_token_requests_total Token requests to the upstream's token endpoint, by outcome.\n# TYPE sluice_upstream_token_requests_total counter\n");
+    for (name, t) in &tokens {
+        let _ = writeln!(s, "sluice_upstream_token_requests_total{{upstream=\"{name}\",outcome=\"issued\"}} {}", t.fetched.load(Ordering::Relaxed));
+        let _ = writeln!(s, "sluice_upstream_token_requests_total{{upstream=\"{name}\",outcome=\"failed\"}} {}", t.failed.load(Ordering::Relaxed));
+    }
 }

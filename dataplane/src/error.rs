@@ -53,6 +53,10 @@ pub enum ProxyError {
     UpstreamTimeout { upstream: String, phase: &'static str, secs: f64 },
     #[error("upstream {upstream} broke the exchange: {reason}")]
     UpstreamProtocol { upstream: String, reason: String },
+    #[error("the gateway holds no credential for upstream {upstream} right now ({reason}); retry shortly")]
+    NoUpstreamCredential { upstream: String, reason: String },
+    #[error("upstream {upstream} refused the credential the gateway sends it (HTTP 401); {}", if *.renewing { "the gateway is renewing its token: retry shortly" } else { "its credential in the gateway's configuration needs renewing by an operator" })]
+    UpstreamRefusedCredential { upstream: String, renewing: bool },
     #[error("the gateway is shutting down; retry on another instance")]
     ShuttingDown,
     #[error("the gateway cannot record calls right now (its event spool is full or not writable), so it does not forward them; retry later or on another instance")]
@@ -66,7 +70,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | BadHeader(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
-            UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => Fault::Upstream,
+            UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } | NoUpstreamCredential { .. } | UpstreamRefusedCredential { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
     }
@@ -83,7 +87,8 @@ impl ProxyError {
             NoRoute(_) | ForeignSession => 404,
             ForbiddenOrigin(_) => 403,
             MisdirectedHost(_) => 421,
-            UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
+            UpstreamConnect { .. } | UpstreamProtocol { .. } | UpstreamRefusedCredential { .. } => 502,
+            NoUpstreamCredential { .. } => 503,
             UpstreamTimeout { .. } => 504,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => 503,
         }
@@ -97,7 +102,7 @@ impl ProxyError {
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
             ForbiddenOrigin(_) | MisdirectedHost(_) => Code::Refused,
-            UpstreamConnect { .. } | UpstreamProtocol { .. } => Code::UpstreamUnavailable,
+            UpstreamConnect { .. } | UpstreamProtocol { .. } | NoUpstreamCredential { .. } | UpstreamRefusedCredential { .. } => Code::UpstreamUnavailable,
             UpstreamTimeout { .. } => Code::UpstreamTimeout,
             ShuttingDown => Code::ShuttingDown,
             RecordingUnavailable => Code::RecordingUnavailable,

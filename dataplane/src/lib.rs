@@ -27,6 +27,7 @@ pub mod identity;
 pub mod ids;
 pub mod jsonrpc;
 pub mod metrics;
+pub mod oauth;
 pub mod policy;
 pub mod approvals;
 pub mod proxy;

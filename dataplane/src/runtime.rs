@@ -109,6 +109,15 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             tracing::error!(issuer = %j.issuer, "the issuer's keys could not be fetched yet; bearer tokens are refused until they are");
         }
     }
+    // Upstream tokens: start with them when the token endpoints answer; calls to an upstream
+    // without one are answered 503 (with the endpoint's error) until it arrives.
+    for up in &cfg.upstreams {
+        if let Some(t) = up.credential.as_ref().and_then(|c| c.token()) {
+            if !t.wait_first(Duration::from_secs(5)) {
+                tracing::error!(upstream = %up.name, token_url = %t.grant.token_url, "no token for the upstream yet; its calls are answered 503 until one arrives");
+            }
+        }
+    }
     // Pins kept across restarts: a file that cannot be read stops the start (without it every
     // server would be trusted afresh).
     let pins = match cfg.pins.as_ref().and_then(|p| p.file.as_deref()) {
@@ -250,6 +259,13 @@ fn reload(sh: &Shared, source: &Source) {
             // Same issuer: the new config starts with the keys already fetched.
             if let (Some(o), Some(n)) = (old.identity.as_ref().and_then(|a| a.jwks()), new.identity.as_ref().and_then(|a| a.jwks())) {
                 n.adopt(o);
+            }
+            // Same token endpoint and client: the new config starts with the token held.
+            for n in &new.upstreams {
+                let held = old.upstreams.iter().find(|o| o.name == n.name).and_then(|o| o.credential.as_ref()?.token());
+                if let (Some(o), Some(t)) = (held, n.credential.as_ref().and_then(|c| c.token())) {
+                    t.adopt(o);
+                }
             }
             if old.pins.as_ref().map(|p| &p.file) != new.pins.as_ref().map(|p| &p.file) {
                 tracing::warn!("pins.file changes take effect on restart (pins are loaded at start)");

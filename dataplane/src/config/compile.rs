@@ -282,7 +282,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
                     if https { "https" } else { "http" },
                     u.tls.as_ref().map(|t| (&t.ca, &t.server_name, &t.client_cert, &t.client_key))
                 );
-                let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, file, &p, &mut |path, msg| is.add(path, msg)));
+                let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, &u.name, file, &p, &mut |path, msg| is.add(path, msg)));
                 upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential });
             }
         }

@@ -3,24 +3,56 @@
 //! `Debug` never shows them.
 
 use super::{compile::resolve, schema};
+use crate::oauth::{ClientAuth, Grant, Live, Source};
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct Injected {
-    /// Header name (lower case) and value sent upstream.
+    /// Header name (lower case) sent upstream.
     pub header: String,
-    pub value: Vec<u8>,
-    /// The secret as read, and the header value: scrubbed from anything the upstream sends
-    /// back to the agent.
-    pub secrets: Vec<String>,
+    held: Held,
+}
+
+enum Held {
+    /// Read from the environment or a file at load.
+    Fixed(Arc<Live>),
+    /// Asked of a token endpoint, renewed in the background.
+    Token(Arc<Source>),
 }
 
 impl std::fmt::Debug for Injected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Injected {{ header: {:?}, value: *** }}", self.header)
+        match &self.held {
+            Held::Fixed(_) => write!(f, "Injected {{ header: {:?}, value: *** }}", self.header),
+            Held::Token(s) => write!(f, "Injected {{ header: {:?}, {s:?} }}", self.header),
+        }
     }
 }
 
-fn base64(input: &[u8]) -> String {
+impl Injected {
+    fn fixed(header: String, value: Vec<u8>, secrets: Vec<String>) -> Self {
+        Injected { header, held: Held::Fixed(Arc::new(Live { value: Some(value), secrets, error: None })) }
+    }
+
+    /// The header value to send now (none while a token endpoint has issued no unexpired
+    /// token) and the secrets to scrub from the upstream's answers.
+    pub fn live(&self) -> Arc<Live> {
+        match &self.held {
+            Held::Fixed(l) => l.clone(),
+            Held::Token(s) => s.live(),
+        }
+    }
+
+    /// The token source, for a credential asked of a token endpoint.
+    pub fn token(&self) -> Option<&Arc<Source>> {
+        match &self.held {
+            Held::Fixed(_) => None,
+            Held::Token(s) => Some(s),
+        }
+    }
+}
+
+pub(crate) fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for c in input.chunks(3) {
@@ -67,8 +99,17 @@ pub(super) fn read_secret(env: Option<&str>, secret_file: Option<&str>, file: Op
     }
 }
 
-pub(super) fn compile(c: &schema::Credential, file: Option<&Path>, at: &str, add: &mut dyn FnMut(String, String)) -> Option<std::sync::Arc<Injected>> {
+/// The credential of the upstream `name`, configured at path `at`.
+pub(super) fn compile(c: &schema::Credential, name: &str, file: Option<&Path>, at: &str, add: &mut dyn FnMut(String, String)) -> Option<Arc<Injected>> {
     let p = format!("{at}.credential");
+    if c.kind == OAUTH {
+        return oauth(c, name, file, &p, add);
+    }
+    for (name, set) in [("token_url", c.token_url.is_some()), ("client_id", c.client_id.is_some()), ("scope", c.scope.is_some()), ("resource", c.resource.is_some()), ("audience", c.audience.is_some()), ("client_auth", c.client_auth.is_some())] {
+        if set {
+            add(format!("{p}.{name}"), format!("{name} is only for kind = \"{OAUTH}\""));
+        }
+    }
     let secret = read_secret(c.env.as_deref(), c.file.as_deref(), file, &p, add)?;
     let (header, value) = match (c.kind.as_str(), &c.header) {
         ("bearer", None) => ("authorization".to_string(), format!("Bearer {secret}")),
@@ -89,7 +130,7 @@ pub(super) fn compile(c: &schema::Credential, file: Option<&Path>, at: &str, add
             return None;
         }
         (other, _) => {
-            add(format!("{p}.kind"), format!("\"{other}\" is not a credential kind; write \"bearer\", \"basic\" or \"header\""));
+            add(format!("{p}.kind"), format!("\"{other}\" is not a credential kind; write \"bearer\", \"basic\", \"header\" or \"{OAUTH}\""));
             return None;
         }
     };
@@ -102,7 +143,83 @@ pub(super) fn compile(c: &schema::Credential, file: Option<&Path>, at: &str, add
         secrets.push(pw.to_owned());
     }
     secrets.retain(|s| s.len() >= 8);
-    Some(std::sync::Arc::new(Injected { header, value: value.into_bytes(), secrets }))
+    Some(Arc::new(Injected::fixed(header, value.into_bytes(), secrets)))
+}
+
+const OAUTH: &str = "oauth_client_credentials";
+
+/// Is `url` one a client secret may be sent to: https, or http to this host only?
+fn secret_may_go_to(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("\"{url}\" is not an absolute URL; write the token endpoint's https:// URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("\"{url}\" names no host (or carries user information); write the token endpoint's https:// URL"));
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" if host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback()) => Ok(()),
+        "http" => Err(format!("\"{url}\" would send the client secret in clear text; use https:// (http:// only to a loopback address)")),
+        other => Err(format!("\"{url}\" has scheme {other}; use https://")),
+    }
+}
+
+/// `kind = "oauth_client_credentials"`: the token endpoint, the client, its secret (from `env`
+/// or `file`), and what to ask for.
+fn oauth(c: &schema::Credential, name: &str, file: Option<&Path>, p: &str, add: &mut dyn FnMut(String, String)) -> Option<Arc<Injected>> {
+    let mut ok = true;
+    if c.header.is_some() {
+        add(format!("{p}.header"), format!("kind = \"{OAUTH}\" sends the token as Authorization: Bearer; remove header"));
+        ok = false;
+    }
+    match c.token_url.as_deref() {
+        None => {
+            add(format!("{p}.token_url"), "the token endpoint is needed, e.g. token_url = \"https://idp.example.com/oauth2/token\"".into());
+            ok = false;
+        }
+        Some(u) => {
+            if let Err(e) = secret_may_go_to(u) {
+                add(format!("{p}.token_url"), e);
+                ok = false;
+            }
+        }
+    }
+    if c.client_id.as_deref().is_none_or(str::is_empty) {
+        add(format!("{p}.client_id"), "the client id the token endpoint knows the gateway by is needed".into());
+        ok = false;
+    }
+    let auth = match c.client_auth.as_deref() {
+        None | Some("basic") => ClientAuth::Basic,
+        Some("post") => ClientAuth::Post,
+        Some(other) => {
+            add(format!("{p}.client_auth"), format!("\"{other}\" is not a client authentication; write \"basic\" (client_secret_basic, the default) or \"post\" (client_secret_post)"));
+            ok = false;
+            ClientAuth::Basic
+        }
+    };
+    for (name, v) in [("scope", &c.scope), ("resource", &c.resource), ("audience", &c.audience)] {
+        if v.as_deref().is_some_and(|v| v.is_empty() || v.chars().any(char::is_control)) {
+            add(format!("{p}.{name}"), format!("{name} is empty or holds control characters; remove it or give the value the token endpoint expects"));
+            ok = false;
+        }
+    }
+    let secret = read_secret(c.env.as_deref(), c.file.as_deref(), file, p, add)?;
+    if !ok {
+        return None;
+    }
+    let grant = Grant {
+        token_url: c.token_url.clone().unwrap_or_default(),
+        client_id: c.client_id.clone().unwrap_or_default(),
+        secret,
+        auth,
+        scope: c.scope.clone(),
+        resource: c.resource.clone(),
+        audience: c.audience.clone(),
+    };
+    Some(Arc::new(Injected { header: "authorization".into(), held: Held::Token(Source::start(name.to_owned(), grant)) }))
 }
 
 /// What `sluice stdio --name NAME` gives the server it runs: environment variables holding
@@ -111,7 +228,7 @@ pub(super) fn compile(c: &schema::Credential, file: Option<&Path>, at: &str, add
 pub struct StdioServer {
     pub name: String,
     pub env: Vec<(String, String)>,
-    pub scrub: Option<std::sync::Arc<Injected>>,
+    pub scrub: Option<Arc<Injected>>,
 }
 
 impl std::fmt::Debug for StdioServer {
@@ -144,7 +261,7 @@ pub(super) fn compile_stdio(servers: &[schema::StdioServer], file: Option<&Path>
             }
         }
         let secrets: Vec<String> = env.iter().map(|(_, v)| v.clone()).filter(|v| v.len() >= 8).collect();
-        let scrub = (!secrets.is_empty()).then(|| std::sync::Arc::new(Injected { header: String::new(), value: Vec::new(), secrets }));
+        let scrub = (!secrets.is_empty()).then(|| Arc::new(Injected::fixed(String::new(), Vec::new(), secrets)));
         out.push(StdioServer { name: s.name.clone(), env, scrub });
     }
     out
@@ -155,9 +272,13 @@ mod tests {
     use crate::config::schema::Credential;
 
     fn compile(kind: &str, header: Option<&str>, env: Option<&str>, file: Option<&str>) -> (Option<std::sync::Arc<super::Injected>>, Vec<String>) {
-        let c = Credential { kind: kind.into(), header: header.map(Into::into), env: env.map(Into::into), file: file.map(Into::into) };
+        let c = Credential { kind: kind.into(), header: header.map(Into::into), env: env.map(Into::into), file: file.map(Into::into), ..Credential::default() };
+        compile_full(&c)
+    }
+
+    fn compile_full(c: &Credential) -> (Option<std::sync::Arc<super::Injected>>, Vec<String>) {
         let mut issues = Vec::new();
-        let r = super::compile(&c, None, "upstream[0]", &mut |p, m| issues.push(format!("{p}: {m}")));
+        let r = super::compile(c, "up", None, "upstream[0]", &mut |p, m| issues.push(format!("{p}: {m}")));
         (r, issues)
     }
 
@@ -168,8 +289,8 @@ mod tests {
         assert!(issues.is_empty(), "{issues:?}");
         let c = c.unwrap();
         assert_eq!(c.header, "authorization");
-        assert_eq!(c.value, b"Basic c3ZjOnMzY3JldC1wYXNzd29yZA==");
-        assert!(c.secrets.contains(&"s3cret-password".to_string()), "the password alone is scrubbed too");
+        assert_eq!(c.live().value.as_deref(), Some(&b"Basic c3ZjOnMzY3JldC1wYXNzd29yZA=="[..]));
+        assert!(c.live().secrets.contains(&"s3cret-password".to_string()), "the password alone is scrubbed too");
         assert!(!format!("{c:?}").contains("s3cret"));
         let (_, issues) = compile("bearer", None, Some("SLUICE_TEST_SURELY_UNSET_VAR"), None);
         assert!(issues[0].starts_with("upstream[0].credential.env: environment variable SLUICE_TEST_SURELY_UNSET_VAR"), "{issues:?}");
@@ -198,10 +319,51 @@ mod tests {
         let base = dir.path().join("sluice.toml");
         let out = super::compile_stdio(&servers, Some(&base), &mut |p, m| issues.push(format!("{p}: {m}")));
         assert_eq!(out[0].env, vec![("GITHUB_TOKEN".to_string(), "ghp_secretvalue123".to_string())], "read relative to the config file, newline trimmed");
-        assert_eq!(out[0].scrub.as_ref().unwrap().secrets, ["ghp_secretvalue123"]);
+        assert_eq!(out[0].scrub.as_ref().unwrap().live().secrets, ["ghp_secretvalue123"]);
         assert!(!format!("{:?}", out[0]).contains("secretvalue"), "Debug hides values");
         let paths: Vec<&str> = issues.iter().map(|i| i.split(':').next().unwrap()).collect();
         assert_eq!(paths, ["stdio_server[1].env[0].name", "stdio_server[1].env[1]", "stdio_server[1].env[2].file", "stdio_server[2].name"], "{issues:?}");
+    }
+
+    #[test]
+    fn an_oauth_credential_needs_a_safe_token_url_a_client_and_a_secret_and_says_what_is_wrong() {
+        std::env::set_var("SLUICE_TEST_OAUTH_SECRET", "client-secret-value");
+        let base = Credential {
+            kind: "oauth_client_credentials".into(),
+            env: Some("SLUICE_TEST_OAUTH_SECRET".into()),
+            token_url: Some("http://127.0.0.1:9/token".into()),
+            client_id: Some("sluice-gateway".into()),
+            scope: Some("mcp".into()),
+            ..Credential::default()
+        };
+        let (c, issues) = compile_full(&base);
+        assert!(issues.is_empty(), "{issues:?}");
+        let c = c.unwrap();
+        assert!(c.token().is_some_and(|t| t.grant.client_id == "sluice-gateway" && t.grant.auth == crate::oauth::ClientAuth::Basic));
+        assert!(!format!("{c:?}").contains("client-secret-value"), "Debug hides the secret");
+        assert!(c.live().secrets.iter().any(|s| s == "client-secret-value"), "the client secret is scrubbed from answers too");
+        for (change, path, says) in [
+            (Credential { token_url: Some("http://idp.example.com/token".into()), ..base.clone() }, "token_url", "clear text"),
+            (Credential { token_url: Some("ftp://idp/token".into()), ..base.clone() }, "token_url", "use https://"),
+            (Credential { token_url: Some("https://user@idp/token".into()), ..base.clone() }, "token_url", "user information"),
+            (Credential { token_url: Some("idp/token".into()), ..base.clone() }, "token_url", "not an absolute URL"),
+            (Credential { token_url: None, ..base.clone() }, "token_url", "token endpoint is needed"),
+            (Credential { client_id: None, ..base.clone() }, "client_id", "client id"),
+            (Credential { client_auth: Some("jwt".into()), ..base.clone() }, "client_auth", "\"basic\""),
+            (Credential { header: Some("X-Token".into()), ..base.clone() }, "header", "remove header"),
+            (Credential { scope: Some("a\nb".into()), ..base.clone() }, "scope", "control characters"),
+            (Credential { env: None, ..base.clone() }, "", "exactly one of env"),
+        ] {
+            let (c, issues) = compile_full(&change);
+            assert!(c.is_none(), "{path}");
+            let want = if path.is_empty() { "upstream[0].credential: ".to_owned() } else { format!("upstream[0].credential.{path}: ") };
+            assert!(issues.iter().any(|i| i.starts_with(&want) && i.contains(says)), "{want}{says}: {issues:?}");
+        }
+        for ok in ["https://idp.example.com/oauth2/token", "http://localhost:8080/token", "http://[::1]:80/t"] {
+            assert!(compile_full(&Credential { token_url: Some(ok.into()), ..base.clone() }).1.is_empty(), "{ok}");
+        }
+        let (_, issues) = compile_full(&Credential { kind: "bearer".into(), token_url: Some("https://x/t".into()), ..base.clone() });
+        assert!(issues.iter().any(|i| i.starts_with("upstream[0].credential.token_url: token_url is only for kind = \"oauth_client_credentials\"")), "{issues:?}");
     }
 
     #[test]

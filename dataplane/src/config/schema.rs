@@ -244,14 +244,23 @@ pub struct Upstream {
 }
 
 /// `bearer`, `basic` (the secret is `user:password`) or `header` (with `header = "Name"`),
-/// read from `env` or `file` (never inline in this file). Re-read on reload.
-#[derive(Debug, Clone, Deserialize)]
+/// read from `env` or `file` (never inline in this file), re-read on reload; or
+/// `oauth_client_credentials`: a bearer token the gateway asks `token_url` for as `client_id`
+/// with the secret from `env`/`file` (`client_auth` `basic` or `post`; optional `scope`,
+/// `resource` (RFC 8707), `audience`), renewed in the background.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     pub kind: String,
     pub header: Option<String>,
     pub env: Option<String>,
     pub file: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_auth: Option<String>,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
+    pub audience: Option<String>,
 }
 
 fn default_pool() -> usize {

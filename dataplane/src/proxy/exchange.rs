@@ -319,10 +319,22 @@ pub async fn handle(
     }
     let out_body = forwarded.as_deref().unwrap_or(body);
 
+    // The upstream's credential: a token endpoint that has issued none (or only an expired
+    // one) leaves the call unanswerable — answered here, never sent without it.
+    let credential = up.credential.as_ref().map(|c| c.live());
+    if let Some(reason) = credential.as_ref().filter(|l| l.value.is_none()).map(|l| l.error.clone().unwrap_or_default()) {
+        let e = ProxyError::NoUpstreamCredential { upstream: up.name.clone(), reason };
+        tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "call not forwarded");
+        fail_answer(w, &ctx, &track, down, held, &e, keep_alive && !held).await.map_err(|_| ProxyError::ClientTimeout)?;
+        w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
+        return Ok(keep_alive && !held);
+    }
+
     // Forward.
     let mut req = w.reqbuf.take();
     req.clear();
-    let forward = Forward { target: target.as_deref(), headers: &header_edits, rewrite_host, strip_credentials, client, tls };
+    let credential_value = credential.as_ref().and_then(|l| l.value.as_deref());
+    let forward = Forward { target: target.as_deref(), headers: &header_edits, rewrite_host, strip_credentials, client, tls, credential: credential_value };
     encode_request(&mut req, head, route, up, &forward, out_body);
     let sent = upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await;
     w.reqbuf.set(req);
@@ -339,6 +351,19 @@ pub async fn handle(
     // Response head.
     let status = c.head.status;
     ctx.status = Some(status);
+    // An upstream refusing the gateway's own credential: the agent can do nothing about it (and
+    // must not be sent after the upstream's authorization server), so it gets the gateway's
+    // error; a token is renewed at once.
+    if status == 401 {
+        if let Some(cred) = &up.credential {
+            let renewing = cred.token().inspect(|t| t.request_refresh()).is_some();
+            let e = ProxyError::UpstreamRefusedCredential { upstream: up.name.clone(), renewing };
+            tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "upstream refused its credential");
+            fail_answer(w, &ctx, &track, down, held, &e, keep_alive && !held).await.map_err(|_| ProxyError::ClientTimeout)?;
+            w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
+            return Ok(keep_alive && !held);
+        }
+    }
     // An answer the gateway cannot frame or inspect is answered (by id) and recorded in its place.
     let unusable = match response_body_kind(&c.head, method) {
         Err(e) => Err(e.to_string()),
@@ -894,6 +919,8 @@ struct Forward<'a> {
     /// The agent's address and whether it came over TLS (the forwarding headers).
     client: SocketAddr,
     tls: bool,
+    /// The upstream's credential as it stands for this request.
+    credential: Option<&'a [u8]>,
 }
 
 /// Headers the gateway does not pass on as the agent sent them: forwarding headers (it writes
@@ -961,8 +988,8 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
     // Answers must come readable: compressed ones could not be inspected.
     write::header(out, "accept-encoding", b"identity");
     // The upstream's own credential: agents never hold it.
-    if let Some(c) = &up.credential {
-        write::header(out, &c.header, &c.value);
+    if let (Some(c), Some(v)) = (&up.credential, fwd.credential) {
+        write::header(out, &c.header, v);
     }
     if fwd.rewrite_host {
         write::header(out, "host", up.authority.as_bytes());
@@ -983,7 +1010,7 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
 fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx, track: &Track<'_>) {
     let session = track.session_token.as_deref();
     write::status_line(out, up.status, up.reason());
-    let mut replaced = ctx.credential.as_deref().map(|c| crate::scrub::header_values(up, &c.secrets)).unwrap_or_default();
+    let mut replaced = ctx.credential.as_deref().map(|c| crate::scrub::header_values(up, &c.live().secrets)).unwrap_or_default();
     if !replaced.is_empty() {
         tracing::warn!(upstream = %ctx.upstream, "the upstream echoed its injected credential in a response header; scrubbed");
     }
@@ -1482,7 +1509,9 @@ async fn relay_json(
         let _ = fail_answer(w, ctx, track, down, held, &e, false).await;
         return Err(());
     }
-    let is_mcp = route.kind == RouteKind::Mcp;
+    // An MCP server's HTTP error may carry a JSON body that is not JSON-RPC (an authorization
+    // server's `{"error":"invalid_token"}`, RFC 6750): passed on as a document, scanned like one.
+    let is_mcp = route.kind == RouteKind::Mcp && (c.head.status < 400 || memchr::memmem::find(body, b"\"jsonrpc\"").is_some());
     let outcome = with_scratch(w, body, |buf| {
         if is_mcp {
             let mut parsed = jsonrpc::parse(buf).map_err(|e| fail(format!("the response is not JSON-RPC: {e}")))?;
@@ -1543,7 +1572,7 @@ async fn relay_plain(
     let text = media(ctype) == Media::Text || (mcp && ctype.is_none());
     let detect = cfg.detect.as_ref().filter(|d| text && kind != BodyKind::None && d.active(Direction::Response));
     // An upstream's injected credential echoed in a text answer is replaced as it streams.
-    let mut cred = ctx.credential.as_deref().filter(|_| text && kind != BodyKind::None).map(|c| crate::scrub::StreamScrub::new(&c.secrets));
+    let mut cred = ctx.credential.as_deref().filter(|_| text && kind != BodyKind::None).map(|c| crate::scrub::StreamScrub::new(&c.live().secrets));
     let mut clean = Vec::new();
     let kind_out = if (detect.is_some() || cred.is_some()) && matches!(kind, BodyKind::Length(_)) { BodyKind::CloseDelimited } else { kind };
     let chunked_out = matches!(kind_out, BodyKind::Chunked | BodyKind::CloseDelimited) && client_minor >= 1;

@@ -26,9 +26,13 @@ pub async fn send(stream: &mut Stream, status: u16, content_type: &str, body: &[
 }
 
 /// Answer an error: its status, and a JSON-RPC error whose `data.reason` says what happened
-/// (with `Retry-After` when the gateway is at a limit).
+/// (with `Retry-After` when the gateway is at a limit or awaits a token for the upstream).
 pub async fn error(stream: &mut Stream, e: &ProxyError, id: Option<&str>, keep_alive: bool, cors: Option<Reader<'_>>) -> std::io::Result<()> {
     let body = error_body(id, e.code(), e.title(), &e.to_string());
-    let extra: &[(&str, &[u8])] = if matches!(e, ProxyError::Overloaded(_)) { &[("retry-after", b"1")] } else { &[] };
+    let extra: &[(&str, &[u8])] = match e {
+        ProxyError::Overloaded(_) => &[("retry-after", b"1")],
+        ProxyError::NoUpstreamCredential { .. } => &[("retry-after", b"2")],
+        _ => &[],
+    };
     send(stream, e.status(), "application/json", &body, keep_alive, extra, cors).await
 }

@@ -82,3 +82,31 @@ def test_a_credential_echoed_in_a_streamed_text_answer_is_replaced_at_any_cut(ga
     assert r.headers["x-echo-key"] == "[REDACTED:upstream-credential]", r.headers
     g.proc.stop()
     assert passphrase not in json.dumps(spool_events(g.spool)) and passphrase not in g.proc.log.read_text()
+
+
+def test_an_upstream_refusing_the_injected_credential_is_the_gateways_error_not_the_agents(gateway, raw_upstream, tmp_path):
+    """An upstream answering 401 to the credential the gateway injects: the agent holds no
+    credential for it, and its SDK must not be sent after the upstream's authorization server,
+    so it gets 502/-32001 saying an operator must renew the credential — not the 401 and its
+    challenge. Without an injected credential the upstream's 401 passes, its RFC 6750 JSON body
+    (not JSON-RPC) included: an agent holding its own token for the upstream runs the upstream's
+    authorization through the gateway (this body was once refused as a broken exchange)."""
+    def handler(conn, head, body):
+        out = b'{"error":"invalid_token"}'
+        conn.sendall(b'HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer resource_metadata="http://upstream.example/.well-known/oauth-protected-resource"\r\n'
+                     b"content-type: application/json\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+    up = raw_upstream(handler)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
+    r = httpx.post(g.url(), json=call, headers=ACCEPT, timeout=10)
+    assert r.status_code == 401 and "resource_metadata" in r.headers["www-authenticate"], r.text
+    assert r.json() == {"error": "invalid_token"}
+    (tmp_path / "upstream.token").write_text(SECRET + "\n")
+    with_credential(g, f'{{ kind = "bearer", file = "{tmp_path / "upstream.token"}" }}')
+    r = httpx.post(g.url(), json=call, headers=ACCEPT, timeout=10)
+    assert r.status_code == 502 and "www-authenticate" not in r.headers, (r.status_code, r.headers)
+    body = r.json()
+    assert body["id"] == 4 and body["error"]["code"] == -32001, body
+    assert "upstream u0 refused the credential the gateway sends it (HTTP 401)" in body["error"]["data"]["reason"]
+    assert "needs renewing by an operator" in body["error"]["data"]["reason"], body

@@ -326,6 +326,17 @@ def _head(conn: socket.socket, timeout=5.0) -> bytes:
     return got
 
 
+def _await_metric(g, name, want, limit=5.0):
+    """The metric's value once it reads `want`, or its last value after `limit` seconds (a
+    loaded machine takes a moment to see a close or a body arrive)."""
+    end = time.monotonic() + limit
+    got = g.metric(name)
+    while got != want and time.monotonic() < end:
+        time.sleep(0.05)
+        got = g.metric(name)
+    return got
+
+
 def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream, gateway):
     """Many large or slow bodies cannot exhaust the host's memory, nor many idle connections its
     sockets: a body that would pass the worker's share of `limits.max_buffered_bytes` is refused
@@ -348,8 +359,7 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     slow = socket.create_connection(("127.0.0.1", g.port))
     slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
                  + f"Content-Length: {len(big)}\r\n\r\n".encode() + big[:1000])
-    time.sleep(0.3)
-    assert g.metric("sluice_buffered_bytes") == len(big)
+    assert _await_metric(g, "sluice_buffered_bytes", len(big)) == len(big)
     # … so a second large body does not fit — refused on its head alone — while a small one does.
     head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
     with socket.create_connection(("127.0.0.1", g.port)) as c:
@@ -380,7 +390,9 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     assert g.metric("sluice_buffered_bytes") == 0, "given back after the exchange"
     assert httpx.post(g.url(), content=big, headers=ACCEPT, timeout=10).status_code == 200
     assert httpx.post(g.url("/big"), json=PING, headers=ACCEPT, timeout=10).status_code == 200
-    # Connections: the slow one is still open (keep-alive); two more fill the limit of 3.
+    # Connections: the slow one is still open (keep-alive); two more fill the limit of 3 once
+    # the gateway has seen the closes of the two calls above.
+    assert _await_metric(g, "sluice_active_connections", 1) == 1
     held = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(2)]
     for _ in range(50):
         if g.metric("sluice_active_connections") == 3:
@@ -396,7 +408,7 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     assert g.metric("sluice_connections_refused_total") == 1
     for s in held + [slow]:
         s.close()
-    time.sleep(0.2)
+    assert _await_metric(g, "sluice_active_connections", 0) == 0, "closed connections are given back"
     assert httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=10).status_code == 200
 
 

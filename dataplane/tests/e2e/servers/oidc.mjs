@@ -3,7 +3,7 @@
 // come from a JWK set file the test writes (so it can also sign deliberately bad tokens with
 // the provider's own key).
 //
-// usage: node oidc.mjs PORT JWKS_FILE AUDIENCE
+// usage: [OIDC_CC_TTL=SECONDS] node oidc.mjs PORT JWKS_FILE AUDIENCE
 import fs from "node:fs";
 import Provider from "oidc-provider";
 
@@ -15,6 +15,8 @@ const who = {
   "intern-agent": { groups: ["interns"], agent_type: "assistant" },
   // A human reviewer's client (approvals): member of the approver group.
   "finance-reviewer": { groups: ["finance"], agent_type: "human" },
+  // The gateway itself, asking for a token to an upstream (credential kind oauth_client_credentials).
+  "sluice-gateway": { groups: ["gateways"], agent_type: "gateway" },
 };
 const provider = new Provider(issuer, {
   clients: Object.keys(who).map((id) => ({
@@ -27,6 +29,8 @@ const provider = new Provider(issuer, {
   })),
   jwks: JSON.parse(fs.readFileSync(jwksFile, "utf8")),
   scopes: ["mcp"],
+  // Client-credentials token lifetime in seconds (OIDC_CC_TTL; the tests of token renewal make it short).
+  ttl: { ClientCredentials: Number(process.env.OIDC_CC_TTL || 600) },
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
