@@ -1,6 +1,8 @@
 //! The per-request cost of the session ids agents hold (`session::Ids`): opening the id a
 //! request carries (every request of a session) and minting one for an answer that names the
-//! upstream's session (`initialize`; servers that repeat the header on every answer).
+//! upstream's session (`initialize`; servers that repeat the header on every answer); and the
+//! identity told to an upstream (`forward_identity`): an assertion signed afresh, one reused
+//! from the worker's cache, and the `headers` form.
 //! Run: `cargo bench -p sluice-benches --bench sessions`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -20,5 +22,27 @@ fn ids(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ids);
+fn forward_identity(c: &mut Criterion) {
+    use sluice::identity::forward::{write_headers, Cache, Signer};
+    use sluice::identity::Identity;
+    // RFC 8032 test 1's secret key in PKCS#8 PEM.
+    let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
+    let signer = std::sync::Arc::new(Signer::from_pem(pem, "https://sluice.example".into(), std::time::Duration::from_secs(300)).expect("key"));
+    let who = Identity { subject: "support-agent".into(), groups: vec!["support".into(), "readers".into()], agent_type: Some("assistant".into()), via: "jwt", claims: None };
+    let session = sluice::ids::new_id();
+    let mut g = c.benchmark_group("forward_identity");
+    g.bench_function("sign", |b| b.iter(|| signer.sign(black_box(&who), Some(&session), "https://tickets.internal", std::time::SystemTime::now())));
+    let mut cache = Cache::default();
+    g.bench_function("cached", |b| b.iter(|| cache.assertion(black_box(&signer), "https://tickets.internal", black_box(&who), Some(&session))));
+    let mut out = Vec::with_capacity(512);
+    g.bench_function("headers", |b| {
+        b.iter(|| {
+            out.clear();
+            write_headers(&mut out, black_box(&who), Some(&session));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ids, forward_identity);
 criterion_main!(benches);

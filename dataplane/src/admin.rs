@@ -106,7 +106,11 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
             let sessions = sh.sessions.snapshot();
             (200, "application/json", serde_json::to_vec(&serde_json::json!({ "count": sessions.len(), "sessions": sessions })).unwrap_or_default())
         }
-        _ => (404, "text/plain", b"not found: try /healthz /readyz /metrics /sessions /approvals /approvals/ui /pins\n".to_vec()),
+        "/identity/jwks" => match sh.config.load().assertion_signer() {
+            Some(signer) => (200, "application/json", signer.jwks().to_string().into_bytes()),
+            None => (404, "text/plain", b"no upstream has forward_identity = \"token\" with an [identity.assertion] key\n".to_vec()),
+        },
+        _ => (404, "text/plain", b"not found: try /healthz /readyz /metrics /sessions /approvals /approvals/ui /pins /identity/jwks\n".to_vec()),
     }
 }
 

@@ -127,6 +127,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: sluice::pins::cli::PinsCmd,
     },
+    /// Print the public key upstreams verify the gateway's identity assertions with
+    /// (`forward_identity = "token"`), as a JWK set.
+    Jwks {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// List every detection rule (id, kind, category, severity, default mask, what it matches).
     Rules {
         #[arg(long, value_enum, default_value = "table")]
@@ -268,6 +274,13 @@ fn main() -> std::process::ExitCode {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 Ok(())
             }),
+        },
+        Cmd::Jwks { config: path } => match config::load(&path) {
+            Ok(c) => match c.assertion_signer() {
+                Some(s) => serde_json::to_string_pretty(&s.jwks()).map(|j| println!("{j}")).map_err(Into::into),
+                None => Err(anyhow!("{}: no upstream has forward_identity = \"token\" with an [identity.assertion] key", path.display())),
+            },
+            Err(e) => Err(anyhow!("{e}")),
         },
         Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
         Cmd::Scan { .. } | Cmd::Rules { .. } | Cmd::Policy { .. } | Cmd::Approvals { .. } | Cmd::Pins { .. } | Cmd::Stdio { .. } => Ok(()),

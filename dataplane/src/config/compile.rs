@@ -87,6 +87,8 @@ pub struct Upstream {
     pub pool_key: String,
     /// Injected on every request to this upstream.
     pub credential: Option<Arc<super::credential::Injected>>,
+    /// How the upstream hears who the caller is (`forward_identity`).
+    pub forward_identity: Option<crate::identity::forward::Forwarding>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +118,16 @@ pub struct SessionsCfg {
     pub max_sessions: usize,
     /// Mints and opens the session ids agents hold (`sessions.key_file`).
     pub ids: crate::session::Ids,
+}
+
+impl Config {
+    /// The key identity assertions to upstreams are signed with, if any upstream gets them.
+    pub fn assertion_signer(&self) -> Option<&Arc<crate::identity::forward::Signer>> {
+        self.upstreams.iter().find_map(|u| match &u.forward_identity {
+            Some(crate::identity::forward::Forwarding::Token { signer, .. }) => Some(signer),
+            _ => None,
+        })
+    }
 }
 
 struct Issues(Vec<Issue>);
@@ -242,9 +254,55 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         stream_idle: is.duration("timeouts.stream_idle", &t.stream_idle),
     };
 
+    // The key identity assertions to upstreams are signed with.
+    let identity_on = f.identity.as_ref().is_some_and(|i| i.mode != "off");
+    let signer = f.identity.as_ref().and_then(|i| i.assertion.as_ref()).and_then(|a| {
+        let lifetime = is.duration("identity.assertion.lifetime", &a.lifetime);
+        let path = resolve(file, &a.key_file);
+        let pem = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+        match pem.and_then(|pem| crate::identity::forward::Signer::from_pem(&pem, a.issuer.clone(), lifetime).map_err(|e| format!("{}: {e}", path.display()))) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                is.add("identity.assertion.key_file", e);
+                None
+            }
+        }
+    });
     let mut upstreams: Vec<Upstream> = Vec::new();
     for (i, u) in f.upstreams.iter().enumerate() {
         let p = format!("upstream[{i}]");
+        use crate::identity::forward::Forwarding;
+        let forward_identity = match u.forward_identity.as_deref() {
+            None => {
+                if u.identity_audience.is_some() {
+                    is.add(format!("{p}.identity_audience"), "is only for forward_identity = \"token\"");
+                }
+                None
+            }
+            Some(_) if !identity_on => {
+                is.add(format!("{p}.forward_identity"), "there is no caller identity to forward: configure [identity] (an issuer, API keys or client certificates)");
+                None
+            }
+            Some("headers") => {
+                if u.identity_audience.is_some() {
+                    is.add(format!("{p}.identity_audience"), "is only for forward_identity = \"token\"");
+                }
+                Some(Forwarding::Headers)
+            }
+            Some("token") => match &signer {
+                Some(s) => Some(Forwarding::Token { signer: s.clone(), audience: u.identity_audience.clone().unwrap_or_else(|| u.url.clone()) }),
+                None => {
+                    if f.identity.as_ref().is_some_and(|i| i.assertion.is_none()) {
+                        is.add(format!("{p}.forward_identity"), "\"token\" needs the gateway's signing key: [identity.assertion] key_file = \"…\" (an Ed25519 key: openssl genpkey -algorithm ed25519 -out FILE)");
+                    }
+                    None
+                }
+            },
+            Some(other) => {
+                is.add(format!("{p}.forward_identity"), format!("\"{other}\" is not a way to forward the identity; write \"headers\" or \"token\""));
+                None
+            }
+        };
         if f.upstreams[..i].iter().any(|o| o.name == u.name) {
             is.add(format!("{p}.name"), format!("\"{}\" names another upstream too; names must be unique", u.name));
         }
@@ -283,7 +341,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
                     u.tls.as_ref().map(|t| (&t.ca, &t.server_name, &t.client_cert, &t.client_key))
                 );
                 let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, &u.name, file, &p, &mut |path, msg| is.add(path, msg)));
-                upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential });
+                upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential, forward_identity });
             }
         }
     }

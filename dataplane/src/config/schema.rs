@@ -241,6 +241,11 @@ pub struct Upstream {
     pub pool_max_idle: usize,
     /// A credential the gateway adds to every request to this upstream (agents never hold it).
     pub credential: Option<Credential>,
+    /// Tell the upstream who the caller is: `headers` (`X-Sluice-Subject`, …) or `token` (a
+    /// JWT the gateway signs with `identity.assertion.key_file`, in `X-Sluice-Identity`).
+    pub forward_identity: Option<String>,
+    /// The `aud` of those tokens (default: the upstream's `url`).
+    pub identity_audience: Option<String>,
 }
 
 /// `bearer`, `basic` (the secret is `user:password`) or `header` (with `header = "Name"`),
@@ -644,6 +649,27 @@ pub struct Identity {
     pub api_keys: Vec<ApiKey>,
     /// Client certificates (verified on a listener with `tls.client_ca`) as identities.
     pub mtls: Option<Mtls>,
+    /// The key the gateway signs identity assertions to upstreams with (`forward_identity = "token"`).
+    pub assertion: Option<Assertion>,
+}
+
+/// `[identity.assertion]`: an Ed25519 private key in PKCS#8 PEM (`openssl genpkey -algorithm
+/// ed25519`), the `iss` of the assertions, and how long each is valid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assertion {
+    pub key_file: String,
+    #[serde(default = "default_assertion_issuer")]
+    pub issuer: String,
+    #[serde(default = "default_assertion_lifetime")]
+    pub lifetime: String,
+}
+
+fn default_assertion_issuer() -> String {
+    "sluice".into()
+}
+fn default_assertion_lifetime() -> String {
+    "5m".into()
 }
 
 /// How a verified client certificate names the caller.

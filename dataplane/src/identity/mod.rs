@@ -9,6 +9,7 @@
 //! cached); an unknown `kid` asks the fetching thread for a refetch and the caller waits on
 //! its core's timer, never blocking it.
 
+pub mod forward;
 pub mod jwks;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};

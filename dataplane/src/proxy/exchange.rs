@@ -334,7 +334,14 @@ pub async fn handle(
     let mut req = w.reqbuf.take();
     req.clear();
     let credential_value = credential.as_ref().and_then(|l| l.value.as_deref());
-    let forward = Forward { target: target.as_deref(), headers: &header_edits, rewrite_host, strip_credentials, client, tls, credential: credential_value };
+    use crate::identity::forward::Forwarding;
+    let session = ctx.gateway_session_id.as_deref();
+    let (who, assertion) = match (&up.forward_identity, &ctx.identity) {
+        (Some(Forwarding::Headers), Some(who)) => (Some((who, session)), None),
+        (Some(Forwarding::Token { signer, audience }), Some(who)) => (None, Some(w.assertions.borrow_mut().assertion(signer, audience, who, session))),
+        _ => (None, None),
+    };
+    let forward = Forward { target: target.as_deref(), headers: &header_edits, rewrite_host, strip_credentials, client, tls, credential: credential_value, who, assertion: assertion.as_deref() };
     encode_request(&mut req, head, route, up, &forward, out_body);
     let sent = upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await;
     w.reqbuf.set(req);
@@ -921,6 +928,10 @@ struct Forward<'a> {
     tls: bool,
     /// The upstream's credential as it stands for this request.
     credential: Option<&'a [u8]>,
+    /// The caller and the gateway session, told to an upstream with `forward_identity = "headers"`.
+    who: Option<(&'a crate::identity::Identity, Option<&'a str>)>,
+    /// The signed assertion for one with `forward_identity = "token"`.
+    assertion: Option<&'a str>,
 }
 
 /// Headers the gateway does not pass on as the agent sent them: forwarding headers (it writes
@@ -937,6 +948,7 @@ fn replaced_header(n: &str, rewrite_host: bool, strip_credentials: bool, up: &Up
         || (strip_credentials && (n.eq_ignore_ascii_case("authorization") || n.eq_ignore_ascii_case("x-api-key")))
         || up.credential.as_ref().is_some_and(|c| n.eq_ignore_ascii_case(&c.header))
         || n.eq_ignore_ascii_case("accept-encoding")
+        || n.get(..crate::identity::forward::PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(crate::identity::forward::PREFIX))
 }
 
 /// Headers that are never inspected even when passed on: credentials (secrets by design),
@@ -990,6 +1002,13 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
     // The upstream's own credential: agents never hold it.
     if let (Some(c), Some(v)) = (&up.credential, fwd.credential) {
         write::header(out, &c.header, v);
+    }
+    // Who the caller is, where the upstream asked for it (the agent's own `X-Sluice-*` are gone).
+    if let Some((who, session)) = fwd.who {
+        crate::identity::forward::write_headers(out, who, session);
+    }
+    if let Some(a) = fwd.assertion {
+        write::header(out, "x-sluice-identity", a.as_bytes());
     }
     if fwd.rewrite_host {
         write::header(out, "host", up.authority.as_bytes());

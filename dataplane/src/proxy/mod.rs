@@ -112,6 +112,8 @@ pub struct Worker {
     /// Hyperscan scanners for streamed bodies, reused across responses (each is tied to the
     /// engine it was allocated for; those of a replaced engine are dropped).
     pub scanners: RefCell<Vec<(Arc<Engine>, Scanner)>>,
+    /// Identity assertions signed for upstreams (`forward_identity = "token"`), reused.
+    pub assertions: RefCell<crate::identity::forward::Cache>,
 }
 
 impl Worker {
@@ -142,6 +144,7 @@ impl Worker {
             drain: Drain::default(),
             emitter,
             scanners: RefCell::new(Vec::new()),
+            assertions: RefCell::default(),
         }
     }
 
