@@ -51,6 +51,9 @@ struct RuleFile {
     burst: Option<u32>,
     #[serde(default)]
     key: Vec<String>,
+    /// `agent` (default): the rule decides what the agent sends; `server`: requests the
+    /// upstream sends the agent (sampling, elicitation, roots).
+    from: Option<String>,
 }
 
 /// Problems found in a policy file: (path inside the file, message).
@@ -113,9 +116,22 @@ pub fn parse(text: &str, source: &Path) -> Result<Policy, Problems> {
             continue;
         };
         let when = r.when.clone().unwrap_or_else(|| "true".into());
+        let from_server = match r.from.as_deref() {
+            None | Some("agent") => false,
+            Some("server") => true,
+            Some(other) => {
+                bad("from", format!("\"{other}\" is not a sender; use \"agent\" (the default: what agents send) or \"server\" (requests upstreams send agents: sampling, elicitation, roots)"));
+                continue;
+            }
+        };
         match Rule::new(id, r.description.clone(), when, action) {
-            Ok(rule) => {
-                if rule.uses.response && !matches!(rule.action, Action::Allow | Action::Deny { .. }) {
+            Ok(mut rule) => {
+                rule.from_server = from_server;
+                if from_server && !matches!(rule.action, Action::Allow | Action::Deny { .. } | Action::RateLimit { .. }) {
+                    bad("action", format!("a `from = \"server\"` rule can `allow`, `deny` or `rate_limit` a server's request (not `{}`); detection's mask rules already apply to it", rule.action.name()));
+                } else if from_server && rule.uses.response {
+                    bad("when", "a `from = \"server\"` rule decides the server's request itself: read its `method`, `args` (its params) and `request.findings`, not `response`".into());
+                } else if rule.uses.response && !matches!(rule.action, Action::Allow | Action::Deny { .. }) {
                     bad("action", format!("a rule that looks at `response` decides answers, so it can only `allow` or `deny` (not `{}`)", rule.action.name()));
                 } else if matches!(rule.action, Action::Mask { .. }) && (rule.uses.request || rule.uses.response) {
                     bad("when", "a mask rule decides what detection masks before it runs, so it cannot look at this message's findings; use `session.findings` (earlier messages) instead".into());

@@ -13,7 +13,8 @@
 //! session = { calls = 3, kinds = ["email"], categories = ["pii"] }  # the session so far
 //! message = '[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}, …]'
 //! expect = ["allow by eng-tools", "deny by default"]  # one per request/notification
-//! response = '{"jsonrpc":"2.0","id":1,"result":{…}}'  # optional: the upstream's answer
+//! response = '{"jsonrpc":"2.0","id":1,"result":{…}}'  # optional: the upstream's answer, or a request
+//!                                                      # it sends the agent (decided by from = "server" rules)
 //! expect_response = "deny by no-keys-out"             # or "pass"
 //! expect_tools = ["add"]                              # for a tools/list answer: what is left
 //! ```
@@ -47,6 +48,9 @@ struct Case {
     identity: Option<CaseIdentity>,
     #[serde(default = "default_route")]
     route: String,
+    /// The upstream's name (`upstream` in conditions); default "cases".
+    #[serde(default = "default_upstream")]
+    upstream: String,
     #[serde(default)]
     tools: Vec<CaseTool>,
     session: Option<CaseSession>,
@@ -60,6 +64,10 @@ struct Case {
 
 fn default_route() -> String {
     "mcp".into()
+}
+
+fn default_upstream() -> String {
+    "cases".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,7 +190,7 @@ pub fn run(path: &Path) -> Result<Report, String> {
 
 fn ctx_for(cfg: &Config, case: &Case, sid: &str) -> RequestCtx {
     let mut ctx = RequestCtx::offline(&case.route, cfg.detect.clone(), cfg.policy.clone(), case.identity.as_ref().map(CaseIdentity::identity));
-    ctx.upstream = "cases".into();
+    ctx.upstream = case.upstream.clone();
     ctx.path = "/mcp".into();
     ctx.mcp_session_id = Some(sid.to_owned());
     ctx.gateway_session_id = Some(sid.to_owned());

@@ -214,6 +214,7 @@ fn default_name(p: &Policy) -> &'static str {
 fn phase(p: &Policy, i: usize) -> &'static str {
     match &p.rules[i].action {
         Action::Mask { .. } => "mask",
+        _ if p.rules[i].from_server => "server",
         _ if p.rules[i].uses.response => "response",
         _ => "request",
     }

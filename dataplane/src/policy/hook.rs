@@ -171,7 +171,41 @@ impl PolicyHook {
         };
         self.update_session(ctx, info.method.as_deref() == Some("tools/call"));
         let verdict = match &decision.outcome {
-            Outcome::Allow => Verdict::Pass,
+            Outcome::RequireApproval { approvers, timeout } => self.approval(ctx, info, value, approvers, *timeout, decision.rule.as_deref().unwrap_or("")),
+            _ => refusal(p, &decision),
+        };
+        tracing::debug!(route = %ctx.route, method = info.method.as_deref().unwrap_or(""), tool = info.tool.as_deref().unwrap_or(""), decision = %decision.label(), "policy");
+        ctx.decision = Some(decision);
+        verdict
+    }
+
+    /// A request the upstream sends the agent (sampling, elicitation, roots), decided by the
+    /// `from = "server"` rules; a refusal goes back to the server as the answer to it.
+    fn server_request(&self, p: &Policy, ctx: &mut RequestCtx, info: &MessageInfo, value: &BorrowedValue<'_>) -> Verdict {
+        let (session, _) = self.session_state(p, ctx, None);
+        let decision = {
+            let mut f = facts(ctx, Direction::Request, info, value);
+            // Its own findings (detected on the way to the agent) are what `request.findings` reads.
+            f.request.direction = Direction::Response;
+            f.session = session.as_ref();
+            p.decide_server(&f, None)
+        };
+        let Some(decision) = decision else { return Verdict::Pass };
+        // SDKs surface only the error's message to the server's code: it carries the reason.
+        let verdict = match refusal(p, &decision) {
+            Verdict::Refuse { code, message, reason } => Verdict::Refuse { code, message: format!("{message}: {reason}"), reason },
+            v => v,
+        };
+        tracing::debug!(route = %ctx.route, method = info.method.as_deref().unwrap_or(""), decision = %decision.label(), "policy: server request");
+        ctx.decision = Some(decision);
+        verdict
+    }
+}
+
+/// The verdict of a decision that needs no waiting: pass, or the refusal with its reason.
+fn refusal(p: &Policy, decision: &super::Decision) -> Verdict {
+    match &decision.outcome {
+            Outcome::Allow | Outcome::RequireApproval { .. } => Verdict::Pass,
             Outcome::Deny { reason } => Verdict::Refuse { code: Code::PolicyDenied, message: "denied by policy".into(), reason: reason.clone() },
             Outcome::RateLimited { retry_after } => {
                 let text = decision.rule.as_deref().and_then(|id| p.rules.iter().find(|r| r.id == id)).map_or(String::new(), |r| match &r.action {
@@ -188,12 +222,10 @@ impl PolicyHook {
                     ),
                 }
             }
-            Outcome::RequireApproval { approvers, timeout } => self.approval(ctx, info, value, approvers, *timeout, decision.rule.as_deref().unwrap_or("")),
-        };
-        tracing::debug!(route = %ctx.route, method = info.method.as_deref().unwrap_or(""), tool = info.tool.as_deref().unwrap_or(""), decision = %decision.label(), "policy");
-        ctx.decision = Some(decision);
-        verdict
     }
+}
+
+impl PolicyHook {
 
     /// A call that needs a human: hold it (the exchange waits), or let it through when this
     /// exact call was approved and not used yet.
@@ -326,8 +358,9 @@ impl MessageHook for PolicyHook {
                 self.update_session(ctx, false);
                 verdict
             }
-            // Server → agent requests (sampling, elicitation) and the agent's answers to them
-            // are not calls: detection and mask rules apply, decisions do not.
+            // Server → agent requests (sampling, elicitation, roots): the `from = "server"` rules.
+            (Direction::Response, Kind::Request) => self.server_request(&p, ctx, info, value),
+            // The agent's answers to them: detection and mask rules apply, decisions do not.
             _ => Verdict::Pass,
         }
     }

@@ -125,6 +125,8 @@ pub struct Rule {
     only_method: Option<String>,
     /// The inputs the condition reads (bit per [`facts::VARIABLES`] entry).
     pub(crate) vars: u16,
+    /// `from = "server"`: the rule decides requests the upstream sends the agent, and only those.
+    pub from_server: bool,
 }
 
 impl std::fmt::Debug for Rule {
@@ -157,7 +159,7 @@ impl Rule {
             })
             .cloned()
             .collect();
-        Ok(Rule { id, description, when, action, uses, program, call_independent, only_tool, only_method, vars })
+        Ok(Rule { id, description, when, action, uses, program, call_independent, only_tool, only_method, vars, from_server: false })
     }
 }
 
@@ -207,6 +209,8 @@ pub struct Policy {
     request: Vec<usize>,
     response: Vec<usize>,
     mask: Vec<usize>,
+    /// `from = "server"`: requests the upstream sends the agent.
+    server: Vec<usize>,
     buckets: ratelimit::Buckets,
     /// CEL's standard functions, built once (building them per call costs ~25 µs).
     env: Arc<cel::Env>,
@@ -282,15 +286,16 @@ fn asking(f: &Facts<'_>) -> String {
 
 impl Policy {
     pub fn new(source: PathBuf, default: DefaultAction, zone: chrono_tz::Tz, rules: Vec<Rule>, digest: String) -> Policy {
-        let (mut request, mut response, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut request, mut response, mut mask, mut server) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, r) in rules.iter().enumerate() {
             match r.action {
+                _ if r.from_server => server.push(i),
                 Action::Mask { .. } => mask.push(i),
                 _ if r.uses.response => response.push(i),
                 _ => request.push(i),
             }
         }
-        Policy { source, default, zone, rules, request, response, mask, buckets: ratelimit::Buckets::default(), env: Arc::new(cel::Env::stdlib()), digest }
+        Policy { source, default, zone, rules, request, response, mask, server, buckets: ratelimit::Buckets::default(), env: Arc::new(cel::Env::stdlib()), digest }
     }
 
     /// Whether the rule's own `tool.name == …` / `method == …` terms rule it out.
@@ -315,9 +320,29 @@ impl Policy {
     }
 
     /// Decide a request or notification from the agent. `trace` receives every rule tried.
-    pub fn decide(&self, f: &Facts<'_>, mut trace: Option<&mut Vec<(usize, Step)>>) -> Decision {
+    pub fn decide(&self, f: &Facts<'_>, trace: Option<&mut Vec<(usize, Step)>>) -> Decision {
+        self.first_deciding(&self.request, f, trace).unwrap_or_else(|| self.default_decision(f))
+    }
+
+    /// Decide a request the upstream sends the agent (`sampling/createMessage`,
+    /// `elicitation/create`, `roots/list`, …) by the `from = "server"` rules: `None` when none
+    /// decides (such requests pass, as they did before these rules existed).
+    pub fn decide_server(&self, f: &Facts<'_>, trace: Option<&mut Vec<(usize, Step)>>) -> Option<Decision> {
+        if self.server.is_empty() {
+            return None;
+        }
+        self.first_deciding(&self.server, f, trace)
+    }
+
+    pub fn has_server_rules(&self) -> bool {
+        !self.server.is_empty()
+    }
+
+    /// The first rule of `list` that decides (`allow`, `deny`, `require_approval`, an empty rate
+    /// limit), taking a token from every matching rate limit on the way.
+    fn first_deciding(&self, list: &[usize], f: &Facts<'_>, mut trace: Option<&mut Vec<(usize, Step)>>) -> Option<Decision> {
         let mut ctx = f.context(self);
-        for &i in &self.request {
+        for &i in list {
             let r = &self.rules[i];
             let step = if Self::ruled_out(r, f) { Step::NotMatched } else { self.eval(r, &mut ctx) };
             let matched = matches!(step, Step::Matched | Step::Error { matched: true, .. });
@@ -344,9 +369,9 @@ impl Policy {
                 },
                 Action::Mask { .. } => continue,
             };
-            return Decision { rule, outcome };
+            return Some(Decision { rule, outcome });
         }
-        self.default_decision(f)
+        None
     }
 
     fn default_decision(&self, f: &Facts<'_>) -> Decision {

@@ -323,3 +323,60 @@ approvers = ["security"]
     f.pin_changed = true;
     assert_eq!(p.decide(&f, None).label(), "require_approval by changed-tools-need-a-reviewer");
 }
+
+#[test]
+fn from_server_rules_decide_only_requests_the_upstream_sends_and_never_agent_calls() {
+    let p = policy(
+        r#"
+[[rule]]
+id = "no-sampling"
+from = "server"
+when = 'method == "sampling/createMessage" && upstream == "untrusted"'
+action = "deny"
+reason = "no model for this server"
+[[rule]]
+id = "catch-all"
+from = "server"
+action = "allow"
+[[rule]]
+id = "everything-else"
+action = "deny"
+"#,
+    );
+    assert!(p.has_server_rules());
+    let mut f = Facts::new("sampling/createMessage");
+    f.upstream = "untrusted";
+    let d = p.decide_server(&f, None).unwrap();
+    assert_eq!((d.rule.as_deref(), d.outcome.name()), (Some("no-sampling"), "deny"));
+    f.upstream = "trusted";
+    assert_eq!(p.decide_server(&f, None).unwrap().rule.as_deref(), Some("catch-all"));
+    // An agent's call is decided by the agent rules alone (a server rule matching everything
+    // does not allow it) …
+    let agent = call(None, "rm");
+    assert_eq!(p.decide(&agent, None).rule.as_deref(), Some("everything-else"));
+    // … and without server rules, server requests pass undecided, as before they existed.
+    assert!(policy(BASIC).decide_server(&Facts::new("elicitation/create"), None).is_none());
+    // What a server rule may do, and read.
+    let bad = parse(
+        r#"
+[[rule]]
+id = "x"
+from = "server"
+action = "require_approval"
+approvers = ["a"]
+[[rule]]
+id = "y"
+from = "client"
+action = "allow"
+[[rule]]
+id = "z"
+from = "server"
+when = 'response.findings.count > 0'
+action = "deny"
+"#,
+        Path::new("p.toml"),
+    )
+    .unwrap_err();
+    let at: Vec<&str> = bad.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(at, ["rule[0] (\"x\").action", "rule[1] (\"y\").from", "rule[2] (\"z\").when"], "{bad:?}");
+}

@@ -42,6 +42,11 @@ pub(crate) struct Track<'h> {
     session_token: Option<String>,
     /// The web page reading the answer, if the request came from one (`cors`).
     cors: Option<super::cors::Reader<'h>>,
+    /// The agent's `MCP-Protocol-Version`, for what the gateway posts upstream in its place.
+    protocol_version: Option<&'h [u8]>,
+    /// Errors for the server's own requests (sampling, elicitation, roots) that a stage
+    /// refused on their way to the agent: posted to the upstream as the agent's answers.
+    to_server: Vec<Vec<u8>>,
 }
 
 /// Handle one request. `Ok(keep_alive)` once a response went out; `Err` when nothing was
@@ -202,7 +207,7 @@ pub async fn handle(
             }
         }
     }
-    let mut track = Track { legacy_post, cors, ..Track::default() };
+    let mut track = Track { legacy_post, cors, protocol_version: head.header("mcp-protocol-version"), ..Track::default() };
     let keep_alive = head.keep_alive() && !w.draining();
     let mlabel = crate::metrics::method_label(method);
 
@@ -334,13 +339,7 @@ pub async fn handle(
     let mut req = w.reqbuf.take();
     req.clear();
     let credential_value = credential.as_ref().and_then(|l| l.value.as_deref());
-    use crate::identity::forward::Forwarding;
-    let session = ctx.gateway_session_id.as_deref();
-    let (who, assertion) = match (&up.forward_identity, &ctx.identity) {
-        (Some(Forwarding::Headers), Some(who)) => (Some((who, session)), None),
-        (Some(Forwarding::Token { signer, audience }), Some(who)) => (None, Some(w.assertions.borrow_mut().assertion(signer, audience, who, session))),
-        _ => (None, None),
-    };
+    let (who, assertion) = caller_for(w, up, &ctx);
     let forward = Forward { target: target.as_deref(), headers: &header_edits, rewrite_host, strip_credentials, client, tls, credential: credential_value, who, assertion: assertion.as_deref() };
     encode_request(&mut req, head, route, up, &forward, out_body);
     let sent = upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await;
@@ -984,6 +983,80 @@ fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream,
     }
 }
 
+/// What an upstream with `forward_identity` hears of the caller: the caller and session for
+/// `headers`, the signed assertion for `token`.
+type Caller<'a> = (Option<(&'a crate::identity::Identity, Option<&'a str>)>, Option<std::rc::Rc<str>>);
+
+fn caller_for<'a>(w: &Worker, up: &Upstream, ctx: &'a RequestCtx) -> Caller<'a> {
+    use crate::identity::forward::Forwarding;
+    let session = ctx.gateway_session_id.as_deref();
+    match (&up.forward_identity, &ctx.identity) {
+        (Some(Forwarding::Headers), Some(who)) => (Some((who, session)), None),
+        (Some(Forwarding::Token { signer, audience }), Some(who)) => (None, Some(w.assertions.borrow_mut().assertion(signer, audience, who, session))),
+        _ => (None, None),
+    }
+}
+
+/// The gateway's own headers on a request upstream: the upstream's credential and what it
+/// hears of the caller.
+fn gateway_headers(out: &mut Vec<u8>, up: &Upstream, credential: Option<&[u8]>, who: Option<(&crate::identity::Identity, Option<&str>)>, assertion: Option<&str>) {
+    if let (Some(c), Some(v)) = (&up.credential, credential) {
+        write::header(out, &c.header, v);
+    }
+    // Who the caller is, where the upstream asked for it (the agent's own `X-Sluice-*` are gone).
+    if let Some((who, session)) = who {
+        crate::identity::forward::write_headers(out, who, session);
+    }
+    if let Some(a) = assertion {
+        write::header(out, "x-sluice-identity", a.as_bytes());
+    }
+}
+
+/// Answers the gateway gives the upstream in the agent's place: errors for the server's own
+/// requests a stage refused on their way to the agent (policy `from = "server"` rules,
+/// detection's block), posted on the session as the agent would post them, so the server is
+/// not left waiting for an answer that will never come.
+async fn answer_server(w: &Worker, cfg: &Config, route: &Route, ctx: &RequestCtx, track: &mut Track<'_>) {
+    let answers = std::mem::take(&mut track.to_server);
+    let up = &cfg.upstreams[route.upstream];
+    if track.legacy_session.is_some() {
+        tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, "a legacy HTTP+SSE server's request was refused; it is not told (it waits until its own timeout)");
+        return;
+    }
+    let credential = up.credential.as_ref().map(|c| c.live());
+    let (who, assertion) = caller_for(w, up, ctx);
+    for a in answers {
+        let mut req = Vec::with_capacity(512 + a.len());
+        req.extend_from_slice(b"POST ");
+        req.extend_from_slice(route.upstream_path.as_bytes());
+        let below = ctx.path.get(route.path.len()..).unwrap_or("");
+        if below.is_empty() && route.upstream_path.is_empty() {
+            req.push(b'/');
+        }
+        req.extend_from_slice(below.as_bytes());
+        req.extend_from_slice(b" HTTP/1.1\r\n");
+        write::header(&mut req, "host", up.authority.as_bytes());
+        write::header(&mut req, "content-type", b"application/json");
+        write::header(&mut req, "accept", b"application/json, text/event-stream");
+        write::header(&mut req, "accept-encoding", b"identity");
+        if let Some(sid) = ctx.mcp_session_id.as_deref() {
+            write::header(&mut req, "mcp-session-id", sid.as_bytes());
+        }
+        if let Some(v) = track.protocol_version {
+            write::header(&mut req, "mcp-protocol-version", v);
+        }
+        gateway_headers(&mut req, up, credential.as_ref().and_then(|l| l.value.as_deref()), who, assertion.as_deref());
+        write::content_length(&mut req, a.len());
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(&a);
+        match upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await {
+            Ok(c) if (200..300).contains(&c.head.status) => tracing::info!(worker = w.id, route = %route.name, upstream = %up.name, "the server's refused request answered with an error in the agent's place"),
+            Ok(c) => tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, status = c.head.status, "the upstream did not take the gateway's answer to its refused request"),
+            Err(e) => tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "cannot answer the server's refused request"),
+        }
+    }
+}
+
 /// The upstream request: the head as the agent sent it, with what [`Forward`] says.
 fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, fwd: &Forward<'_>, body: &[u8]) {
     let path = head.path();
@@ -1000,16 +1073,7 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
     // Answers must come readable: compressed ones could not be inspected.
     write::header(out, "accept-encoding", b"identity");
     // The upstream's own credential: agents never hold it.
-    if let (Some(c), Some(v)) = (&up.credential, fwd.credential) {
-        write::header(out, &c.header, v);
-    }
-    // Who the caller is, where the upstream asked for it (the agent's own `X-Sluice-*` are gone).
-    if let Some((who, session)) = fwd.who {
-        crate::identity::forward::write_headers(out, who, session);
-    }
-    if let Some(a) = fwd.assertion {
-        write::header(out, "x-sluice-identity", a.as_bytes());
-    }
+    gateway_headers(out, up, fwd.credential, fwd.who, fwd.assertion);
     if fwd.rewrite_host {
         write::header(out, "host", up.authority.as_bytes());
     }
@@ -1235,6 +1299,9 @@ async fn relay_sse(
             if !out.is_empty() && (down.write_all(&out).await.is_err() || down.flush().await.is_err()) {
                 return Err(()); // the agent left; dropping `c` closes the upstream stream
             }
+            if !track.to_server.is_empty() {
+                answer_server(w, cfg, route, ctx, track).await;
+            }
         }
         if reader.done {
             break;
@@ -1341,9 +1408,15 @@ fn sse_event(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx, trac
             observe(w, ctx, route, Direction::Response, &mut parsed, Some(track));
             match hooks::process_body(&w.chain, ctx, Direction::Response, &mut parsed) {
                 Outcome::Unchanged => out.extend_from_slice(&ev.raw),
-                Outcome::Rewritten { body, .. } => ev.encode_with_data(&String::from_utf8_lossy(&body), out),
-                Outcome::Answer(_) => {
+                Outcome::Rewritten { body, answers } => {
+                    ev.encode_with_data(&String::from_utf8_lossy(&body), out);
+                    track.to_server.extend(answers);
+                }
+                Outcome::Answer(b) => {
                     tracing::info!(worker = w.id, route = %route.name, "SSE event withheld by a hook");
+                    if !b.is_empty() {
+                        track.to_server.push(b);
+                    }
                 }
             }
         }

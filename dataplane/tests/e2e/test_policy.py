@@ -14,7 +14,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
 
-from conftest import spool_events
+from conftest import py_client, spool_events
 from test_identity import ACCEPT, AUDIENCE, INIT, idp  # noqa: F401 (the OpenID Provider fixture)
 from test_rebinding import reload
 from test_recording import settled
@@ -414,3 +414,32 @@ def test_a_request_id_used_twice_cannot_mispair_answers(gateway, raw_upstream, t
         r = c.post(g.url(), json=listing(10), headers=h)
         assert "result" in r.json() and [t["name"] for t in r.json()["result"]["tools"]] == ["add"], r.text
     assert len([q for q in up.requests if b'"tools/list"' in q]) == 1
+
+
+def test_requests_from_the_server_are_decided_by_from_server_rules_and_refusals_answer_the_server(py_sse, gateway, tmp_path):
+    """`from = "server"` rules decide what an upstream asks of the agent: here the server may
+    ask the user (elicitation) but not the agent's model (sampling). The refused sampling request
+    never reaches the official Python SDK client; the gateway answers it to the server in the
+    client's place (posted on the session), so the tool fails at once with the policy's reason
+    instead of hanging until a timeout; the decision is recorded."""
+    (tmp_path / "policy.toml").write_text(
+        'default = "allow"\n'
+        '[[rule]]\nid = "no-sampling"\nfrom = "server"\n'
+        "when = 'method == \"sampling/createMessage\" && upstream == \"u0\"'\n"
+        'action = "deny"\nreason = "this server may not use the agent\'s model"\n'
+        '[[rule]]\nid = "ask-the-user"\nfrom = "server"\nwhen = \'method == "elicitation/create"\'\naction = "allow"\n')
+    g = gateway([{"path": "/mcp", "upstream": py_sse}], extra=f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    started = time.monotonic()
+    out = py_client(g.url(), "py", "--interactive")
+    assert time.monotonic() - started < 30, "the refused request was answered, not left to time out"
+    assert out["elicit"]["content"][0]["text"] == "accept:Ada", out["elicit"]
+    sample = out["sample"]
+    assert sample["isError"] is True, sample
+    text = sample["content"][0]["text"]
+    assert "this server may not use the agent's model" in text and "summary=short" not in text, text
+    assert out["add"]["content"][0]["text"] == "42", "agent calls are decided as before"
+    g.proc.stop()
+    decided = [(e.get("method"), e["decision"]["action"], e["decision"]["rule"]) for e in spool_events(g.spool)
+               if e["kind"] == "decision" and e["decision"]["stage"] == "policy" and e.get("method") in ("sampling/createMessage", "elicitation/create")]
+    assert decided == [("elicitation/create", "allow", "ask-the-user"), ("sampling/createMessage", "deny", "no-sampling")], decided
+    assert "answered with an error in the agent's place" in g.proc.log.read_text()
