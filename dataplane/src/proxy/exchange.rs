@@ -36,6 +36,8 @@ pub(crate) struct Track<'h> {
     reply_id: Option<String>,
     /// The session this legacy HTTP+SSE stream opened (it ends with the stream).
     legacy_session: Option<String>,
+    /// Where that session's messages go upstream (the `endpoint` event's target, upstream-side).
+    legacy_target: Option<String>,
     /// This request posts to a legacy HTTP+SSE session: its answers go out on the stream.
     legacy_post: bool,
     /// The session id the agent gets in place of the upstream's (`session::Ids`).
@@ -1019,27 +1021,29 @@ fn gateway_headers(out: &mut Vec<u8>, up: &Upstream, credential: Option<&[u8]>, 
 async fn answer_server(w: &Worker, cfg: &Config, route: &Route, ctx: &RequestCtx, track: &mut Track<'_>) {
     let answers = std::mem::take(&mut track.to_server);
     let up = &cfg.upstreams[route.upstream];
-    if track.legacy_session.is_some() {
-        tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, "a legacy HTTP+SSE server's request was refused; it is not told (it waits until its own timeout)");
-        return;
-    }
+    // Streamable HTTP: the MCP endpoint the stream came from; legacy HTTP+SSE: the message
+    // endpoint the stream named.
+    let target = match (&track.legacy_session, &track.legacy_target) {
+        (Some(_), Some(t)) => t.clone(),
+        (Some(_), None) => return,
+        (None, _) => {
+            let below = ctx.path.get(route.path.len()..).unwrap_or("");
+            let t = format!("{}{below}", route.upstream_path);
+            if t.is_empty() { "/".to_owned() } else { t }
+        }
+    };
     let credential = up.credential.as_ref().map(|c| c.live());
     let (who, assertion) = caller_for(w, up, ctx);
     for a in answers {
         let mut req = Vec::with_capacity(512 + a.len());
         req.extend_from_slice(b"POST ");
-        req.extend_from_slice(route.upstream_path.as_bytes());
-        let below = ctx.path.get(route.path.len()..).unwrap_or("");
-        if below.is_empty() && route.upstream_path.is_empty() {
-            req.push(b'/');
-        }
-        req.extend_from_slice(below.as_bytes());
+        req.extend_from_slice(target.as_bytes());
         req.extend_from_slice(b" HTTP/1.1\r\n");
         write::header(&mut req, "host", up.authority.as_bytes());
         write::header(&mut req, "content-type", b"application/json");
         write::header(&mut req, "accept", b"application/json, text/event-stream");
         write::header(&mut req, "accept-encoding", b"identity");
-        if let Some(sid) = ctx.mcp_session_id.as_deref() {
+        if let Some(sid) = ctx.mcp_session_id.as_deref().filter(|_| track.legacy_session.is_none()) {
             write::header(&mut req, "mcp-session-id", sid.as_bytes());
         }
         if let Some(v) = track.protocol_version {
@@ -1445,6 +1449,7 @@ fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx
         return;
     };
     ev.encode_with_data(&mapped, out);
+    track.legacy_target = Some(format!("{}{}", route.upstream_path, mapped.get(route.path.len()..).unwrap_or("")));
     let Some(sid) = legacy_session_id(&mapped) else {
         return;
     };

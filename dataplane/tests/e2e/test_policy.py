@@ -416,30 +416,32 @@ def test_a_request_id_used_twice_cannot_mispair_answers(gateway, raw_upstream, t
     assert len([q for q in up.requests if b'"tools/list"' in q]) == 1
 
 
-def test_requests_from_the_server_are_decided_by_from_server_rules_and_refusals_answer_the_server(py_sse, gateway, tmp_path):
+def test_requests_from_the_server_are_decided_by_from_server_rules_and_refusals_answer_the_server(py_sse, py_legacy, gateway, tmp_path):
     """`from = "server"` rules decide what an upstream asks of the agent: here the server may
     ask the user (elicitation) but not the agent's model (sampling). The refused sampling request
     never reaches the official Python SDK client; the gateway answers it to the server in the
-    client's place (posted on the session), so the tool fails at once with the policy's reason
-    instead of hanging until a timeout; the decision is recorded."""
+    client's place (posted on the session, or to a legacy server's message endpoint), so the tool
+    fails at once with the policy's reason instead of hanging until a timeout; the decisions are
+    recorded."""
     (tmp_path / "policy.toml").write_text(
         'default = "allow"\n'
         '[[rule]]\nid = "no-sampling"\nfrom = "server"\n'
-        "when = 'method == \"sampling/createMessage\" && upstream == \"u0\"'\n"
+        "when = 'method == \"sampling/createMessage\" && upstream in [\"u0\", \"u1\"]'\n"
         'action = "deny"\nreason = "this server may not use the agent\'s model"\n'
         '[[rule]]\nid = "ask-the-user"\nfrom = "server"\nwhen = \'method == "elicitation/create"\'\naction = "allow"\n')
-    g = gateway([{"path": "/mcp", "upstream": py_sse}], extra=f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
-    started = time.monotonic()
-    out = py_client(g.url(), "py", "--interactive")
-    assert time.monotonic() - started < 30, "the refused request was answered, not left to time out"
-    assert out["elicit"]["content"][0]["text"] == "accept:Ada", out["elicit"]
-    sample = out["sample"]
-    assert sample["isError"] is True, sample
-    text = sample["content"][0]["text"]
-    assert "this server may not use the agent's model" in text and "summary=short" not in text, text
-    assert out["add"]["content"][0]["text"] == "42", "agent calls are decided as before"
+    g = gateway([{"path": "/mcp", "upstream": py_sse}, {"path": "/legacy", "upstream": py_legacy}], extra=f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    for url, flags in [(g.url(), ("--interactive",)), (g.url("/legacy/sse"), ("--legacy", "--interactive"))]:
+        started = time.monotonic()
+        out = py_client(url, "py", *flags)
+        assert time.monotonic() - started < 30, f"{flags}: the refused request was answered, not left to time out"
+        assert out["elicit"]["content"][0]["text"] == "accept:Ada", out["elicit"]
+        sample = out["sample"]
+        assert sample["isError"] is True, (flags, sample)
+        text = sample["content"][0]["text"]
+        assert "this server may not use the agent's model" in text and "summary=short" not in text, (flags, text)
+        assert out["add"]["content"][0]["text"] == "42", "agent calls are decided as before"
     g.proc.stop()
     decided = [(e.get("method"), e["decision"]["action"], e["decision"]["rule"]) for e in spool_events(g.spool)
                if e["kind"] == "decision" and e["decision"]["stage"] == "policy" and e.get("method") in ("sampling/createMessage", "elicitation/create")]
-    assert decided == [("elicitation/create", "allow", "ask-the-user"), ("sampling/createMessage", "deny", "no-sampling")], decided
-    assert "answered with an error in the agent's place" in g.proc.log.read_text()
+    assert decided == [("elicitation/create", "allow", "ask-the-user"), ("sampling/createMessage", "deny", "no-sampling")] * 2, decided
+    assert g.proc.log.read_text().count("answered with an error in the agent's place") == 2
