@@ -65,6 +65,10 @@ pub struct Session {
     /// on the session's stream, where the agent reads its answers.
     #[serde(skip)]
     pub legacy_out: Vec<Vec<u8>>,
+    /// Tasks (MCP 2025-11-25) this session's calls created: task id → the tool that made it, so
+    /// `tasks/get`, `tasks/result` and `tasks/cancel` are decided and recorded as that tool's.
+    #[serde(skip)]
+    pub tasks: HashMap<String, String>,
 }
 
 impl Session {
@@ -88,7 +92,28 @@ impl Session {
             policy: Default::default(),
             tools: HashMap::new(),
             legacy_out: Vec::new(),
+            tasks: HashMap::new(),
         }
+    }
+
+    /// The task a request follows up (`tasks/get`, `tasks/result`, `tasks/cancel`, …: any
+    /// `tasks/` method naming `params.taskId`).
+    pub fn followed_task<'v>(method: Option<&str>, value: &'v simd_json::BorrowedValue<'v>) -> Option<&'v str> {
+        use simd_json::prelude::*;
+        if !method.is_some_and(|m| m.starts_with("tasks/")) {
+            return None;
+        }
+        value.get("params").and_then(|p| p.get("taskId")).and_then(|t| t.as_str())
+    }
+
+    /// Remember which tool a task belongs to; bounded like the pending maps.
+    pub fn remember_task(&mut self, task: &str, tool: &str) {
+        if self.tasks.len() >= MAX_PENDING && !self.tasks.contains_key(task) {
+            if let Some(k) = self.tasks.keys().next().cloned() {
+                self.tasks.remove(&k);
+            }
+        }
+        self.tasks.insert(task.to_owned(), tool.to_owned());
     }
 
     /// Remember a request so that its response can be matched; the map is bounded.

@@ -183,7 +183,7 @@ fn policy_check_lists_rules_and_reports_every_problem() {
     let out = sluice().args(["policy", "check", policy_dir().join("policy.toml").to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("11 rule(s), default deny") && stdout.contains("keys-never-leave") && stdout.contains("response") && stdout.contains("elicitation-urls") && stdout.contains(" server "), "{stdout}");
+    assert!(stdout.contains("12 rule(s), default deny") && stdout.contains("keys-never-leave") && stdout.contains("response") && stdout.contains("elicitation-urls") && stdout.contains(" server "), "{stdout}");
     let tmp = tempfile::Builder::new().prefix("sluice-policy-bad-").tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let bad = dir.join("bad.toml");

@@ -13,6 +13,7 @@
 //! session = { calls = 3, kinds = ["email"], categories = ["pii"] }  # the session so far
 //! message = '[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}, …]'
 //! expect = ["allow by eng-tools", "deny by default"]  # one per request/notification
+//! tasks = { "t-1" = "search" }                        # optional: tasks the session's calls made
 //! response = '{"jsonrpc":"2.0","id":1,"result":{…}}'  # optional: the upstream's answer, or a request
 //!                                                      # it sends the agent (decided by from = "server" rules)
 //! expect_response = "deny by no-keys-out"             # or "pass"
@@ -53,6 +54,9 @@ struct Case {
     upstream: String,
     #[serde(default)]
     tools: Vec<CaseTool>,
+    /// Tasks the session's calls made: task id → tool (`tasks/*` follow-ups are that tool's).
+    #[serde(default)]
+    tasks: std::collections::HashMap<String, String>,
     session: Option<CaseSession>,
     message: String,
     #[serde(default)]
@@ -208,12 +212,21 @@ fn run_case(cfg: &Config, chain: &Chain, store: &Store, seen: &Seen, case: &Case
         let categories = cs.categories.iter().filter_map(|c| ["pii", "secret", "injection", "poisoning"].into_iter().find(|k| k == c)).collect();
         s.policy = SessionFacts { calls: cs.calls, findings: cs.kinds.len() as u64, kinds: cs.kinds.clone(), categories };
     }
+    for (task, tool) in &case.tasks {
+        s.remember_task(task, tool);
+    }
     store.insert(s, usize::MAX);
     let mut ctx = ctx_for(cfg, case, sid);
 
     seen.borrow_mut().clear();
     let mut buf = case.message.clone().into_bytes();
     let mut body = jsonrpc::parse(&mut buf).map_err(|e| format!("message: {e}"))?;
+    // As on the live path (`exchange::observe`): a task's follow-up is the tool's that made it.
+    for (info, v) in body.infos.iter_mut().zip(&body.values) {
+        if let (None, Some(task)) = (&info.tool, Session::followed_task(info.method.as_deref(), v)) {
+            info.tool = store.with(sid, |s| s.tasks.get(task).cloned()).flatten();
+        }
+    }
     let infos = body.infos.clone();
     hooks::process_body(chain, &mut ctx, Direction::Request, &mut body);
     let got: Vec<String> = seen

@@ -758,6 +758,11 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
         let mut answers: Option<Pending> = None;
         match (dir, info.kind) {
             (Direction::Request, Kind::Request) => {
+                // A task's follow-ups (`tasks/get`, `tasks/result`, `tasks/cancel`) are the
+                // tool's that created it: decided, scanned and recorded as that tool's.
+                if let (None, Some(sid), Some(task)) = (&info.tool, sid, Session::followed_task(info.method.as_deref(), v)) {
+                    info.tool = sessions.with(sid, |s| s.tasks.get(task).cloned()).flatten();
+                }
                 let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone() };
                 if info.method.as_deref() == Some("initialize") {
                     if let Some(t) = track.as_deref_mut() {
@@ -829,6 +834,13 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
         if let (Some(p), true) = (&answers, info.method.is_none()) {
             info.method = Some(p.method.clone());
             info.tool = p.tool.clone();
+        }
+        // A call answered with a task (`result.task.taskId`): the task is the tool's.
+        if dir == Direction::Response && info.kind == Kind::Response && info.method.as_deref() == Some("tools/call") {
+            let task = v.get("result").and_then(|r| r.get("task")).and_then(|t| t.get("taskId")).and_then(|t| t.as_str());
+            if let (Some(sid), Some(tool), Some(task)) = (sid, info.tool.as_deref(), task) {
+                sessions.with(sid, |s| s.remember_task(task, tool));
+            }
         }
         // Fail closed: an answer the gateway cannot pair with its request (an id it never saw;
         // a legacy session whose posts went through another instance) that lists tools is
