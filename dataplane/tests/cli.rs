@@ -172,6 +172,17 @@ fn policy_explain_names_the_deciding_rule_and_every_rule_tried() {
     assert_eq!((code, v["rule"].as_str()), (Some(1), Some("no-secrets-in-arguments")), "{v:#}");
     assert_eq!(v["findings"][0]["kind"], "aws_access_key_id");
     assert!(v["reason"].as_str().unwrap().contains("credential"));
+    // A server's request, by the `from = "server"` rules only: sampling from a third party
+    // is denied, from the in-house server nothing decides and it passes; URL elicitation off-site denied.
+    let sampling = r#"{"messages":[{"role":"user","content":{"type":"text","text":"hi"}}],"maxTokens":9}"#;
+    let (code, v) = explain(&["--from-server", "--method", "sampling/createMessage", "--upstream", "partner", "--args", sampling]);
+    assert_eq!((code, v["decision"].as_str(), v["rule"].as_str()), (Some(1), Some("deny"), Some("no-sampling-from-third-parties")), "{v:#}");
+    let tried: Vec<&str> = v["steps"].as_array().unwrap().iter().map(|s| s["rule"].as_str().unwrap()).collect();
+    assert_eq!(tried, ["no-sampling-from-third-parties"], "only server rules are tried");
+    let (code, v) = explain(&["--from-server", "--method", "sampling/createMessage", "--upstream", "everything", "--args", sampling]);
+    assert_eq!((code, v["decision"].as_str(), v["rule"].as_str()), (Some(0), Some("allow"), None), "{v:#}");
+    let (code, v) = explain(&["--from-server", "--method", "elicitation/create", "--args", r#"{"mode":"url","url":"https://evil.example/login","message":"m","elicitationId":"e"}"#]);
+    assert_eq!((code, v["rule"].as_str()), (Some(1), Some("elicitation-urls")), "{v:#}");
     // A group without rights.
     let (code, v) = explain(&["--identity", r#"{"sub":"bob","groups":["marketing"]}"#, "--tool", "search", "--annotations", r#"{"readOnlyHint":true}"#]);
     assert_eq!((code, v["decision"].as_str(), v["rule"].as_str()), (Some(1), Some("deny"), None), "{v:#}");

@@ -46,6 +46,13 @@ pub enum PolicyCmd {
         /// Route name.
         #[arg(long, default_value = "mcp")]
         route: String,
+        /// Upstream name (`upstream` in conditions).
+        #[arg(long, default_value = "")]
+        upstream: String,
+        /// Decide a request the upstream sends the agent (`--method sampling/createMessage`,
+        /// `elicitation/create`, …) by the `from = "server"` rules.
+        #[arg(long)]
+        from_server: bool,
         /// Tool calls the session made before this one.
         #[arg(long, default_value_t = 0)]
         session_calls: u64,
@@ -85,7 +92,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<u8> {
             }
             Ok(u8::from(failed > 0))
         }
-        PolicyCmd::Explain { policy, config, identity, groups, method, tool, args, annotations, route, session_calls, at, json } => {
+        PolicyCmd::Explain { policy, config, identity, groups, method, tool, args, annotations, route, upstream, from_server, session_calls, at, json } => {
             let cfg = match (policy, config) {
                 (_, Some(c)) => config::load(&c).map_err(|e| anyhow!("{e}"))?,
                 (Some(p), None) => policy_only(&p)?,
@@ -111,7 +118,9 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<u8> {
             let chain = Chain::new(vec![Box::new(super::hook::PolicyMasks::default()), Box::new(crate::detect::hook::DetectHook::new(Arc::default()))]);
             let mut buf = msg.clone();
             let mut body = jsonrpc::parse(&mut buf).map_err(|e| anyhow!("{e}"))?;
-            hooks::process_body(&chain, &mut ctx, Direction::Request, &mut body);
+            // A server's request is scanned on its way to the agent.
+            let dir = if from_server { Direction::Response } else { Direction::Request };
+            hooks::process_body(&chain, &mut ctx, dir, &mut body);
             let mut abuf = annotations.unwrap_or_else(|| "null".into()).into_bytes();
             let ann_value = simd_json::to_borrowed_value(&mut abuf).map_err(|e| anyhow!("--annotations is not JSON: {e}"))?;
             let ann =
@@ -123,7 +132,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<u8> {
             let facts = Facts {
                 identity: ctx.identity.as_ref(),
                 route: &route,
-                upstream: "",
+                upstream: &upstream,
                 method: &method,
                 http_method: "POST",
                 path: "",
@@ -131,14 +140,19 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<u8> {
                 annotations: ann,
                 pin_changed: false,
                 args: args_v,
-                request: FindingFacts { all: &ctx.findings, direction: Direction::Request },
+                request: FindingFacts { all: &ctx.findings, direction: dir },
                 response: FindingFacts::NONE,
                 session_id: None,
                 session: Some(&session),
                 now,
             };
             let mut trace = Vec::new();
-            let d = p.decide(&facts, Some(&mut trace));
+            let d = if from_server {
+                // No `from = "server"` rule deciding: the request passes.
+                p.decide_server(&facts, Some(&mut trace)).unwrap_or(super::Decision { rule: None, outcome: Outcome::Allow })
+            } else {
+                p.decide(&facts, Some(&mut trace))
+            };
             let reason = match &d.outcome {
                 Outcome::Deny { reason } => Some(reason.clone()),
                 Outcome::RateLimited { retry_after } => Some(format!("rate limited; retry in {:.1} s", retry_after.as_secs_f64())),
