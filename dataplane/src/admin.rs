@@ -106,9 +106,9 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
             let sessions = sh.sessions.snapshot();
             (200, "application/json", serde_json::to_vec(&serde_json::json!({ "count": sessions.len(), "sessions": sessions })).unwrap_or_default())
         }
-        "/identity/jwks" => match sh.config.load().assertion_signer() {
-            Some(signer) => (200, "application/json", signer.jwks().to_string().into_bytes()),
-            None => (404, "text/plain", b"no upstream has forward_identity = \"token\" with an [identity.assertion] key\n".to_vec()),
+        "/identity/jwks" => match sh.config.load().jwks() {
+            Some(set) => (200, "application/json", set.to_string().into_bytes()),
+            None => (404, "text/plain", b"the gateway signs nothing (no forward_identity = \"token\", no client_auth = \"private_key_jwt\")\n".to_vec()),
         },
         _ => (404, "text/plain", b"not found: try /healthz /readyz /metrics /sessions /approvals /approvals/ui /pins /identity/jwks\n".to_vec()),
     }

@@ -127,8 +127,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: sluice::pins::cli::PinsCmd,
     },
-    /// Print the public key upstreams verify the gateway's identity assertions with
-    /// (`forward_identity = "token"`), as a JWK set.
+    /// Print the gateway's public keys as a JWK set: for upstreams to verify its identity
+    /// assertions (`forward_identity = "token"`), for authorization servers to verify its
+    /// client assertions (`client_auth = "private_key_jwt"`).
     Jwks {
         #[arg(long, short)]
         config: PathBuf,
@@ -276,9 +277,9 @@ fn main() -> std::process::ExitCode {
             }),
         },
         Cmd::Jwks { config: path } => match config::load(&path) {
-            Ok(c) => match c.assertion_signer() {
-                Some(s) => serde_json::to_string_pretty(&s.jwks()).map(|j| println!("{j}")).map_err(Into::into),
-                None => Err(anyhow!("{}: no upstream has forward_identity = \"token\" with an [identity.assertion] key", path.display())),
+            Ok(c) => match c.jwks() {
+                Some(set) => serde_json::to_string_pretty(&set).map(|j| println!("{j}")).map_err(Into::into),
+                None => Err(anyhow!("{}: the gateway signs nothing (no forward_identity = \"token\", no client_auth = \"private_key_jwt\")", path.display())),
             },
             Err(e) => Err(anyhow!("{e}")),
         },

@@ -20,14 +20,33 @@ const MIN_ON_DEMAND: Duration = Duration::from_secs(2);
 /// Largest wait between retries while the endpoint fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2).
+#[derive(Debug, Clone)]
 pub enum ClientAuth {
     /// `Authorization: Basic` with the form-encoded id and secret (`client_secret_basic`).
     Basic,
     /// `client_id` and `client_secret` in the form body (`client_secret_post`).
     Post,
+    /// A short-lived JWT the gateway signs with its own key (`private_key_jwt`): no secret is
+    /// shared with the provider, which holds only the public key. `audience`: the assertion's
+    /// `aud` (the provider's issuer identifier or its token endpoint).
+    PrivateKeyJwt { signer: Arc<crate::identity::forward::Signer>, audience: String },
 }
+
+impl PartialEq for ClientAuth {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ClientAuth::Basic, ClientAuth::Basic) | (ClientAuth::Post, ClientAuth::Post) => true,
+            (ClientAuth::PrivateKeyJwt { signer: a, audience: x }, ClientAuth::PrivateKeyJwt { signer: b, audience: y }) => a.kid == b.kid && x == y,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ClientAuth {}
+
+/// RFC 7523's client assertion type.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// What the gateway asks the token endpoint for.
 #[derive(Clone, PartialEq, Eq)]
@@ -103,11 +122,19 @@ pub fn request(g: &Grant) -> (String, Option<String>) {
             form.push((k, v.as_str()));
         }
     }
-    let auth = match g.auth {
+    let assertion;
+    let auth = match &g.auth {
         ClientAuth::Basic => Some(format!("Basic {}", crate::config::credential::base64(format!("{}:{}", form_encode(&g.client_id), form_encode(&g.secret)).as_bytes()))),
         ClientAuth::Post => {
             form.push(("client_id", &g.client_id));
             form.push(("client_secret", &g.secret));
+            None
+        }
+        ClientAuth::PrivateKeyJwt { signer, audience } => {
+            assertion = signer.client_assertion(&g.client_id, audience, std::time::SystemTime::now());
+            form.push(("client_id", &g.client_id));
+            form.push(("client_assertion_type", JWT_BEARER));
+            form.push(("client_assertion", &assertion));
             None
         }
     };
@@ -123,7 +150,7 @@ pub fn parse_answer(status: u16, body: &str) -> Result<Issued, String> {
         let error = v.get("error").and_then(|e| e.as_str()).unwrap_or("no error code");
         let desc = v.get("error_description").and_then(|e| e.as_str()).map(|d| format!(" ({})", d.chars().take(200).collect::<String>())).unwrap_or_default();
         let hint = match error {
-            "invalid_client" => ": check client_id and the client secret",
+            "invalid_client" => ": check client_id and the client secret (or, with private_key_jwt, that the provider holds the gateway's public key: sluice jwks)",
             "invalid_scope" => ": check scope",
             "invalid_target" => ": check resource",
             "unauthorized_client" => ": the client may not use the client-credentials grant at this provider",
@@ -318,6 +345,26 @@ mod tests {
     }
 
     #[test]
+    fn private_key_jwt_sends_a_signed_assertion_and_no_secret() {
+        const PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
+        let signer = Arc::new(crate::identity::forward::Signer::from_pem(PEM, String::new(), Duration::from_secs(60)).unwrap());
+        let g = Grant { secret: String::new(), ..grant(ClientAuth::PrivateKeyJwt { signer: signer.clone(), audience: "https://idp.example/token".into() }) };
+        let (body, auth) = request(&g);
+        assert!(auth.is_none() && !body.contains("client_secret"), "{body}");
+        let field = |name: &str| body.split('&').find_map(|kv| kv.strip_prefix(&format!("{name}="))).map(str::to_owned);
+        assert_eq!(field("client_id").as_deref(), Some("gw%3Aone"));
+        assert_eq!(field("client_assertion_type").as_deref(), Some("urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"));
+        let assertion = field("client_assertion").unwrap();
+        let parts: Vec<&str> = assertion.split('.').collect();
+        assert_eq!(parts.len(), 3, "a JWS, its base64url characters needing no escape");
+        let claims: serde_json::Value = serde_json::from_slice(&crate::identity::forward::tests::decode(parts[1])).unwrap();
+        assert_eq!((claims["iss"].as_str(), claims["sub"].as_str(), claims["aud"].as_str()), (Some("gw:one"), Some("gw:one"), Some("https://idp.example/token")));
+        assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
+        let (again, _) = request(&g);
+        assert_ne!(again, body, "a fresh assertion (jti) per request");
+    }
+
+    #[test]
     fn answers_are_read_strictly_and_errors_say_what_the_endpoint_said() {
         let ok = parse_answer(200, r#"{"access_token":"eyJ.a-b_c~d+/=","token_type":"Bearer","expires_in":600}"#).unwrap();
         assert_eq!(ok, Issued { token: "eyJ.a-b_c~d+/=".into(), lifetime: Some(Duration::from_secs(600)) });
@@ -337,7 +384,7 @@ mod tests {
             assert!(e.contains(want), "{body}: {e}");
         }
         let e = parse_answer(401, r#"{"error":"invalid_client","error_description":"client authentication failed"}"#).unwrap_err();
-        assert_eq!(e, "the token endpoint answered 401: invalid_client (client authentication failed): check client_id and the client secret");
+        assert!(e.starts_with("the token endpoint answered 401: invalid_client (client authentication failed): check client_id and the client secret"), "{e}");
         assert!(parse_answer(500, "oops").unwrap_err().contains("answered 500 with a body that is not JSON"));
     }
 

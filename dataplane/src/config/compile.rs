@@ -121,12 +121,27 @@ pub struct SessionsCfg {
 }
 
 impl Config {
-    /// The key identity assertions to upstreams are signed with, if any upstream gets them.
-    pub fn assertion_signer(&self) -> Option<&Arc<crate::identity::forward::Signer>> {
-        self.upstreams.iter().find_map(|u| match &u.forward_identity {
-            Some(crate::identity::forward::Forwarding::Token { signer, .. }) => Some(signer),
-            _ => None,
-        })
+    /// The gateway's public keys as a JWK set: the identity assertions' (`forward_identity =
+    /// "token"`) and the client assertions' (`client_auth = "private_key_jwt"`), once each;
+    /// `None` when it signs nothing.
+    pub fn jwks(&self) -> Option<serde_json::Value> {
+        let mut keys: Vec<serde_json::Value> = Vec::new();
+        for u in &self.upstreams {
+            let identity = match &u.forward_identity {
+                Some(crate::identity::forward::Forwarding::Token { signer, .. }) => Some(signer),
+                _ => None,
+            };
+            let client = u.credential.as_ref().and_then(|c| c.token()).and_then(|t| match &t.grant.auth {
+                crate::oauth::ClientAuth::PrivateKeyJwt { signer, .. } => Some(signer),
+                _ => None,
+            });
+            for s in identity.into_iter().chain(client) {
+                if let Some(k) = s.jwks()["keys"].get(0).cloned().filter(|k| !keys.iter().any(|o| o["kid"] == k["kid"])) {
+                    keys.push(k);
+                }
+            }
+        }
+        (!keys.is_empty()).then(|| serde_json::json!({ "keys": keys }))
     }
 }
 

@@ -105,7 +105,7 @@ pub(super) fn compile(c: &schema::Credential, name: &str, file: Option<&Path>, a
     if c.kind == OAUTH {
         return oauth(c, name, file, &p, add);
     }
-    for (name, set) in [("token_url", c.token_url.is_some()), ("client_id", c.client_id.is_some()), ("scope", c.scope.is_some()), ("resource", c.resource.is_some()), ("audience", c.audience.is_some()), ("client_auth", c.client_auth.is_some())] {
+    for (name, set) in [("token_url", c.token_url.is_some()), ("client_id", c.client_id.is_some()), ("scope", c.scope.is_some()), ("resource", c.resource.is_some()), ("audience", c.audience.is_some()), ("client_auth", c.client_auth.is_some()), ("key_file", c.key_file.is_some()), ("assertion_audience", c.assertion_audience.is_some())] {
         if set {
             add(format!("{p}.{name}"), format!("{name} is only for kind = \"{OAUTH}\""));
         }
@@ -194,19 +194,48 @@ fn oauth(c: &schema::Credential, name: &str, file: Option<&Path>, p: &str, add: 
     let auth = match c.client_auth.as_deref() {
         None | Some("basic") => ClientAuth::Basic,
         Some("post") => ClientAuth::Post,
+        Some("private_key_jwt") => match c.key_file.as_deref() {
+            None => {
+                add(format!("{p}.key_file"), "private_key_jwt signs with the gateway's key: key_file = \"…\" (an Ed25519 key: openssl genpkey -algorithm ed25519 -out FILE; give the provider its public key from `sluice jwks`)".into());
+                ok = false;
+                ClientAuth::Basic
+            }
+            Some(k) => {
+                let path = resolve(file, k);
+                let signer = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                    .and_then(|pem| crate::identity::forward::Signer::from_pem(&pem, String::new(), std::time::Duration::from_secs(60)).map_err(|e| format!("{}: {e}", path.display())));
+                match signer {
+                    Ok(signer) => ClientAuth::PrivateKeyJwt { signer: Arc::new(signer), audience: c.assertion_audience.clone().or_else(|| c.token_url.clone()).unwrap_or_default() },
+                    Err(e) => {
+                        add(format!("{p}.key_file"), e);
+                        ok = false;
+                        ClientAuth::Basic
+                    }
+                }
+            }
+        },
         Some(other) => {
-            add(format!("{p}.client_auth"), format!("\"{other}\" is not a client authentication; write \"basic\" (client_secret_basic, the default) or \"post\" (client_secret_post)"));
+            add(format!("{p}.client_auth"), format!("\"{other}\" is not a client authentication; write \"basic\" (client_secret_basic, the default), \"post\" (client_secret_post) or \"private_key_jwt\""));
             ok = false;
             ClientAuth::Basic
         }
     };
+    let keyed = matches!(auth, ClientAuth::PrivateKeyJwt { .. });
+    for (name, set) in [("key_file", c.key_file.is_some()), ("assertion_audience", c.assertion_audience.is_some())] {
+        if set && !keyed && c.client_auth.as_deref() != Some("private_key_jwt") {
+            add(format!("{p}.{name}"), format!("{name} is only for client_auth = \"private_key_jwt\""));
+            ok = false;
+        }
+    }
     for (name, v) in [("scope", &c.scope), ("resource", &c.resource), ("audience", &c.audience)] {
         if v.as_deref().is_some_and(|v| v.is_empty() || v.chars().any(char::is_control)) {
             add(format!("{p}.{name}"), format!("{name} is empty or holds control characters; remove it or give the value the token endpoint expects"));
             ok = false;
         }
     }
-    let secret = read_secret(c.env.as_deref(), c.file.as_deref(), file, p, add)?;
+    // With private_key_jwt there is no shared secret.
+    let secret = if keyed && c.env.is_none() && c.file.is_none() { String::new() } else { read_secret(c.env.as_deref(), c.file.as_deref(), file, p, add)? };
     if !ok {
         return None;
     }

@@ -251,7 +251,8 @@ pub struct Upstream {
 /// `bearer`, `basic` (the secret is `user:password`) or `header` (with `header = "Name"`),
 /// read from `env` or `file` (never inline in this file), re-read on reload; or
 /// `oauth_client_credentials`: a bearer token the gateway asks `token_url` for as `client_id`
-/// with the secret from `env`/`file` (`client_auth` `basic` or `post`; optional `scope`,
+/// with the secret from `env`/`file` (`client_auth` `basic` or `post`), or a JWT signed with
+/// `key_file` (`private_key_jwt`); optional `scope`,
 /// `resource` (RFC 8707), `audience`), renewed in the background.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,6 +267,10 @@ pub struct Credential {
     pub scope: Option<String>,
     pub resource: Option<String>,
     pub audience: Option<String>,
+    /// `client_auth = "private_key_jwt"`: the gateway's Ed25519 key (PKCS#8 PEM) and the
+    /// assertion's `aud` (default: `token_url`).
+    pub key_file: Option<String>,
+    pub assertion_audience: Option<String>,
 }
 
 fn default_pool() -> usize {

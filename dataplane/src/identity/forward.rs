@@ -69,6 +69,25 @@ impl Signer {
         serde_json::json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "x": b64url(&self.key.verifying_key().to_bytes()), "kid": self.kid, "alg": "EdDSA", "use": "sig" }] })
     }
 
+    /// A signed JWT of these claims.
+    pub fn sign_claims(&self, claims: &serde_json::Value) -> String {
+        let mut out = String::with_capacity(self.header.len() + 400);
+        out.push_str(&self.header);
+        out.push('.');
+        out.push_str(&b64url(claims.to_string().as_bytes()));
+        let sig = self.key.sign(out.as_bytes());
+        out.push('.');
+        out.push_str(&b64url(&sig.to_bytes()));
+        out
+    }
+
+    /// An RFC 7523 client assertion (`private_key_jwt`): the gateway as `client_id`, for the
+    /// authorization server `audience`, valid for a minute, never reused (`jti`).
+    pub fn client_assertion(&self, client_id: &str, audience: &str, now: SystemTime) -> String {
+        let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.sign_claims(&serde_json::json!({ "iss": client_id, "sub": client_id, "aud": audience, "iat": iat, "nbf": iat, "exp": iat + 60, "jti": crate::ids::new_id() }))
+    }
+
     /// A signed assertion of `who` for `audience`, issued at `now`.
     pub fn sign(&self, who: &Identity, session: Option<&str>, audience: &str, now: SystemTime) -> String {
         let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -84,14 +103,7 @@ impl Signer {
         if let Some(s) = session {
             claims["sid"] = s.into();
         }
-        let mut out = String::with_capacity(self.header.len() + 400);
-        out.push_str(&self.header);
-        out.push('.');
-        out.push_str(&b64url(claims.to_string().as_bytes()));
-        let sig = self.key.sign(out.as_bytes());
-        out.push('.');
-        out.push_str(&b64url(&sig.to_bytes()));
-        out
+        self.sign_claims(&claims)
     }
 }
 
@@ -176,7 +188,7 @@ impl Cache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// RFC 8032 test 1's secret key in PKCS#8 PEM.
@@ -186,7 +198,7 @@ mod tests {
         Identity { subject: "alice@example.com".into(), groups: vec!["support".into(), "a,b".into()], agent_type: Some("assistant".into()), via: "jwt", claims: None }
     }
 
-    fn decode(part: &str) -> Vec<u8> {
+    pub(crate) fn decode(part: &str) -> Vec<u8> {
         let t: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut bits = 0u32;
         let mut n = 0;

@@ -32,17 +32,17 @@ def new_key(kid):
 class OP:
     """oidc-provider on Node 22 with a key set the test controls."""
 
-    def __init__(self, tmp, keys, ttl=None):
+    def __init__(self, tmp, keys, ttl=None, gateway_jwks=None):
         self.tmp, self.port = tmp, free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.proc = None
-        self.ttl = ttl
+        self.env = {k: v for k, v in {"OIDC_CC_TTL": ttl and str(ttl), "OIDC_GATEWAY_JWKS": gateway_jwks}.items() if v}
         self.start(keys)
 
     def start(self, keys):
         (self.tmp / "jwks.json").write_text(json.dumps({"keys": keys}))
         self.proc = Proc([NODE, str(HERE / "servers" / "oidc.mjs"), str(self.port), str(self.tmp / "jwks.json"), AUDIENCE],
-                         self.tmp / f"oidc-{time.time_ns()}.log", {"OIDC_CC_TTL": str(self.ttl)} if self.ttl else None)
+                         self.tmp / f"oidc-{time.time_ns()}.log", self.env)
         wait_port(self.port, proc=self.proc.p)
 
     def stop(self):

@@ -176,3 +176,45 @@ def idp_short(tmp_path):
     op.k1, op.j1 = k1, j1
     yield op
     op.stop()
+
+
+def test_private_key_jwt_gets_a_token_with_no_shared_secret(gateway, raw_upstream, tmp_path):
+    """`client_auth = "private_key_jwt"` (RFC 7523): the gateway signs a client assertion with its
+    own Ed25519 key; the provider was given only the public key, as `sluice jwks` prints it. A key
+    the provider does not hold is refused (`invalid_client`), and the agent is told what to check."""
+    def key(name):
+        path = tmp_path / name
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(path)], check=True, capture_output=True)
+        return path
+
+    good, other = key("gateway.pem"), key("other.pem")
+
+    def cred(token_url, pem):
+        return (f'{{ kind = "oauth_client_credentials", token_url = "{token_url}", client_id = "sluice-gateway-pkjwt", '
+                f'client_auth = "private_key_jwt", key_file = "{pem}", scope = "mcp", resource = "{AUDIENCE}" }}')
+
+    probe = tmp_path / "probe.toml"
+    probe.write_text('[[listener]]\naddress = "127.0.0.1:0"\n[[upstream]]\nname = "u"\nurl = "http://127.0.0.1:9"\n'
+                     f'credential = {cred("http://127.0.0.1:9/token", good)}\n[[route]]\npath = "/mcp"\nupstream = "u"\n')
+    printed = subprocess.run([str(SLUICE), "jwks", "--config", str(probe)], capture_output=True, text=True, timeout=30)
+    assert printed.returncode == 0, printed.stderr
+    k1, j1 = new_key("k1")
+    op = OP(tmp_path, [j1], gateway_jwks=printed.stdout)
+    try:
+        up = EchoUpstream(raw_upstream)
+        g = gateway([{"path": "/mcp", "upstream": up.up.url()}])
+        cfg = g.config.read_text()
+        g.config.write_text(cfg.replace('[[upstream]]\nname = "u0"\n', f'[[upstream]]\nname = "u0"\ncredential = {cred(op.issuer + "/token", good)}\n'))
+        reload(g, 1)
+        wait(lambda: g.metric("sluice_upstream_token_held", upstream="u0") == 1, f"no token:\n{g.proc.text()[-2000:]}")
+        assert post(g).status_code == 200
+        claims = jwt.decode(sent_token(up.up.requests[-1]), k1.public_key(), algorithms=["RS256"], audience=AUDIENCE)
+        assert claims["client_id"] == "sluice-gateway-pkjwt", claims
+        # Another key: the provider refuses the assertion; nothing goes upstream after the token lapses.
+        g.config.write_text(cfg.replace('[[upstream]]\nname = "u0"\n', f'[[upstream]]\nname = "u0"\ncredential = {cred(op.issuer + "/token", other)}\n'))
+        reload(g, 2)
+        wait(lambda: g.metric("sluice_upstream_token_requests_total", upstream="u0", outcome="failed") >= 1, "the other key was not refused")
+        r = post(g)
+        assert r.status_code == 503 and "invalid_client" in r.text and "sluice jwks" in r.text, r.text
+    finally:
+        op.stop()

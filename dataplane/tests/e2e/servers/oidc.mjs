@@ -3,7 +3,7 @@
 // come from a JWK set file the test writes (so it can also sign deliberately bad tokens with
 // the provider's own key).
 //
-// usage: [OIDC_CC_TTL=SECONDS] node oidc.mjs PORT JWKS_FILE AUDIENCE
+// usage: [OIDC_CC_TTL=SECONDS] [OIDC_GATEWAY_JWKS=JSON] node oidc.mjs PORT JWKS_FILE AUDIENCE
 import fs from "node:fs";
 import Provider from "oidc-provider";
 
@@ -18,15 +18,31 @@ const who = {
   // The gateway itself, asking for a token to an upstream (credential kind oauth_client_credentials).
   "sluice-gateway": { groups: ["gateways"], agent_type: "gateway" },
 };
-const provider = new Provider(issuer, {
-  clients: Object.keys(who).map((id) => ({
-    client_id: id,
-    client_secret: `${id}-secret`,
+const clients = Object.keys(who).map((id) => ({
+  client_id: id,
+  client_secret: `${id}-secret`,
+  grant_types: ["client_credentials"],
+  redirect_uris: [],
+  response_types: [],
+  scope: "mcp",
+}));
+// The gateway as a client without a shared secret (private_key_jwt): the provider holds only
+// its public key (OIDC_GATEWAY_JWKS, the JWK set `sluice jwks` prints).
+if (process.env.OIDC_GATEWAY_JWKS) {
+  who["sluice-gateway-pkjwt"] = { groups: ["gateways"], agent_type: "gateway" };
+  clients.push({
+    client_id: "sluice-gateway-pkjwt",
+    token_endpoint_auth_method: "private_key_jwt",
+    token_endpoint_auth_signing_alg: "EdDSA",
+    jwks: JSON.parse(process.env.OIDC_GATEWAY_JWKS),
     grant_types: ["client_credentials"],
     redirect_uris: [],
     response_types: [],
     scope: "mcp",
-  })),
+  });
+}
+const provider = new Provider(issuer, {
+  clients,
   jwks: JSON.parse(fs.readFileSync(jwksFile, "utf8")),
   scopes: ["mcp"],
   // Client-credentials token lifetime in seconds (OIDC_CC_TTL; the tests of token renewal make it short).
