@@ -89,6 +89,10 @@ pub struct Upstream {
     pub credential: Option<Arc<super::credential::Injected>>,
     /// How the upstream hears who the caller is (`forward_identity`).
     pub forward_identity: Option<crate::identity::forward::Forwarding>,
+    /// Its timeouts (`upstream.timeouts`, else `[timeouts]`).
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub stream_idle: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +290,11 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
     let mut upstreams: Vec<Upstream> = Vec::new();
     for (i, u) in f.upstreams.iter().enumerate() {
         let p = format!("upstream[{i}]");
+        let own = |v: Option<&String>, key: &str, global: Duration, is: &mut Issues| v.map_or(global, |v| is.duration(&format!("{p}.timeouts.{key}"), v));
+        let ut = u.timeouts.as_ref();
+        let connect_timeout = own(ut.and_then(|t| t.upstream_connect.as_ref()), "upstream_connect", timeouts.upstream_connect, &mut is);
+        let first_byte_timeout = own(ut.and_then(|t| t.upstream_first_byte.as_ref()), "upstream_first_byte", timeouts.upstream_first_byte, &mut is);
+        let stream_idle = own(ut.and_then(|t| t.stream_idle.as_ref()), "stream_idle", timeouts.stream_idle, &mut is);
         use crate::identity::forward::Forwarding;
         let forward_identity = match u.forward_identity.as_deref() {
             None => {
@@ -356,7 +365,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
                     u.tls.as_ref().map(|t| (&t.ca, &t.server_name, &t.client_cert, &t.client_key))
                 );
                 let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, &u.name, file, &p, &mut |path, msg| is.add(path, msg)));
-                upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential, forward_identity });
+                upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential, forward_identity, connect_timeout, first_byte_timeout, stream_idle });
             }
         }
     }

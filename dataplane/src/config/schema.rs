@@ -246,6 +246,17 @@ pub struct Upstream {
     pub forward_identity: Option<String>,
     /// The `aud` of those tokens (default: the upstream's `url`).
     pub identity_audience: Option<String>,
+    /// This upstream's own `upstream_connect`, `upstream_first_byte`, `stream_idle` (each
+    /// defaults to `[timeouts]`): a server whose tools run for minutes without streaming.
+    pub timeouts: Option<UpstreamTimeouts>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTimeouts {
+    pub upstream_connect: Option<String>,
+    pub upstream_first_byte: Option<String>,
+    pub stream_idle: Option<String>,
 }
 
 /// `bearer`, `basic` (the secret is `user:password`) or `header` (with `header = "Name"`),

@@ -32,6 +32,8 @@ pub enum Forwarding {
 /// The gateway's assertion key and what every assertion says besides the caller.
 pub struct Signer {
     key: SigningKey,
+    /// Unique per signer made in this process (the assertion cache tells signers apart by it).
+    serial: u64,
     pub kid: String,
     pub issuer: String,
     pub lifetime: Duration,
@@ -61,7 +63,9 @@ impl Signer {
         let public = key.verifying_key().to_bytes();
         let kid = blake3::hash(&public).to_hex()[..16].to_owned();
         let header = b64url(serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": kid }).to_string().as_bytes());
-        Ok(Signer { key, kid, issuer, lifetime, header })
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Signer { key, serial, kid, issuer, lifetime, header })
     }
 
     /// The public key as a JWK set, for upstreams to verify assertions with.
@@ -146,7 +150,8 @@ pub fn write_headers(out: &mut Vec<u8>, who: &Identity, session: Option<&str>) {
 }
 
 struct Entry {
-    signer: usize,
+    /// The signer's serial (never reused, unlike an address a reload frees).
+    signer: u64,
     audience: String,
     who: Identity,
     session: Option<String>,
@@ -166,7 +171,7 @@ const CACHE_MAX: usize = 4096;
 
 impl Cache {
     pub fn assertion(&mut self, signer: &Arc<Signer>, audience: &str, who: &Identity, session: Option<&str>) -> Rc<str> {
-        let at = Arc::as_ptr(signer) as usize;
+        let at = signer.serial;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (at, audience, &who.subject, session).hash(&mut h);
         let key = h.finish();

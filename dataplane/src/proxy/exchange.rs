@@ -344,7 +344,7 @@ pub async fn handle(
     let (who, assertion) = caller_for(w, up, &ctx);
     let forward = Forward { target: target.as_deref(), headers: &header_edits, rewrite_host, strip_credentials, client, tls, credential: credential_value, who, assertion: assertion.as_deref() };
     encode_request(&mut req, head, route, up, &forward, out_body);
-    let sent = upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await;
+    let sent = upstream::send(w, up, &req, up.connect_timeout, up.first_byte_timeout, cfg.limits.max_head_bytes).await;
     w.reqbuf.set(req);
     let mut c = match sent {
         Ok(c) => c,
@@ -419,7 +419,7 @@ pub async fn handle(
     } else {
         let from = ctx.findings.len();
         let mut sent = 0;
-        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version, &mut sent, is_mcp, &track).await;
+        let r = relay_plain(w, cfg, &mut ctx, down, &mut c, kind, method, keep_alive, head.minor_version, &mut sent, is_mcp, &track, up.stream_idle).await;
         if let Some(em) = w.emitter.as_ref().filter(|_| plain) {
             crate::events::record::plain_event(em, &ctx, Direction::Response, sent);
         }
@@ -1065,7 +1065,7 @@ async fn answer_server(w: &Worker, cfg: &Config, route: &Route, ctx: &RequestCtx
         write::content_length(&mut req, a.len());
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(&a);
-        match upstream::send(w, up, &req, cfg.timeouts.upstream_connect, cfg.timeouts.upstream_first_byte, cfg.limits.max_head_bytes).await {
+        match upstream::send(w, up, &req, up.connect_timeout, up.first_byte_timeout, cfg.limits.max_head_bytes).await {
             Ok(c) if (200..300).contains(&c.head.status) => tracing::info!(worker = w.id, route = %route.name, upstream = %up.name, "the server's refused request answered with an error in the agent's place"),
             Ok(c) => tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, status = c.head.status, "the upstream did not take the gateway's answer to its refused request"),
             Err(e) => tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "cannot answer the server's refused request"),
@@ -1327,7 +1327,7 @@ async fn relay_sse(
         let legacy = track.legacy_session.clone();
         let next = futures_lite::future::or(
             futures_lite::future::or(
-                async { Some(Some(deadline(cfg.timeouts.stream_idle, c.rbuf.fill(&mut c.stream, cfg.limits.max_sse_event_bytes)).await)) },
+                async { Some(Some(deadline(cfg.upstreams[route.upstream].stream_idle, c.rbuf.fill(&mut c.stream, cfg.limits.max_sse_event_bytes)).await)) },
                 async {
                     let mut probe = [0u8; 1];
                     let _ = down.read(&mut probe).await;
@@ -1602,7 +1602,8 @@ async fn relay_json(
     };
     let upstream_name = ctx.upstream.clone();
     let fail = |reason: String| ProxyError::UpstreamProtocol { upstream: upstream_name.clone(), reason };
-    let res = match deadline(cfg.timeouts.stream_idle, read).await {
+    let idle = cfg.upstreams[route.upstream].stream_idle;
+    let res = match deadline(idle, read).await {
         Some(Ok(())) => match over.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -1611,7 +1612,7 @@ async fn relay_json(
         None => Err(ProxyError::UpstreamTimeout {
             upstream: ctx.upstream.clone(),
             phase: "reading the response body",
-            secs: cfg.timeouts.stream_idle.as_secs_f64(),
+            secs: idle.as_secs_f64(),
         }),
     };
     if let Err(e) = res {
@@ -1674,6 +1675,7 @@ async fn relay_plain(
     sent: &mut u64,
     mcp: bool,
     track: &Track<'_>,
+    idle: std::time::Duration,
 ) -> Result<bool, ()> {
     // Text bodies are scanned and masked as they stream (the length may change, so they go
     // out chunked, or close-delimited to an HTTP/1.0 client).
@@ -1798,7 +1800,7 @@ async fn relay_plain(
         if reader.done {
             return Ok(kind_out != BodyKind::CloseDelimited || chunked_out);
         }
-        match deadline(cfg.timeouts.stream_idle, c.rbuf.fill(&mut c.stream, super::io::READ_BUF)).await {
+        match deadline(idle, c.rbuf.fill(&mut c.stream, super::io::READ_BUF)).await {
             Some(Ok(0)) => reader.eof().map_err(|e| tracing::warn!(worker = w.id, error = %e, "upstream body"))?,
             Some(Ok(_)) => {}
             Some(Err(_)) | None => return Err(()),

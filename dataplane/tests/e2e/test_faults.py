@@ -543,3 +543,25 @@ def test_answers_a_client_could_read_past_inspection_are_not_forwarded(raw_upstr
                           + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
                 head = s.recv(65536)
             assert head.startswith(b"HTTP/1.1 400 ") and b"more than one" in head, head
+
+
+def test_an_upstream_can_have_its_own_timeouts(raw_upstream, gateway):
+    """A server whose tools answer after minutes (JSON, not streamed) gets its own
+    `upstream.timeouts`; every other upstream keeps `[timeouts]`. Both upstreams here answer
+    after 1.5 s; the global first-byte timeout is 1 s."""
+    def slow(conn, head, body):
+        time.sleep(1.5)
+        json_ok(conn, head, body)
+
+    a, b = raw_upstream(slow), raw_upstream(slow)
+    g = gateway([{"path": "/default", "upstream": a.url()}, {"path": "/patient", "upstream": b.url()}], extra='[timeouts]\nupstream_first_byte = "1s"\n')
+    cfg = g.config.read_text().replace('[[upstream]]\nname = "u1"\n', '[[upstream]]\nname = "u1"\ntimeouts = { upstream_first_byte = "5s" }\n')
+    g.config.write_text(cfg)
+    g.proc.p.send_signal(signal.SIGHUP)
+    for _ in range(100):
+        if g.metric("sluice_config_reloads_total") >= 1:
+            break
+        time.sleep(0.1)
+    r = httpx.post(g.url("/default"), json=PING, headers=ACCEPT, timeout=10)
+    assert r.status_code == 504 and "within 1.0s" in r.json()["error"]["data"]["reason"], r.text
+    assert httpx.post(g.url("/patient"), json=PING, headers=ACCEPT, timeout=10).status_code == 200
