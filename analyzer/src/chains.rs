@@ -28,6 +28,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("bulk_enumeration.sql", include_str!("../chains/bulk_enumeration.sql")),
     ("call_after_pin_change.sql", include_str!("../chains/call_after_pin_change.sql")),
     ("retry_after_denied_approval.sql", include_str!("../chains/retry_after_denied_approval.sql")),
+    ("server_overreach.sql", include_str!("../chains/server_overreach.sql")),
 ];
 
 #[derive(Debug, Clone)]

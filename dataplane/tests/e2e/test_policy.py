@@ -441,7 +441,9 @@ def test_requests_from_the_server_are_decided_by_from_server_rules_and_refusals_
         assert "this server may not use the agent's model" in text and "summary=short" not in text, (flags, text)
         assert out["add"]["content"][0]["text"] == "42", "agent calls are decided as before"
     g.proc.stop()
-    decided = [(e.get("method"), e["decision"]["action"], e["decision"]["rule"]) for e in spool_events(g.spool)
+    # Recorded as the analyzer's `server-overreach` rule reads them: direction response (the
+    # server's request travels towards the agent), the server's method, the policy's action.
+    decided = [(e.get("direction"), e.get("method"), e["decision"]["action"], e["decision"]["rule"]) for e in spool_events(g.spool)
                if e["kind"] == "decision" and e["decision"]["stage"] == "policy" and e.get("method") in ("sampling/createMessage", "elicitation/create")]
-    assert decided == [("elicitation/create", "allow", "ask-the-user"), ("sampling/createMessage", "deny", "no-sampling")] * 2, decided
+    assert decided == [("response", "elicitation/create", "allow", "ask-the-user"), ("response", "sampling/createMessage", "deny", "no-sampling")] * 2, decided
     assert g.proc.log.read_text().count("answered with an error in the agent's place") == 2
