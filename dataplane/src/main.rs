@@ -239,12 +239,31 @@ fn main() -> std::process::ExitCode {
                 );
                 match &c.policy {
                     Some(p) => println!(
-                        "policy {}: {} rule(s), default {}",
+                        "policy {}: {} rule(s) ({} deciding requests servers send agents), default {}",
                         p.source.display(),
                         p.rules.len(),
+                        p.rules.iter().filter(|r| r.from_server).count(),
                         if p.default == sluice::policy::DefaultAction::Allow { "allow" } else { "deny" }
                     ),
                     None => println!("no [policy]: every authenticated call that passes detection is allowed"),
+                }
+                // What the gateway does towards each upstream on the agents' behalf.
+                for u in &c.upstreams {
+                    if let Some(t) = u.credential.as_ref().and_then(|cr| cr.token()) {
+                        let how = match &t.grant.auth {
+                            sluice::oauth::ClientAuth::Basic => "client_secret_basic",
+                            sluice::oauth::ClientAuth::Post => "client_secret_post",
+                            sluice::oauth::ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
+                        };
+                        println!("upstream {}: OAuth token from {} as client {} ({how})", u.name, t.grant.token_url, t.grant.client_id);
+                    }
+                    match &u.forward_identity {
+                        Some(sluice::identity::forward::Forwarding::Headers) => println!("upstream {}: told the caller in X-Sluice-* headers", u.name),
+                        Some(sluice::identity::forward::Forwarding::Token { signer, audience }) => {
+                            println!("upstream {}: told the caller in a signed X-Sluice-Identity (key {}, aud {audience})", u.name, signer.kid)
+                        }
+                        None => {}
+                    }
                 }
                 // The pins file is read at start, and a damaged one stops it: say so now.
                 match c.pins.as_ref().map(|p| p.file.as_deref()) {
