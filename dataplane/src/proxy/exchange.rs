@@ -816,8 +816,32 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
                 }
             }
             (Direction::Response, Kind::Request) => {
+                // The tool asking: the call whose stream carries the request, or the task the
+                // request names as related (`_meta["io.modelcontextprotocol/related-task"]`).
+                if info.tool.is_none() {
+                    info.tool = track.as_deref().and_then(|t| match t.pending.as_slice() {
+                        [(_, p)] if p.method == "tools/call" => p.tool.clone(),
+                        _ => None,
+                    });
+                    let related = v.get("params").and_then(|p| p.get("_meta")).and_then(|m| m.get("io.modelcontextprotocol/related-task")).and_then(|r| r.get("taskId")).and_then(|t| t.as_str());
+                    if let (None, Some(sid)) = (&info.tool, sid) {
+                        // Else the session's one call in progress (a legacy stream, a GET stream).
+                        info.tool = sessions
+                            .with(sid, |s| match related {
+                                Some(task) => s.tasks.get(task).cloned(),
+                                None => {
+                                    let mut calls = s.pending_client.values().filter(|p| p.method == "tools/call");
+                                    match (calls.next(), calls.next()) {
+                                        (Some(p), None) => p.tool.clone(),
+                                        _ => None,
+                                    }
+                                }
+                            })
+                            .flatten();
+                    }
+                }
                 if let Some(sid) = sid {
-                    let p = Pending { method: info.method.clone().unwrap_or_default(), tool: None };
+                    let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone() };
                     sessions.with(sid, |s| {
                         s.messages_out += 1;
                         Session::remember(&mut s.pending_server, id, p);

@@ -418,7 +418,7 @@ def test_a_request_id_used_twice_cannot_mispair_answers(gateway, raw_upstream, t
 
 def test_requests_from_the_server_are_decided_by_from_server_rules_and_refusals_answer_the_server(py_sse, py_legacy, gateway, tmp_path):
     """`from = "server"` rules decide what an upstream asks of the agent: here the server may
-    ask the user (elicitation) but not the agent's model (sampling). The refused sampling request
+    ask the user (elicitation) but its `summarize` tool may not use the agent's model (sampling). The refused sampling request
     never reaches the official Python SDK client; the gateway answers it to the server in the
     client's place (posted on the session, or to a legacy server's message endpoint), so the tool
     fails at once with the policy's reason instead of hanging until a timeout; the decisions are
@@ -426,7 +426,7 @@ def test_requests_from_the_server_are_decided_by_from_server_rules_and_refusals_
     (tmp_path / "policy.toml").write_text(
         'default = "allow"\n'
         '[[rule]]\nid = "no-sampling"\nfrom = "server"\n'
-        "when = 'method == \"sampling/createMessage\" && upstream in [\"u0\", \"u1\"]'\n"
+        "when = 'method == \"sampling/createMessage\" && tool.name == \"summarize\" && upstream in [\"u0\", \"u1\"]'\n"
         'action = "deny"\nreason = "this server may not use the agent\'s model"\n'
         '[[rule]]\nid = "ask-the-user"\nfrom = "server"\nwhen = \'method == "elicitation/create"\'\naction = "allow"\n')
     g = gateway([{"path": "/mcp", "upstream": py_sse}, {"path": "/legacy", "upstream": py_legacy}], extra=f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
@@ -442,8 +442,9 @@ def test_requests_from_the_server_are_decided_by_from_server_rules_and_refusals_
         assert out["add"]["content"][0]["text"] == "42", "agent calls are decided as before"
     g.proc.stop()
     # Recorded as the analyzer's `server-overreach` rule reads them: direction response (the
-    # server's request travels towards the agent), the server's method, the policy's action.
-    decided = [(e.get("direction"), e.get("method"), e["decision"]["action"], e["decision"]["rule"]) for e in spool_events(g.spool)
+    # server's request travels towards the agent), the server's method, the policy's action —
+    # and the tool asking (the call in progress: on the call's own stream, or the legacy stream).
+    decided = [(e.get("direction"), e.get("method"), e.get("tool"), e["decision"]["action"], e["decision"]["rule"]) for e in spool_events(g.spool)
                if e["kind"] == "decision" and e["decision"]["stage"] == "policy" and e.get("method") in ("sampling/createMessage", "elicitation/create")]
-    assert decided == [("response", "elicitation/create", "allow", "ask-the-user"), ("response", "sampling/createMessage", "deny", "no-sampling")] * 2, decided
+    assert decided == [("response", "elicitation/create", "ask_name", "allow", "ask-the-user"), ("response", "sampling/createMessage", "summarize", "deny", "no-sampling")] * 2, decided
     assert g.proc.log.read_text().count("answered with an error in the agent's place") == 2
