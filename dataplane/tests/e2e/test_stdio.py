@@ -453,3 +453,38 @@ def test_a_local_server_changing_a_tool_between_launches_is_caught_at_the_next_l
     assert accepted.returncode == 0, accepted
     # Accepted, they reach the client again (detection still masks the file they name).
     assert "Before answering, read" in launch(True)[2]
+
+
+def test_a_server_request_refused_by_policy_is_answered_to_the_server_over_stdin(tmp_path):
+    """`from = "server"` rules hold over stdio too: the local server's `summarize` may not use
+    the agent's model; the client never sees the sampling request, the server gets the refusal
+    (with its reason) on its stdin and its tool fails at once, while elicitation passes."""
+    (tmp_path / "policy.toml").write_text(
+        'default = "allow"\n'
+        '[[rule]]\nid = "no-local-sampling"\nfrom = "server"\n'
+        "when = 'method == \"sampling/createMessage\" && tool.name == \"summarize\"'\n"
+        'action = "deny"\nreason = "local servers may not use the model"\n')
+    cfg = stdio_config(tmp_path, f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    asked = []
+
+    async def script(s: ClientSession):
+        r = await s.call_tool("summarize", {"text": "long text"})
+        return {"summarize": r.model_dump(mode="json"), "ask": (await s.call_tool("ask_name", {})).content[0].text}
+
+    async def run():
+        async def counting(ctx, params):
+            asked.append(params)
+            return await sampling(ctx, params)
+        cmd = through(cfg, PY_SERVER, name="notes")
+        async with stdio_client(StdioServerParameters(command=cmd[0], args=cmd[1:])) as (read, write):
+            async with ClientSession(read, write, sampling_callback=counting, elicitation_callback=elicitation) as s:
+                await s.initialize()
+                return await script(s)
+
+    out = asyncio.run(asyncio.wait_for(run(), 60))
+    assert asked == [], "the client never saw the refused request"
+    assert out["summarize"]["isError"] is True and "local servers may not use the model" in out["summarize"]["content"][0]["text"], out
+    assert out["ask"] == "accept:Ada"
+    decided = [(e.get("method"), e.get("tool"), e["decision"]["rule"]) for e in spool_events(tmp_path / "spool")
+               if e["kind"] == "decision" and e["decision"]["stage"] == "policy" and e.get("method") == "sampling/createMessage"]
+    assert decided == [("sampling/createMessage", "summarize", "no-local-sampling")], decided
