@@ -25,6 +25,9 @@ struct Labelled {
     latency: HashMap<Arc<str>, Histogram>,
     messages: HashMap<(Arc<str>, &'static str, &'static str), u64>,
     findings: HashMap<(Arc<str>, &'static str, String, &'static str), u64>,
+    /// (route, direction, action) → rule id → count: looked up by the rule's `&str`, so a
+    /// decision allocates only the first time its rule is counted.
+    decisions: HashMap<(Arc<str>, &'static str, &'static str), HashMap<String, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +79,18 @@ impl WorkerMetrics {
     }
 
     /// A detection finding (kind names come from the rule packs; the value never appears).
+    /// A policy decision (`rule`: the deciding rule's id, `default` when none decided).
+    pub fn decision(&self, route: &Arc<str>, direction: &'static str, action: &'static str, rule: &str) {
+        let mut l = self.labelled.lock();
+        let by_rule = l.decisions.entry((route.clone(), direction, action)).or_default();
+        match by_rule.get_mut(rule) {
+            Some(n) => *n += 1,
+            None => {
+                by_rule.insert(rule.to_owned(), 1);
+            }
+        }
+    }
+
     pub fn finding(&self, route: &Arc<str>, direction: &'static str, kind: &str, action: &'static str) {
         let mut l = self.labelled.lock();
         match l.findings.get_mut(&(route.clone(), direction, kind.to_owned(), action)) {
@@ -120,9 +135,9 @@ pub fn render(workers: &[Arc<WorkerMetrics>], sessions: usize, out: &mut String)
     let _ = writeln!(out, "# HELP sluice_requests_total Requests answered, by route, method and status.\n# TYPE sluice_requests_total counter");
     let snaps: Vec<_> = workers.iter().map(|w| {
         let l = w.labelled.lock();
-        (l.requests.clone(), l.latency.clone(), l.messages.clone(), l.findings.clone())
+        (l.requests.clone(), l.latency.clone(), l.messages.clone(), l.findings.clone(), l.decisions.clone())
     }).collect();
-    for (i, (req, _, _, _)) in snaps.iter().enumerate() {
+    for (i, (req, _, _, _, _)) in snaps.iter().enumerate() {
         let mut rows: Vec<_> = req.iter().collect();
         rows.sort();
         for ((route, method, status), n) in rows {
@@ -130,7 +145,7 @@ pub fn render(workers: &[Arc<WorkerMetrics>], sessions: usize, out: &mut String)
         }
     }
     let _ = writeln!(out, "# HELP sluice_messages_total JSON-RPC messages seen, by route, direction and kind.\n# TYPE sluice_messages_total counter");
-    for (i, (_, _, msgs, _)) in snaps.iter().enumerate() {
+    for (i, (_, _, msgs, _, _)) in snaps.iter().enumerate() {
         let mut rows: Vec<_> = msgs.iter().collect();
         rows.sort();
         for ((route, dir, kind), n) in rows {
@@ -138,15 +153,24 @@ pub fn render(workers: &[Arc<WorkerMetrics>], sessions: usize, out: &mut String)
         }
     }
     let _ = writeln!(out, "# HELP sluice_findings_total Detection findings, by route, direction, kind and action taken.\n# TYPE sluice_findings_total counter");
-    for (i, (_, _, _, found)) in snaps.iter().enumerate() {
+    for (i, (_, _, _, found, _)) in snaps.iter().enumerate() {
         let mut rows: Vec<_> = found.iter().collect();
         rows.sort();
         for ((route, dir, kind, action), n) in rows {
             let _ = writeln!(out, "sluice_findings_total{{worker=\"{i}\",route=\"{route}\",direction=\"{dir}\",kind=\"{kind}\",action=\"{action}\"}} {n}");
         }
     }
+    let _ = writeln!(out, "# HELP sluice_policy_decisions_total Policy decisions, by route, direction (request: what agents send; response: answers and what servers ask agents), action and deciding rule (default: none decided).\n# TYPE sluice_policy_decisions_total counter");
+    for (i, (_, _, _, _, decided)) in snaps.iter().enumerate() {
+        let mut rows: Vec<_> = decided.iter().flat_map(|((route, dir, action), by_rule)| by_rule.iter().map(move |(rule, n)| (route, dir, action, rule, n))).collect();
+        rows.sort();
+        for (route, dir, action, rule, n) in rows {
+            let rule = rule.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(out, "sluice_policy_decisions_total{{worker=\"{i}\",route=\"{route}\",direction=\"{dir}\",action=\"{action}\",rule=\"{rule}\"}} {n}");
+        }
+    }
     let _ = writeln!(out, "# HELP sluice_request_duration_seconds Time from request head to the end of the response head (streams) or body.\n# TYPE sluice_request_duration_seconds histogram");
-    for (i, (_, lat, _, _)) in snaps.iter().enumerate() {
+    for (i, (_, lat, _, _, _)) in snaps.iter().enumerate() {
         let mut rows: Vec<_> = lat.iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
         for (route, h) in rows {

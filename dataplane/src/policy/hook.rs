@@ -83,6 +83,8 @@ impl MessageHook for PolicyMasks {
 /// Decisions, after detection.
 pub struct PolicyHook {
     sessions: Arc<SessionsHandle>,
+    /// Where decisions are counted (`sluice_policy_decisions_total`); none offline.
+    metrics: Option<Arc<crate::metrics::WorkerMetrics>>,
 }
 
 /// Where the session store lives (the runtime's shared state, or a test's own store).
@@ -123,7 +125,19 @@ impl SessionsHandle {
 
 impl PolicyHook {
     pub fn new(sessions: SessionsHandle) -> Self {
-        PolicyHook { sessions: Arc::new(sessions) }
+        PolicyHook { sessions: Arc::new(sessions), metrics: None }
+    }
+
+    /// Count decisions in this worker's metrics.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::WorkerMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, ctx: &RequestCtx, direction: &'static str, d: &super::Decision) {
+        if let Some(m) = &self.metrics {
+            m.decision(&ctx.route, direction, d.outcome.name(), d.rule.as_deref().unwrap_or("default"));
+        }
     }
 
     /// The session's policy state (copied only when some condition reads `session`) and the
@@ -175,6 +189,7 @@ impl PolicyHook {
             _ => refusal(p, &decision),
         };
         tracing::debug!(route = %ctx.route, method = info.method.as_deref().unwrap_or(""), tool = info.tool.as_deref().unwrap_or(""), decision = %decision.label(), "policy");
+        self.count(ctx, "request", &decision);
         ctx.decision = Some(decision);
         verdict
     }
@@ -197,6 +212,7 @@ impl PolicyHook {
             v => v,
         };
         tracing::debug!(route = %ctx.route, method = info.method.as_deref().unwrap_or(""), decision = %decision.label(), "policy: server request");
+        self.count(ctx, "response", &decision);
         ctx.decision = Some(decision);
         verdict
     }
@@ -352,6 +368,7 @@ impl MessageHook for PolicyHook {
                         if let Outcome::Deny { reason } = &d.outcome {
                             verdict = Verdict::Refuse { code: Code::PolicyDenied, message: "answer withheld by policy".into(), reason: reason.clone() };
                         }
+                        self.count(ctx, "response", &d);
                         ctx.decision = Some(d);
                     }
                 }

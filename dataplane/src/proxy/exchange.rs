@@ -682,6 +682,7 @@ fn plain_decision(w: &Worker, ctx: &mut RequestCtx) -> Option<Vec<u8>> {
     // What detection found in the URL.
     f.request = crate::policy::FindingFacts { all: &ctx.findings, direction: Direction::Request };
     let d = p.decide(&f, None);
+    w.metrics.decision(&ctx.route, "request", d.outcome.name(), d.rule.as_deref().unwrap_or("default"));
     let refusal = match &d.outcome {
         crate::policy::Outcome::Allow => None,
         crate::policy::Outcome::Deny { reason } => Some(jsonrpc::error_body(None, jsonrpc::Code::PolicyDenied, "denied by policy", reason)),

@@ -125,7 +125,7 @@ impl Worker {
             Box::new(crate::pins::hook::PinHook::new(shared.pins.clone(), emitter.clone())),
             Box::new(crate::policy::hook::PolicyMasks::default()),
             Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone())),
-            Box::new(crate::policy::hook::PolicyHook::new(sessions)),
+            Box::new(crate::policy::hook::PolicyHook::new(sessions).with_metrics(shared.metrics[id].clone())),
         ]);
         if let Some(em) = &emitter {
             chain = chain.with_observer(Box::new(crate::events::record::RecordObserver::new(em.clone())));

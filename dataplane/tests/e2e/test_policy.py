@@ -440,6 +440,10 @@ def test_requests_from_the_server_are_decided_by_from_server_rules_and_refusals_
         text = sample["content"][0]["text"]
         assert "this server may not use the agent's model" in text and "summary=short" not in text, (flags, text)
         assert out["add"]["content"][0]["text"] == "42", "agent calls are decided as before"
+    # Decisions are counted by direction, action and rule (what an alert on refusals reads).
+    assert g.metric("sluice_policy_decisions_total", direction="response", action="deny", rule="no-sampling") == 2
+    assert g.metric("sluice_policy_decisions_total", direction="response", action="allow", rule="ask-the-user") == 2
+    assert g.metric("sluice_policy_decisions_total", direction="request", action="allow", rule="default") >= 2
     g.proc.stop()
     # Recorded as the analyzer's `server-overreach` rule reads them: direction response (the
     # server's request travels towards the agent), the server's method, the policy's action —
