@@ -88,8 +88,11 @@ pub struct Issued {
 
 pub struct Source {
     pub grant: Grant,
+    upstream: String,
     live: ArcSwap<Live>,
     refresh: parking_lot::Mutex<Sender<()>>,
+    /// The refresh requests' receiving end until [`Source::run`] hands it to the thread.
+    waiting: parking_lot::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     pub fetched: AtomicU64,
     pub failed: AtomicU64,
 }
@@ -196,23 +199,28 @@ fn fetch(agent: &ureq::Agent, g: &Grant) -> Result<Issued, String> {
 }
 
 impl Source {
-    fn new(grant: Grant) -> (Arc<Self>, std::sync::mpsc::Receiver<()>) {
+    /// A token source that asks nothing until [`Source::run`] (a config that is only checked,
+    /// or a reload that is rejected, never calls the token endpoint). `upstream` names the
+    /// upstream in logs.
+    pub fn new(upstream: String, grant: Grant) -> Arc<Self> {
         let (tx, rx) = channel::<()>();
         let secrets = vec![grant.secret.clone()].into_iter().filter(|s| s.len() >= 8).collect();
-        let s = Arc::new(Source {
+        Arc::new(Source {
             grant,
+            upstream,
             live: ArcSwap::from_pointee(Live { value: None, secrets, error: Some("the first token has not arrived yet".into()) }),
             refresh: parking_lot::Mutex::new(tx),
+            waiting: parking_lot::Mutex::new(Some(rx)),
             fetched: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-        });
-        (s, rx)
+        })
     }
 
-    /// Start asking for tokens in the background. `upstream` names the upstream in logs.
-    pub fn start(upstream: String, grant: Grant) -> Arc<Self> {
-        let (s, rx) = Self::new(grant.clone());
-        let weak: Weak<Source> = Arc::downgrade(&s);
+    /// Start asking for tokens in the background (once; later calls do nothing).
+    pub fn run(self: &Arc<Self>) {
+        let Some(rx) = self.waiting.lock().take() else { return };
+        let (upstream, grant) = (self.upstream.clone(), self.grant.clone());
+        let weak: Weak<Source> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("sluice-oauth".into()).spawn(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).http_status_as_error(false).max_redirects(0).build().into();
             let mut failures = 0u32;
@@ -265,7 +273,6 @@ impl Source {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the upstream token thread");
         }
-        s
     }
 
     fn store_token(&self, token: &str) {
@@ -397,7 +404,7 @@ mod tests {
 
     #[test]
     fn a_renewed_token_keeps_the_one_before_in_the_scrub_list_and_an_expired_one_is_dropped() {
-        let (s, _rx) = Source::new(grant(ClientAuth::Basic));
+        let s = Source::new("up".into(), grant(ClientAuth::Basic));
         s.store_token("first-token-123");
         s.store_token("second-token-456");
         let live = s.live();

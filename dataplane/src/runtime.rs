@@ -113,6 +113,7 @@ pub fn run(source: Source) -> anyhow::Result<()> {
     // without one are answered 503 (with the endpoint's error) until it arrives.
     for up in &cfg.upstreams {
         if let Some(t) = up.credential.as_ref().and_then(|c| c.token()) {
+            t.run();
             if !t.wait_first(Duration::from_secs(5)) {
                 tracing::error!(upstream = %up.name, token_url = %t.grant.token_url, "no token for the upstream yet; its calls are answered 503 until one arrives");
             }
@@ -263,8 +264,11 @@ fn reload(sh: &Shared, source: &Source) {
             // Same token endpoint and client: the new config starts with the token held.
             for n in &new.upstreams {
                 let held = old.upstreams.iter().find(|o| o.name == n.name).and_then(|o| o.credential.as_ref()?.token());
-                if let (Some(o), Some(t)) = (held, n.credential.as_ref().and_then(|c| c.token())) {
-                    t.adopt(o);
+                if let Some(t) = n.credential.as_ref().and_then(|c| c.token()) {
+                    if let Some(o) = held {
+                        t.adopt(o);
+                    }
+                    t.run();
                 }
             }
             if old.pins.as_ref().map(|p| &p.file) != new.pins.as_ref().map(|p| &p.file) {

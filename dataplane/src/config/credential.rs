@@ -248,7 +248,7 @@ fn oauth(c: &schema::Credential, name: &str, file: Option<&Path>, p: &str, add: 
         resource: c.resource.clone(),
         audience: c.audience.clone(),
     };
-    Some(Arc::new(Injected { header: "authorization".into(), held: Held::Token(Source::start(name.to_owned(), grant)) }))
+    Some(Arc::new(Injected { header: "authorization".into(), held: Held::Token(Source::new(name.to_owned(), grant)) }))
 }
 
 /// What `sluice stdio --name NAME` gives the server it runs: environment variables holding

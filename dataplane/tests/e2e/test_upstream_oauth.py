@@ -218,3 +218,20 @@ def test_private_key_jwt_gets_a_token_with_no_shared_secret(gateway, raw_upstrea
         assert r.status_code == 503 and "invalid_client" in r.text and "sluice jwks" in r.text, r.text
     finally:
         op.stop()
+
+
+def test_only_a_running_gateway_asks_the_token_endpoint(raw_upstream, tmp_path):
+    """`sluice check` and `sluice jwks` read a config with a token credential without calling
+    its token endpoint (a check in a pipeline must not mint tokens, nor fail on the network)."""
+    asked = raw_upstream(lambda conn, head, body: conn.sendall(b"HTTP/1.1 500 No\r\ncontent-length: 0\r\n\r\n"))
+    key = tmp_path / "k.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True, capture_output=True)
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text('[[listener]]\naddress = "127.0.0.1:0"\n[[upstream]]\nname = "api"\nurl = "http://127.0.0.1:9"\n'
+                   f'credential = {{ kind = "oauth_client_credentials", token_url = "{asked.url("/token")}", client_id = "gw", '
+                   f'client_auth = "private_key_jwt", key_file = "{key}" }}\n[[route]]\npath = "/mcp"\nupstream = "api"\n')
+    for args in (["check"], ["jwks"]):
+        r = subprocess.run([str(SLUICE), *args, "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+    time.sleep(0.5)
+    assert asked.requests == [], "the token endpoint was called"
