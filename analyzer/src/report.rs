@@ -1,6 +1,6 @@
 //! `report --from … --to …`: an audit report of a time range for a compliance reviewer —
 //! sessions, identities, tools, plain HTTP calls, decisions, findings by kind, masked values, approvals (count
-//! and wait times), blocked attempts, requests refused before inspection, chain alerts, pin changes — as JSON (the data),
+//! and wait times), blocked attempts, requests refused before inspection, requests servers sent agents, chain alerts, pin changes — as JSON (the data),
 //! Markdown (tables) or HTML (tables and bar charts, self-contained: no script, no fetch).
 
 use anyhow::{Context as _, Result};
@@ -18,6 +18,7 @@ const SECTIONS: &[(&str, &str, &str)] = &[
     ("protocol", "Requests refused before inspection", "SELECT status, reason, count(*) AS n, count(DISTINCT client_ip) AS clients, min(ts) AS first, max(ts) AS last FROM decisions WHERE {range} AND stage = 'protocol' GROUP BY status, reason ORDER BY n DESC, status, reason LIMIT 50"),
     ("findings", "Findings by kind", "SELECT kind, category, count(*) AS n, sum(CASE WHEN action = 'mask' THEN 1 ELSE 0 END) AS masked, sum(CASE WHEN action = 'block' THEN 1 ELSE 0 END) AS blocked FROM findings WHERE {range} GROUP BY kind, category ORDER BY n DESC, kind LIMIT 50"),
     ("approvals", "Approvals", "SELECT state, count(*) AS n, CAST(approx_percentile_cont(waited_ms, 0.5) AS BIGINT) AS p50_wait_ms, CAST(approx_percentile_cont(waited_ms, 0.9) AS BIGINT) AS p90_wait_ms, max(waited_ms) AS max_wait_ms FROM approvals WHERE {range} AND step IN ('approval_decided', 'approval_expired') GROUP BY state ORDER BY n DESC"),
+    ("server_requests", "Requests servers sent agents (sampling, elicitation, roots)", "SELECT e.route, e.method, coalesce(e.tool, '-') AS tool, count(*) AS requests, sum(CASE WHEN d.action = 'deny' THEN 1 ELSE 0 END) AS refused FROM (SELECT * FROM events WHERE {range} AND kind = 'request' AND direction = 'response') e LEFT JOIN (SELECT session, rpc_id, method, action FROM decisions WHERE {range} AND direction = 'response') d ON d.session = e.session AND d.rpc_id = e.rpc_id AND d.method = e.method GROUP BY e.route, e.method, coalesce(e.tool, '-') ORDER BY requests DESC, e.route, e.method LIMIT 50"),
     ("alerts", "Chain alerts", "SELECT rule, severity, count(*) AS n, count(DISTINCT session) AS sessions FROM alerts WHERE {range} GROUP BY rule, severity ORDER BY n DESC, rule"),
     ("pins", "Tool description changes (pins)", "SELECT ts, route, pin['tool'] AS tool, pin['change'] AS change FROM events WHERE {range} AND kind = 'pin_change' ORDER BY ts LIMIT 200"),
 ];

@@ -203,7 +203,7 @@ def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafk
     page = json.loads(r.stdout.strip().splitlines()[-1])
     assert page["title"] == "Sluice audit report"
     ids = [s["id"] for s in page["sections"]]
-    assert ids == ["summary", "tools", "http", "identities", "decisions", "blocked", "protocol", "findings", "approvals", "alerts", "pins"], ids
+    assert ids == ["summary", "tools", "http", "identities", "decisions", "blocked", "protocol", "findings", "approvals", "server_requests", "alerts", "pins"], ids
     assert page["charts"] >= 3 and any("blocked" in c and c.startswith("3") for c in page["cards"]), page
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[20:24], "big") > 900, "a full page, taller than one screen"
@@ -400,3 +400,40 @@ def test_a_value_from_an_mcp_answer_sent_on_to_a_plain_http_api_alerts(py_json, 
     assert not any("agent-8" in l for l in lines)
     late = analyzer(archive, "replay", "--subject", "agent-7", "--from", "2100-01-01T00:00:00Z", check=False)
     assert late.returncode == 2 and "no events of agent-7" in late.stderr, late.stderr
+
+
+def test_a_server_pressing_for_the_agents_model_alerts_and_shows_in_the_report(py_sse, gateway, tmp_path):
+    """A server's `summarize` tool asks the agent's model three times in one session after the
+    policy said no (`from = "server"`): gateway → spool → archive → the `server-overreach` rule
+    alerts with the three refusals as evidence, and the audit report lists what servers asked."""
+    import asyncio
+    from mcp import ClientSession, types
+    from mcp.client.streamable_http import streamablehttp_client
+
+    (tmp_path / "policy.toml").write_text(
+        'default = "allow"\n[[rule]]\nid = "no-sampling"\nfrom = "server"\n'
+        "when = 'method == \"sampling/createMessage\"'\naction = \"deny\"\nreason = \"no model for servers\"\n")
+    g = gateway([{"path": "/mcp", "upstream": py_sse}], extra=f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+
+    async def sampling(ctx, params):
+        return types.CreateMessageResult(role="assistant", model="m", content=types.TextContent(type="text", text="x"))
+
+    async def session():
+        async with streamablehttp_client(g.url()) as (read, write, _):
+            async with ClientSession(read, write, sampling_callback=sampling) as s:
+                await s.initialize()
+                return [(await s.call_tool("summarize", {"text": f"doc {i}"})).isError for i in range(3)]
+
+    assert asyncio.run(asyncio.wait_for(session(), 60)) == [True, True, True]
+    g.proc.stop()
+    archive = tmp_path / "archive"
+    analyzer(archive, "ingest", "--spool", str(g.spool))
+    alerts = [json.loads(l) for l in analyzer(archive, "chains").stdout.splitlines() if l.strip()]
+    over = [a for a in alerts if a["rule"] == "server-overreach"]
+    assert len(over) == 1 and len(over[0]["evidence"]) == 3, alerts
+    refused = {r["id"] for r in sql(archive, "SELECT id FROM events WHERE kind = 'decision' AND method = 'sampling/createMessage'")}
+    assert set(over[0]["evidence"]) == refused
+    period = ["--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z"]
+    rep = json.loads(analyzer(archive, "report", *period, "--format", "json").stdout)
+    server = next(s for s in rep["sections"] if s["id"] == "server_requests")
+    assert [(r["method"], r["tool"], r["requests"], r["refused"]) for r in server["rows"]] == [("sampling/createMessage", "summarize", 3, 3)], server
