@@ -221,9 +221,9 @@ fn oauth(c: &schema::Credential, name: &str, file: Option<&Path>, p: &str, add: 
             ClientAuth::Basic
         }
     };
-    let keyed = matches!(auth, ClientAuth::PrivateKeyJwt { .. });
+    let keyed = c.client_auth.as_deref() == Some("private_key_jwt");
     for (name, set) in [("key_file", c.key_file.is_some()), ("assertion_audience", c.assertion_audience.is_some())] {
-        if set && !keyed && c.client_auth.as_deref() != Some("private_key_jwt") {
+        if set && !keyed {
             add(format!("{p}.{name}"), format!("{name} is only for client_auth = \"private_key_jwt\""));
             ok = false;
         }

@@ -359,32 +359,27 @@ pub async fn handle(
     // Response head.
     let status = c.head.status;
     ctx.status = Some(status);
-    // An upstream refusing the gateway's own credential: the agent can do nothing about it (and
-    // must not be sent after the upstream's authorization server), so it gets the gateway's
-    // error; a token is renewed at once.
-    if status == 401 {
-        if let Some(cred) = &up.credential {
-            let renewing = cred.token().inspect(|t| t.request_refresh()).is_some();
-            let e = ProxyError::UpstreamRefusedCredential { upstream: up.name.clone(), renewing };
-            tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "upstream refused its credential");
-            fail_answer(w, &ctx, &track, down, held, &e, keep_alive && !held).await.map_err(|_| ProxyError::ClientTimeout)?;
-            w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
-            return Ok(keep_alive && !held);
-        }
-    }
-    // An answer the gateway cannot frame or inspect is answered (by id) and recorded in its place.
-    let unusable = match response_body_kind(&c.head, method) {
-        Err(e) => Err(e.to_string()),
+    // An answer the gateway cannot frame or inspect is answered (by id) and recorded in its
+    // place. So is an upstream refusing the gateway's own credential: the agent can do nothing
+    // about it (and must not be sent after the upstream's authorization server); a token is
+    // renewed at once.
+    let refused_credential = up.credential.as_ref().filter(|_| status == 401).map(|cred| ProxyError::UpstreamRefusedCredential {
+        upstream: up.name.clone(),
+        renewing: cred.token().inspect(|t| t.request_refresh()).is_some(),
+    });
+    let protocol = |reason: String| ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason };
+    let unusable = match (refused_credential, response_body_kind(&c.head, method)) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(protocol(e.to_string())),
         // The gateway asks for identity; a compressed answer it would inspect is not forwarded.
-        Ok(kind) => match encoding(&c.head).filter(|_| kind != BodyKind::None && (route.kind == RouteKind::Mcp || media(c.head.header("content-type")) != Media::Other)) {
-            Some(e) => Err(format!("answered with Content-Encoding: {e} although the gateway asked for identity; the gateway does not forward what it cannot inspect")),
-            None => answer_type_problem(&c.head, kind, route.kind).map_or(Ok(kind), Err),
+        (None, Ok(kind)) => match encoding(&c.head).filter(|_| kind != BodyKind::None && (route.kind == RouteKind::Mcp || media(c.head.header("content-type")) != Media::Other)) {
+            Some(e) => Err(protocol(format!("answered with Content-Encoding: {e} although the gateway asked for identity; the gateway does not forward what it cannot inspect"))),
+            None => answer_type_problem(&c.head, kind, route.kind).map_or(Ok(kind), |r| Err(protocol(r))),
         },
     };
     let kind = match unusable {
         Ok(kind) => kind,
-        Err(reason) => {
-            let e = ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason };
+        Err(e) => {
             tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "upstream answer not forwarded");
             fail_answer(w, &ctx, &track, down, held, &e, keep_alive && !held).await.map_err(|_| ProxyError::ClientTimeout)?;
             w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
