@@ -1,7 +1,8 @@
 //! SQL over the archive (DataFusion): the tables `events` and `alerts` (hive-partitioned by
 //! `date` and `hour`, which prune files when a query filters on them), and views for the
 //! questions audits ask most:
-//! - `tool_calls`: each `tools/call` request with its answer (latency, error, masked result);
+//! - `tool_calls`: each `tools/call` request with its answer (latency, error, masked result;
+//!   for a call run as a task, the result `tasks/result` fetched, and the task id);
 //! - `findings`: one row per finding (kind, category, severity, path, action, fingerprint; on plain HTTP routes the method and path);
 //! - `decisions`: one row per decision (stage, action, rule, reason, status, code, client address);
 //! - `approvals`: one row per approval step;
@@ -20,10 +21,26 @@ use std::sync::Arc;
 pub const VIEWS: &[(&str, &str)] = &[
     (
         "tool_calls",
-        "SELECT q.ts, q.session, q.identity['subject'] AS subject, q.identity['agent_type'] AS agent_type, q.route, q.upstream, \
-                q.tool, q.rpc_id, q.payload AS arguments, r.ts AS answered_at, r.latency_us, r.status, r.error_code, r.payload AS result, q.id AS request_id, r.id AS response_id \
+        // A call the server ran as a task (MCP 2025-11-25) is answered twice: at once with the
+        // task (`CreateTaskResult`), later with the tool's result through `tasks/result`. The
+        // row's answer is the result (the first `tasks/result` answer for the task; null until
+        // one is fetched), its latency the time from the call to it.
+        "WITH task_results AS ( \
+           SELECT session, task, ts, latency_us, status, error_code, payload, id, \
+                  row_number() OVER (PARTITION BY session, task ORDER BY ts, id) AS n \
+           FROM events WHERE kind = 'response' AND direction = 'response' AND method = 'tasks/result' AND task IS NOT NULL) \
+         SELECT q.ts, q.session, q.identity['subject'] AS subject, q.identity['agent_type'] AS agent_type, q.route, q.upstream, \
+                q.tool, q.rpc_id, q.payload AS arguments, \
+                CASE WHEN r.task IS NULL THEN r.ts ELSE t.ts END AS answered_at, \
+                CASE WHEN r.task IS NULL THEN CAST(r.latency_us AS BIGINT) \
+                     ELSE CAST(round((date_part('epoch', t.ts) - date_part('epoch', q.ts)) * 1000000) AS BIGINT) END AS latency_us, \
+                CASE WHEN r.task IS NULL THEN r.status ELSE t.status END AS status, \
+                CASE WHEN r.task IS NULL THEN r.error_code ELSE t.error_code END AS error_code, \
+                CASE WHEN r.task IS NULL THEN r.payload ELSE t.payload END AS result, \
+                q.id AS request_id, CASE WHEN r.task IS NULL THEN r.id ELSE t.id END AS response_id, r.task \
          FROM events q LEFT JOIN events r \
            ON r.session = q.session AND r.rpc_id = q.rpc_id AND r.kind IN ('response') AND r.direction = 'response' \
+         LEFT JOIN task_results t ON t.session = r.session AND t.task = r.task AND t.n = 1 \
          WHERE q.kind = 'request' AND q.direction = 'request' AND q.method = 'tools/call'",
     ),
     (
@@ -238,15 +255,15 @@ mod tests {
         let (root, dir, schema) = scratch_archive("compat");
         let head = r#""v":1,"ts":1795957200000000,"instance":"gw","route":"api","direction":"response","status":200"#;
         let old = crate::decode::decode(&schema, &[format!(r#"{{"id":"01KAAAAAAAAAAAAAAAAAAAAAAA","kind":"response",{head}}}"#)]).unwrap();
-        // The file as the first release wrote it: without the plain HTTP and client columns.
-        let keep: Vec<usize> = (0..schema.fields().len()).filter(|&i| !schema.field(i).name().starts_with("http_") && schema.field(i).name() != "client_ip").collect();
+        // The file as the first release wrote it: without the plain HTTP, client and task columns.
+        let keep: Vec<usize> = (0..schema.fields().len()).filter(|&i| !schema.field(i).name().starts_with("http_") && !["client_ip", "task"].contains(&schema.field(i).name().as_str())).collect();
         let old = old.project(&keep).unwrap();
         crate::archive::write_file(&dir, "old", old.schema(), &[old]).unwrap();
-        let new = crate::decode::decode(&schema, &[format!(r#"{{"id":"01KBBBBBBBBBBBBBBBBBBBBBBB","kind":"document",{head},"http_method":"GET","http_path":"/api/x?q=1","client_ip":"10.0.0.7"}}"#)]).unwrap();
+        let new = crate::decode::decode(&schema, &[format!(r#"{{"id":"01KBBBBBBBBBBBBBBBBBBBBBBB","kind":"document",{head},"http_method":"GET","http_path":"/api/x?q=1","client_ip":"10.0.0.7","task":"t-1"}}"#)]).unwrap();
         crate::archive::write_file(&dir, "new", schema.clone(), &[new]).unwrap();
 
         let ctx = context(&root).await.unwrap();
-        let (_, b) = run(&ctx, "SELECT kind, http_method, http_path, client_ip FROM events ORDER BY id").await.unwrap();
+        let (_, b) = run(&ctx, "SELECT kind, http_method, http_path, client_ip, task FROM events ORDER BY id").await.unwrap();
         let b = datafusion::arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
         let col = |i: usize| -> Vec<Option<String>> {
             let c = datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
@@ -256,6 +273,7 @@ mod tests {
         assert_eq!(col(1), [None, Some("GET".to_owned())]);
         assert_eq!(col(2), [None, Some("/api/x?q=1".to_owned())]);
         assert_eq!(col(3), [None, Some("10.0.0.7".to_owned())]);
+        assert_eq!(col(4), [None, Some("t-1".to_owned())]);
         let (_, b) = run(&ctx, "SELECT http_method, http_path, status FROM http_messages").await.unwrap();
         assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "the view holds the plain HTTP message only");
         std::fs::remove_dir_all(&root).unwrap();
@@ -304,5 +322,48 @@ mod tests {
         let (_, b) = run(&mem, sql).await.unwrap();
         assert_eq!(read(b), want, "in memory");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A call the server ran as a task: its row in `tool_calls` holds the result the first
+    /// `tasks/result` fetched (not the `CreateTaskResult`), the time from the call to it, and
+    /// the task; a task whose result was never fetched has no answer yet; a task of another
+    /// session with the same id is not this call's; a call answered at once is unchanged.
+    #[tokio::test]
+    async fn a_call_run_as_a_task_is_answered_by_its_tasks_result() {
+        let schema = Arc::new(sluice_schema::arrow::schema());
+        let t0: u64 = 1_795_957_200_000_000;
+        let mut n = 0;
+        let mut ev = |kind: &str, dir: &str, session: &str, method: &str, rpc: &str, at: u64, extra: &str| {
+            n += 1;
+            format!(
+                r#"{{"v":1,"id":"01KA{n:022}","ts":{},"kind":"{kind}","instance":"gw","session":"{session}","direction":"{dir}","method":"{method}","rpc_id":"{rpc}"{extra}}}"#,
+                t0 + at
+            )
+        };
+        let docs = vec![
+            ev("request", "request", "s1", "tools/call", "1", 0, r#","tool":"research","payload":{"name":"research"}"#),
+            ev("response", "response", "s1", "tools/call", "1", 5_000, r#","tool":"research","latency_us":5000,"status":200,"task":"T1","payload":{"task":{"taskId":"T1"}}"#),
+            ev("request", "request", "s1", "tasks/result", "2", 10_000, r#","tool":"research","task":"T1""#),
+            ev("response", "response", "s1", "tasks/result", "2", 2_000_000, r#","tool":"research","latency_us":1990000,"status":200,"task":"T1","payload":{"content":"findings"}"#),
+            ev("response", "response", "s1", "tasks/result", "3", 3_000_000, r#","tool":"research","latency_us":10,"status":200,"task":"T1","payload":{"content":"again"}"#),
+            ev("response", "response", "s2", "tasks/result", "9", 1_000_000, r#","tool":"research","status":200,"task":"T1","payload":{"content":"other session"}"#),
+            ev("request", "request", "s1", "tools/call", "4", 4_000_000, r#","tool":"research""#),
+            ev("response", "response", "s1", "tools/call", "4", 4_001_000, r#","tool":"research","latency_us":1000,"status":200,"task":"T2","payload":{"task":{"taskId":"T2"}}"#),
+            ev("request", "request", "s1", "tools/call", "5", 5_000_000, r#","tool":"add""#),
+            ev("response", "response", "s1", "tools/call", "5", 5_000_300, r#","tool":"add","latency_us":300,"status":200,"payload":{"content":"3"}"#),
+        ];
+        let ctx = context_in_memory(vec![crate::decode::decode(&schema, &docs).unwrap()]).await.unwrap();
+        let (_, b) = run(&ctx, "SELECT rpc_id, task, CAST(latency_us AS VARCHAR), result, CAST(answered_at IS NULL AS VARCHAR) FROM tool_calls ORDER BY ts").await.unwrap();
+        let b = datafusion::arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
+        let col = |i: usize| -> Vec<Option<String>> {
+            let c = datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
+            c.as_string::<i32>().iter().map(|v| v.map(str::to_owned)).collect()
+        };
+        let some = |v: &[&str]| v.iter().map(|s| (!s.is_empty()).then(|| s.to_string())).collect::<Vec<_>>();
+        assert_eq!(col(0), some(&["1", "4", "5"]));
+        assert_eq!(col(1), some(&["T1", "T2", ""]));
+        assert_eq!(col(2), some(&["2000000", "", "300"]), "latency: call to result");
+        assert_eq!(col(3), some(&[r#"{"content":"findings"}"#, "", r#"{"content":"3"}"#]));
+        assert_eq!(col(4), some(&["false", "true", "false"]));
     }
 }

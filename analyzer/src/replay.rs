@@ -8,7 +8,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::json::ArrayWriter;
 use datafusion::prelude::SessionContext;
 
-const COLUMNS: &str = "id, ts, kind, session, direction, method, tool, rpc_id, identity, route, payload, latency_us, status, error_code, decision, findings, approval, gateway, http_method, http_path";
+const COLUMNS: &str = "id, ts, kind, session, direction, method, tool, rpc_id, identity, route, payload, latency_us, status, error_code, decision, findings, approval, gateway, http_method, http_path, task";
 
 fn quoted(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -77,7 +77,7 @@ pub fn text(rows: &[serde_json::Value], sessions: bool) -> String {
         let who = r.get("identity").and_then(|i| i.get("subject")).and_then(|x| x.as_str()).map(|s| format!(" [{s}]")).unwrap_or_default();
         let line = match s(r, "kind") {
             "request" | "notification" if s(r, "direction") == "request" => format!("→ {}{}{id}{who}{payload}", s(r, "method"), tool(r)),
-            "request" | "notification" => format!("⇠ {} (from the server){id}{payload}", s(r, "method")),
+            "request" | "notification" => format!("⇠ {}{} (from the server){id}{payload}", s(r, "method"), tool(r)),
             "response" if s(r, "direction") == "response" => {
                 let lat = r.get("latency_us").and_then(|x| x.as_u64()).map(|u| format!(" {:.1} ms", u as f64 / 1000.0)).unwrap_or_default();
                 let err = r.get("error_code").and_then(|x| x.as_i64()).map(|c| format!(" error {c}")).unwrap_or_default();
@@ -121,6 +121,11 @@ pub fn text(rows: &[serde_json::Value], sessions: bool) -> String {
     out
 }
 
+/// The tool a line is about, and the task (MCP 2025-11-25) it belongs to.
 fn tool(r: &serde_json::Value) -> String {
-    r.get("tool").and_then(|t| t.as_str()).map(|t| format!(" {t}")).unwrap_or_default()
+    let tool = r.get("tool").and_then(|t| t.as_str()).map(|t| format!(" {t}")).unwrap_or_default();
+    match r.get("task").and_then(|t| t.as_str()) {
+        Some(task) => format!("{tool} (task {task})"),
+        None => tool,
+    }
 }

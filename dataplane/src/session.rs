@@ -28,6 +28,8 @@ const MAX_PENDING: usize = 1024;
 pub struct Pending {
     pub method: String,
     pub tool: Option<String>,
+    /// The task the request names (its answer is recorded as that task's).
+    pub task: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -450,7 +452,7 @@ mod tests {
     fn pending_is_bounded() {
         let mut m = HashMap::new();
         for i in 0..MAX_PENDING + 10 {
-            Session::remember(&mut m, &i.to_string(), Pending { method: "x".into(), tool: None });
+            Session::remember(&mut m, &i.to_string(), Pending { method: "x".into(), tool: None, task: None });
         }
         assert_eq!(m.len(), MAX_PENDING);
     }

@@ -181,6 +181,13 @@ pub struct Event<'a> {
     /// `decision` of a request refused by identity or before inspection (stage `protocol`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<Text<'a>>,
+    /// The MCP task (2025-11-25) a message belongs to: the `taskId` a `tools/call` answer
+    /// created, that a `tasks/get`, `tasks/result` or `tasks/cancel` request (and its answer) or
+    /// a `notifications/tasks/status` names, or that a message's
+    /// `_meta["io.modelcontextprotocol/related-task"]` relates it to. `[REDACTED]` when
+    /// detection found something in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Text<'a>>,
 }
 
 /// A JSON value kept as its text (embedded verbatim when the event is encoded).
@@ -247,6 +254,7 @@ impl<'a> Event<'a> {
             http_method: None,
             http_path: None,
             client_ip: None,
+            task: None,
         }
     }
 

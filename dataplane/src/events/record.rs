@@ -174,6 +174,9 @@ impl Observer for RecordObserver {
         e.rpc_id = envelope_field(ctx, crate::detect::hook::ENVELOPE_ID, info.id.as_deref());
         e.tool = envelope_field(ctx, crate::detect::hook::ENVELOPE_TOOL, info.tool.as_deref());
         e.error_code = info.error_code;
+        // A task id is the server's string: what detection found in it is not recorded.
+        let found = &ctx.findings[findings_from.min(ctx.findings.len())..];
+        e.task = info.task.as_deref().map(|t| Cow::Borrowed(if found.iter().any(|f| f.path.ends_with("/taskId")) { crate::detect::hook::REDACTED } else { t }));
         e.bytes = text.map(|t| t.len() as u64);
         e.latency_us = (dir == Direction::Response).then(|| ctx.started.elapsed().as_micros() as u64);
         e.status = ctx.status;
@@ -190,7 +193,6 @@ impl Observer for RecordObserver {
         if !refused && info.kind == MsgKind::Response && info.method.as_deref() == Some("tools/list") {
             self.catalog(ctx, instance, value);
         }
-        let found = &ctx.findings[findings_from.min(ctx.findings.len())..];
         self.outcome(ctx, instance, dir, [&e.method, &e.rpc_id, &e.tool], found, verdict, stage);
     }
 

@@ -40,6 +40,11 @@ pub struct MessageInfo {
     pub prompt: Option<String>,
     pub error_code: Option<i64>,
     pub error_message: Option<String>,
+    /// The MCP task the message belongs to: `params.taskId` of a `tasks/…` request or
+    /// `notifications/tasks/status`, `result.task.taskId` of an answer that created a task, or
+    /// the task `_meta` relates the message to. An answer to a task's follow-up gets it from
+    /// its request (session tracking).
+    pub task: Option<String>,
 }
 
 impl MessageInfo {
@@ -54,6 +59,7 @@ impl MessageInfo {
             prompt: None,
             error_code: None,
             error_message: None,
+            task: None,
         }
     }
 }
@@ -70,6 +76,14 @@ fn id_text(v: &BorrowedValue<'_>) -> Result<Option<String>, &'static str> {
 
 fn param_str(v: &BorrowedValue<'_>, key: &str) -> Option<String> {
     v.get("params").and_then(|p| p.get(key)).and_then(|s| s.as_str()).map(str::to_owned)
+}
+
+/// The `_meta` key that relates a message to a task (MCP 2025-11-25).
+pub const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
+
+/// The task `part._meta` relates a message to.
+fn related_task(part: Option<&BorrowedValue<'_>>) -> Option<String> {
+    part?.get("_meta")?.get(RELATED_TASK)?.get("taskId")?.as_str().map(str::to_owned)
 }
 
 /// Classify one message, or say why it is not a JSON-RPC 2.0 message.
@@ -91,6 +105,7 @@ pub fn classify(v: &BorrowedValue<'_>) -> Result<MessageInfo, &'static str> {
         prompt: None,
         error_code: None,
         error_message: None,
+        task: None,
     };
     if let Some(m) = obj.get("method") {
         let method = m.as_str().ok_or("\"method\" must be a string")?;
@@ -115,6 +130,11 @@ pub fn classify(v: &BorrowedValue<'_>) -> Result<MessageInfo, &'static str> {
             }
             _ => {}
         }
+        info.task = if method.starts_with("tasks/") || method == "notifications/tasks/status" {
+            param_str(v, "taskId")
+        } else {
+            related_task(v.get("params"))
+        };
         info.method = Some(method.to_owned());
         return Ok(info);
     }
@@ -124,6 +144,8 @@ pub fn classify(v: &BorrowedValue<'_>) -> Result<MessageInfo, &'static str> {
                 return Err("a response must carry an \"id\"");
             }
             info.kind = Kind::Response;
+            let result = v.get("result");
+            info.task = result.and_then(|r| r.get("task")).and_then(|t| t.get("taskId")).and_then(|t| t.as_str()).map(str::to_owned).or_else(|| related_task(result));
         }
         (None, Some(e)) => {
             info.kind = Kind::Error;
@@ -161,6 +183,22 @@ mod tests {
         assert_eq!(i.kind, Kind::Response);
         let i = info(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"bad"}}"#).unwrap();
         assert_eq!((i.kind, i.error_code, i.error_message.as_deref()), (Kind::Error, Some(-32700), Some("bad")));
+    }
+
+    #[test]
+    fn the_task_a_message_belongs_to() {
+        let task = |src: &str| info(src).unwrap().task;
+        let t = Some("t-1".to_owned());
+        assert_eq!(task(r#"{"jsonrpc":"2.0","id":1,"method":"tasks/result","params":{"taskId":"t-1"}}"#), t);
+        assert_eq!(task(r#"{"jsonrpc":"2.0","method":"notifications/tasks/status","params":{"taskId":"t-1","status":"working"}}"#), t);
+        assert_eq!(task(r#"{"jsonrpc":"2.0","id":1,"result":{"task":{"taskId":"t-1","status":"working"}}}"#), t, "CreateTaskResult");
+        let related = r#"{"_meta":{"io.modelcontextprotocol/related-task":{"taskId":"t-1"}}}"#;
+        assert_eq!(task(&format!(r#"{{"jsonrpc":"2.0","id":1,"result":{related}}}"#)), t, "a tasks/result answer");
+        assert_eq!(task(&format!(r#"{{"jsonrpc":"2.0","id":"s","method":"elicitation/create","params":{related}}}"#)), t, "a server's request for a task");
+        // Not a task: a tool's own argument named taskId, a non-string id, a `tasks/list`.
+        assert_eq!(task(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"jira","taskId":"t-1"}}"#), None);
+        assert_eq!(task(r#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"taskId":7}}"#), None);
+        assert_eq!(task(r#"{"jsonrpc":"2.0","id":1,"method":"tasks/list","params":{}}"#), None);
     }
 
     #[test]

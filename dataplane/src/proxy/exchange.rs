@@ -759,7 +759,7 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
                 if let (None, Some(sid), Some(task)) = (&info.tool, sid, Session::followed_task(info.method.as_deref(), v)) {
                     info.tool = sessions.with(sid, |s| s.tasks.get(task).cloned()).flatten();
                 }
-                let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone() };
+                let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone(), task: info.task.clone() };
                 if info.method.as_deref() == Some("initialize") {
                     if let Some(t) = track.as_deref_mut() {
                         t.init = v.get("params").and_then(|p| serde_json::to_value(p).ok());
@@ -837,7 +837,7 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
                     }
                 }
                 if let Some(sid) = sid {
-                    let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone() };
+                    let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone(), task: info.task.clone() };
                     sessions.with(sid, |s| {
                         s.messages_out += 1;
                         Session::remember(&mut s.pending_server, id, p);
@@ -854,6 +854,9 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
         if let (Some(p), true) = (&answers, info.method.is_none()) {
             info.method = Some(p.method.clone());
             info.tool = p.tool.clone();
+            if info.task.is_none() {
+                info.task = p.task.clone();
+            }
         }
         // A call answered with a task (`result.task.taskId`): the task is the tool's.
         if dir == Direction::Response && info.kind == Kind::Response && info.method.as_deref() == Some("tools/call") {
