@@ -90,6 +90,7 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
             crate::metrics::render(&sh.metrics, sh.sessions.len(), &mut s);
             sh.pins.render(&mut s);
             render_tokens(&sh.config.load(), &mut s);
+            crate::logging::render(&mut s);
             if let Some(r) = &sh.recorder {
                 r.counters.render(&mut s);
                 s.push_str(&format!("# HELP sluice_recording_accepting 1 while the spool takes events (0: requests are refused).\n# TYPE sluice_recording_accepting gauge\nsluice_recording_accepting {}\n", u8::from(r.accepting())));

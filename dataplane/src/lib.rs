@@ -26,6 +26,7 @@ pub mod http;
 pub mod identity;
 pub mod ids;
 pub mod jsonrpc;
+pub mod logging;
 pub mod metrics;
 pub mod oauth;
 pub mod policy;

@@ -164,13 +164,8 @@ fn quick(listen: String, upstream: String, admin: String, workers: usize, spool:
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let sub = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        sub.json().init();
-    } else {
-        sub.init();
-    }
+    // The data path never waits for whoever reads its log (see `logging`).
+    let log = sluice::logging::init(&cli.log_format, matches!(cli.cmd, Cmd::Run { .. } | Cmd::Stdio { .. }));
     if let Cmd::Scan { files, input, format, mask, strategy, fingerprint_key_file, rules } = cli.cmd {
         let opts = sluice::detect::cli::Options { files, input, format, mask, strategy, fingerprint_key_file, rules };
         return match sluice::detect::cli::run(opts) {
@@ -218,7 +213,9 @@ fn main() -> std::process::ExitCode {
         };
     }
     if let Cmd::Stdio { config, name, spool, kafka, command } = cli.cmd {
-        return match sluice::stdio::run(sluice::stdio::Options { config, name, spool, kafka, command }) {
+        let result = sluice::stdio::run(sluice::stdio::Options { config, name, spool, kafka, command });
+        drop(log);
+        return match result {
             Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 eprintln!("sluice stdio: {e:#}");
@@ -305,6 +302,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Run { config: None, upstream: None, .. } => Err(anyhow!("give --config FILE, or --upstream URL for quick mode")),
         Cmd::Scan { .. } | Cmd::Rules { .. } | Cmd::Policy { .. } | Cmd::Approvals { .. } | Cmd::Pins { .. } | Cmd::Stdio { .. } => Ok(()),
     };
+    drop(log);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

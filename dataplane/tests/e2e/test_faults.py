@@ -3,14 +3,16 @@ cleanly, no upstream connection leaks, slow clients are cut off without hurting 
 broken config on SIGHUP leaves the running one in force."""
 
 import json
+import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
 import httpx
 
-from conftest import spool_events
+from conftest import SLUICE, free_port, spool_events
 from test_recording import settled
 
 
@@ -565,3 +567,52 @@ def test_an_upstream_can_have_its_own_timeouts(raw_upstream, gateway):
     r = httpx.post(g.url("/default"), json=PING, headers=ACCEPT, timeout=10)
     assert r.status_code == 504 and "within 1.0s" in r.json()["error"]["data"]["reason"], r.text
     assert httpx.post(g.url("/patient"), json=PING, headers=ACCEPT, timeout=10).status_code == 200
+
+
+def test_a_log_reader_that_stalls_never_stalls_the_gateway(raw_upstream, tmp_path):
+    """The gateway's stderr is a pipe nobody reads (a stalled log collector; an MCP client
+    that never drains a server's stderr). Every call with personal data in it logs a finding;
+    once the pipe and the log queue are full the lines are dropped and counted, and calls keep being
+    answered.
+    When the pipe is read again, a warning says how many lines were lost."""
+    def echo(conn, head, body):
+        out = json.dumps({"jsonrpc": "2.0", "id": json.loads(body)["id"], "result": {"content": []}}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+    up = raw_upstream(echo)
+    port, admin = free_port(), free_port()
+    p = subprocess.Popen([str(SLUICE), "run", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--upstream", up.url("/mcp"),
+                          "--workers", "1", "--spool", str(tmp_path / "spool")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{admin}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        # A hundred addresses: a hundred finding lines per call.
+        note = ", ".join(f"user{i}@example.com" for i in range(100))
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {"note": note}}}
+        with httpx.Client(timeout=5) as c:
+            # 60,000 lines: far more than a pipe (64 KiB) and the log queue hold. The gateway
+            # used to stop answering once the pipe was full.
+            for i in range(600):
+                r = c.post(f"http://127.0.0.1:{port}/mcp", json={**call, "id": i}, headers=ACCEPT)
+                assert r.status_code == 200, (i, r.text)
+        metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
+        dropped = next(float(l.split()[-1]) for l in metrics.splitlines() if l.startswith("sluice_log_lines_dropped_total"))
+        assert dropped > 0, metrics
+        # The reader is back: the warning with the count comes through.
+        fd = p.stderr.fileno()
+        os.set_blocking(fd, False)
+        out, deadline = b"", time.time() + 10
+        while time.time() < deadline and b"log lines dropped" not in out:
+            try:
+                out += os.read(fd, 1 << 16)
+            except BlockingIOError:
+                time.sleep(0.1)
+        assert b"log lines dropped" in out, out[-2000:]
+    finally:
+        p.kill()
+        p.wait()
