@@ -4,6 +4,10 @@ generator, the upstream and the gateway compete for the cores. Builds are interl
 round so that drift in the machine's speed hits each alike.
 
     python3 loadtest/cpu_per_call.py --oha ~/.cache/sluice/tools/bin/oha OLD_BIN NEW_BIN [--rounds 3]
+
+`--variant 'TOML'` (repeatable) runs each binary once more per round from a config file whose
+`[gateway]` table holds TOML (e.g. `access_log = true`), with RUST_LOG=info and stderr to a
+file, beside the plain run (also from a config file, then, so that only the variant differs).
 """
 
 import argparse
@@ -33,15 +37,23 @@ def oha(binary, url, secs, rate=None):
     return sum(json.loads(out)["statusCodeDistribution"].values())
 
 
-def run(sluice, oha_bin, rate, secs):
+def run(sluice, oha_bin, rate, secs, variant=None):
     tmp = tempfile.mkdtemp(prefix="sluice-cpu-")
     up = pb.free_port()
     body = pb.RESULT.replace("'", "\\'")
     ng = pb.nginx(tmp, "up", 1, f"""server {{ listen 127.0.0.1:{up} reuseport; keepalive_timeout 300s;
       location / {{ default_type application/json; return 200 '{body}'; }} }}""")
     sp, ap = pb.free_port(), pb.free_port()
-    sl = subprocess.Popen([sluice, "run", "--listen", f"127.0.0.1:{sp}", "--admin", f"127.0.0.1:{ap}", "--upstream", f"http://127.0.0.1:{up}/mcp", "--workers", "1"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+    if variant is None:
+        args, log, level = ["--listen", f"127.0.0.1:{sp}", "--admin", f"127.0.0.1:{ap}", "--upstream", f"http://127.0.0.1:{up}/mcp", "--workers", "1"], subprocess.DEVNULL, "warn"
+    else:
+        cfg = os.path.join(tmp, "sluice.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[gateway]\nworkers = 1\n{variant}\n[[listener]]\naddress = "127.0.0.1:{sp}"\n[admin]\naddress = "127.0.0.1:{ap}"\n'
+                    f'[recording.spool]\ndir = "{tmp}/spool"\n[[upstream]]\nname = "up"\nurl = "http://127.0.0.1:{up}/mcp"\n'
+                    f'[[route]]\nname = "mcp"\npath = "/mcp"\nupstream = "up"\n')
+        args, log, level = ["--config", cfg], open(os.path.join(tmp, "sluice.log"), "wb"), "info"
+    sl = subprocess.Popen([sluice, "run", *args], stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "RUST_LOG": level})
     try:
         pb.wait_port(up)
         pb.wait_port(sp)
@@ -65,12 +77,16 @@ def main():
     ap.add_argument("--rate", type=int, default=10000)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variant", action="append", default=[], help="TOML for the [gateway] table of a config-file run")
     ap.add_argument("sluice", nargs="+", help="sluice binaries to compare")
     args = ap.parse_args()
+    variants = [None] if not args.variant else ["", *args.variant]
     for r in range(args.rounds):
         for b in args.sluice:
-            us, n = run(b, args.oha, args.rate, args.seconds)
-            print(f"{b} round {r}: {us:.2f} µs CPU per call ({n} calls)", flush=True)
+            for v in variants:
+                us, n = run(b, args.oha, args.rate, args.seconds, v)
+                label = "" if v is None else f" [{v or 'config file'}]"
+                print(f"{b}{label} round {r}: {us:.2f} µs CPU per call ({n} calls)", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 //! exit at once (`check`, `scan`, …) write synchronously, so their lines and their output stay
 //! in order.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
@@ -24,7 +25,7 @@ pub struct Guard(#[allow(dead_code)] Option<WorkerGuard>);
 pub fn init(format: &str, queued: bool) -> Guard {
     let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if !queued {
-        let sub = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr);
+        let sub = tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(colour()).with_writer(std::io::stderr);
         if format == "json" {
             sub.json().init();
         } else {
@@ -34,7 +35,7 @@ pub fn init(format: &str, queued: bool) -> Guard {
     }
     let (writer, guard) = NonBlockingBuilder::default().buffered_lines_limit(QUEUE_LINES).lossy(true).thread_name("sluice-log").finish(std::io::stderr());
     let _ = DROPPED.set(writer.error_counter());
-    let sub = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(writer);
+    let sub = tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(colour()).with_writer(writer);
     if format == "json" {
         sub.json().init();
     } else {
@@ -54,6 +55,11 @@ pub fn init(format: &str, queued: bool) -> Guard {
         }
     });
     Guard(Some(guard))
+}
+
+/// Colours only for a person at a terminal: a journal, a file or a collector gets plain text.
+fn colour() -> bool {
+    std::io::stderr().is_terminal()
 }
 
 /// Log lines dropped since start because stderr was not read fast enough.

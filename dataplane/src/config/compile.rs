@@ -17,6 +17,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub io_memory: usize,
     pub ring_depth: usize,
+    /// `gateway.access_log`: one `sluice::access` line per exchange.
+    pub access_log: bool,
     /// Who may call from a web page (`Origin`), besides loopback pages.
     pub origins: crate::http::origin::Origins,
     pub hosts: crate::http::origin::Hosts,
@@ -481,6 +483,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         shutdown_grace,
         io_memory: g.io_memory_kib * 1024,
         ring_depth: g.ring_depth,
+        access_log: g.access_log,
         origins,
         hosts,
         listeners,

@@ -86,6 +86,10 @@ pub struct Gateway {
     /// whose `Host` is any other name is refused 421 (DNS rebinding).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// One log line per HTTP exchange (target `sluice::access`, level info): client, route,
+    /// method, path, status, duration, caller, session, JSON-RPC method and tool, decision.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 impl Default for Gateway {
@@ -99,6 +103,7 @@ impl Default for Gateway {
             ring_depth: default_ring_depth(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            access_log: false,
         }
     }
 }

@@ -115,6 +115,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             None => {
                 w.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
                 w.record_refusal(None, None, client, &ProxyError::ClientTimeout);
+                access_refused(&cfg, client, None, None, &ProxyError::ClientTimeout, started);
                 let _ = respond::error(&mut stream, &ProxyError::ClientTimeout, None, false, None).await;
                 return;
             }
@@ -122,6 +123,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             Some(Ok(None)) => return,
             Some(Err(e)) => {
                 w.record_refusal(None, None, client, &e);
+                access_refused(&cfg, client, None, None, &e, started);
                 let _ = respond::error(&mut stream, &e, None, false, None).await;
                 return;
             }
@@ -136,6 +138,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             }
             w.record_refusal(None, route.as_deref(), client, &e);
             w.metrics.request_done(route.as_ref().unwrap_or(&std::sync::Arc::from("-")), crate::metrics::method_label(head.method()), e.status(), started.elapsed());
+            access_refused(&cfg, client, route.as_deref(), Some(head.method()), &e, started);
             let _ = respond::error(&mut stream, &e, None, false, None).await;
             return;
         }
@@ -145,6 +148,7 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             Err(e) => {
                 let route = cfg.route_for(head.header_str("host"), head.path()).map(|(_, r)| r.label.clone());
                 w.record_refusal(None, route.as_deref(), client, &e);
+                access_refused(&cfg, client, route.as_deref(), Some(head.method()), &e, started);
                 let _ = respond::error(&mut stream, &e, None, false, None).await;
                 return;
             }
@@ -161,6 +165,8 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
                 let keep = keep_alive && e.keeps_connection();
                 let route: std::sync::Arc<str> = std::sync::Arc::from("-");
                 w.metrics.request_done(&route, crate::metrics::method_label(head.method()), e.status(), started.elapsed());
+                let named = cfg.route_for(head.header_str("host"), head.path()).map(|(_, r)| r.label.clone());
+                access_refused(&cfg, client, named.as_deref(), Some(head.method()), &e, started);
                 if respond::error(&mut stream, &e, None, keep, super::cors::reader(&cfg, &head, true)).await.is_err() {
                     return;
                 }
@@ -171,6 +177,13 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
             let _ = stream.close().await;
             return;
         }
+    }
+}
+
+/// The access-log line of a request refused before a route's stages ran.
+fn access_refused(cfg: &crate::config::Config, client: std::net::SocketAddr, route: Option<&str>, method: Option<&str>, e: &ProxyError, started: Instant) {
+    if cfg.access_log {
+        super::access::early(client, route, method, e.status(), started.elapsed(), &e.recorded_reason());
     }
 }
 

@@ -29,6 +29,10 @@ use std::time::Instant;
 pub(crate) struct Track<'h> {
     /// Requests sent in this exchange: id text → what was asked.
     pending: Vec<(String, Pending)>,
+    /// For the access log: how many requests the exchange sent, and the first one answered
+    /// (moved out of `pending` when its answer came).
+    asked: usize,
+    first_answered: Option<Pending>,
     /// `initialize` params (client info, capabilities, protocol version), when this exchange
     /// opens a session.
     init: Option<serde_json::Value>,
@@ -49,6 +53,16 @@ pub(crate) struct Track<'h> {
     /// Errors for the server's own requests (sampling, elicitation, roots) that a stage
     /// refused on their way to the agent: posted to the upstream as the agent's answers.
     to_server: Vec<Vec<u8>>,
+}
+
+/// The end of an exchange that reached a route: its metrics, and its access-log line.
+fn finish(w: &Worker, cfg: &Config, route: &Route, ctx: &RequestCtx, track: Option<&Track<'_>>, status: u16) {
+    let elapsed = ctx.started.elapsed();
+    w.metrics.request_done(&route.label, crate::metrics::method_label(&ctx.http_method), status, elapsed);
+    if cfg.access_log {
+        let (first, calls) = track.map_or((None, 0), |t| (t.first_answered.as_ref().or(t.pending.first().map(|(_, p)| p)), t.asked));
+        super::access::exchange(ctx, route, first, calls, status, elapsed);
+    }
 }
 
 /// Handle one request. `Ok(keep_alive)` once a response went out; `Err` when nothing was
@@ -93,6 +107,9 @@ pub async fn handle(
         down.write_all(&super::cors::preflight_answer(head, reader, keep_alive)).await.map_err(|_| ProxyError::ClientTimeout)?;
         down.flush().await.map_err(|_| ProxyError::ClientTimeout)?;
         w.metrics.request_done(&route.label, crate::metrics::method_label(head.method()), 204, started.elapsed());
+        if cfg.access_log {
+            super::access::early(client, Some(&route.name), Some(head.method()), 204, started.elapsed(), "CORS preflight answered");
+        }
         return Ok(keep_alive);
     }
     let up = &cfg.upstreams[route.upstream];
@@ -135,7 +152,7 @@ pub async fn handle(
             Err(e) => {
                 let keep_alive = head.keep_alive() && !w.draining();
                 super::auth::refuse(w, down, &ctx, route, head, tls, &e, keep_alive, cors).await.map_err(|_| ProxyError::ClientTimeout)?;
-                w.metrics.request_done(&route.label, crate::metrics::method_label(head.method()), 401, started.elapsed());
+                finish(w, cfg, route, &ctx, None, 401);
                 return Ok(keep_alive);
             }
         }
@@ -211,7 +228,6 @@ pub async fn handle(
     }
     let mut track = Track { legacy_post, cors, protocol_version: head.header("mcp-protocol-version"), ..Track::default() };
     let keep_alive = head.keep_alive() && !w.draining();
-    let mlabel = crate::metrics::method_label(method);
 
     // The URL below the route's prefix carries arguments too: the hooks see it first.
     let mut target: Option<String> = None;
@@ -258,7 +274,7 @@ pub async fn handle(
     if let Some(Verdict::Refuse { code, message, reason }) = refused {
         let b = jsonrpc::error_body(None, code, &message, &reason);
         respond::send(down, 403, "application/json", &b, keep_alive, &[], cors).await.map_err(|_| ProxyError::ClientTimeout)?;
-        w.metrics.request_done(&route.label, mlabel, 403, started.elapsed());
+        finish(w, cfg, route, &ctx, Some(&track), 403);
         return Ok(keep_alive);
     }
 
@@ -280,7 +296,7 @@ pub async fn handle(
         }
         if let Some(refusal) = plain_decision(w, &mut ctx) {
             respond::send(down, 403, "application/json", &refusal, keep_alive, &[], cors).await.map_err(|_| ProxyError::ClientTimeout)?;
-            w.metrics.request_done(&route.label, mlabel, 403, started.elapsed());
+            finish(w, cfg, route, &ctx, Some(&track), 403);
             return Ok(keep_alive);
         }
     }
@@ -299,7 +315,7 @@ pub async fn handle(
                 // The agent reads its answers on the session's stream, not here.
                 legacy_answers(w, &ctx, &[b]);
                 respond::send(down, 202, "text/plain", b"Accepted", keep_alive, &[], cors).await.map_err(|_| ProxyError::ClientTimeout)?;
-                w.metrics.request_done(&route.label, mlabel, 202, started.elapsed());
+                finish(w, cfg, route, &ctx, Some(&track), 202);
                 return Ok(keep_alive);
             }
             Outcome::Answer(b) => {
@@ -307,7 +323,7 @@ pub async fn handle(
                 let status = if b.is_empty() || route.kind != RouteKind::Mcp { 403 } else { 200 };
                 let b = if b.is_empty() { jsonrpc::error_body(None, jsonrpc::Code::Refused, "Refused", "the gateway refused this notification") } else { b };
                 respond::send(down, status, "application/json", &b, keep_alive, &[], cors).await.map_err(|_| ProxyError::ClientTimeout)?;
-                w.metrics.request_done(&route.label, mlabel, status, started.elapsed());
+                finish(w, cfg, route, &ctx, Some(&track), status);
                 return Ok(keep_alive);
             }
         }
@@ -319,7 +335,7 @@ pub async fn handle(
         match crate::approvals::wait::hold(w, down, &h, sse, keep_alive, cors).await {
             crate::approvals::wait::Held::Go { streaming } => held = streaming,
             crate::approvals::wait::Held::Done(keep) => {
-                w.metrics.request_done(&route.label, mlabel, 200, started.elapsed());
+                finish(w, cfg, route, &ctx, Some(&track), 200);
                 return Ok(keep);
             }
         }
@@ -333,7 +349,7 @@ pub async fn handle(
         let e = ProxyError::NoUpstreamCredential { upstream: up.name.clone(), reason };
         tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "call not forwarded");
         fail_answer(w, &ctx, &track, down, held, &e, keep_alive && !held).await.map_err(|_| ProxyError::ClientTimeout)?;
-        w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
+        finish(w, cfg, route, &ctx, Some(&track), e.status());
         return Ok(keep_alive && !held);
     }
 
@@ -351,7 +367,7 @@ pub async fn handle(
         Err(e) => {
             tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "upstream failed");
             fail_answer(w, &ctx, &track, down, held, &e, keep_alive).await.map_err(|_| ProxyError::ClientTimeout)?;
-            w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
+            finish(w, cfg, route, &ctx, Some(&track), e.status());
             return Ok(keep_alive);
         }
     };
@@ -382,7 +398,7 @@ pub async fn handle(
         Err(e) => {
             tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "upstream answer not forwarded");
             fail_answer(w, &ctx, &track, down, held, &e, keep_alive && !held).await.map_err(|_| ProxyError::ClientTimeout)?;
-            w.metrics.request_done(&route.label, mlabel, e.status(), started.elapsed());
+            finish(w, cfg, route, &ctx, Some(&track), e.status());
             return Ok(keep_alive && !held);
         }
     };
@@ -423,7 +439,7 @@ pub async fn handle(
         w.chain.observe_outside(&mut ctx, Direction::Response, if masked { &Verdict::Changed } else { &Verdict::Pass }, from);
         r
     };
-    w.metrics.request_done(&route.label, mlabel, status, started.elapsed());
+    finish(w, cfg, route, &ctx, Some(&track), status);
     match result {
         Ok(upstream_clean) => {
             if upstream_clean && c.head.keep_alive() && kind != BodyKind::CloseDelimited {
@@ -773,6 +789,7 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
                 }
                 if let Some(t) = track.as_deref_mut() {
                     t.pending.push((id.to_owned(), p));
+                    t.asked += 1;
                 }
             }
             (Direction::Request, Kind::Response | Kind::Error) => {
@@ -856,6 +873,11 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
             info.tool = p.tool.clone();
             if info.task.is_none() {
                 info.task = p.task.clone();
+            }
+        }
+        if let (Direction::Response, Some(t), Some(p)) = (dir, track.as_deref_mut(), answers.take()) {
+            if t.first_answered.is_none() {
+                t.first_answered = Some(p);
             }
         }
         // A call answered with a task (`result.task.taskId`): the task is the tool's.

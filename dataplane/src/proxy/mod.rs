@@ -6,6 +6,7 @@
 //! parse JSON-RPC → request hooks → forward → read response head → response hooks
 //! (buffered JSON, or SSE event by event) → answer → account.
 
+mod access;
 mod auth;
 mod conn;
 pub(crate) mod cors;
