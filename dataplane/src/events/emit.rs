@@ -10,17 +10,61 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What agents and servers send ends up in an event's fields — a tool name, a request id, a
+/// JSON path, a task id — each as long as a request may be; only `payload` is bounded
+/// (`recording.max_payload_bytes`). An event whose fields pass this many bytes has every
+/// string longer than [`CUT_TO`] cut and every list longer than [`MAX_LIST`] shortened: one
+/// hostile request must not make a record too large for Kafka (a broker takes 1 MiB by
+/// default) or for the analyzer's reader.
+const MAX_FIELDS_BYTES: usize = 64 * 1024;
+const CUT_TO: usize = 4096;
+const MAX_LIST: usize = 1000;
+
+/// Cut the long strings and lists of the encoded event in `json` (its `payload`, bounded on
+/// its own, is kept); false if there was nothing to cut.
+fn shrink(json: &mut Vec<u8>) -> bool {
+    fn walk(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) if s.len() > CUT_TO => {
+                let keep = (0..=CUT_TO).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+                let cut = s.len() - keep;
+                s.truncate(keep);
+                s.push_str(&format!("…[{cut} bytes cut]"));
+                true
+            }
+            serde_json::Value::Array(a) => {
+                let long = a.len() > MAX_LIST;
+                a.truncate(MAX_LIST);
+                a.iter_mut().fold(long, |any, x| walk(x) | any)
+            }
+            serde_json::Value::Object(m) => m.iter_mut().filter(|(k, _)| k.as_str() != "payload").fold(false, |any, (_, x)| walk(x) | any),
+            _ => false,
+        }
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(json) else { return false };
+    if !walk(&mut v) {
+        return false;
+    }
+    json.clear();
+    serde_json::to_writer(&mut *json, &v).is_ok()
+}
+
 /// Serialise `ev` into a framed spool record (`json` is a reusable scratch buffer).
 /// `payload` is JSON text the gateway encoded itself; it is spliced in as the `payload` field
 /// without being parsed again (the hot path's main saving).
-fn frame(ev: &Event<'_>, payload: Option<&[u8]>, json: &mut Vec<u8>) -> Vec<u8> {
+fn frame(ev: &Event<'_>, payload: Option<&[u8]>, json: &mut Vec<u8>, rec: &Recorder) -> Vec<u8> {
     json.clear();
-    if let Err(e) = serde_json::to_writer(&mut *json, ev) {
+    let encoded = serde_json::to_writer(&mut *json, ev);
+    if let Err(e) = &encoded {
         // Serialising our own types cannot fail short of a bug; record that it happened.
         tracing::error!(kind = ev.kind.as_str(), error = %e, "event could not be encoded");
         json.clear();
         json.extend_from_slice(br#"{"v":1,"id":"encode-error","ts":0,"kind":"other","instance":""}"#);
-    } else if let (Some(p), None, Some(b'}')) = (payload, &ev.payload, json.last()) {
+    } else if json.len() > MAX_FIELDS_BYTES && shrink(json) {
+        rec.counters.shrunk.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(kind = ev.kind.as_str(), id = %ev.id, "event fields longer than 4 KiB cut before recording (each cut says how much it left out)");
+    }
+    if let (Ok(()), Some(p), None, Some(b'}')) = (&encoded, payload, &ev.payload, json.last()) {
         json.pop();
         json.extend_from_slice(br#","payload":"#);
         json.extend_from_slice(p);
@@ -65,7 +109,7 @@ impl Emitter {
 
     /// Record one event whose payload is JSON text the gateway encoded (not parsed again).
     pub fn emit_with_payload(&self, ev: &Event<'_>, payload: Option<&[u8]>) {
-        let rec = Queued { rec: frame(ev, payload, &mut self.json.borrow_mut()), at: Instant::now() };
+        let rec = Queued { rec: frame(ev, payload, &mut self.json.borrow_mut(), &self.rec), at: Instant::now() };
         self.rec.counters.emitted.fetch_add(1, Ordering::Relaxed);
         if !self.overflow.borrow().is_empty() {
             self.flush_overflow();
@@ -167,7 +211,7 @@ impl<'a> ProcessEmitter<'a> {
     }
 
     pub fn emit(&self, ev: &Event<'_>) {
-        let r = Queued { rec: frame(ev, None, &mut Vec::new()), at: Instant::now() };
+        let r = Queued { rec: frame(ev, None, &mut Vec::new(), self.rec), at: Instant::now() };
         self.rec.counters.emitted.fetch_add(1, Ordering::Relaxed);
         let sent = self.tx.lock().as_ref().map(|tx| tx.send(r).is_ok());
         if sent == Some(true) {
@@ -176,5 +220,33 @@ impl<'a> ProcessEmitter<'a> {
             self.rec.counters.lost_stopped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(kind = ev.kind.as_str(), "event lost: the recorder has stopped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_fields_are_cut_lists_shortened_and_the_payload_kept() {
+        let name = "é".repeat(40_000); // 80,000 bytes, two per char: the cut lands on a boundary
+        let findings: Vec<_> = (0..1500).map(|i| serde_json::json!({"rule": "r", "kind": "email", "category": "pii", "severity": "medium", "path": format!("/{i}"), "action": "mask"})).collect();
+        let payload = serde_json::json!({"text": "p".repeat(200_000)});
+        let doc = serde_json::json!({"v": 1, "id": "x", "ts": 1, "instance": "gw", "kind": "request", "tool": name, "rpc_id": "7", "findings": findings, "payload": payload});
+        let mut json = serde_json::to_vec(&doc).unwrap();
+        assert!(shrink(&mut json));
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let tool = v["tool"].as_str().unwrap();
+        assert!(tool.starts_with(&"é".repeat(2048)) && tool.ends_with("…[75904 bytes cut]"), "{}", &tool[tool.len() - 40..]);
+        assert_eq!(v["findings"].as_array().unwrap().len(), MAX_LIST);
+        assert_eq!((v["rpc_id"].as_str(), &v["payload"]), (Some("7"), &payload), "short fields and the payload as they were");
+        // Sent to a reader of events, it is still an event.
+        let e: sluice_schema::OwnedEvent = serde_json::from_slice(&json).unwrap();
+        assert_eq!(e.rpc_id.as_deref(), Some("7"));
+
+        let small = br#"{"v":1,"id":"x","kind":"request","tool":"t"}"#;
+        let mut json = small.to_vec();
+        assert!(!shrink(&mut json));
+        assert_eq!(json, small, "nothing to cut: the encoding untouched");
     }
 }

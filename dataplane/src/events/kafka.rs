@@ -34,7 +34,23 @@ const TAIL_WAIT: Duration = Duration::from_millis(10);
 /// forwarder's own thread; the mutex is never contended).
 struct Ctx {
     rec: Arc<Recorder>,
-    reports: Mutex<Vec<(usize, Result<(), String>)>>,
+    reports: Mutex<Vec<(usize, Result<(), Refusal>)>>,
+}
+
+/// A failed delivery: the error, and whether it is this record's for good (no retry can
+/// deliver it: too large for the broker) rather than the connection's or the broker's.
+struct Refusal {
+    error: String,
+    for_good: bool,
+}
+
+/// Errors that only this record meets, on every attempt: it is passed over (left in the
+/// spool, counted, logged) so that the records after it are not held back for ever.
+fn refused_for_good(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize | RDKafkaErrorCode::MessageBatchTooLarge | RDKafkaErrorCode::InvalidRecord)
+    )
 }
 
 impl ClientContext for Ctx {
@@ -54,7 +70,7 @@ impl ProducerContext for Ctx {
     fn delivery(&self, r: &DeliveryResult<'_>, n: usize) {
         let res = match r {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(e.to_string()),
+            Err((e, _)) => Err(Refusal { error: e.to_string(), for_good: refused_for_good(e) }),
         };
         self.reports.lock().push((n, res));
     }
@@ -189,8 +205,12 @@ impl Forwarder {
                                         msg = m;
                                         self.producer.poll(Duration::from_millis(20));
                                     }
+                                    Err((e, _)) if refused_for_good(&e) => {
+                                        c.unsendable.fetch_add(1, Ordering::Relaxed);
+                                        tracing::error!(error = %e, topic = t, segment = rseq, offset = roff, bytes = record.value.len(), "event too large for Kafka: it stays in the spool (`sluice spool cat`) and the events after it are sent");
+                                        break;
+                                    }
                                     Err((e, _)) => {
-                                        // Not retriable by waiting (e.g. too large): count and go on.
                                         c.failed.fetch_add(1, Ordering::Relaxed);
                                         tracing::error!(error = %e, topic = t, "event could not be produced; it stays in the spool");
                                         failing = true;
@@ -258,11 +278,16 @@ impl Forwarder {
                         c.sent.fetch_add(1, Ordering::Relaxed);
                         c.kafka_up.store(1, Ordering::Relaxed);
                     }
-                    Err(e) => {
+                    Err(Refusal { error, for_good: true }) => {
+                        // Every retry would meet the same refusal: passed over, not retried.
+                        c.unsendable.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %error, segment = slot.seq, ends_at = slot.end, "event too large for Kafka: it stays in the spool (`sluice spool cat`) and the events after it are sent");
+                    }
+                    Err(Refusal { error, .. }) => {
                         slot.failed = true;
                         c.failed.fetch_add(1, Ordering::Relaxed);
                         if !failing {
-                            tracing::error!(error = %e, "Kafka refused an event; production restarts from the spool cursor after a pause");
+                            tracing::error!(error = %error, "Kafka refused an event; production restarts from the spool cursor after a pause");
                         }
                         failing = true;
                     }

@@ -57,6 +57,10 @@ pub struct Counters {
     pub sent: AtomicU64,
     /// Delivery reports with an error (the events are produced again from the spool).
     pub failed: AtomicU64,
+    /// Events Kafka refuses for good (too large for the broker): left in the spool, passed over.
+    pub unsendable: AtomicU64,
+    /// Events whose over-long fields were cut before they were recorded.
+    pub shrunk: AtomicU64,
     /// Lost because a worker's overflow passed twice `recording.overflow_mib`.
     pub lost_overflow: AtomicU64,
     /// Lost to `on_full = "drop_oldest"`.
@@ -226,12 +230,14 @@ impl Counters {
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, String); 12] = [
+        let rows: [(&str, &str, &str, String); 14] = [
             ("sluice_events_emitted_total", "counter", "Events emitted by the gateway.", format!(" {}", l(&self.emitted))),
             ("sluice_events_overflowed_total", "counter", "Events that found their worker's queue full and waited in its overflow list (not lost).", format!(" {}", l(&self.overflowed))),
             ("sluice_events_spooled_total", "counter", "Events written to the spool.", format!(" {}", l(&self.spooled))),
             ("sluice_events_sent_total", "counter", "Events acknowledged by Kafka (per topic delivery).", format!(" {}", l(&self.sent))),
             ("sluice_events_failed_total", "counter", "Kafka deliveries that failed (produced again from the spool).", format!(" {}", l(&self.failed))),
+            ("sluice_events_unsendable_total", "counter", "Events Kafka refused for good (too large for the broker's message.max.bytes): kept in the spool, not sent; the ones after them are.", format!(" {}", l(&self.unsendable))),
+            ("sluice_events_shrunk_total", "counter", "Events recorded with over-long fields cut (each field the cut names its size).", format!(" {}", l(&self.shrunk))),
             (
                 "sluice_events_lost_total",
                 "counter",

@@ -286,3 +286,59 @@ def test_full_disk_refuses_calls_with_a_clear_error_then_recovers(py_json, gatew
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
+
+
+def gibberish(n: int) -> str:
+    """`n` bytes of random lowercase words: nothing detection looks for, and nothing lz4 can shorten."""
+    import random
+    r = random.Random(n)
+    out, size = [], 0
+    while size < n:
+        w = "".join(r.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(r.randint(3, 9)))
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)[:n]
+
+
+BLOB = gibberish(3_000_000)
+
+
+def test_an_event_too_large_for_kafka_never_holds_back_the_ones_after_it(gateway, raw_upstream, kafka, tmp_path):
+    """An agent names a tool with 3 MB of text; a server answers with 3 MB; the operator
+    records payloads up to 4 MiB. None of it compresses below the 1 MiB a broker takes per
+    message by default. The answer to the long-named call (a small payload, the name as its
+    tool) is recorded with the name cut to 4 KiB, the cut said in the field; the call itself and
+    the 3 MB answer, too large for the broker even so, are left in the spool, counted and
+    logged — and every event after them reaches Kafka. (Before, the forwarder retried the
+    refused event for ever, sending the ones after it again on every round.)"""
+    def handler(conn, head, body):
+        msg = json.loads(body)
+        text = BLOB if msg["params"]["name"] == "dump" else "ok"
+        out = json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": [{"type": "text", "text": text}]}}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+    up = raw_upstream(handler)
+    ev_topic, _ = topics(kafka, "e2e-oversized")
+    g = gateway([{"path": "/mcp", "upstream": up.url("/mcp")}],
+                extra=recording(tmp_path / "spool", kafka, ev_topic, extra="max_payload_bytes = 4194304\n"))
+    long_name = gibberish(3_000_000).replace(" ", "_")
+    with httpx.Client(timeout=30) as c:
+        for i, name in enumerate([long_name, "dump", "after"]):
+            r = c.post(g.url(), json={"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": name, "arguments": {}}}, headers=MCP_HEADERS)
+            assert r.status_code == 200, r.text[:300]
+    def after_in_kafka(got):
+        return any(e.get("tool") == "after" and e["kind"] == "response" for _, _, _, e in got)
+    got = kafka.consume(ev_topic, timeout=60, until=after_in_kafka)
+    assert after_in_kafka(got), "events after the oversized ones did not reach Kafka"
+    events = [e for _, _, _, e in got]
+    cut = [e for e in events if e["kind"] == "response" and e.get("rpc_id") == "0"]
+    assert cut and len(cut[0]["tool"].encode()) < 5000 and cut[0]["tool"].endswith("bytes cut]") and long_name.startswith(cut[0]["tool"][:4000]), events[:3]
+    big = {("request", "0"), ("response", "1")}
+    assert not [e for e in events if (e["kind"], e.get("rpc_id")) in big], "the two events with 3 MB payloads are not in Kafka"
+    assert g.metric("sluice_events_unsendable_total") == 2 and g.metric("sluice_events_shrunk_total") >= 2
+    spooled = {(e["kind"], e.get("rpc_id")): e for e in spool_events(tmp_path / "spool") if e["kind"] in ("request", "response")}
+    assert spooled[("response", "1")]["payload"]["content"][0]["text"] == BLOB, "left in the spool, whole"
+    assert spooled[("request", "0")]["payload"]["name"] == long_name
+    assert len(json.dumps([e for e in events if e["kind"] != "response" or e.get("rpc_id") != "1"])) < 200_000
+    g.proc.stop()
+    assert "too large for Kafka" in g.proc.log.read_text()
