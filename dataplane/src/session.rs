@@ -108,8 +108,13 @@ impl Session {
         value.get("params").and_then(|p| p.get("taskId")).and_then(|t| t.as_str())
     }
 
-    /// Remember which tool a task belongs to; bounded like the pending maps.
+    /// Remember which tool a task belongs to; bounded like the pending maps (in count, and in
+    /// the length of what is kept).
     pub fn remember_task(&mut self, task: &str, tool: &str) {
+        // A task id is the server's to choose: one longer than any id is not kept.
+        if task.len() > crate::jsonrpc::classify::MAX_ID_BYTES {
+            return;
+        }
         if self.tasks.len() >= MAX_PENDING && !self.tasks.contains_key(task) {
             if let Some(k) = self.tasks.keys().next().cloned() {
                 self.tasks.remove(&k);

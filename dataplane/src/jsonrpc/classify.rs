@@ -64,8 +64,14 @@ impl MessageInfo {
     }
 }
 
+/// Longest id accepted (as JSON text). Ids are counters and UUIDs; the gateway keeps every
+/// pending request's id (and a task's) until its answer, so ids as long as a body would let a
+/// peer make it hold as much memory as it sends.
+pub const MAX_ID_BYTES: usize = 1024;
+
 fn id_text(v: &BorrowedValue<'_>) -> Result<Option<String>, &'static str> {
     match v {
+        BorrowedValue::String(s) if s.len() > MAX_ID_BYTES => Err("the id is longer than 1,024 bytes; use a short id (a counter or a UUID)"),
         BorrowedValue::String(s) => Ok(Some(serde_json::to_string(s.as_ref()).unwrap_or_default())),
         BorrowedValue::Static(simd_json::StaticNode::Null) => Ok(None),
         BorrowedValue::Static(simd_json::StaticNode::Bool(_)) => Err("id must be a string, a number or null"),
@@ -183,6 +189,14 @@ mod tests {
         assert_eq!(i.kind, Kind::Response);
         let i = info(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"bad"}}"#).unwrap();
         assert_eq!((i.kind, i.error_code, i.error_message.as_deref()), (Kind::Error, Some(-32700), Some("bad")));
+    }
+
+    #[test]
+    fn ids_past_the_limit_are_refused() {
+        let at = |n: usize| info(&format!(r#"{{"jsonrpc":"2.0","id":"{}","method":"ping"}}"#, "a".repeat(n)));
+        assert!(at(MAX_ID_BYTES).is_ok());
+        assert_eq!(at(MAX_ID_BYTES + 1).unwrap_err(), "the id is longer than 1,024 bytes; use a short id (a counter or a UUID)");
+        assert!(info(&format!(r#"{{"jsonrpc":"2.0","id":"{}","result":{{}}}}"#, "b".repeat(5000))).is_err(), "answers too");
     }
 
     #[test]

@@ -26,6 +26,12 @@ def json_ok(conn, head, body):
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
 
 
+def echo_id(conn, head, body):
+    """An upstream answering each call, by its id, with an empty result."""
+    out = json.dumps({"jsonrpc": "2.0", "id": json.loads(body)["id"], "result": {"content": []}}).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+
 def test_upstream_refused_is_502_with_jsonrpc_error(gateway):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -575,11 +581,7 @@ def test_a_log_reader_that_stalls_never_stalls_the_gateway(raw_upstream, tmp_pat
     once the pipe and the log queue are full the lines are dropped and counted, and calls keep being
     answered.
     When the pipe is read again, a warning says how many lines were lost."""
-    def echo(conn, head, body):
-        out = json.dumps({"jsonrpc": "2.0", "id": json.loads(body)["id"], "result": {"content": []}}).encode()
-        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
-
-    up = raw_upstream(echo)
+    up = raw_upstream(echo_id)
     port, admin = free_port(), free_port()
     p = subprocess.Popen([str(SLUICE), "run", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--upstream", up.url("/mcp"),
                           "--workers", "1", "--spool", str(tmp_path / "spool")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -616,3 +618,18 @@ def test_a_log_reader_that_stalls_never_stalls_the_gateway(raw_upstream, tmp_pat
     finally:
         p.kill()
         p.wait()
+
+
+def test_an_id_longer_than_any_id_is_refused(raw_upstream, gateway):
+    """The gateway keeps each pending request's id until its answer: a client sending ids as
+    long as its bodies could make it hold as much as it sends. Ids past 1,024 bytes are
+    refused with what to do; one at the limit passes."""
+    up = raw_upstream(echo_id)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    with httpx.Client(timeout=5) as c:
+        r = c.post(g.url(), json={**PING, "id": "i" * 5000}, headers=ACCEPT)
+        err = r.json()["error"]
+        assert (r.status_code, err["code"]) == (400, -32600) and "longer than 1,024 bytes" in err["data"]["reason"], r.text[:300]
+        assert len(up.requests) == 0
+        r = c.post(g.url(), json={**PING, "id": ("call-" * 205)[:1024]}, headers=ACCEPT)
+        assert r.status_code == 200 and len(up.requests) == 1, r.text[:300]
