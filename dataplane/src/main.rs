@@ -262,6 +262,16 @@ fn main() -> std::process::ExitCode {
                         None => {}
                     }
                 }
+                // What a broker would refuse: payloads past its default message size.
+                if let Some(r) = c.recording.as_ref().filter(|r| r.kafka.is_some() && r.max_payload_bytes > 1 << 20) {
+                    println!(
+                        "recording: max_payload_bytes = {} is above the 1 MiB a Kafka broker takes per message by default: events that large stay in the spool and are not sent (sluice_events_unsendable_total) unless the broker's message.max.bytes allows them",
+                        r.max_payload_bytes
+                    );
+                }
+                if c.access_log {
+                    println!("access log: on (one sluice::access line per exchange)");
+                }
                 // The pins file is read at start, and a damaged one stops it: say so now.
                 match c.pins.as_ref().map(|p| p.file.as_deref()) {
                     Some(Some(f)) => sluice::pins::Store::load(f).map(|store| {

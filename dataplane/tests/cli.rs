@@ -211,3 +211,23 @@ fn policy_check_lists_rules_and_reports_every_problem() {
     assert_eq!(out.status.code(), Some(2));
     assert!(err.contains(&format!("policy.file → {}: rule[1] (\"y\").action", bad.display())), "{err}");
 }
+
+#[test]
+fn check_says_what_a_broker_would_refuse_and_that_the_access_log_is_on() {
+    let tmp = tempfile::Builder::new().prefix("sluice-cli-").tempdir().unwrap();
+    let file = tmp.path().join("big.toml");
+    let spool = tmp.path().join("spool");
+    let base = "[[listener]]\naddress = \"127.0.0.1:8080\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n[[route]]\npath = \"/mcp\"\nupstream = \"a\"\n";
+    let text = format!("[gateway]\naccess_log = true\n{base}[recording]\nmax_payload_bytes = 4194304\n[recording.spool]\ndir = {spool:?}\n[recording.kafka]\nbrokers = \"127.0.0.1:9092\"\n");
+    std::fs::write(&file, text).unwrap();
+    let out = sluice().args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("max_payload_bytes = 4194304 is above the 1 MiB a Kafka broker takes"), "{said}");
+    assert!(said.contains("access log: on"), "{said}");
+    // Within the broker's size, or without Kafka: nothing to say.
+    std::fs::write(&file, format!("{base}[recording]\nmax_payload_bytes = 4194304\n[recording.spool]\ndir = {spool:?}\n")).unwrap();
+    let out = sluice().args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !said.contains("Kafka broker") && !said.contains("access log"), "{said}");
+}

@@ -36,6 +36,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready_at(admin_port: int, timeout: float = 10.0, alive=None) -> None:
+    """Wait until a gateway's admin listener says it is ready; `alive()` raises if its process
+    is gone."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if alive:
+            alive()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"no gateway ready on admin port {admin_port}")
+
+
 def free_ports(n: int) -> list:
     """`n` distinct free ports (held open together while they are picked: two calls of
     `free_port` in a row may return the same one)."""
@@ -185,18 +202,13 @@ class Gateway:
         self.wait_ready()
 
     def wait_ready(self, timeout=20):
-        end = time.time() + timeout
-        while time.time() < end:
+        def alive():
             if self.proc.p.poll() is not None:
                 raise RuntimeError(f"sluice exited {self.proc.p.returncode}:\n{self.proc.text()}")
-            try:
-                with urllib.request.urlopen(self.admin("/readyz"), timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"sluice not ready:\n{self.proc.text()}")
+        try:
+            wait_ready_at(self.admin_port, timeout, alive)
+        except TimeoutError:
+            raise TimeoutError(f"sluice not ready:\n{self.proc.text()}") from None
 
     def url(self, path="/mcp") -> str:
         return f"http://127.0.0.1:{self.port}{path}"

@@ -60,3 +60,34 @@ def test_one_line_per_exchange_without_what_was_found(gateway, raw_upstream):
     assert (lost["route"], lost["status"], lost["reason"]) == ("-", "404", "no route matches the request path"), lost
     access = "\n".join(l for l in log.splitlines() if "sluice::access" in l)
     assert key not in access and "carol.smith" not in access, access
+
+
+def test_json_lines_carry_numbers_as_numbers(raw_upstream, tmp_path):
+    """With `--log-format json` each access line is one JSON object whose status, duration and
+    counts are numbers (a log pipeline can sum and compare them without parsing strings)."""
+    import signal
+    import subprocess
+    import time
+    from conftest import SLUICE, free_port, wait_ready_at
+    from test_faults import echo_id
+    up = raw_upstream(echo_id)
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text(f'[gateway]\nworkers = 1\naccess_log = true\n[[listener]]\naddress = "127.0.0.1:{port}"\n[admin]\naddress = "127.0.0.1:{admin}"\n'
+                   f'[recording.spool]\ndir = "{tmp_path / "spool"}"\n[[upstream]]\nname = "u"\nurl = "{up.url()}"\n[[route]]\nname = "mcp"\npath = "/mcp"\nupstream = "u"\n')
+    log = tmp_path / "sluice.log"
+    with open(log, "wb") as err:
+        p = subprocess.Popen([str(SLUICE), "--log-format", "json", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_ready_at(admin)
+            r = httpx.post(f"http://127.0.0.1:{port}/mcp", json={"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "lookup", "arguments": {}}}, headers=ACCEPT, timeout=10)
+            assert r.status_code == 200, r.text
+        finally:
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=20) == 0
+    lines = [json.loads(l) for l in log.read_text().splitlines() if l.startswith("{")]
+    access = [l["fields"] for l in lines if l.get("target") == "sluice::access"]
+    assert len(access) == 1, lines
+    a = access[0]
+    assert (a["status"], a["rpc"], a["tool"], a["calls"], a["route"]) == (200, "tools/call", "lookup", 1, "mcp"), a
+    assert isinstance(a["us"], int) and a["us"] > 0 and isinstance(a["findings"], int), a

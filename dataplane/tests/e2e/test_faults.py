@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from conftest import SLUICE, free_port, spool_events
+from conftest import SLUICE, free_port, spool_events, wait_ready_at
 from test_recording import settled
 
 
@@ -586,13 +586,7 @@ def test_a_log_reader_that_stalls_never_stalls_the_gateway(raw_upstream, tmp_pat
     p = subprocess.Popen([str(SLUICE), "run", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--upstream", up.url("/mcp"),
                           "--workers", "1", "--spool", str(tmp_path / "spool")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://127.0.0.1:{admin}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        wait_ready_at(admin)
         # A hundred addresses: a hundred finding lines per call.
         note = ", ".join(f"user{i}@example.com" for i in range(100))
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {"note": note}}}
