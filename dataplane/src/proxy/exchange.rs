@@ -307,13 +307,19 @@ pub async fn handle(
                 forwarded = Some(body);
                 answers = a;
                 if track.legacy_post {
-                    legacy_answers(w, &ctx, &answers);
+                    if let Err(e) = legacy_answers(w, &ctx, &answers) {
+                        w.record_refusal(Some(&ctx), Some(&route.label), client, &e);
+                        return Err(e);
+                    }
                     answers.clear();
                 }
             }
             Outcome::Answer(b) if track.legacy_post => {
                 // The agent reads its answers on the session's stream, not here.
-                legacy_answers(w, &ctx, &[b]);
+                if let Err(e) = legacy_answers(w, &ctx, &[b]) {
+                    w.record_refusal(Some(&ctx), Some(&route.label), client, &e);
+                    return Err(e);
+                }
                 respond::send(down, 202, "text/plain", b"Accepted", keep_alive, &[], cors).await.map_err(|_| ProxyError::ClientTimeout)?;
                 finish(w, cfg, route, &ctx, Some(&track), 202);
                 return Ok(keep_alive);
@@ -1523,12 +1529,28 @@ fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx
 }
 
 /// Queue the gateway's answers to a legacy post for the session's stream (`relay_sse` sends
-/// them within [`LEGACY_POLL`]).
-fn legacy_answers(w: &Worker, ctx: &RequestCtx, answers: &[Vec<u8>]) {
-    if let Some(sid) = ctx.mcp_session_id.as_deref() {
-        w.shared.sessions.with(sid, |s| s.legacy_out.extend(answers.iter().filter(|a| !a.is_empty()).cloned()));
+/// them within [`LEGACY_POLL`]). A stream nobody reads would let them pile up without end:
+/// past [`LEGACY_OUT_MAX`] waiting, the post is refused instead (503, nothing forwarded).
+fn legacy_answers(w: &Worker, ctx: &RequestCtx, answers: &[Vec<u8>]) -> Result<(), ProxyError> {
+    let Some(sid) = ctx.mcp_session_id.as_deref() else { return Ok(()) };
+    let adding: usize = answers.iter().map(Vec::len).sum();
+    let waiting = w.shared.sessions.with(sid, |s| {
+        let waiting: usize = s.legacy_out.iter().map(Vec::len).sum();
+        if waiting + adding <= LEGACY_OUT_MAX {
+            s.legacy_out.extend(answers.iter().filter(|a| !a.is_empty()).cloned());
+        }
+        waiting
+    });
+    match waiting {
+        Some(waiting) if waiting + adding > LEGACY_OUT_MAX => Err(ProxyError::Overloaded(format!(
+            "{waiting} bytes of the gateway's answers already wait on this session's SSE stream, and this post's would pass {LEGACY_OUT_MAX}: read the stream (GET …/sse) before posting more, and send large batches in parts"
+        ))),
+        _ => Ok(()),
     }
 }
+
+/// The most answer bytes that may wait for a legacy session's stream.
+const LEGACY_OUT_MAX: usize = 1 << 20;
 
 /// How often a legacy stream looks for the gateway's own answers to the session's posts.
 const LEGACY_POLL: std::time::Duration = std::time::Duration::from_millis(50);

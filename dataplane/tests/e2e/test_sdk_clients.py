@@ -241,3 +241,26 @@ def test_headers_pass_through_and_forwarding_added(raw_upstream, gateway):
     assert sent.endswith(body.decode())
     rhead = resp.split(b"\r\n\r\n")[0].decode().lower()
     assert f"mcp-session-id: {sid.lower()}" in rhead.split("\r\n") and "x-upstream: yes" in rhead and "keep-alive: timeout" not in rhead
+
+
+def test_answers_piling_up_for_an_unread_legacy_stream_are_bounded(py_legacy, gateway, tmp_path):
+    """Over the legacy transport the gateway's own answers (refusals) wait for the session's
+    stream. A client that posts without reading it must not make them pile up without end:
+    past 1 MiB waiting, the post is refused with 503/-32012 and what to do, nothing of it
+    forwarded; the next post that fits is queued and answered on the stream as usual."""
+    (tmp_path / "policy.toml").write_text('default = "allow"\n[[rule]]\nid = "no-nope"\nwhen = \'tool.name == "nope"\'\naction = "deny"\nreason = "nope is not for agents"\n')
+    g = gateway([{"path": "/legacy", "upstream": py_legacy}], extra=f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    denied = lambda i: {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "nope", "arguments": {}}}
+    with httpx.Client(timeout=30) as c, c.stream("GET", g.url("/legacy/sse"), headers={"accept": "text/event-stream"}) as stream:
+        lines = stream.iter_lines()
+        endpoint = next(line for line in lines if line.startswith("data: "))[6:]
+        assert c.post(g.url(endpoint), json=INIT).status_code == 202
+        assert "serverInfo" in next(line for line in lines if line.startswith("data: "))
+        # 10,000 refusals in one batch: more than 1 MiB of answers for the stream.
+        r = c.post(g.url(endpoint), json=[denied(i) for i in range(100, 10100)])
+        err = r.json()["error"]
+        assert (r.status_code, err["code"]) == (503, -32012) and "read the stream" in err["data"]["reason"], r.text[:400]
+        r = c.post(g.url(endpoint), json=denied(7))
+        assert r.status_code == 202, r.text
+        answer = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+        assert answer["id"] == 7 and "nope is not for agents" in answer["error"]["data"]["reason"], answer
