@@ -10,20 +10,46 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Connections served at once (a thread each); more are answered 503 and closed, so a flood
+/// of connections cannot grow the process by a thread each.
+const MAX_CONNS: usize = 64;
+
 pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     tracing::info!(%addr, "admin listening");
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new().name("sluice-admin".into()).spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let sh = shared.clone();
-            let _ = std::thread::Builder::new().name("sluice-admin-conn".into()).spawn(move || serve(conn, &sh));
+        for mut conn in listener.incoming().flatten() {
+            if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
+                open.fetch_sub(1, Ordering::AcqRel);
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+                reply(&mut conn, 503, "application/json", br#"{"error":"the admin listener is serving as many connections as it takes; retry shortly"}"#);
+                continue;
+            }
+            let (sh, held) = (shared.clone(), Slot(open.clone()));
+            // The slot is given back when the thread ends, however it ends (or is not started).
+            let _ = std::thread::Builder::new().name("sluice-admin-conn".into()).spawn(move || {
+                let _held = held;
+                serve(conn, &sh);
+            });
         }
     })?;
     Ok(())
 }
 
+/// One of the [`MAX_CONNS`] connections being served.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn serve(mut conn: TcpStream, sh: &Shared) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    // A reader that never reads its answer does not hold the thread either.
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
     let mut head = Head::default();

@@ -627,3 +627,25 @@ def test_an_id_longer_than_any_id_is_refused(raw_upstream, gateway):
         assert len(up.requests) == 0
         r = c.post(g.url(), json={**PING, "id": ("call-" * 205)[:1024]}, headers=ACCEPT)
         assert r.status_code == 200 and len(up.requests) == 1, r.text[:300]
+
+
+def test_a_flood_of_admin_connections_is_turned_away_not_given_a_thread_each(gateway, raw_upstream):
+    """The admin listener serves each connection on a thread of its own. 64 idle connections
+    take every slot: the next one is answered 503 at once (no 65th thread); once they are
+    gone, the listener answers again. The agents' listener is not affected meanwhile."""
+    up = raw_upstream(echo_id)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}])
+    idle = [socket.create_connection(("127.0.0.1", g.admin_port), timeout=5) for _ in range(64)]
+    try:
+        time.sleep(0.3)
+        r = httpx.get(g.admin("/readyz"), timeout=5)
+        assert r.status_code == 503 and "as many connections as it takes" in r.text, r.text
+        assert httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=5).status_code == 200
+    finally:
+        for s in idle:
+            s.close()
+    for _ in range(50):
+        if httpx.get(g.admin("/readyz"), timeout=5).status_code == 200:
+            break
+        time.sleep(0.1)
+    assert httpx.get(g.admin("/readyz"), timeout=5).status_code == 200
