@@ -225,6 +225,11 @@ fn check_says_what_a_broker_would_refuse_and_that_the_access_log_is_on() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("max_payload_bytes = 4194304 is above the 1 MiB a Kafka broker takes"), "{said}");
     assert!(said.contains("access log: on"), "{said}");
+    // More than an event carries: refused, with the path.
+    std::fs::write(&file, format!("{base}[recording]\nmax_payload_bytes = 67108864\n[recording.spool]\ndir = {spool:?}\n")).unwrap();
+    let out = sluice().args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(2) && err.contains("recording.max_payload_bytes: 67108864 is more than an event can carry"), "{err}");
     // Within the broker's size, or without Kafka: nothing to say.
     std::fs::write(&file, format!("{base}[recording]\nmax_payload_bytes = 4194304\n[recording.spool]\ndir = {spool:?}\n")).unwrap();
     let out = sluice().args(["check", "--config", file.to_str().unwrap()]).output().unwrap();

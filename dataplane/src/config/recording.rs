@@ -13,6 +13,9 @@ pub enum OnFull {
     DropOldest,
 }
 
+/// The largest `max_payload_bytes` (16 MiB).
+const MAX_PAYLOAD: usize = 16 << 20;
+
 #[derive(Debug, Clone)]
 pub struct RecordingCfg {
     pub max_payload_bytes: usize,
@@ -99,6 +102,11 @@ pub(super) fn compile(r: &schema::Recording, file: Option<&Path>, add: &mut dyn 
     }
     if r.queue_events == 0 {
         add("recording.queue_events".into(), "must be at least 1".into());
+    }
+    // A spool record holds at most 64 MiB (`spool::MAX_BODY`): a reader takes anything longer
+    // for a corrupt length. The payload stays well inside it, beside the other fields.
+    if r.max_payload_bytes > MAX_PAYLOAD {
+        add("recording.max_payload_bytes".into(), format!("{} is more than an event can carry; at most {MAX_PAYLOAD} (16 MiB) — larger payloads are recorded as truncated", r.max_payload_bytes));
     }
     let kafka = r.kafka.as_ref().map(|k| {
         let mut props = vec![
