@@ -42,6 +42,8 @@ struct Ctx {
 struct Refusal {
     error: String,
     for_good: bool,
+    /// What to do, when the refusal says what (a missing topic).
+    hint: Option<String>,
 }
 
 /// Errors that only this record meets, on every attempt: it is passed over (left in the
@@ -70,7 +72,11 @@ impl ProducerContext for Ctx {
     fn delivery(&self, r: &DeliveryResult<'_>, n: usize) {
         let res = match r {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(Refusal { error: e.to_string(), for_good: refused_for_good(e) }),
+            Err((e, m)) => {
+                use rdkafka::Message as _;
+                let hint = is_missing_topic(e.rdkafka_error_code()).then(|| missing_topic(m.topic()));
+                Err(Refusal { error: e.to_string(), for_good: refused_for_good(e), hint })
+            }
         };
         self.reports.lock().push((n, res));
     }
@@ -119,7 +125,28 @@ fn segment_from(dir: &Path, seq: u64) -> Option<u64> {
     spool::segments(dir).ok()?.into_iter().map(|(s, _)| s).find(|s| *s >= seq)
 }
 
+/// What to do about a topic the brokers do not have (they usually do not create topics).
+fn missing_topic(topic: &str) -> String {
+    format!("Kafka topic {topic} does not exist on the brokers: create it (e.g. kafka-topics.sh --create --topic {topic} --partitions 12 --replication-factor 3); events wait in the spool until it exists")
+}
+
+fn is_missing_topic(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(code, Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic))
+}
+
 impl Forwarder {
+    /// Say at start, with what to do, when a topic the forwarder sends to does not exist: its
+    /// events would wait in the spool, and librdkafka's own refusal comes only after 30 s. (An
+    /// unreachable broker is reported by the client's error callback instead.)
+    fn check_topics(&self) {
+        for topic in [&self.events_topic, &self.approvals_topic] {
+            let Ok(md) = self.producer.client().fetch_metadata(Some(topic), Duration::from_secs(5)) else { continue };
+            if is_missing_topic(md.topics().first().and_then(|t| t.error()).map(RDKafkaErrorCode::from)) {
+                tracing::error!(topic = %topic, "{}", missing_topic(topic));
+            }
+        }
+    }
+
     pub fn new(rec: Arc<Recorder>, k: &KafkaCfg) -> anyhow::Result<Self> {
         let mut cc = ClientConfig::new();
         for (key, v) in &k.properties {
@@ -151,6 +178,7 @@ impl Forwarder {
         let mut backoff = Duration::from_millis(200);
         let mut stop_at: Option<Instant> = None;
         tracing::info!(segment = cursor.0, offset = cursor.1, "Kafka forwarder starting from the spool cursor");
+        self.check_topics();
         loop {
             if rec.stopping() && stop_at.is_none() {
                 stop_at = Some(Instant::now() + Duration::from_millis(rec.stop_grace_ms.load(Ordering::Relaxed)));
@@ -212,6 +240,9 @@ impl Forwarder {
                                     }
                                     Err((e, _)) => {
                                         c.failed.fetch_add(1, Ordering::Relaxed);
+                                        if is_missing_topic(e.rdkafka_error_code()) {
+                                            tracing::error!(topic = t, "{}", missing_topic(t));
+                                        }
                                         tracing::error!(error = %e, topic = t, "event could not be produced; it stays in the spool");
                                         failing = true;
                                         refused = true;
@@ -278,15 +309,18 @@ impl Forwarder {
                         c.sent.fetch_add(1, Ordering::Relaxed);
                         c.kafka_up.store(1, Ordering::Relaxed);
                     }
-                    Err(Refusal { error, for_good: true }) => {
+                    Err(Refusal { error, for_good: true, .. }) => {
                         // Every retry would meet the same refusal: passed over, not retried.
                         c.unsendable.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %error, segment = slot.seq, ends_at = slot.end, "event too large for Kafka: it stays in the spool (`sluice spool cat`) and the events after it are sent");
                     }
-                    Err(Refusal { error, .. }) => {
+                    Err(Refusal { error, hint, .. }) => {
                         slot.failed = true;
                         c.failed.fetch_add(1, Ordering::Relaxed);
                         if !failing {
+                            if let Some(h) = hint {
+                                tracing::error!("{h}");
+                            }
                             tracing::error!(error = %error, "Kafka refused an event; production restarts from the spool cursor after a pause");
                         }
                         failing = true;

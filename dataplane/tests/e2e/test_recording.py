@@ -342,3 +342,21 @@ def test_an_event_too_large_for_kafka_never_holds_back_the_ones_after_it(gateway
     assert len(json.dumps([e for e in events if e["kind"] != "response" or e.get("rpc_id") != "1"])) < 200_000
     g.proc.stop()
     assert "too large for Kafka" in g.proc.log.read_text()
+
+
+def test_a_missing_topic_is_named_at_start_and_its_events_wait_in_the_spool(gateway, raw_upstream, kafka, tmp_path):
+    """Brokers in production do not create topics. A gateway pointed at one that does not exist
+    says so at start, with the command that creates it (librdkafka's own refusal would come
+    only after 30 s); its events wait in the spool and arrive once the topic is created."""
+    from test_faults import echo_id
+    up = raw_upstream(echo_id)
+    ev_topic = f"e2e-missing-{time.time_ns()}.events"
+    g = gateway([{"path": "/mcp", "upstream": up.url("/mcp")}], extra=recording(tmp_path / "spool", kafka, ev_topic))
+    wait_until(lambda: f"Kafka topic {ev_topic} does not exist on the brokers: create it" in g.proc.text(), timeout=20, what="the missing topic named")
+    with httpx.Client(timeout=10) as c:
+        for i in range(3):
+            assert c.post(g.url(), json={"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "t", "arguments": {}}}, headers=MCP_HEADERS).status_code == 200
+    subprocess.run([str(BROKER), "topics", str(kafka.port), f"{ev_topic}:2"], check=True, capture_output=True)
+    spooled = {e["id"] for e in spool_events(tmp_path / "spool")}
+    got = kafka.consume(ev_topic, timeout=120, until=lambda got: spooled <= {e["id"] for _, _, _, e in got})
+    assert spooled <= {e["id"] for _, _, _, e in got}, "every spooled event arrived once the topic existed"
