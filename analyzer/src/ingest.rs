@@ -89,6 +89,9 @@ pub struct Stats {
     pub duplicates: u64,
     pub files: u64,
     pub skipped_torn: u64,
+    /// Documents that are not session events (another producer's message on the topic, a
+    /// damaged one): set aside whole in `ARCHIVE/_rejected/`, not archived.
+    pub rejected: u64,
 }
 
 /// Writes decoded events into one open file per hour partition as they come (memory holds
@@ -275,7 +278,26 @@ impl Pipeline {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        let batch = self.w.codec.decode(&self.chunk.docs())?;
+        let docs = self.chunk.docs();
+        let batch = match self.w.codec.decode(&docs) {
+            Ok(b) => b,
+            // One document that is not a session event must not stop the archive (nor, in
+            // continuous mode, every restart at the same offset): the others are archived, it
+            // is set aside whole, counted and logged.
+            Err(_) => {
+                let mut good = Vec::with_capacity(docs.len());
+                for d in docs {
+                    match self.w.codec.decode(&[d]) {
+                        Ok(_) => good.push(d),
+                        Err(e) => {
+                            reject(&self.w.root, d, &format!("{e:#}"))?;
+                            self.st.rejected += 1;
+                        }
+                    }
+                }
+                self.w.codec.decode(&good)?
+            }
+        };
         if let Some(ts) = batch.column_by_name("ts").and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()).and_then(datafusion::arrow::compute::max) {
             self.newest_ts = self.newest_ts.max(ts);
         }
@@ -311,6 +333,25 @@ impl Pipeline {
     pub fn take_fresh(&mut self) -> u64 {
         std::mem::take(&mut self.fresh)
     }
+}
+
+/// Set a document that is not a session event aside in `ROOT/_rejected/rejected.jsonl` (one
+/// JSON line each: when, why, the document as text), synced before the source position that
+/// passes it can be saved.
+fn reject(root: &Path, doc: &[u8], reason: &str) -> Result<()> {
+    use std::io::Write as _;
+    let dir = root.join("_rejected");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("rejected.jsonl");
+    let line = serde_json::json!({
+        "at_us": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64),
+        "reason": reason,
+        "doc": String::from_utf8_lossy(doc),
+    });
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{line}").and_then(|_| f.sync_data()).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("sluice-analyzer: a document that is not a session event was set aside in {} ({reason})", path.display());
+    Ok(())
 }
 
 /// A spool directory read from a saved cursor (`ARCHIVE/_state/spool-<hash>.cursor`), as it
@@ -624,6 +665,31 @@ mod tests {
         w.flush().unwrap();
         assert_eq!(archived(&root, 0), vec!["e-0-0", "e-0-1", "e-0-2", "e-0-late"]);
         assert_eq!(archived(&root, 5), vec!["e-5-0", "e-5-1", "e-5-2"]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Another producer's message on the events topic, or a damaged document, among good
+    /// events: the good ones are archived, the others set aside whole with the reason — a
+    /// restart at the same position must not fail on them again.
+    #[test]
+    fn documents_that_are_not_events_are_set_aside_not_fatal() {
+        let root = std::env::temp_dir().join(format!("sluice-ingest-rejected-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut p = Pipeline::new(&root, 1_000);
+        let good = |id: &str| format!(r#"{{"v":1,"id":"{id}","ts":5,"kind":"request","instance":"g"}}"#);
+        for doc in [good("a"), "not json at all".to_owned(), r#"{"hello":"world"}"#.to_owned(), good("b")] {
+            p.push(doc.as_bytes()).unwrap();
+        }
+        p.flush().unwrap();
+        assert_eq!((p.st.read, p.st.written, p.st.rejected), (4, 2, 2));
+        assert_eq!(archived(&root, 0), vec!["a", "b"]);
+        let set_aside: Vec<serde_json::Value> = std::fs::read_to_string(root.join("_rejected/rejected.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(set_aside.iter().map(|r| r["doc"].as_str().unwrap()).collect::<Vec<_>>(), ["not json at all", r#"{"hello":"world"}"#]);
+        assert!(set_aside.iter().all(|r| r["reason"].as_str().is_some_and(|x| x.contains("not a session event"))), "{set_aside:?}");
+        // Nothing but rejects in a chunk: still not fatal.
+        p.push(b"[]").unwrap();
+        p.flush().unwrap();
+        assert_eq!(p.st.rejected, 3);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -51,6 +51,7 @@ pub struct Metrics {
     read: AtomicU64,
     written: AtomicU64,
     duplicates: AtomicU64,
+    rejected: AtomicU64,
     files: AtomicU64,
     pending: AtomicU64,
     pending_age_ms: AtomicU64,
@@ -69,6 +70,7 @@ impl Metrics {
         self.read.store(p.st.read, Ordering::Relaxed);
         self.written.store(p.st.written, Ordering::Relaxed);
         self.duplicates.store(p.st.duplicates, Ordering::Relaxed);
+        self.rejected.store(p.st.rejected, Ordering::Relaxed);
         self.files.store(p.st.files, Ordering::Relaxed);
         self.pending.store(p.w.pending_rows() as u64, Ordering::Relaxed);
         self.pending_age_ms.store(p.oldest_age().as_millis() as u64, Ordering::Relaxed);
@@ -84,6 +86,7 @@ impl Metrics {
         g(&mut s, "sluice_analyzer_events_read_total", "counter", "Events consumed.", n(&self.read));
         g(&mut s, "sluice_analyzer_events_archived_total", "counter", "Events written to Parquet files.", n(&self.written));
         g(&mut s, "sluice_analyzer_events_duplicate_total", "counter", "Events dropped because the archive already held their id.", n(&self.duplicates));
+        g(&mut s, "sluice_analyzer_events_rejected_total", "counter", "Documents that are not session events, set aside in ARCHIVE/_rejected/ instead of archived.", n(&self.rejected));
         g(&mut s, "sluice_analyzer_files_written_total", "counter", "Parquet files written.", n(&self.files));
         g(&mut s, "sluice_analyzer_pending_events", "gauge", "Events consumed but not yet in files.", n(&self.pending));
         g(&mut s, "sluice_analyzer_pending_age_seconds", "gauge", "How long the oldest event not yet in a file has waited.", n(&self.pending_age_ms) / 1000.0);

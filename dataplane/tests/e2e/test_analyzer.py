@@ -164,9 +164,16 @@ def test_gateway_to_kafka_to_analyzer_to_the_alerts_topic(py_json, gateway, kafk
     assert r.status_code == 400 and r.json()["error"]["code"] == -32700, r.text
     assert g.proc.stop() == 0
     emitted = len(spool_events(tmp_path / "spool"))
+    # Another producer's message on the topic: set aside, not fatal, the events archived.
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": kafka.bootstrap})
+    p.produce(ev, key=b"stray", value=b'{"greeting": "not a session event"}')
+    p.flush(10)
     archive = tmp_path / "archive"
     st = json.loads(analyzer(archive, "ingest", "--kafka", kafka.bootstrap, "--topic", ev, "--group", "e2e-analyzer", "--idle-secs", "20").stdout)
-    assert st["written"] == emitted and st["duplicates"] == 0, (st, emitted)
+    assert st["written"] == emitted and st["duplicates"] == 0 and st["rejected"] == 1, (st, emitted)
+    stray = [json.loads(l) for l in (archive / "_rejected" / "rejected.jsonl").read_text().splitlines()]
+    assert [r["doc"] for r in stray] == ['{"greeting": "not a session event"}'], stray
     # The group's offsets were committed: a second run has nothing new.
     st = json.loads(analyzer(archive, "ingest", "--kafka", kafka.bootstrap, "--topic", ev, "--group", "e2e-analyzer", "--idle-secs", "5").stdout)
     assert st["read"] == 0, st
