@@ -32,10 +32,21 @@ impl Drop for Guard {
         if let Some((stop, writer)) = self.0.take() {
             stop.store(true, Ordering::Release);
             writer.thread().unpark();
-            let _ = writer.join();
+            // A reader that still does not read would hold the writer in `write` for ever: the
+            // process exits anyway (what it had not taken is lost with the pipe).
+            let until = Instant::now() + FINAL_WRITE;
+            while !writer.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if writer.is_finished() {
+                let _ = writer.join();
+            }
         }
     }
 }
+
+/// How long the exit waits for the last lines to be written.
+const FINAL_WRITE: Duration = Duration::from_secs(2);
 
 /// Install the subscriber (`format`: `text` or `json`; level from `RUST_LOG`, default info);
 /// `queued`: through the bounded queue, for the long-running commands.

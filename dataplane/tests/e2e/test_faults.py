@@ -609,6 +609,12 @@ def test_a_log_reader_that_stalls_never_stalls_the_gateway(raw_upstream, tmp_pat
             except BlockingIOError:
                 time.sleep(0.1)
         assert b"log lines dropped" in out, out[-2000:]
+        # Unread again, and full: a stop does not wait on it for ever.
+        with httpx.Client(timeout=5) as c:
+            for i in range(300):
+                assert c.post(f"http://127.0.0.1:{port}/mcp", json={**call, "id": i}, headers=ACCEPT).status_code == 200
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=20) == 0, "the gateway exits on SIGTERM though its stderr is not read"
     finally:
         p.kill()
         p.wait()
