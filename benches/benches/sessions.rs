@@ -2,7 +2,7 @@
 //! request carries (every request of a session) and minting one for an answer that names the
 //! upstream's session (`initialize`; servers that repeat the header on every answer); and the
 //! identity told to an upstream (`forward_identity`): an assertion signed afresh, one reused
-//! from the worker's cache, and the `headers` form.
+//! from the worker's cache, and the `headers` form; and a new session when the store is full.
 //! Run: `cargo bench -p sluice-benches --bench sessions`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -44,5 +44,23 @@ fn forward_identity(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ids, forward_identity);
+/// A new session when the store is full (`sessions.max_sessions` of 100,000): one is evicted
+/// to make room — what every `initialize` costs while a gateway is at capacity.
+fn store_at_capacity(c: &mut Criterion) {
+    use sluice::session::{Session, Store};
+    const MAX: usize = 100_000;
+    let st = Store::default();
+    for i in 0..MAX {
+        st.insert(Session::new(&format!("s-{i}"), "r"), MAX);
+    }
+    let mut n = 0u64;
+    c.bench_function("sessions/insert_at_capacity_100k", |b| {
+        b.iter(|| {
+            n += 1;
+            st.insert(Session::new(&format!("new-{n}"), "r"), MAX);
+        })
+    });
+}
+
+criterion_group!(benches, ids, forward_identity, store_at_capacity);
 criterion_main!(benches);
