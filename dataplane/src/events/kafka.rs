@@ -140,7 +140,9 @@ impl Forwarder {
     /// unreachable broker is reported by the client's error callback instead.)
     fn check_topics(&self) {
         for topic in [&self.events_topic, &self.approvals_topic] {
-            let Ok(md) = self.producer.client().fetch_metadata(Some(topic), Duration::from_secs(5)) else { continue };
+            // Brokers that do not answer in time are not asked again here: the forwarder gets
+            // on with its work (and a stop is held up by one wait at most).
+            let Ok(md) = self.producer.client().fetch_metadata(Some(topic), Duration::from_secs(5)) else { return };
             if is_missing_topic(md.topics().first().and_then(|t| t.error()).map(RDKafkaErrorCode::from)) {
                 tracing::error!(topic = %topic, "{}", missing_topic(topic));
             }
