@@ -98,16 +98,6 @@ impl Session {
         }
     }
 
-    /// The task a request follows up (`tasks/get`, `tasks/result`, `tasks/cancel`, …: any
-    /// `tasks/` method naming `params.taskId`).
-    pub fn followed_task<'v>(method: Option<&str>, value: &'v simd_json::BorrowedValue<'v>) -> Option<&'v str> {
-        use simd_json::prelude::*;
-        if !method.is_some_and(|m| m.starts_with("tasks/")) {
-            return None;
-        }
-        value.get("params").and_then(|p| p.get("taskId")).and_then(|t| t.as_str())
-    }
-
     /// Remember which tool a task belongs to; bounded like the pending maps (in count, and in
     /// the length of what is kept).
     pub fn remember_task(&mut self, task: &str, tool: &str) {

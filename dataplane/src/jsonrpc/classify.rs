@@ -48,6 +48,12 @@ pub struct MessageInfo {
 }
 
 impl MessageInfo {
+    /// The task a request follows up (`tasks/get`, `tasks/result`, `tasks/cancel`, …: any
+    /// `tasks/` method naming `params.taskId`).
+    pub fn followed_task(&self) -> Option<&str> {
+        self.task.as_deref().filter(|_| self.kind == Kind::Request && self.method.as_deref().is_some_and(|m| m.starts_with("tasks/")))
+    }
+
     /// The classification of a plain JSON document.
     pub fn document() -> Self {
         MessageInfo {

@@ -222,8 +222,8 @@ fn run_case(cfg: &Config, chain: &Chain, store: &Store, seen: &Seen, case: &Case
     let mut buf = case.message.clone().into_bytes();
     let mut body = jsonrpc::parse(&mut buf).map_err(|e| format!("message: {e}"))?;
     // As on the live path (`exchange::observe`): a task's follow-up is the tool's that made it.
-    for (info, v) in body.infos.iter_mut().zip(&body.values) {
-        if let (None, Some(task)) = (&info.tool, Session::followed_task(info.method.as_deref(), v)) {
+    for info in body.infos.iter_mut() {
+        if let (None, Some(task)) = (&info.tool, info.followed_task()) {
             info.tool = store.with(sid, |s| s.tasks.get(task).cloned()).flatten();
         }
     }

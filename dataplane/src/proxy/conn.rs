@@ -165,8 +165,11 @@ pub async fn serve(w: Rc<Worker>, tcp: TcpStream, tls: Option<futures_rustls::Tl
                 let keep = keep_alive && e.keeps_connection();
                 let route: std::sync::Arc<str> = std::sync::Arc::from("-");
                 w.metrics.request_done(&route, crate::metrics::method_label(head.method()), e.status(), started.elapsed());
-                let named = cfg.route_for(head.header_str("host"), head.path()).map(|(_, r)| r.label.clone());
-                access_refused(&cfg, client, named.as_deref(), Some(head.method()), &e, started);
+                if cfg.access_log {
+                    // The route is looked up again only for the log line.
+                    let named = cfg.route_for(head.header_str("host"), head.path()).map(|(_, r)| r.label.clone());
+                    access_refused(&cfg, client, named.as_deref(), Some(head.method()), &e, started);
+                }
                 if respond::error(&mut stream, &e, None, keep, super::cors::reader(&cfg, &head, true)).await.is_err() {
                     return;
                 }

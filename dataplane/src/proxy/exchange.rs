@@ -778,7 +778,7 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
             (Direction::Request, Kind::Request) => {
                 // A task's follow-ups (`tasks/get`, `tasks/result`, `tasks/cancel`) are the
                 // tool's that created it: decided, scanned and recorded as that tool's.
-                if let (None, Some(sid), Some(task)) = (&info.tool, sid, Session::followed_task(info.method.as_deref(), v)) {
+                if let (None, Some(sid), Some(task)) = (&info.tool, sid, info.followed_task()) {
                     info.tool = sessions.with(sid, |s| s.tasks.get(task).cloned()).flatten();
                 }
                 let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone(), task: info.task.clone() };
