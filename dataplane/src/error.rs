@@ -39,6 +39,8 @@ pub enum ProxyError {
     ForeignSession,
     #[error("{0}")]
     JsonRpc(#[from] BodyError),
+    #[error("{0}")]
+    HeaderMismatch(String),
     #[error("MCP POST bodies must be JSON-RPC; the body is empty")]
     EmptyBody,
     #[error("the request body is declared {0} but is not UTF-8; the gateway inspects text and form bodies as UTF-8: send it as UTF-8 (or, if it is binary, as application/octet-stream)")]
@@ -69,7 +71,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | BadHeader(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | BadHeader(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | HeaderMismatch(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } | NoUpstreamCredential { .. } | UpstreamRefusedCredential { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
@@ -79,7 +81,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             Head(HeadError::TooLarge { .. } | HeadError::TooManyHeaders) => 431,
-            Head(_) | Framing(_) | BadHost(_) | BadPath(_) | BadHeader(_) | JsonRpc(_) | EmptyBody => 400,
+            Head(_) | Framing(_) | BadHost(_) | BadPath(_) | BadHeader(_) | JsonRpc(_) | HeaderMismatch(_) | EmptyBody => 400,
             BodyTooLarge { .. } => 413,
             NotUtf8(_) | Encoded(_) | Uninspectable(_) => 415,
             Expectation(_) => 417,
@@ -98,6 +100,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             JsonRpc(e) => e.code(),
+            HeaderMismatch(_) => Code::HeaderMismatch,
             EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | BadHost(_) | BadPath(_) | BadHeader(_) | ForeignSession | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
@@ -139,7 +142,7 @@ impl ProxyError {
 
     /// Does the connection stay usable after this error is answered?
     pub fn keeps_connection(&self) -> bool {
-        matches!(self, ProxyError::NoRoute(_) | ProxyError::ForeignSession | ProxyError::ForbiddenOrigin(_) | ProxyError::JsonRpc(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_))
+        matches!(self, ProxyError::NoRoute(_) | ProxyError::ForeignSession | ProxyError::ForbiddenOrigin(_) | ProxyError::JsonRpc(_) | ProxyError::HeaderMismatch(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_))
             || self.fault() == Fault::Upstream
     }
 }

@@ -68,6 +68,9 @@ pub struct RequestCtx {
     pub policy_masks: Vec<usize>,
     /// The policy's decision on the current message (for the record).
     pub decision: Option<crate::policy::Decision>,
+    /// When that decision was about a request the server asked of the agent inside its answer
+    /// (MCP 2026-07-28 `inputRequests`): that request's method, which the record's decision names.
+    pub decided_input: Option<String>,
     /// Where the current message's findings start in `findings`.
     pub message_findings_from: usize,
     /// The current body is a JSON-RPC batch.
@@ -115,6 +118,7 @@ impl RequestCtx {
             policy,
             policy_masks: Vec::new(),
             decision: None,
+            decided_input: None,
             message_findings_from: 0,
             in_batch: false,
             hold: None,
@@ -275,6 +279,7 @@ pub fn process_body(chain: &Chain, ctx: &mut RequestCtx, dir: Direction, body: &
         ctx.record_payload = None;
         ctx.envelope_masked = 0;
         ctx.decision = None;
+        ctx.decided_input = None;
         ctx.message_findings_from = findings_from;
         let verdict = chain.run(ctx, dir, info, v);
         if let Some(o) = &chain.observer {

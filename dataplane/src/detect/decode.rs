@@ -89,8 +89,21 @@ pub(super) fn hex(c: u8) -> Option<u8> {
 /// Decode a base64 (standard or URL-safe, padding optional) candidate; `None` unless it is
 /// valid base64 of printable text of at least 16 bytes.
 pub fn base64(s: &str) -> Option<String> {
+    if s.len() / 4 * 3 > MAX_DECODED {
+        return None;
+    }
+    let out = base64_bytes(s)?;
+    if out.len() < 16 {
+        return None;
+    }
+    printable(out)
+}
+
+/// The bytes base64 (standard or URL-safe, padding optional) stands for; `None` when it is not
+/// base64.
+pub(crate) fn base64_bytes(s: &str) -> Option<Vec<u8>> {
     let s = s.trim_end_matches('=');
-    if s.len() % 4 == 1 || s.len() / 4 * 3 > MAX_DECODED {
+    if s.len() % 4 == 1 {
         return None;
     }
     let mut out = Vec::with_capacity(s.len() / 4 * 3 + 2);
@@ -112,10 +125,7 @@ pub fn base64(s: &str) -> Option<String> {
             acc &= (1 << bits) - 1;
         }
     }
-    if out.len() < 16 {
-        return None;
-    }
-    printable(out)
+    Some(out)
 }
 
 /// Printable UTF-8 text: at least 90% of the characters are not control characters (tabs and

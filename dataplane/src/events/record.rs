@@ -238,7 +238,7 @@ impl RecordObserver {
         if let Some(pd) = &ctx.decision {
             let mut d = base(ctx, instance, Kind::Decision);
             d.direction = Some(direction(dir));
-            d.method = method.clone();
+            d.method = ctx.decided_input.as_deref().map(Cow::Borrowed).or_else(|| method.clone());
             d.rpc_id = rpc_id.clone();
             d.tool = tool.clone();
             let reason = match (&pd.outcome, verdict) {

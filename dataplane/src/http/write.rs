@@ -33,7 +33,7 @@ pub fn content_length(out: &mut Vec<u8>, n: usize) {
 
 /// Copy every end-to-end header of `head` except those `skip` names; `replaced` gives new
 /// values by the header's position in `head` (ascending).
-pub fn end_to_end_headers(out: &mut Vec<u8>, head: &Head, skip: impl Fn(&str) -> bool, replaced: &[(usize, String)]) {
+pub fn end_to_end_headers(out: &mut Vec<u8>, head: &Head, skip: impl Fn(usize, &str) -> bool, replaced: &[(usize, String)]) {
     let conn = head.header("connection").unwrap_or(b"");
     let mut next = replaced.iter().peekable();
     for (i, (name, value)) in head.headers().enumerate() {
@@ -41,7 +41,7 @@ pub fn end_to_end_headers(out: &mut Vec<u8>, head: &Head, skip: impl Fn(&str) ->
             Some((_, v)) => v.as_bytes(),
             None => value,
         };
-        if !super::is_hop_by_hop(name, conn) && !skip(name) {
+        if !super::is_hop_by_hop(name, conn) && !skip(i, name) {
             header(out, name, value);
         }
     }
@@ -130,7 +130,7 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        end_to_end_headers(&mut out, &h, |n| n.eq_ignore_ascii_case("x-forwarded-for"), &[]);
+        end_to_end_headers(&mut out, &h, |_, n| n.eq_ignore_ascii_case("x-forwarded-for"), &[]);
         forwarding_headers(&mut out, &h, "::1".parse().unwrap(), false);
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("Host: gw:8080\r\n"));
@@ -148,7 +148,7 @@ mod tests {
         h.parse_request(b"GET / HTTP/1.1\r\nX-A: 1\r\nX-Note: secret\r\nX-Skip: 2\r\nX-Note: other\r\nX-B: 3\r\n\r\n", Limits::default()).unwrap();
         let mut out = Vec::new();
         let replaced = [(1, "[MASKED]".to_owned()), (2, "never written".to_owned()), (4, "b".to_owned())];
-        end_to_end_headers(&mut out, &h, |n| n.eq_ignore_ascii_case("x-skip"), &replaced);
+        end_to_end_headers(&mut out, &h, |_, n| n.eq_ignore_ascii_case("x-skip"), &replaced);
         assert_eq!(String::from_utf8(out).unwrap(), "X-A: 1\r\nX-Note: [MASKED]\r\nX-Note: other\r\nX-B: b\r\n");
     }
 

@@ -2,6 +2,7 @@
 //! message (method, id, tool, resource, prompt, error) and error bodies. No I/O.
 
 pub mod classify;
+pub mod mirror;
 pub mod reply;
 
 pub use classify::{classify, Kind, MessageInfo};

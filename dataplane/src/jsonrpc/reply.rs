@@ -34,6 +34,9 @@ pub enum Code {
     Overloaded,
     /// The tool's definition changed since it was pinned; an operator must accept it.
     ToolChanged,
+    /// MCP's own code (2026-07-28): an `Mcp-Method`, `Mcp-Name` or `Mcp-Param-*` header does
+    /// not repeat the body (see `mirror`).
+    HeaderMismatch,
 }
 
 impl Code {
@@ -55,6 +58,7 @@ impl Code {
             Code::ApprovalRequired => -32011,
             Code::Overloaded => -32012,
             Code::ToolChanged => -32013,
+            Code::HeaderMismatch => -32020,
         }
     }
 }

@@ -218,6 +218,44 @@ impl PolicyHook {
     }
 }
 
+impl PolicyHook {
+    /// MCP 2026-07-28 (multi-round-trip requests): a server no longer sends the agent requests
+    /// of its own; it answers a call with `resultType: "input_required"` and the sampling,
+    /// elicitation or roots requests it needs answered first (`inputRequests`), and the agent
+    /// calls again with the answers. Each is decided by the `from = "server"` rules as one sent
+    /// on its own is, with the call's tool as `tool.name`; the first refused withholds the
+    /// whole answer (the agent cannot answer part of it) and the agent's call fails with the
+    /// reason. `None`: nothing refused.
+    fn input_requests(&self, p: &Policy, ctx: &mut RequestCtx, info: &MessageInfo, value: &BorrowedValue<'_>) -> Option<Verdict> {
+        let result = value.get("result")?;
+        if result.get("resultType").and_then(|t| t.as_str()) != Some("input_required") {
+            return None;
+        }
+        let asks = result.get("inputRequests")?.as_object()?;
+        let (session, _) = self.session_state(p, ctx, None);
+        for (key, asked) in asks.iter() {
+            let Some(method) = asked.get("method").and_then(|m| m.as_str()) else { continue };
+            let as_request = MessageInfo { kind: Kind::Request, method: Some(method.to_owned()), tool: info.tool.clone(), ..MessageInfo::document() };
+            let decision = {
+                let mut f = facts(ctx, Direction::Request, &as_request, asked);
+                f.request.direction = Direction::Response;
+                f.session = session.as_ref();
+                p.decide_server(&f, None)
+            };
+            let Some(decision) = decision else { continue };
+            self.count(ctx, "response", &decision);
+            tracing::debug!(route = %ctx.route, method, input = %key, decision = %decision.label(), "policy: input request");
+            if let Verdict::Refuse { code, message, reason } = refusal(p, &decision) {
+                let reason = format!("the server answered with a request for {method} (input request \"{key}\"), which policy refuses: {reason}");
+                ctx.decided_input = Some(method.to_owned());
+                ctx.decision = Some(decision);
+                return Some(Verdict::Refuse { code, message: format!("{message}: {reason}"), reason });
+            }
+        }
+        None
+    }
+}
+
 /// The verdict of a decision that needs no waiting: pass, or the refusal with its reason.
 fn refusal(p: &Policy, decision: &super::Decision) -> Verdict {
     match &decision.outcome {
@@ -354,6 +392,11 @@ impl MessageHook for PolicyHook {
                 let mut changed = false;
                 if info.kind == Kind::Response && info.method.as_deref() == Some("tools/list") {
                     changed = self.tools_list(&p, ctx, info, value);
+                }
+                if info.kind == Kind::Response && p.has_server_rules() {
+                    if let Some(refused) = self.input_requests(&p, ctx, info, value) {
+                        return refused;
+                    }
                 }
                 let mut verdict = if changed { Verdict::Changed } else { Verdict::Pass };
                 if p.has_response_rules() {

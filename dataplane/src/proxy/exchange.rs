@@ -53,6 +53,9 @@ pub(crate) struct Track<'h> {
     /// Errors for the server's own requests (sampling, elicitation, roots) that a stage
     /// refused on their way to the agent: posted to the upstream as the agent's answers.
     to_server: Vec<Vec<u8>>,
+    /// The standard headers (`Mcp-Name`, `Mcp-Param-*`) written again from the masked body:
+    /// header position → new value, or `None` to leave it out (`jsonrpc::mirror`).
+    mirror_edits: Vec<(usize, Option<String>)>,
 }
 
 /// The end of an exchange that reached a route: its metrics, and its access-log line.
@@ -139,6 +142,7 @@ pub async fn handle(
         policy: cfg.policy.clone(),
         policy_masks: Vec::new(),
         decision: None,
+        decided_input: None,
         message_findings_from: 0,
         in_batch: false,
         hold: None,
@@ -262,7 +266,7 @@ pub async fn handle(
     let rewrite_host = route.rewrite_host || head.header("host").is_none();
     let mut header_edits = Vec::new();
     if refused.is_none() && !w.chain.is_empty() {
-        match inspect_headers(w, &mut ctx, head, up, rewrite_host, strip_credentials, upstream_sid_at) {
+        match inspect_headers(w, &mut ctx, head, up, !plain, rewrite_host, strip_credentials, upstream_sid_at) {
             Ok(edits) => header_edits = edits,
             Err(refusal) => refused = Some(refusal),
         }
@@ -285,9 +289,25 @@ pub async fn handle(
         Ok(i) => i,
         Err(e) => {
             w.record_refusal(Some(&ctx), None, client, &e);
-            return Err(e);
+            // A single request that could be read is answered by its id.
+            if track.reply_id.is_none() {
+                return Err(e);
+            }
+            let keep = keep_alive && e.keeps_connection();
+            respond::error(down, &e, track.reply_id.as_deref(), keep, cors).await.map_err(|_| ProxyError::ClientTimeout)?;
+            finish(w, cfg, route, &ctx, Some(&track), e.status());
+            return Ok(keep);
         }
     };
+    let mut dropped_headers = Vec::new();
+    for (at, value) in std::mem::take(&mut track.mirror_edits) {
+        header_edits.retain(|(i, _)| *i != at);
+        match value {
+            Some(v) => header_edits.push((at, v)),
+            None => dropped_headers.push(at),
+        }
+    }
+    header_edits.sort_by_key(|(i, _)| *i);
     if inspected.is_none() && plain {
         // A plain HTTP request the hooks did not see (no body, or one not inspected): recorded
         // without its body, and the policy still decides it.
@@ -364,7 +384,7 @@ pub async fn handle(
     req.clear();
     let credential_value = credential.as_ref().and_then(|l| l.value.as_deref());
     let (who, assertion) = caller_for(w, up, &ctx);
-    let forward = Forward { target: target.as_deref(), headers: &header_edits, rewrite_host, strip_credentials, client, tls, credential: credential_value, who, assertion: assertion.as_deref() };
+    let forward = Forward { target: target.as_deref(), headers: &header_edits, dropped: &dropped_headers, rewrite_host, strip_credentials, client, tls, credential: credential_value, who, assertion: assertion.as_deref() };
     encode_request(&mut req, head, route, up, &forward, out_body);
     let sent = upstream::send(w, up, &req, up.connect_timeout, up.first_byte_timeout, cfg.limits.max_head_bytes).await;
     w.reqbuf.set(req);
@@ -527,7 +547,14 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
             if !parsed.batch {
                 track.reply_id = parsed.infos[0].id.clone();
             }
-            Ok(Some(hooks::process_body(&w.chain, ctx, Direction::Request, &mut parsed)))
+            // The standard headers (2026-07-28) must repeat the body as sent, and are written
+            // again from it once the hooks have masked it.
+            let mirrors = jsonrpc::mirror::check(head.headers(), &parsed).map_err(ProxyError::HeaderMismatch)?;
+            let outcome = hooks::process_body(&w.chain, ctx, Direction::Request, &mut parsed);
+            if let (Outcome::Rewritten { .. }, false, Some(msg)) = (&outcome, mirrors.is_empty(), parsed.values.first()) {
+                track.mirror_edits = jsonrpc::mirror::rewrite(&mirrors, msg);
+            }
+            Ok(Some(outcome))
         });
     }
     if is_mcp || body.is_empty() || w.chain.is_empty() {
@@ -982,6 +1009,8 @@ struct Forward<'a> {
     target: Option<&'a str>,
     /// Header values the hooks rewrote, by position in the head (ascending).
     headers: &'a [(usize, String)],
+    /// Headers left out, by position (a standard header whose argument masking renamed).
+    dropped: &'a [usize],
     /// The upstream's authority replaces the agent's `Host`.
     rewrite_host: bool,
     /// The agent's credentials (meant for the gateway, or replaced by the upstream's own) are
@@ -1024,12 +1053,14 @@ const UNINSPECTED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "
 /// head), `Err`: the refusal.
 /// `session_at`: the session id header the gateway opened (it writes the upstream's id there).
 #[allow(clippy::too_many_arguments)]
-fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream, rewrite_host: bool, strip_credentials: bool, session_at: Option<usize>) -> Result<Vec<(usize, String)>, Verdict> {
+fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream, mcp: bool, rewrite_host: bool, strip_credentials: bool, session_at: Option<usize>) -> Result<Vec<(usize, String)>, Verdict> {
     let conn = head.header("connection").unwrap_or(b"");
     let mut at = Vec::new();
     let mut pairs: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> = Vec::new();
     for (i, (n, v)) in head.headers().enumerate() {
-        if Some(i) == session_at || crate::http::is_hop_by_hop(n, conn) || replaced_header(n, rewrite_host, strip_credentials, up) || UNINSPECTED_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) {
+        // On MCP routes the standard headers repeat the body, which is inspected in their
+        // place (`jsonrpc::mirror`: checked equal to it, written again from it masked).
+        if Some(i) == session_at || crate::http::is_hop_by_hop(n, conn) || replaced_header(n, rewrite_host, strip_credentials, up) || UNINSPECTED_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) || (mcp && jsonrpc::mirror::is_mirror_header(n)) {
             continue;
         }
         at.push((i, v));
@@ -1136,7 +1167,7 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
     }
     out.extend_from_slice(below.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    write::end_to_end_headers(out, head, |n| replaced_header(n, fwd.rewrite_host, fwd.strip_credentials, up), fwd.headers);
+    write::end_to_end_headers(out, head, |i, n| replaced_header(n, fwd.rewrite_host, fwd.strip_credentials, up) || fwd.dropped.contains(&i), fwd.headers);
     // Answers must come readable: compressed ones could not be inspected.
     write::header(out, "accept-encoding", b"identity");
     // The upstream's own credential: agents never hold it.
@@ -1170,7 +1201,7 @@ fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx,
         replaced.push((at, token.to_owned()));
         replaced.sort_by_key(|(i, _)| *i);
     }
-    write::end_to_end_headers(out, up, |n| super::cors::is_cors_header(n) || dropped.iter().any(|d| d.eq_ignore_ascii_case(n)), &replaced);
+    write::end_to_end_headers(out, up, |_, n| super::cors::is_cors_header(n) || dropped.iter().any(|d| d.eq_ignore_ascii_case(n)), &replaced);
     super::cors::write_answer_headers(out, track.cors);
 }
 
