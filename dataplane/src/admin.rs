@@ -130,7 +130,11 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
             (200, "text/plain; version=0.0.4", s.into_bytes())
         }
         "/sessions" => {
-            let sessions = sh.sessions.snapshot();
+            let mut sessions = sh.sessions.snapshot();
+            // A stateless session's key is the gateway's (route and caller), no session id.
+            for s in sessions.iter_mut().filter(|s| s.stateless) {
+                s.mcp_session_id.clear();
+            }
             (200, "application/json", serde_json::to_vec(&serde_json::json!({ "count": sessions.len(), "sessions": sessions })).unwrap_or_default())
         }
         "/identity/jwks" => match sh.config.load().jwks() {

@@ -31,6 +31,9 @@ pub struct RequestCtx {
     pub http_method: String,
     pub path: String,
     pub mcp_session_id: Option<String>,
+    /// The session is the gateway's own for a caller's stateless requests (MCP 2026-07-28):
+    /// no upstream session id to record, request ids not unique across it.
+    pub stateless: bool,
     pub gateway_session_id: Option<String>,
     pub protocol_version: Option<String>,
     pub started: Instant,
@@ -101,6 +104,7 @@ impl RequestCtx {
             http_method: "POST".into(),
             path: String::new(),
             mcp_session_id: None,
+            stateless: false,
             gateway_session_id: None,
             protocol_version: None,
             started: Instant::now(),

@@ -157,11 +157,11 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_secs(1));
             let idle = sh.config.load().sessions.idle_timeout;
             for s in sh.sessions.sweep(idle) {
-                tracing::info!(mcp_session = %s.mcp_session_id, gateway_session = %s.gateway_id, "session idled out");
+                tracing::info!(mcp_session = if s.stateless { "" } else { s.mcp_session_id.as_str() }, gateway_session = %s.gateway_id, "session idled out");
                 if let Some(rec) = &sh.recorder {
                     let mut e = Event::new(crate::ids::new_id(), crate::events::now_us(), Kind::SessionEnd, &*rec.instance);
                     e.session = Some(Cow::Borrowed(&s.gateway_id));
-                    e.mcp_session = Some(Cow::Borrowed(&s.mcp_session_id));
+                    e.mcp_session = Some(Cow::Borrowed(s.mcp_session_id.as_str())).filter(|_| !s.stateless);
                     e.route = Some(Cow::Borrowed(&s.route));
                     e.gateway = Some(GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed("idle timeout")) });
                     rec.process_emitter().emit(&e);

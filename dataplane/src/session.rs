@@ -71,6 +71,9 @@ pub struct Session {
     /// `tasks/get`, `tasks/result` and `tasks/cancel` are decided and recorded as that tool's.
     #[serde(skip)]
     pub tasks: HashMap<String, String>,
+    /// MCP 2026-07-28 has no sessions: this one is the gateway's, of one caller's requests on
+    /// one route (`caller_key`), ended by `sessions.idle_timeout`. No upstream knows it.
+    pub stateless: bool,
 }
 
 impl Session {
@@ -95,7 +98,14 @@ impl Session {
             tools: HashMap::new(),
             legacy_out: Vec::new(),
             tasks: HashMap::new(),
+            stateless: false,
         }
+    }
+
+    /// The store's key for a caller's stateless requests (MCP 2026-07-28) on a route: NUL
+    /// separated, so no session id an upstream hands out (a header value) can be one.
+    pub fn caller_key(route: &str, caller: Option<&str>) -> String {
+        format!("\0{route}\0{}", caller.unwrap_or(""))
     }
 
     /// Remember which tool a task belongs to; bounded like the pending maps (in count, and in
@@ -160,6 +170,28 @@ impl Store {
         if shard.insert(s.mcp_session_id.clone(), s).is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The session under `key`, made by `make` when there is none (under the shard's lock, so
+    /// two workers never make two); its gateway id, and whether it was made now.
+    pub fn get_or_insert(&self, key: &str, max: usize, make: impl FnOnce() -> Session) -> (String, bool) {
+        let into = shard_of(key);
+        if let Some(s) = self.shards[into].lock().get_mut(key) {
+            s.last_seen = Instant::now();
+            return (s.gateway_id.clone(), false);
+        }
+        if self.len() >= max {
+            self.evict_oldest(into);
+        }
+        let mut shard = self.shards[into].lock();
+        if let Some(s) = shard.get(key) {
+            return (s.gateway_id.clone(), false);
+        }
+        let s = make();
+        let gid = s.gateway_id.clone();
+        shard.insert(key.to_owned(), s);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        (gid, true)
     }
 
     /// Run `f` on a session if it is known, refreshing its idle timer.
@@ -359,6 +391,34 @@ impl Ids {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callers_stateless_requests_share_one_session_per_route() {
+        let store = Store::default();
+        let key = Session::caller_key("mcp", Some("alice"));
+        let make = |owner: &str| {
+            let mut s = Session::new(&key, "mcp");
+            s.owner = Some(owner.into());
+            s.stateless = true;
+            s
+        };
+        let (first, made) = store.get_or_insert(&key, 10, || make("alice"));
+        assert!(made);
+        assert_eq!(store.get_or_insert(&key, 10, || make("alice")), (first.clone(), false), "the same session, not a second one");
+        assert_eq!(store.len(), 1);
+        for other in [Session::caller_key("mcp", Some("bob")), Session::caller_key("other", Some("alice")), Session::caller_key("mcp", None)] {
+            assert_ne!(other, key);
+            assert_ne!(store.get_or_insert(&other, 10, || make("x")).0, first);
+        }
+        assert!(key.bytes().any(|b| b == 0), "no header value (a session id an upstream hands out) can be such a key");
+        // At capacity a new one evicts, and the caller's next request starts afresh.
+        let full = Store::default();
+        for i in 0..3 {
+            full.get_or_insert(&Session::caller_key("mcp", Some(&format!("u{i}"))), 3, || make("u"));
+        }
+        full.get_or_insert(&key, 3, || make("alice"));
+        assert_eq!(full.len(), 3);
+    }
 
     #[test]
     fn session_ids_open_only_for_their_caller_route_and_key() {

@@ -30,7 +30,7 @@ pub fn base<'a>(ctx: &'a RequestCtx, instance: &'a str, kind: Kind) -> Event<'a>
     let mut e = Event::new(crate::ids::new_id(), now_us(), kind, instance);
     e.worker = Some(ctx.worker as u32);
     e.session = ctx.gateway_session_id.as_deref().map(Cow::Borrowed);
-    e.mcp_session = ctx.mcp_session_id.as_deref().map(Cow::Borrowed);
+    e.mcp_session = ctx.mcp_session_id.as_deref().filter(|_| !ctx.stateless).map(Cow::Borrowed);
     e.route = Some(Cow::Borrowed(&ctx.route));
     e.upstream = Some(Cow::Borrowed(&ctx.upstream));
     e.identity = ctx.identity.as_ref().map(|i| event::Identity {

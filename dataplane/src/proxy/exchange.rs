@@ -125,6 +125,7 @@ pub async fn handle(
         http_method: method.to_owned(),
         path: path.to_owned(),
         mcp_session_id: head.header_str("mcp-session-id").map(str::to_owned),
+        stateless: false,
         gateway_session_id: None,
         protocol_version: head.header_str("mcp-protocol-version").map(str::to_owned),
         started,
@@ -197,6 +198,32 @@ pub async fn handle(
         if let Some(sid) = legacy_session_id(head.target()).filter(|sid| w.shared.sessions.with(sid, |_| ()).is_some()) {
             ctx.mcp_session_id = Some(sid.to_owned());
             legacy_post = true;
+        }
+    }
+    // MCP 2026-07-28 has no sessions: every request stands alone. What the gateway keeps per
+    // session — the policy's `session` facts, the record's `session` that audits and chain
+    // rules follow — would be lost, so a caller's stateless requests on a route are one
+    // session of the gateway's, until `sessions.idle_timeout` passes without one. It is keyed
+    // by the authenticated caller alone: nothing the client says (its `clientInfo`) can start
+    // a fresh one and shed what the policy knows.
+    if ctx.mcp_session_id.is_none() && route.kind == RouteKind::Mcp && ctx.protocol_version.as_deref().is_some_and(is_stateless_version) {
+        let caller = ctx.identity.as_ref().map(|i| i.subject.clone());
+        let key = Session::caller_key(&route.name, caller.as_deref());
+        let (gid, made) = w.shared.sessions.get_or_insert(&key, cfg.sessions.max_sessions, || {
+            let mut s = Session::new(&key, &route.name);
+            s.owner = caller.clone();
+            s.stateless = true;
+            s.protocol_version = ctx.protocol_version.clone();
+            s
+        });
+        ctx.stateless = true;
+        ctx.mcp_session_id = Some(key);
+        ctx.gateway_session_id = Some(gid);
+        if made {
+            tracing::info!(worker = w.id, route = %route.name, caller = caller.as_deref().unwrap_or("-"), gateway_session = ctx.gateway_session_id.as_deref().unwrap_or(""), "session started (the caller's stateless requests, MCP 2026-07-28)");
+            if let (Some(em), Some(gid)) = (&w.emitter, ctx.gateway_session_id.as_deref()) {
+                crate::events::record::session_event(em, &ctx, sluice_schema::Kind::SessionStart, gid, None);
+            }
         }
     }
     // The gateway's session id keys every event of the session (Kafka partition, order). A
@@ -781,7 +808,9 @@ pub(crate) fn reused_request_id(w: &Worker, ctx: &RequestCtx, body: &jsonrpc::Bo
             return Err(ProxyError::JsonRpc(jsonrpc::BodyError::Invalid { index: index(pair[1].1), reason: "the batch uses this request id twice; give each request its own id" }));
         }
     }
-    let Some(sid) = ctx.mcp_session_id.as_deref() else { return Ok(()) };
+    // Stateless requests (MCP 2026-07-28) are answered on their own exchange: ids need not
+    // differ across them (two agent processes of one caller both start at 1).
+    let Some(sid) = ctx.mcp_session_id.as_deref().filter(|_| !ctx.stateless) else { return Ok(()) };
     let pending = w.shared.sessions.with(sid, |s| ids().find(|(_, id)| s.pending_client.contains_key(*id)).map(|(n, _)| n)).flatten();
     match pending {
         Some(n) => Err(ProxyError::JsonRpc(jsonrpc::BodyError::Invalid {
@@ -818,6 +847,13 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
                     sessions.with(sid, |s| {
                         s.messages_in += 1;
                         Session::remember(&mut s.pending_client, id, p.clone());
+                        // A stateless request says who the client is in `_meta` (MCP 2026-07-28).
+                        if s.stateless && s.client_info.is_none() {
+                            let meta = v.get("params").and_then(|p| p.get("_meta"));
+                            let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|x| serde_json::to_value(x).ok());
+                            s.client_info = field("io.modelcontextprotocol/clientInfo");
+                            s.client_capabilities = field("io.modelcontextprotocol/clientCapabilities");
+                        }
                     });
                 }
                 if let Some(t) = track.as_deref_mut() {
@@ -969,7 +1005,8 @@ fn after_response_head(w: &Worker, cfg: &Config, route: &Route, ctx: &mut Reques
     let Some(sid) = ctx.mcp_session_id.as_deref() else {
         return;
     };
-    if (method == "DELETE" && (200..300).contains(&status)) || status == 404 {
+    // (A stateless session is the gateway's: no upstream answer ends it.)
+    if !ctx.stateless && ((method == "DELETE" && (200..300).contains(&status)) || status == 404) {
         let why = if status == 404 { "upstream no longer knows the session (404)" } else { "DELETE" };
         if let Some(gid) = end_session(w, ctx, route, sid, why) {
             ctx.gateway_session_id = Some(gid);
@@ -991,6 +1028,12 @@ fn session_token(cfg: &Config, route: &Route, ctx: &mut RequestCtx, head: &Head,
     }
     let gid = ctx.gateway_session_id.get_or_insert_with(crate::ids::new_id);
     Some(cfg.sessions.ids.mint(&route.name, ctx.identity.as_ref().map(|i| i.subject.as_str()), gid, usid))
+}
+
+/// Does this `MCP-Protocol-Version` name a revision without sessions (2026-07-28 and later)?
+fn is_stateless_version(v: &str) -> bool {
+    // Revisions are dates: they compare as text.
+    v.len() == 10 && v.as_bytes()[4] == b'-' && v >= "2026-07-28"
 }
 
 /// Forget a session and record its end; its gateway id, when it was known.
@@ -1929,6 +1972,13 @@ fn log_stream_findings(w: &Worker, ctx: &mut RequestCtx, d: &DetectCfg, found: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revisions_from_2026_07_28_are_stateless() {
+        for (v, stateless) in [("2026-07-28", true), ("2027-01-15", true), ("2025-11-25", false), ("2025-03-26", false), ("2026-07-2", false), ("draft", false), ("", false), ("2026-07-28x", false)] {
+            assert_eq!(is_stateless_version(v), stateless, "{v}");
+        }
+    }
 
     #[test]
     fn legacy_endpoints_lead_back_through_the_route_or_nowhere() {
