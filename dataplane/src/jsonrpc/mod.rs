@@ -174,6 +174,10 @@ pub fn is_mcp_method(m: &str) -> bool {
             | "notifications/tools/list_changed"
             | "notifications/prompts/list_changed"
             | "notifications/roots/list_changed"
+            // 2026-07-28
+            | "server/discover"
+            | "subscriptions/listen"
+            | "notifications/subscriptions/acknowledged"
     )
 }
 
