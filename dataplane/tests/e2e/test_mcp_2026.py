@@ -1,0 +1,158 @@
+"""MCP 2026-07-28 through the gateway, with the official Python SDK 2.x on both ends (client and
+server in their own virtualenv): stateless requests (no initialize, no session id), the
+standard headers that repeat the body (`Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`), and
+multi-round-trip requests (a server asks the agent for sampling or elicitation inside its
+answer)."""
+
+import base64
+import hashlib
+import json
+import time
+
+import httpx
+
+from conftest import HERE, PY2026, run_client, spool_events
+
+KEYS = {"agent-a": "sk-agent-a-5c1e0b", "agent-b": "sk-agent-b-91d4aa"}
+IDENTITY = "[identity]\n" + "".join(f'[[identity.api_key]]\nsubject = "{s}"\nsha256 = "{hashlib.sha256(k.encode()).hexdigest()}"\n' for s, k in KEYS.items())
+V2026 = "2026-07-28"
+META = {"io.modelcontextprotocol/protocolVersion": V2026, "io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"}}
+
+
+def client(url, scenario, *args, key=None) -> dict:
+    return run_client([PY2026, str(HERE / "clients" / "py2026_client.py"), url, scenario, *args, *(["--key", key] if key else [])])
+
+
+def events_when(g, ready, timeout=10.0) -> list:
+    """The gateway's spooled events once `ready(events)` holds (the spool commits every 10 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        evs = spool_events(g.spool)
+        if ready(evs) or time.monotonic() > deadline:
+            return evs
+        time.sleep(0.1)
+
+
+def b64(value: str) -> str:
+    return "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
+
+
+def test_a_2026_client_and_server_through_the_gateway(py2026, gateway):
+    """The SDK client discovers, lists and calls tools through the gateway with no session.
+    An argument the gateway masks is masked in its `Mcp-Param-To` header too: the server
+    compares the two and answers what it received — before, the header (base64, as the SDK
+    sends non-ASCII values) went on as sent and the server refused the call as a mismatch. Each
+    caller's stateless requests are one session in the record (its `session`, no upstream
+    session id), so audits and chain rules can follow them."""
+    g = gateway([{"path": "/mcp", "upstream": py2026}], extra=IDENTITY + '[detect.request]\npii = "mask"\n')
+    to = "Jöhn <john.smith@example.org>"
+    a = client(g.url(), "session", to, key=KEYS["agent-a"])
+    assert "error" not in a, a
+    assert a["tools"] == ["add", "deploy", "lookup", "send"] and a["add"] == {"result": 5}, a
+    assert "Customer c-7" in a["lookup"]["text"] and "jane.doe@example.com" not in a["lookup"]["text"] and "4111 1111 1111 1111" not in a["lookup"]["text"], a
+    sent = a["send"]
+    assert not sent["is_error"] and sent["text"].startswith("sent to Jöhn <") and "john.smith@example.org" not in sent["text"], sent
+    b = client(g.url(), "session", "ops@example.org", key=KEYS["agent-b"])
+    assert "error" not in b and not b["send"]["is_error"] and "ops@example.org" not in b["send"]["text"], b
+
+    evs = events_when(g, lambda evs: sum(e["kind"] == "response" and e.get("tool") == "send" for e in evs) >= 2)
+    by_caller = {}
+    for e in evs:
+        if e.get("identity"):
+            by_caller.setdefault(e["identity"]["subject"], set()).add(e.get("session"))
+    assert set(by_caller) == {"agent-a", "agent-b"}, by_caller
+    assert all(len(s) == 1 and None not in s for s in by_caller.values()), by_caller
+    assert by_caller["agent-a"] != by_caller["agent-b"], by_caller
+    starts = [e for e in evs if e["kind"] == "session_start"]
+    assert sorted(e["session"] for e in starts) == sorted(s for v in by_caller.values() for s in v), starts
+    assert not any(e.get("mcp_session") for e in evs), "no upstream session exists to name"
+    paths = [f["path"] for e in evs if e["kind"] == "findings" and e.get("direction") == "request" for f in e["findings"]]
+    assert "/arguments/to" in paths and not any(p.startswith("/headers/") for p in paths), paths
+    sessions = g.get_admin("/sessions")["sessions"]
+    assert sorted((s["owner"], s["stateless"], s["protocol_version"], s["mcp_session_id"]) for s in sessions) == [("agent-a", True, V2026, ""), ("agent-b", True, V2026, "")], sessions
+    assert {s["client_info"]["name"] for s in sessions} == {"mcp"}, sessions
+
+
+def test_standard_headers_must_repeat_the_body_and_follow_its_masking(gateway, raw_upstream):
+    """Something behind the gateway may route on `Mcp-Method`/`Mcp-Name`/`Mcp-Param-*`
+    without reading the body the gateway decided on, so a header that says otherwise is refused
+    with MCP's -32020 (by id, nothing forwarded); a matching request goes on with its headers
+    written again from the masked body."""
+
+    def answer(conn, head, body):
+        out = json.dumps({"jsonrpc": "2.0", "id": json.loads(body)["id"], "result": {"content": [], "resultType": "complete"}}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+
+    up = raw_upstream(answer)
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra='[detect.request]\npii = "mask"\n')
+    call = {"jsonrpc": "2.0", "id": "c-1", "method": "tools/call", "params": {"name": "send", "arguments": {"to": "Zoë <zoe.adams@example.org>", "body": "hi", "opts": {"region": "eu"}}, "_meta": META}}
+    base = {"accept": "application/json, text/event-stream", "content-type": "application/json", "mcp-protocol-version": V2026, "mcp-method": "tools/call", "mcp-name": "send"}
+    with httpx.Client(timeout=10) as c:
+        for extra, why in [
+            ({"mcp-name": "delete_all"}, "Mcp-Name header does not match"),
+            ({"mcp-method": "tools/list"}, "Mcp-Method header does not match"),
+            ({"mcp-param-to": "eve@example.net"}, "Mcp-Param-to header does not match any argument"),
+            ({"mcp-param-to": "=?base64?not base64?="}, "not canonical base64"),
+            ({"mcp-protocol-version": "2025-11-25"}, "differ"),
+        ]:
+            r = c.post(g.url(), json=call, headers={**base, **extra})
+            assert r.status_code == 400, (extra, r.status_code, r.text)
+            err = r.json()
+            assert err["id"] == "c-1" and err["error"]["code"] == -32020 and why in err["error"]["data"]["reason"], (extra, err)
+            assert "eve@example.net" not in r.text
+        dup = [(k, v) for k, v in base.items()] + [("Mcp-Method", "tools/call")]
+        r = c.post(g.url(), content=json.dumps(call), headers=dup)
+        assert r.status_code == 400 and "more than once" in r.json()["error"]["data"]["reason"], r.text
+        assert up.requests == [], "nothing refused was forwarded"
+
+        r = c.post(g.url(), json=call, headers={**base, "mcp-param-to": b64("Zoë <zoe.adams@example.org>"), "mcp-param-region": "eu"})
+        assert r.status_code == 200 and r.json()["result"]["resultType"] == "complete", r.text
+    [sent] = up.requests
+    head, _, body = sent.partition(b"\r\n\r\n")
+    assert b"zoe.adams@example.org" not in sent, sent
+    forwarded_to = json.loads(body)["params"]["arguments"]["to"]
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.decode().partition(":") for line in head.split(b"\r\n")[1:])}
+    assert forwarded_to.startswith("Zoë <") and forwarded_to != "Zoë <zoe.adams@example.org>", forwarded_to
+    assert headers["mcp-param-to"] == b64(forwarded_to), (headers, forwarded_to)
+    assert (headers["mcp-param-region"], headers["mcp-name"], headers["mcp-method"]) == ("eu", "send", "tools/call"), headers
+
+
+POLICY = """
+default = "allow"
+
+[[rule]]
+id = "no-sampling"
+from = "server"
+when = 'method == "sampling/createMessage"'
+action = "deny"
+reason = "servers may not use the agent's model"
+
+[[rule]]
+id = "elicitation-urls"
+from = "server"
+when = 'method == "elicitation/create" && has(args.url) && !args.url.startsWith("https://login.example.com/")'
+action = "deny"
+reason = "the server asked to send the user to a page outside login.example.com"
+"""
+
+
+def test_input_requests_inside_answers_are_decided_by_server_rules(py2026, gateway, tmp_path):
+    """MCP 2026-07-28 servers no longer send the agent requests of their own: a tool answers
+    `input_required` with the sampling or elicitation it needs, and the client calls again with
+    the answers. The `from = "server"` rules decide those as they decided requests sent on
+    their own; before, they passed unseen. A refused one withholds the answer, and the agent's
+    call fails with the policy's reason; one allowed completes the round trip."""
+    (tmp_path / "policy.toml").write_text(POLICY)
+    g = gateway([{"path": "/mcp", "upstream": py2026}], extra=IDENTITY + f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    ok = client(g.url(), "deploy", "https://login.example.com/sso", key=KEYS["agent-a"])
+    assert ok.get("deploy") == {"text": "deployed prod after https://login.example.com/sso", "is_error": False}, ok
+    for ask, reason in [("sampling", "servers may not use the agent's model"), ("https://login.examp1e.net/sso", "outside login.example.com")]:
+        out = client(g.url(), "deploy", ask, key=KEYS["agent-a"])
+        assert "deploy" not in out and reason in out.get("error", ""), out
+    evs = events_when(g, lambda evs: sum(e["kind"] == "decision" and e["decision"]["action"] == "deny" for e in evs) >= 2)
+    denied = [e for e in evs if e["kind"] == "decision" and e["decision"]["action"] == "deny"]
+    assert sorted((e["method"], e["direction"], e["tool"], e["decision"]["rule"]) for e in denied) == [
+        ("elicitation/create", "response", "deploy", "elicitation-urls"),
+        ("sampling/createMessage", "response", "deploy", "no-sampling"),
+    ], denied
+    assert g.metric("sluice_policy_decisions_total", direction="response", action="deny") == 2
