@@ -247,11 +247,29 @@ impl Chain {
                 }
             }
         }
+        // MCP 2026-07-28 caching: a result the gateway changed (masked, a listing filtered), or
+        // one a policy decides per caller, is not the same for every caller, whatever the
+        // server said: a cache shared between callers must not hand one caller's view to another.
+        if dir == Direction::Response && info.kind == Kind::Response && (changed || ctx.policy.is_some()) && private_cache_scope(v) {
+            changed = true;
+        }
         if changed {
             Verdict::Changed
         } else {
             Verdict::Pass
         }
+    }
+}
+
+/// `result.cacheScope` `"public"` made `"private"`; whether it was.
+fn private_cache_scope(v: &mut BorrowedValue<'_>) -> bool {
+    use simd_json::prelude::{MutableObject, ValueAsScalar};
+    match v.get_mut("result").and_then(|r| r.get_mut("cacheScope")) {
+        Some(scope) if scope.as_str() == Some("public") => {
+            *scope = BorrowedValue::from("private");
+            true
+        }
+        _ => false,
     }
 }
 
@@ -408,6 +426,12 @@ mod tests {
                     return Verdict::Changed;
                 }
             }
+            if let Some(t) = v.get_mut("result").and_then(|r| r.get_mut("shout")) {
+                if let Some(s) = t.as_str() {
+                    *t = BorrowedValue::from(s.to_uppercase());
+                    return Verdict::Changed;
+                }
+            }
             if info.kind == Kind::Response && v.get("result").and_then(|r| r.get("secret")).is_some() {
                 return Verdict::Refuse { code: Code::Refused, message: "blocked".into(), reason: "secret".into() };
             }
@@ -431,6 +455,22 @@ mod tests {
 
     fn json(b: &[u8]) -> serde_json::Value {
         serde_json::from_slice(b).unwrap()
+    }
+
+    /// A result the gateway changed is this caller's: not to be shared by caches (MCP 2026-07-28).
+    #[test]
+    fn a_changed_cacheable_result_is_private() {
+        let Outcome::Rewritten { body, .. } = run(r#"{"jsonrpc":"2.0","id":1,"result":{"shout":"hi","ttlMs":60000,"cacheScope":"public"}}"#, Direction::Response) else { panic!() };
+        assert_eq!((json(&body)["result"]["cacheScope"].as_str(), json(&body)["result"]["ttlMs"].as_i64()), (Some("private"), Some(60000)));
+        // Unchanged, and no policy deciding per caller: what the server said stands.
+        assert_eq!(run(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"cacheScope":"public"}}"#, Direction::Response), Outcome::Unchanged);
+        let mut with_policy = ctx();
+        with_policy.policy = Some(std::sync::Arc::new(crate::config::policy::parse("default = \"allow\"\n", std::path::Path::new("p.toml")).unwrap()));
+        let chain = Chain::new(vec![Box::new(TestHook)]);
+        let mut buf = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"cacheScope":"public"}}"#.to_vec();
+        let mut body = jsonrpc::parse(&mut buf).unwrap();
+        let Outcome::Rewritten { body, .. } = process_body(&chain, &mut with_policy, Direction::Response, &mut body) else { panic!() };
+        assert_eq!(json(&body)["result"]["cacheScope"], "private");
     }
 
     #[test]
