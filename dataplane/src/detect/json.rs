@@ -169,9 +169,10 @@ impl Walk<'_> {
             BorrowedValue::Object(m) => {
                 let mut changed = false;
                 let binary = if self.skip_binary { binary_field(m) } else { None };
+                let top = self.skip_binary && b.path.is_empty();
                 let mut renames: Vec<(String, String)> = Vec::new();
                 for (k, x) in m.iter_mut() {
-                    if binary == Some(k.as_ref()) {
+                    if binary == Some(k.as_ref()) || (top && opaque_token(k, x)) {
                         continue;
                     }
                     let len = b.path.len();
@@ -419,6 +420,16 @@ fn binary_field(m: &simd_json::borrowed::Object<'_>) -> Option<&'static str> {
     }
 }
 
+/// A protocol token at the top of a server's result that the client hands back without reading
+/// (`nextCursor`; `requestState`, MCP 2026-07-28: sealed by the server, often a long random
+/// base64url string): opaque, never shown to a model, and a mask inside it breaks the
+/// protocol — the next page or the second round of the call fails (a random `requestState`
+/// looked like an encoded blob about once in a hundred). Neither scanned nor masked there; the
+/// same member deeper in a result (a tool's own data) and what a client sends are.
+fn opaque_token(k: &str, v: &BorrowedValue<'_>) -> bool {
+    matches!(k, "requestState" | "nextCursor") && matches!(v, BorrowedValue::String(_))
+}
+
 /// Standard base64 with padding (RFC 4648 §4), as MCP binary payloads are.
 fn is_base64(s: &str) -> bool {
     let b = s.as_bytes();
@@ -651,6 +662,23 @@ mod tests {
             assert!(!found.is_empty() && !out.contains(key), "scanning everything: {out}");
         }
         assert!(is_base64("aGVsbG8=") && is_base64("aGk=") && is_base64("") && !is_base64("aGk") && !is_base64("a=Gk") && !is_base64("aG k"));
+    }
+
+    /// `requestState` and `nextCursor` at the top of a server's result are the protocol's
+    /// opaque tokens: masking one broke the next round of the call. Deeper (a tool's own data)
+    /// or sent by a client, the same names are scanned.
+    #[test]
+    fn opaque_protocol_tokens_in_results_are_left_whole() {
+        let mut sc = engine().scanner().unwrap();
+        let blob = "QUJD".repeat(60);
+        for top in ["requestState", "nextCursor"] {
+            let doc = format!(r#"{{"resultType":"input_required","{top}":"v1.{blob}","structuredContent":{{"{top}":"{blob}"}}}}"#);
+            let (out, found) = walk_doc_with(&doc, Strategy::Redact, &|_| true, true, &mut sc, &mut Buffers::default());
+            assert_eq!(found.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), [format!("/structuredContent/{top}").as_str()], "{out}");
+            assert!(out.contains(&format!(r#""{top}":"v1.{blob}""#)), "{out}");
+            let (_, found) = walk_doc_with(&doc, Strategy::Redact, &|_| true, false, &mut sc, &mut Buffers::default());
+            assert_eq!(found.len(), 2, "what a client sends is scanned whole");
+        }
     }
 
     /// The table of clean keys never hides a key with a finding: 5,000 distinct keys (far more

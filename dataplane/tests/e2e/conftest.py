@@ -99,7 +99,18 @@ class Proc:
         return self.p.returncode
 
     def text(self) -> str:
+        """The log so far. sluice writes log lines from a queue every 10 ms (never from the
+        workers): wait until the file has stopped growing for 50 ms (at most 3 s), so that the
+        lines of what the test just did are in it."""
         self.fh.flush()
+        last, since, deadline = -1, time.monotonic(), time.monotonic() + 3
+        while time.monotonic() < deadline:
+            size = self.log.stat().st_size
+            if size != last:
+                last, since = size, time.monotonic()
+            elif time.monotonic() - since >= 0.05:
+                break
+            time.sleep(0.01)
         return self.log.read_text(errors="replace")
 
 
