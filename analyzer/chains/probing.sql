@@ -7,10 +7,13 @@
 -- Near misses: the same arguments retried (a client retry loop), or two attempts only.
 -- One alert per session and tool (`incident`), however many attempts follow. The first attempt's
 -- time comes from a window over the refused calls (joining them again would compute them twice).
+-- A decision names its call's event (`call`): JSON-RPC ids repeat within a session of
+-- stateless requests (MCP 2026-07-28), so the id alone would pair it with other calls too.
 WITH refused AS (
   SELECT d.event_id, d.ts, d.session, d.subject, d.tool, q.payload AS args
   FROM decisions d
-  JOIN events q ON q.session = d.session AND q.rpc_id = d.rpc_id AND q.kind = 'request' AND q.direction = 'request'
+  JOIN events q ON q.session = d.session AND q.rpc_id = d.rpc_id AND (d.call IS NULL OR d.call = q.id)
+                AND q.kind = 'request' AND q.direction = 'request'
   WHERE d.direction = 'request' AND d.action IN ('deny', 'refuse', 'rate_limited')
 ),
 timed AS (

@@ -52,6 +52,7 @@ struct Ev<'a> {
     http_path: Option<Str<'a>>,
     client_ip: Option<Str<'a>>,
     task: Option<Str<'a>>,
+    call: Option<Str<'a>>,
     /// The lists, kept here rather than in their parents so that their buffers are reused;
     /// `None` where the list (or its parent) was absent or null.
     groups: Option<Vec<Str<'a>>>,
@@ -206,7 +207,7 @@ fn opt_object<'a, T: Default>(
 const EVENT: &[&str] = &[
     "v", "id", "ts", "kind", "instance", "worker", "session", "mcp_session", "identity", "route", "upstream", "direction", "method", "rpc_id", "tool", "payload",
     "payload_truncated", "bytes", "latency_us", "status", "error_code", "decision", "findings", "approval", "tools", "pin", "gateway",
-    "http_method", "http_path", "client_ip", "task",
+    "http_method", "http_path", "client_ip", "task", "call",
 ];
 
 /// [`EVENT`]'s index of a member name (a `match` compiles to a length switch and fixed-size
@@ -244,6 +245,7 @@ fn event_member(key: &str) -> Option<usize> {
         "http_path" => 28,
         "client_ip" => 29,
         "task" => 30,
+        "call" => 31,
         _ => return None,
     })
 }
@@ -386,7 +388,8 @@ fn event<'a>(doc: &'a str, e: &mut Ev<'a>, spare: &mut Spare<'a>) -> json::Resul
             27 => e.http_method = opt_str(r)?,
             28 => e.http_path = opt_str(r)?,
             29 => e.client_ip = opt_str(r)?,
-            _ => e.task = opt_str(r)?,
+            30 => e.task = opt_str(r)?,
+            _ => e.call = opt_str(r)?,
         }
         Ok(())
     })?;
@@ -470,7 +473,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
     let (mut p_tool, mut p_change, mut p_old, mut p_new) = (strings(0), strings(0), strings(0), strings(0));
     let mut gateway = Strukt::of(schema, "gateway")?;
     let (mut g_version, mut g_digest, mut g_detail) = (strings(0), strings(0), strings(0));
-    let (mut http_method, mut http_path, mut client_ip, mut task) = (strings(0), strings(0), strings(0), strings(0));
+    let (mut http_method, mut http_path, mut client_ip, mut task, mut call) = (strings(0), strings(0), strings(0), strings(0), strings(0));
 
     let (mut e, mut spare) = (Ev::default(), Spare::default());
     for (i, doc) in docs.iter().enumerate() {
@@ -611,6 +614,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
         text(&mut http_path, &e.http_path);
         text(&mut client_ip, &e.client_ip);
         text(&mut task, &e.task);
+        text(&mut call, &e.call);
     }
 
     let identity = identity.finish(vec![Arc::new(subject.finish()), Arc::new(groups.finish()), Arc::new(agent_type.finish()), Arc::new(via.finish())])?;
@@ -668,6 +672,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
         Arc::new(http_path.finish()),
         Arc::new(client_ip.finish()),
         Arc::new(task.finish()),
+        Arc::new(call.finish()),
     ];
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }

@@ -39,7 +39,7 @@ pub const VIEWS: &[(&str, &str)] = &[
                 CASE WHEN r.task IS NULL THEN r.payload ELSE t.payload END AS result, \
                 q.id AS request_id, CASE WHEN r.task IS NULL THEN r.id ELSE t.id END AS response_id, r.task \
          FROM events q LEFT JOIN events r \
-           ON r.session = q.session AND r.rpc_id = q.rpc_id AND r.kind IN ('response') AND r.direction = 'response' \
+           ON r.session = q.session AND r.rpc_id = q.rpc_id AND (r.call IS NULL OR r.call = q.id) AND r.kind IN ('response') AND r.direction = 'response' \
          LEFT JOIN task_results t ON t.session = r.session AND t.task = r.task AND t.n = 1 \
          WHERE q.kind = 'request' AND q.direction = 'request' AND q.method = 'tools/call'",
     ),
@@ -47,14 +47,14 @@ pub const VIEWS: &[(&str, &str)] = &[
         "findings",
         "SELECT id AS event_id, ts, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
                 f['rule'] AS rule, f['kind'] AS kind, f['category'] AS category, f['severity'] AS severity, f['path'] AS path, \
-                f['action'] AS action, f['fingerprint'] AS fingerprint, f['encoding'] AS encoding, http_method, http_path \
+                f['action'] AS action, f['fingerprint'] AS fingerprint, f['encoding'] AS encoding, http_method, http_path, call \
          FROM (SELECT *, unnest(findings) AS f FROM events WHERE kind = 'findings')",
     ),
     (
         "decisions",
         "SELECT id AS event_id, ts, session, identity['subject'] AS subject, route, direction, method, tool, rpc_id, \
                 decision['stage'] AS stage, decision['action'] AS action, decision['rule'] AS rule, decision['reason'] AS reason, \
-                status, error_code, client_ip \
+                status, error_code, client_ip, call \
          FROM events WHERE kind = 'decision'",
     ),
     (
@@ -365,5 +365,34 @@ mod tests {
         assert_eq!(col(2), some(&["2000000", "", "300"]), "latency: call to result");
         assert_eq!(col(3), some(&[r#"{"content":"findings"}"#, "", r#"{"content":"3"}"#]));
         assert_eq!(col(4), some(&["false", "true", "false"]));
+    }
+
+    /// Stateless requests (MCP 2026-07-28) of one caller are one session whose JSON-RPC ids
+    /// repeat (every client process counts from 1, and several run at once): each call is
+    /// paired with its own answer by `call`, not with every answer that has its id. Archives
+    /// from before `call` pair by id as they did.
+    #[tokio::test]
+    async fn calls_pair_with_their_own_answers_when_ids_repeat() {
+        let schema = Arc::new(sluice_schema::arrow::schema());
+        let t0: u64 = 1_795_957_200_000_000;
+        let ev = |id: &str, kind: &str, dir: &str, at: u64, extra: &str| {
+            format!(r#"{{"v":1,"id":"{id}","ts":{},"kind":"{kind}","instance":"gw","session":"s1","direction":"{dir}","method":"tools/call","rpc_id":"1","tool":"t"{extra}}}"#, t0 + at)
+        };
+        let docs = vec![
+            // Two client processes, both with id 1, in flight at once; their answers cross.
+            ev("01KA0000000000000000000001", "request", "request", 0, r#","payload":{"arguments":{"n":1}}"#),
+            ev("01KA0000000000000000000002", "request", "request", 10, r#","payload":{"arguments":{"n":2}}"#),
+            ev("01KA0000000000000000000003", "response", "response", 20, r#","call":"01KA0000000000000000000002","payload":{"content":"two"}"#),
+            ev("01KA0000000000000000000004", "response", "response", 30, r#","call":"01KA0000000000000000000001","payload":{"content":"one"}"#),
+        ];
+        let ctx = context_in_memory(vec![crate::decode::decode(&schema, &docs).unwrap()]).await.unwrap();
+        let (_, b) = run(&ctx, "SELECT arguments, result FROM tool_calls ORDER BY ts").await.unwrap();
+        let b = datafusion::arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
+        let col = |i: usize| -> Vec<String> {
+            let c = datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8).unwrap();
+            c.as_string::<i32>().iter().map(|v| v.unwrap_or("").to_owned()).collect()
+        };
+        assert_eq!(col(0), [r#"{"arguments":{"n":1}}"#, r#"{"arguments":{"n":2}}"#], "one row per call");
+        assert_eq!(col(1), [r#"{"content":"one"}"#, r#"{"content":"two"}"#], "each with its own answer");
     }
 }

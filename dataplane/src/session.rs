@@ -30,6 +30,8 @@ pub struct Pending {
     pub tool: Option<String>,
     /// The task the request names (its answer is recorded as that task's).
     pub task: Option<String>,
+    /// The id of the request's event in the record (its answer's events name it).
+    pub call: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -556,7 +558,7 @@ mod tests {
     fn pending_is_bounded() {
         let mut m = HashMap::new();
         for i in 0..MAX_PENDING + 10 {
-            Session::remember(&mut m, &i.to_string(), Pending { method: "x".into(), tool: None, task: None });
+            Session::remember(&mut m, &i.to_string(), Pending { method: "x".into(), tool: None, task: None, call: None });
         }
         assert_eq!(m.len(), MAX_PENDING);
     }

@@ -79,6 +79,7 @@ pub fn schema() -> Schema {
         utf8("http_path", true),
         utf8("client_ip", true),
         utf8("task", true),
+        utf8("call", true),
     ])
 }
 

@@ -188,6 +188,13 @@ pub struct Event<'a> {
     /// detection found something in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<Text<'a>>,
+    /// The `id` of the `request` event of the call this event belongs to: on the request's own
+    /// `findings` and `decision` events, on its answer (`response`) and the answer's `findings`
+    /// and `decision` (a server's request and the agent's answer to it likewise). JSON-RPC ids
+    /// do not pair them in every case: they repeat within a session across stateless requests
+    /// (MCP 2026-07-28: every client process counts from 1), and may be reused once answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<Text<'a>>,
 }
 
 /// A JSON value kept as its text (embedded verbatim when the event is encoded).
@@ -255,6 +262,7 @@ impl<'a> Event<'a> {
             http_path: None,
             client_ip: None,
             task: None,
+            call: None,
         }
     }
 

@@ -48,10 +48,11 @@ pub fn base<'a>(ctx: &'a RequestCtx, instance: &'a str, kind: Kind) -> Event<'a>
 /// exchange): a `response` event (`document` on a plain HTTP route) for the call, with the
 /// status and the JSON-RPC error as the agent received them. `call`: the method and tool of the
 /// request it answers, when known.
-pub fn gateway_answer(em: &Emitter, ctx: &RequestCtx, call: Option<(&str, Option<&str>)>, id: Option<&str>, err: &crate::error::ProxyError) {
+pub fn gateway_answer(em: &Emitter, ctx: &RequestCtx, call: Option<(&str, Option<&str>, Option<&str>)>, id: Option<&str>, err: &crate::error::ProxyError) {
     let rec = em.recorder();
     let kind = if ctx.http_target.is_some() { Kind::Document } else { Kind::Response };
     let mut e = base(ctx, &rec.instance, kind);
+    e.call = call.and_then(|c| c.2).map(Cow::Borrowed);
     e.direction = Some(event::Direction::Response);
     e.method = envelope_field(ctx, crate::detect::hook::ENVELOPE_METHOD, call.map(|c| c.0));
     e.tool = envelope_field(ctx, crate::detect::hook::ENVELOPE_TOOL, call.and_then(|c| c.1));
@@ -169,6 +170,11 @@ impl Observer for RecordObserver {
             None
         };
         let mut e = base(ctx, instance, message_kind(info.kind));
+        // A request's event takes the id its answer will name; every other message names it.
+        match (info.kind, info.call.as_deref()) {
+            (MsgKind::Request, Some(own)) => e.id = Cow::Borrowed(own),
+            (_, call) => e.call = call.map(Cow::Borrowed),
+        }
         e.direction = Some(direction(dir));
         e.method = envelope_field(ctx, crate::detect::hook::ENVELOPE_METHOD, info.method.as_deref());
         e.rpc_id = envelope_field(ctx, crate::detect::hook::ENVELOPE_ID, info.id.as_deref());
@@ -193,7 +199,7 @@ impl Observer for RecordObserver {
         if !refused && info.kind == MsgKind::Response && info.method.as_deref() == Some("tools/list") {
             self.catalog(ctx, instance, value);
         }
-        self.outcome(ctx, instance, dir, [&e.method, &e.rpc_id, &e.tool], found, verdict, stage);
+        self.outcome(ctx, instance, dir, [&e.method, &e.rpc_id, &e.tool], info.call.as_deref(), found, verdict, stage);
     }
 
     /// Findings in the request URL or a streamed text body (there is no message to hang them
@@ -204,7 +210,7 @@ impl Observer for RecordObserver {
         if found.is_empty() {
             return;
         }
-        self.outcome(ctx, &rec.instance, dir, [&None, &None, &None], found, verdict, None);
+        self.outcome(ctx, &rec.instance, dir, [&None, &None, &None], None, found, verdict, None);
     }
 }
 
@@ -212,10 +218,12 @@ impl RecordObserver {
     /// The `findings` event of a message (or of the request URL) and the decisions taken on it.
     /// `stage`: the stage that changed or refused the message when neither detection nor policy did.
     #[allow(clippy::too_many_arguments)]
-    fn outcome(&self, ctx: &RequestCtx, instance: &str, dir: Direction, envelope: [&Option<Cow<'_, str>>; 3], found: &[crate::detect::hook::Recorded], verdict: &Verdict, stage: Option<&'static str>) {
+    fn outcome(&self, ctx: &RequestCtx, instance: &str, dir: Direction, envelope: [&Option<Cow<'_, str>>; 3], call: Option<&str>, found: &[crate::detect::hook::Recorded], verdict: &Verdict, stage: Option<&'static str>) {
         let [method, rpc_id, tool] = envelope;
+        let call = call.map(Cow::Borrowed);
         if !found.is_empty() {
             let mut f = base(ctx, instance, Kind::Findings);
+            f.call = call.clone();
             f.direction = Some(direction(dir));
             f.method = method.clone();
             f.rpc_id = rpc_id.clone();
@@ -237,6 +245,7 @@ impl RecordObserver {
         }
         if let Some(pd) = &ctx.decision {
             let mut d = base(ctx, instance, Kind::Decision);
+            d.call = call.clone();
             d.direction = Some(direction(dir));
             d.method = ctx.decided_input.as_deref().map(Cow::Borrowed).or_else(|| method.clone());
             d.rpc_id = rpc_id.clone();
@@ -264,6 +273,7 @@ impl RecordObserver {
             // Pinning changes a listing only by hiding tools.
             let action = if stage == Some("pins") && action == "mask" { "hide" } else { action };
             let mut d = base(ctx, instance, Kind::Decision);
+            d.call = call.clone();
             d.direction = Some(direction(dir));
             d.method = method.clone();
             d.rpc_id = rpc_id.clone();

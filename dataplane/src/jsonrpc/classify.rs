@@ -45,6 +45,9 @@ pub struct MessageInfo {
     /// the task `_meta` relates the message to. An answer to a task's follow-up gets it from
     /// its request (session tracking).
     pub task: Option<String>,
+    /// The record's event id of the call this message is (a request: the id its `request`
+    /// event will have) or answers: set by session tracking when recording is on.
+    pub call: Option<String>,
 }
 
 impl MessageInfo {
@@ -66,6 +69,7 @@ impl MessageInfo {
             error_code: None,
             error_message: None,
             task: None,
+            call: None,
         }
     }
 }
@@ -118,6 +122,7 @@ pub fn classify(v: &BorrowedValue<'_>) -> Result<MessageInfo, &'static str> {
         error_code: None,
         error_message: None,
         task: None,
+        call: None,
     };
     if let Some(m) = obj.get("method") {
         let method = m.as_str().ok_or("\"method\" must be a string")?;

@@ -515,7 +515,7 @@ async fn fail_answer(w: &Worker, ctx: &RequestCtx, track: &Track<'_>, down: &mut
             [(_, p)] => Some(p),
             all => all.iter().find(|(i, _)| Some(i.as_str()) == id).map(|(_, p)| p),
         };
-        let call = call.map(|p| (p.method.as_str(), p.tool.as_deref()));
+        let call = call.map(|p| (p.method.as_str(), p.tool.as_deref(), p.call.as_deref()));
         crate::events::record::gateway_answer(em, ctx, call, id, e);
     }
     if !held {
@@ -837,7 +837,10 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
                 if let (None, Some(sid), Some(task)) = (&info.tool, sid, info.followed_task()) {
                     info.tool = sessions.with(sid, |s| s.tasks.get(task).cloned()).flatten();
                 }
-                let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone(), task: info.task.clone() };
+                if w.emitter.is_some() {
+                    info.call = Some(crate::ids::new_id());
+                }
+                let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone(), task: info.task.clone(), call: info.call.clone() };
                 if info.method.as_deref() == Some("initialize") {
                     if let Some(t) = track.as_deref_mut() {
                         t.init = v.get("params").and_then(|p| serde_json::to_value(p).ok());
@@ -922,8 +925,11 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
                             .flatten();
                     }
                 }
+                if w.emitter.is_some() {
+                    info.call = Some(crate::ids::new_id());
+                }
                 if let Some(sid) = sid {
-                    let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone(), task: info.task.clone() };
+                    let p = Pending { method: info.method.clone().unwrap_or_default(), tool: info.tool.clone(), task: info.task.clone(), call: info.call.clone() };
                     sessions.with(sid, |s| {
                         s.messages_out += 1;
                         Session::remember(&mut s.pending_server, id, p);
@@ -936,7 +942,11 @@ pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Directio
                 }
             }
         }
-        // A response carries the method and tool of the request it answers (for the record).
+        // A response carries the method and tool of the request it answers (for the record),
+        // and its event's id.
+        if let (Some(p), None) = (&answers, &info.call) {
+            info.call = p.call.clone();
+        }
         if let (Some(p), true) = (&answers, info.method.is_none()) {
             info.method = Some(p.method.clone());
             info.tool = p.tool.clone();

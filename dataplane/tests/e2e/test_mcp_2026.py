@@ -7,11 +7,12 @@ answer)."""
 import base64
 import hashlib
 import json
+import subprocess
 import time
 
 import httpx
 
-from conftest import HERE, PY2026, run_client, spool_events
+from conftest import ANALYZER, HERE, PY2026, run_client, spool_events
 
 KEYS = {"agent-a": "sk-agent-a-5c1e0b", "agent-b": "sk-agent-b-91d4aa"}
 IDENTITY = "[identity]\n" + "".join(f'[[identity.api_key]]\nsubject = "{s}"\nsha256 = "{hashlib.sha256(k.encode()).hexdigest()}"\n' for s, k in KEYS.items())
@@ -37,7 +38,7 @@ def b64(value: str) -> str:
     return "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
 
 
-def test_a_2026_client_and_server_through_the_gateway(py2026, gateway):
+def test_a_2026_client_and_server_through_the_gateway(py2026, gateway, tmp_path):
     """The SDK client discovers, lists and calls tools through the gateway with no session.
     An argument the gateway masks is masked in its `Mcp-Param-To` header too: the server
     compares the two and answers what it received — before, the header (base64, as the SDK
@@ -54,8 +55,11 @@ def test_a_2026_client_and_server_through_the_gateway(py2026, gateway):
     assert not sent["is_error"] and sent["text"].startswith("sent to Jöhn <") and "john.smith@example.org" not in sent["text"], sent
     b = client(g.url(), "session", "ops@example.org", key=KEYS["agent-b"])
     assert "error" not in b and not b["send"]["is_error"] and "ops@example.org" not in b["send"]["text"], b
+    # A second client process of the same caller: same session, and the same JSON-RPC ids again.
+    a2 = client(g.url(), "session", "Zoë <zoe@example.org>", key=KEYS["agent-a"])
+    assert "error" not in a2 and a2["send"]["text"].startswith("sent to Zoë <"), a2
 
-    evs = events_when(g, lambda evs: sum(e["kind"] == "response" and e.get("tool") == "send" for e in evs) >= 2)
+    evs = events_when(g, lambda evs: sum(e["kind"] == "response" and e.get("tool") == "send" for e in evs) >= 3)
     by_caller = {}
     for e in evs:
         if e.get("identity"):
@@ -68,6 +72,19 @@ def test_a_2026_client_and_server_through_the_gateway(py2026, gateway):
     assert not any(e.get("mcp_session") for e in evs), "no upstream session exists to name"
     paths = [f["path"] for e in evs if e["kind"] == "findings" and e.get("direction") == "request" for f in e["findings"]]
     assert "/arguments/to" in paths and not any(p.startswith("/headers/") for p in paths), paths
+    # In the archive each call is paired with its own answer, though ids repeat in the session.
+    archive = tmp_path / "archive"
+    r = subprocess.run([str(ANALYZER), "--archive", str(archive), "ingest", "--spool", str(g.spool)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    q = "SELECT subject, tool, rpc_id, arguments, result FROM tool_calls ORDER BY ts"
+    r = subprocess.run([str(ANALYZER), "--archive", str(archive), "sql", q, "--format", "json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    mine = [c for c in calls if c["subject"] == "agent-a"]
+    assert [c["tool"] for c in mine] == ["add", "lookup", "send"] * 2, calls
+    assert len({c["rpc_id"] for c in mine if c["tool"] == "send"}) == 1, "the second process reused the ids"
+    sends = [(json.loads(c["arguments"])["arguments"]["to"], json.loads(c["result"])["content"][0]["text"]) for c in mine if c["tool"] == "send"]
+    assert len(sends) == 2 and all(answer.startswith(f"sent to {to} in eu") for to, answer in sends), sends
     sessions = g.get_admin("/sessions")["sessions"]
     assert sorted((s["owner"], s["stateless"], s["protocol_version"], s["mcp_session_id"]) for s in sessions) == [("agent-a", True, V2026, ""), ("agent-b", True, V2026, "")], sessions
     assert {s["client_info"]["name"] for s in sessions} == {"mcp"}, sessions
