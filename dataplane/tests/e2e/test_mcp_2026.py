@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from conftest import ANALYZER, HERE, PY2026, run_client, spool_events
+from conftest import ANALYZER, HERE, PY2026, SLUICE, run_client, spool_events
 
 KEYS = {"agent-a": "sk-agent-a-5c1e0b", "agent-b": "sk-agent-b-91d4aa"}
 IDENTITY = "[identity]\n" + "".join(f'[[identity.api_key]]\nsubject = "{s}"\nsha256 = "{hashlib.sha256(k.encode()).hexdigest()}"\n' for s, k in KEYS.items())
@@ -173,3 +173,26 @@ def test_input_requests_inside_answers_are_decided_by_server_rules(py2026, gatew
         ("sampling/createMessage", "response", "deploy", "no-sampling"),
     ], denied
     assert g.metric("sluice_policy_decisions_total", direction="response", action="deny") == 2
+
+
+def test_a_2026_local_server_over_stdio(tmp_path):
+    """`sluice stdio` in front of a 2026-07-28 server the SDK 2.x client launches: discovery,
+    calls, masking, and input requests decided by `from = "server"` rules work as over HTTP
+    (one process is one session, as before), and every answer names its call."""
+    (tmp_path / "policy.toml").write_text(POLICY)
+    cfg = tmp_path / "stdio.toml"
+    cfg.write_text(f'[gateway]\nshutdown_grace = "3s"\n[recording.spool]\ndir = "{tmp_path / "spool"}"\n[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    server = f"{PY2026} {HERE / 'servers' / 'py2026_server.py'} stdio"
+    through = f"stdio:{SLUICE} stdio --config {cfg} --name local -- {server}"
+    out = client(through, "session", "ann@example.org")
+    assert "error" not in out and out["add"] == {"result": 5} and "jane.doe@example.com" not in out["lookup"]["text"], out
+    denied = client(through, "deploy", "sampling")
+    assert "servers may not use the agent's model" in denied.get("error", ""), denied
+    evs = spool_events(tmp_path / "spool")
+    starts = [e for e in evs if e["kind"] == "session_start"]
+    assert len(starts) == 2, starts
+    requests = {e["id"]: e for e in evs if e["kind"] == "request"}
+    answers = [e for e in evs if e["kind"] == "response"]
+    assert answers and all(requests[a["call"]]["rpc_id"] == a["rpc_id"] and requests[a["call"]]["session"] == a["session"] for a in answers), answers
+    decided = [(e["method"], e["tool"], e["decision"]["rule"]) for e in evs if e["kind"] == "decision" and e["decision"]["action"] == "deny"]
+    assert decided == [("sampling/createMessage", "deploy", "no-sampling")], decided

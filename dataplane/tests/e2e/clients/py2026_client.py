@@ -2,6 +2,7 @@
 end-to-end tests; prints what it got as one JSON object.
 
 usage: python py2026_client.py URL SCENARIO [ARG…] [--key API_KEY]
+  URL: the MCP endpoint, or `stdio:COMMAND ARG…` (space-separated) to launch a local server
   session TO     list the tools, call add, lookup, and send (to=TO, mirrored in Mcp-Param-To)
   deploy ASK     call deploy, whose first answer asks for ASK (multi-round-trip request): the
                  client answers sampling with a fixed text and URL elicitation with "accept"
@@ -12,7 +13,7 @@ import json
 import sys
 
 import httpx2
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CreateMessageResult, ElicitResult, TextContent
 
@@ -32,7 +33,11 @@ def text(result):
 async def main(url, scenario, args, key):
     headers = {"x-api-key": key} if key else {}
     async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
-        transport = streamable_http_client(url, http_client=http)
+        if url.startswith("stdio:"):
+            command, *rest = url.removeprefix("stdio:").split(" ")
+            transport = StdioServerParameters(command=command, args=rest)
+        else:
+            transport = streamable_http_client(url, http_client=http)
         async with Client(transport, sampling_callback=sampling, elicitation_callback=elicitation) as client:
             out = {}
             try:

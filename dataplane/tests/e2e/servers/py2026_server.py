@@ -2,7 +2,7 @@
 with the official Python SDK 2.x, for Sluice's end-to-end tests. Runs in its own virtualenv
 (`requirements-mcp2026.txt`): the other tests pin the 1.x SDK.
 
-usage: python py2026_server.py PORT
+usage: python py2026_server.py PORT|stdio
 """
 
 import sys
@@ -60,4 +60,7 @@ def deploy(target: str, ask: str, ctx: Context) -> str | InputRequiredResult:
 
 
 if __name__ == "__main__":
-    mcp.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
+    if sys.argv[1] == "stdio":
+        mcp.run(transport="stdio")
+    else:
+        mcp.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
