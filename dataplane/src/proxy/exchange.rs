@@ -293,7 +293,7 @@ pub async fn handle(
     let rewrite_host = route.rewrite_host || head.header("host").is_none();
     let mut header_edits = Vec::new();
     if refused.is_none() && !w.chain.is_empty() {
-        match inspect_headers(w, &mut ctx, head, up, !plain, rewrite_host, strip_credentials, upstream_sid_at) {
+        match inspect_headers(w, &mut ctx, head, up, !plain && head.method() == "POST", rewrite_host, strip_credentials, upstream_sid_at) {
             Ok(edits) => header_edits = edits,
             Err(refusal) => refused = Some(refusal),
         }
@@ -1106,14 +1106,15 @@ const UNINSPECTED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "
 /// head), `Err`: the refusal.
 /// `session_at`: the session id header the gateway opened (it writes the upstream's id there).
 #[allow(clippy::too_many_arguments)]
-fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream, mcp: bool, rewrite_host: bool, strip_credentials: bool, session_at: Option<usize>) -> Result<Vec<(usize, String)>, Verdict> {
+fn inspect_headers(w: &Worker, ctx: &mut RequestCtx, head: &Head, up: &Upstream, mcp_post: bool, rewrite_host: bool, strip_credentials: bool, session_at: Option<usize>) -> Result<Vec<(usize, String)>, Verdict> {
     let conn = head.header("connection").unwrap_or(b"");
     let mut at = Vec::new();
     let mut pairs: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> = Vec::new();
     for (i, (n, v)) in head.headers().enumerate() {
-        // On MCP routes the standard headers repeat the body, which is inspected in their
-        // place (`jsonrpc::mirror`: checked equal to it, written again from it masked).
-        if Some(i) == session_at || crate::http::is_hop_by_hop(n, conn) || replaced_header(n, rewrite_host, strip_credentials, up) || UNINSPECTED_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) || (mcp && jsonrpc::mirror::is_mirror_header(n)) {
+        // On an MCP route's POST the standard headers repeat the body, which is inspected in
+        // their place (`jsonrpc::mirror`: checked equal to it, written again from it masked).
+        // On any other request they repeat nothing, and are inspected as sent.
+        if Some(i) == session_at || crate::http::is_hop_by_hop(n, conn) || replaced_header(n, rewrite_host, strip_credentials, up) || UNINSPECTED_HEADERS.iter().any(|u| u.eq_ignore_ascii_case(n)) || (mcp_post && jsonrpc::mirror::is_mirror_header(n)) {
             continue;
         }
         at.push((i, v));

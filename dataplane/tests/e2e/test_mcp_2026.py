@@ -124,7 +124,10 @@ def test_standard_headers_must_repeat_the_body_and_follow_its_masking(gateway, r
 
         r = c.post(g.url(), json=call, headers={**base, "mcp-param-to": b64("Zoë <zoe.adams@example.org>"), "mcp-param-region": "eu"})
         assert r.status_code == 200 and r.json()["result"]["resultType"] == "complete", r.text
-    [sent] = up.requests
+        # On a request with no body to repeat (a GET), they are headers like any other: inspected.
+        c.get(g.url(), headers={"accept": "text/event-stream", "mcp-param-note": "AKIAQYLPMN5HFIQR7XQB"})
+    sent, *others = up.requests
+    assert others and not any(b"AKIAQYLPMN5HFIQR7XQB" in r for r in others), others
     head, _, body = sent.partition(b"\r\n\r\n")
     assert b"zoe.adams@example.org" not in sent, sent
     forwarded_to = json.loads(body)["params"]["arguments"]["to"]
