@@ -316,4 +316,29 @@ mod tests {
         assert_eq!(encode("ü"), "=?base64?w7w=?=");
         assert!(is_mirror_header("MCP-PARAM-x") && is_mirror_header("mcp-name") && !is_mirror_header("mcp-protocol-version") && !is_mirror_header("mcp-session-id"));
     }
+
+    proptest::proptest! {
+        /// Whatever text an argument holds (control characters, CR/LF, non-ASCII, what looks
+        /// encoded), what the gateway writes in a header is one line of visible ASCII that
+        /// stands for exactly that text: no header can be split or smuggled through a rewrite.
+        #[test]
+        fn a_rewritten_header_is_one_safe_line_standing_for_the_value(v in "\\PC*|[\\x00-\\x7f]{0,40}|=\\?base64\\?[A-Za-z0-9+/=]{0,12}\\?=") {
+            let e = encode(&v);
+            proptest::prop_assert!(e.bytes().all(|b| (0x20..0x7f).contains(&b)), "{:?}", e);
+            proptest::prop_assert_eq!(decode(e.as_bytes()), Some(v));
+        }
+
+        /// Any header value against any call: a verdict, never a panic; and a value accepted as
+        /// an argument's is that argument's.
+        #[test]
+        fn any_header_value_gets_a_verdict(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..40), arg in "\\PC{0,12}") {
+            let src = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": {"x": arg}}}).to_string();
+            let raw: &'static [u8] = Box::leak(raw.into_boxed_slice());
+            if let Ok(m) = check([("Mcp-Param-X", raw)].into_iter(), &body(&src)) {
+                if let Some(m) = m.first() {
+                    proptest::prop_assert_eq!(&m.sent, &arg);
+                }
+            }
+        }
+    }
 }
