@@ -114,6 +114,8 @@ struct Session<'r> {
     worker: u32,
     t: i64,
     rpc: u64,
+    /// This session's number (unique in the run): with `rpc`, the ids of its calls' requests.
+    serial: u64,
     /// (time, plain HTTP — keyed by the instance rather than the session —, event JSON)
     out: Vec<(i64, bool, Vec<u8>)>,
 }
@@ -246,9 +248,14 @@ impl Session<'_> {
     fn call(&mut self, tool: &str, args: &str, answer: &str, c: CallOpts) {
         self.rpc += 1;
         let rpc = self.rpc.to_string();
+        // The request's id is made here, as the gateway makes it when it reads the request, so
+        // that the events of its call name it (`call`); the top bit keeps it apart from the ids
+        // the writer assigns.
+        let call = ulid(self.t, 1 << 63 | self.serial << 24 | self.rpc);
         let params = format!(r#"{{"name":"{tool}","arguments":{args}}}"#);
         let json = {
             let mut q = self.base(Kind::Request);
+            q.id = Cow::Borrowed(&call);
             q.direction = Some(Direction::Request);
             q.method = Some(Cow::Borrowed("tools/call"));
             q.rpc_id = Some(Cow::Borrowed(&rpc));
@@ -260,12 +267,13 @@ impl Session<'_> {
         self.push(json);
         if let Some(fp) = c.request_fingerprint {
             self.t += 40;
-            let json = ser(&self.findings(Direction::Request, tool, &rpc, fp, "pii", "arguments.to"));
+            let json = ser(&self.findings(Direction::Request, tool, &rpc, &call, fp, "pii", "arguments.to"));
             self.push(json);
         }
         self.t += self.rng.range(20, 300);
         let json = {
             let mut d = self.base(Kind::Decision);
+            d.call = Some(Cow::Borrowed(&call));
             d.direction = Some(Direction::Request);
             d.method = Some(Cow::Borrowed("tools/call"));
             d.rpc_id = Some(Cow::Borrowed(&rpc));
@@ -287,6 +295,7 @@ impl Session<'_> {
         };
         let json = {
             let mut r = self.base(Kind::Response);
+            r.call = Some(Cow::Borrowed(&call));
             r.direction = Some(Direction::Response);
             r.method = Some(Cow::Borrowed("tools/call"));
             r.rpc_id = Some(Cow::Borrowed(&rpc));
@@ -301,13 +310,15 @@ impl Session<'_> {
         self.push(json);
         if let Some((category, fp)) = c.answer_finding {
             self.t += 30;
-            let json = ser(&self.findings(Direction::Response, tool, &rpc, fp, category, "result.content[0].text"));
+            let json = ser(&self.findings(Direction::Response, tool, &rpc, &call, fp, category, "result.content[0].text"));
             self.push(json);
         }
     }
 
-    fn findings<'s>(&'s self, dir: Direction, tool: &'s str, rpc: &'s str, fp: &'s str, category: &'static str, path: &'static str) -> Event<'s> {
+    #[allow(clippy::too_many_arguments)]
+    fn findings<'s>(&'s self, dir: Direction, tool: &'s str, rpc: &'s str, call: &'s str, fp: &'s str, category: &'static str, path: &'static str) -> Event<'s> {
         let mut f = self.base(Kind::Findings);
+        f.call = Some(Cow::Borrowed(call));
         f.direction = Some(dir);
         f.method = Some(Cow::Borrowed("tools/call"));
         f.rpc_id = Some(Cow::Borrowed(rpc));
@@ -501,6 +512,7 @@ fn generate(out: &Path, events: u64, hours: i64, seed: u64, t0: i64) -> Result<(
             worker: rng.below(2) as u32,
             t: clock,
             rpc: 0,
+            serial: sessions,
             out: Vec::new(),
             rng: &mut rng,
         };
