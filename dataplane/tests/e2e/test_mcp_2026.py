@@ -199,3 +199,37 @@ def test_a_2026_local_server_over_stdio(tmp_path):
     assert answers and all(requests[a["call"]]["rpc_id"] == a["rpc_id"] and requests[a["call"]]["session"] == a["session"] for a in answers), answers
     decided = [(e["method"], e["tool"], e["decision"]["rule"]) for e in evs if e["kind"] == "decision" and e["decision"]["action"] == "deny"]
     assert decided == [("sampling/createMessage", "deploy", "no-sampling")], decided
+
+
+def test_a_2026_call_held_for_approval_goes_through_once_approved(py2026, gateway, tmp_path):
+    """A human approval holds a stateless call (the SDK 2.x client keeps its request open) and
+    releases it to the upstream once a reviewer approves it; the approval names the caller's
+    session of the gateway's."""
+    keys = {"agent-a": ("sk-agent-a-5c1e0b", "support"), "rev": ("sk-rev-77c1", "finance")}
+    ident = "[identity]\n" + "".join(f'[[identity.api_key]]\nsubject = "{s}"\ngroups = ["{grp}"]\nsha256 = "{hashlib.sha256(k.encode()).hexdigest()}"\n' for s, (k, grp) in keys.items())
+    (tmp_path / "policy.toml").write_text("default = \"allow\"\n[[rule]]\nid = \"big-sums\"\nwhen = 'tool.name == \"add\" && args.a > 100'\n"
+                                          "action = \"require_approval\"\napprovers = [\"finance\"]\ntimeout = \"60s\"\n")
+    g = gateway([{"path": "/mcp", "upstream": py2026}], extra=ident + f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    script = tmp_path / "big_sum.py"
+    script.write_text(
+        "import asyncio, json, sys, httpx2\nfrom mcp import Client\nfrom mcp.client.streamable_http import streamable_http_client\n"
+        "async def main():\n"
+        "    async with httpx2.AsyncClient(headers={'x-api-key': sys.argv[2]}, timeout=60) as http:\n"
+        "        async with Client(streamable_http_client(sys.argv[1], http_client=http)) as c:\n"
+        "            r = await c.call_tool('add', {'a': 500, 'b': 1})\n"
+        "            print(json.dumps(r.structured_content))\n"
+        "asyncio.run(main())\n")
+    p = subprocess.Popen([PY2026, str(script), g.url(), keys["agent-a"][0]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rev = {"x-api-key": keys["rev"][0]}
+    deadline, held = time.monotonic() + 20, []
+    while not held and time.monotonic() < deadline:
+        held = [a for a in httpx.get(g.admin("/approvals"), headers=rev).json()["approvals"] if a["tool"] == "add"]
+        time.sleep(0.2)
+    assert held and held[0]["subject"] == "agent-a" and held[0]["arguments"] == {"a": 500, "b": 1}, held
+    assert p.poll() is None, "the call waits"
+    sessions = [s for s in g.get_admin("/sessions")["sessions"] if s["owner"] == "agent-a"]
+    assert [s["gateway_id"] for s in sessions] == [held[0]["session"]], (sessions, held)
+    r = httpx.post(g.admin(f"/approvals/{held[0]['id']}/approve"), headers=rev, json={})
+    assert r.status_code == 200, r.text
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and json.loads(out.strip().splitlines()[-1]) == {"result": 501}, err[-2000:]
