@@ -203,6 +203,9 @@ fn writer_properties(schema: &SchemaRef) -> Result<WriterProperties> {
         .set_column_dictionary_enabled(ColumnPath::from("id"), false)
         .set_column_dictionary_enabled(ColumnPath::from("ts"), false)
         .set_column_dictionary_enabled(ColumnPath::from("payload"), false)
+        // A request's event id, shared by the few events of its call: no dictionary either
+        // (2 M events: 3.57 s CPU with one, 3.50 s without, 3.42 s before the column; medians).
+        .set_column_dictionary_enabled(ColumnPath::from("call"), false)
         .set_created_by(format!("sluice-analyzer {}", env!("CARGO_PKG_VERSION")));
     for col in ArrowSchemaConverter::new().convert(schema)?.columns() {
         let path = col.path();
