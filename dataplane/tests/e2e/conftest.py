@@ -138,35 +138,34 @@ def everything_legacy(tmp_path_factory):
     p.stop()
 
 
+def _served(tmp_path_factory, name, argv):
+    """A Python MCP server started as `argv(port)` on a free port, logging under a temporary
+    directory called `name`; the process and its MCP URL."""
+    port = free_port()
+    p = Proc(argv(str(port)), tmp_path_factory.mktemp(name) / "server.log")
+    wait_port(port, proc=p.p)
+    return p, f"http://127.0.0.1:{port}/mcp"
+
+
 @pytest.fixture(scope="session")
 def conformance_server(tmp_path_factory):
     """The server of `servers/conformance_server.py` (every feature the MCP conformance suite
     checks); its MCP URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("conformance-server") / "server.log"
-    p = Proc([PY, str(HERE / "servers" / "conformance_server.py"), str(port)], log)
-    wait_port(port, proc=p.p)
-    yield f"http://127.0.0.1:{port}/mcp"
+    p, url = _served(tmp_path_factory, "conformance-server", lambda port: [PY, str(HERE / "servers" / "conformance_server.py"), port])
+    yield url
     p.stop()
 
 
 @pytest.fixture(scope="session")
 def py2026(tmp_path_factory):
     """`servers/py2026_server.py` (the 2.x SDK, MCP 2026-07-28: stateless); its MCP URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("py2026") / "server.log"
-    p = Proc([PY2026, str(HERE / "servers" / "py2026_server.py"), str(port)], log)
-    wait_port(port, proc=p.p)
-    yield f"http://127.0.0.1:{port}/mcp"
+    p, url = _served(tmp_path_factory, "py2026", lambda port: [PY2026, str(HERE / "servers" / "py2026_server.py"), port])
+    yield url
     p.stop()
 
 
 def _py_server(tmp_path_factory, mode):
-    port = free_port()
-    log = tmp_path_factory.mktemp(f"py-{mode}") / "server.log"
-    p = Proc([PY, str(HERE / "servers" / "py_server.py"), str(port), mode], log)
-    wait_port(port, proc=p.p)
-    return p, f"http://127.0.0.1:{port}/mcp"
+    return _served(tmp_path_factory, f"py-{mode}", lambda port: [PY, str(HERE / "servers" / "py_server.py"), port, mode])
 
 
 @pytest.fixture(scope="session")
