@@ -5,7 +5,7 @@
 //! Fields this version does not know are skipped, so events from a newer writer still read;
 //! a document that is not an event is an error naming its index in the chunk.
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Int64Builder, ListArray, ListBuilder, RecordBatch, StringBuilder, StructArray, TimestampMicrosecondBuilder, UInt16Builder, UInt32Builder,
     UInt64Builder,
@@ -435,7 +435,26 @@ fn strings(n: usize) -> StringBuilder {
     StringBuilder::with_capacity(n, n * 16)
 }
 
-/// Decode event documents into one batch of `schema` (the archive's event schema).
+/// A document of the chunk that is not a session event (not JSON, not an object, a required
+/// member missing or of the wrong type, …) — the document's fault, unlike every other error of
+/// [`decode`], which is the decoder's own (an Arrow schema it does not build, say) and must stop
+/// the ingest instead of setting good documents aside. Found with `downcast_ref`.
+#[derive(Debug)]
+pub struct NotAnEvent {
+    pub index: usize,
+    pub reason: anyhow::Error,
+}
+
+impl std::fmt::Display for NotAnEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "event {} of the chunk is not a session event: {:#}", self.index, self.reason)
+    }
+}
+
+impl std::error::Error for NotAnEvent {}
+
+/// Decode event documents into one batch of `schema` (the archive's event schema). A document
+/// that is not a session event fails it with [`NotAnEvent`].
 pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBatch> {
     let n = docs.len();
     let mut v = UInt16Builder::with_capacity(n);
@@ -481,7 +500,7 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
         std::str::from_utf8(doc.as_ref())
             .map_err(anyhow::Error::from)
             .and_then(|t| event(t, &mut e, &mut spare).map_err(anyhow::Error::from))
-            .with_context(|| format!("event {i} of the chunk is not a session event"))?;
+            .map_err(|reason| NotAnEvent { index: i, reason })?;
         v.append_value(e.v);
         id.append_value(&e.id);
         ts.append_value(e.ts);

@@ -7,6 +7,7 @@
 //! so a crash re-reads at most what was not archived — and dedup drops what was.
 
 use crate::archive::{self, Hour};
+use crate::decode::NotAnEvent;
 use anyhow::{bail, Context as _, Result};
 use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
@@ -283,20 +284,24 @@ impl Pipeline {
             Ok(b) => b,
             // One document that is not a session event must not stop the archive (nor, in
             // continuous mode, every restart at the same offset): the others are archived, it
-            // is set aside whole, counted and logged.
-            Err(_) => {
+            // is set aside whole, counted and logged. Any other error is the decoder's own and
+            // would set good events aside: it stops the ingest with nothing set aside and the
+            // source position unsaved.
+            Err(e) if e.downcast_ref::<NotAnEvent>().is_some() => {
                 let mut good = Vec::with_capacity(docs.len());
                 for d in docs {
                     match self.w.codec.decode(&[d]) {
                         Ok(_) => good.push(d),
-                        Err(e) => {
+                        Err(e) if e.downcast_ref::<NotAnEvent>().is_some() => {
                             reject(&self.w.root, d, &format!("{e:#}"))?;
                             self.st.rejected += 1;
                         }
+                        Err(e) => return Err(internal(e)),
                     }
                 }
-                self.w.codec.decode(&good)?
+                self.w.codec.decode(&good).map_err(internal)?
             }
+            Err(e) => return Err(internal(e)),
         };
         if let Some(ts) = batch.column_by_name("ts").and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()).and_then(datafusion::arrow::compute::max) {
             self.newest_ts = self.newest_ts.max(ts);
@@ -333,6 +338,12 @@ impl Pipeline {
     pub fn take_fresh(&mut self) -> u64 {
         std::mem::take(&mut self.fresh)
     }
+}
+
+/// A decoding error that is not a document's fault (a build whose Arrow schema and decoder
+/// disagree, say): nothing is set aside, nothing archived from the chunk.
+fn internal(e: anyhow::Error) -> anyhow::Error {
+    e.context("decoding events failed in the analyzer itself, not because of a document: none of these events was archived or set aside and the source position stays before them; fix the cause (likely a mixed or partly rebuilt installation) and run again")
 }
 
 /// Set a document that is not a session event aside in `ROOT/_rejected/rejected.jsonl` (one
@@ -691,5 +702,26 @@ mod tests {
         p.flush().unwrap();
         assert_eq!(p.st.rejected, 3);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// An error of the decoder itself (here: a build whose archive schema has one column fewer
+    /// than the decoder makes) is not the documents' fault: the ingest fails, saying so, and no
+    /// good event is set aside as if it were bad.
+    #[test]
+    fn a_decoder_error_fails_the_ingest_and_sets_nothing_aside() {
+        let root = std::env::temp_dir().join(format!("sluice-ingest-internal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut p = Pipeline::new(&root, 1_000);
+        let full = p.w.codec.schema.clone();
+        let fewer: Vec<_> = full.fields().iter().take(full.fields().len() - 1).cloned().collect();
+        p.w.codec.schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fewer));
+        for doc in [r#"{"v":1,"id":"a","ts":5,"kind":"request","instance":"g"}"#, "not json at all"] {
+            p.push(doc.as_bytes()).unwrap();
+        }
+        let err = format!("{:#}", p.flush().unwrap_err());
+        assert!(err.contains("in the analyzer itself"), "{err}");
+        assert!(!root.join("_rejected").exists(), "nothing set aside");
+        assert_eq!((p.st.rejected, p.st.written), (0, 0));
+        std::fs::remove_dir_all(&root).ok();
     }
 }
