@@ -49,7 +49,7 @@ def test_a_2026_client_and_server_through_the_gateway(py2026, gateway, tmp_path)
     to = "Jöhn <john.smith@example.org>"
     a = client(g.url(), "session", to, key=KEYS["agent-a"])
     assert "error" not in a, a
-    assert a["tools"] == ["add", "deploy", "lookup", "send"] and a["add"] == {"result": 5}, a
+    assert a["tools"] == ["add", "deploy", "lookup", "rug_pull", "send"] and a["add"] == {"result": 5}, a
     assert "Customer c-7" in a["lookup"]["text"] and "jane.doe@example.com" not in a["lookup"]["text"] and "4111 1111 1111 1111" not in a["lookup"]["text"], a
     sent = a["send"]
     assert not sent["is_error"] and sent["text"].startswith("sent to Jöhn <") and "john.smith@example.org" not in sent["text"], sent
@@ -97,7 +97,8 @@ def test_standard_headers_must_repeat_the_body_and_follow_its_masking(gateway, r
     written again from the masked body."""
 
     def answer(conn, head, body):
-        out = json.dumps({"jsonrpc": "2.0", "id": json.loads(body)["id"], "result": {"content": [], "resultType": "complete"}}).encode()
+        # A GET (no body) is answered like a call: the test looks at what reached the upstream.
+        out = json.dumps({"jsonrpc": "2.0", "id": json.loads(body)["id"] if body else None, "result": {"content": [], "resultType": "complete"}}).encode()
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
 
     up = raw_upstream(answer)
@@ -233,3 +234,26 @@ def test_a_2026_call_held_for_approval_goes_through_once_approved(py2026, gatewa
     assert r.status_code == 200, r.text
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0 and json.loads(out.strip().splitlines()[-1]) == {"result": 501}, err[-2000:]
+
+
+def test_a_rug_pull_announced_on_a_listen_stream_is_caught(py2026, gateway, tmp_path):
+    """MCP 2026-07-28 has no standing GET stream: a client that wants change notices sends
+    `subscriptions/listen`, whose answer is a long-lived event stream. Through the gateway the
+    SDK's listener gets its acknowledgement and a `tools/list_changed` event while its calls go
+    on beside it; when the change is a rug pull (a pinned tool's description rewritten), the
+    tool listing it triggers hides the tool and calls to it are refused, as in a 2025 session,
+    and the stream's frames are in the record."""
+    g = gateway([{"path": "/mcp", "upstream": py2026, "name": "tools2026"}], extra=IDENTITY + f'[pins]\nfile = "{tmp_path / "pins.json"}"\n')
+    out = client(g.url(), "listen", key=KEYS["agent-a"])
+    assert "error" not in out, out
+    assert out["honored"] and out["rug_pull"] == {"text": "done", "is_error": False} and out["event"] == "ToolsListChanged", out
+    assert out["before"]["add"] == "Add two integers.", out
+    assert "add" not in out["after"] and "rug_pull" in out["after"], out
+    assert "-32013" in out["add"].get("error", "") or "changed" in out["add"].get("error", ""), out
+    evs = events_when(g, lambda evs: any(e["kind"] == "pin_change" for e in evs))
+    assert [(e["pin"]["change"], e["pin"]["tool"]) for e in evs if e["kind"] == "pin_change"] == [("changed", "add")], evs
+    listen = [e for e in evs if e["kind"] == "request" and e.get("method") == "subscriptions/listen"]
+    assert len(listen) == 1 and listen[0]["identity"]["subject"] == "agent-a", listen
+    frames = [e for e in evs if e["kind"] == "notification" and e.get("direction") == "response"]
+    assert "notifications/tools/list_changed" in [e["method"] for e in frames], frames
+    assert all(e["session"] == listen[0]["session"] for e in frames), frames

@@ -4,6 +4,9 @@ end-to-end tests; prints what it got as one JSON object.
 usage: python py2026_client.py URL SCENARIO [ARG…] [--key API_KEY]
   URL: the MCP endpoint, or `stdio:COMMAND ARG…` (space-separated) to launch a local server
   session TO     list the tools, call add, lookup, and send (to=TO, mirrored in Mcp-Param-To)
+  listen         list the tools, open a `subscriptions/listen` stream for tool-list changes,
+                 call rug_pull (which changes add's description and announces it on the stream),
+                 wait for the event, list the tools again and call add
   deploy ASK     call deploy, whose first answer asks for ASK (multi-round-trip request): the
                  client answers sampling with a fixed text and URL elicitation with "accept"
 """
@@ -11,6 +14,8 @@ usage: python py2026_client.py URL SCENARIO [ARG…] [--key API_KEY]
 import asyncio
 import json
 import sys
+
+import anyio
 
 import httpx2
 from mcp import Client, StdioServerParameters
@@ -46,6 +51,18 @@ async def main(url, scenario, args, key):
                     out["add"] = (await client.call_tool("add", {"a": 2, "b": 3})).structured_content
                     out["lookup"] = text(await client.call_tool("lookup", {"customer": "c-7"}))
                     out["send"] = text(await client.call_tool("send", {"to": args[0], "body": "hello"}))
+                elif scenario == "listen":
+                    out["before"] = {t.name: t.description for t in (await client.list_tools()).tools}
+                    async with client.listen(tools_list_changed=True) as sub:
+                        out["honored"] = bool(sub.honored.tools_list_changed)
+                        out["rug_pull"] = text(await client.call_tool("rug_pull", {}))
+                        with anyio.fail_after(10):
+                            out["event"] = type(await sub.__anext__()).__name__
+                    out["after"] = {t.name: t.description for t in (await client.list_tools()).tools}
+                    try:
+                        out["add"] = text(await client.call_tool("add", {"a": 2, "b": 3}))
+                    except Exception as e:  # refused by the gateway: a JSON-RPC error
+                        out["add"] = {"error": str(e)}
                 elif scenario == "deploy":
                     out["deploy"] = text(await client.call_tool("deploy", {"target": "prod", "ask": args[0]}))
             except Exception as e:  # the gateway's refusals reach the SDK as errors
