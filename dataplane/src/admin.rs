@@ -115,6 +115,7 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
             let mut s = String::with_capacity(16 * 1024);
             crate::metrics::render(&sh.metrics, sh.sessions.len(), &mut s);
             sh.pins.render(&mut s);
+            sh.notifier.render(&mut s);
             render_tokens(&sh.config.load(), &mut s);
             crate::logging::render(&mut s);
             if let Some(r) = &sh.recorder {

@@ -33,6 +33,8 @@ pub struct Shared {
     pub approvals: Arc<crate::approvals::Store>,
     /// Tool definitions pinned per upstream.
     pub pins: Arc<crate::pins::Store>,
+    /// Webhooks told of approval steps (a thread of its own, started with the gateway).
+    pub notifier: crate::approvals::notify::Notifier,
 }
 
 impl Shared {
@@ -51,6 +53,7 @@ impl Shared {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             recorder,
+            notifier: Default::default(),
         })
     }
 
@@ -151,6 +154,7 @@ pub fn run(source: Source) -> anyhow::Result<()> {
     if let Some(addr) = cfg.admin {
         admin::start(addr, shared.clone()).with_context(|| format!("starting the admin listener on {addr}"))?;
     }
+    shared.notifier.start().context("starting the approval-notification thread")?;
     {
         let sh = shared.clone();
         std::thread::Builder::new().name("sluice-housekeeping".into()).spawn(move || loop {
@@ -177,6 +181,8 @@ pub fn run(source: Source) -> anyhow::Result<()> {
                 if let Some(rec) = &sh.recorder {
                     rec.process_emitter().emit(&crate::approvals::event(&a, Kind::ApprovalExpired, &rec.instance));
                 }
+                let cfg = sh.config.load();
+                sh.notifier.tell(crate::approvals::notify::Step::Expired, &a, &cfg.approvals, &cfg.instance);
             }
         })?;
     }

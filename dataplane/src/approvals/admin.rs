@@ -58,6 +58,7 @@ pub fn handle(head: &Head, body: &[u8], sh: &Shared) -> Reply {
                     if let Some(rec) = &sh.recorder {
                         rec.process_emitter().emit(&super::event(&e, Kind::ApprovalDecided, &rec.instance));
                     }
+                    sh.notifier.tell(super::notify::Step::Decided, &e, &cfg.approvals, &cfg.instance);
                     json(200, serde_json::to_value(&e).unwrap_or_default())
                 }
                 Err(e @ DecideError::Unknown(_)) => problem(404, &e.to_string()),

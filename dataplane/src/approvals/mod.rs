@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod notify;
 pub mod wait;
 
 use parking_lot::Mutex;

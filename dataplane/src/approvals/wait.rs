@@ -78,6 +78,8 @@ pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse
         if let (Some(em), Some(inst)) = (&w.emitter, &instance) {
             em.emit(&super::event(&h.entry, Kind::ApprovalRequested, inst));
         }
+        let cfg = w.shared.config.load();
+        w.shared.notifier.tell(super::notify::Step::Requested, &h.entry, &cfg.approvals, &cfg.instance);
     }
     if sse {
         let mut head = Vec::with_capacity(160);
@@ -109,11 +111,13 @@ pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse
             }
             State::Expired | State::Used { .. } => {
                 if newly {
+                    let mut e = (*h.entry).clone();
+                    e.state = State::Expired;
                     if let (Some(em), Some(inst)) = (&w.emitter, &instance) {
-                        let mut e = (*h.entry).clone();
-                        e.state = State::Expired;
                         em.emit(&super::event(&e, Kind::ApprovalExpired, inst));
                     }
+                    let cfg = w.shared.config.load();
+                    w.shared.notifier.tell(super::notify::Step::Expired, &e, &cfg.approvals, &cfg.instance);
                 }
                 let groups = h.entry.approvers.join(" or ");
                 return refuse(down, h, sse, keep_alive, cors, &format!("no member of {groups} decided in time (approval {}); the call was not made — send it again to ask again", h.entry.id)).await;

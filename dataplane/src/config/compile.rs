@@ -42,6 +42,8 @@ pub struct Config {
     pub policy: Option<Arc<crate::policy::Policy>>,
     /// What `sluice stdio --name NAME` gives the servers it runs.
     pub stdio_servers: Vec<super::credential::StdioServer>,
+    /// Webhooks told of approval steps, and the reviewers' page they link to.
+    pub approvals: Arc<super::approvals::ApprovalsCfg>,
 }
 
 #[derive(Debug, Clone)]
@@ -459,6 +461,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
     let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));
     let recording = super::recording::compile(&f.recording, file, &mut |path, msg| is.add(path, msg));
     let policy = super::policy::compile(f.policy.as_ref(), file, &mut |path, msg| is.add(path, msg));
+    let approvals = Arc::new(super::approvals::compile(&f.approvals, admin, file, &mut |path, msg| is.add(path, msg)));
 
     if !is.0.is_empty() {
         return Err(is.0);
@@ -499,6 +502,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         identity,
         policy,
         stdio_servers,
+        approvals,
     })
 }
 

@@ -2,6 +2,7 @@
 //! form ([`Config`]) the workers share read-only. Validation reports every problem at once,
 //! each with the file and the path inside it. Only this module knows the file format.
 
+pub mod approvals;
 mod compile;
 pub mod credential;
 pub mod detect;

@@ -33,6 +33,45 @@ pub struct File {
     /// `[[stdio_server]]`: what `sluice stdio --name NAME` gives the local server it runs.
     #[serde(default, rename = "stdio_server")]
     pub stdio_servers: Vec<StdioServer>,
+    /// `[approvals]`: how reviewers hear of calls waiting for them.
+    #[serde(default)]
+    pub approvals: Approvals,
+}
+
+/// `[approvals]`: reviewers are told of each approval step by webhooks.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    /// The approvals page as reviewers reach it, linked from notifications (default:
+    /// `http://ADMIN/approvals/ui` of the admin listener's address).
+    #[serde(default)]
+    pub page_url: Option<String>,
+    /// `[[approvals.notify]]`: a webhook told of approval steps.
+    #[serde(default)]
+    pub notify: Vec<Notify>,
+}
+
+/// One webhook. Its URL is a secret (whoever holds a Slack or Teams webhook URL can post to
+/// the channel), so it comes from the environment or a file, as credentials do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// Names the webhook in logs and metrics (default: `notify[N]`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The environment variable holding the URL.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The file holding the URL.
+    #[serde(default)]
+    pub url_file: Option<String>,
+    /// `json` (the step and the approval record) or `slack` (a message; Slack, Mattermost and
+    /// Rocket.Chat incoming webhooks).
+    #[serde(default)]
+    pub format: crate::approvals::notify::Format,
+    /// Which steps: `requested`, `decided`, `expired` (default: all three).
+    #[serde(default)]
+    pub on: Option<Vec<String>>,
 }
 
 /// A local server run by `sluice stdio --name NAME`.

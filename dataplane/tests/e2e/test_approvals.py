@@ -46,12 +46,16 @@ action = "allow"
 """
 
 
+def identity_and_policy(idp, tmp_path) -> str:
+    """The config for the OpenID Provider's callers and `POLICY` (written to `tmp_path`)."""
+    (tmp_path / "policy.toml").write_text(POLICY)
+    return (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\nagent_type_claim = "agent_type"\n'
+            f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+
+
 @pytest.fixture
 def gw(idp, gateway, py_json, tmp_path):
-    (tmp_path / "policy.toml").write_text(POLICY)
-    extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\nagent_type_claim = "agent_type"\n'
-             f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
-    return gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+    return gateway([{"path": "/mcp", "upstream": py_json}], extra=identity_and_policy(idp, tmp_path))
 
 
 def agent_call(url, token, name, args, out):
@@ -186,9 +190,7 @@ def test_approval_steps_reach_the_approvals_topic_in_kafka(idp, gateway, py_json
     from test_recording import topics
 
     ev, ap = topics(kafka, "e2e-approvals")
-    (tmp_path / "policy.toml").write_text(POLICY)
-    extra = (f'[identity]\nissuer = "{idp.issuer}"\naudience = ["{AUDIENCE}"]\n'
-             f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n'
+    extra = (identity_and_policy(idp, tmp_path) +
              f'[recording]\n[recording.spool]\ndir = "{tmp_path / "spool"}"\n'
              f'[recording.kafka]\nbrokers = "{kafka.bootstrap}"\nevents_topic = "{ev}"\napprovals_topic = "{ap}"\nlinger = "2ms"\n')
     g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
@@ -267,3 +269,78 @@ def test_a_reviewer_can_never_approve_their_own_call(gw, idp):
     gw.proc.stop()
     t.join(30)
     assert out and out[0][:2] == ("error", -32011) and "restarting" in out[0][2], out
+
+
+class Webhook:
+    """An HTTP endpoint that keeps what is posted to it (what a chat or ticketing system's
+    incoming webhook would get), answering `statuses` in turn, then 200."""
+
+    def __init__(self, statuses=()):
+        import http.server
+
+        self.posts, self.statuses = [], list(statuses)
+        hook = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                status = hook.statuses.pop(0) if hook.statuses else 200
+                if status == 200:
+                    hook.posts.append((self.path, self.headers.get("content-type"), json.loads(body)))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/T0/B0/s3cr3t"
+
+    def wait(self, n, timeout=20):
+        deadline = time.time() + timeout
+        while len(self.posts) < n and time.time() < deadline:
+            time.sleep(0.1)
+        return self.posts
+
+
+def test_reviewers_are_told_by_webhook_and_can_act_on_what_it_says(idp, gateway, py_json, tmp_path):
+    """Each `[[approvals.notify]]` webhook is told when a call is held and when it is decided:
+    a JSON one gets the approval record (masked arguments, its id), a chat one a message linking
+    the reviewers' page. The reviewer decides by the id the notification carried — no polling
+    of the page — and the agent's call goes through. A webhook that fails at first is tried
+    again; webhook URLs (secrets) come from files and never show in metrics or logs."""
+    audit, chat = Webhook(statuses=[503]), Webhook()
+    (tmp_path / "audit.url").write_text(audit.url + "\n")
+    (tmp_path / "chat.url").write_text(chat.url)
+    extra = (identity_and_policy(idp, tmp_path) +
+             f'[approvals]\npage_url = "https://gw-admin.example.com/approvals/ui"\n'
+             f'[[approvals.notify]]\nname = "audit"\nurl_file = "{tmp_path / "audit.url"}"\n'
+             f'[[approvals.notify]]\nname = "chat"\nurl_file = "{tmp_path / "chat.url"}"\nformat = "slack"\non = ["requested"]\n')
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=extra)
+    reviewer = idp.token("finance-reviewer")
+    out = []
+    t = agent_call(g.url(), idp.token("support-agent"), "add", {"a": 640, "b": 2}, out)
+    [(path, ctype, note)] = audit.wait(1)
+    assert path == "/hooks/T0/B0/s3cr3t" and ctype == "application/json", (path, ctype)
+    assert note["source"] == "sluice" and note["step"] == "requested" and note["page"] == "https://gw-admin.example.com/approvals/ui", note
+    a = note["approval"]
+    assert (a["state"], a["subject"], a["tool"], a["rule"], a["arguments"], a["approvers"]) == ("pending", "support-agent", "add", "big-sums", {"a": 640, "b": 2}, ["finance"]), a
+    [(_, _, msg)] = chat.wait(1)
+    assert "*Approval needed*: `support-agent` calls `add`" in msg["text"] and '{"a":640,"b":2}' in msg["text"], msg
+    assert "<https://gw-admin.example.com/approvals/ui|approvals page>" in msg["text"] and a["id"] in msg["text"], msg
+    assert t.is_alive() and not out, "the call waits"
+    r = httpx.post(g.admin(f"/approvals/{a['id']}/approve"), headers={"authorization": f"Bearer {reviewer}"}, json={"reason": "quarter end"})
+    assert r.status_code == 200, r.text
+    t.join(30)
+    assert out and out[0][:2] == ("ok", "642"), out
+    decided = audit.wait(2)[1][2]
+    assert decided["step"] == "decided" and decided["approval"]["state"] == "approved" and decided["approval"]["by"] == "finance-reviewer", decided
+    assert decided["approval"]["reason"] == "quarter end" and decided["approval"]["id"] == a["id"], decided
+    time.sleep(0.5)
+    assert len(chat.posts) == 1, "the chat webhook asked only for requests"
+    assert g.metric("sluice_approval_notifications_total", webhook="audit", result="sent") == 2
+    assert g.metric("sluice_approval_notifications_total", webhook="chat", result="sent") == 1
+    metrics = httpx.get(g.admin("/metrics")).text
+    assert "s3cr3t" not in metrics and "s3cr3t" not in g.proc.text()

@@ -1,0 +1,138 @@
+//! `[approvals]`: the webhooks told of approval steps, and the page they link to.
+
+use super::schema;
+use crate::approvals::notify::{Step, Target};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// What notifications need, compiled: read at load and swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct ApprovalsCfg {
+    /// The reviewers' page linked from notifications (none without an admin listener or
+    /// `page_url`).
+    pub page_url: Option<String>,
+    pub notify: Vec<Target>,
+}
+
+pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Option<&Path>, add: &mut dyn FnMut(String, String)) -> ApprovalsCfg {
+    let page_url = match &a.page_url {
+        Some(u) if is_http_url(u) => Some(u.clone()),
+        Some(_) => {
+            add("approvals.page_url".into(), "must be an http:// or https:// URL of the admin listener's /approvals/ui as reviewers reach it".into());
+            None
+        }
+        None => admin.map(|a| format!("http://{a}/approvals/ui")),
+    };
+    let mut notify = Vec::with_capacity(a.notify.len());
+    for (i, n) in a.notify.iter().enumerate() {
+        let p = format!("approvals.notify[{i}]");
+        let name = n.name.clone().unwrap_or_else(|| format!("notify[{i}]"));
+        let mut on = [false; 3];
+        let mut bad = false;
+        match &n.on {
+            None => on = [true; 3],
+            Some(steps) => {
+                for (j, s) in steps.iter().enumerate() {
+                    match Step::parse(s) {
+                        Some(step) => on[step as usize] = true,
+                        None => {
+                            bad = true;
+                            add(format!("{p}.on[{j}]"), format!("unknown step \"{s}\": use \"requested\", \"decided\" or \"expired\""));
+                        }
+                    }
+                }
+                if steps.is_empty() {
+                    add(format!("{p}.on"), "names no step: leave it out for all three, or list some of \"requested\", \"decided\", \"expired\"".into());
+                }
+            }
+        }
+        let url = super::credential::read_secret(n.url_env.as_deref(), n.url_file.as_deref(), file, &p, &mut |path, msg| {
+            // `read_secret` names the keys `env` and `file`; here they are `url_env` and `url_file`.
+            let path = path.strip_suffix(".env").map(|b| format!("{b}.url_env")).or_else(|| path.strip_suffix(".file").map(|b| format!("{b}.url_file"))).unwrap_or(path);
+            add(path, msg.replace("env = \"VAR\" or file = \"/path\"", "url_env = \"VAR\" or url_file = \"/path\""))
+        });
+        let Some(url) = url.filter(|_| !bad) else { continue };
+        let url = url.trim().to_owned();
+        if !is_http_url(&url) {
+            // Never echo the value: it is a secret.
+            add(p.clone(), "the webhook URL read from url_env/url_file is not an http:// or https:// URL".into());
+            continue;
+        }
+        notify.push(Target { name, url, format: n.format, on });
+    }
+    if !notify.is_empty() && page_url.is_none() {
+        tracing::warn!("approval notifications cannot link to the reviewers' page: set approvals.page_url (or [admin])");
+    }
+    ApprovalsCfg { page_url, notify }
+}
+
+fn is_http_url(u: &str) -> bool {
+    let rest = u.strip_prefix("https://").or_else(|| u.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !u.chars().any(char::is_whitespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approvals::notify::Format;
+
+    fn compiled(toml_text: &str, admin: Option<SocketAddr>) -> (ApprovalsCfg, Vec<(String, String)>) {
+        let a: schema::Approvals = toml::from_str(toml_text).unwrap();
+        let mut issues = Vec::new();
+        let cfg = compile(&a, admin, None, &mut |p, m| issues.push((p, m)));
+        (cfg, issues)
+    }
+
+    #[test]
+    fn webhooks_come_from_the_environment_or_a_file_and_every_problem_is_named() {
+        std::env::set_var("SLUICE_TEST_HOOK_A", "https://hooks.example.com/services/T0/B0/XYZ");
+        std::env::set_var("SLUICE_TEST_HOOK_BAD", "hooks.example.com/no-scheme");
+        let dir = std::env::temp_dir().join(format!("sluice-notify-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hook"), "http://10.0.0.5:8080/approvals\n").unwrap();
+        let (cfg, issues) = compiled(
+            &format!(
+                r#"
+[[notify]]
+url_env = "SLUICE_TEST_HOOK_A"
+format = "slack"
+on = ["requested"]
+[[notify]]
+name = "audit"
+url_file = "{}"
+[[notify]]
+url_env = "SLUICE_TEST_HOOK_BAD"
+[[notify]]
+url_env = "SLUICE_TEST_HOOK_UNSET"
+[[notify]]
+url_env = "SLUICE_TEST_HOOK_A"
+url_file = "/x"
+[[notify]]
+url_env = "SLUICE_TEST_HOOK_A"
+on = ["approved", "expired"]
+"#,
+                dir.join("hook").display()
+            ),
+            Some("127.0.0.1:9090".parse().unwrap()),
+        );
+        assert_eq!(cfg.page_url.as_deref(), Some("http://127.0.0.1:9090/approvals/ui"));
+        let got: Vec<_> = cfg.notify.iter().map(|t| (t.name.as_str(), t.url.as_str(), t.format, t.on)).collect();
+        assert_eq!(
+            got,
+            [
+                ("notify[0]", "https://hooks.example.com/services/T0/B0/XYZ", Format::Slack, [true, false, false]),
+                ("audit", "http://10.0.0.5:8080/approvals", Format::Json, [true, true, true]),
+            ]
+        );
+        let paths: Vec<&str> = issues.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["approvals.notify[2]", "approvals.notify[3].url_env", "approvals.notify[4]", "approvals.notify[5].on[0]"], "{issues:?}");
+        assert!(issues[0].1.contains("not an http") && !issues[0].1.contains("hooks.example.com"), "the bad URL is not echoed: {issues:?}");
+        assert!(issues[2].1.contains("url_env = \"VAR\" or url_file"), "{issues:?}");
+        assert!(issues[3].1.contains("\"approved\""), "{issues:?}");
+        let (_, issues) = compiled("page_url = \"/approvals/ui\"\n", None);
+        assert_eq!(issues.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["approvals.page_url"]);
+        let (cfg, issues) = compiled("", None);
+        assert!(issues.is_empty() && cfg.page_url.is_none() && cfg.notify.is_empty());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
