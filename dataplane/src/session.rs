@@ -76,6 +76,10 @@ pub struct Session {
     /// MCP 2026-07-28 has no sessions: this one is the gateway's, of one caller's requests on
     /// one route (`caller_key`), ended by `sessions.idle_timeout`. No upstream knows it.
     pub stateless: bool,
+    /// Event streams of this session open now (SSE answers, a `subscriptions/listen`, the
+    /// standing GET stream): a session with one is not idle, however long it stays quiet.
+    #[serde(skip)]
+    pub open_streams: u32,
 }
 
 impl Session {
@@ -101,6 +105,7 @@ impl Session {
             legacy_out: Vec::new(),
             tasks: HashMap::new(),
             stateless: false,
+            open_streams: 0,
         }
     }
 
@@ -133,6 +138,19 @@ impl Session {
             }
         }
         map.insert(id.to_owned(), p);
+    }
+}
+
+/// An open event stream of a session ([`Store::open_stream`]).
+pub struct OpenStream<'a> {
+    store: &'a Store,
+    key: String,
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        // Evicted and made again meanwhile: the new session never counted this stream.
+        self.store.with(&self.key, |s| s.open_streams = s.open_streams.saturating_sub(1));
     }
 }
 
@@ -205,6 +223,13 @@ impl Store {
         })
     }
 
+    /// Count an event stream of the session as open until the guard is dropped (the session's
+    /// idle timer starts again then). Nothing when the session is not known.
+    pub fn open_stream(&self, mcp_session_id: &str) -> Option<OpenStream<'_>> {
+        self.with(mcp_session_id, |s| s.open_streams += 1)?;
+        Some(OpenStream { store: self, key: mcp_session_id.to_owned() })
+    }
+
     pub fn remove(&self, mcp_session_id: &str) -> Option<Session> {
         let removed = self.shards[shard_of(mcp_session_id)].lock().remove(mcp_session_id);
         if removed.is_some() {
@@ -219,7 +244,7 @@ impl Store {
         let mut gone = Vec::new();
         for shard in self.shards.iter() {
             let mut m = shard.lock();
-            let stale: Vec<String> = m.iter().filter(|(_, s)| now.duration_since(s.last_seen) > idle).map(|(k, _)| k.clone()).collect();
+            let stale: Vec<String> = m.iter().filter(|(_, s)| s.open_streams == 0 && now.duration_since(s.last_seen) > idle).map(|(k, _)| k.clone()).collect();
             for k in stale {
                 if let Some(s) = m.remove(&k) {
                     gone.push(s);
@@ -420,6 +445,27 @@ mod tests {
         }
         full.get_or_insert(&key, 3, || make("alice"));
         assert_eq!(full.len(), 3);
+    }
+
+    #[test]
+    fn a_session_with_an_open_stream_is_not_idle() {
+        let store = Store::default();
+        for id in ["listening", "quiet"] {
+            store.insert(Session::new(id, "mcp"), 10);
+        }
+        let stream = store.open_stream("listening").unwrap();
+        let nested = store.open_stream("listening").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let gone: Vec<String> = store.sweep(Duration::from_millis(10)).into_iter().map(|s| s.mcp_session_id).collect();
+        assert_eq!(gone, ["quiet"]);
+        drop(nested);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(store.sweep(Duration::from_millis(10)).is_empty(), "one stream is still open");
+        drop(stream);
+        assert!(store.sweep(Duration::from_millis(10)).is_empty(), "the idle timer starts again when the stream ends");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(store.sweep(Duration::from_millis(10)).len(), 1);
+        assert!(store.open_stream("unknown").is_none());
     }
 
     #[test]

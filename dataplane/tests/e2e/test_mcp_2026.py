@@ -257,3 +257,37 @@ def test_a_rug_pull_announced_on_a_listen_stream_is_caught(py2026, gateway, tmp_
     frames = [e for e in evs if e["kind"] == "notification" and e.get("direction") == "response"]
     assert "notifications/tools/list_changed" in [e["method"] for e in frames], frames
     assert all(e["session"] == listen[0]["session"] for e in frames), frames
+
+
+def test_a_quiet_listen_stream_keeps_its_session(py2026, gateway, tmp_path):
+    """A `subscriptions/listen` stream may carry nothing for hours. While it is open its
+    session is not idle (before, `sessions.idle_timeout` ended the session under the open
+    stream, and its later events were recorded after the session's end); once it closes, the
+    idle timer runs again and ends the session."""
+    g = gateway([{"path": "/mcp", "upstream": py2026}], extra=IDENTITY + '[sessions]\nidle_timeout = "1s"\n')
+    script = tmp_path / "listen.py"
+    script.write_text(
+        "import asyncio, sys, httpx2\nfrom mcp import Client\nfrom mcp.client.streamable_http import streamable_http_client\n"
+        "async def main():\n"
+        "    async with httpx2.AsyncClient(headers={'x-api-key': sys.argv[2]}, timeout=60) as http:\n"
+        "        async with Client(streamable_http_client(sys.argv[1], http_client=http)) as c:\n"
+        "            async with c.listen(tools_list_changed=True):\n"
+        "                print('listening', flush=True)\n"
+        "                sys.stdin.readline()\n"
+        "asyncio.run(main())\n")
+    p = subprocess.Popen([PY2026, str(script), g.url(), KEYS["agent-a"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "listening", p.stderr.read()[-2000:]
+        time.sleep(3.5)  # three sweeps past the idle timeout, nothing on the stream
+        mine = [s for s in g.get_admin("/sessions")["sessions"] if s["owner"] == "agent-a"]
+        assert len(mine) == 1 and mine[0]["stateless"], mine
+        assert not any(e["kind"] == "session_end" for e in spool_events(g.spool)), "ended under an open stream"
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.wait(timeout=30) == 0, p.stderr.read()[-2000:]
+    finally:
+        p.kill()
+    evs = events_when(g, lambda evs: any(e["kind"] == "session_end" for e in evs), timeout=10)
+    ends = [e for e in evs if e["kind"] == "session_end"]
+    assert [e["session"] for e in ends] == [mine[0]["gateway_id"]], ends
+    assert not any(s["owner"] == "agent-a" for s in g.get_admin("/sessions")["sessions"])
