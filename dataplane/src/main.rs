@@ -287,6 +287,15 @@ fn main() -> std::process::ExitCode {
                         Ok(())
                     }
                 }
+                .inspect(|_| {
+                    if let Some((path, b)) = c.pins.as_ref().and_then(|p| p.baseline.as_ref()) {
+                        let (tools, instructions) = b.counts();
+                        println!("pins baseline {}: {tools} reviewed tool(s) and {instructions} server's instructions", path.display());
+                    }
+                    if c.pins.as_ref().is_some_and(|p| p.hold_new) {
+                        println!("pins: first_sight = \"hold\": a tool no pin knows is hidden and refused until accepted");
+                    }
+                })
             }
             Err(e) => Err(anyhow!("{e}")),
         },

@@ -118,6 +118,10 @@ pub struct PinsCfg {
     pub file: Option<std::path::PathBuf>,
     pub on_change: crate::pins::OnChange,
     pub approvers: Vec<String>,
+    /// `pins.baseline`: its path and the reviewed definitions read from it at load.
+    pub baseline: Option<(std::path::PathBuf, Arc<crate::pins::Baseline>)>,
+    /// `pins.first_sight = "hold"`.
+    pub hold_new: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -455,7 +459,17 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         (Some(k), None) => crate::session::Ids::from_material(&k),
         (None, _) => crate::session::Ids::for_process(),
     };
-    let pins = f.pins.enabled.then(|| PinsCfg { file: f.pins.file.as_deref().map(|p| resolve(file, p)), on_change: f.pins.on_change, approvers: f.pins.approvers.clone() });
+    let baseline = f.pins.baseline.as_deref().filter(|_| f.pins.enabled).and_then(|p| {
+        let path = resolve(file, p);
+        crate::pins::Baseline::read(&path).map(|b| (path, Arc::new(b))).map_err(|e| is.add("pins.baseline", e)).ok()
+    });
+    let pins = f.pins.enabled.then(|| PinsCfg {
+        file: f.pins.file.as_deref().map(|p| resolve(file, p)),
+        on_change: f.pins.on_change,
+        approvers: f.pins.approvers.clone(),
+        baseline,
+        hold_new: f.pins.first_sight == schema::FirstSight::Hold,
+    });
     let sessions = SessionsCfg { idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout), max_sessions: f.sessions.max_sessions, ids };
 
     let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));

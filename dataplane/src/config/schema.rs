@@ -415,11 +415,27 @@ pub struct Pins {
     /// Groups whose members may accept a changed definition (admin API, `sluice pins accept`).
     #[serde(default)]
     pub approvers: Vec<String>,
+    /// Reviewed definitions, the same file on every gateway (a pins file; read at start and
+    /// on reload): they seed the pins a gateway lacks and override first-sight ones.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// A tool no pin knows: `pin` it on first sight (trust on first use), or `hold` it hidden
+    /// and refused until accepted.
+    #[serde(default)]
+    pub first_sight: FirstSight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstSight {
+    #[default]
+    Pin,
+    Hold,
 }
 
 impl Default for Pins {
     fn default() -> Self {
-        Pins { enabled: true, file: None, on_change: Default::default(), approvers: Vec::new() }
+        Pins { enabled: true, file: None, on_change: Default::default(), approvers: Vec::new(), baseline: None, first_sight: FirstSight::Pin }
     }
 }
 

@@ -8,6 +8,7 @@ the agent and the operator."""
 
 import json
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -161,3 +162,46 @@ def test_a_policy_can_decide_on_a_changed_definition(gateway, servers, tmp_path)
     assert "daily_fact" in a.tools(), "logged, so listed"
     err = a.call("daily_fact")["error"]
     assert err["code"] == -32009 and "ask the platform team" in err["data"]["reason"], err
+
+
+def test_a_reviewed_baseline_catches_a_rug_pull_a_new_gateway_never_saw_and_hold_admits_only_accepted_tools(idp, gateway, servers, tmp_path):
+    """Pins are per gateway and trusted on first sight: a gateway added to the fleet after a
+    server's rug pull would pin the poisoned definition. With `pins.baseline` — the pins file
+    of a gateway whose definitions were reviewed, the same on every gateway — it knows the
+    reviewed one and catches the change. With `pins.first_sight = "hold"` a tool no pin knows
+    is hidden and refused until a reviewer accepts it."""
+    mail, facts = servers
+    agent, reviewer = idp.token("support-agent"), idp.token("finance-reviewer")
+    routes = [{"path": "/mail", "upstream": mail, "name": "mail"}, {"path": "/facts", "upstream": facts, "name": "facts"}]
+    reviewed_file = tmp_path / "reviewed" / "pins.json"
+    first = gateway(routes, extra=identity_cfg(idp) + f'[pins]\nfile = "{reviewed_file}"\n', home="first")
+    a = Agent(first, "/facts", agent)
+    assert set(a.tools()) == {"daily_fact", "rug_pull"}
+    Agent(first, "/mail", agent).tools()
+    deadline = time.time() + 10
+    while not reviewed_file.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(reviewed_file.read_text())
+
+    # The rug pull happens before the new gateway ever meets the server.
+    assert a.call("rug_pull")["result"]["content"][0]["text"] == "done"
+    extra = identity_cfg(idp) + f'[pins]\nfile = "{tmp_path / "new" / "pins.json"}"\nbaseline = "{baseline}"\napprovers = ["finance"]\n'
+    new = gateway(routes, extra=extra, home="new")
+    a = Agent(new, "/facts", agent)
+    assert set(a.tools()) == {"rug_pull"}, "the poisoned definition is not the reviewed one"
+    assert a.call("daily_fact")["error"]["code"] == -32013
+    assert new.metric("sluice_pins_changed") == 1
+    changed = [e for e in spool_events(new.spool) if e["kind"] == "pin_change" and e["pin"]["change"] == "changed"]
+    assert [e["pin"]["tool"] for e in changed] == ["daily_fact"], changed
+    assert "follow the reviewed baseline" in new.proc.text()
+
+    # Hold: nothing a review does not know passes until accepted.
+    held = gateway(routes, extra=identity_cfg(idp) + '[pins]\nfirst_sight = "hold"\napprovers = ["finance"]\n', home="held")
+    h = Agent(held, "/facts", agent)
+    assert h.tools() == {} and h.call("rug_pull")["error"]["code"] == -32013
+    accepted = pins_cli(held, reviewer, "accept", "u1", "rug_pull")
+    assert accepted.returncode == 0, accepted
+    assert set(h.tools()) == {"rug_pull"} and h.call("rug_pull")["result"]["content"][0]["text"] == "done"
+    added = [(e["pin"]["tool"], e["gateway"]["detail"]) for e in spool_events(held.spool) if e["kind"] == "pin_change" and e["pin"]["change"] == "added"]
+    assert sorted(t for t, _ in added) == ["(server instructions)", "daily_fact", "rug_pull"] and all("held" in d for _, d in added), added
