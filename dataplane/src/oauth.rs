@@ -60,6 +60,8 @@ pub struct Grant {
     pub resource: Option<String>,
     /// The `audience` parameter some providers (Auth0, Okta) want instead.
     pub audience: Option<String>,
+    /// Roots the token endpoint's certificate is checked against.
+    pub outbound: crate::tls::Outbound,
 }
 
 impl std::fmt::Debug for Grant {
@@ -222,7 +224,7 @@ impl Source {
         let (upstream, grant) = (self.upstream.clone(), self.grant.clone());
         let weak: Weak<Source> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("sluice-oauth".into()).spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).http_status_as_error(false).max_redirects(0).build().into();
+            let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).http_status_as_error(false).max_redirects(0).tls_config(grant.outbound.tls()).build().into();
             let mut failures = 0u32;
             // Whether a token is held, and until when (a token of unstated lifetime is kept
             // until the upstream refuses it).
@@ -335,6 +337,7 @@ mod tests {
             scope: Some("mcp tools".into()),
             resource: Some("https://api.example/mcp".into()),
             audience: None,
+            outbound: Default::default(),
         }
     }
 

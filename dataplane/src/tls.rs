@@ -9,6 +9,45 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The roots trusted for the HTTPS requests the gateway makes itself — OIDC discovery and
+/// JWKS, token endpoints, approval webhooks (`gateway.outbound_ca`; default: Mozilla's roots,
+/// built in). Compared by content, so a reload with the same file changes nothing.
+#[derive(Clone, Default)]
+pub struct Outbound(Option<Arc<Vec<Vec<u8>>>>);
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => write!(f, "Outbound(Mozilla roots)"),
+            Some(c) => write!(f, "Outbound({} certificate(s))", c.len()),
+        }
+    }
+}
+
+impl PartialEq for Outbound {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_deref() == other.0.as_deref()
+    }
+}
+
+impl Eq for Outbound {}
+
+impl Outbound {
+    /// The certificates of a PEM file; the error names the file and what is wrong.
+    pub fn from_pem(path: &Path) -> Result<Outbound, String> {
+        Ok(Outbound(Some(Arc::new(certs(path)?.into_iter().map(|c| c.as_ref().to_vec()).collect()))))
+    }
+
+    /// The TLS settings of an HTTP client agent.
+    pub fn tls(&self) -> ureq::tls::TlsConfig {
+        let roots = match &self.0 {
+            None => ureq::tls::RootCerts::WebPki,
+            Some(c) => c.iter().map(|d| ureq::tls::Certificate::from_der(d).to_owned()).into(),
+        };
+        ureq::tls::TlsConfig::builder().root_certs(roots).build()
+    }
+}
+
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())

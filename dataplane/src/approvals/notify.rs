@@ -126,8 +126,14 @@ impl Notifier {
         let Some(rx) = self.rx.lock().take() else { return Ok(()) };
         let (counts, retry_after) = (self.counts.clone(), self.retry_after);
         std::thread::Builder::new().name("sluice-notify".into()).spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(TIMEOUT)).http_status_as_error(false).max_redirects(0).build().into();
+            let make = |o: &crate::tls::Outbound| -> ureq::Agent { ureq::Agent::config_builder().timeout_global(Some(TIMEOUT)).http_status_as_error(false).max_redirects(0).tls_config(o.tls()).build().into() };
+            let (mut roots, mut agent) = (crate::tls::Outbound::default(), make(&Default::default()));
             for note in rx {
+                // A reload may trust other roots.
+                if note.cfg.outbound != roots {
+                    roots = note.cfg.outbound.clone();
+                    agent = make(&roots);
+                }
                 for t in note.cfg.notify.iter().filter(|t| t.on[note.step as usize]) {
                     let body = body(t.format, &note);
                     let ok = deliver(&agent, t, &body, &note, &retry_after);
@@ -278,7 +284,7 @@ mod tests {
     }
 
     fn note(step: Step, entry: Entry) -> Note {
-        let cfg = ApprovalsCfg { page_url: Some("https://gw.example.com:9090/approvals/ui".into()), notify: Vec::new() };
+        let cfg = ApprovalsCfg { page_url: Some("https://gw.example.com:9090/approvals/ui".into()), notify: Vec::new(), outbound: Default::default() };
         Note { step, entry, cfg: Arc::new(cfg), instance: "gw-1".into() }
     }
 
@@ -342,6 +348,7 @@ mod tests {
         let dead = format!("http://{}/", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
         let cfg = Arc::new(ApprovalsCfg {
             page_url: None,
+            outbound: Default::default(),
             notify: vec![
                 Target { name: "chat".into(), url: flaky, format: Format::Slack, on: [true, false, true] },
                 Target { name: "down".into(), url: dead, format: Format::Json, on: [true, false, false] },
@@ -377,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_without_waiting() {
-        let cfg = Arc::new(ApprovalsCfg { page_url: None, notify: vec![Target { name: "x".into(), url: "http://127.0.0.1:9/".into(), format: Format::Json, on: [true; 3] }] });
+        let cfg = Arc::new(ApprovalsCfg { page_url: None, outbound: Default::default(), notify: vec![Target { name: "x".into(), url: "http://127.0.0.1:9/".into(), format: Format::Json, on: [true; 3] }] });
         let n = Notifier::default(); // not started: nothing empties the queue
         let e = entry(&Store::default(), "add", serde_json::json!({}));
         for _ in 0..QUEUE + 3 {

@@ -12,9 +12,11 @@ pub struct ApprovalsCfg {
     /// `page_url`).
     pub page_url: Option<String>,
     pub notify: Vec<Target>,
+    /// Roots the webhooks' certificates are checked against.
+    pub outbound: crate::tls::Outbound,
 }
 
-pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Option<&Path>, add: &mut dyn FnMut(String, String)) -> ApprovalsCfg {
+pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Option<&Path>, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> ApprovalsCfg {
     let page_url = match &a.page_url {
         Some(u) if is_http_url(u) => Some(u.clone()),
         Some(_) => {
@@ -63,7 +65,7 @@ pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Op
     if !notify.is_empty() && page_url.is_none() {
         tracing::warn!("approval notifications cannot link to the reviewers' page: set approvals.page_url (or [admin])");
     }
-    ApprovalsCfg { page_url, notify }
+    ApprovalsCfg { page_url, notify, outbound: outbound.clone() }
 }
 
 fn is_http_url(u: &str) -> bool {
@@ -79,7 +81,7 @@ mod tests {
     fn compiled(toml_text: &str, admin: Option<SocketAddr>) -> (ApprovalsCfg, Vec<(String, String)>) {
         let a: schema::Approvals = toml::from_str(toml_text).unwrap();
         let mut issues = Vec::new();
-        let cfg = compile(&a, admin, None, &mut |p, m| issues.push((p, m)));
+        let cfg = compile(&a, admin, None, &Default::default(), &mut |p, m| issues.push((p, m)));
         (cfg, issues)
     }
 

@@ -44,6 +44,8 @@ pub struct Config {
     pub stdio_servers: Vec<super::credential::StdioServer>,
     /// Webhooks told of approval steps, and the reviewers' page they link to.
     pub approvals: Arc<super::approvals::ApprovalsCfg>,
+    /// Roots for the HTTPS requests the gateway makes itself (`gateway.outbound_ca`).
+    pub outbound: crate::tls::Outbound,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +202,13 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
     let mut is = Issues(Vec::new());
     let g = &f.gateway;
     let shutdown_grace = is.duration("gateway.shutdown_grace", &g.shutdown_grace);
+    let outbound = match g.outbound_ca.as_deref() {
+        None => crate::tls::Outbound::default(),
+        Some(p) => crate::tls::Outbound::from_pem(&resolve(file, p)).unwrap_or_else(|e| {
+            is.add("gateway.outbound_ca", format!("{e}; name a PEM bundle of the roots to trust (the host's: /etc/ssl/certs/ca-certificates.crt)"));
+            Default::default()
+        }),
+    };
     if g.io_memory_kib < 64 {
         is.add("gateway.io_memory_kib", "must be at least 64 (KiB)");
     }
@@ -372,7 +381,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
                     if https { "https" } else { "http" },
                     u.tls.as_ref().map(|t| (&t.ca, &t.server_name, &t.client_cert, &t.client_key))
                 );
-                let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, &u.name, file, &p, &mut |path, msg| is.add(path, msg)));
+                let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, &u.name, file, &p, &outbound, &mut |path, msg| is.add(path, msg)));
                 upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential, forward_identity, connect_timeout, first_byte_timeout, stream_idle });
             }
         }
@@ -475,12 +484,12 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
     let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));
     let recording = super::recording::compile(&f.recording, file, &mut |path, msg| is.add(path, msg));
     let policy = super::policy::compile(f.policy.as_ref(), file, &mut |path, msg| is.add(path, msg));
-    let approvals = Arc::new(super::approvals::compile(&f.approvals, admin, file, &mut |path, msg| is.add(path, msg)));
+    let approvals = Arc::new(super::approvals::compile(&f.approvals, admin, file, &outbound, &mut |path, msg| is.add(path, msg)));
 
     if !is.0.is_empty() {
         return Err(is.0);
     }
-    let identity = super::identity::compile(f.identity.as_ref(), &mut |path, msg| is.add(path, msg));
+    let identity = super::identity::compile(f.identity.as_ref(), &outbound, &mut |path, msg| is.add(path, msg));
     let stdio_servers = super::credential::compile_stdio(&f.stdio_servers, file, &mut |path, msg| is.add(path, msg));
     if let (Some(p), None) = (&policy, &identity) {
         if let Some(r) = p.rules.iter().find(|r| matches!(r.action, crate::policy::Action::RequireApproval { .. })) {
@@ -517,6 +526,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         policy,
         stdio_servers,
         approvals,
+        outbound,
     })
 }
 

@@ -100,10 +100,10 @@ pub(super) fn read_secret(env: Option<&str>, secret_file: Option<&str>, file: Op
 }
 
 /// The credential of the upstream `name`, configured at path `at`.
-pub(super) fn compile(c: &schema::Credential, name: &str, file: Option<&Path>, at: &str, add: &mut dyn FnMut(String, String)) -> Option<Arc<Injected>> {
+pub(super) fn compile(c: &schema::Credential, name: &str, file: Option<&Path>, at: &str, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> Option<Arc<Injected>> {
     let p = format!("{at}.credential");
     if c.kind == OAUTH {
-        return oauth(c, name, file, &p, add);
+        return oauth(c, name, file, &p, outbound, add);
     }
     for (name, set) in [("token_url", c.token_url.is_some()), ("client_id", c.client_id.is_some()), ("scope", c.scope.is_some()), ("resource", c.resource.is_some()), ("audience", c.audience.is_some()), ("client_auth", c.client_auth.is_some()), ("key_file", c.key_file.is_some()), ("assertion_audience", c.assertion_audience.is_some())] {
         if set {
@@ -169,7 +169,7 @@ fn secret_may_go_to(url: &str) -> Result<(), String> {
 
 /// `kind = "oauth_client_credentials"`: the token endpoint, the client, its secret (from `env`
 /// or `file`), and what to ask for.
-fn oauth(c: &schema::Credential, name: &str, file: Option<&Path>, p: &str, add: &mut dyn FnMut(String, String)) -> Option<Arc<Injected>> {
+fn oauth(c: &schema::Credential, name: &str, file: Option<&Path>, p: &str, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> Option<Arc<Injected>> {
     let mut ok = true;
     if c.header.is_some() {
         add(format!("{p}.header"), format!("kind = \"{OAUTH}\" sends the token as Authorization: Bearer; remove header"));
@@ -247,6 +247,7 @@ fn oauth(c: &schema::Credential, name: &str, file: Option<&Path>, p: &str, add: 
         scope: c.scope.clone(),
         resource: c.resource.clone(),
         audience: c.audience.clone(),
+        outbound: outbound.clone(),
     };
     Some(Arc::new(Injected { header: "authorization".into(), held: Held::Token(Source::new(name.to_owned(), grant)) }))
 }
@@ -307,7 +308,7 @@ mod tests {
 
     fn compile_full(c: &Credential) -> (Option<std::sync::Arc<super::Injected>>, Vec<String>) {
         let mut issues = Vec::new();
-        let r = super::compile(c, "up", None, "upstream[0]", &mut |p, m| issues.push(format!("{p}: {m}")));
+        let r = super::compile(c, "up", None, "upstream[0]", &Default::default(), &mut |p, m| issues.push(format!("{p}: {m}")));
         (r, issues)
     }
 

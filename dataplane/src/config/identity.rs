@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(super) fn compile(i: Option<&schema::Identity>, add: &mut dyn FnMut(String, String)) -> Option<Arc<Authenticator>> {
+pub(super) fn compile(i: Option<&schema::Identity>, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> Option<Arc<Authenticator>> {
     let i = i?;
     let required = match i.mode.as_str() {
         "required" => true,
@@ -69,7 +69,7 @@ pub(super) fn compile(i: Option<&schema::Identity>, add: &mut dyn FnMut(String, 
     }
     // Key fetching starts only for a valid section (a rejected reload starts nothing).
     let jwt = jwt.map(|(issuer, refresh, min_interval)| JwtCheck {
-        jwks: Jwks::start(issuer, refresh.max(Duration::from_secs(1)), min_interval),
+        jwks: Jwks::start(issuer, refresh.max(Duration::from_secs(1)), min_interval, outbound.clone()),
         audience: i.audience.clone(),
         algorithms,
         skew_secs: skew.as_secs(),
@@ -99,7 +99,7 @@ mod tests {
     fn compile(text: &str) -> (Option<std::sync::Arc<crate::identity::Authenticator>>, Vec<String>) {
         let f: File = toml::from_str(text).unwrap();
         let mut issues = Vec::new();
-        let a = super::compile(f.identity.as_ref(), &mut |p, m| issues.push(format!("{p}: {m}")));
+        let a = super::compile(f.identity.as_ref(), &Default::default(), &mut |p, m| issues.push(format!("{p}: {m}")));
         (a, issues)
     }
 

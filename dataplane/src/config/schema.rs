@@ -129,6 +129,11 @@ pub struct Gateway {
     /// method, path, status, duration, caller, session, JSON-RPC method and tool, decision.
     #[serde(default)]
     pub access_log: bool,
+    /// PEM roots trusted for the HTTPS requests the gateway makes itself (OIDC discovery and
+    /// JWKS, token endpoints, approval webhooks) instead of Mozilla's: the host's bundle
+    /// (`/etc/ssl/certs/ca-certificates.crt`) to include a corporate CA.
+    #[serde(default)]
+    pub outbound_ca: Option<String>,
 }
 
 impl Default for Gateway {
@@ -143,6 +148,7 @@ impl Default for Gateway {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             access_log: false,
+            outbound_ca: None,
         }
     }
 }

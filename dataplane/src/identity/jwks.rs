@@ -45,12 +45,12 @@ fn fetch(agent: &ureq::Agent, issuer: &str) -> Result<JwkSet, String> {
 
 impl Jwks {
     /// Start fetching in the background; `min_interval` bounds on-demand refetches.
-    pub fn start(issuer: String, every: Duration, min_interval: Duration) -> Arc<Self> {
+    pub fn start(issuer: String, every: Duration, min_interval: Duration, outbound: crate::tls::Outbound) -> Arc<Self> {
         let (tx, rx) = channel::<()>();
         let j = Arc::new(Jwks { issuer: issuer.clone(), keys: ArcSwap::from_pointee(JwkSet { keys: Vec::new() }), version: AtomicU64::new(0), refresh: parking_lot::Mutex::new(tx) });
         let weak: Weak<Jwks> = Arc::downgrade(&j);
         let spawned = std::thread::Builder::new().name("sluice-jwks".into()).spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).build().into();
+            let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).tls_config(outbound.tls()).build().into();
             let mut failures = 0u32;
             loop {
                 let Some(j) = weak.upgrade() else { return };

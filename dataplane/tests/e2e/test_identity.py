@@ -32,11 +32,14 @@ def new_key(kid):
 class OP:
     """oidc-provider on Node 22 with a key set the test controls."""
 
-    def __init__(self, tmp, keys, ttl=None, gateway_jwks=None):
+    def __init__(self, tmp, keys, ttl=None, gateway_jwks=None, tls=None):
+        """`tls`: (certificate, key, CA) PEM paths: serve HTTPS with that certificate."""
         self.tmp, self.port = tmp, free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.issuer = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify = tls[2] if tls else True
         self.proc = None
-        self.env = {k: v for k, v in {"OIDC_CC_TTL": ttl and str(ttl), "OIDC_GATEWAY_JWKS": gateway_jwks}.items() if v}
+        self.env = {k: v for k, v in {"OIDC_CC_TTL": ttl and str(ttl), "OIDC_GATEWAY_JWKS": gateway_jwks,
+                                      "OIDC_TLS_CERT": tls and tls[0], "OIDC_TLS_KEY": tls and tls[1]}.items() if v}
         self.start(keys)
 
     def start(self, keys):
@@ -49,7 +52,7 @@ class OP:
         self.proc.stop()
 
     def token(self, client="support-agent"):
-        r = httpx.post(f"{self.issuer}/token", auth=(client, f"{client}-secret"),
+        r = httpx.post(f"{self.issuer}/token", auth=(client, f"{client}-secret"), verify=self.verify,
                        data={"grant_type": "client_credentials", "scope": "mcp", "resource": AUDIENCE})
         assert r.status_code == 200, r.text
         return r.json()["access_token"]

@@ -265,3 +265,36 @@ dir = "spool-{port}"
     decided = {(e["identity"]["subject"], e["identity"].get("via"), e["decision"]["action"])
                for e in events if e["kind"] == "decision" and e["decision"]["stage"] == "policy"}
     assert ("build-bot", "mtls", "allow") in decided and ("stranger", "mtls", "deny") in decided, decided
+
+
+def test_a_provider_behind_a_private_ca_is_trusted_through_outbound_ca(certs, gateway, raw_upstream, tmp_path):
+    """The gateway's own HTTPS requests (OIDC discovery and JWKS here; token endpoints and
+    approval webhooks alike) trust Mozilla's roots by default, so a company's identity provider
+    with a certificate of the company's CA could not be used: every token was refused because
+    the JWKS never loaded. `gateway.outbound_ca` names the roots to trust instead. A real
+    OpenID Provider serving HTTPS with a certificate of a test CA."""
+    from test_identity import OP, echo_upstream, identity_cfg, new_key
+
+    _, jwk = new_key("k1")
+    op = OP(tmp_path, [jwk], tls=(str(certs / "leaf.pem"), str(certs / "leaf.key"), str(certs / "ca.pem")))
+    try:
+        up = echo_upstream(raw_upstream)
+        token = op.token()
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        h = {"accept": "application/json, text/event-stream", "authorization": f"Bearer {token}"}
+        public = gateway([{"path": "/mcp", "upstream": up.url()}], extra=identity_cfg(op), home="public-roots")
+        r = httpx.post(public.url(), json=init, headers=h, timeout=10)
+        assert r.status_code == 401, r.text
+        assert "JWKS fetch failed" in public.proc.text() and "UnknownIssuer" in public.proc.text(), public.proc.text()[-2000:]
+        trusting = gateway([{"path": "/mcp", "upstream": up.url()}], extra=identity_cfg(op), gateway_keys=f'outbound_ca = "{certs / "ca.pem"}"\n', home="company-ca")
+        deadline = time.time() + 15
+        while (r := httpx.post(trusting.url(), json=init, headers=h, timeout=10)).status_code != 200 and time.time() < deadline:
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        assert "JWKS loaded" in trusting.proc.text()
+    finally:
+        op.stop()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[gateway]\noutbound_ca = "no-such.pem"\n[[listener]]\naddress = "127.0.0.1:0"\n')
+    checked = subprocess.run([str(SLUICE), "check", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 2 and "gateway.outbound_ca: cannot read" in checked.stderr and "ca-certificates.crt" in checked.stderr, checked

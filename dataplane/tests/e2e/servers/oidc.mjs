@@ -3,12 +3,16 @@
 // come from a JWK set file the test writes (so it can also sign deliberately bad tokens with
 // the provider's own key).
 //
-// usage: [OIDC_CC_TTL=SECONDS] [OIDC_GATEWAY_JWKS=JSON] node oidc.mjs PORT JWKS_FILE AUDIENCE
+// With OIDC_TLS_CERT and OIDC_TLS_KEY (PEM files) it serves HTTPS, its issuer https://….
+//
+// usage: [OIDC_CC_TTL=SECONDS] [OIDC_GATEWAY_JWKS=JSON] [OIDC_TLS_CERT=PEM OIDC_TLS_KEY=PEM] node oidc.mjs PORT JWKS_FILE AUDIENCE
 import fs from "node:fs";
+import https from "node:https";
 import Provider from "oidc-provider";
 
 const [port, jwksFile, audience] = process.argv.slice(2);
-const issuer = `http://127.0.0.1:${port}`;
+const tls = process.env.OIDC_TLS_CERT && { cert: fs.readFileSync(process.env.OIDC_TLS_CERT), key: fs.readFileSync(process.env.OIDC_TLS_KEY) };
+const issuer = `${tls ? "https" : "http"}://127.0.0.1:${port}`;
 // client id → the groups and agent type its tokens carry.
 const who = {
   "support-agent": { groups: ["support", "readers"], agent_type: "assistant" },
@@ -59,4 +63,9 @@ const provider = new Provider(issuer, {
   },
   extraTokenClaims: async (_ctx, token) => who[token.clientId] ?? {},
 });
-provider.listen(Number(port), "127.0.0.1", () => console.log(`oidc ready ${issuer}`));
+const ready = () => console.log(`oidc ready ${issuer}`);
+if (tls) {
+  https.createServer(tls, provider.callback()).listen(Number(port), "127.0.0.1", ready);
+} else {
+  provider.listen(Number(port), "127.0.0.1", ready);
+}
