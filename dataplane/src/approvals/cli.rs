@@ -11,6 +11,10 @@ pub struct Common {
     /// The reviewer's bearer token (default: $SLUICE_REVIEWER_TOKEN).
     #[arg(long, global = true)]
     token: Option<String>,
+    /// PEM roots to check an https admin address against, instead of Mozilla's (the host's
+    /// bundle, /etc/ssl/certs/ca-certificates.crt, for a company CA).
+    #[arg(long, global = true, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -39,7 +43,8 @@ pub enum ApprovalsCmd {
 pub(crate) fn call(c: &Common, method: &str, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
     let from_env = std::env::var("SLUICE_REVIEWER_TOKEN").ok().filter(|t| !t.is_empty());
     let token = c.token.as_deref().or(from_env.as_deref()).ok_or_else(|| anyhow!("give --token or set SLUICE_REVIEWER_TOKEN (a token of a member of the approver group)"))?;
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(15))).http_status_as_error(false).build().into();
+    let roots = c.ca.as_deref().map(crate::tls::Outbound::from_pem).transpose().map_err(|e| anyhow!("--ca: {e}"))?.unwrap_or_default();
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(15))).http_status_as_error(false).tls_config(roots.tls()).build().into();
     let url = format!("{}{path}", c.admin.trim_end_matches('/'));
     let auth = format!("Bearer {token}");
     let mut resp = match body {
@@ -49,11 +54,13 @@ pub(crate) fn call(c: &Common, method: &str, path: &str, body: Option<serde_json
     .with_context(|| format!("{method} {url}"))?;
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().with_context(|| format!("{method} {url}"))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{method} {url}: not JSON: {text}"))?;
+    let v = serde_json::from_str::<serde_json::Value>(&text);
     if status >= 400 {
-        return Err(anyhow!("{method} {url}: {status}: {}", v.get("error").and_then(|e| e.as_str()).unwrap_or(&text)));
+        // The admin API answers JSON errors; something else at that address (a proxy) may not.
+        let why = v.as_ref().ok().and_then(|v| v.get("error")?.as_str().map(str::to_owned)).unwrap_or_else(|| text.trim().chars().take(200).collect());
+        return Err(anyhow!("{method} {url}: {status}: {why}"));
     }
-    Ok(v)
+    v.with_context(|| format!("{method} {url}: not JSON: {text}"))
 }
 
 pub fn run(common: &Common, cmd: ApprovalsCmd) -> anyhow::Result<()> {

@@ -292,6 +292,14 @@ def test_a_provider_behind_a_private_ca_is_trusted_through_outbound_ca(certs, ga
             time.sleep(0.2)
         assert r.status_code == 200, r.text
         assert "JWKS loaded" in trusting.proc.text()
+        # The reviewers' CLI against an https address with that CA's certificate (the
+        # provider's port stands in for an admin listener behind a TLS proxy: only the
+        # handshake is looked at).
+        cli = [str(SLUICE), "approvals", "--admin", op.issuer, "--token", "t", "list"]
+        untrusted = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+        assert untrusted.returncode == 2 and "UnknownIssuer" in untrusted.stderr, untrusted
+        trusted = subprocess.run(cli + ["--ca", str(certs / "ca.pem")], capture_output=True, text=True, timeout=30)
+        assert trusted.returncode == 2 and "UnknownIssuer" not in trusted.stderr and "/approvals: 404" in trusted.stderr, trusted
     finally:
         op.stop()
     bad = tmp_path / "bad.toml"
