@@ -65,13 +65,15 @@ pub enum ProxyError {
     RecordingUnavailable,
     #[error("{0}; retry shortly, or on another instance")]
     Overloaded(String),
+    #[error("this caller holds {held} open sessions, the most one caller may hold on this gateway (sessions.max_per_caller); end the ones it no longer uses (HTTP DELETE with their Mcp-Session-Id) or wait until they idle out, then initialize again")]
+    TooManySessions { held: usize },
 }
 
 impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | BadHeader(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | HeaderMismatch(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | BadHeader(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | HeaderMismatch(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | TooManySessions { .. } => Fault::Client,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } | NoUpstreamCredential { .. } | UpstreamRefusedCredential { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
@@ -93,6 +95,7 @@ impl ProxyError {
             NoUpstreamCredential { .. } => 503,
             UpstreamTimeout { .. } => 504,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => 503,
+            TooManySessions { .. } => 429,
         }
     }
 
@@ -110,6 +113,7 @@ impl ProxyError {
             ShuttingDown => Code::ShuttingDown,
             RecordingUnavailable => Code::RecordingUnavailable,
             Overloaded(_) => Code::Overloaded,
+            TooManySessions { .. } => Code::RateLimited,
         }
     }
 
@@ -142,7 +146,7 @@ impl ProxyError {
 
     /// Does the connection stay usable after this error is answered?
     pub fn keeps_connection(&self) -> bool {
-        matches!(self, ProxyError::NoRoute(_) | ProxyError::ForeignSession | ProxyError::ForbiddenOrigin(_) | ProxyError::JsonRpc(_) | ProxyError::HeaderMismatch(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_))
+        matches!(self, ProxyError::NoRoute(_) | ProxyError::ForeignSession | ProxyError::ForbiddenOrigin(_) | ProxyError::JsonRpc(_) | ProxyError::HeaderMismatch(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_) | ProxyError::TooManySessions { .. })
             || self.fault() == Fault::Upstream
     }
 }

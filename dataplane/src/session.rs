@@ -158,11 +158,17 @@ impl Drop for OpenStream<'_> {
 pub struct Store {
     shards: Box<[Mutex<HashMap<String, Session>>]>,
     count: AtomicUsize,
+    /// Sessions held per authenticated owner (`sessions.max_per_caller`), sharded by owner.
+    owners: Box<[Mutex<HashMap<String, usize>>]>,
 }
 
 impl Default for Store {
     fn default() -> Self {
-        Store { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), count: AtomicUsize::new(0) }
+        Store {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            count: AtomicUsize::new(0),
+            owners: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
     }
 }
 
@@ -180,16 +186,40 @@ impl Store {
         self.len() == 0
     }
 
+    /// How many sessions `owner` holds.
+    pub fn owned(&self, owner: &str) -> usize {
+        self.owners[shard_of(owner)].lock().get(owner).copied().unwrap_or(0)
+    }
+
+    /// Count a session in (`up`) or out for its owner (none: anonymous, not counted).
+    fn own(&self, owner: Option<&str>, up: bool) {
+        let Some(o) = owner else { return };
+        let mut m = self.owners[shard_of(o)].lock();
+        if up {
+            *m.entry(o.to_owned()).or_default() += 1;
+        } else if let Some(n) = m.get_mut(o) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(o);
+            }
+        }
+    }
+
     /// Insert (or replace) a session; evicts the least recently used when over `max`.
     pub fn insert(&self, s: Session, max: usize) {
         let into = shard_of(&s.mcp_session_id);
         if self.len() >= max {
             self.evict_oldest(into);
         }
-        let mut shard = self.shards[into].lock();
-        if shard.insert(s.mcp_session_id.clone(), s).is_none() {
-            self.count.fetch_add(1, Ordering::Relaxed);
+        let owner = s.owner.clone();
+        let old = self.shards[into].lock().insert(s.mcp_session_id.clone(), s);
+        match old {
+            None => {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(o) => self.own(o.owner.as_deref(), false),
         }
+        self.own(owner.as_deref(), true);
     }
 
     /// The session under `key`, made by `make` when there is none (under the shard's lock, so
@@ -208,9 +238,11 @@ impl Store {
             return (s.gateway_id.clone(), false);
         }
         let s = make();
-        let gid = s.gateway_id.clone();
+        let (gid, owner) = (s.gateway_id.clone(), s.owner.clone());
         shard.insert(key.to_owned(), s);
+        drop(shard);
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.own(owner.as_deref(), true);
         (gid, true)
     }
 
@@ -232,8 +264,9 @@ impl Store {
 
     pub fn remove(&self, mcp_session_id: &str) -> Option<Session> {
         let removed = self.shards[shard_of(mcp_session_id)].lock().remove(mcp_session_id);
-        if removed.is_some() {
+        if let Some(s) = &removed {
             self.count.fetch_sub(1, Ordering::Relaxed);
+            self.own(s.owner.as_deref(), false);
         }
         removed
     }
@@ -252,6 +285,9 @@ impl Store {
             }
         }
         self.count.fetch_sub(gone.len(), Ordering::Relaxed);
+        for s in &gone {
+            self.own(s.owner.as_deref(), false);
+        }
         gone
     }
 
@@ -265,8 +301,10 @@ impl Store {
             let mut shard = self.shards[into].lock();
             if shard.len() >= LOCAL_EVICTION {
                 if let Some(k) = shard.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| k.clone()) {
-                    shard.remove(&k);
+                    let gone = shard.remove(&k);
+                    drop(shard);
                     self.count.fetch_sub(1, Ordering::Relaxed);
+                    self.own(gone.and_then(|s| s.owner).as_deref(), false);
                     return;
                 }
             }
@@ -445,6 +483,38 @@ mod tests {
         }
         full.get_or_insert(&key, 3, || make("alice"));
         assert_eq!(full.len(), 3);
+    }
+
+    #[test]
+    fn sessions_are_counted_per_owner_through_every_way_out() {
+        let store = Store::default();
+        let mk = |id: &str, owner: Option<&str>| {
+            let mut s = Session::new(id, "mcp");
+            s.owner = owner.map(str::to_owned);
+            s
+        };
+        for i in 0..4 {
+            store.insert(mk(&format!("a{i}"), Some("alice")), 100);
+        }
+        store.insert(mk("b0", Some("bob")), 100);
+        store.insert(mk("anon", None), 100);
+        assert_eq!((store.owned("alice"), store.owned("bob"), store.owned("")), (4, 1, 0));
+        store.insert(mk("a0", Some("alice")), 100); // the same id again: replaced, not added
+        assert_eq!(store.owned("alice"), 4);
+        store.remove("a1");
+        assert_eq!(store.owned("alice"), 3);
+        store.get_or_insert(&Session::caller_key("mcp", Some("alice")), 100, || mk(&Session::caller_key("mcp", Some("alice")), Some("alice")));
+        assert_eq!(store.owned("alice"), 4, "a stateless session counts too");
+        // At capacity the least recently used goes, counted out.
+        let small = Store::default();
+        small.insert(mk("x0", Some("carol")), 2);
+        small.insert(mk("x1", Some("carol")), 2);
+        small.insert(mk("y0", Some("dave")), 2);
+        assert_eq!((small.owned("carol"), small.owned("dave"), small.len()), (1, 1, 2));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(store.sweep(Duration::from_millis(5)).len(), 6);
+        assert_eq!((store.owned("alice"), store.owned("bob")), (0, 0));
+        assert!(store.owners.iter().all(|m| m.lock().is_empty()), "no owner left behind");
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub struct PinsCfg {
 pub struct SessionsCfg {
     pub idle_timeout: Duration,
     pub max_sessions: usize,
+    /// `sessions.max_per_caller` (0: no limit).
+    pub max_per_caller: usize,
     /// Mints and opens the session ids agents hold (`sessions.key_file`).
     pub ids: crate::session::Ids,
 }
@@ -479,7 +481,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         baseline,
         hold_new: f.pins.first_sight == schema::FirstSight::Hold,
     });
-    let sessions = SessionsCfg { idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout), max_sessions: f.sessions.max_sessions, ids };
+    let sessions = SessionsCfg { idle_timeout: is.duration("sessions.idle_timeout", &f.sessions.idle_timeout), max_sessions: f.sessions.max_sessions, max_per_caller: f.sessions.max_per_caller, ids };
 
     let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));
     let recording = super::recording::compile(&f.recording, file, &mut |path, msg| is.add(path, msg));

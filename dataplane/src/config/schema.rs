@@ -396,6 +396,10 @@ pub struct Sessions {
     /// Most sessions tracked at once; the least recently used beyond that are released.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Most sessions one authenticated caller may hold at once (0: no limit); past it its
+    /// `initialize` is refused (429) instead of evicting other callers' sessions.
+    #[serde(default = "default_max_per_caller")]
+    pub max_per_caller: usize,
     /// Key material (≥ 16 bytes) for the session ids agents hold, the same file on every
     /// gateway of a deployment: a session then continues on any of them and across restarts.
     /// Without it, ids are valid on this gateway until it restarts.
@@ -447,7 +451,7 @@ impl Default for Pins {
 
 impl Default for Sessions {
     fn default() -> Self {
-        Sessions { idle_timeout: default_session_idle(), max_sessions: default_max_sessions(), key_file: None, previous_key_file: None }
+        Sessions { idle_timeout: default_session_idle(), max_sessions: default_max_sessions(), max_per_caller: default_max_per_caller(), key_file: None, previous_key_file: None }
     }
 }
 
@@ -456,6 +460,9 @@ fn default_session_idle() -> String {
 }
 fn default_max_sessions() -> usize {
     100_000
+}
+fn default_max_per_caller() -> usize {
+    10_000
 }
 
 /// `[detect]`: content inspection of every message (PII, secrets, prompt injection, tool

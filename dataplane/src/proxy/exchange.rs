@@ -571,12 +571,21 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
             let mut parsed = jsonrpc::parse(buf)?;
             reused_request_id(w, ctx, &parsed)?;
             observe(w, ctx, route, Direction::Request, &mut parsed, Some(track));
-            if track.init.is_some() && ctx.gateway_session_id.is_none() {
-                // `initialize` opens a session: its id exists before the first event.
-                ctx.gateway_session_id = Some(crate::ids::new_id());
-            }
             if !parsed.batch {
                 track.reply_id = parsed.infos[0].id.clone();
+            }
+            if track.init.is_some() && ctx.gateway_session_id.is_none() {
+                // One caller may not fill the store (evicting every other caller's sessions):
+                // past its share, its new session is refused before the upstream makes one.
+                let cap = w.shared.config.load().sessions.max_per_caller;
+                if let Some(caller) = ctx.identity.as_ref().map(|i| i.subject.as_str()).filter(|_| cap > 0) {
+                    let held = w.shared.sessions.owned(caller);
+                    if held >= cap {
+                        return Err(ProxyError::TooManySessions { held });
+                    }
+                }
+                // `initialize` opens a session: its id exists before the first event.
+                ctx.gateway_session_id = Some(crate::ids::new_id());
             }
             // The standard headers (2026-07-28) must repeat the body as sent, and are written
             // again from it once the hooks have masked it.

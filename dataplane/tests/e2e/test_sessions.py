@@ -139,3 +139,35 @@ def test_a_key_rotation_keeps_open_sessions_until_the_previous_key_is_removed(py
     g.restart()
     assert_unknown(post(g, LIST, before))
     assert post(g, LIST, after).status_code == 200
+
+
+def test_one_caller_cannot_fill_the_session_store(py_json, gateway):
+    """`sessions.max_per_caller`: past it a caller's `initialize` is refused (429, -32010,
+    saying how to end sessions) before the upstream makes a session — one agent opening
+    sessions in a loop would otherwise fill the store and evict every other caller's sessions,
+    resetting what the policy knows of them. Other callers are unaffected; a session ended with
+    DELETE makes room again."""
+    import hashlib
+
+    keys = {"loop-agent": "sk-loop-1f2e", "other-agent": "sk-other-9a8b"}
+    ident = "[identity]\n" + "".join(f'[[identity.api_key]]\nsubject = "{s}"\nsha256 = "{hashlib.sha256(k.encode()).hexdigest()}"\n' for s, k in keys.items())
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=ident + "[sessions]\nmax_per_caller = 3\n")
+
+    def init(who):
+        return httpx.post(g.url(), json=INIT, headers={**ACCEPT, "x-api-key": keys[who]}, timeout=10)
+
+    opened = [init("loop-agent") for _ in range(3)]
+    assert all(r.status_code == 200 for r in opened), [r.text for r in opened]
+    refused = init("loop-agent")
+    assert refused.status_code == 429, refused.text
+    err = refused.json()["error"]
+    assert refused.json()["id"] == 1 and err["code"] == -32010, err
+    assert "holds 3 open sessions" in err["data"]["reason"] and "DELETE" in err["data"]["reason"], err
+    assert init("other-agent").status_code == 200, "another caller is not affected"
+    assert len([s for s in g.get_admin("/sessions")["sessions"] if s["owner"] == "loop-agent"]) == 3
+    sid = opened[0].headers["mcp-session-id"]
+    gone = httpx.delete(g.url(), headers={**ACCEPT, "x-api-key": keys["loop-agent"], "mcp-session-id": sid}, timeout=10)
+    assert gone.status_code in (200, 204), gone.text
+    assert init("loop-agent").status_code == 200, "room again after a DELETE"
+    refusals = [e for e in spool_events(g.spool) if e["kind"] == "decision" and "max_per_caller" in (e["decision"].get("reason") or "")]
+    assert refusals and refusals[0]["identity"]["subject"] == "loop-agent", refusals
