@@ -60,6 +60,24 @@ fn store_at_capacity(c: &mut Criterion) {
             st.insert(Session::new(&format!("new-{n}"), "r"), MAX);
         })
     });
+    // The same with authenticated owners (1,000 callers): each insert also counts its
+    // session in, and the evicted one out, for `sessions.max_per_caller`.
+    let st = Store::default();
+    let owned = |id: String, i: u64| {
+        let mut s = Session::new(&id, "r");
+        s.owner = Some(format!("agent-{}", i % 1000));
+        s
+    };
+    for i in 0..MAX as u64 {
+        st.insert(owned(format!("s-{i}"), i), MAX);
+    }
+    let mut n = 0u64;
+    c.bench_function("sessions/insert_at_capacity_100k_owned", |b| {
+        b.iter(|| {
+            n += 1;
+            st.insert(owned(format!("new-{n}"), n), MAX);
+        })
+    });
 }
 
 criterion_group!(benches, ids, forward_identity, store_at_capacity);

@@ -196,7 +196,12 @@ impl Store {
         let Some(o) = owner else { return };
         let mut m = self.owners[shard_of(o)].lock();
         if up {
-            *m.entry(o.to_owned()).or_default() += 1;
+            match m.get_mut(o) {
+                Some(n) => *n += 1,
+                None => {
+                    m.insert(o.to_owned(), 1);
+                }
+            }
         } else if let Some(n) = m.get_mut(o) {
             *n -= 1;
             if *n == 0 {
