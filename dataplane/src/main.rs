@@ -244,6 +244,18 @@ fn main() -> std::process::ExitCode {
                     ),
                     None => println!("no [policy]: every authenticated call that passes detection is allowed"),
                 }
+                // Who hears of held calls (never the webhook URL: a secret).
+                for t in &c.approvals.notify {
+                    let on: Vec<&str> = [sluice::approvals::notify::Step::Requested, sluice::approvals::notify::Step::Decided, sluice::approvals::notify::Step::Expired]
+                        .into_iter()
+                        .filter(|s| t.on[*s as usize])
+                        .map(|s| s.name())
+                        .collect();
+                    println!("approvals: webhook {} ({}) told of {}", t.name, t.format.name(), on.join(", "));
+                }
+                if c.outbound != Default::default() {
+                    println!("outbound HTTPS (OIDC, token endpoints, webhooks): roots from gateway.outbound_ca");
+                }
                 // What the gateway does towards each upstream on the agents' behalf.
                 for u in &c.upstreams {
                     if let Some(t) = u.credential.as_ref().and_then(|cr| cr.token()) {

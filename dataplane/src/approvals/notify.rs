@@ -40,6 +40,15 @@ pub enum Format {
     Slack,
 }
 
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Slack => "slack",
+        }
+    }
+}
+
 /// An approval step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {

@@ -344,3 +344,5 @@ def test_reviewers_are_told_by_webhook_and_can_act_on_what_it_says(idp, gateway,
     assert g.metric("sluice_approval_notifications_total", webhook="chat", result="sent") == 1
     metrics = httpx.get(g.admin("/metrics")).text
     assert "s3cr3t" not in metrics and "s3cr3t" not in g.proc.text()
+    checked = subprocess.run([str(SLUICE), "check", "--config", str(g.config)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "webhook chat (slack) told of requested" in checked.stdout and "s3cr3t" not in checked.stdout + checked.stderr, checked
