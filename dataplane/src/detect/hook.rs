@@ -492,6 +492,10 @@ fn masked_copy(cfg: &DetectCfg, st: &mut State, parts: &[&str], value: &Borrowed
     match part {
         Some(mut v) => {
             walk.run(&mut st.scanner, &mut st.bufs, &mut v, &mut found);
+            if skip_binary {
+                // A server's result: what the walk left unscanned at its top stays out.
+                super::json::redact_opaque_tokens(&mut v);
+            }
             simd_json::to_string(&v).unwrap_or_else(|_| "null".into())
         }
         None => "null".into(),

@@ -430,6 +430,26 @@ fn opaque_token(k: &str, v: &BorrowedValue<'_>) -> bool {
     matches!(k, "requestState" | "nextCursor") && matches!(v, BorrowedValue::String(_))
 }
 
+/// What the record keeps of an opaque token ([`opaque_token`]).
+pub const OPAQUE: &str = "[OPAQUE]";
+
+/// Does a server's result hold opaque tokens at its top?
+pub fn has_opaque_tokens(result: &BorrowedValue<'_>) -> bool {
+    matches!(result, BorrowedValue::Object(m) if m.iter().any(|(k, v)| opaque_token(k, v)))
+}
+
+/// The record's copy of a server's result: its opaque tokens, forwarded unscanned (a mask
+/// would break them), are replaced by [`OPAQUE`], so nothing uninspected reaches the record.
+pub fn redact_opaque_tokens(result: &mut BorrowedValue<'_>) {
+    if let BorrowedValue::Object(m) = result {
+        for (k, v) in m.iter_mut() {
+            if opaque_token(k, v) {
+                *v = BorrowedValue::String(Cow::Borrowed(OPAQUE));
+            }
+        }
+    }
+}
+
 /// Standard base64 with padding (RFC 4648 §4), as MCP binary payloads are.
 fn is_base64(s: &str) -> bool {
     let b = s.as_bytes();
@@ -678,7 +698,18 @@ mod tests {
             assert!(out.contains(&format!(r#""{top}":"v1.{blob}""#)), "{out}");
             let (_, found) = walk_doc_with(&doc, Strategy::Redact, &|_| true, false, &mut sc, &mut Buffers::default());
             assert_eq!(found.len(), 2, "what a client sends is scanned whole");
+            // The record's copy keeps neither: the top one unscanned becomes a placeholder,
+            // the deeper one was scanned (and is masked there when found).
+            let mut bytes = doc.clone().into_bytes();
+            let mut v = simd_json::to_borrowed_value(&mut bytes).unwrap();
+            assert!(has_opaque_tokens(&v));
+            redact_opaque_tokens(&mut v);
+            assert_eq!(v[top].as_str(), Some(OPAQUE));
+            assert_eq!(v["structuredContent"][top].as_str(), Some(blob.as_str()), "only the top one");
+            assert!(!has_opaque_tokens(&v));
         }
+        let mut bytes = br#"{"nextCursor":null,"requestState":{"x":1}}"#.to_vec();
+        assert!(!has_opaque_tokens(&simd_json::to_borrowed_value(&mut bytes).unwrap()), "only string tokens are opaque");
     }
 
     /// The table of clean keys never hides a key with a finding: 5,000 distinct keys (far more

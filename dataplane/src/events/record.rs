@@ -161,7 +161,16 @@ impl Observer for RecordObserver {
         } else if let Some(m) = masked_copy.as_deref() {
             Some(m)
         } else if let Some(part) = recorded_part(info, value) {
-            if part.write(&mut *buf).is_ok() {
+            // A server's opaque tokens (`nextCursor`, `requestState`) went on unscanned: the
+            // record keeps a placeholder (a copy only for the answers that carry one).
+            let written = if matches!(info.kind, MsgKind::Response) && dir == Direction::Response && crate::detect::json::has_opaque_tokens(part) {
+                let mut copy = part.clone();
+                crate::detect::json::redact_opaque_tokens(&mut copy);
+                copy.write(&mut *buf)
+            } else {
+                part.write(&mut *buf)
+            };
+            if written.is_ok() {
                 std::str::from_utf8(&buf).ok()
             } else {
                 None

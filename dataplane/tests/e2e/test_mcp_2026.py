@@ -177,6 +177,11 @@ def test_input_requests_inside_answers_are_decided_by_server_rules(py2026, gatew
         ("sampling/createMessage", "response", "deploy", "no-sampling"),
     ], denied
     assert g.metric("sluice_policy_decisions_total", direction="response", action="deny") == 2
+    # The server's sealed `requestState` went back to the client whole (the allowed call
+    # completed), unscanned: the record keeps a placeholder, never the token.
+    asked = [e["payload"] for e in evs if e["kind"] == "response" and isinstance(e.get("payload"), dict) and e["payload"].get("resultType") == "input_required"]
+    assert len(asked) == 3 and all(p["requestState"] == "[OPAQUE]" for p in asked), asked
+    assert not any("deploy:prod" in json.dumps(e.get("payload")) for e in evs if e["kind"] == "response"), "the token is not in any recorded answer"
 
 
 def test_a_2026_local_server_over_stdio(tmp_path):
