@@ -202,12 +202,22 @@ fn deliver(agent: &ureq::Agent, t: &Target, body: &str, note: &Note, retry_after
         match agent.post(&t.url).content_type("application/json").send(body) {
             Ok(r) if r.status().is_success() => return true,
             Ok(r) => last = format!("answered HTTP {}", r.status().as_u16()),
-            // ureq's errors name the failure (refused, timed out, TLS), not the URL.
-            Err(e) => last = e.to_string(),
+            Err(e) => last = without_url(&e.to_string(), &t.url),
         }
     }
     tracing::warn!(webhook = %t.name, approval = %note.entry.id, step = note.step.name(), error = %last, "approval notification not delivered after three tries");
     false
+}
+
+/// An error text with the webhook's URL, and the path that holds its secret, taken out (an
+/// error about a malformed address may quote it).
+fn without_url(error: &str, url: &str) -> String {
+    let path = url.split("://").nth(1).and_then(|r| r.find('/').map(|i| &r[i..])).filter(|p| p.len() > 1);
+    let mut out = error.replace(url, "<webhook URL>");
+    if let Some(p) = path {
+        out = out.replace(p, "/<secret>");
+    }
+    out
 }
 
 /// What a webhook of `format` is sent for `note`.
@@ -389,6 +399,14 @@ mod tests {
         assert!(m.contains(r#"sluice_approval_notifications_total{webhook="chat",result="sent"} 2"#), "{m}");
         assert!(m.contains(r#"sluice_approval_notifications_total{webhook="down",result="failed"} 1"#), "{m}");
         assert!(!m.contains("SECRET") && !format!("{:?}", cfg.notify).contains("SECRET"), "webhook URLs are secrets");
+    }
+
+    #[test]
+    fn errors_never_quote_the_webhook_url() {
+        let url = "https://hooks.slack.com/services/T0/B0/XYZsecret";
+        assert_eq!(without_url(&format!("bad uri: {url}"), url), "bad uri: <webhook URL>");
+        assert_eq!(without_url("GET /services/T0/B0/XYZsecret failed", url), "GET /<secret> failed");
+        assert_eq!(without_url("connection refused", url), "connection refused");
     }
 
     #[test]
