@@ -23,7 +23,8 @@ pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Op
             add("approvals.page_url".into(), "must be an http:// or https:// URL of the admin listener's /approvals/ui as reviewers reach it".into());
             None
         }
-        None => admin.map(|a| format!("http://{a}/approvals/ui")),
+        // An address reviewers can use: not a wildcard one (0.0.0.0 is no place to go).
+        None => admin.filter(|a| !a.ip().is_unspecified()).map(|a| format!("http://{a}/approvals/ui")),
     };
     let mut notify = Vec::with_capacity(a.notify.len());
     for (i, n) in a.notify.iter().enumerate() {
@@ -135,6 +136,8 @@ on = ["approved", "expired"]
         assert_eq!(issues.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["approvals.page_url"]);
         let (cfg, issues) = compiled("", None);
         assert!(issues.is_empty() && cfg.page_url.is_none() && cfg.notify.is_empty());
+        let (cfg, _) = compiled("", Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(cfg.page_url, None, "a wildcard address is no link");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
