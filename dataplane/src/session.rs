@@ -262,9 +262,9 @@ impl Store {
 
     /// Count an event stream of the session as open until the guard is dropped (the session's
     /// idle timer starts again then). Nothing when the session is not known.
-    pub fn open_stream(&self, mcp_session_id: &str) -> Option<OpenStream<'_>> {
-        self.with(mcp_session_id, |s| s.open_streams += 1)?;
-        Some(OpenStream { store: self, key: mcp_session_id.to_owned() })
+    pub fn open_stream(&self, key: String) -> Option<OpenStream<'_>> {
+        self.with(&key, |s| s.open_streams += 1)?;
+        Some(OpenStream { store: self, key })
     }
 
     pub fn remove(&self, mcp_session_id: &str) -> Option<Session> {
@@ -528,8 +528,8 @@ mod tests {
         for id in ["listening", "quiet"] {
             store.insert(Session::new(id, "mcp"), 10);
         }
-        let stream = store.open_stream("listening").unwrap();
-        let nested = store.open_stream("listening").unwrap();
+        let stream = store.open_stream("listening".into()).unwrap();
+        let nested = store.open_stream("listening".into()).unwrap();
         std::thread::sleep(Duration::from_millis(30));
         let gone: Vec<String> = store.sweep(Duration::from_millis(10)).into_iter().map(|s| s.mcp_session_id).collect();
         assert_eq!(gone, ["quiet"]);
@@ -540,7 +540,7 @@ mod tests {
         assert!(store.sweep(Duration::from_millis(10)).is_empty(), "the idle timer starts again when the stream ends");
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(store.sweep(Duration::from_millis(10)).len(), 1);
-        assert!(store.open_stream("unknown").is_none());
+        assert!(store.open_stream("unknown".into()).is_none());
     }
 
     #[test]

@@ -467,8 +467,7 @@ pub async fn handle(
     let result = if is_mcp && is_sse && kind != BodyKind::None {
         // However quiet the stream (a `subscriptions/listen` waiting for changes), its session
         // is not idle while it is open.
-        let key = ctx.mcp_session_id.clone();
-        let _open = key.as_deref().and_then(|k| w.shared.sessions.open_stream(k));
+        let _open = ctx.mcp_session_id.clone().and_then(|k| w.shared.sessions.open_stream(k));
         let r = relay_sse(w, cfg, route, down, &mut c, kind, &mut ctx, &mut track, &answers, head.minor_version, held).await;
         if let Some(sid) = track.legacy_session.take() {
             end_session(w, &ctx, route, &sid, "the legacy HTTP+SSE stream closed");
