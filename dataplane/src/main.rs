@@ -246,11 +246,7 @@ fn main() -> std::process::ExitCode {
                 }
                 // Who hears of held calls (never the webhook URL: a secret).
                 for t in &c.approvals.notify {
-                    let on: Vec<&str> = [sluice::approvals::notify::Step::Requested, sluice::approvals::notify::Step::Decided, sluice::approvals::notify::Step::Expired]
-                        .into_iter()
-                        .filter(|s| t.on[*s as usize])
-                        .map(|s| s.name())
-                        .collect();
+                    let on: Vec<&str> = sluice::approvals::notify::STEPS.into_iter().filter(|s| t.on[*s as usize]).map(|s| s.name()).collect();
                     println!("approvals: webhook {} ({}) told of {}", t.name, t.format.name(), on.join(", "));
                 }
                 if c.outbound != Default::default() {

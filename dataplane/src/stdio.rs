@@ -516,6 +516,10 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
         None => crate::pins::Store::default(),
     };
     let shared = Shared::new(cfg.clone(), recorder, pins);
+    // A local server's changed tool is news for the same reviewers (`[[approvals.notify]]`).
+    if !cfg.approvals.notify.is_empty() {
+        shared.notifier.start().context("starting the notification thread")?;
+    }
     if let Some(f) = pins_file.clone() {
         let sh = shared.clone();
         std::thread::Builder::new().name("sluice-pins".into()).spawn(move || loop {

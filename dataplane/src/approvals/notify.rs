@@ -1,6 +1,8 @@
-//! Telling reviewers of approval steps: every `[[approvals.notify]]` webhook gets a POST when a
-//! call is held (`requested`), decided (`decided`) or left undecided (`expired`) — without it a
-//! reviewer learns of a held call only by watching the page, and the call expires meanwhile.
+//! Telling reviewers of what waits for them: every `[[approvals.notify]]` webhook gets a POST
+//! when a call is held (`requested`), decided (`decided`) or left undecided (`expired`) —
+//! without it a reviewer learns of a held call only by watching the page, and the call expires
+//! meanwhile — and when a tool's definition changed or a new one is held for review
+//! (`pin_changed`: a rug pull blocks the tool for every agent until someone accepts it).
 //!
 //! Never on a worker: a step is put on a bounded queue (never waited on; a full queue drops
 //! the note, counted and logged) that one thread empties in order, trying each webhook up to
@@ -49,22 +51,21 @@ impl Format {
     }
 }
 
-/// An approval step.
+/// What a webhook may be told of: an approval step, or a pin change waiting for a reviewer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Requested = 0,
     Decided = 1,
     Expired = 2,
+    PinChanged = 3,
 }
+
+/// Every step, in index order.
+pub const STEPS: [Step; 4] = [Step::Requested, Step::Decided, Step::Expired, Step::PinChanged];
 
 impl Step {
     pub fn parse(s: &str) -> Option<Step> {
-        match s {
-            "requested" => Some(Step::Requested),
-            "decided" => Some(Step::Decided),
-            "expired" => Some(Step::Expired),
-            _ => None,
-        }
+        STEPS.into_iter().find(|x| x.name() == s)
     }
 
     pub fn name(self) -> &'static str {
@@ -72,8 +73,26 @@ impl Step {
             Step::Requested => "requested",
             Step::Decided => "decided",
             Step::Expired => "expired",
+            Step::PinChanged => "pin_changed",
         }
     }
+}
+
+/// A tool definition (or an upstream's instructions) that changed since it was pinned, or a
+/// new one held for review (`pins.first_sight = "hold"`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PinNote {
+    pub upstream: String,
+    pub route: String,
+    pub tool: String,
+    /// `changed`, or `added` (held).
+    pub change: &'static str,
+    pub old_digest: Option<String>,
+    pub new_digest: Option<String>,
+    /// Hidden and refused until accepted (`pins.on_change = "block"`), or only recorded.
+    pub blocked: bool,
+    /// The command that accepts it.
+    pub accept: String,
 }
 
 /// One configured webhook.
@@ -84,7 +103,7 @@ pub struct Target {
     pub url: String,
     pub format: Format,
     /// Told of which steps, by [`Step`] index.
-    pub on: [bool; 3],
+    pub on: [bool; 4],
 }
 
 impl std::fmt::Debug for Target {
@@ -95,9 +114,24 @@ impl std::fmt::Debug for Target {
 
 struct Note {
     step: Step,
-    entry: Entry,
+    about: About,
     cfg: Arc<ApprovalsCfg>,
     instance: String,
+}
+
+enum About {
+    Approval(Box<Entry>),
+    Pin(PinNote),
+}
+
+impl Note {
+    /// Names the note in log lines.
+    fn label(&self) -> String {
+        match &self.about {
+            About::Approval(e) => format!("approval {}", e.id),
+            About::Pin(p) => format!("pin {}/{}", p.upstream, p.tool),
+        }
+    }
 }
 
 /// Delivered and failed notes per webhook name.
@@ -161,15 +195,24 @@ impl Notifier {
 
     /// Queue `step` of `entry` for the webhooks of `cfg` that want it. Never waits.
     pub fn tell(&self, step: Step, entry: &Entry, cfg: &Arc<ApprovalsCfg>, instance: &str) {
+        self.queue(step, || About::Approval(Box::new(entry.clone())), cfg, instance);
+    }
+
+    /// Queue a pin change for the webhooks of `cfg` that want it. Never waits.
+    pub fn tell_pin(&self, pin: impl FnOnce() -> PinNote, cfg: &Arc<ApprovalsCfg>, instance: &str) {
+        self.queue(Step::PinChanged, || About::Pin(pin()), cfg, instance);
+    }
+
+    fn queue(&self, step: Step, about: impl FnOnce() -> About, cfg: &Arc<ApprovalsCfg>, instance: &str) {
         if !cfg.notify.iter().any(|t| t.on[step as usize]) {
             return;
         }
-        let note = Note { step, entry: entry.clone(), cfg: cfg.clone(), instance: instance.to_owned() };
+        let note = Note { step, about: about(), cfg: cfg.clone(), instance: instance.to_owned() };
         match self.tx.try_send(note) {
             Ok(()) => {}
             Err(TrySendError::Full(n)) => {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(approval = %n.entry.id, step = step.name(), dropped, "approval notification dropped: {QUEUE} are waiting for slow or unreachable webhooks (reviewers still see the call on the approvals page)");
+                tracing::warn!(about = %n.label(), step = step.name(), dropped, "reviewer notification dropped: {QUEUE} are waiting for slow or unreachable webhooks (it is still on the approvals page, `sluice pins list` and in the record)");
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -205,7 +248,7 @@ fn deliver(agent: &ureq::Agent, t: &Target, body: &str, note: &Note, retry_after
             Err(e) => last = without_url(&e.to_string(), &t.url),
         }
     }
-    tracing::warn!(webhook = %t.name, approval = %note.entry.id, step = note.step.name(), error = %last, "approval notification not delivered after three tries");
+    tracing::warn!(webhook = %t.name, about = %note.label(), step = note.step.name(), error = %last, "reviewer notification not delivered after three tries");
     false
 }
 
@@ -223,14 +266,17 @@ fn without_url(error: &str, url: &str) -> String {
 /// What a webhook of `format` is sent for `note`.
 fn body(format: Format, note: &Note) -> String {
     match format {
-        Format::Json => serde_json::json!({
-            "source": "sluice",
-            "step": note.step.name(),
-            "instance": note.instance,
-            "page": note.cfg.page_url,
-            "approval": note.entry,
-        })
-        .to_string(),
+        Format::Json => {
+            let mut v = serde_json::json!({ "source": "sluice", "step": note.step.name(), "instance": note.instance });
+            match &note.about {
+                About::Approval(e) => {
+                    v["page"] = serde_json::json!(note.cfg.page_url);
+                    v["approval"] = serde_json::to_value(e).unwrap_or_default();
+                }
+                About::Pin(p) => v["pin"] = serde_json::to_value(p).unwrap_or_default(),
+            }
+            v.to_string()
+        }
         Format::Slack => serde_json::json!({ "text": slack_text(note) }).to_string(),
     }
 }
@@ -246,7 +292,10 @@ fn when(us: i64) -> String {
 }
 
 fn slack_text(note: &Note) -> String {
-    let e = &note.entry;
+    let e = match &note.about {
+        About::Approval(e) => e,
+        About::Pin(p) => return slack_pin_text(p, &note.instance),
+    };
     let (subject, tool, id) = (esc(&e.subject), esc(&e.tool), esc(&e.id));
     let approvers = esc(&e.approvers.join(" or "));
     let page = note.cfg.page_url.as_deref().map(|u| format!("<{}|approvals page>", esc(u)));
@@ -283,8 +332,18 @@ fn slack_text(note: &Note) -> String {
             format!(":no_entry: *Denied* by `{}`: {} — `{subject}`'s call to `{tool}` is refused with this reason (approval {id})", esc(by), esc(reason))
         }
         (Step::Decided, state) => format!("Approval {id} of `{subject}`'s call to `{tool}` is {}", state.name()),
-        (Step::Expired, _) => format!(":alarm_clock: *Expired*: no member of {approvers} decided `{subject}`'s call to `{tool}` in time; the call was refused (approval {id})"),
+        (Step::Expired | Step::PinChanged, _) => format!(":alarm_clock: *Expired*: no member of {approvers} decided `{subject}`'s call to `{tool}` in time; the call was refused (approval {id})"),
     }
+}
+
+fn slack_pin_text(p: &PinNote, instance: &str) -> String {
+    let (tool, upstream, route) = (esc(&p.tool), esc(&p.upstream), esc(&p.route));
+    let what = match p.change {
+        "added" => format!(":inbox_tray: *New tool waits for review*: `{tool}` on upstream `{upstream}` (route `{route}`, gateway {})", esc(instance)),
+        _ => format!(":rotating_light: *Tool definition changed* (a rug pull?): `{tool}` on upstream `{upstream}` (route `{route}`, gateway {})", esc(instance)),
+    };
+    let effect = if p.blocked { "hidden from agents and its calls refused until accepted" } else { "recorded, not blocked (pins.on_change = \"log\")" };
+    format!("{what}\n{effect}: review it with `sluice pins list --changed`, accept with `{}`", esc(&p.accept))
 }
 
 #[cfg(test)]
@@ -304,7 +363,7 @@ mod tests {
 
     fn note(step: Step, entry: Entry) -> Note {
         let cfg = ApprovalsCfg { page_url: Some("https://gw.example.com:9090/approvals/ui".into()), notify: Vec::new(), outbound: Default::default() };
-        Note { step, entry, cfg: Arc::new(cfg), instance: "gw-1".into() }
+        Note { step, about: About::Approval(Box::new(entry)), cfg: Arc::new(cfg), instance: "gw-1".into() }
     }
 
     #[test]
@@ -369,8 +428,8 @@ mod tests {
             page_url: None,
             outbound: Default::default(),
             notify: vec![
-                Target { name: "chat".into(), url: flaky, format: Format::Slack, on: [true, false, true] },
-                Target { name: "down".into(), url: dead, format: Format::Json, on: [true, false, false] },
+                Target { name: "chat".into(), url: flaky, format: Format::Slack, on: [true, false, true, false] },
+                Target { name: "down".into(), url: dead, format: Format::Json, on: [true, false, false, false] },
             ],
         });
         let n = Notifier { retry_after: [Duration::from_millis(10); 2], ..Notifier::default() };
@@ -402,6 +461,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pin_change_tells_what_waits_and_how_to_accept_it() {
+        let pin = |change: &'static str, blocked: bool| PinNote {
+            upstream: "u1".into(),
+            route: "facts".into(),
+            tool: "daily_<b>fact".into(),
+            change,
+            old_digest: Some("d1".into()),
+            new_digest: Some("d2".into()),
+            blocked,
+            accept: "sluice pins accept u1 daily_<b>fact".into(),
+        };
+        let cfg = Arc::new(ApprovalsCfg::default());
+        let note = |p| Note { step: Step::PinChanged, about: About::Pin(p), cfg: cfg.clone(), instance: "gw-1".into() };
+        let text = slack_text(&note(pin("changed", true)));
+        assert!(text.starts_with(":rotating_light: *Tool definition changed* (a rug pull?): `daily_&lt;b&gt;fact` on upstream `u1` (route `facts`, gateway gw-1)"), "{text}");
+        assert!(text.contains("hidden from agents and its calls refused until accepted") && text.contains("`sluice pins accept u1 daily_&lt;b&gt;fact`"), "{text}");
+        let text = slack_text(&note(pin("added", false)));
+        assert!(text.contains("*New tool waits for review*") && text.contains("recorded, not blocked"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&body(Format::Json, &note(pin("changed", true)))).unwrap();
+        assert_eq!((json["step"].as_str(), json["pin"]["tool"].as_str(), json["pin"]["new_digest"].as_str(), json["pin"]["blocked"].as_bool()), (Some("pin_changed"), Some("daily_<b>fact"), Some("d2"), Some(true)));
+        assert!(json.get("approval").is_none() && json.get("page").is_none());
+        assert_eq!(Step::parse("pin_changed"), Some(Step::PinChanged));
+    }
+
+    #[test]
     fn errors_never_quote_the_webhook_url() {
         let url = "https://hooks.slack.com/services/T0/B0/XYZsecret";
         assert_eq!(without_url(&format!("bad uri: {url}"), url), "bad uri: <webhook URL>");
@@ -411,7 +495,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_without_waiting() {
-        let cfg = Arc::new(ApprovalsCfg { page_url: None, outbound: Default::default(), notify: vec![Target { name: "x".into(), url: "http://127.0.0.1:9/".into(), format: Format::Json, on: [true; 3] }] });
+        let cfg = Arc::new(ApprovalsCfg { page_url: None, outbound: Default::default(), notify: vec![Target { name: "x".into(), url: "http://127.0.0.1:9/".into(), format: Format::Json, on: [true; 4] }] });
         let n = Notifier::default(); // not started: nothing empties the queue
         let e = entry(&Store::default(), "add", serde_json::json!({}));
         for _ in 0..QUEUE + 3 {

@@ -30,22 +30,22 @@ pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Op
     for (i, n) in a.notify.iter().enumerate() {
         let p = format!("approvals.notify[{i}]");
         let name = n.name.clone().unwrap_or_else(|| format!("notify[{i}]"));
-        let mut on = [false; 3];
+        let mut on = [false; 4];
         let mut bad = false;
         match &n.on {
-            None => on = [true; 3],
+            None => on = [true; 4],
             Some(steps) => {
                 for (j, s) in steps.iter().enumerate() {
                     match Step::parse(s) {
                         Some(step) => on[step as usize] = true,
                         None => {
                             bad = true;
-                            add(format!("{p}.on[{j}]"), format!("unknown step \"{s}\": use \"requested\", \"decided\" or \"expired\""));
+                            add(format!("{p}.on[{j}]"), format!("unknown step \"{s}\": use \"requested\", \"decided\", \"expired\" or \"pin_changed\""));
                         }
                     }
                 }
                 if steps.is_empty() {
-                    add(format!("{p}.on"), "names no step: leave it out for all three, or list some of \"requested\", \"decided\", \"expired\"".into());
+                    add(format!("{p}.on"), "names no step: leave it out for all four, or list some of \"requested\", \"decided\", \"expired\", \"pin_changed\"".into());
                 }
             }
         }
@@ -123,8 +123,8 @@ on = ["approved", "expired"]
         assert_eq!(
             got,
             [
-                ("notify[0]", "https://hooks.example.com/services/T0/B0/XYZ", Format::Slack, [true, false, false]),
-                ("audit", "http://10.0.0.5:8080/approvals", Format::Json, [true, true, true]),
+                ("notify[0]", "https://hooks.example.com/services/T0/B0/XYZ", Format::Slack, [true, false, false, false]),
+                ("audit", "http://10.0.0.5:8080/approvals", Format::Json, [true, true, true, true]),
             ]
         );
         let paths: Vec<&str> = issues.iter().map(|(p, _)| p.as_str()).collect();

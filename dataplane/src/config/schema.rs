@@ -69,7 +69,8 @@ pub struct Notify {
     /// Rocket.Chat incoming webhooks).
     #[serde(default)]
     pub format: crate::approvals::notify::Format,
-    /// Which steps: `requested`, `decided`, `expired` (default: all three).
+    /// Which steps: `requested`, `decided`, `expired` of approvals, `pin_changed` (a tool
+    /// definition changed, or a new one held for review) (default: all four).
     #[serde(default)]
     pub on: Option<Vec<String>>,
 }

@@ -18,11 +18,19 @@ pub struct PinHook {
     store: Arc<Store>,
     emitter: Option<Rc<Emitter>>,
     canon: std::cell::RefCell<Vec<u8>>,
+    /// Where reviewers are told of a change waiting for them (`[[approvals.notify]]`).
+    shared: Option<Arc<crate::runtime::Shared>>,
 }
 
 impl PinHook {
     pub fn new(store: Arc<Store>, emitter: Option<Rc<Emitter>>) -> Self {
-        PinHook { store, emitter, canon: Default::default() }
+        PinHook { store, emitter, canon: Default::default(), shared: None }
+    }
+
+    /// Tell reviewers (the webhooks of the config in force) of changes waiting for them.
+    pub fn telling(mut self, shared: Arc<crate::runtime::Shared>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     fn listing(&self, ctx: &mut RequestCtx, value: &mut BorrowedValue<'_>) -> Verdict {
@@ -73,6 +81,23 @@ impl PinHook {
             });
             e.gateway = n.detail.as_deref().map(|d| GatewayInfo { version: None, config_digest: None, detail: Some(Cow::Borrowed(d)) });
             em.emit(&e);
+        }
+        // What waits for a reviewer: a changed definition, or a new one held.
+        let waits = n.change == "changed" || (n.change == "added" && n.detail.as_deref() == Some(super::HELD));
+        if let Some(sh) = self.shared.as_ref().filter(|_| waits) {
+            let cfg = sh.config.load();
+            let quoted = if n.tool.contains(' ') { format!("\"{}\"", n.tool) } else { n.tool.clone() };
+            let note = || crate::approvals::notify::PinNote {
+                upstream: ctx.upstream.to_string(),
+                route: ctx.route.to_string(),
+                tool: n.tool.clone(),
+                change: n.change,
+                old_digest: n.old_digest.clone(),
+                new_digest: n.new_digest.clone(),
+                blocked: self.store.blocks(),
+                accept: format!("{} {} {quoted}", self.store.accept_hint(), ctx.upstream),
+            };
+            sh.notifier.tell_pin(note, &cfg.approvals, &cfg.instance);
         }
     }
 

@@ -83,6 +83,9 @@ struct State {
 
 const VERSION: u32 = 1;
 
+/// The detail of an `added` pin change held for review (`pins.first_sight = "hold"`).
+pub const HELD: &str = "held until accepted (pins.first_sight = \"hold\")";
+
 /// `accepted_by` of a pin the baseline set: the baseline may set it again (a person's
 /// acceptance it leaves alone).
 pub const BY_BASELINE: &str = "pins.baseline";
@@ -351,6 +354,11 @@ impl Store {
         self.mode.load(Ordering::Relaxed) == 0
     }
 
+    /// Do changes block (hidden, refused) rather than only get recorded?
+    pub fn blocks(&self) -> bool {
+        self.blocking()
+    }
+
     /// Is a call to `tool` on `upstream` refused (its definition changed, not accepted, and
     /// changes block)?
     pub fn refuses(&self, upstream: &str, tool: &str) -> bool {
@@ -406,7 +414,7 @@ impl Store {
                     added.push(t.name.to_owned());
                     fresh.push(t.name);
                     hide.push(t.name.to_owned());
-                    noted.push(Noted { change: "added", tool: t.name.into(), pinned_tool: t.name.into(), old_digest: None, new_digest: Some(t.digest.clone()), detail: Some("held until accepted (pins.first_sight = \"hold\")".into()) });
+                    noted.push(Noted { change: "added", tool: t.name.into(), pinned_tool: t.name.into(), old_digest: None, new_digest: Some(t.digest.clone()), detail: Some(HELD.into()) });
                 }
                 None => {
                     pins.insert(t.name.to_owned(), Pin { digest: t.digest.clone(), changed_to: None, absent: false, first_seen_ms: now, accepted_by: None, accepted_ms: None });
@@ -555,7 +563,7 @@ impl Store {
                 self.changed.fetch_add(1, Ordering::Relaxed);
                 self.dirty.store(true, Ordering::Relaxed);
                 self.count("added");
-                Some(Noted { change: "added", tool: INSTRUCTIONS.into(), pinned_tool: INSTRUCTIONS.into(), old_digest: None, new_digest: Some(digest), detail: Some("held until accepted (pins.first_sight = \"hold\")".into()) })
+                Some(Noted { change: "added", tool: INSTRUCTIONS.into(), pinned_tool: INSTRUCTIONS.into(), old_digest: None, new_digest: Some(digest), detail: Some(HELD.into()) })
             }
             None => {
                 st.instructions.insert(upstream.to_owned(), Pin { digest, changed_to: None, absent: false, first_seen_ms: now_ms(), accepted_by: None, accepted_ms: None });

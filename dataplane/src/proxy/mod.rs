@@ -123,7 +123,7 @@ impl Worker {
     pub fn new(id: usize, shared: &Arc<Shared>, emitter: Option<Rc<crate::events::Emitter>>, sessions: crate::policy::hook::SessionsHandle) -> Self {
         let mut chain = Chain::new(vec![
             Box::new(crate::scrub::ScrubHook),
-            Box::new(crate::pins::hook::PinHook::new(shared.pins.clone(), emitter.clone())),
+            Box::new(crate::pins::hook::PinHook::new(shared.pins.clone(), emitter.clone()).telling(shared.clone())),
             Box::new(crate::policy::hook::PolicyMasks::default()),
             Box::new(crate::detect::hook::DetectHook::new(shared.metrics[id].clone())),
             Box::new(crate::policy::hook::PolicyHook::new(sessions).with_metrics(shared.metrics[id].clone())),

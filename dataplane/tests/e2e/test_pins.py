@@ -205,3 +205,30 @@ def test_a_reviewed_baseline_catches_a_rug_pull_a_new_gateway_never_saw_and_hold
     assert set(h.tools()) == {"rug_pull"} and h.call("rug_pull")["result"]["content"][0]["text"] == "done"
     added = [(e["pin"]["tool"], e["gateway"]["detail"]) for e in spool_events(held.spool) if e["kind"] == "pin_change" and e["pin"]["change"] == "added"]
     assert sorted(t for t, _ in added) == ["(server instructions)", "daily_fact", "rug_pull"] and all("held" in d for _, d in added), added
+
+
+def test_reviewers_are_told_of_a_rug_pull_by_webhook(gateway, servers, tmp_path):
+    """A changed definition blocks the tool for every agent until someone accepts it, so the
+    `[[approvals.notify]]` webhooks that ask for `pin_changed` are told at once: which tool of
+    which upstream, whether it is blocked, and the command that accepts it."""
+    from test_approvals import Webhook
+
+    _, facts = servers
+    hook = Webhook()
+    (tmp_path / "hook.url").write_text(hook.url)
+    extra = f'[[approvals.notify]]\nname = "security"\nurl_file = "{tmp_path / "hook.url"}"\non = ["pin_changed"]\n'
+    g = gateway([{"path": "/facts", "upstream": facts, "name": "facts"}], extra=extra)
+    a = Agent(g, "/facts", None)
+    assert set(a.tools()) == {"daily_fact", "rug_pull"}
+    time.sleep(0.5)
+    assert hook.posts == [], "first sight is not news"
+    assert a.call("rug_pull")["result"]["content"][0]["text"] == "done"
+    assert set(a.tools()) == {"rug_pull"}
+    [(_, _, note)] = hook.wait(1)
+    assert note["step"] == "pin_changed" and note["source"] == "sluice", note
+    pin = note["pin"]
+    assert (pin["upstream"], pin["route"], pin["tool"], pin["change"], pin["blocked"]) == ("u0", "facts", "daily_fact", "changed", True), pin
+    assert pin["accept"] == "sluice pins accept u0 daily_fact" and pin["old_digest"] != pin["new_digest"], pin
+    a.tools()
+    time.sleep(0.5)
+    assert len(hook.posts) == 1, "told once, not at every listing"
