@@ -221,7 +221,7 @@ impl Notifier {
     }
 
     pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP sluice_approval_notifications_total Approval steps posted to each webhook: sent (2xx), failed (after three tries).\n# TYPE sluice_approval_notifications_total counter\n");
+        out.push_str("# HELP sluice_approval_notifications_total Notes to reviewers (approval steps, pin changes) posted to each webhook: sent (2xx), failed (after three tries).\n# TYPE sluice_approval_notifications_total counter\n");
         for (name, c) in self.counts.lock().iter() {
             let name = name.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = writeln!(out, "sluice_approval_notifications_total{{webhook=\"{name}\",result=\"sent\"}} {}", c.sent);
@@ -229,7 +229,7 @@ impl Notifier {
         }
         let _ = writeln!(
             out,
-            "# HELP sluice_approval_notifications_dropped_total Approval steps not posted because the queue to the webhooks was full.\n# TYPE sluice_approval_notifications_dropped_total counter\nsluice_approval_notifications_dropped_total {}",
+            "# HELP sluice_approval_notifications_dropped_total Notes to reviewers not posted because the queue to the webhooks was full.\n# TYPE sluice_approval_notifications_dropped_total counter\nsluice_approval_notifications_dropped_total {}",
             self.dropped.load(Ordering::Relaxed)
         );
     }
