@@ -27,9 +27,14 @@ pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Op
         None => admin.filter(|a| !a.ip().is_unspecified()).map(|a| format!("http://{a}/approvals/ui")),
     };
     let mut notify = Vec::with_capacity(a.notify.len());
+    let mut names = std::collections::HashSet::new();
     for (i, n) in a.notify.iter().enumerate() {
         let p = format!("approvals.notify[{i}]");
         let name = n.name.clone().unwrap_or_else(|| format!("notify[{i}]"));
+        if !names.insert(name.clone()) {
+            // Logs and metrics tell webhooks apart by name.
+            add(format!("{p}.name"), format!("\"{name}\" names another webhook too: give each its own name"));
+        }
         let mut on = [false; 4];
         let mut bad = false;
         match &n.on {
@@ -138,6 +143,8 @@ on = ["approved", "expired"]
         assert!(issues.is_empty() && cfg.page_url.is_none() && cfg.notify.is_empty());
         let (cfg, _) = compiled("", Some("0.0.0.0:9090".parse().unwrap()));
         assert_eq!(cfg.page_url, None, "a wildcard address is no link");
+        let (_, issues) = compiled("[[notify]]\nname = \"chat\"\nurl_env = \"SLUICE_TEST_HOOK_A\"\n[[notify]]\nname = \"chat\"\nurl_env = \"SLUICE_TEST_HOOK_A\"\n", None);
+        assert_eq!(issues.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["approvals.notify[1].name"], "{issues:?}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
