@@ -1,4 +1,4 @@
-//! `sluice pins list|accept`: the pins admin API from a terminal (same `--admin` and `--token`
+//! `sluice pins list|accept|export`: the pins admin API from a terminal (same `--admin` and `--token`
 //! as `sluice approvals`; the token of a member of a `pins.approvers` group).
 
 use crate::approvals::cli::{call, Common};
@@ -14,6 +14,9 @@ pub enum PinsCmd {
     },
     /// Accept the changed definition of TOOL on UPSTREAM as its pin (calls to it go through again).
     Accept { upstream: String, tool: String },
+    /// Print the pins as a pins file: reviewed on this gateway, it is the `pins.baseline` of
+    /// every other (`sluice pins export > pins.reviewed.json`).
+    Export,
 }
 
 /// `file`: work on that pins file instead of the admin API (accepting as the OS user).
@@ -49,6 +52,14 @@ pub fn run(common: &Common, file: Option<&std::path::Path>, cmd: PinsCmd) -> any
             if shown == 0 {
                 println!("{}", if changed { "no changed definition waits to be accepted" } else { "no tool is pinned yet" });
             }
+            Ok(())
+        }
+        PinsCmd::Export => {
+            let v = match &local {
+                Some(store) => store.list(),
+                None => call(common, "GET", "/pins", None)?,
+            };
+            println!("{}", super::Store::file_of_list(&v)?);
             Ok(())
         }
         PinsCmd::Accept { upstream, tool } => {

@@ -545,6 +545,24 @@ impl Store {
         serde_json::json!({ "blocking": self.blocking(), "changed": self.changed.load(Ordering::Relaxed), "upstreams": upstreams })
     }
 
+    /// The pins file form of [`Store::list`] (what `GET /pins` answers): a file `pins.baseline`
+    /// reads, made from a running gateway (`sluice pins export`).
+    pub fn file_of_list(v: &serde_json::Value) -> anyhow::Result<String> {
+        let mut st = State { version: VERSION, ..State::default() };
+        let upstreams = v.get("upstreams").and_then(|u| u.as_object()).ok_or_else(|| anyhow::anyhow!("the pins listing has no \"upstreams\" object"))?;
+        for (u, tools) in upstreams {
+            for (t, p) in tools.as_object().into_iter().flatten() {
+                let pin: Pin = serde_json::from_value(p.clone()).map_err(|e| anyhow::anyhow!("the pin of {t} on {u} is not one: {e}"))?;
+                if t == INSTRUCTIONS {
+                    st.instructions.insert(u.clone(), pin);
+                } else {
+                    st.upstreams.entry(u.clone()).or_default().insert(t.clone(), pin);
+                }
+            }
+        }
+        Ok(serde_json::to_string_pretty(&st)?)
+    }
+
     /// How many tools and server instructions are pinned.
     pub fn counts(&self) -> (usize, usize) {
         let st = self.state.read();
@@ -803,6 +821,12 @@ mod tests {
         let b = baseline_of(&s, "held");
         assert_eq!(b.tools["u"].keys().collect::<Vec<_>>(), ["search"]);
         assert!(b.instructions.is_empty());
+        // What `sluice pins export` writes from `GET /pins` reads as the same baseline.
+        let path = std::env::temp_dir().join(format!("sluice-baseline-{}-export.json", std::process::id()));
+        std::fs::write(&path, Store::file_of_list(&s.list()).unwrap()).unwrap();
+        assert_eq!(Baseline::read(&path).unwrap(), b);
+        std::fs::remove_file(&path).unwrap();
+        assert!(Store::file_of_list(&serde_json::json!({"blocking": true})).is_err());
         let e = Baseline::read(Path::new("/nonexistent/pins.json")).unwrap_err();
         assert!(e.contains("cannot read /nonexistent/pins.json"), "{e}");
     }

@@ -174,15 +174,20 @@ def test_a_reviewed_baseline_catches_a_rug_pull_a_new_gateway_never_saw_and_hold
     agent, reviewer = idp.token("support-agent"), idp.token("finance-reviewer")
     routes = [{"path": "/mail", "upstream": mail, "name": "mail"}, {"path": "/facts", "upstream": facts, "name": "facts"}]
     reviewed_file = tmp_path / "reviewed" / "pins.json"
-    first = gateway(routes, extra=identity_cfg(idp) + f'[pins]\nfile = "{reviewed_file}"\n', home="first")
+    first = gateway(routes, extra=identity_cfg(idp) + f'[pins]\nfile = "{reviewed_file}"\napprovers = ["finance"]\n', home="first")
     a = Agent(first, "/facts", agent)
     assert set(a.tools()) == {"daily_fact", "rug_pull"}
     Agent(first, "/mail", agent).tools()
+    # The reviewer exports the reviewed pins through the admin API (no access to the host's
+    # file needed); it reads like the pins file itself.
+    exported = pins_cli(first, reviewer, "export")
+    assert exported.returncode == 0, exported
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(exported.stdout)
     deadline = time.time() + 10
     while not reviewed_file.exists() and time.time() < deadline:
         time.sleep(0.1)
-    baseline = tmp_path / "baseline.json"
-    baseline.write_text(reviewed_file.read_text())
+    assert json.loads(exported.stdout)["upstreams"] == json.loads(reviewed_file.read_text())["upstreams"]
 
     # The rug pull happens before the new gateway ever meets the server.
     assert a.call("rug_pull")["result"]["content"][0]["text"] == "done"
