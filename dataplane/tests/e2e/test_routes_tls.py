@@ -306,3 +306,40 @@ def test_a_provider_behind_a_private_ca_is_trusted_through_outbound_ca(certs, ga
     bad.write_text('[gateway]\noutbound_ca = "no-such.pem"\n[[listener]]\naddress = "127.0.0.1:0"\n')
     checked = subprocess.run([str(SLUICE), "check", "--config", str(bad)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 2 and "gateway.outbound_ca: cannot read" in checked.stderr and "ca-certificates.crt" in checked.stderr, checked
+
+
+def test_the_gateways_own_requests_go_through_the_egress_proxy(certs, gateway, raw_upstream, tmp_path, monkeypatch):
+    """Gateway hosts often reach the internet only through an egress proxy. The gateway's own
+    HTTPS requests (here OIDC discovery and the JWKS; token endpoints and webhooks alike)
+    follow `HTTPS_PROXY` (also `ALL_PROXY`, `HTTP_PROXY`; `NO_PROXY` honoured) from its
+    environment, tunnelled with CONNECT and still checked against `outbound_ca`. A real
+    forward proxy (PyPI `proxy.py`) that logs every tunnel."""
+    from conftest import PY, free_port
+    from test_identity import OP, echo_upstream, identity_cfg, new_key
+
+    port = free_port()
+    proxy = Proc([PY, "-m", "proxy", "--hostname", "127.0.0.1", "--port", str(port), "--num-workers", "1", "--num-acceptors", "1", "--log-level", "INFO"], tmp_path / "proxy.log")
+    wait_port(port, proc=proxy.p)
+    _, jwk = new_key("k1")
+    op = OP(tmp_path, [jwk], tls=(str(certs / "leaf.pem"), str(certs / "leaf.key"), str(certs / "ca.pem")))
+    try:
+        up = echo_upstream(raw_upstream)
+        token = op.token()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=identity_cfg(op), gateway_keys=f'outbound_ca = "{certs / "ca.pem"}"\n')
+        monkeypatch.delenv("HTTPS_PROXY")
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        h = {"accept": "application/json, text/event-stream", "authorization": f"Bearer {token}"}
+        deadline = time.time() + 15
+        while (r := httpx.post(g.url(), json=init, headers=h, timeout=10)).status_code != 200 and time.time() < deadline:
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        # The proxy logs a tunnel when it closes: the gateway keeps its connection open.
+        assert g.proc.stop() == 0
+        deadline = time.time() + 10
+        while f"CONNECT 127.0.0.1:{op.port}" not in (log := (tmp_path / "proxy.log").read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        assert f"CONNECT 127.0.0.1:{op.port}" in log, log[-2000:]
+    finally:
+        op.stop()
+        proxy.stop()
