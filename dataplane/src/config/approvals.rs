@@ -54,11 +54,7 @@ pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Op
                 }
             }
         }
-        let url = super::credential::read_secret(n.url_env.as_deref(), n.url_file.as_deref(), file, &p, &mut |path, msg| {
-            // `read_secret` names the keys `env` and `file`; here they are `url_env` and `url_file`.
-            let path = path.strip_suffix(".env").map(|b| format!("{b}.url_env")).or_else(|| path.strip_suffix(".file").map(|b| format!("{b}.url_file"))).unwrap_or(path);
-            add(path, msg.replace("env = \"VAR\" or file = \"/path\"", "url_env = \"VAR\" or url_file = \"/path\""))
-        });
+        let url = super::credential::read_secret_as(["url_env", "url_file"], n.url_env.as_deref(), n.url_file.as_deref(), file, &p, add);
         let Some(url) = url.filter(|_| !bad) else { continue };
         let url = url.trim().to_owned();
         if !is_http_url(&url) {

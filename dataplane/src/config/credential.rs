@@ -70,11 +70,17 @@ pub(crate) fn base64(input: &[u8]) -> String {
 
 /// The secret named by `env = "VAR"` or `file = "/path"` (exactly one) at config path `p`.
 pub(super) fn read_secret(env: Option<&str>, secret_file: Option<&str>, file: Option<&Path>, p: &str, add: &mut dyn FnMut(String, String)) -> Option<String> {
+    read_secret_as(["env", "file"], env, secret_file, file, p, add)
+}
+
+/// [`read_secret`] where the two keys have other names (`url_env`, `url_file`).
+pub(super) fn read_secret_as(keys: [&str; 2], env: Option<&str>, secret_file: Option<&str>, file: Option<&Path>, p: &str, add: &mut dyn FnMut(String, String)) -> Option<String> {
+    let [env_key, file_key] = keys;
     match (env, secret_file) {
         (Some(var), None) => match std::env::var(var) {
             Ok(v) if !v.is_empty() => Some(v),
             _ => {
-                add(format!("{p}.env"), format!("environment variable {var} is not set (or empty); export it for the sluice process"));
+                add(format!("{p}.{env_key}"), format!("environment variable {var} is not set (or empty); export it for the sluice process"));
                 None
             }
         },
@@ -83,17 +89,17 @@ pub(super) fn read_secret(env: Option<&str>, secret_file: Option<&str>, file: Op
             match std::fs::read_to_string(&path) {
                 Ok(v) if !v.trim().is_empty() => Some(v.trim_end_matches(['\r', '\n']).to_owned()),
                 Ok(_) => {
-                    add(format!("{p}.file"), format!("{} is empty", path.display()));
+                    add(format!("{p}.{file_key}"), format!("{} is empty", path.display()));
                     None
                 }
                 Err(e) => {
-                    add(format!("{p}.file"), format!("cannot read {}: {e}", path.display()));
+                    add(format!("{p}.{file_key}"), format!("cannot read {}: {e}", path.display()));
                     None
                 }
             }
         }
         _ => {
-            add(p.to_owned(), "set exactly one of env = \"VAR\" or file = \"/path\" (secrets are never written in this file)".into());
+            add(p.to_owned(), format!("set exactly one of {env_key} = \"VAR\" or {file_key} = \"/path\" (secrets are never written in this file)"));
             None
         }
     }

@@ -114,9 +114,7 @@ impl Baseline {
             instructions: st.instructions.iter().filter_map(|(u, p)| Some((u.clone(), accepted(p)?))).collect(),
         })
     }
-}
 
-impl Baseline {
     /// How many tools and server instructions it reviews.
     pub fn counts(&self) -> (usize, usize) {
         (self.tools.values().map(BTreeMap::len).sum(), self.instructions.len())

@@ -312,7 +312,7 @@ pub async fn handle(
     // Request phase: parse, observe and pass the hooks, before any await.
     let mut forwarded: Option<Vec<u8>> = None;
     let mut answers = Vec::new();
-    let inspected = match request_phase(w, &mut ctx, route, head, body, &mut track) {
+    let inspected = match request_phase(w, cfg, &mut ctx, route, head, body, &mut track) {
         Ok(i) => i,
         Err(e) => {
             w.record_refusal(Some(&ctx), None, client, &e);
@@ -555,7 +555,7 @@ fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
 
 /// Parse the request body (MCP: JSON-RPC; HTTP: a JSON document), observe it and run the hooks.
 /// `Ok(None)`: nothing to inspect (no body, or not JSON on a plain route).
-fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, body: &[u8], track: &mut Track<'_>) -> Result<Option<Outcome>, ProxyError> {
+fn request_phase(w: &Worker, cfg: &Config, ctx: &mut RequestCtx, route: &Route, head: &Head, body: &[u8], track: &mut Track<'_>) -> Result<Option<Outcome>, ProxyError> {
     let is_mcp = route.kind == RouteKind::Mcp;
     // A compressed body cannot be read; one the gateway would inspect is refused.
     let encoded = || encoding(head).map(|e| ProxyError::Encoded(e.to_owned()));
@@ -576,7 +576,7 @@ fn request_phase(w: &Worker, ctx: &mut RequestCtx, route: &Route, head: &Head, b
             if track.init.is_some() && ctx.gateway_session_id.is_none() {
                 // One caller may not fill the store (evicting every other caller's sessions):
                 // past its share, its new session is refused before the upstream makes one.
-                let cap = w.shared.config.load().sessions.max_per_caller;
+                let cap = cfg.sessions.max_per_caller;
                 if let Some(caller) = ctx.identity.as_ref().map(|i| i.subject.as_str()).filter(|_| cap > 0) {
                     let held = w.shared.sessions.owned(caller);
                     if held >= cap {
