@@ -65,7 +65,7 @@ pub enum ProxyError {
     RecordingUnavailable,
     #[error("{0}; retry shortly, or on another instance")]
     Overloaded(String),
-    #[error("this caller holds {held} open sessions, the most one caller may hold on this gateway (sessions.max_per_caller); end the ones it no longer uses (HTTP DELETE with their Mcp-Session-Id) or wait until they idle out, then initialize again")]
+    #[error("this caller holds {held} open sessions, the most one caller may hold on this gateway (sessions.max_per_caller); end the ones it no longer uses (HTTP DELETE with their Mcp-Session-Id; a legacy HTTP+SSE session by closing its stream) or wait until they idle out, then open a new one")]
     TooManySessions { held: usize },
 }
 

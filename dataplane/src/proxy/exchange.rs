@@ -226,6 +226,15 @@ pub async fn handle(
             }
         }
     }
+    // A legacy HTTP+SSE stream (a GET naming no session) opens a session once the upstream
+    // names its endpoint: the caller's share is checked before the upstream makes one, as for
+    // `initialize`.
+    if ctx.mcp_session_id.is_none() && route.kind == RouteKind::Mcp && head.method() == "GET" {
+        if let Err(e) = within_session_share(w, cfg, &ctx) {
+            w.record_refusal(Some(&ctx), Some(&route.label), client, &e);
+            return Err(e);
+        }
+    }
     // The gateway's session id keys every event of the session (Kafka partition, order). A
     // session belongs to the caller that opened it: another caller presenting its id (learned
     // from a log, a proxy, a shared machine) would continue its upstream state and write into
@@ -574,15 +583,7 @@ fn request_phase(w: &Worker, cfg: &Config, ctx: &mut RequestCtx, route: &Route, 
                 track.reply_id = parsed.infos[0].id.clone();
             }
             if track.init.is_some() && ctx.gateway_session_id.is_none() {
-                // One caller may not fill the store (evicting every other caller's sessions):
-                // past its share, its new session is refused before the upstream makes one.
-                let cap = cfg.sessions.max_per_caller;
-                if let Some(caller) = ctx.identity.as_ref().map(|i| i.subject.as_str()).filter(|_| cap > 0) {
-                    let held = w.shared.sessions.owned(caller);
-                    if held >= cap {
-                        return Err(ProxyError::TooManySessions { held });
-                    }
-                }
+                within_session_share(w, cfg, ctx)?;
                 // `initialize` opens a session: its id exists before the first event.
                 ctx.gateway_session_id = Some(crate::ids::new_id());
             }
@@ -1623,6 +1624,18 @@ fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx
     if let (Some(em), Some(gid)) = (&w.emitter, ctx.gateway_session_id.as_deref()) {
         crate::events::record::session_event(em, ctx, sluice_schema::Kind::SessionStart, gid, None);
     }
+}
+
+/// One caller may not fill the store (evicting every other caller's sessions): past its
+/// share (`sessions.max_per_caller`), a new session is refused before the upstream makes one.
+fn within_session_share(w: &Worker, cfg: &Config, ctx: &RequestCtx) -> Result<(), ProxyError> {
+    let cap = cfg.sessions.max_per_caller;
+    let Some(caller) = ctx.identity.as_ref().map(|i| i.subject.as_str()).filter(|_| cap > 0) else { return Ok(()) };
+    let held = w.shared.sessions.owned(caller);
+    if held >= cap {
+        return Err(ProxyError::TooManySessions { held });
+    }
+    Ok(())
 }
 
 /// Queue the gateway's answers to a legacy post for the session's stream (`relay_sse` sends

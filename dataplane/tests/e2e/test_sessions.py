@@ -5,6 +5,7 @@ under one gateway id in the record; an id altered, taken to another route, or ne
 (the upstream's own) is refused like an unknown session."""
 
 import json
+import time
 
 import httpx
 
@@ -171,3 +172,48 @@ def test_one_caller_cannot_fill_the_session_store(py_json, gateway):
     assert init("loop-agent").status_code == 200, "room again after a DELETE"
     refusals = [e for e in spool_events(g.spool) if e["kind"] == "decision" and "max_per_caller" in (e["decision"].get("reason") or "")]
     assert refusals and refusals[0]["identity"]["subject"] == "loop-agent", refusals
+
+
+def test_one_caller_cannot_fill_the_session_store_over_legacy_http_sse(py_legacy, gateway):
+    """The legacy transport opens a session with a GET of its stream, not an `initialize`:
+    the same share holds — past it the stream is refused (429, -32010) before the upstream
+    makes a session, other callers are unaffected, and closing a stream makes room."""
+    import hashlib
+
+    keys = {"loop-agent": "sk-loop-1f2e", "other-agent": "sk-other-9a8b"}
+    ident = "[identity]\n" + "".join(f'[[identity.api_key]]\nsubject = "{s}"\nsha256 = "{hashlib.sha256(k.encode()).hexdigest()}"\n' for s, k in keys.items())
+    g = gateway([{"path": "/legacy", "upstream": py_legacy}], extra=ident + "[sessions]\nmax_per_caller = 2\n")
+    owned = lambda who: len([s for s in g.get_admin("/sessions")["sessions"] if s["owner"] == who])
+
+    def open_stream(c, who):
+        s = c.stream("GET", g.url("/legacy/sse"), headers={"accept": "text/event-stream", "x-api-key": keys[who]})
+        r = s.__enter__()
+        if r.status_code == 200:
+            # The lines' iterator is kept: dropping it would close the stream.
+            r.lines = r.iter_lines()
+            assert next(line for line in r.lines if line.startswith("data: ")).startswith("data: /legacy/messages/")
+        return s, r
+
+    with httpx.Client(timeout=10) as c:
+        held = [open_stream(c, "loop-agent") for _ in range(2)]
+        assert [r.status_code for _, r in held] == [200, 200]
+        assert owned("loop-agent") == 2, g.get_admin("/sessions")
+        refused_ctx, refused = open_stream(c, "loop-agent")
+        refused.read()
+        refused_ctx.__exit__(None, None, None)
+        assert refused.status_code == 429, refused.text
+        err = refused.json()["error"]
+        assert err["code"] == -32010 and "holds 2 open sessions" in err["data"]["reason"] and "closing its stream" in err["data"]["reason"], err
+        assert owned("loop-agent") == 2, "no session was made for the refused stream"
+        other_ctx, other = open_stream(c, "other-agent")
+        assert other.status_code == 200, "another caller is not affected"
+        other_ctx.__exit__(None, None, None)
+        held[0][0].__exit__(None, None, None)
+        for _ in range(50):
+            if owned("loop-agent") == 1:
+                break
+            time.sleep(0.1)
+        again_ctx, again = open_stream(c, "loop-agent")
+        assert again.status_code == 200, "room again once a stream closed"
+        again_ctx.__exit__(None, None, None)
+        held[1][0].__exit__(None, None, None)
