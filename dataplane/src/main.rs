@@ -269,6 +269,10 @@ fn main() -> std::process::ExitCode {
                         }
                         None => {}
                     }
+                    if let Some(p) = &u.proxy {
+                        let auth = if p.authenticated { ", with credentials" } else { "" };
+                        println!("upstream {}: through egress proxy {} (CONNECT{auth})", u.name, p.authority);
+                    }
                 }
                 // What a broker would refuse: payloads past its default message size.
                 if let Some(r) = c.recording.as_ref().filter(|r| r.kafka.is_some() && r.max_payload_bytes > 1 << 20) {

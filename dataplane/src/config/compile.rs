@@ -99,6 +99,67 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub stream_idle: Duration,
+    /// The HTTP forward proxy this upstream is reached through (`upstream.proxy`).
+    pub proxy: Option<Proxy>,
+}
+
+/// An HTTP forward proxy to one upstream: each connection is a CONNECT tunnel.
+#[derive(Clone)]
+pub struct Proxy {
+    pub host: String,
+    pub port: u16,
+    /// `host:port` of the proxy, for messages.
+    pub authority: String,
+    /// The CONNECT request, written once (it may carry `Proxy-Authorization`).
+    pub connect: Arc<[u8]>,
+    /// It does (`auth_env`/`auth_file`).
+    pub authenticated: bool,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("authority", &self.authority).finish_non_exhaustive()
+    }
+}
+
+/// The CONNECT tunnel to `host:port` through `upstream.proxy`; problems go to `add` under `p`.
+fn compile_proxy(pr: &schema::UpstreamProxy, host: &str, port: u16, file: Option<&Path>, p: &str, add: &mut dyn FnMut(String, String)) -> Option<Proxy> {
+    let (https, proxy_host, proxy_port, path) = match parse_url(&pr.url) {
+        Ok(parts) => parts,
+        // Not quoted: what precedes the `@` is likely a password.
+        Err(_) if pr.url.contains('@') => {
+            add(format!("{p}.url"), "holds user info: write the proxy as http://host:port and its user:password in auth_env or auth_file (secrets are never written in this file)".into());
+            return None;
+        }
+        Err(m) => {
+            add(format!("{p}.url"), format!("{m}; write the proxy as http://host:port (its password, if any, in auth_env or auth_file)"));
+            return None;
+        }
+    };
+    if https || !path.is_empty() {
+        add(format!("{p}.url"), format!("\"{}\": write the proxy as http://host:port (the gateway speaks to it in plain HTTP; TLS to the upstream runs inside the tunnel)", pr.url));
+        return None;
+    }
+    let auth = match (&pr.auth_env, &pr.auth_file) {
+        (None, None) => None,
+        (env, f) => {
+            let secret = super::credential::read_secret_as(["auth_env", "auth_file"], env.as_deref(), f.as_deref(), file, p, add)?;
+            if !secret.contains(':') || secret.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                add(p.to_owned(), "the proxy credential must be user:password on one line".into());
+                return None;
+            }
+            Some(secret)
+        }
+    };
+    let target = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let mut connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    let authenticated = auth.is_some();
+    if let Some(a) = auth {
+        connect.push_str(&format!("Proxy-Authorization: Basic {}\r\n", super::credential::base64(a.as_bytes())));
+    }
+    connect.push_str("\r\n");
+    let authority = if proxy_host.contains(':') { format!("[{proxy_host}]:{proxy_port}") } else { format!("{proxy_host}:{proxy_port}") };
+    Some(Proxy { host: proxy_host, port: proxy_port, authority, connect: connect.into_bytes().into(), authenticated })
 }
 
 #[derive(Debug, Clone)]
@@ -384,7 +445,13 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
                     u.tls.as_ref().map(|t| (&t.ca, &t.server_name, &t.client_cert, &t.client_key))
                 );
                 let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, &u.name, file, &p, &outbound, &mut |path, msg| is.add(path, msg)));
-                upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential, forward_identity, connect_timeout, first_byte_timeout, stream_idle });
+                let proxy = u.proxy.as_ref().and_then(|pr| compile_proxy(pr, &host, port, file, &format!("{p}.proxy"), &mut |path, msg| is.add(path, msg)));
+                // Tunnels through another proxy are other connections.
+                let pool_key = match &proxy {
+                    Some(x) => format!("{pool_key} via {}", x.authority),
+                    None => pool_key,
+                };
+                upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential, forward_identity, connect_timeout, first_byte_timeout, stream_idle, proxy });
             }
         }
     }
@@ -622,6 +689,40 @@ upstream = "a"
         assert_eq!(c.route_for(Some("x"), "/mcpx").unwrap().0, 0);
         assert_eq!(c.route_for(Some("TOOLS.example:8080"), "/mcp").unwrap().0, 2);
         assert_eq!(c.route_for(None, "/other").unwrap().0, 0);
+    }
+
+    #[test]
+    fn an_upstream_through_an_egress_proxy_gets_its_connect_request_and_a_pool_of_its_own() {
+        let text = |proxy: &str| format!("[[listener]]\naddress = \"127.0.0.1:0\"\n[[upstream]]\nname = \"a\"\nurl = \"https://[2001:db8::5]:8443/mcp\"\n{proxy}\n[[route]]\npath = \"/mcp\"\nupstream = \"a\"\n[detect]\nenabled = false\n");
+        let build = |proxy: &str| compile(&toml::from_str(&text(proxy)).unwrap(), None, Purpose::Gateway);
+        let direct = build("").unwrap();
+        std::env::set_var("SLUICE_TEST_PROXY_AUTH", "gw:s3cret!");
+        let c = build("proxy = { url = \"http://proxy.corp:3128\", auth_env = \"SLUICE_TEST_PROXY_AUTH\" }").unwrap();
+        let p = c.upstreams[0].proxy.as_ref().unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.authority.as_str()), ("proxy.corp", 3128, "proxy.corp:3128"));
+        assert_eq!(
+            std::str::from_utf8(&p.connect).unwrap(),
+            "CONNECT [2001:db8::5]:8443 HTTP/1.1\r\nHost: [2001:db8::5]:8443\r\nProxy-Authorization: Basic Z3c6czNjcmV0IQ==\r\n\r\n"
+        );
+        assert!(!format!("{:?}", c.upstreams[0]).contains("Z3c6"), "the credential is not in debug output");
+        assert_ne!(c.upstreams[0].pool_key, direct.upstreams[0].pool_key, "tunnels are not direct connections");
+        let plain = build("proxy = { url = \"http://10.0.0.9:8080/\" }").unwrap();
+        assert_eq!(std::str::from_utf8(&plain.upstreams[0].proxy.as_ref().unwrap().connect).unwrap(), "CONNECT [2001:db8::5]:8443 HTTP/1.1\r\nHost: [2001:db8::5]:8443\r\n\r\n");
+        // Every problem at once, each under its path.
+        for (proxy, path, says) in [
+            ("proxy = { url = \"https://proxy.corp:3128\" }", "upstream[0].proxy.url", "http://host:port"),
+            ("proxy = { url = \"http://gw:pw@proxy.corp:3128\" }", "upstream[0].proxy.url", "auth_env or auth_file"),
+            ("proxy = { url = \"http://proxy.corp:3128/x\" }", "upstream[0].proxy.url", "http://host:port"),
+            ("proxy = { url = \"http://proxy.corp:3128\", auth_env = \"SLUICE_TEST_PROXY_UNSET\" }", "upstream[0].proxy.auth_env", "is not set"),
+            ("proxy = { url = \"http://proxy.corp:3128\", auth_env = \"SLUICE_TEST_PROXY_AUTH\", auth_file = \"/x\" }", "upstream[0].proxy", "exactly one"),
+        ] {
+            let issues = build(proxy).unwrap_err();
+            assert!(issues.iter().any(|i| i.path == path && i.message.contains(says)), "{proxy}: {issues:?}");
+            assert!(!format!("{issues:?}").contains("gw:pw"), "a password in the URL is not repeated: {issues:?}");
+        }
+        std::env::set_var("SLUICE_TEST_PROXY_NOCOLON", "justatoken");
+        let issues = build("proxy = { url = \"http://proxy.corp:3128\", auth_env = \"SLUICE_TEST_PROXY_NOCOLON\" }").unwrap_err();
+        assert!(issues.iter().any(|i| i.path == "upstream[0].proxy" && i.message.contains("user:password")), "{issues:?}");
     }
 
     #[test]

@@ -300,6 +300,19 @@ pub struct Upstream {
     /// This upstream's own `upstream_connect`, `upstream_first_byte`, `stream_idle` (each
     /// defaults to `[timeouts]`): a server whose tools run for minutes without streaming.
     pub timeouts: Option<UpstreamTimeouts>,
+    /// An HTTP forward proxy the gateway reaches this upstream through (a CONNECT tunnel per
+    /// connection; TLS to the upstream runs inside it).
+    pub proxy: Option<UpstreamProxy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamProxy {
+    /// `http://host:port` of the proxy.
+    pub url: String,
+    /// `user:password` for `Proxy-Authorization: Basic`, from the environment or a file.
+    pub auth_env: Option<String>,
+    pub auth_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

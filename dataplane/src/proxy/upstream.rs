@@ -51,16 +51,16 @@ impl Pool {
     }
 }
 
-async fn resolve(up: &Upstream) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(ip) = up.host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, up.port)]);
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let target = (up.host.clone(), up.port);
+    let target = (host.to_owned(), port);
     // getaddrinfo blocks: run it off the executor's thread.
     glommio::executor()
         .spawn_blocking(move || target.to_socket_addrs().map(Iterator::collect::<Vec<_>>))
         .await
-        .map_err(|e| format!("cannot resolve {}: {e}", up.host))
+        .map_err(|e| format!("cannot resolve {host}: {e}"))
 }
 
 async fn connect(w: &Worker, up: &Upstream, timeout: Duration) -> Result<UpConn, ProxyError> {
@@ -68,21 +68,30 @@ async fn connect(w: &Worker, up: &Upstream, timeout: Duration) -> Result<UpConn,
         w.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
         ProxyError::UpstreamConnect { upstream: up.name.clone(), reason }
     };
-    let addrs = resolve(up).await.map_err(fail)?;
+    // Through an egress proxy the TCP connection is the proxy's, the tunnel the upstream's.
+    let (host, port) = up.proxy.as_ref().map_or((up.host.as_str(), up.port), |p| (p.host.as_str(), p.port));
+    let addrs = resolve(host, port).await.map_err(|e| fail(via(up, e)))?;
     let mut last = String::from("no address");
     for addr in addrs {
         match TcpStream::connect_timeout(addr, timeout).await {
-            Ok(tcp) => {
+            Ok(mut tcp) => {
                 let _ = tcp.set_nodelay(true);
                 w.metrics.upstream_connects.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &up.proxy {
+                    match deadline(timeout, tunnel(&mut tcp, &p.connect)).await {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => return Err(fail(format!("egress proxy {} ({addr}) {e}", p.authority))),
+                        None => return Err(fail(format!("egress proxy {} ({addr}) opened no tunnel to {}:{} within {timeout:?}", p.authority, up.host, up.port))),
+                    }
+                }
                 let stream = match &up.tls {
                     None => Stream::Plain(tcp),
                     Some((cfg, name)) => {
                         let conn = futures_rustls::TlsConnector::from(cfg.clone());
                         match deadline(timeout, conn.connect(name.clone(), tcp)).await {
                             Some(Ok(s)) => Stream::ClientTls(Box::new(s)),
-                            Some(Err(e)) => return Err(fail(format!("TLS handshake with {addr} failed: {e}"))),
-                            None => return Err(fail(format!("TLS handshake with {addr} timed out"))),
+                            Some(Err(e)) => return Err(fail(via(up, format!("TLS handshake with {addr} failed: {e}")))),
+                            None => return Err(fail(via(up, format!("TLS handshake with {addr} timed out")))),
                         }
                     }
                 };
@@ -91,7 +100,58 @@ async fn connect(w: &Worker, up: &Upstream, timeout: Duration) -> Result<UpConn,
             Err(e) => last = format!("{addr}: {e}"),
         }
     }
-    Err(fail(last))
+    Err(fail(via(up, last)))
+}
+
+/// `reason`, saying the proxy it went through, if any.
+fn via(up: &Upstream, reason: String) -> String {
+    match &up.proxy {
+        Some(p) => format!("{reason} (through egress proxy {} to {}:{})", p.authority, up.host, up.port),
+        None => reason,
+    }
+}
+
+/// The most a proxy's answer to CONNECT may take.
+const TUNNEL_HEAD_MAX: usize = 8 * 1024;
+
+/// Ask an HTTP forward proxy for a tunnel (`connect`: the CONNECT request) and read its answer:
+/// any 2xx opens it; anything else, or bytes past the answer's head (the upstream has not
+/// been spoken to yet), is an error naming what the proxy said.
+async fn tunnel(tcp: &mut TcpStream, connect: &[u8]) -> Result<(), String> {
+    use futures_lite::AsyncReadExt;
+    tcp.write_all(connect).await.map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; TUNNEL_HEAD_MAX];
+    let mut n = 0;
+    // Byte by byte would be slow; the proxy sends nothing after its head until the client
+    // speaks, so whatever a read brings is the head (or a broken proxy).
+    let end = loop {
+        let got = tcp.read(&mut buf[n..]).await.map_err(|e| format!("read: {e}"))?;
+        if got == 0 {
+            return Err("closed the connection instead of answering CONNECT".into());
+        }
+        n += got;
+        if let Some(i) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if n == buf.len() {
+            return Err(format!("answered CONNECT with a head longer than {TUNNEL_HEAD_MAX} bytes"));
+        }
+    };
+    tunnel_answer(&buf[..end], n - end)
+}
+
+/// Judge a proxy's answer `head` to CONNECT, with `extra` bytes after it.
+fn tunnel_answer(head: &[u8], extra: usize) -> Result<(), String> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line).trim_end().to_owned();
+    let status = line.strip_prefix("HTTP/1.").and_then(|r| r.get(2..5)).and_then(|c| c.parse::<u16>().ok());
+    match status {
+        Some(200..=299) if extra == 0 => Ok(()),
+        Some(200..=299) => Err(format!("sent {extra} bytes after opening the tunnel, before the upstream was spoken to")),
+        Some(407) => Err(format!("asks for credentials (\"{line}\"): set upstream.proxy.auth_env or auth_file to user:password")),
+        Some(_) => Err(format!("refused the tunnel: \"{line}\" (the proxy's rules may not allow this destination or port)")),
+        None => Err(format!("did not answer CONNECT in HTTP: {:?}", line.chars().take(80).collect::<String>())),
+    }
 }
 
 /// Send `request` (head and body, already encoded) and read the response head, skipping
@@ -151,4 +211,22 @@ pub async fn send(w: &Worker, up: &Upstream, request: &[u8], connect_timeout: Du
         }
     }
     Err(ProxyError::UpstreamConnect { upstream: up.name.clone(), reason: "the connection closed twice before answering".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tunnel_answer;
+
+    #[test]
+    fn a_proxys_answer_to_connect_opens_the_tunnel_only_when_it_is_a_bare_2xx() {
+        assert_eq!(tunnel_answer(b"HTTP/1.1 200 Connection established\r\n\r\n", 0), Ok(()));
+        assert_eq!(tunnel_answer(b"HTTP/1.0 200 OK\r\nProxy-Agent: squid\r\n\r\n", 0), Ok(()));
+        let err = |head: &[u8], extra| tunnel_answer(head, extra).unwrap_err();
+        assert!(err(b"HTTP/1.1 200 OK\r\n\r\n", 5).contains("sent 5 bytes"));
+        assert!(err(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", 0).contains("auth_env or auth_file"));
+        let refused = err(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", 0);
+        assert!(refused.contains("HTTP/1.1 403 Forbidden") && refused.contains("rules"), "{refused}");
+        assert!(err(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", 0).contains("did not answer CONNECT in HTTP"));
+        assert!(err(b"HTTP/1.1 2\r\n\r\n", 0).contains("did not answer"));
+    }
 }

@@ -212,7 +212,8 @@ class Gateway:
             # Each gateway records into its own spool (a spool directory has one writer).
             lines.append(f'[recording.spool]\ndir = "{self.spool}"\n')
         for i, r in enumerate(routes):
-            lines.append(f'[[upstream]]\nname = "u{i}"\nurl = "{r["upstream"]}"\n')
+            # `upstream_keys`: more lines of the `[[upstream]]` table.
+            lines.append(f'[[upstream]]\nname = "u{i}"\nurl = "{r["upstream"]}"\n{r.get("upstream_keys", "")}')
             kind = r.get("kind", "mcp")
             lines.append(f'[[route]]\nname = "{r.get("name", f"r{i}")}"\nkind = "{kind}"\npath = "{r["path"]}"\nupstream = "u{i}"\n')
         self.config.write_text("\n".join(lines))

@@ -343,3 +343,53 @@ def test_the_gateways_own_requests_go_through_the_egress_proxy(certs, gateway, r
     finally:
         op.stop()
         proxy.stop()
+
+
+def test_upstreams_reached_through_an_egress_proxy(certs, gateway, py_json, tmp_path):
+    """A gateway host that reaches remote MCP servers only through an HTTP forward proxy:
+    `upstream.proxy` tunnels each upstream connection with CONNECT (TLS to the upstream inside
+    it, still checked against the upstream's CA), with `Proxy-Authorization` from a file. A
+    real forward proxy (PyPI `proxy.py`, requiring basic auth) logs every tunnel; without the
+    credential the agent gets 502 saying what the proxy wants."""
+    from conftest import PY, free_port
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs / "leaf.pem", certs / "leaf.key")
+    secure = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    secure.socket = ctx.wrap_socket(secure.socket, server_side=True)
+    serve(secure)
+    port = free_port()
+    proxy = Proc([PY, "-m", "proxy", "--hostname", "127.0.0.1", "--port", str(port), "--num-workers", "1", "--num-acceptors", "1",
+                  "--basic-auth", "gw:tunnel-pass-7", "--log-level", "INFO"], tmp_path / "proxy.log")
+    try:
+        wait_port(port, proc=proxy.p)
+        (tmp_path / "proxy.auth").write_text("gw:tunnel-pass-7\n")
+        via = f'proxy = {{ url = "http://127.0.0.1:{port}", auth_file = "{tmp_path / "proxy.auth"}" }}\n'
+        g = gateway([
+            {"path": "/mcp", "upstream": py_json, "upstream_keys": via},
+            {"path": "/secure", "kind": "http", "upstream": f"https://localhost:{secure.server_port}", "upstream_keys": f'tls = {{ ca = "{certs / "ca.pem"}" }}\n{via}'},
+            {"path": "/noauth", "kind": "http", "upstream": f"https://localhost:{secure.server_port}", "upstream_keys": f'tls = {{ ca = "{certs / "ca.pem"}" }}\nproxy = {{ url = "http://127.0.0.1:{port}" }}\n'},
+        ])
+        checked = subprocess.run([str(SLUICE), "check", "--config", str(g.config)], capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0 and f"upstream u0: through egress proxy 127.0.0.1:{port} (CONNECT, with credentials)" in checked.stdout, checked
+        assert f"upstream u2: through egress proxy 127.0.0.1:{port} (CONNECT)" in checked.stdout and "tunnel-pass-7" not in checked.stdout, checked.stdout
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        r = httpx.post(g.url("/mcp"), json=init, headers={"accept": "application/json, text/event-stream"}, timeout=10)
+        assert r.status_code == 200 and r.json()["result"]["serverInfo"]["name"] == "sluice-e2e-py", r.text
+        r = httpx.post(g.url("/secure/echo"), json={"a": 1}, timeout=10)
+        assert r.status_code == 201 and r.json()["path"] == "/echo", r.text
+        r = httpx.post(g.url("/noauth/echo"), json={"jsonrpc": "2.0", "id": 4, "method": "ping"}, timeout=10)
+        assert r.status_code == 502, r.text
+        reason = r.json()["error"]["data"]["reason"]
+        assert f"egress proxy 127.0.0.1:{port}" in reason and "407" in reason and "auth_env or auth_file" in reason, reason
+        assert "tunnel-pass-7" not in g.proc.text()
+        # The proxy logs a tunnel when it closes: the gateway keeps its connections open.
+        assert g.proc.stop() == 0
+        up_port = py_json.split(":")[2].split("/")[0]
+        deadline = time.time() + 10
+        while not all(f"CONNECT 127.0.0.1:{p}" in (log := (tmp_path / "proxy.log").read_text()) or f"CONNECT localhost:{p}" in log for p in (up_port, secure.server_port)) and time.time() < deadline:
+            time.sleep(0.1)
+        assert f"CONNECT 127.0.0.1:{up_port}" in log and f"CONNECT localhost:{secure.server_port}" in log, log[-3000:]
+    finally:
+        proxy.stop()
+        secure.shutdown()
