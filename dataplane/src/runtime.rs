@@ -260,6 +260,12 @@ fn reload(sh: &Shared, source: &Source) {
             if moved || old.workers != new.workers || old.admin != new.admin {
                 tracing::warn!("listener, worker and admin changes take effect on restart; the rest of the new config is live");
             }
+            // A listener's certificate and key are read again (renewals need no restart); TLS
+            // turned on or off is a listener change.
+            let tls_of = |c: &crate::config::Config| c.listeners.iter().map(|l| (l.address, l.tls.is_some())).collect::<Vec<_>>();
+            if !moved && tls_of(&old) != tls_of(&new) {
+                tracing::warn!("a listener's tls turned on or off: that takes effect on restart (certificate and key renewals take effect now)");
+            }
             if format!("{:?}", old.recording) != format!("{:?}", new.recording) {
                 tracing::warn!("[recording] changes take effect on restart");
             }

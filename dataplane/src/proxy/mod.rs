@@ -262,7 +262,7 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for l in &cfg.listeners {
         let sock = TcpListener::bind(l.address).map_err(|e| anyhow::anyhow!("worker {id}: cannot listen on {} (listener \"{}\"): {e}", l.address, l.name))?;
-        listeners.push((sock, l.tls.clone(), l.name.clone()));
+        listeners.push((sock, l.tls.clone(), l.name.clone(), l.address));
     }
     let emitter = match &shared.recorder {
         Some(r) => Some(Rc::new(r.emitter(id).ok_or_else(|| anyhow::anyhow!("worker {id}: no event queue (started twice?)"))?)),
@@ -285,9 +285,9 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
     })
     .detach();
     let mut accept_tasks = Vec::new();
-    for (listener, tls, name) in listeners {
+    for (listener, tls, name, address) in listeners {
         let w = worker.clone();
-        accept_tasks.push(glommio::spawn_local(accept_loop(w, listener, tls, name)));
+        accept_tasks.push(glommio::spawn_local(accept_loop(w, listener, tls, name, address)));
     }
     for t in accept_tasks {
         t.await;
@@ -304,8 +304,8 @@ pub async fn run_worker(id: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, name: String) {
-    let acceptor = tls.map(futures_rustls::TlsAcceptor::from);
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, name: String, address: std::net::SocketAddr) {
+    let mut tls = tls.map(|t| (t.clone(), futures_rustls::TlsAcceptor::from(t)));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             wait_for_drain(&w).await;
@@ -317,11 +317,12 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustl
             Ok(stream) if w.open.get() >= w.config().limits.worker_connections => {
                 // At the limit: a short answer and close (over TLS there is no handshake to answer in).
                 w.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
-                let plain = acceptor.is_none();
+                let plain = tls.is_none();
                 glommio::spawn_local(conn::refuse(w.clone(), stream, plain)).detach();
             }
             Ok(stream) => {
-                let (w2, acc, open) = (w.clone(), acceptor.clone(), conn::OpenGuard::new(&w));
+                current_tls(&w, address, &mut tls);
+                let (w2, acc, open) = (w.clone(), tls.as_ref().map(|(_, a)| a.clone()), conn::OpenGuard::new(&w));
                 glommio::spawn_local(async move { conn::serve(w2, stream, acc, open).await }).detach();
             }
             Err(e) => {
@@ -329,6 +330,17 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<Arc<rustl
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// The listener's TLS settings as the config now holds them: a reload reads the certificate
+/// and key again, so a renewed certificate serves every new connection (connections already
+/// open keep theirs). Whether a listener speaks TLS at all changes only on restart.
+fn current_tls(w: &Worker, address: std::net::SocketAddr, held: &mut Option<(Arc<rustls::ServerConfig>, futures_rustls::TlsAcceptor)>) {
+    let Some((in_use, _)) = held.as_ref() else { return };
+    let cfg = w.shared.config.load();
+    if let Some(now) = cfg.listeners.iter().find(|l| l.address == address).and_then(|l| l.tls.as_ref()).filter(|now| !Arc::ptr_eq(now, in_use)) {
+        *held = Some((now.clone(), futures_rustls::TlsAcceptor::from(now.clone())));
     }
 }
 

@@ -393,3 +393,75 @@ def test_upstreams_reached_through_an_egress_proxy(certs, gateway, py_json, tmp_
     finally:
         proxy.stop()
         secure.shutdown()
+
+
+def served_certificate(port, ca) -> bytes:
+    """The certificate the listener on `port` presents (DER), verified against `ca`."""
+    import socket
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s, ctx.wrap_socket(s, server_hostname="localhost") as t:
+        return t.getpeercert(binary_form=True)
+
+
+def test_a_renewed_listener_certificate_is_served_after_a_reload(certs, echo_http, tmp_path):
+    """Certificates are renewed every few weeks (ACME, cert-manager, a company CA): replacing
+    the listener's certificate and key files and sending SIGHUP (a renewal hook, `systemctl
+    reload`) serves the new certificate to new connections, without a restart and without
+    dropping the connections already open. A renewal that left a key not matching its
+    certificate is refused as a whole and the old certificate stays in use."""
+    ca = certs / "ca.pem"
+    d = tmp_path
+    for name in ("ca.pem", "ca.key"):
+        (d / name).write_bytes((certs / name).read_bytes())
+    first = issue(d, "first", "/CN=localhost/O=first", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    second = issue(d, "second", "/CN=localhost/O=second", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    (d / "live.pem").write_bytes(open(first[0], "rb").read())
+    (d / "live.key").write_bytes(open(first[1], "rb").read())
+    der = lambda pem: ssl.PEM_cert_to_DER_cert(open(pem).read())
+    port, admin = free_ports(2)
+    cfg = d / "sluice.toml"
+    cfg.write_text(f"""
+[gateway]
+workers = 2
+[[listener]]
+address = "127.0.0.1:{port}"
+tls = {{ cert = "live.pem", key = "live.key" }}
+[admin]
+address = "127.0.0.1:{admin}"
+[[upstream]]
+name = "api"
+url = "{echo_http}"
+[[route]]
+kind = "http"
+path = "/"
+upstream = "api"
+[recording.spool]
+dir = "spool"
+""")
+    p = Proc([str(SLUICE), "run", "--config", str(cfg)], d / "sluice.log")
+    reloads = lambda: sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(f"http://127.0.0.1:{admin}/metrics").text.splitlines() if line.startswith("sluice_config_reloads_total"))
+    try:
+        wait_port(port, proc=p.p)
+        # Every worker has its own listener socket: several connections reach both.
+        assert all(served_certificate(port, ca) == der(first[0]) for _ in range(6))
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=5) as kept:
+            assert kept.get(f"https://localhost:{port}/x").status_code == 200
+            (d / "live.pem").write_bytes(open(second[0], "rb").read())
+            (d / "live.key").write_bytes(open(second[1], "rb").read())
+            p.p.send_signal(signal.SIGHUP)
+            end = time.time() + 30
+            while reloads() < 1 and time.time() < end:
+                time.sleep(0.05)
+            assert all(served_certificate(port, ca) == der(second[0]) for _ in range(6)), "new connections get the renewed certificate"
+            assert kept.get(f"https://localhost:{port}/x").status_code == 200, "an open connection goes on"
+        # A key that does not match the certificate: the reload is refused, the certificate in use stays.
+        (d / "live.key").write_bytes(open(first[1], "rb").read())
+        p.p.send_signal(signal.SIGHUP)
+        end = time.time() + 30
+        while "reload rejected" not in (log := (d / "sluice.log").read_text()) and time.time() < end:
+            time.sleep(0.05)
+        assert "listener[0].tls" in log, log[-2000:]
+        assert all(served_certificate(port, ca) == der(second[0]) for _ in range(6))
+    finally:
+        assert p.stop() == 0
