@@ -171,7 +171,20 @@ fn reply(conn: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
 fn render_tokens(cfg: &crate::config::Config, s: &mut String) {
     use std::fmt::Write;
     // Label values escaped as the text format wants (upstream names are free text).
-    let tokens: Vec<_> = cfg.upstreams.iter().filter_map(|u| Some((u.name.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"), u.credential.as_ref()?.token()?))).collect();
+    let label = |u: &crate::config::Upstream| u.name.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let exchangers: Vec<_> = cfg.upstreams.iter().filter_map(|u| Some((label(u), u.credential.as_ref()?.exchanger()?))).collect();
+    if !exchangers.is_empty() {
+        s.push_str("# HELP sluice_upstream_exchanged_tokens Tokens held for the upstream, each exchanged for one caller's token (RFC 8693).\n# TYPE sluice_upstream_exchanged_tokens gauge\n");
+        for (name, x) in &exchangers {
+            let _ = writeln!(s, "sluice_upstream_exchanged_tokens{{upstream=\"{name}\"}} {}", x.held_count());
+        }
+        s.push_str("# HELP sluice_upstream_token_exchanges_total Token exchanges asked of the identity provider for the upstream, by outcome.\n# TYPE sluice_upstream_token_exchanges_total counter\n");
+        for (name, x) in &exchangers {
+            let _ = writeln!(s, "sluice_upstream_token_exchanges_total{{upstream=\"{name}\",outcome=\"issued\"}} {}", x.exchanged.load(Ordering::Relaxed));
+            let _ = writeln!(s, "sluice_upstream_token_exchanges_total{{upstream=\"{name}\",outcome=\"failed\"}} {}", x.failed.load(Ordering::Relaxed));
+        }
+    }
+    let tokens: Vec<_> = cfg.upstreams.iter().filter_map(|u| Some((label(u), u.credential.as_ref()?.token()?))).collect();
     if tokens.is_empty() {
         return;
     }

@@ -59,6 +59,11 @@ pub enum ProxyError {
     NoUpstreamCredential { upstream: String, reason: String },
     #[error("upstream {upstream} refused the credential the gateway sends it (HTTP 401); {}", if *.renewing { "the gateway is renewing its token: retry shortly" } else { "its credential in the gateway's configuration needs renewing by an operator" })]
     UpstreamRefusedCredential { upstream: String, renewing: bool },
+    /// `oauth_token_exchange`: no token for this caller. `refused`: the caller's token cannot
+    /// be exchanged (none, or the identity provider said no); otherwise the provider could not
+    /// be asked.
+    #[error("upstream {upstream} takes a token the identity provider issues in exchange for the caller's own access token: {reason}")]
+    NotExchanged { upstream: String, reason: String, refused: bool },
     #[error("the gateway is shutting down; retry on another instance")]
     ShuttingDown,
     #[error("the gateway cannot record calls right now (its event spool is full or not writable), so it does not forward them; retry later or on another instance")]
@@ -73,7 +78,8 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | BadHeader(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | HeaderMismatch(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | TooManySessions { .. } => Fault::Client,
+            Head(_) | Framing(_) | BodyTooLarge { .. } | Expectation(_) | ClientTimeout | NoRoute(_) | ForbiddenOrigin(_) | BadHost(_) | BadPath(_) | BadHeader(_) | MisdirectedHost(_) | ForeignSession | JsonRpc(_) | HeaderMismatch(_) | EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | TooManySessions { .. } | NotExchanged { refused: true, .. } => Fault::Client,
+            NotExchanged { refused: false, .. } => Fault::Upstream,
             UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } | NoUpstreamCredential { .. } | UpstreamRefusedCredential { .. } => Fault::Upstream,
             ShuttingDown | RecordingUnavailable | Overloaded(_) => Fault::Internal,
         }
@@ -89,7 +95,8 @@ impl ProxyError {
             Expectation(_) => 417,
             ClientTimeout => 408,
             NoRoute(_) | ForeignSession => 404,
-            ForbiddenOrigin(_) => 403,
+            ForbiddenOrigin(_) | NotExchanged { refused: true, .. } => 403,
+            NotExchanged { refused: false, .. } => 503,
             MisdirectedHost(_) => 421,
             UpstreamConnect { .. } | UpstreamProtocol { .. } | UpstreamRefusedCredential { .. } => 502,
             NoUpstreamCredential { .. } => 503,
@@ -107,7 +114,8 @@ impl ProxyError {
             EmptyBody | NotUtf8(_) | Encoded(_) | Uninspectable(_) | Head(_) | Framing(_) | BadHost(_) | BadPath(_) | BadHeader(_) | ForeignSession | Expectation(_) | ClientTimeout => Code::InvalidRequest,
             BodyTooLarge { .. } => Code::TooLarge,
             NoRoute(_) => Code::NoRoute,
-            ForbiddenOrigin(_) | MisdirectedHost(_) => Code::Refused,
+            ForbiddenOrigin(_) | MisdirectedHost(_) | NotExchanged { refused: true, .. } => Code::Refused,
+            NotExchanged { refused: false, .. } => Code::UpstreamUnavailable,
             UpstreamConnect { .. } | UpstreamProtocol { .. } | NoUpstreamCredential { .. } | UpstreamRefusedCredential { .. } => Code::UpstreamUnavailable,
             UpstreamTimeout { .. } => Code::UpstreamTimeout,
             ShuttingDown => Code::ShuttingDown,

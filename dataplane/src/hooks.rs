@@ -65,6 +65,8 @@ pub struct RequestCtx {
     pub identity: Option<crate::identity::Identity>,
     /// The credential injected towards this upstream (its values are scrubbed from answers).
     pub credential: Option<std::sync::Arc<crate::config::credential::Injected>>,
+    /// The token exchanged for this caller's own (`oauth_token_exchange`), once asked for.
+    pub exchanged: Option<std::sync::Arc<crate::oauth::Live>>,
     /// The policy in force for this request (from the config it started with).
     pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
     /// Mask rules that apply to the current message (set before detection, read by it).
@@ -89,6 +91,13 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The upstream's credential for this request — the value to send and the secrets to
+    /// scrub from answers: the caller's exchanged token once there is one, else the
+    /// upstream's own.
+    pub fn upstream_credential(&self) -> Option<std::sync::Arc<crate::oauth::Live>> {
+        self.exchanged.clone().or_else(|| self.credential.as_ref().map(|c| c.live()))
+    }
+
     /// A context for messages decided outside a live exchange (policy cases, `policy explain`).
     pub fn offline(
         route: &str,
@@ -119,6 +128,7 @@ impl RequestCtx {
             status: None,
             identity,
             credential: None,
+            exchanged: None,
             policy,
             policy_masks: Vec::new(),
             decision: None,

@@ -39,3 +39,28 @@ pub mod session;
 pub mod sse;
 pub mod stdio;
 pub mod tls;
+pub mod token_exchange;
+
+/// Helpers for unit tests that stand up a real socket.
+#[cfg(test)]
+pub(crate) mod test_http {
+    use std::io::BufRead;
+
+    /// Read one HTTP/1.1 request's head and `Content-Length` body from `r`; the body.
+    pub fn request_body(r: &mut impl BufRead) -> String {
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    }
+}

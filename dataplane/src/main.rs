@@ -253,14 +253,17 @@ fn main() -> std::process::ExitCode {
                     println!("outbound HTTPS (OIDC, token endpoints, webhooks): roots from gateway.outbound_ca");
                 }
                 // What the gateway does towards each upstream on the agents' behalf.
+                let how = |g: &sluice::oauth::Grant| match &g.auth {
+                    sluice::oauth::ClientAuth::Basic => "client_secret_basic",
+                    sluice::oauth::ClientAuth::Post => "client_secret_post",
+                    sluice::oauth::ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
+                };
                 for u in &c.upstreams {
                     if let Some(t) = u.credential.as_ref().and_then(|cr| cr.token()) {
-                        let how = match &t.grant.auth {
-                            sluice::oauth::ClientAuth::Basic => "client_secret_basic",
-                            sluice::oauth::ClientAuth::Post => "client_secret_post",
-                            sluice::oauth::ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
-                        };
-                        println!("upstream {}: OAuth token from {} as client {} ({how})", u.name, t.grant.token_url, t.grant.client_id);
+                        println!("upstream {}: OAuth token from {} as client {} ({})", u.name, t.grant.token_url, t.grant.client_id, how(&t.grant));
+                    }
+                    if let Some(x) = u.credential.as_ref().and_then(|cr| cr.exchanger()) {
+                        println!("upstream {}: each caller's token exchanged (RFC 8693) at {} as client {} ({})", u.name, x.grant.token_url, x.grant.client_id, how(&x.grant));
                     }
                     match &u.forward_identity {
                         Some(sluice::identity::forward::Forwarding::Headers) => println!("upstream {}: told the caller in X-Sluice-* headers", u.name),

@@ -80,6 +80,12 @@ pub struct Live {
     pub error: Option<String>,
 }
 
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Live {{ value: {}, error: {:?} }}", if self.value.is_some() { "***" } else { "none" }, self.error)
+    }
+}
+
 /// A token as the endpoint issued it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Issued {
@@ -119,9 +125,15 @@ pub fn form_encode(s: &str) -> String {
     out
 }
 
-/// The form body and the `Authorization` header (if any) of a token request.
+/// The form body and the `Authorization` header (if any) of a client-credentials request.
 pub fn request(g: &Grant) -> (String, Option<String>) {
-    let mut form = vec![("grant_type", "client_credentials")];
+    request_for(g, &[("grant_type", "client_credentials")])
+}
+
+/// The form body and the `Authorization` header (if any) of a token request: `grant` (the
+/// grant type and its own parameters), what to ask for, and the client's authentication.
+pub fn request_for(g: &Grant, grant: &[(&str, &str)]) -> (String, Option<String>) {
+    let mut form = grant.to_vec();
     for (k, v) in [("scope", &g.scope), ("resource", &g.resource), ("audience", &g.audience)] {
         if let Some(v) = v {
             form.push((k, v.as_str()));
@@ -158,7 +170,8 @@ pub fn parse_answer(status: u16, body: &str) -> Result<Issued, String> {
             "invalid_client" => ": check client_id and the client secret (or, with private_key_jwt, that the provider holds the gateway's public key: sluice jwks)",
             "invalid_scope" => ": check scope",
             "invalid_target" => ": check resource",
-            "unauthorized_client" => ": the client may not use the client-credentials grant at this provider",
+            "unauthorized_client" => ": the client may not use this grant (client credentials, or token exchange) at this provider",
+            "invalid_grant" => ": the provider would not issue a token for what was presented",
             _ => "",
         };
         return Err(format!("the token endpoint answered {status}: {error}{desc}{hint}"));
@@ -189,15 +202,27 @@ pub fn renew_after(lifetime: Option<Duration>) -> Duration {
 }
 
 fn fetch(agent: &ureq::Agent, g: &Grant) -> Result<Issued, String> {
-    let (body, auth) = request(g);
+    fetch_for(agent, g, &[("grant_type", "client_credentials")]).map_err(|(_, e)| e)
+}
+
+/// Ask the token endpoint for a token by `grant`; an error says whether the endpoint answered
+/// (and refused: `true`) or could not be asked.
+pub fn fetch_for(agent: &ureq::Agent, g: &Grant, grant: &[(&str, &str)]) -> Result<Issued, (bool, String)> {
+    let (body, auth) = request_for(g, grant);
     let mut req = agent.post(&g.token_url).header("accept", "application/json").content_type("application/x-www-form-urlencoded");
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
-    let mut resp = req.send(body).map_err(|e| format!("POST {}: {e}", g.token_url))?;
+    let mut resp = req.send(body).map_err(|e| (false, format!("POST {}: {e}", g.token_url)))?;
     let status = resp.status().as_u16();
-    let text = resp.body_mut().with_config().limit(64 * 1024).read_to_string().map_err(|e| format!("POST {}: reading the answer: {e}", g.token_url))?;
-    parse_answer(status, &text).map_err(|e| format!("POST {}: {e}", g.token_url))
+    let text = resp.body_mut().with_config().limit(64 * 1024).read_to_string().map_err(|e| (false, format!("POST {}: reading the answer: {e}", g.token_url)))?;
+    // A 4xx is the endpoint's judgement of the request; anything else a failure to ask.
+    parse_answer(status, &text).map_err(|e| ((400..500).contains(&status), format!("POST {}: {e}", g.token_url)))
+}
+
+/// An agent for token requests: the deployment's roots, no redirects, bounded in time.
+pub fn agent(outbound: &crate::tls::Outbound) -> ureq::Agent {
+    ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).http_status_as_error(false).max_redirects(0).tls_config(outbound.tls()).build().into()
 }
 
 impl Source {
@@ -224,7 +249,7 @@ impl Source {
         let (upstream, grant) = (self.upstream.clone(), self.grant.clone());
         let weak: Weak<Source> = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("sluice-oauth".into()).spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).http_status_as_error(false).max_redirects(0).tls_config(grant.outbound.tls()).build().into();
+            let agent = agent(&grant.outbound);
             let mut failures = 0u32;
             // Whether a token is held, and until when (a token of unstated lifetime is kept
             // until the upstream refuses it).

@@ -115,6 +115,9 @@ pub fn run(source: Source) -> anyhow::Result<()> {
     // Upstream tokens: start with them when the token endpoints answer; calls to an upstream
     // without one are answered 503 (with the endpoint's error) until it arrives.
     for up in &cfg.upstreams {
+        if let Some(x) = up.credential.as_ref().and_then(|c| c.exchanger()) {
+            x.run();
+        }
         if let Some(t) = up.credential.as_ref().and_then(|c| c.token()) {
             t.run();
             if !t.wait_first(Duration::from_secs(5)) {
@@ -275,6 +278,10 @@ fn reload(sh: &Shared, source: &Source) {
             }
             // Same token endpoint and client: the new config starts with the token held.
             for n in &new.upstreams {
+                // Tokens exchanged per caller are asked for again (a caller's next call).
+                if let Some(x) = n.credential.as_ref().and_then(|c| c.exchanger()) {
+                    x.run();
+                }
                 let held = old.upstreams.iter().find(|o| o.name == n.name).and_then(|o| o.credential.as_ref()?.token());
                 if let Some(t) = n.credential.as_ref().and_then(|c| c.token()) {
                     if let Some(o) = held {

@@ -48,8 +48,8 @@ impl MessageHook for ScrubHook {
     }
 
     fn on_message(&self, ctx: &mut RequestCtx, dir: Direction, _: &MessageInfo, value: &mut BorrowedValue<'_>) -> Verdict {
-        let Some(c) = ctx.credential.as_ref().filter(|_| dir == Direction::Response) else { return Verdict::Pass };
-        if scrub(value, &c.live().secrets) {
+        let Some(c) = ctx.upstream_credential().filter(|_| dir == Direction::Response) else { return Verdict::Pass };
+        if scrub(value, &c.secrets) {
             tracing::warn!(upstream = %ctx.upstream, "the upstream echoed its injected credential; scrubbed from the answer");
             Verdict::Changed
         } else {

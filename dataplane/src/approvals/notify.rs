@@ -350,7 +350,7 @@ fn slack_pin_text(p: &PinNote, instance: &str) -> String {
 mod tests {
     use super::*;
     use crate::approvals::{Ask, Request, Store};
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
 
     fn entry(store: &Store, tool: &str, arguments: serde_json::Value) -> Entry {
         let approvers = ["finance".to_owned()];
@@ -399,21 +399,8 @@ mod tests {
         std::thread::spawn(move || {
             for status in statuses {
                 let Ok((mut c, _)) = l.accept() else { return };
-                let mut r = BufReader::new(c.try_clone().unwrap());
-                let mut len = 0;
-                loop {
-                    let mut line = String::new();
-                    r.read_line(&mut line).unwrap();
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).unwrap();
-                tx.send(String::from_utf8(body).unwrap()).unwrap();
+                let body = crate::test_http::request_body(&mut BufReader::new(c.try_clone().unwrap()));
+                tx.send(body).unwrap();
                 write!(c, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
             }
         });

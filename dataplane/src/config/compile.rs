@@ -444,6 +444,11 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
                     if https { "https" } else { "http" },
                     u.tls.as_ref().map(|t| (&t.ca, &t.server_name, &t.client_cert, &t.client_key))
                 );
+                // A token exchanged for the caller's own needs callers with bearer tokens.
+                let bearer_callers = f.identity.as_ref().is_some_and(|i| i.mode != "off" && i.issuer.is_some());
+                if u.credential.as_ref().is_some_and(|c| c.kind == super::credential::EXCHANGE) && !bearer_callers {
+                    is.add(format!("{p}.credential.kind"), format!("\"{}\" exchanges each caller's own access token: [identity] must authenticate callers by bearer tokens (issuer = \"https://…\")", super::credential::EXCHANGE));
+                }
                 let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, &u.name, file, &p, &outbound, &mut |path, msg| is.add(path, msg)));
                 let proxy = u.proxy.as_ref().and_then(|pr| compile_proxy(pr, &host, port, file, &format!("{p}.proxy"), &mut |path, msg| is.add(path, msg)));
                 // Tunnels through another proxy are other connections.

@@ -4,6 +4,7 @@
 
 use super::{compile::resolve, schema};
 use crate::oauth::{ClientAuth, Grant, Live, Source};
+use crate::token_exchange::Exchanger;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ enum Held {
     Fixed(Arc<Live>),
     /// Asked of a token endpoint, renewed in the background.
     Token(Arc<Source>),
+    /// Exchanged for each caller's own token (RFC 8693).
+    Exchange(Arc<Exchanger>, Arc<Live>),
 }
 
 impl std::fmt::Debug for Injected {
@@ -25,6 +28,7 @@ impl std::fmt::Debug for Injected {
         match &self.held {
             Held::Fixed(_) => write!(f, "Injected {{ header: {:?}, value: *** }}", self.header),
             Held::Token(s) => write!(f, "Injected {{ header: {:?}, {s:?} }}", self.header),
+            Held::Exchange(x, _) => write!(f, "Injected {{ header: {:?}, {x:?} }}", self.header),
         }
     }
 }
@@ -35,19 +39,29 @@ impl Injected {
     }
 
     /// The header value to send now (none while a token endpoint has issued no unexpired
-    /// token) and the secrets to scrub from the upstream's answers.
+    /// token, and for a token exchanged per caller: see [`Injected::exchanger`]) and the
+    /// secrets to scrub from the upstream's answers.
     pub fn live(&self) -> Arc<Live> {
         match &self.held {
             Held::Fixed(l) => l.clone(),
             Held::Token(s) => s.live(),
+            Held::Exchange(_, none) => none.clone(),
         }
     }
 
     /// The token source, for a credential asked of a token endpoint.
     pub fn token(&self) -> Option<&Arc<Source>> {
         match &self.held {
-            Held::Fixed(_) => None,
             Held::Token(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The exchanger, for a token exchanged for each caller's own.
+    pub fn exchanger(&self) -> Option<&Arc<Exchanger>> {
+        match &self.held {
+            Held::Exchange(x, _) => Some(x),
+            _ => None,
         }
     }
 }
@@ -108,12 +122,12 @@ pub(super) fn read_secret_as(keys: [&str; 2], env: Option<&str>, secret_file: Op
 /// The credential of the upstream `name`, configured at path `at`.
 pub(super) fn compile(c: &schema::Credential, name: &str, file: Option<&Path>, at: &str, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> Option<Arc<Injected>> {
     let p = format!("{at}.credential");
-    if c.kind == OAUTH {
+    if c.kind == OAUTH || c.kind == EXCHANGE {
         return oauth(c, name, file, &p, outbound, add);
     }
     for (name, set) in [("token_url", c.token_url.is_some()), ("client_id", c.client_id.is_some()), ("scope", c.scope.is_some()), ("resource", c.resource.is_some()), ("audience", c.audience.is_some()), ("client_auth", c.client_auth.is_some()), ("key_file", c.key_file.is_some()), ("assertion_audience", c.assertion_audience.is_some())] {
         if set {
-            add(format!("{p}.{name}"), format!("{name} is only for kind = \"{OAUTH}\""));
+            add(format!("{p}.{name}"), format!("{name} is only for kind = \"{OAUTH}\" or \"{EXCHANGE}\""));
         }
     }
     let secret = read_secret(c.env.as_deref(), c.file.as_deref(), file, &p, add)?;
@@ -136,7 +150,7 @@ pub(super) fn compile(c: &schema::Credential, name: &str, file: Option<&Path>, a
             return None;
         }
         (other, _) => {
-            add(format!("{p}.kind"), format!("\"{other}\" is not a credential kind; write \"bearer\", \"basic\", \"header\" or \"{OAUTH}\""));
+            add(format!("{p}.kind"), format!("\"{other}\" is not a credential kind; write \"bearer\", \"basic\", \"header\", \"{OAUTH}\" or \"{EXCHANGE}\""));
             return None;
         }
     };
@@ -153,6 +167,8 @@ pub(super) fn compile(c: &schema::Credential, name: &str, file: Option<&Path>, a
 }
 
 const OAUTH: &str = "oauth_client_credentials";
+/// RFC 8693: each caller's own access token exchanged for one to the upstream.
+pub const EXCHANGE: &str = "oauth_token_exchange";
 
 /// Is `url` one a client secret may be sent to: https, or http to this host only?
 fn secret_may_go_to(url: &str) -> Result<(), String> {
@@ -173,12 +189,12 @@ fn secret_may_go_to(url: &str) -> Result<(), String> {
     }
 }
 
-/// `kind = "oauth_client_credentials"`: the token endpoint, the client, its secret (from `env`
-/// or `file`), and what to ask for.
+/// `kind = "oauth_client_credentials"` or `"oauth_token_exchange"`: the token endpoint, the
+/// client, its secret (from `env` or `file`), and what to ask for.
 fn oauth(c: &schema::Credential, name: &str, file: Option<&Path>, p: &str, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> Option<Arc<Injected>> {
     let mut ok = true;
     if c.header.is_some() {
-        add(format!("{p}.header"), format!("kind = \"{OAUTH}\" sends the token as Authorization: Bearer; remove header"));
+        add(format!("{p}.header"), format!("kind = \"{}\" sends the token as Authorization: Bearer; remove header", c.kind));
         ok = false;
     }
     match c.token_url.as_deref() {
@@ -255,6 +271,13 @@ fn oauth(c: &schema::Credential, name: &str, file: Option<&Path>, p: &str, outbo
         audience: c.audience.clone(),
         outbound: outbound.clone(),
     };
+    if c.kind == EXCHANGE {
+        // What requests read before their caller's token is exchanged: nothing to send, the
+        // client secret to scrub.
+        let secrets = [grant.secret.clone()].into_iter().filter(|s| s.len() >= 8).collect();
+        let none = Arc::new(Live { value: None, secrets, error: Some("the caller's token has not been exchanged".into()) });
+        return Some(Arc::new(Injected { header: "authorization".into(), held: Held::Exchange(Exchanger::new(name.to_owned(), grant), none) }));
+    }
     Some(Arc::new(Injected { header: "authorization".into(), held: Held::Token(Source::new(name.to_owned(), grant)) }))
 }
 

@@ -140,6 +140,7 @@ pub async fn handle(
         status: None,
         identity: None,
         credential: up.credential.clone(),
+        exchanged: None,
         policy: cfg.policy.clone(),
         policy_masks: Vec::new(),
         decision: None,
@@ -404,9 +405,22 @@ pub async fn handle(
     }
     let out_body = forwarded.as_deref().unwrap_or(body);
 
+    // A token exchanged for the caller's own: held, or asked for now (the task waits on the
+    // executor's timer, the worker goes on).
+    if let Some(x) = up.credential.as_ref().and_then(|c| c.exchanger()) {
+        match exchanged(x, &ctx, head, up.first_byte_timeout).await {
+            Ok(live) => ctx.exchanged = Some(live),
+            Err(e) => {
+                tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "call not forwarded");
+                fail_answer(w, &ctx, &track, down, held, &e, keep_alive && !held).await.map_err(|_| ProxyError::ClientTimeout)?;
+                finish(w, cfg, route, &ctx, Some(&track), e.status());
+                return Ok(keep_alive && !held);
+            }
+        }
+    }
     // The upstream's credential: a token endpoint that has issued none (or only an expired
     // one) leaves the call unanswerable — answered here, never sent without it.
-    let credential = up.credential.as_ref().map(|c| c.live());
+    let credential = ctx.upstream_credential();
     if let Some(reason) = credential.as_ref().filter(|l| l.value.is_none()).map(|l| l.error.clone().unwrap_or_default()) {
         let e = ProxyError::NoUpstreamCredential { upstream: up.name.clone(), reason };
         tracing::warn!(worker = w.id, route = %route.name, upstream = %up.name, error = %e, "call not forwarded");
@@ -441,9 +455,12 @@ pub async fn handle(
     // place. So is an upstream refusing the gateway's own credential: the agent can do nothing
     // about it (and must not be sent after the upstream's authorization server); a token is
     // renewed at once.
-    let refused_credential = up.credential.as_ref().filter(|_| status == 401).map(|cred| ProxyError::UpstreamRefusedCredential {
-        upstream: up.name.clone(),
-        renewing: cred.token().inspect(|t| t.request_refresh()).is_some(),
+    let refused_credential = up.credential.as_ref().filter(|_| status == 401).map(|cred| {
+        // A caller's exchanged token is asked for again on its next call.
+        if let (Some(x), Some(b)) = (cred.exchanger(), bearer(head)) {
+            x.forget(b);
+        }
+        ProxyError::UpstreamRefusedCredential { upstream: up.name.clone(), renewing: cred.token().inspect(|t| t.request_refresh()).is_some() || cred.exchanger().is_some() }
     });
     let protocol = |reason: String| ProxyError::UpstreamProtocol { upstream: up.name.clone(), reason };
     let unusable = match (refused_credential, response_body_kind(&c.head, method)) {
@@ -1193,7 +1210,7 @@ async fn answer_server(w: &Worker, cfg: &Config, route: &Route, ctx: &RequestCtx
             if t.is_empty() { "/".to_owned() } else { t }
         }
     };
-    let credential = up.credential.as_ref().map(|c| c.live());
+    let credential = ctx.upstream_credential();
     let (who, assertion) = caller_for(w, up, ctx);
     for a in answers {
         let mut req = Vec::with_capacity(512 + a.len());
@@ -1258,7 +1275,7 @@ fn encode_request(out: &mut Vec<u8>, head: &Head, route: &Route, up: &Upstream, 
 fn response_head(w: &Worker, out: &mut Vec<u8>, up: &Head, ctx: &mut RequestCtx, track: &Track<'_>) {
     let session = track.session_token.as_deref();
     write::status_line(out, up.status, up.reason());
-    let mut replaced = ctx.credential.as_deref().map(|c| crate::scrub::header_values(up, &c.live().secrets)).unwrap_or_default();
+    let mut replaced = ctx.upstream_credential().map(|c| crate::scrub::header_values(up, &c.secrets)).unwrap_or_default();
     if !replaced.is_empty() {
         tracing::warn!(upstream = %ctx.upstream, "the upstream echoed its injected credential in a response header; scrubbed");
     }
@@ -1626,6 +1643,41 @@ fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx
     }
 }
 
+/// The caller's bearer token, as it authenticated (`Authorization: Bearer …`).
+fn bearer(head: &Head) -> Option<&str> {
+    let v = head.header_str("authorization")?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// The token exchanged for this request's caller (`oauth_token_exchange`): held, or asked of
+/// the identity provider, waiting at most `limit`.
+async fn exchanged(x: &crate::token_exchange::Exchanger, ctx: &RequestCtx, head: &Head, limit: std::time::Duration) -> Result<std::sync::Arc<crate::oauth::Live>, ProxyError> {
+    use crate::token_exchange::Lookup;
+    let not = |reason: String, refused: bool| ProxyError::NotExchanged { upstream: ctx.upstream.clone(), reason, refused };
+    let Some(subject) = ctx.identity.as_ref().filter(|i| i.via == "jwt").and_then(|_| bearer(head)) else {
+        return Err(not("this caller did not authenticate with one (API keys and client certificates cannot be exchanged); call with Authorization: Bearer <access token from the identity provider>".into(), true));
+    };
+    let slot = match x.lookup(subject, crate::token_exchange::expiry(ctx.identity.as_ref().and_then(|i| i.claims.as_deref()))) {
+        Lookup::Ready(live) => return Ok(live),
+        Lookup::Failed(f) => return Err(not(f.reason, f.refused)),
+        Lookup::Wait(slot) => slot,
+    };
+    let until = std::time::Instant::now() + limit;
+    loop {
+        match slot.outcome() {
+            Some(Ok(live)) => return Ok(live),
+            Some(Err(f)) if f.refused => return Err(not(format!("the identity provider refused to exchange it: {}", f.reason), true)),
+            Some(Err(f)) => return Err(not(format!("the identity provider could not be asked ({}); retry shortly", f.reason), false)),
+            None if std::time::Instant::now() >= until => return Err(not(format!("the identity provider did not answer within {limit:?}; retry shortly"), false)),
+            None => glommio::timer::sleep(EXCHANGE_POLL).await,
+        }
+    }
+}
+
+/// How often a request waiting for its caller's token exchange looks at it.
+const EXCHANGE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// One caller may not fill the store (evicting every other caller's sessions): past its
 /// share (`sessions.max_per_caller`), a new session is refused before the upstream makes one.
 fn within_session_share(w: &Worker, cfg: &Config, ctx: &RequestCtx) -> Result<(), ProxyError> {
@@ -1860,7 +1912,7 @@ async fn relay_plain(
     let text = media(ctype) == Media::Text || (mcp && ctype.is_none());
     let detect = cfg.detect.as_ref().filter(|d| text && kind != BodyKind::None && d.active(Direction::Response));
     // An upstream's injected credential echoed in a text answer is replaced as it streams.
-    let mut cred = ctx.credential.as_deref().filter(|_| text && kind != BodyKind::None).map(|c| crate::scrub::StreamScrub::new(&c.live().secrets));
+    let mut cred = ctx.upstream_credential().filter(|_| text && kind != BodyKind::None).map(|c| crate::scrub::StreamScrub::new(&c.secrets));
     let mut clean = Vec::new();
     let kind_out = if (detect.is_some() || cred.is_some()) && matches!(kind, BodyKind::Length(_)) { BodyKind::CloseDelimited } else { kind };
     let chunked_out = matches!(kind_out, BodyKind::Chunked | BodyKind::CloseDelimited) && client_minor >= 1;

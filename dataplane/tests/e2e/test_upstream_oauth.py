@@ -13,7 +13,7 @@ import pytest
 import subprocess
 
 from conftest import SLUICE, spool_events
-from test_identity import AUDIENCE, OP, new_key
+from test_identity import API_KEY, AUDIENCE, OP, identity_cfg, idp, new_key  # noqa: F401 (idp is a fixture)
 
 ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 SECRET = "sluice-gateway-secret"
@@ -235,3 +235,82 @@ def test_only_a_running_gateway_asks_the_token_endpoint(raw_upstream, tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
     time.sleep(0.5)
     assert asked.requests == [], "the token endpoint was called"
+
+
+TICKETS = "https://tickets.internal"
+
+
+def test_each_callers_token_is_exchanged_for_one_to_the_upstream(idp, gateway, raw_upstream, tmp_path):
+    """`kind = "oauth_token_exchange"` (RFC 8693), against the real OpenID Provider: the
+    upstream gets, for each caller, a token the provider issued in exchange for the caller's
+    own — naming the caller, for the upstream's audience, the gateway as actor — never the
+    caller's token. One exchange per caller's token (held, shared by its calls); a provider's
+    refusal is the caller's 403 with its reason; a caller without a bearer token (API key)
+    cannot be exchanged; an upstream refusing the token has it asked for again."""
+    up = EchoUpstream(raw_upstream)
+    (tmp_path / "client.secret").write_text(SECRET + "\n")
+    cred = (f'credential = {{ kind = "oauth_token_exchange", token_url = "{idp.issuer}/token", client_id = "sluice-gateway", '
+            f'file = "{tmp_path / "client.secret"}", audience = "{TICKETS}" }}\n')
+    g = gateway([{"path": "/mcp", "upstream": up.up.url(), "upstream_keys": cred}], extra=identity_cfg(idp))
+    checked = subprocess.run([str(SLUICE), "check", "--config", str(g.config)], capture_output=True, text=True, timeout=30)
+    assert f"upstream u0: each caller's token exchanged (RFC 8693) at {idp.issuer}/token as client sluice-gateway (client_secret_basic)" in checked.stdout, checked
+    exchanges = lambda who: idp.proc.text().count(f"token exchange for {who} to {TICKETS}")
+
+    def call(token=None, key=None):
+        h = {**ACCEPT, **({"authorization": f"Bearer {token}"} if token else {}), **({"x-api-key": key} if key else {})}
+        return httpx.post(g.url(), json=CALL, headers=h, timeout=15)
+
+    support, reviewer = idp.token("support-agent"), idp.token("finance-reviewer")
+    sent = []
+    for _ in range(3):
+        r = call(support)
+        assert r.status_code == 200, r.text
+        sent.append(sent_token(up.up.requests[-1]))
+    assert len(set(sent)) == 1 and sent[0] != support, "one exchanged token, not the caller's"
+    claims = jwt.decode(sent[0], idp.k1.public_key(), algorithms=["RS256"], audience=TICKETS)
+    assert (claims["sub"], claims["iss"], claims["act"]) == ("support-agent", idp.issuer, {"sub": "sluice-gateway"}), claims
+    assert support not in b"".join(up.up.requests).decode(), "the caller's own token is not passed on"
+    assert sent[0] not in r.text and "[REDACTED:upstream-credential]" in r.text, r.text
+    assert exchanges("support-agent") == 1, idp.proc.text()[-2000:]
+    r = call(reviewer)
+    assert r.status_code == 200, r.text
+    other = sent_token(up.up.requests[-1])
+    assert jwt.decode(other, idp.k1.public_key(), algorithms=["RS256"], audience=TICKETS)["sub"] == "finance-reviewer" and other != sent[0]
+
+    # The provider refuses interns: their calls get its reason, nothing goes upstream.
+    before = len(up.up.requests)
+    r = call(idp.token("intern-agent"))
+    err = r.json()["error"]
+    assert r.status_code == 403 and err["code"] == -32004, r.text
+    assert "refused to exchange it" in err["data"]["reason"] and "interns may not reach this resource" in err["data"]["reason"], err
+    # An API key cannot be exchanged.
+    r = call(key=API_KEY)
+    err = r.json()["error"]
+    assert r.status_code == 403 and "API keys and client certificates cannot be exchanged" in err["data"]["reason"], r.text
+    assert len(up.up.requests) == before
+    assert g.metric("sluice_upstream_token_exchanges_total", upstream="u0", outcome="issued") == 2
+    assert g.metric("sluice_upstream_token_exchanges_total", upstream="u0", outcome="failed") == 1
+    assert g.metric("sluice_upstream_exchanged_tokens", upstream="u0") == 2
+
+    # The upstream refuses the exchanged token: the caller's next call is exchanged anew.
+    up.refuse = True
+    r = call(support)
+    assert r.status_code == 502 and "refused the credential" in r.json()["error"]["data"]["reason"], r.text
+    up.refuse = False
+    assert call(support).status_code == 200
+    assert exchanges("support-agent") == 2
+    g.proc.stop()
+    spooled, log = json.dumps(spool_events(g.spool)), g.proc.log.read_text()
+    for s in (sent[0], other, support, SECRET):
+        assert s not in spooled and s not in log, s[:12]
+
+
+def test_a_token_exchange_needs_callers_with_bearer_tokens(tmp_path):
+    """Without `[identity]` authenticating callers by bearer tokens there is nothing to
+    exchange: a config error naming the key and what to add."""
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text('[[listener]]\naddress = "127.0.0.1:0"\n[[upstream]]\nname = "t"\nurl = "http://127.0.0.1:9"\n'
+                   'credential = { kind = "oauth_token_exchange", token_url = "https://idp.example/token", client_id = "gw", env = "PATH" }\n'
+                   '[[route]]\npath = "/mcp"\nupstream = "t"\n')
+    r = subprocess.run([str(SLUICE), "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "upstream[0].credential.kind" in r.stderr and "[identity] must authenticate callers by bearer tokens" in r.stderr, r.stderr

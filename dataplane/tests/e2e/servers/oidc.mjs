@@ -5,10 +5,17 @@
 //
 // With OIDC_TLS_CERT and OIDC_TLS_KEY (PEM files) it serves HTTPS, its issuer https://….
 //
-// usage: [OIDC_CC_TTL=SECONDS] [OIDC_GATEWAY_JWKS=JSON] [OIDC_TLS_CERT=PEM OIDC_TLS_KEY=PEM] node oidc.mjs PORT JWKS_FILE AUDIENCE
+// Token exchange (RFC 8693) for the client "sluice-gateway": a caller's access token from
+// this provider (subject_token) becomes one for the `audience` asked for, naming the same
+// subject, with the gateway as actor (`act`); lifetime OIDC_TE_TTL seconds (default 600).
+// Callers in the group "interns" are refused (invalid_grant). Each exchange is logged
+// ("token exchange for SUB to AUD").
+//
+// usage: [OIDC_CC_TTL=SECONDS] [OIDC_TE_TTL=SECONDS] [OIDC_GATEWAY_JWKS=JSON] [OIDC_TLS_CERT=PEM OIDC_TLS_KEY=PEM] node oidc.mjs PORT JWKS_FILE AUDIENCE
 import fs from "node:fs";
 import https from "node:https";
 import Provider from "oidc-provider";
+import { SignJWT, createLocalJWKSet, importJWK, jwtVerify } from "jose";
 
 const [port, jwksFile, audience] = process.argv.slice(2);
 const tls = process.env.OIDC_TLS_CERT && { cert: fs.readFileSync(process.env.OIDC_TLS_CERT), key: fs.readFileSync(process.env.OIDC_TLS_KEY) };
@@ -22,10 +29,12 @@ const who = {
   // The gateway itself, asking for a token to an upstream (credential kind oauth_client_credentials).
   "sluice-gateway": { groups: ["gateways"], agent_type: "gateway" },
 };
+const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token";
 const clients = Object.keys(who).map((id) => ({
   client_id: id,
   client_secret: `${id}-secret`,
-  grant_types: ["client_credentials"],
+  grant_types: id === "sluice-gateway" ? ["client_credentials", TOKEN_EXCHANGE] : ["client_credentials"],
   redirect_uris: [],
   response_types: [],
   scope: "mcp",
@@ -63,6 +72,45 @@ const provider = new Provider(issuer, {
   },
   extraTokenClaims: async (_ctx, token) => who[token.clientId] ?? {},
 });
+const keys = JSON.parse(fs.readFileSync(jwksFile, "utf8")).keys;
+const publicKeys = createLocalJWKSet({ keys: keys.map(({ d, p, q, dp, dq, qi, key_ops, ...pub }) => pub) });
+const signing = keys.find((k) => k.kty === "RSA" && k.d);
+provider.registerGrantType(
+  TOKEN_EXCHANGE,
+  async (ctx) => {
+    const { subject_token, subject_token_type, audience: wanted, scope } = ctx.oidc.params;
+    // RFC 6749 §5.2 errors with their description (oidc-provider's own keep it generic).
+    const refuse = (error, why) => {
+      console.log(`token exchange refused: ${why}`);
+      ctx.status = 400;
+      ctx.body = { error, error_description: why };
+    };
+    if (!subject_token) return refuse("invalid_request", "subject_token is missing");
+    if (subject_token_type !== ACCESS_TOKEN) return refuse("invalid_request", `subject_token_type ${subject_token_type} is not supported`);
+    let claims;
+    try {
+      ({ payload: claims } = await jwtVerify(subject_token, publicKeys, { issuer, audience }));
+    } catch (e) {
+      return refuse("invalid_grant", `the subject token is not valid: ${e.code || e.message}`);
+    }
+    if ((claims.groups || []).includes("interns")) return refuse("invalid_grant", "interns may not reach this resource");
+    const ttl = Number(process.env.OIDC_TE_TTL || 600);
+    const aud = wanted || audience;
+    const key = await importJWK(signing, "RS256");
+    const token = await new SignJWT({ groups: claims.groups, scope: scope || claims.scope, act: { sub: ctx.oidc.client.clientId } })
+      .setProtectedHeader({ alg: "RS256", kid: signing.kid, typ: "at+jwt" })
+      .setIssuer(issuer)
+      .setSubject(claims.sub)
+      .setAudience(aud)
+      .setIssuedAt()
+      .setExpirationTime(`${ttl}s`)
+      .sign(key);
+    console.log(`token exchange for ${claims.sub} to ${aud}`);
+    ctx.body = { access_token: token, issued_token_type: ACCESS_TOKEN, token_type: "Bearer", expires_in: ttl };
+  },
+  ["subject_token", "subject_token_type", "requested_token_type", "audience", "resource", "scope", "actor_token", "actor_token_type"],
+  [],
+);
 const ready = () => console.log(`oidc ready ${issuer}`);
 if (tls) {
   https.createServer(tls, provider.callback()).listen(Number(port), "127.0.0.1", ready);
