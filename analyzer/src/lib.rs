@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `archive` owns the file layout and atomic writes, `ingest` the sources, `query` the SQL
-//! session (tables and views), `replay` a session's transcript.
+//! session (tables and views), `replay` a session's transcript, `maintain` compaction and
+//! retention.
 
 pub mod alerts;
 pub mod archive;
@@ -15,6 +16,7 @@ pub mod chains;
 pub mod decode;
 pub mod ingest;
 pub mod json;
+pub mod maintain;
 pub mod query;
 pub mod replay;
 pub mod report;

@@ -122,6 +122,34 @@ enum Cmd {
         /// Serve Prometheus metrics (lag, totals) here, e.g. 127.0.0.1:9464.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Merge an hour partition's files into one once none was written for this many
+        /// minutes (0: never).
+        #[arg(long, default_value_t = 60)]
+        compact_after_mins: u64,
+    },
+    /// Merge the small files of each hour partition (events and alerts) into one, once none
+    /// was written for --settled-mins; rows deduplicated by id, files of another version left.
+    Compact {
+        #[arg(long, default_value_t = 60)]
+        settled_mins: u64,
+        /// Only hours holding at least this many files.
+        #[arg(long, default_value_t = 2)]
+        min_files: usize,
+    },
+    /// Retention: remove whole days of the archive before a date.
+    Prune {
+        /// Keep this many days (UTC dates), today included.
+        #[arg(long, required_unless_present = "before", conflicts_with = "before")]
+        keep_days: Option<u64>,
+        /// Remove the days before this date (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        before: Option<String>,
+        /// Tables to prune (events, alerts).
+        #[arg(long, value_delimiter = ',', default_value = "events")]
+        tables: Vec<String>,
+        /// Say what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// A session's transcript in order (gateway session id); or, with --subject, everything
     /// one caller did in a period, across sessions and plain HTTP routes.
@@ -197,7 +225,30 @@ async fn run(cli: Cli) -> Result<()> {
             }
             eprintln!("sluice-analyzer: {} rule(s), {} new alert(s)", rules.len(), alerts.len());
         }
-        Cmd::Run { from: From { spool, kafka, topic, group }, alerts_topic, no_alerts_topic, rules, no_builtin, flush_secs, detect_secs, lookback_hours, rows_per_file, metrics } => {
+        Cmd::Compact { settled_mins, min_files } => {
+            let settled = std::time::Duration::from_secs(settled_mins * 60);
+            let events: datafusion::arrow::datatypes::SchemaRef = std::sync::Arc::new(sluice_schema::arrow::schema());
+            let alerts: datafusion::arrow::datatypes::SchemaRef = std::sync::Arc::new(sluice_analyzer::alerts_schema());
+            for (table, schema) in [("events", &events), ("alerts", &alerts)] {
+                let c = sluice_analyzer::maintain::compact(&cli.archive, table, schema, settled, min_files)?;
+                println!("{}", serde_json::json!({"table": table, "compacted": c}));
+            }
+        }
+        Cmd::Prune { keep_days, before, tables, dry_run } => {
+            for t in &tables {
+                anyhow::ensure!(t == "events" || t == "alerts", "--tables: \"{t}\" is not a table of the archive; write events, alerts or both");
+            }
+            let before = match (keep_days, before) {
+                (Some(days), _) => sluice_analyzer::maintain::days_ago(days.saturating_sub(1)),
+                (None, Some(b)) => b,
+                (None, None) => anyhow::bail!("give --keep-days N or --before YYYY-MM-DD"),
+            };
+            let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+            for p in sluice_analyzer::maintain::prune(&cli.archive, &tables, &before, dry_run)? {
+                println!("{}", serde_json::json!({"table": p.table, "date": p.date, "files": p.files, "bytes": p.bytes, "removed": !dry_run}));
+            }
+        }
+        Cmd::Run { from: From { spool, kafka, topic, group }, alerts_topic, no_alerts_topic, rules, no_builtin, flush_secs, detect_secs, lookback_hours, rows_per_file, metrics, compact_after_mins } => {
             let rules = chains::load(!no_builtin, &rules)?;
             let alerts_to = kafka.clone().filter(|_| !no_alerts_topic).map(|b| (b, alerts_topic));
             let source = match (spool, kafka) {
@@ -214,6 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
                 rows_per_file,
                 lookback_hours,
                 metrics,
+                compact_after: (compact_after_mins > 0).then(|| std::time::Duration::from_secs(compact_after_mins * 60)),
             };
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

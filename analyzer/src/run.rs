@@ -43,6 +43,8 @@ pub struct Opts {
     /// How far back (hours of archive) detection looks, besides the unwritten events.
     pub lookback_hours: i64,
     pub metrics: Option<SocketAddr>,
+    /// Merge each hour partition's files once none was written for this long (`None`: never).
+    pub compact_after: Option<Duration>,
 }
 
 /// What `/metrics` shows.
@@ -63,6 +65,9 @@ pub struct Metrics {
     lag: Mutex<BTreeMap<i32, i64>>,
     /// Records the spool holds past the position read (spool source).
     spool_lag_bytes: AtomicU64,
+    compacted_hours: AtomicU64,
+    compacted_files: AtomicU64,
+    compact_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -95,6 +100,9 @@ impl Metrics {
         g(&mut s, "sluice_analyzer_detect_errors_total", "counter", "Chain detection runs that failed.", n(&self.detect_errors));
         g(&mut s, "sluice_analyzer_detect_duration_seconds", "gauge", "Duration of the last chain detection run.", n(&self.detect_last_ms) / 1000.0);
         g(&mut s, "sluice_analyzer_spool_lag_bytes", "gauge", "Spool bytes not yet read (spool source).", n(&self.spool_lag_bytes));
+        g(&mut s, "sluice_analyzer_compacted_hours_total", "counter", "Hour partitions whose files were merged into one.", n(&self.compacted_hours));
+        g(&mut s, "sluice_analyzer_compacted_files_total", "counter", "Small files merged away by compaction.", n(&self.compacted_files));
+        g(&mut s, "sluice_analyzer_compact_errors_total", "counter", "Compaction passes that failed (retried at the next).", n(&self.compact_errors));
         let lag = lock(&self.lag);
         let _ = writeln!(s, "# HELP sluice_analyzer_consumer_lag_events Messages in the partition not yet consumed (Kafka source).\n# TYPE sluice_analyzer_consumer_lag_events gauge");
         for (p, l) in lag.iter() {
@@ -141,6 +149,7 @@ pub fn run(root: &Path, o: Opts, stop: Arc<AtomicBool>, rt: tokio::runtime::Hand
     p.w.keep_unwritten = true; // the detector reads events before they are in files
     let pipeline = Arc::new(Mutex::new(p));
     let mut detector = Detector { root: root.to_owned(), rules: o.rules.clone(), lookback_hours: o.lookback_hours, sink, metrics: metrics.clone(), rt, last: Instant::now(), fresh: 0 };
+    let mut compactor = o.compact_after.map(|settled| Compactor { root: root.to_owned(), settled, last: None, metrics: metrics.clone() });
     match &o.source {
         Source::Kafka { brokers, topic, group } => {
             let c = ingest::consumer(brokers, topic, group, pipeline.clone())?;
@@ -159,6 +168,9 @@ pub fn run(root: &Path, o: Opts, stop: Arc<AtomicBool>, rt: tokio::runtime::Hand
                     ingest::flush_and_commit(&c, &pipeline, &next, topic)?;
                 }
                 detector.maybe(&pipeline, o.detect)?;
+                if let Some(c) = compactor.as_mut() {
+                    c.maybe();
+                }
                 if lag_at.elapsed() >= Duration::from_secs(2) {
                     lag_at = Instant::now();
                     *lock(&metrics.lag) = consumer_lag(&c, topic);
@@ -178,6 +190,9 @@ pub fn run(root: &Path, o: Opts, stop: Arc<AtomicBool>, rt: tokio::runtime::Hand
                     tail.save()?;
                 }
                 detector.maybe(&pipeline, o.detect)?;
+                if let Some(c) = compactor.as_mut() {
+                    c.maybe();
+                }
                 metrics.update(&lock(&pipeline));
                 if lag_at.elapsed() >= Duration::from_secs(2) {
                     lag_at = Instant::now();
@@ -225,6 +240,42 @@ fn consumer_lag(c: &BaseConsumer<ingest::GroupCtx>, topic: &str) -> BTreeMap<i32
         out.insert(e.partition(), (high - at).max(0));
     }
     out
+}
+
+/// Merges settled hour partitions (see [`crate::maintain`]) every few minutes, between
+/// ingest steps; a failure is logged, counted and retried at the next pass.
+struct Compactor {
+    root: PathBuf,
+    settled: Duration,
+    last: Option<Instant>,
+    metrics: Arc<Metrics>,
+}
+
+impl Compactor {
+    fn maybe(&mut self) {
+        let every = (self.settled / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+        if self.last.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let events: datafusion::arrow::datatypes::SchemaRef = Arc::new(sluice_schema::arrow::schema());
+        let alerts: datafusion::arrow::datatypes::SchemaRef = Arc::new(crate::alerts_schema());
+        for (table, schema) in [("events", &events), ("alerts", &alerts)] {
+            match crate::maintain::compact(&self.root, table, schema, self.settled, 2) {
+                Ok(c) => {
+                    self.metrics.compacted_hours.fetch_add(c.hours, Ordering::Relaxed);
+                    self.metrics.compacted_files.fetch_add(c.files_merged, Ordering::Relaxed);
+                    if c.hours > 0 {
+                        eprintln!("sluice-analyzer: compacted {table}: {}", serde_json::to_string(&c).unwrap_or_default());
+                    }
+                }
+                Err(e) => {
+                    self.metrics.compact_errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("sluice-analyzer: compacting {table} failed (retried at the next pass): {e:#}");
+                }
+            }
+        }
+    }
 }
 
 struct Detector {

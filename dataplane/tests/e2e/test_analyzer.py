@@ -6,6 +6,7 @@ again — the same spool or a copy of it — never duplicates an event."""
 import json
 import shutil
 import subprocess
+import time
 
 import duckdb
 import httpx
@@ -444,3 +445,75 @@ def test_a_server_pressing_for_the_agents_model_alerts_and_shows_in_the_report(p
     rep = json.loads(analyzer(archive, "report", *period, "--format", "json").stdout)
     server = next(s for s in rep["sections"] if s["id"] == "server_requests")
     assert [(r["method"], r["tool"], r["requests"], r["refused"]) for r in server["rows"]] == [("sampling/createMessage", "summarize", 3, 3)], server
+
+
+def test_small_files_are_compacted_and_old_days_pruned(py_json, gateway, tmp_path):
+    """Each ingest (and each flush of `run`) writes a file per hour: an hour's files merge
+    into one once they are settled — the same rows, once, in DuckDB before and after — by
+    `compact` and by `run` itself; `prune` removes whole days (a dry run nothing)."""
+    import os
+    import signal
+
+    from conftest import free_port
+
+    g = gateway([{"path": "/mcp", "upstream": py_json}])
+    archive = tmp_path / "archive"
+    glob = str(archive / "events" / "**" / "*.parquet")
+    parquet = lambda: sorted((archive / "events").rglob("*.parquet"))
+    ids = lambda: sorted(r[0] for r in duckdb.connect().execute(f"SELECT id FROM read_parquet('{glob}', hive_partitioning=true)").fetchall())
+
+    def settle():
+        old = time.time() - 7200
+        for f in parquet():
+            os.utime(f, (old, old))
+
+    def compact(*args):
+        out = [json.loads(l) for l in analyzer(archive, "compact", *args).stdout.splitlines()]
+        return {o["table"]: o["compacted"] for o in out}
+
+    for _ in range(3):
+        py_client(g.url(), "py")
+        analyzer(archive, "ingest", "--spool", str(g.spool))
+    before = ids()
+    files = parquet()
+    assert len(files) >= 3 and len(before) == len(set(before)) > 20
+    assert compact()["events"]["hours"] == 0, "just written: not settled"
+    settle()
+    c = compact()
+    assert c["events"]["files_merged"] == len(files) and c["events"]["duplicates"] == 0, c
+    assert all(len(list(d.glob("*.parquet"))) == 1 for d in {f.parent for f in parquet()}), parquet()
+    assert ids() == before, "the same events, once"
+    assert sql(archive, "SELECT count(*) AS n FROM events") == [{"n": len(before)}]
+
+    # `run` compacts by itself.
+    py_client(g.url(), "py")
+    assert g.proc.stop() == 0
+    analyzer(archive, "ingest", "--spool", str(g.spool))
+    settle()
+    assert len(parquet()) > len({f.parent for f in parquet()})
+    after = ids()
+    port = free_port()
+    p = subprocess.Popen([str(ANALYZER), "--archive", str(archive), "run", "--spool", str(g.spool), "--compact-after-mins", "1",
+                          "--metrics", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("the metrics listener", lambda: _up(port))
+        wait_for("a compaction", lambda: metrics(port)["sluice_analyzer_compacted_hours_total"] >= 1)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0, p.stderr.read()[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert all(len(list(d.glob("*.parquet"))) == 1 for d in {f.parent for f in parquet()}), parquet()
+    assert ids() == after and len(after) > len(before)
+
+    # Retention: everything here is from today, so keeping one day keeps it all.
+    day = sql(archive, "SELECT DISTINCT date FROM events")[0]["date"]
+    assert analyzer(archive, "prune", "--keep-days", "1").stdout == ""
+    dry = [json.loads(l) for l in analyzer(archive, "prune", "--before", "2999-01-01", "--dry-run").stdout.splitlines()]
+    assert [(d["table"], d["date"], d["removed"]) for d in dry] == [("events", day, False)] and dry[0]["files"] >= 1, dry
+    assert ids() == after
+    gone = [json.loads(l) for l in analyzer(archive, "prune", "--before", "2999-01-01", "--tables", "events,alerts").stdout.splitlines()]
+    assert [(d["table"], d["removed"]) for d in gone] == [("events", True)], gone
+    assert parquet() == []
+    bad = analyzer(archive, "prune", "--before", "last-week", check=False)
+    assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
