@@ -172,6 +172,12 @@ fn render_tokens(cfg: &crate::config::Config, s: &mut String) {
     use std::fmt::Write;
     // Label values escaped as the text format wants (upstream names are free text).
     let label = |u: &crate::config::Upstream| u.name.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    if let Some(i) = cfg.identity.as_ref().and_then(|a| a.introspection.as_ref()) {
+        let (active, not) = i.counts();
+        s.push_str("# HELP sluice_identity_introspections_total Opaque tokens the issuer's introspection endpoint was asked about, by outcome (refused: not active or not for this gateway; or unanswered).\n# TYPE sluice_identity_introspections_total counter\n");
+        let _ = writeln!(s, "sluice_identity_introspections_total{{outcome=\"active\"}} {active}");
+        let _ = writeln!(s, "sluice_identity_introspections_total{{outcome=\"refused_or_failed\"}} {not}");
+    }
     let exchangers: Vec<_> = cfg.upstreams.iter().filter_map(|u| Some((label(u), u.credential.as_ref()?.exchanger()?))).collect();
     if !exchangers.is_empty() {
         s.push_str("# HELP sluice_upstream_exchanged_tokens Tokens held for the upstream, each exchanged for one caller's token (RFC 8693).\n# TYPE sluice_upstream_exchanged_tokens gauge\n");
@@ -180,8 +186,9 @@ fn render_tokens(cfg: &crate::config::Config, s: &mut String) {
         }
         s.push_str("# HELP sluice_upstream_token_exchanges_total Token exchanges asked of the identity provider for the upstream, by outcome.\n# TYPE sluice_upstream_token_exchanges_total counter\n");
         for (name, x) in &exchangers {
-            let _ = writeln!(s, "sluice_upstream_token_exchanges_total{{upstream=\"{name}\",outcome=\"issued\"}} {}", x.exchanged.load(Ordering::Relaxed));
-            let _ = writeln!(s, "sluice_upstream_token_exchanges_total{{upstream=\"{name}\",outcome=\"failed\"}} {}", x.failed.load(Ordering::Relaxed));
+            let (issued, failed) = x.counts();
+            let _ = writeln!(s, "sluice_upstream_token_exchanges_total{{upstream=\"{name}\",outcome=\"issued\"}} {issued}");
+            let _ = writeln!(s, "sluice_upstream_token_exchanges_total{{upstream=\"{name}\",outcome=\"failed\"}} {failed}");
         }
     }
     let tokens: Vec<_> = cfg.upstreams.iter().filter_map(|u| Some((label(u), u.credential.as_ref()?.token()?))).collect();

@@ -29,6 +29,7 @@ pub mod jsonrpc;
 pub mod logging;
 pub mod metrics;
 pub mod oauth;
+pub mod offload;
 pub mod policy;
 pub mod approvals;
 pub mod proxy;

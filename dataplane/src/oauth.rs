@@ -208,16 +208,23 @@ fn fetch(agent: &ureq::Agent, g: &Grant) -> Result<Issued, String> {
 /// Ask the token endpoint for a token by `grant`; an error says whether the endpoint answered
 /// (and refused: `true`) or could not be asked.
 pub fn fetch_for(agent: &ureq::Agent, g: &Grant, grant: &[(&str, &str)]) -> Result<Issued, (bool, String)> {
-    let (body, auth) = request_for(g, grant);
+    let (status, text) = post_form(agent, g, grant).map_err(|e| (false, e))?;
+    // A 4xx is the endpoint's judgement of the request; anything else a failure to ask.
+    parse_answer(status, &text).map_err(|e| ((400..500).contains(&status), format!("POST {}: {e}", g.token_url)))
+}
+
+/// POST `form` (and what `g` asks for) to `g.token_url` as `g`'s client; the status and the
+/// body (at most 64 KiB), or why there is none.
+pub fn post_form(agent: &ureq::Agent, g: &Grant, form: &[(&str, &str)]) -> Result<(u16, String), String> {
+    let (body, auth) = request_for(g, form);
     let mut req = agent.post(&g.token_url).header("accept", "application/json").content_type("application/x-www-form-urlencoded");
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
-    let mut resp = req.send(body).map_err(|e| (false, format!("POST {}: {e}", g.token_url)))?;
+    let mut resp = req.send(body).map_err(|e| format!("POST {}: {e}", g.token_url))?;
     let status = resp.status().as_u16();
-    let text = resp.body_mut().with_config().limit(64 * 1024).read_to_string().map_err(|e| (false, format!("POST {}: reading the answer: {e}", g.token_url)))?;
-    // A 4xx is the endpoint's judgement of the request; anything else a failure to ask.
-    parse_answer(status, &text).map_err(|e| ((400..500).contains(&status), format!("POST {}: {e}", g.token_url)))
+    let text = resp.body_mut().with_config().limit(64 * 1024).read_to_string().map_err(|e| format!("POST {}: reading the answer: {e}", g.token_url))?;
+    Ok((status, text))
 }
 
 /// An agent for token requests: the deployment's roots, no redirects, bounded in time.

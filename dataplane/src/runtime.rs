@@ -114,6 +114,9 @@ pub fn run(source: Source) -> anyhow::Result<()> {
     }
     // Upstream tokens: start with them when the token endpoints answer; calls to an upstream
     // without one are answered 503 (with the endpoint's error) until it arrives.
+    if let Some(i) = cfg.identity.as_ref().and_then(|a| a.introspection.as_ref()) {
+        i.run();
+    }
     for up in &cfg.upstreams {
         if let Some(x) = up.credential.as_ref().and_then(|c| c.exchanger()) {
             x.run();
@@ -275,6 +278,10 @@ fn reload(sh: &Shared, source: &Source) {
             // Same issuer: the new config starts with the keys already fetched.
             if let (Some(o), Some(n)) = (old.identity.as_ref().and_then(|a| a.jwks()), new.identity.as_ref().and_then(|a| a.jwks())) {
                 n.adopt(o);
+            }
+            // Opaque tokens are introspected again (a caller's next call).
+            if let Some(i) = new.identity.as_ref().and_then(|a| a.introspection.as_ref()) {
+                i.run();
             }
             // Same token endpoint and client: the new config starts with the token held.
             for n in &new.upstreams {

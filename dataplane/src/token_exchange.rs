@@ -3,24 +3,20 @@
 //! token to this upstream, naming the same subject — so the upstream sees who calls, with a
 //! token scoped to it, and the agent's token never reaches it.
 //!
-//! Off the workers: a request that finds no token for its caller puts a job on a bounded
-//! queue and polls its slot on the executor's timer (as approvals do); two `sluice-exchange`
-//! threads ask the provider. Exchanged tokens are held per caller token (keyed by its blake3)
-//! until three quarters of their lifetime, never past the caller's own token, in 16 shards; the
-//! same caller's concurrent requests share one exchange.
+//! Off the workers ([`crate::offload`]): two `sluice-exchange` threads per upstream ask the
+//! provider; exchanged tokens are held per caller token (keyed by its blake3) until three
+//! quarters of their lifetime, never past the caller's own token; the same caller's concurrent
+//! requests share one exchange. A refusal is not held: the next call asks again.
 
 use crate::oauth::{fetch_for, renew_after, Grant, Live};
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use crate::offload::{Answer, Cache, Failure, Lookup};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 
-const SHARDS: usize = 16;
 /// Exchanged tokens held per upstream (callers' tokens live, not callers).
 const MAX_HELD: usize = 16_384;
 /// Exchanges waiting for a thread.
@@ -29,64 +25,10 @@ const THREADS: usize = 2;
 /// A token is not used within this much of the caller's own token's expiry.
 const MARGIN: Duration = Duration::from_secs(5);
 
-type Key = [u8; 32];
-
-/// Why no token could be had for a caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// The provider answered and refused (the caller's token cannot be exchanged: 403);
-    /// otherwise it could not be asked (503).
-    pub refused: bool,
-    pub reason: String,
-}
-
-/// An exchange under way: filled once by a `sluice-exchange` thread.
-#[derive(Default)]
-pub struct Slot(Mutex<Option<Result<Arc<Live>, Failure>>>);
-
-impl Slot {
-    /// The outcome, once there is one.
-    pub fn outcome(&self) -> Option<Result<Arc<Live>, Failure>> {
-        self.0.lock().clone()
-    }
-}
-
-struct Held {
-    live: Arc<Live>,
-    until: Instant,
-}
-
-#[derive(Default)]
-struct Shard {
-    held: HashMap<Key, Held>,
-    pending: HashMap<Key, Arc<Slot>>,
-}
-
-struct Job {
-    key: Key,
-    subject: String,
-    /// The caller's token expires then (its `exp`).
-    expires: Option<SystemTime>,
-    slot: Arc<Slot>,
-}
-
-/// What a request gets for its caller.
-pub enum Lookup {
-    Ready(Arc<Live>),
-    /// Poll this until it is filled.
-    Wait(Arc<Slot>),
-    Failed(Failure),
-}
-
 pub struct Exchanger {
     pub grant: Grant,
     upstream: String,
-    shards: Box<[Mutex<Shard>]>,
-    jobs: Sender<Job>,
-    /// The jobs' receiving end until [`Exchanger::run`] hands it to the threads.
-    waiting: Mutex<Option<Receiver<Job>>>,
-    pub exchanged: AtomicU64,
-    pub failed: AtomicU64,
+    cache: Arc<Cache<Arc<Live>>>,
 }
 
 impl std::fmt::Debug for Exchanger {
@@ -95,132 +37,61 @@ impl std::fmt::Debug for Exchanger {
     }
 }
 
-fn key_of(subject: &str) -> Key {
-    *blake3::hash(subject.as_bytes()).as_bytes()
-}
-
 impl Exchanger {
-    /// An exchanger that asks nothing until [`Exchanger::run`] (a config only checked, or a
-    /// rejected reload, never calls the provider). `upstream` names the upstream in logs.
+    /// An exchanger that asks nothing until [`Exchanger::run`]. `upstream` names the upstream
+    /// in logs.
     pub fn new(upstream: String, grant: Grant) -> Arc<Self> {
-        let (jobs, rx) = bounded(QUEUE);
-        Arc::new(Exchanger {
-            grant,
-            upstream,
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            jobs,
-            waiting: Mutex::new(Some(rx)),
-            exchanged: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-        })
+        Arc::new(Exchanger { grant, upstream, cache: Cache::new(QUEUE, MAX_HELD) })
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<Shard> {
-        &self.shards[key[0] as usize % SHARDS]
-    }
-
-    /// The token for the caller presenting `subject` (its access token, expiring at `expires`):
-    /// held, being exchanged, or now asked for.
-    pub fn lookup(&self, subject: &str, expires: Option<SystemTime>) -> Lookup {
-        let key = key_of(subject);
-        let now = Instant::now();
-        let mut shard = self.shard(&key).lock();
-        match shard.held.get(&key) {
-            Some(h) if h.until > now => return Lookup::Ready(h.live.clone()),
-            Some(_) => {
-                shard.held.remove(&key);
-            }
-            None => {}
-        }
-        if let Some(slot) = shard.pending.get(&key) {
-            return Lookup::Wait(slot.clone());
-        }
-        let slot = Arc::new(Slot::default());
-        match self.jobs.try_send(Job { key, subject: subject.to_owned(), expires, slot: slot.clone() }) {
-            Ok(()) => {
-                shard.pending.insert(key, slot.clone());
-                Lookup::Wait(slot)
-            }
-            Err(TrySendError::Full(_)) => Lookup::Failed(Failure { refused: false, reason: format!("{QUEUE} token exchanges already wait for the identity provider") }),
-            Err(TrySendError::Disconnected(_)) => Lookup::Failed(Failure { refused: false, reason: "the token exchange threads are not running".into() }),
-        }
+    /// The token for the caller presenting `subject` (its access token, expiring at
+    /// `expires`): held, being exchanged, or now asked for.
+    pub fn lookup(&self, subject: &str, expires: Option<SystemTime>) -> Lookup<Arc<Live>> {
+        self.cache.lookup(subject, expires)
     }
 
     /// The token held for `subject`, without asking for one.
     pub fn held(&self, subject: &str) -> Option<Arc<Live>> {
-        let key = key_of(subject);
-        self.shard(&key).lock().held.get(&key).filter(|h| h.until > Instant::now()).map(|h| h.live.clone())
+        self.cache.held(subject)
     }
 
     /// The upstream refused the token held for `subject`: the next request exchanges again.
     pub fn forget(&self, subject: &str) {
-        let key = key_of(subject);
-        self.shard(&key).lock().held.remove(&key);
+        self.cache.forget(subject);
     }
 
     /// Tokens held now (for `/metrics`).
     pub fn held_count(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().held.len()).sum()
+        self.cache.held_count()
     }
 
-    fn settle(&self, job: &Job, outcome: Result<(Arc<Live>, Instant), Failure>) {
-        let mut shard = self.shard(&job.key).lock();
-        shard.pending.remove(&job.key);
-        let result = match outcome {
-            Ok((live, until)) => {
-                if shard.held.len() >= MAX_HELD / SHARDS {
-                    let now = Instant::now();
-                    shard.held.retain(|_, h| h.until > now);
-                    // Still full of live tokens: the one nearest its end goes.
-                    if shard.held.len() >= MAX_HELD / SHARDS {
-                        if let Some(k) = shard.held.iter().min_by_key(|(_, h)| h.until).map(|(k, _)| *k) {
-                            shard.held.remove(&k);
-                        }
-                    }
-                }
-                shard.held.insert(job.key, Held { live: live.clone(), until });
-                Ok(live)
-            }
-            Err(f) => Err(f),
-        };
-        *job.slot.0.lock() = Some(result);
+    /// Exchanges that gave a token, and that did not.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.cache.ok.load(Ordering::Relaxed), self.cache.failed.load(Ordering::Relaxed))
     }
 
     /// Start the exchange threads (once; later calls do nothing). They end when the
     /// exchanger is dropped (a reload replaced it).
-    pub fn run(self: &Arc<Self>) {
-        let Some(rx) = self.waiting.lock().take() else { return };
-        for i in 0..THREADS {
-            let (rx, weak, grant, upstream) = (rx.clone(), Arc::downgrade(self), self.grant.clone(), self.upstream.clone());
-            let spawned = std::thread::Builder::new().name(format!("sluice-exchange-{i}")).spawn(move || serve(&rx, &weak, &grant, &upstream));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start a token exchange thread");
-            }
-        }
+    pub fn run(&self) {
+        let (grant, upstream) = (self.grant.clone(), self.upstream.clone());
+        let agent = crate::oauth::agent(&grant.outbound);
+        self.cache.run("sluice-exchange", THREADS, Arc::new(move |subject, expires| exchange(&agent, &grant, &upstream, subject, expires)));
     }
 }
 
-fn serve(rx: &Receiver<Job>, weak: &Weak<Exchanger>, grant: &Grant, upstream: &str) {
-    let agent = crate::oauth::agent(&grant.outbound);
-    while let Ok(job) = rx.recv() {
-        let form = [("grant_type", GRANT_TYPE), ("subject_token", job.subject.as_str()), ("subject_token_type", ACCESS_TOKEN), ("requested_token_type", ACCESS_TOKEN)];
-        let asked = Instant::now();
-        let outcome = fetch_for(&agent, grant, &form);
-        let Some(x) = weak.upgrade() else { return };
-        let outcome = match outcome {
-            Ok(issued) => {
-                x.exchanged.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(upstream = %upstream, expires_in = issued.lifetime.map(|l| l.as_secs()), "caller's token exchanged for the upstream's");
-                let until = until(asked, issued.lifetime, job.expires, SystemTime::now());
-                Ok((Arc::new(live(&issued.token, &grant.secret)), until))
-            }
-            Err((refused, reason)) => {
-                x.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(upstream = %upstream, error = %reason, "token exchange failed");
-                Err(Failure { refused, reason })
-            }
-        };
-        x.settle(&job, outcome);
+/// One exchange: the token and until when it is used, or why there is none (not held).
+fn exchange(agent: &ureq::Agent, grant: &Grant, upstream: &str, subject: &str, expires: Option<SystemTime>) -> Answer<Arc<Live>> {
+    let form = [("grant_type", GRANT_TYPE), ("subject_token", subject), ("subject_token_type", ACCESS_TOKEN), ("requested_token_type", ACCESS_TOKEN)];
+    let asked = Instant::now();
+    match fetch_for(agent, grant, &form) {
+        Ok(issued) => {
+            tracing::debug!(upstream = %upstream, expires_in = issued.lifetime.map(|l| l.as_secs()), "caller's token exchanged for the upstream's");
+            (Ok(Arc::new(live(&issued.token, &grant.secret))), Some(until(asked, issued.lifetime, expires, SystemTime::now())))
+        }
+        Err((refused, reason)) => {
+            tracing::warn!(upstream = %upstream, error = %reason, "token exchange failed");
+            (Err(Failure { refused, reason }), None)
+        }
     }
 }
 
@@ -253,6 +124,7 @@ pub fn expiry(claims: Option<&serde_json::Value>) -> Option<SystemTime> {
 mod tests {
     use super::*;
     use crate::oauth::ClientAuth;
+    use parking_lot::Mutex;
     use std::io::{BufReader, Write};
 
     fn grant(url: String) -> Grant {
@@ -331,7 +203,7 @@ mod tests {
         assert!(x.held("alice-token").is_none());
         settle(&x, "alice-token").unwrap();
         assert_eq!(seen.lock().len(), 3);
-        assert_eq!(x.exchanged.load(Ordering::Relaxed), 3);
+        assert_eq!(x.counts(), (3, 0));
     }
 
     #[test]
@@ -349,7 +221,7 @@ mod tests {
         assert!(!f.refused && f.reason.contains(&dead.to_string()), "{f:?}");
         // Not running: said so, at once.
         let idle = Exchanger::new("tickets".into(), grant("http://127.0.0.1:9/token".into()));
-        drop(idle.waiting.lock().take());
+        idle.cache.close();
         assert!(matches!(idle.lookup("t", None), Lookup::Failed(f) if f.reason.contains("not running")));
     }
 

@@ -563,7 +563,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
     if !is.0.is_empty() {
         return Err(is.0);
     }
-    let identity = super::identity::compile(f.identity.as_ref(), &outbound, &mut |path, msg| is.add(path, msg));
+    let identity = super::identity::compile(f.identity.as_ref(), file, &outbound, &mut |path, msg| is.add(path, msg));
     let stdio_servers = super::credential::compile_stdio(&f.stdio_servers, file, &mut |path, msg| is.add(path, msg));
     if let (Some(p), None) = (&policy, &identity) {
         if let Some(r) = p.rules.iter().find(|r| matches!(r.action, crate::policy::Action::RequireApproval { .. })) {

@@ -171,7 +171,7 @@ const OAUTH: &str = "oauth_client_credentials";
 pub const EXCHANGE: &str = "oauth_token_exchange";
 
 /// Is `url` one a client secret may be sent to: https, or http to this host only?
-fn secret_may_go_to(url: &str) -> Result<(), String> {
+pub(super) fn secret_may_go_to(url: &str) -> Result<(), String> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("\"{url}\" is not an absolute URL; write the token endpoint's https:// URL"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') {

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(super) fn compile(i: Option<&schema::Identity>, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> Option<Arc<Authenticator>> {
+pub(super) fn compile(i: Option<&schema::Identity>, file: Option<&std::path::Path>, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> Option<Arc<Authenticator>> {
     let i = i?;
     let required = match i.mode.as_str() {
         "required" => true,
@@ -88,7 +88,51 @@ pub(super) fn compile(i: Option<&schema::Identity>, outbound: &crate::tls::Outbo
         };
         crate::identity::MtlsCheck { by_san, clients: m.clients.iter().map(|c| (c.subject.clone(), c.groups.clone(), c.agent_type.clone())).collect() }
     });
-    Some(Arc::new(Authenticator { required, jwt, api_keys, resource: i.resource.clone(), mtls }))
+    let introspection = i.introspection.as_ref().and_then(|x| introspection(x, i, file, outbound, skew, add));
+    Some(Arc::new(Authenticator { required, jwt, api_keys, resource: i.resource.clone(), mtls, introspection }))
+}
+
+/// `[identity.introspection]`, read with the issuer, audience and claim names of `[identity]`.
+fn introspection(x: &schema::Introspection, i: &schema::Identity, file: Option<&std::path::Path>, outbound: &crate::tls::Outbound, skew: Duration, add: &mut dyn FnMut(String, String)) -> Option<Arc<crate::identity::introspect::Introspector>> {
+    let p = "identity.introspection";
+    let mut ok = true;
+    if let Err(e) = super::credential::secret_may_go_to(&x.url) {
+        add(format!("{p}.url"), e);
+        ok = false;
+    }
+    if i.issuer.is_none() {
+        add(p.to_owned(), "needs identity.issuer (the answers' iss is checked against it) and identity.audience".into());
+        ok = false;
+    }
+    let auth = match x.client_auth.as_deref() {
+        None | Some("basic") => crate::oauth::ClientAuth::Basic,
+        Some("post") => crate::oauth::ClientAuth::Post,
+        Some(other) => {
+            add(format!("{p}.client_auth"), format!("\"{other}\" is not a client authentication; write \"basic\" (the default) or \"post\""));
+            ok = false;
+            crate::oauth::ClientAuth::Basic
+        }
+    };
+    let cache = duration::parse(&x.cache).unwrap_or_else(|m| {
+        add(format!("{p}.cache"), m);
+        ok = false;
+        Duration::ZERO
+    });
+    let secret = super::credential::read_secret(x.env.as_deref(), x.file.as_deref(), file, p, add)?;
+    if !ok {
+        return None;
+    }
+    let grant = crate::oauth::Grant { token_url: x.url.clone(), client_id: x.client_id.clone(), secret, auth, scope: None, resource: None, audience: None, outbound: outbound.clone() };
+    let reading = crate::identity::introspect::Reading {
+        issuer: i.issuer.clone().unwrap_or_default(),
+        audience: i.audience.clone(),
+        skew,
+        subject_claim: i.subject_claim.clone(),
+        groups_claim: i.groups_claim.clone(),
+        agent_type_claim: i.agent_type_claim.clone(),
+        cache,
+    };
+    Some(crate::identity::introspect::Introspector::new(grant, reading))
 }
 
 #[cfg(test)]
@@ -99,7 +143,7 @@ mod tests {
     fn compile(text: &str) -> (Option<std::sync::Arc<crate::identity::Authenticator>>, Vec<String>) {
         let f: File = toml::from_str(text).unwrap();
         let mut issues = Vec::new();
-        let a = super::compile(f.identity.as_ref(), &Default::default(), &mut |p, m| issues.push(format!("{p}: {m}")));
+        let a = super::compile(f.identity.as_ref(), None, &Default::default(), &mut |p, m| issues.push(format!("{p}: {m}")));
         (a, issues)
     }
 
@@ -124,6 +168,25 @@ mod tests {
         assert!(issues.iter().any(|i| i.contains("nobody could call")), "{issues:?}");
         let (a, issues) = compile("[identity]\nmode = \"off\"\n");
         assert!(a.is_none() && issues.is_empty());
+    }
+
+    #[test]
+    fn introspection_needs_a_safe_endpoint_an_issuer_and_a_secret_from_outside_the_file() {
+        std::env::set_var("SLUICE_TEST_INTROSPECTION_SECRET", "introspection-secret");
+        let base = "[identity]\nissuer = \"https://idp.example\"\naudience = [\"https://gw.example\"]\n[identity.introspection]\nclient_id = \"gw\"\n";
+        let (a, issues) = compile(&format!("{base}url = \"https://idp.example/introspect\"\nenv = \"SLUICE_TEST_INTROSPECTION_SECRET\"\ncache = \"2m\"\n"));
+        assert!(issues.is_empty(), "{issues:?}");
+        let i = a.unwrap().introspection.clone().unwrap();
+        assert_eq!((i.grant.token_url.as_str(), i.grant.secret.as_str(), i.reading.cache), ("https://idp.example/introspect", "introspection-secret", std::time::Duration::from_secs(120)));
+        assert!(!format!("{i:?}").contains("introspection-secret"), "the secret is not in debug output");
+        let (_, issues) = compile(&format!("{base}url = \"http://idp.example/introspect\"\nenv = \"SLUICE_TEST_INTROSPECTION_SECRET\"\nclient_auth = \"jwt\"\ncache = \"often\"\n"));
+        let all = issues.join("\n");
+        for want in ["identity.introspection.url: ", "clear text", "identity.introspection.client_auth: ", "identity.introspection.cache: "] {
+            assert!(all.contains(want), "{want} missing from:\n{all}");
+        }
+        let (_, issues) = compile("[identity]\n[[identity.api_key]]\nsubject = \"bot\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n[identity.introspection]\nclient_id = \"gw\"\nurl = \"https://idp.example/i\"\nfile = \"/nonexistent/secret\"\n");
+        let all = issues.join("\n");
+        assert!(all.contains("identity.introspection: needs identity.issuer") && all.contains("identity.introspection.file: cannot read /nonexistent/secret"), "{all}");
     }
 
     #[test]

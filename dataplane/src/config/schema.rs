@@ -754,6 +754,26 @@ pub struct Identity {
     pub mtls: Option<Mtls>,
     /// The key the gateway signs identity assertions to upstreams with (`forward_identity = "token"`).
     pub assertion: Option<Assertion>,
+    /// Opaque access tokens read by the issuer's introspection endpoint (RFC 7662).
+    pub introspection: Option<Introspection>,
+}
+
+/// `[identity.introspection]`: the endpoint, the gateway's client there (its secret from `env`
+/// or `file`; `client_auth` basic or post), and how long an answer is trusted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    pub url: String,
+    pub client_id: String,
+    pub env: Option<String>,
+    pub file: Option<String>,
+    pub client_auth: Option<String>,
+    #[serde(default = "default_introspection_cache")]
+    pub cache: String,
+}
+
+fn default_introspection_cache() -> String {
+    "60s".into()
 }
 
 /// `[identity.assertion]`: an Ed25519 private key in PKCS#8 PEM (`openssl genpkey -algorithm

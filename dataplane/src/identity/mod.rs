@@ -10,6 +10,7 @@
 //! its core's timer, never blocking it.
 
 pub mod forward;
+pub mod introspect;
 pub mod jwks;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -22,10 +23,19 @@ pub struct Identity {
     pub subject: String,
     pub groups: Vec<String>,
     pub agent_type: Option<String>,
-    /// `jwt`, `api_key`.
+    /// `jwt`, `introspection` (an opaque token the issuer described), `api_key`, `mtls`.
     pub via: &'static str,
-    /// Every claim of the token (JWTs only), for policy conditions (`identity.claims`).
+    /// Every claim of the token (a JWT's, or the introspection answer's), for policy
+    /// conditions (`identity.claims`).
     pub claims: Option<Arc<serde_json::Value>>,
+}
+
+impl Identity {
+    /// Did the caller authenticate with the identity provider's access token (a JWT, or an
+    /// opaque token read by introspection)?
+    pub fn bearer(&self) -> bool {
+        self.via == "jwt" || self.via == "introspection"
+    }
 }
 
 /// Why a caller is not authenticated. The text is shown to the agent: it says what to do and
@@ -48,6 +58,12 @@ pub enum AuthError {
     CertificateName(&'static str),
     #[error("the API key is not known to this gateway")]
     UnknownApiKey,
+    /// An opaque token the issuer's introspection does not vouch for.
+    #[error("the token {0}; get a new access token")]
+    Refused(String),
+    /// The issuer's introspection endpoint could not be asked (answered 503, not 401).
+    #[error("the issuer could not be asked about the token ({0}); retry shortly")]
+    IssuerUnavailable(String),
 }
 
 /// Checking JWTs from one issuer.
@@ -79,6 +95,8 @@ pub struct Authenticator {
     pub resource: Option<String>,
     /// Verified client certificates as identities.
     pub mtls: Option<MtlsCheck>,
+    /// Opaque bearer tokens read by the issuer's introspection endpoint.
+    pub introspection: Option<Arc<introspect::Introspector>>,
 }
 
 /// How a verified client certificate names the caller.

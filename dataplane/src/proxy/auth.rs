@@ -34,9 +34,42 @@ pub async fn authenticate(auth: &Authenticator, head: &Head, peer: Option<&crate
             }
             auth.check(authz, key)
         }
+        // Not a JWT and no API key: an opaque token the issuer can describe.
+        Err(AuthError::UnknownApiKey) => match (auth.introspection.as_ref(), opaque_bearer(authz)) {
+            (Some(i), Some(token)) => introspected(i, token).await.map(Some),
+            _ => Err(AuthError::UnknownApiKey),
+        },
         other => other,
     }
 }
+
+/// The token of `Authorization: Bearer …` when it is not shaped as a JWT.
+fn opaque_bearer(authz: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authz?.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.matches('.').count() != 2).then_some(token)
+}
+
+/// The caller an opaque token names, by the issuer's introspection (held, or asked now while
+/// the task waits on this core's timer).
+async fn introspected(i: &crate::identity::introspect::Introspector, token: &str) -> Result<Identity, AuthError> {
+    use crate::offload::Lookup;
+    let slot = match i.lookup(token) {
+        Lookup::Ready(id) => return Ok(id),
+        Lookup::Failed(f) if f.refused => return Err(AuthError::Refused(f.reason)),
+        Lookup::Failed(f) => return Err(AuthError::IssuerUnavailable(f.reason)),
+        Lookup::Wait(slot) => slot,
+    };
+    match crate::offload::wait(&slot, INTROSPECTION_WAIT).await {
+        Some(Ok(id)) => Ok(id),
+        Some(Err(f)) if f.refused => Err(AuthError::Refused(f.reason)),
+        Some(Err(f)) => Err(AuthError::IssuerUnavailable(f.reason)),
+        None => Err(AuthError::IssuerUnavailable(format!("no answer within {INTROSPECTION_WAIT:?}"))),
+    }
+}
+
+/// How long a request waits for the issuer to introspect its token.
+const INTROSPECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// `http(s)://host`, as the agent addressed this gateway.
 fn origin(head: &Head, tls: bool) -> String {
@@ -59,6 +92,12 @@ pub async fn refuse(w: &Worker, down: &mut Stream, ctx: &RequestCtx, route: &Rou
         d.client_ip = Some(Cow::Borrowed(&client));
         d.decision = Some(Decision { action: Cow::Borrowed("deny"), stage: Cow::Borrowed("identity"), rule: None, reason: Some(Cow::Borrowed(&reason)) });
         em.emit(&d);
+    }
+    // The issuer could not say whether the token is good: nothing for the agent to fix, and
+    // no challenge that would send it to get another token.
+    if matches!(e, AuthError::IssuerUnavailable(_)) {
+        let body = error_body(None, Code::UpstreamUnavailable, "Gateway unavailable", &e.to_string());
+        return respond::send(down, 503, "application/json", &body, keep_alive, &[("retry-after", b"2")], cors).await;
     }
     let mut challenge = format!("Bearer resource_metadata=\"{}\"", metadata_url(head, tls, &route.path));
     if !matches!(e, AuthError::Missing) {

@@ -158,7 +158,7 @@ pub async fn handle(
             Err(e) => {
                 let keep_alive = head.keep_alive() && !w.draining();
                 super::auth::refuse(w, down, &ctx, route, head, tls, &e, keep_alive, cors).await.map_err(|_| ProxyError::ClientTimeout)?;
-                finish(w, cfg, route, &ctx, None, 401);
+                finish(w, cfg, route, &ctx, None, if matches!(e, crate::identity::AuthError::IssuerUnavailable(_)) { 503 } else { 401 });
                 return Ok(keep_alive);
             }
         }
@@ -1653,9 +1653,9 @@ fn bearer(head: &Head) -> Option<&str> {
 /// The token exchanged for this request's caller (`oauth_token_exchange`): held, or asked of
 /// the identity provider, waiting at most `limit`.
 async fn exchanged(x: &crate::token_exchange::Exchanger, ctx: &RequestCtx, head: &Head, limit: std::time::Duration) -> Result<std::sync::Arc<crate::oauth::Live>, ProxyError> {
-    use crate::token_exchange::Lookup;
+    use crate::offload::Lookup;
     let not = |reason: String, refused: bool| ProxyError::NotExchanged { upstream: ctx.upstream.clone(), reason, refused };
-    let Some(subject) = ctx.identity.as_ref().filter(|i| i.via == "jwt").and_then(|_| bearer(head)) else {
+    let Some(subject) = ctx.identity.as_ref().filter(|i| i.bearer()).and_then(|_| bearer(head)) else {
         return Err(not("this caller did not authenticate with one (API keys and client certificates cannot be exchanged); call with Authorization: Bearer <access token from the identity provider>".into(), true));
     };
     let slot = match x.lookup(subject, crate::token_exchange::expiry(ctx.identity.as_ref().and_then(|i| i.claims.as_deref()))) {
@@ -1663,20 +1663,13 @@ async fn exchanged(x: &crate::token_exchange::Exchanger, ctx: &RequestCtx, head:
         Lookup::Failed(f) => return Err(not(f.reason, f.refused)),
         Lookup::Wait(slot) => slot,
     };
-    let until = std::time::Instant::now() + limit;
-    loop {
-        match slot.outcome() {
-            Some(Ok(live)) => return Ok(live),
-            Some(Err(f)) if f.refused => return Err(not(format!("the identity provider refused to exchange it: {}", f.reason), true)),
-            Some(Err(f)) => return Err(not(format!("the identity provider could not be asked ({}); retry shortly", f.reason), false)),
-            None if std::time::Instant::now() >= until => return Err(not(format!("the identity provider did not answer within {limit:?}; retry shortly"), false)),
-            None => glommio::timer::sleep(EXCHANGE_POLL).await,
-        }
+    match crate::offload::wait(&slot, limit).await {
+        Some(Ok(live)) => Ok(live),
+        Some(Err(f)) if f.refused => Err(not(format!("the identity provider refused to exchange it: {}", f.reason), true)),
+        Some(Err(f)) => Err(not(format!("the identity provider could not be asked ({}); retry shortly", f.reason), false)),
+        None => Err(not(format!("the identity provider did not answer within {limit:?}; retry shortly"), false)),
     }
 }
-
-/// How often a request waiting for its caller's token exchange looks at it.
-const EXCHANGE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// One caller may not fill the store (evicting every other caller's sessions): past its
 /// share (`sessions.max_per_caller`), a new session is refused before the upstream makes one.

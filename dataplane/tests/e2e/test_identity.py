@@ -174,6 +174,49 @@ def hmac_token(claims, secret: bytes) -> str:
     return f"{head}.{body}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}"
 
 
+def test_opaque_tokens_are_read_by_the_issuers_introspection(idp, gateway, raw_upstream, tmp_path):
+    """An access token that is not a JWT (the real provider issues opaque ones for a resource
+    so configured) is read by the provider's introspection endpoint (RFC 7662) as the gateway's
+    client: the caller and its groups from the answer, held (one introspection for several
+    calls), a token the provider does not vouch for refused with 401 (and not asked about again
+    at once), JWTs and API keys as before; with the provider down, a held token still works
+    and a new one gets 503 — the gateway cannot tell, the agent is not sent for a new token."""
+    up = echo_upstream(raw_upstream)
+    (tmp_path / "introspection.secret").write_text("sluice-gateway-secret\n")
+    extra = identity_cfg(idp) + (f'[identity.introspection]\nurl = "{idp.issuer}/token/introspection"\nclient_id = "sluice-gateway"\n'
+                                 f'file = "{tmp_path / "introspection.secret"}"\n')
+    g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=extra)
+
+    def opaque(client):
+        r = httpx.post(f"{idp.issuer}/token", auth=(client, f"{client}-secret"),
+                       data={"grant_type": "client_credentials", "scope": "mcp", "resource": "urn:sluice:test:opaque"})
+        assert r.status_code == 200, r.text
+        return r.json()["access_token"]
+
+    tok, later = opaque("support-agent"), opaque("finance-reviewer")
+    assert tok.count(".") != 2, "an opaque token"
+    for _ in range(3):
+        r = call(g, tok)
+        assert r.status_code == 200, r.text
+    assert tok not in up.requests[-1].decode(), "the agent's token is for the gateway only"
+    assert g.metric("sluice_identity_introspections_total", outcome="active") == 1, "held, not asked again"
+    for _ in range(2):
+        r = call(g, "made-up-token-4f9a2c")
+        assert r.status_code == 401 and "is not active" in r.json()["error"]["data"]["reason"], r.text
+    assert g.metric("sluice_identity_introspections_total", outcome="refused_or_failed") == 1
+    assert call(g, idp.token()).status_code == 200 and call(g, headers={"x-api-key": API_KEY}).status_code == 200
+    idp.stop()
+    assert call(g, tok).status_code == 200, "held while the provider is down"
+    r = call(g, later)
+    assert r.status_code == 503 and r.headers["retry-after"] == "2" and "www-authenticate" not in r.headers, r.text
+    assert "could not be asked about the token" in r.json()["error"]["data"]["reason"], r.text
+    g.proc.stop()
+    ids = [e["identity"] for e in spool_events(g.spool) if e["kind"] == "request"]
+    assert {"subject": "support-agent", "groups": ["support", "readers"], "agent_type": "assistant", "via": "introspection"} in ids, ids
+    spooled = json.dumps(spool_events(g.spool))
+    assert tok not in spooled and later not in spooled and tok not in g.proc.log.read_text()
+
+
 def test_rotated_provider_keys_are_fetched_on_an_unknown_kid(idp, gateway, raw_upstream):
     up = echo_upstream(raw_upstream)
     g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=identity_cfg(idp))

@@ -30,6 +30,7 @@ const who = {
   "sluice-gateway": { groups: ["gateways"], agent_type: "gateway" },
 };
 const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
+const OPAQUE_RESOURCE = "urn:sluice:test:opaque";
 const ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token";
 const clients = Object.keys(who).map((id) => ({
   client_id: id,
@@ -67,8 +68,15 @@ const provider = new Provider(issuer, {
       enabled: true,
       defaultResource: () => audience,
       useGrantedResource: () => true,
-      getResourceServerInfo: () => ({ scope: "mcp", audience, accessTokenFormat: "jwt", jwt: { sign: { alg: "RS256" } } }),
+      // `resource = OPAQUE_RESOURCE`: an opaque access token for the same audience, which only
+      // introspection can read.
+      getResourceServerInfo: (_ctx, resource) =>
+        resource === OPAQUE_RESOURCE
+          ? { scope: "mcp", audience, accessTokenFormat: "opaque" }
+          : { scope: "mcp", audience, accessTokenFormat: "jwt", jwt: { sign: { alg: "RS256" } } },
     },
+    // Token introspection (RFC 7662) for the gateway's client, of any token.
+    introspection: { enabled: true, allowedPolicy: (_ctx, client) => client.clientId === "sluice-gateway" },
   },
   extraTokenClaims: async (_ctx, token) => who[token.clientId] ?? {},
 });
