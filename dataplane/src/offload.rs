@@ -146,9 +146,9 @@ impl<V: Clone + Send + 'static> Cache<V> {
         self.shard(&key).lock().held.remove(&key);
     }
 
-    /// Answers held now.
+    /// Answers (not refusals) held now.
     pub fn held_count(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().held.len()).sum()
+        self.shards.iter().map(|s| s.lock().held.values().filter(|(r, _)| r.is_ok()).count()).sum()
     }
 
     fn settle(&self, job: &Job<V>, (result, until): Answer<V>) {

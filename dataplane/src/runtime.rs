@@ -106,10 +106,10 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             None
         }
     };
-    if let Some(j) = cfg.identity.as_ref().and_then(|a| a.jwks()) {
+    for j in cfg.identity.iter().flat_map(|a| a.all_jwks()) {
         // Start with the issuer's keys when it answers; if not, calls are refused (401) until it does.
         if !j.wait_loaded(Duration::from_secs(3)) {
-            tracing::error!(issuer = %j.issuer, "the issuer's keys could not be fetched yet; bearer tokens are refused until they are");
+            tracing::error!(issuer = %j.issuer, "the issuer's keys could not be fetched yet; its bearer tokens are refused until they are");
         }
     }
     // Upstream tokens: start with them when the token endpoints answer; calls to an upstream
@@ -276,8 +276,10 @@ fn reload(sh: &Shared, source: &Source) {
                 tracing::warn!("[recording] changes take effect on restart");
             }
             // Same issuer: the new config starts with the keys already fetched.
-            if let (Some(o), Some(n)) = (old.identity.as_ref().and_then(|a| a.jwks()), new.identity.as_ref().and_then(|a| a.jwks())) {
-                n.adopt(o);
+            for n in new.identity.iter().flat_map(|a| a.all_jwks()) {
+                if let Some(o) = old.identity.iter().flat_map(|a| a.all_jwks()).find(|o| o.issuer == n.issuer) {
+                    n.adopt(o);
+                }
             }
             // Opaque tokens are introspected again (a caller's next call).
             if let Some(i) = new.identity.as_ref().and_then(|a| a.introspection.as_ref()) {

@@ -6,7 +6,7 @@
 //! Off the workers ([`crate::offload`]): two `sluice-exchange` threads per upstream ask the
 //! provider; exchanged tokens are held per caller token (keyed by its blake3) until three
 //! quarters of their lifetime, never past the caller's own token; the same caller's concurrent
-//! requests share one exchange. A refusal is not held: the next call asks again.
+//! requests share one exchange. A refusal is held for [`REFUSED_FOR`].
 
 use crate::oauth::{fetch_for, renew_after, Grant, Live};
 use crate::offload::{Answer, Cache, Failure, Lookup};
@@ -24,6 +24,8 @@ const QUEUE: usize = 1_024;
 const THREADS: usize = 2;
 /// A token is not used within this much of the caller's own token's expiry.
 const MARGIN: Duration = Duration::from_secs(5);
+/// How long the provider's refusal to exchange a caller's token stands without asking again.
+pub const REFUSED_FOR: Duration = Duration::from_secs(30);
 
 pub struct Exchanger {
     pub grant: Grant,
@@ -90,7 +92,9 @@ fn exchange(agent: &ureq::Agent, grant: &Grant, upstream: &str, subject: &str, e
         }
         Err((refused, reason)) => {
             tracing::warn!(upstream = %upstream, error = %reason, "token exchange failed");
-            (Err(Failure { refused, reason }), None)
+            // A refusal stands for a while (a caller retrying must not make the provider answer
+            // each time); a failure to ask does not.
+            (Err(Failure { refused, reason }), refused.then(|| Instant::now() + REFUSED_FOR))
         }
     }
 }
@@ -214,11 +218,14 @@ mod tests {
         let f = settle(&x, "intern-token").unwrap_err();
         assert!(f.refused && f.reason.contains("invalid_grant (interns may not reach this resource)"), "{f:?}");
         assert!(x.held("intern-token").is_none());
+        assert!(matches!(x.lookup("intern-token", None), Lookup::Failed(g) if g == f), "the refusal stands without asking again");
+        assert_eq!(x.counts(), (0, 1));
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let x = Exchanger::new("tickets".into(), grant(format!("http://{dead}/token")));
         x.run();
         let f = settle(&x, "alice-token").unwrap_err();
         assert!(!f.refused && f.reason.contains(&dead.to_string()), "{f:?}");
+        assert!(matches!(x.lookup("alice-token", None), Lookup::Wait(_)), "a failure to ask is asked again");
         // Not running: said so, at once.
         let idle = Exchanger::new("tickets".into(), grant("http://127.0.0.1:9/token".into()));
         idle.cache.close();

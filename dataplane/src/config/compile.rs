@@ -451,9 +451,11 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
                 }
                 let credential = u.credential.as_ref().and_then(|c| super::credential::compile(c, &u.name, file, &p, &outbound, &mut |path, msg| is.add(path, msg)));
                 let proxy = u.proxy.as_ref().and_then(|pr| compile_proxy(pr, &host, port, file, &format!("{p}.proxy"), &mut |path, msg| is.add(path, msg)));
-                // Tunnels through another proxy are other connections.
+                // Tunnels through another proxy, or opened with other proxy credentials, are
+                // other connections (an upstream without the credential must not ride on a
+                // tunnel another one's credential opened).
                 let pool_key = match &proxy {
-                    Some(x) => format!("{pool_key} via {}", x.authority),
+                    Some(x) => format!("{pool_key} via {} {}", x.authority, &blake3::hash(&x.connect).to_hex()[..16]),
                     None => pool_key,
                 };
                 upstreams.push(Upstream { name: u.name.clone(), host, port, authority, base_path, tls, pool_max_idle: u.pool_max_idle, pool_key, credential, forward_identity, connect_timeout, first_byte_timeout, stream_idle, proxy });
@@ -711,7 +713,10 @@ upstream = "a"
         );
         assert!(!format!("{:?}", c.upstreams[0]).contains("Z3c6"), "the credential is not in debug output");
         assert_ne!(c.upstreams[0].pool_key, direct.upstreams[0].pool_key, "tunnels are not direct connections");
+        assert!(!c.upstreams[0].pool_key.contains("Z3c6"), "{}", c.upstreams[0].pool_key);
         let plain = build("proxy = { url = \"http://10.0.0.9:8080/\" }").unwrap();
+        let anonymous = build("proxy = { url = \"http://proxy.corp:3128\" }").unwrap();
+        assert_ne!(anonymous.upstreams[0].pool_key, c.upstreams[0].pool_key, "no ride on a tunnel another credential opened");
         assert_eq!(std::str::from_utf8(&plain.upstreams[0].proxy.as_ref().unwrap().connect).unwrap(), "CONNECT [2001:db8::5]:8443 HTTP/1.1\r\nHost: [2001:db8::5]:8443\r\n\r\n");
         // Every problem at once, each under its path.
         for (proxy, path, says) in [

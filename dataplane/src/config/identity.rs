@@ -7,6 +7,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// One issuer whose JWTs are accepted, its claim paths resolved.
+struct Trusted {
+    issuer: String,
+    audience: Vec<String>,
+    subject_claim: String,
+    groups_claim: String,
+    agent_type_claim: Option<String>,
+}
+
 pub(super) fn compile(i: Option<&schema::Identity>, file: Option<&std::path::Path>, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> Option<Arc<Authenticator>> {
     let i = i?;
     let required = match i.mode.as_str() {
@@ -37,18 +46,38 @@ pub(super) fn compile(i: Option<&schema::Identity>, file: Option<&std::path::Pat
             Err(_) => add(format!("identity.algorithms[{n}]"), format!("\"{a}\" is not a JWS algorithm (RS256, PS256, ES256, EdDSA, ...)")),
         }
     }
-    let jwt = match &i.issuer {
-        Some(iss) => {
-            if !(iss.starts_with("https://") || iss.starts_with("http://")) {
-                add("identity.issuer".into(), format!("\"{iss}\" is not an http(s) URL"));
-            }
-            if i.audience.is_empty() {
-                add("identity.audience".into(), "is empty: list the audience your issuer puts in tokens for this gateway (e.g. its URL)".into());
-            }
-            Some((iss.clone(), refresh, min_interval))
+    // The issuers whose JWTs are accepted: `issuer`, then `[[identity.also_trust]]`.
+    let mut issuers: Vec<Trusted> = Vec::new();
+    if let Some(iss) = &i.issuer {
+        if !(iss.starts_with("https://") || iss.starts_with("http://")) {
+            add("identity.issuer".into(), format!("\"{iss}\" is not an http(s) URL"));
         }
-        None => None,
-    };
+        if i.audience.is_empty() {
+            add("identity.audience".into(), "is empty: list the audience your issuer puts in tokens for this gateway (e.g. its URL)".into());
+        }
+        issuers.push(Trusted { issuer: iss.clone(), audience: i.audience.clone(), subject_claim: i.subject_claim.clone(), groups_claim: i.groups_claim.clone(), agent_type_claim: i.agent_type_claim.clone() });
+    }
+    for (n, t) in i.also_trust.iter().enumerate() {
+        let p = format!("identity.also_trust[{n}]");
+        if i.issuer.is_none() {
+            add(p.clone(), "needs identity.issuer first (the main issuer; this one is trusted as well)".into());
+        }
+        if !(t.issuer.starts_with("https://") || t.issuer.starts_with("http://")) {
+            add(format!("{p}.issuer"), format!("\"{}\" is not an http(s) URL", t.issuer));
+        } else if issuers.iter().any(|o| o.issuer == t.issuer) {
+            add(format!("{p}.issuer"), format!("\"{}\" is trusted already; each issuer once", t.issuer));
+        }
+        if t.audience.is_empty() {
+            add(format!("{p}.audience"), "is empty: list the audience this issuer puts in tokens for this gateway".into());
+        }
+        issuers.push(Trusted {
+            issuer: t.issuer.clone(),
+            audience: t.audience.clone(),
+            subject_claim: t.subject_claim.clone().unwrap_or_else(|| i.subject_claim.clone()),
+            groups_claim: t.groups_claim.clone().unwrap_or_else(|| i.groups_claim.clone()),
+            agent_type_claim: t.agent_type_claim.clone().or_else(|| i.agent_type_claim.clone()),
+        });
+    }
     let mut api_keys = Vec::new();
     for (n, k) in i.api_keys.iter().enumerate() {
         let hex = k.sha256.trim();
@@ -61,22 +90,25 @@ pub(super) fn compile(i: Option<&schema::Identity>, file: Option<&std::path::Pat
             None => add(format!("identity.api_key[{n}].sha256"), "must be 64 hex digits: printf %s \"$KEY\" | sha256sum".into()),
         }
     }
-    if required && jwt.is_none() && api_keys.is_empty() && i.mtls.is_none() {
+    if required && issuers.is_empty() && api_keys.is_empty() && i.mtls.is_none() {
         add(
             "identity".into(),
             "mode is \"required\" but there is neither an issuer nor an API key: nobody could call; set identity.issuer or add [[identity.api_key]]".into(),
         );
     }
     // Key fetching starts only for a valid section (a rejected reload starts nothing).
-    let jwt = jwt.map(|(issuer, refresh, min_interval)| JwtCheck {
-        jwks: Jwks::start(issuer, refresh.max(Duration::from_secs(1)), min_interval, outbound.clone()),
-        audience: i.audience.clone(),
-        algorithms,
-        skew_secs: skew.as_secs(),
-        subject_claim: i.subject_claim.clone(),
-        groups_claim: i.groups_claim.clone(),
-        agent_type_claim: i.agent_type_claim.clone(),
-    });
+    let issuers = issuers
+        .into_iter()
+        .map(|t| JwtCheck {
+            jwks: Jwks::start(t.issuer, refresh.max(Duration::from_secs(1)), min_interval, outbound.clone()),
+            audience: t.audience,
+            algorithms: algorithms.clone(),
+            skew_secs: skew.as_secs(),
+            subject_claim: t.subject_claim,
+            groups_claim: t.groups_claim,
+            agent_type_claim: t.agent_type_claim,
+        })
+        .collect();
     let mtls = i.mtls.as_ref().map(|m| {
         let by_san = match m.subject.as_str() {
             "cn" => false,
@@ -89,7 +121,7 @@ pub(super) fn compile(i: Option<&schema::Identity>, file: Option<&std::path::Pat
         crate::identity::MtlsCheck { by_san, clients: m.clients.iter().map(|c| (c.subject.clone(), c.groups.clone(), c.agent_type.clone())).collect() }
     });
     let introspection = i.introspection.as_ref().and_then(|x| introspection(x, i, file, outbound, skew, add));
-    Some(Arc::new(Authenticator { required, jwt, api_keys, resource: i.resource.clone(), mtls, introspection }))
+    Some(Arc::new(Authenticator { required, issuers, api_keys, resource: i.resource.clone(), mtls, introspection }))
 }
 
 /// `[identity.introspection]`, read with the issuer, audience and claim names of `[identity]`.
@@ -187,6 +219,23 @@ mod tests {
         let (_, issues) = compile("[identity]\n[[identity.api_key]]\nsubject = \"bot\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n[identity.introspection]\nclient_id = \"gw\"\nurl = \"https://idp.example/i\"\nfile = \"/nonexistent/secret\"\n");
         let all = issues.join("\n");
         assert!(all.contains("identity.introspection: needs identity.issuer") && all.contains("identity.introspection.file: cannot read /nonexistent/secret"), "{all}");
+    }
+
+    #[test]
+    fn more_trusted_issuers_each_need_their_audience_and_come_after_the_main_one() {
+        let main = "[identity]\nissuer = \"https://a.example\"\naudience = [\"gw\"]\ngroups_claim = \"roles\"\n";
+        let (a, issues) = compile(&format!("{main}[[identity.also_trust]]\nissuer = \"https://b.example\"\naudience = [\"gw-b\"]\nsubject_claim = \"email\"\n"));
+        assert!(issues.is_empty(), "{issues:?}");
+        let a = a.unwrap();
+        let got: Vec<(&str, &[String], &str, &str)> = a.issuers.iter().map(|j| (j.jwks.issuer.as_str(), j.audience.as_slice(), j.subject_claim.as_str(), j.groups_claim.as_str())).collect();
+        assert_eq!(got, vec![("https://a.example", &["gw".to_string()][..], "sub", "roles"), ("https://b.example", &["gw-b".to_string()][..], "email", "roles")]);
+        let (_, issues) = compile(&format!("{main}[[identity.also_trust]]\nissuer = \"https://a.example\"\naudience = [\"gw\"]\n[[identity.also_trust]]\nissuer = \"b.example\"\n"));
+        let all = issues.join("\n");
+        for want in ["identity.also_trust[0].issuer: \"https://a.example\" is trusted already", "identity.also_trust[1].issuer: \"b.example\" is not an http(s) URL", "identity.also_trust[1].audience: is empty"] {
+            assert!(all.contains(want), "{want} missing from:\n{all}");
+        }
+        let (_, issues) = compile("[identity]\n[[identity.also_trust]]\nissuer = \"https://b.example\"\naudience = [\"gw\"]\n");
+        assert!(issues.iter().any(|i| i.starts_with("identity.also_trust[0]: needs identity.issuer first")), "{issues:?}");
     }
 
     #[test]

@@ -756,6 +756,21 @@ pub struct Identity {
     pub assertion: Option<Assertion>,
     /// Opaque access tokens read by the issuer's introspection endpoint (RFC 7662).
     pub introspection: Option<Introspection>,
+    /// More issuers whose JWTs are accepted (an identity provider being migrated to, a
+    /// partner's): each with its own audience; claim paths default to the ones above.
+    #[serde(default, rename = "also_trust")]
+    pub also_trust: Vec<TrustedIssuer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    pub issuer: String,
+    #[serde(default)]
+    pub audience: Vec<String>,
+    pub subject_claim: Option<String>,
+    pub groups_claim: Option<String>,
+    pub agent_type_claim: Option<String>,
 }
 
 /// `[identity.introspection]`: the endpoint, the gateway's client there (its secret from `env`

@@ -89,7 +89,9 @@ pub struct ApiKeyEntry {
 pub struct Authenticator {
     /// Without a valid credential the call is refused (401).
     pub required: bool,
-    pub jwt: Option<JwtCheck>,
+    /// The issuers whose JWTs are accepted (the main one first); a token is checked by the
+    /// one its `iss` names.
+    pub issuers: Vec<JwtCheck>,
     pub api_keys: Vec<ApiKeyEntry>,
     /// Resource identifier for the protected-resource metadata, if configured.
     pub resource: Option<String>,
@@ -201,9 +203,12 @@ impl Authenticator {
             (None, k) => (None, k.map(str::trim)),
         };
         if let Some(t) = jwt {
-            return match &self.jwt {
+            if self.issuers.is_empty() {
+                return Err(AuthError::Algorithm("a JWT".into(), "this gateway accepts API keys only".into()));
+            }
+            return match self.issuer_of(t) {
                 Some(j) => j.check(t).map(Some),
-                None => Err(AuthError::Algorithm("a JWT".into(), "this gateway accepts API keys only".into())),
+                None => Err(AuthError::Invalid("comes from an issuer this gateway does not trust (iss)")),
             };
         }
         if let Some(k) = key {
@@ -233,8 +238,25 @@ impl Authenticator {
         }
     }
 
-    /// The issuer whose keys an unknown-`kid` refetch would refresh.
-    pub fn jwks(&self) -> Option<&Arc<jwks::Jwks>> {
-        self.jwt.as_ref().map(|j| &j.jwks)
+    /// The check for a JWT: by the issuer its (not yet verified) `iss` names; with one issuer,
+    /// that one (its own check then says what is wrong with the token).
+    fn issuer_of(&self, token: &str) -> Option<&JwtCheck> {
+        if let [only] = self.issuers.as_slice() {
+            return Some(only);
+        }
+        let payload = token.split('.').nth(1)?;
+        let claims: serde_json::Value = serde_json::from_slice(&crate::detect::decode::base64_bytes(payload)?).ok()?;
+        let iss = claims.get("iss")?.as_str()?;
+        self.issuers.iter().find(|j| j.jwks.issuer == iss)
+    }
+
+    /// The keys of the issuer a token names, which an unknown-`kid` refetch would refresh.
+    pub fn jwks_for(&self, token: &str) -> Option<&Arc<jwks::Jwks>> {
+        self.issuer_of(token).map(|j| &j.jwks)
+    }
+
+    /// Every trusted issuer's keys.
+    pub fn all_jwks(&self) -> impl Iterator<Item = &Arc<jwks::Jwks>> {
+        self.issuers.iter().map(|j| &j.jwks)
     }
 }

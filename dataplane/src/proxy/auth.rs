@@ -24,7 +24,8 @@ pub async fn authenticate(auth: &Authenticator, head: &Head, peer: Option<&crate
     let (authz, key) = (head.header_str("authorization"), head.header_str("x-api-key"));
     match auth.check_with_peer(authz, key, peer) {
         Err(AuthError::UnknownKey(kid)) => {
-            let Some(jwks) = auth.jwks() else { return Err(AuthError::UnknownKey(kid)) };
+            let token = authz.and_then(|a| a.trim().split_once(' ')).map_or("", |(_, t)| t.trim());
+            let Some(jwks) = auth.jwks_for(token) else { return Err(AuthError::UnknownKey(kid)) };
             // The issuer may have rotated its keys: ask for a refetch and wait for it.
             let before = jwks.version();
             jwks.request_refresh();
@@ -114,7 +115,7 @@ pub async fn serve_metadata(down: &mut Stream, cfg: &Config, auth: &Authenticato
     let cors = super::cors::reader(cfg, head, true);
     let suffix = &head.path()[METADATA_PATH.len()..];
     let resource = auth.resource.clone().unwrap_or_else(|| format!("{}{}", origin(head, tls), if suffix.is_empty() { "/" } else { suffix }));
-    let servers: Vec<&str> = auth.jwks().map(|j| j.issuer.as_str()).into_iter().collect();
+    let servers: Vec<&str> = auth.all_jwks().map(|j| j.issuer.as_str()).collect();
     let known = suffix.is_empty() || cfg.routes.iter().any(|r| r.path == suffix.trim_end_matches('/'));
     if !known {
         let body = error_body(None, Code::NoRoute, "Not found", &format!("no protected resource at {suffix}; see {METADATA_PATH}"));

@@ -1658,15 +1658,18 @@ async fn exchanged(x: &crate::token_exchange::Exchanger, ctx: &RequestCtx, head:
     let Some(subject) = ctx.identity.as_ref().filter(|i| i.bearer()).and_then(|_| bearer(head)) else {
         return Err(not("this caller did not authenticate with one (API keys and client certificates cannot be exchanged); call with Authorization: Bearer <access token from the identity provider>".into(), true));
     };
+    let failed = |f: crate::offload::Failure| match f.refused {
+        true => not(format!("the identity provider refused to exchange it: {}", f.reason), true),
+        false => not(format!("the identity provider could not be asked ({}); retry shortly", f.reason), false),
+    };
     let slot = match x.lookup(subject, crate::token_exchange::expiry(ctx.identity.as_ref().and_then(|i| i.claims.as_deref()))) {
         Lookup::Ready(live) => return Ok(live),
-        Lookup::Failed(f) => return Err(not(f.reason, f.refused)),
+        Lookup::Failed(f) => return Err(failed(f)),
         Lookup::Wait(slot) => slot,
     };
     match crate::offload::wait(&slot, limit).await {
         Some(Ok(live)) => Ok(live),
-        Some(Err(f)) if f.refused => Err(not(format!("the identity provider refused to exchange it: {}", f.reason), true)),
-        Some(Err(f)) => Err(not(format!("the identity provider could not be asked ({}); retry shortly", f.reason), false)),
+        Some(Err(f)) => Err(failed(f)),
         None => Err(not(format!("the identity provider did not answer within {limit:?}; retry shortly"), false)),
     }
 }

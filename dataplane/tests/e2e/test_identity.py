@@ -217,6 +217,42 @@ def test_opaque_tokens_are_read_by_the_issuers_introspection(idp, gateway, raw_u
     assert tok not in spooled and later not in spooled and tok not in g.proc.log.read_text()
 
 
+def test_tokens_of_every_trusted_issuer_are_accepted_and_of_no_other(idp, gateway, raw_upstream, tmp_path):
+    """`[[identity.also_trust]]`: a second identity provider (one being migrated to, a
+    partner's) is trusted as well, each token checked by the issuer it names with that
+    issuer's keys and audience. A third provider's token is refused (iss); a token claiming the
+    second issuer but signed with the first one's key is refused (that key is not the second
+    issuer's); the resource metadata names both authorization servers."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    _, jb = new_key("kb")
+    _, jc = new_key("kc")
+    second, stranger = OP(tmp_path / "b", [jb]), OP(tmp_path / "c", [jc])
+    try:
+        up = echo_upstream(raw_upstream)
+        extra = identity_cfg(idp) + f'[[identity.also_trust]]\nissuer = "{second.issuer}"\naudience = ["{AUDIENCE}"]\n'
+        g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=extra)
+        assert call(g, idp.token()).status_code == 200
+        r = call(g, second.token("finance-reviewer"))
+        assert r.status_code == 200, r.text
+        r = call(g, stranger.token())
+        assert r.status_code == 401 and "issuer this gateway does not trust (iss)" in r.json()["error"]["data"]["reason"], r.text
+        now = int(time.time())
+        forged = jwt.encode({"iss": second.issuer, "aud": AUDIENCE, "sub": "mallory", "iat": now, "exp": now + 300},
+                            idp.k1, algorithm="RS256", headers={"kid": "k1"})
+        r = call(g, forged)
+        assert r.status_code == 401 and "kid k1" in r.json()["error"]["data"]["reason"], r.text
+        md = httpx.get(g.url("/.well-known/oauth-protected-resource"), timeout=5).json()
+        assert md["authorization_servers"] == [idp.issuer, second.issuer], md
+        g.proc.stop()
+        ids = [e["identity"] for e in spool_events(g.spool) if e["kind"] == "request"]
+        assert {"subject": "finance-reviewer", "groups": ["finance"], "agent_type": "human", "via": "jwt"} in ids, ids
+        assert not any(i and i.get("subject") == "mallory" for i in ids)
+    finally:
+        second.stop()
+        stranger.stop()
+
+
 def test_rotated_provider_keys_are_fetched_on_an_unknown_kid(idp, gateway, raw_upstream):
     up = echo_upstream(raw_upstream)
     g = gateway([{"path": "/mcp", "upstream": up.url()}], extra=identity_cfg(idp))
