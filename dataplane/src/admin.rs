@@ -1,11 +1,12 @@
-//! The admin listener, on its own address and thread (off the workers' cores' hot path):
+//! The admin listener, on its own address and thread (off the workers' cores' hot path; over
+//! TLS with `admin.tls`, client certificates required with its `client_ca`):
 //! `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/sessions` (JSON), and the reviewers'
 //! `/approvals` API and page ([`crate::approvals::admin`]).
 
 use crate::http::{write, Head, Limits};
 use crate::runtime::Shared;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,21 +17,42 @@ const MAX_CONNS: usize = 64;
 
 pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr)?;
-    tracing::info!(%addr, "admin listening");
+    // TLS or not is decided at start (a reload changes the certificate, not whether there is one).
+    let mut tls = shared.config.load().admin_tls.clone();
+    tracing::info!(%addr, tls = tls.is_some(), "admin listening");
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new().name("sluice-admin".into()).spawn(move || {
         for mut conn in listener.incoming().flatten() {
             if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
                 open.fetch_sub(1, Ordering::AcqRel);
-                let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-                reply(&mut conn, 503, "application/json", br#"{"error":"the admin listener is serving as many connections as it takes; retry shortly"}"#);
+                // Over TLS there is no handshake to answer in: closed.
+                if tls.is_none() {
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+                    reply(&mut conn, 503, "application/json", br#"{"error":"the admin listener is serving as many connections as it takes; retry shortly"}"#);
+                }
                 continue;
             }
-            let (sh, held) = (shared.clone(), Slot(open.clone()));
+            // A renewed certificate (a reload read it) serves the next connection.
+            if let (Some(held), Some(now)) = (tls.as_mut(), shared.config.load().admin_tls.as_ref()) {
+                if !Arc::ptr_eq(held, now) {
+                    *held = now.clone();
+                }
+            }
+            let (sh, held, tls) = (shared.clone(), Slot(open.clone()), tls.clone());
             // The slot is given back when the thread ends, however it ends (or is not started).
             let _ = std::thread::Builder::new().name("sluice-admin-conn".into()).spawn(move || {
                 let _held = held;
-                serve(conn, &sh);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                // A reader that never reads its answer does not hold the thread either.
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+                match tls {
+                    // The handshake runs within the first read (under the same timeouts).
+                    Some(cfg) => match rustls::ServerConnection::new(cfg) {
+                        Ok(server) => serve(rustls::StreamOwned::new(server, conn), &sh),
+                        Err(e) => tracing::warn!(error = %e, "admin TLS session could not be set up"),
+                    },
+                    None => serve(conn, &sh),
+                }
             });
         }
     })?;
@@ -46,10 +68,7 @@ impl Drop for Slot {
     }
 }
 
-fn serve(mut conn: TcpStream, sh: &Shared) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    // A reader that never reads its answer does not hold the thread either.
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+fn serve(mut conn: impl Read + Write, sh: &Shared) {
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
     let mut head = Head::default();
@@ -146,7 +165,7 @@ fn route(method: &str, path: &str, sh: &Shared) -> (u16, &'static str, Vec<u8>) 
     }
 }
 
-fn reply(conn: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
+fn reply(conn: &mut impl Write, status: u16, ctype: &str, body: &[u8]) {
     let mut out = Vec::with_capacity(body.len() + 256);
     write::status_line(&mut out, status, b"");
     write::header(&mut out, "content-type", ctype.as_bytes());
@@ -163,7 +182,7 @@ fn reply(conn: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {
     write::header(&mut out, "connection", b"close");
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    let _ = conn.write_all(&out);
+    let _ = conn.write_all(&out).and_then(|()| conn.flush());
 }
 
 /// Upstream tokens (`kind = "oauth_client_credentials"`): held or not, and the token

@@ -268,7 +268,7 @@ fn reload(sh: &Shared, source: &Source) {
             }
             // A listener's certificate and key are read again (renewals need no restart); TLS
             // turned on or off is a listener change.
-            let tls_of = |c: &crate::config::Config| c.listeners.iter().map(|l| (l.address, l.tls.is_some())).collect::<Vec<_>>();
+            let tls_of = |c: &crate::config::Config| (c.listeners.iter().map(|l| (l.address, l.tls.is_some())).collect::<Vec<_>>(), c.admin_tls.is_some());
             if !moved && tls_of(&old) != tls_of(&new) {
                 tracing::warn!("a listener's tls turned on or off: that takes effect on restart (certificate and key renewals take effect now)");
             }

@@ -40,11 +40,16 @@ impl Outbound {
 
     /// The TLS settings of an HTTP client agent.
     pub fn tls(&self) -> ureq::tls::TlsConfig {
+        self.tls_with(None)
+    }
+
+    /// The same, presenting a client certificate.
+    pub fn tls_with(&self, client: Option<ureq::tls::ClientCert>) -> ureq::tls::TlsConfig {
         let roots = match &self.0 {
             None => ureq::tls::RootCerts::WebPki,
             Some(c) => c.iter().map(|d| ureq::tls::Certificate::from_der(d).to_owned()).into(),
         };
-        ureq::tls::TlsConfig::builder().root_certs(roots).build()
+        ureq::tls::TlsConfig::builder().root_certs(roots).client_cert(client).build()
     }
 }
 

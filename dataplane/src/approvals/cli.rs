@@ -15,6 +15,29 @@ pub struct Common {
     /// bundle, /etc/ssl/certs/ca-certificates.crt, for a company CA).
     #[arg(long, global = true, value_name = "PEM")]
     ca: Option<std::path::PathBuf>,
+    /// A client certificate (chain) and its key, for an admin listener that asks for one
+    /// (`admin.tls.client_ca`).
+    #[arg(long, global = true, value_name = "PEM", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    #[arg(long, global = true, value_name = "PEM", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+}
+
+/// `--cert` and `--key` as a client certificate.
+fn client_cert(c: &Common) -> anyhow::Result<Option<ureq::tls::ClientCert>> {
+    let (Some(cert), Some(key)) = (&c.cert, &c.key) else { return Ok(None) };
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| anyhow!("cannot read {}: {e}", p.display()));
+    let chain: Vec<_> = ureq::tls::parse_pem(&read(cert)?)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if chain.is_empty() {
+        return Err(anyhow!("--cert: {} holds no PEM certificate", cert.display()));
+    }
+    let key = ureq::tls::PrivateKey::from_pem(&read(key)?).map_err(|e| anyhow!("--key: {} is not a PEM private key: {e}", key.display()))?;
+    Ok(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)))
 }
 
 #[derive(clap::Subcommand)]
@@ -44,7 +67,7 @@ pub(crate) fn call(c: &Common, method: &str, path: &str, body: Option<serde_json
     let from_env = std::env::var("SLUICE_REVIEWER_TOKEN").ok().filter(|t| !t.is_empty());
     let token = c.token.as_deref().or(from_env.as_deref()).ok_or_else(|| anyhow!("give --token or set SLUICE_REVIEWER_TOKEN (a token of a member of the approver group)"))?;
     let roots = c.ca.as_deref().map(crate::tls::Outbound::from_pem).transpose().map_err(|e| anyhow!("--ca: {e}"))?.unwrap_or_default();
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(15))).http_status_as_error(false).tls_config(roots.tls()).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(15))).http_status_as_error(false).tls_config(roots.tls_with(client_cert(c)?)).build().into();
     let url = format!("{}{path}", c.admin.trim_end_matches('/'));
     let auth = format!("Bearer {token}");
     let mut resp = match body {

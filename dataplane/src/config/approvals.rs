@@ -16,7 +16,7 @@ pub struct ApprovalsCfg {
     pub outbound: crate::tls::Outbound,
 }
 
-pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Option<&Path>, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> ApprovalsCfg {
+pub(super) fn compile(a: &schema::Approvals, admin: Option<(SocketAddr, bool)>, file: Option<&Path>, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> ApprovalsCfg {
     let page_url = match &a.page_url {
         Some(u) if is_http_url(u) => Some(u.clone()),
         Some(_) => {
@@ -24,7 +24,7 @@ pub(super) fn compile(a: &schema::Approvals, admin: Option<SocketAddr>, file: Op
             None
         }
         // An address reviewers can use: not a wildcard one (0.0.0.0 is no place to go).
-        None => admin.filter(|a| !a.ip().is_unspecified()).map(|a| format!("http://{a}/approvals/ui")),
+        None => admin.filter(|(a, _)| !a.ip().is_unspecified()).map(|(a, tls)| format!("{}://{a}/approvals/ui", if tls { "https" } else { "http" })),
     };
     let mut notify = Vec::with_capacity(a.notify.len());
     let mut names = std::collections::HashSet::new();
@@ -80,7 +80,7 @@ mod tests {
     use super::*;
     use crate::approvals::notify::Format;
 
-    fn compiled(toml_text: &str, admin: Option<SocketAddr>) -> (ApprovalsCfg, Vec<(String, String)>) {
+    fn compiled(toml_text: &str, admin: Option<(SocketAddr, bool)>) -> (ApprovalsCfg, Vec<(String, String)>) {
         let a: schema::Approvals = toml::from_str(toml_text).unwrap();
         let mut issues = Vec::new();
         let cfg = compile(&a, admin, None, &Default::default(), &mut |p, m| issues.push((p, m)));
@@ -117,7 +117,7 @@ on = ["approved", "expired"]
 "#,
                 dir.join("hook").display()
             ),
-            Some("127.0.0.1:9090".parse().unwrap()),
+            Some(("127.0.0.1:9090".parse().unwrap(), false)),
         );
         assert_eq!(cfg.page_url.as_deref(), Some("http://127.0.0.1:9090/approvals/ui"));
         let got: Vec<_> = cfg.notify.iter().map(|t| (t.name.as_str(), t.url.as_str(), t.format, t.on)).collect();
@@ -137,8 +137,10 @@ on = ["approved", "expired"]
         assert_eq!(issues.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["approvals.page_url"]);
         let (cfg, issues) = compiled("", None);
         assert!(issues.is_empty() && cfg.page_url.is_none() && cfg.notify.is_empty());
-        let (cfg, _) = compiled("", Some("0.0.0.0:9090".parse().unwrap()));
+        let (cfg, _) = compiled("", Some(("0.0.0.0:9090".parse().unwrap(), false)));
         assert_eq!(cfg.page_url, None, "a wildcard address is no link");
+        let (cfg, _) = compiled("", Some(("10.1.2.3:9090".parse().unwrap(), true)));
+        assert_eq!(cfg.page_url.as_deref(), Some("https://10.1.2.3:9090/approvals/ui"), "an admin listener with TLS is linked as https");
         let (_, issues) = compiled("[[notify]]\nname = \"chat\"\nurl_env = \"SLUICE_TEST_HOOK_A\"\n[[notify]]\nname = \"chat\"\nurl_env = \"SLUICE_TEST_HOOK_A\"\n", None);
         assert_eq!(issues.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["approvals.notify[1].name"], "{issues:?}");
         std::fs::remove_dir_all(&dir).ok();

@@ -24,6 +24,8 @@ pub struct Config {
     pub hosts: crate::http::origin::Hosts,
     pub listeners: Vec<ListenerCfg>,
     pub admin: Option<SocketAddr>,
+    /// The admin listener's TLS (`admin.tls`; read again on reload).
+    pub admin_tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub upstreams: Vec<Upstream>,
@@ -120,6 +122,24 @@ impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy").field("authority", &self.authority).finish_non_exhaustive()
     }
+}
+
+/// A listener's `tls` (proxy or admin) at path `p`: certificate, key, and the CAs of client
+/// certificates (`client_auth` required by default).
+fn server_tls(t: &schema::ServerTls, p: &str, file: Option<&Path>, add: &mut dyn FnMut(String, String)) -> Option<Arc<rustls::ServerConfig>> {
+    let required = match t.client_auth.as_deref() {
+        None | Some("required") => true,
+        Some("optional") => false,
+        Some(other) => {
+            add(format!("{p}.client_auth"), format!("\"{other}\" is not a mode; use \"required\" or \"optional\""));
+            true
+        }
+    };
+    if t.client_auth.is_some() && t.client_ca.is_none() {
+        add(format!("{p}.client_auth"), "client_auth needs client_ca (the CAs that sign clients' certificates)".into());
+    }
+    let ca = t.client_ca.as_ref().map(|c| resolve(file, c));
+    tls::server_config(&resolve(file, &t.cert), &resolve(file, &t.key), ca.as_deref().map(|c| (c, required))).map_err(|m| add(p.to_owned(), m)).ok()
 }
 
 /// The CONNECT tunnel to `host:port` through `upstream.proxy`; problems go to `add` under `p`.
@@ -293,28 +313,14 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
     for (i, l) in f.listeners.iter().enumerate() {
         let p = format!("listener[{i}]");
         let address = is.addr(&format!("{p}.address"), &l.address);
-        let tls =
-            l.tls.as_ref().and_then(|t| {
-                let required = match t.client_auth.as_deref() {
-                    None | Some("required") => true,
-                    Some("optional") => false,
-                    Some(other) => {
-                        is.add(format!("{p}.tls.client_auth"), format!("\"{other}\" is not a mode; use \"required\" or \"optional\""));
-                        true
-                    }
-                };
-                if t.client_auth.is_some() && t.client_ca.is_none() {
-                    is.add(format!("{p}.tls.client_auth"), "client_auth needs client_ca (the CAs that sign agents' certificates)");
-                }
-                let ca = t.client_ca.as_ref().map(|c| resolve(file, c));
-                tls::server_config(&resolve(file, &t.cert), &resolve(file, &t.key), ca.as_deref().map(|c| (c, required))).map_err(|m| is.add(format!("{p}.tls"), m)).ok()
-            });
+        let tls = l.tls.as_ref().and_then(|t| server_tls(t, &format!("{p}.tls"), file, &mut |path, msg| is.add(path, msg)));
         if address.port() != 0 && listeners.iter().any(|o: &ListenerCfg| o.address == address) {
             is.add(format!("{p}.address"), format!("{address} is used by another listener"));
         }
         listeners.push(ListenerCfg { name: l.name.clone().unwrap_or_else(|| format!("listener{i}")), address, tls });
     }
     let admin = f.admin.as_ref().map(|a| is.addr("admin.address", &a.address));
+    let admin_tls = f.admin.as_ref().and_then(|a| a.tls.as_ref()).and_then(|t| server_tls(t, "admin.tls", file, &mut |path, msg| is.add(path, msg)));
     if let Some(a) = admin {
         if a.port() != 0 && listeners.iter().any(|l| l.address == a) {
             is.add("admin.address", "the admin listener must not share an address with a proxy listener");
@@ -560,7 +566,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
     let detect = super::detect::compile(&f.detect, file, &mut |path, msg| is.add(path, msg));
     let recording = super::recording::compile(&f.recording, file, &mut |path, msg| is.add(path, msg));
     let policy = super::policy::compile(f.policy.as_ref(), file, &mut |path, msg| is.add(path, msg));
-    let approvals = Arc::new(super::approvals::compile(&f.approvals, admin, file, &outbound, &mut |path, msg| is.add(path, msg)));
+    let approvals = Arc::new(super::approvals::compile(&f.approvals, admin.map(|a| (a, admin_tls.is_some())), file, &outbound, &mut |path, msg| is.add(path, msg)));
 
     if !is.0.is_empty() {
         return Err(is.0);
@@ -590,6 +596,7 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         hosts,
         listeners,
         admin,
+        admin_tls,
         limits,
         timeouts,
         upstreams,

@@ -194,6 +194,9 @@ pub struct ServerTls {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub address: String,
+    /// Serve the admin listener over TLS (reviewers' tokens travel on it); with `client_ca`,
+    /// only clients with a certificate it signed get in at all.
+    pub tls: Option<ServerTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
