@@ -257,7 +257,12 @@ pub async fn handle(
             None => {
                 if let Some(gid) = ctx.gateway_session_id.as_deref() {
                     // Opened on another gateway or before a restart: this gateway takes it up
-                    // under the same id (its events stay one session in the record).
+                    // under the same id (its events stay one session in the record) — within
+                    // the caller's share here, as a new one would be.
+                    if let Err(e) = within_session_share(w, cfg, &ctx) {
+                        w.record_refusal(Some(&ctx), Some(&route.label), client, &e);
+                        return Err(e);
+                    }
                     let mut s = Session::new(sid, &route.name);
                     s.gateway_id = gid.to_owned();
                     s.owner = caller.map(str::to_owned);

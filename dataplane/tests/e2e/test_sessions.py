@@ -217,3 +217,30 @@ def test_one_caller_cannot_fill_the_session_store_over_legacy_http_sse(py_legacy
         assert again.status_code == 200, "room again once a stream closed"
         again_ctx.__exit__(None, None, None)
         held[1][0].__exit__(None, None, None)
+
+
+def test_sessions_continued_from_another_gateway_count_against_the_callers_share(py_json, gateway, tmp_path):
+    """A session opened on another gateway of the deployment (or before a restart) is taken up
+    here when it is next used — and counted against `sessions.max_per_caller` like one opened
+    here: a caller cannot fill one gateway's store with sessions opened on the others."""
+    import hashlib
+
+    key = "sk-roam-5d1c"
+    ident = f'[identity]\n[[identity.api_key]]\nsubject = "roamer"\nsha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
+    extra = ident + key_cfg(tmp_path) + "max_per_caller = 2\n"
+    routes = [{"path": "/mcp", "upstream": py_json, "name": "tools"}]
+    a, b = gateway(routes, extra, home="a"), gateway(routes, extra, home="b")
+    h = {**ACCEPT, "x-api-key": key}
+    opened = [httpx.post(a.url(), json=INIT, headers=h, timeout=10) for _ in range(2)]
+    assert all(r.status_code == 200 for r in opened), [r.text for r in opened]
+    sids = [r.headers["mcp-session-id"] for r in opened]
+    for sid in sids:
+        assert httpx.post(a.url(), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**h, "mcp-session-id": sid}, timeout=10).status_code == 202
+    here = httpx.post(b.url(), json=INIT, headers=h, timeout=10)
+    assert here.status_code == 200, here.text
+    first = httpx.post(b.url(), json=call(3), headers={**h, "mcp-session-id": sids[0]}, timeout=10)
+    assert first.status_code == 200, "continued: the caller holds two here now"
+    refused = httpx.post(b.url(), json=call(4), headers={**h, "mcp-session-id": sids[1]}, timeout=10)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == -32010, refused.text
+    assert len(b.get_admin("/sessions")["sessions"]) == 2
+    assert httpx.post(a.url(), json=call(5), headers={**h, "mcp-session-id": sids[1]}, timeout=10).status_code == 200, "still open where it was"
