@@ -239,7 +239,8 @@ async fn run(cli: Cli) -> Result<()> {
                 anyhow::ensure!(t == "events" || t == "alerts", "--tables: \"{t}\" is not a table of the archive; write events, alerts or both");
             }
             let before = match (keep_days, before) {
-                (Some(days), _) => sluice_analyzer::maintain::days_ago(days.saturating_sub(1)),
+                (Some(0), _) => anyhow::bail!("--keep-days 0 would remove today's events too; keep at least 1 (or give --before)"),
+                (Some(days), _) => sluice_analyzer::maintain::days_ago(days - 1),
                 (None, Some(b)) => b,
                 (None, None) => anyhow::bail!("give --keep-days N or --before YYYY-MM-DD"),
             };

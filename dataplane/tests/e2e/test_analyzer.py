@@ -524,3 +524,5 @@ def test_small_files_are_compacted_and_old_days_pruned(py_json, gateway, tmp_pat
     assert parquet() == []
     bad = analyzer(archive, "prune", "--before", "last-week", check=False)
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
+    bad = analyzer(archive, "prune", "--keep-days", "0", check=False)
+    assert bad.returncode == 2 and "keep at least 1" in bad.stderr
