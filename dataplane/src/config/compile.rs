@@ -321,6 +321,10 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
     }
     let admin = f.admin.as_ref().map(|a| is.addr("admin.address", &a.address));
     let admin_tls = f.admin.as_ref().and_then(|a| a.tls.as_ref()).and_then(|t| server_tls(t, "admin.tls", file, &mut |path, msg| is.add(path, msg)));
+    // Reviewers' tokens, `/sessions` and `/metrics` travel on it.
+    if let Some(a) = admin.filter(|a| !a.ip().is_loopback() && purpose == Purpose::Gateway && f.admin.as_ref().is_some_and(|x| x.tls.is_none())) {
+        tracing::warn!(admin = %a, "the admin listener is reachable off this host over plain HTTP: reviewers' bearer tokens, session ids and metrics cross the network in clear; set admin.tls (and client_ca to admit only your operators' certificates)");
+    }
     if let Some(a) = admin {
         if a.port() != 0 && listeners.iter().any(|l| l.address == a) {
             is.add("admin.address", "the admin listener must not share an address with a proxy listener");

@@ -532,3 +532,18 @@ def test_the_admin_listener_over_tls_with_client_certificates(certs, echo_http, 
             raise AssertionError("the renewed certificate was not served")
     finally:
         assert p.stop() == 0
+
+
+def test_an_admin_listener_off_the_host_without_tls_is_warned_about(certs, tmp_path):
+    """`sluice check` (and the start) warn when the admin listener is reachable off the host
+    in plain HTTP, and not once it has `admin.tls`."""
+    def check(admin_tls):
+        cfg = tmp_path / "adm.toml"
+        cfg.write_text(f'[[listener]]\naddress = "127.0.0.1:0"\n[admin]\naddress = "0.0.0.0:0"\n{admin_tls}\n'
+                       '[[upstream]]\nname = "a"\nurl = "http://127.0.0.1:1"\n[[route]]\npath = "/api"\nkind = "http"\nupstream = "a"\n')
+        r = subprocess.run([str(SLUICE), "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return "cross the network in clear; set admin.tls" in r.stderr
+
+    assert check("")
+    assert not check(f'tls = {{ cert = "{certs / "leaf.pem"}", key = "{certs / "leaf.key"}" }}')
