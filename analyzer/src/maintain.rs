@@ -411,6 +411,24 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// Each chain run that raises alerts writes a file: the alerts table compacts the same way.
+    #[test]
+    fn alert_files_merge_too() {
+        let root = root("alerts");
+        let alert = |id: &str| crate::chains::Alert { id: id.into(), ts: 5, rule: "probing".into(), severity: "high".into(), session: Some("s".into()), subject: None, summary: "x".into(), evidence: vec!["e1".into(), "e2".into()] };
+        for id in ["a1", "a2"] {
+            crate::chains::archive(&root, &[alert(id)]).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let dir = Hour { n: 0 }.dir(&root, "alerts");
+        assert_eq!(parts(&dir).unwrap().len(), 2);
+        age(&dir);
+        let c = compact(&root, "alerts", &Arc::new(crate::alerts_schema()), Duration::from_secs(60), 2).unwrap();
+        assert_eq!((c.hours, c.files_merged, c.rows, c.files_other_schema), (1, 2, 2, 0), "{c:?}");
+        assert_eq!(held(&dir), (vec!["a1".into(), "a2".into()], 1));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn retention_removes_whole_days_before_the_cutoff() {
         let root = root("prune");
