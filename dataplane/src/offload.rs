@@ -45,6 +45,15 @@ pub enum Lookup<V> {
     Failed(Failure),
 }
 
+impl<V> From<Result<V, Failure>> for Lookup<V> {
+    fn from(r: Result<V, Failure>) -> Self {
+        match r {
+            Ok(v) => Lookup::Ready(v),
+            Err(f) => Lookup::Failed(f),
+        }
+    }
+}
+
 /// What the service said, and until when it holds (`None`: not held at all).
 pub type Answer<V> = (Result<V, Failure>, Option<Instant>);
 
@@ -210,6 +219,20 @@ pub async fn wait<V: Clone>(slot: &Slot<V>, limit: std::time::Duration) -> Optio
             return None;
         }
         glommio::timer::sleep(POLL).await;
+    }
+}
+
+/// Wait for `slot` blocking the thread (threads of their own only: the admin listener's).
+pub fn wait_blocking<V: Clone>(slot: &Slot<V>, limit: std::time::Duration) -> Option<Result<V, Failure>> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(o) = slot.outcome() {
+            return Some(o);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(POLL);
     }
 }
 

@@ -36,10 +36,10 @@ pub fn handle(head: &Head, body: &[u8], sh: &Shared) -> Reply {
     let Some(auth) = cfg.identity.as_ref() else {
         return problem(503, "approvals need [identity] in the config: reviewers are authenticated by it");
     };
-    let reviewer = match auth.check(head.header_str("authorization"), head.header_str("x-api-key")) {
+    let reviewer = match auth.check_blocking(head.header_str("authorization"), head.header_str("x-api-key")) {
         Ok(Some(id)) => id,
         Ok(None) => return problem(401, "send `Authorization: Bearer <token>` of a member of the approver group"),
-        Err(e) => return problem(401, &e.to_string()),
+        Err(e) => return problem(if matches!(e, crate::identity::AuthError::IssuerUnavailable(_)) { 503 } else { 401 }, &e.to_string()),
     };
     match (head.method(), path.trim_end_matches('/').split('/').collect::<Vec<_>>().as_slice()) {
         ("GET", ["", "approvals"]) => {

@@ -68,6 +68,21 @@ impl Introspector {
     }
 }
 
+/// How long a request waits for the issuer to introspect its token.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A lookup's end as the caller's authentication: the identity, a refusal (401), or the
+/// issuer unavailable (503); `None`: no answer within [`WAIT`]. A `Wait` is not an end.
+pub fn outcome(l: Option<Lookup<Identity>>) -> Result<Identity, super::AuthError> {
+    use super::AuthError;
+    match l {
+        Some(Lookup::Ready(id)) => Ok(id),
+        Some(Lookup::Failed(f)) if f.refused => Err(AuthError::Refused(f.reason)),
+        Some(Lookup::Failed(f)) => Err(AuthError::IssuerUnavailable(f.reason)),
+        Some(Lookup::Wait(_)) | None => Err(AuthError::IssuerUnavailable(format!("no answer within {WAIT:?}"))),
+    }
+}
+
 fn ask(agent: &ureq::Agent, grant: &Grant, reading: &Reading, token: &str) -> Answer<Identity> {
     let unavailable = |reason: String| (Err(Failure { refused: false, reason }), None);
     let (status, body) = match crate::oauth::post_form(agent, grant, &[("token", token), ("token_type_hint", "access_token")]) {

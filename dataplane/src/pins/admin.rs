@@ -21,10 +21,10 @@ pub fn handle(head: &Head, body: &[u8], sh: &Shared) -> Reply {
     let Some(auth) = cfg.identity.as_ref() else {
         return problem(503, "pins need [identity] in the config: who reads and accepts them is authenticated by it");
     };
-    let who = match auth.check(head.header_str("authorization"), head.header_str("x-api-key")) {
+    let who = match auth.check_blocking(head.header_str("authorization"), head.header_str("x-api-key")) {
         Ok(Some(id)) => id,
         Ok(None) => return problem(401, "send `Authorization: Bearer <token>` of a member of a pins.approvers group"),
-        Err(e) => return problem(401, &e.to_string()),
+        Err(e) => return problem(if matches!(e, crate::identity::AuthError::IssuerUnavailable(_)) { 503 } else { 401 }, &e.to_string()),
     };
     if !who.groups.iter().any(|g| pins.approvers.contains(g)) {
         return problem(403, &format!("{} is in none of the pins.approvers groups {:?}", who.subject, pins.approvers));

@@ -36,41 +36,20 @@ pub async fn authenticate(auth: &Authenticator, head: &Head, peer: Option<&crate
             auth.check(authz, key)
         }
         // Not a JWT and no API key: an opaque token the issuer can describe.
-        Err(AuthError::UnknownApiKey) => match (auth.introspection.as_ref(), opaque_bearer(authz)) {
-            (Some(i), Some(token)) => introspected(i, token).await.map(Some),
+        Err(AuthError::UnknownApiKey) => match (auth.introspection.as_ref(), crate::identity::opaque_bearer(authz)) {
+            (Some(i), Some(token)) => {
+                use crate::identity::introspect::{outcome, WAIT};
+                let slot = match i.lookup(token) {
+                    crate::offload::Lookup::Wait(slot) => slot,
+                    now => return outcome(Some(now)).map(Some),
+                };
+                outcome(crate::offload::wait(&slot, WAIT).await.map(crate::offload::Lookup::from)).map(Some)
+            }
             _ => Err(AuthError::UnknownApiKey),
         },
         other => other,
     }
 }
-
-/// The token of `Authorization: Bearer …` when it is not shaped as a JWT.
-fn opaque_bearer(authz: Option<&str>) -> Option<&str> {
-    let (scheme, token) = authz?.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.matches('.').count() != 2).then_some(token)
-}
-
-/// The caller an opaque token names, by the issuer's introspection (held, or asked now while
-/// the task waits on this core's timer).
-async fn introspected(i: &crate::identity::introspect::Introspector, token: &str) -> Result<Identity, AuthError> {
-    use crate::offload::Lookup;
-    let slot = match i.lookup(token) {
-        Lookup::Ready(id) => return Ok(id),
-        Lookup::Failed(f) if f.refused => return Err(AuthError::Refused(f.reason)),
-        Lookup::Failed(f) => return Err(AuthError::IssuerUnavailable(f.reason)),
-        Lookup::Wait(slot) => slot,
-    };
-    match crate::offload::wait(&slot, INTROSPECTION_WAIT).await {
-        Some(Ok(id)) => Ok(id),
-        Some(Err(f)) if f.refused => Err(AuthError::Refused(f.reason)),
-        Some(Err(f)) => Err(AuthError::IssuerUnavailable(f.reason)),
-        None => Err(AuthError::IssuerUnavailable(format!("no answer within {INTROSPECTION_WAIT:?}"))),
-    }
-}
-
-/// How long a request waits for the issuer to introspect its token.
-const INTROSPECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// `http(s)://host`, as the agent addressed this gateway.
 fn origin(head: &Head, tls: bool) -> String {

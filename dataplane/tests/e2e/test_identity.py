@@ -179,7 +179,7 @@ def test_opaque_tokens_are_read_by_the_issuers_introspection(idp, gateway, raw_u
     so configured) is read by the provider's introspection endpoint (RFC 7662) as the gateway's
     client: the caller and its groups from the answer, held (one introspection for several
     calls), a token the provider does not vouch for refused with 401 (and not asked about again
-    at once), JWTs and API keys as before; with the provider down, a held token still works
+    at once), JWTs and API keys as before, reviewers on the admin listener read the same way; with the provider down, a held token still works
     and a new one gets 503 — the gateway cannot tell, the agent is not sent for a new token."""
     up = echo_upstream(raw_upstream)
     (tmp_path / "introspection.secret").write_text("sluice-gateway-secret\n")
@@ -205,6 +205,11 @@ def test_opaque_tokens_are_read_by_the_issuers_introspection(idp, gateway, raw_u
         assert r.status_code == 401 and "is not active" in r.json()["error"]["data"]["reason"], r.text
     assert g.metric("sluice_identity_introspections_total", outcome="refused_or_failed") == 1
     assert call(g, idp.token()).status_code == 200 and call(g, headers={"x-api-key": API_KEY}).status_code == 200
+    # Reviewers on the admin listener may hold opaque tokens too.
+    r = httpx.get(g.admin("/approvals"), headers={"authorization": f"Bearer {tok}"}, timeout=10)
+    assert r.status_code == 200 and r.json()["reviewer"] == "support-agent", r.text
+    r = httpx.get(g.admin("/approvals"), headers={"authorization": "Bearer made-up-token-4f9a2c"}, timeout=10)
+    assert r.status_code == 401 and "is not active" in r.json()["error"], r.text
     idp.stop()
     assert call(g, tok).status_code == 200, "held while the provider is down"
     r = call(g, later)
