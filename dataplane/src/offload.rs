@@ -208,29 +208,33 @@ impl<V: Clone + Send + 'static> Cache<V> {
     }
 }
 
+/// The end of a wait: the outcome, `Some(None)` when `until` passed without one, `None` while
+/// it is still to come.
+fn settled<V: Clone>(slot: &Slot<V>, until: Instant) -> Option<Option<Result<V, Failure>>> {
+    match slot.outcome() {
+        Some(o) => Some(Some(o)),
+        None if Instant::now() >= until => Some(None),
+        None => None,
+    }
+}
+
 /// Poll `slot` on the executor's timer until it is filled or `limit` passes (`None`).
 pub async fn wait<V: Clone>(slot: &Slot<V>, limit: std::time::Duration) -> Option<Result<V, Failure>> {
     let until = Instant::now() + limit;
     loop {
-        if let Some(o) = slot.outcome() {
-            return Some(o);
-        }
-        if Instant::now() >= until {
-            return None;
+        if let Some(end) = settled(slot, until) {
+            return end;
         }
         glommio::timer::sleep(POLL).await;
     }
 }
 
-/// Wait for `slot` blocking the thread (threads of their own only: the admin listener's).
+/// The same, blocking the thread (threads of their own only: the admin listener's).
 pub fn wait_blocking<V: Clone>(slot: &Slot<V>, limit: std::time::Duration) -> Option<Result<V, Failure>> {
     let until = Instant::now() + limit;
     loop {
-        if let Some(o) = slot.outcome() {
-            return Some(o);
-        }
-        if Instant::now() >= until {
-            return None;
+        if let Some(end) = settled(slot, until) {
+            return end;
         }
         std::thread::sleep(POLL);
     }
