@@ -549,72 +549,34 @@ def test_an_admin_listener_off_the_host_without_tls_is_warned_about(certs, tmp_p
     assert not check(f'tls = {{ cert = "{certs / "leaf.pem"}", key = "{certs / "leaf.key"}" }}')
 
 
-class HostileProxy:
-    """A "forward proxy" on a real socket that answers every CONNECT in one bad way."""
-
-    def __init__(self, mode):
-        import socket
-
-        self.mode = mode
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        held = []
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                head += chunk
-            if self.mode == "endless":
-                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 9000)
-            elif self.mode == "early":
-                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK\r\n\r\n")
-            elif self.mode == "closes":
-                conn.close()
-                continue
-            elif self.mode == "not-http":
-                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-            held.append(conn)  # "silent": never answers
-
-    def close(self):
-        self.sock.close()
-
-
-def test_a_hostile_egress_proxy_gets_nothing_through(gateway, echo_http):
+def test_a_hostile_egress_proxy_gets_nothing_through(gateway, echo_http, raw_upstream):
     """Whatever a proxy answers to CONNECT other than a bare 2xx — a head that never ends, bytes
     before the upstream was spoken to (a proxy answering for the upstream), a closed connection,
     another protocol, silence — the call is not sent and the agent gets 502 naming the proxy and
     what it did; the gateway stays up."""
-    modes = ["endless", "early", "closes", "not-http", "silent"]
-    proxies = {m: HostileProxy(m) for m in modes}
-    try:
-        routes = [{"path": f"/{m}", "kind": "http", "upstream": echo_http,
-                   "upstream_keys": f'proxy = {{ url = "http://127.0.0.1:{p.port}" }}\ntimeouts = {{ upstream_connect = "1s" }}\n'}
-                  for m, p in proxies.items()]
-        g = gateway(routes)
-        want = {
-            "endless": "head longer than 8192 bytes",
-            "early": "bytes after opening the tunnel",
-            "closes": "closed the connection instead of answering CONNECT",
-            "not-http": "did not answer CONNECT in HTTP",
-            "silent": "opened no tunnel",
-        }
-        for m in modes:
-            r = httpx.post(g.url(f"/{m}/echo"), json={"a": 1}, timeout=15)
-            assert r.status_code == 502, (m, r.status_code, r.text)
-            reason = r.json()["error"]["data"]["reason"]
-            assert f"egress proxy 127.0.0.1:{proxies[m].port}" in reason and want[m] in reason, (m, reason)
-        assert httpx.get(g.admin("/healthz"), timeout=5).status_code == 200
-    finally:
-        for p in proxies.values():
-            p.close()
+    def answer(reply, hold=0.0):
+        def handler(conn, head, body):
+            assert head.startswith(b"CONNECT ")
+            if reply:
+                conn.sendall(reply)
+            time.sleep(hold)
+        return handler
+
+    hostile = {  # what it sends, how long it holds the connection, what the agent is told
+        "endless": (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 9000, 3, "head longer than 8192 bytes"),
+        "early": (b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 3, "bytes after opening the tunnel"),
+        "closes": (b"", 0, "closed the connection instead of answering CONNECT"),
+        "not-http": (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", 3, "did not answer CONNECT in HTTP"),
+        "silent": (b"", 3, "opened no tunnel"),
+    }
+    proxies = {m: raw_upstream(answer(reply, hold)) for m, (reply, hold, _) in hostile.items()}
+    routes = [{"path": f"/{m}", "kind": "http", "upstream": echo_http,
+               "upstream_keys": f'proxy = {{ url = "{p.url().removesuffix("/mcp")}" }}\ntimeouts = {{ upstream_connect = "1s" }}\n'}
+              for m, p in proxies.items()]
+    g = gateway(routes)
+    for m, (_, _, told) in hostile.items():
+        r = httpx.post(g.url(f"/{m}/echo"), json={"a": 1}, timeout=15)
+        assert r.status_code == 502, (m, r.status_code, r.text)
+        reason = r.json()["error"]["data"]["reason"]
+        assert f"egress proxy {proxies[m].url().removeprefix('http://').removesuffix('/mcp')}" in reason and told in reason, (m, reason)
+    assert httpx.get(g.admin("/healthz"), timeout=5).status_code == 200
