@@ -3,7 +3,8 @@
 //! upstream's session (`initialize`; servers that repeat the header on every answer); and the
 //! identity told to an upstream (`forward_identity`): an assertion signed afresh, one reused
 //! from the worker's cache, and the `headers` form; a new session when the store is full; and
-//! an identity provider's answer held for the caller (token exchange, introspection).
+//! an identity provider's answer held for the caller (token exchange, introspection); a
+//! caller's JWT verified, and taken again from the verified-token cache.
 //! Run: `cargo bench -p sluice-benches --bench sessions`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -104,5 +105,29 @@ fn offload_held(c: &mut Criterion) {
     c.bench_function("offload/lookup_held_800B_token_10k_held", |b| b.iter(|| matches!(cache.lookup(black_box(&held), None), Lookup::Ready(_))));
 }
 
-criterion_group!(benches, ids, forward_identity, store_at_capacity, offload_held);
+/// A caller's JWT on every call: verified (EdDSA signature, claims), and the same token taken
+/// again from the verified-token cache.
+fn jwt(c: &mut Criterion) {
+    use sluice::identity::{forward::Signer, jwks::Jwks, Identity, JwtCheck, Verified};
+    let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
+    let signer = Signer::from_pem(pem, "https://idp.example".into(), std::time::Duration::from_secs(3600)).expect("key");
+    let j = JwtCheck {
+        jwks: Jwks::with_keys("https://idp.example".into(), serde_json::from_value(signer.jwks()).expect("jwks")),
+        audience: vec!["https://gw.example/mcp".into()],
+        algorithms: vec![jsonwebtoken::Algorithm::EdDSA],
+        skew_secs: 60,
+        subject_claim: "sub".into(),
+        groups_claim: "groups".into(),
+        agent_type_claim: None,
+        verified: Verified::default(),
+    };
+    let who = Identity { subject: "support-agent".into(), groups: vec!["support".into(), "readers".into()], agent_type: Some("assistant".into()), via: "jwt", claims: None };
+    let token = signer.sign(&who, Some(&sluice::ids::new_id()), "https://gw.example/mcp", std::time::SystemTime::now());
+    let mut g = c.benchmark_group("identity");
+    g.bench_function("jwt_verify_eddsa", |b| b.iter(|| j.verify(black_box(&token)).is_ok()));
+    g.bench_function("jwt_verified_before", |b| b.iter(|| j.check(black_box(&token)).is_ok()));
+    g.finish();
+}
+
+criterion_group!(benches, ids, forward_identity, store_at_capacity, offload_held, jwt);
 criterion_main!(benches);

@@ -107,6 +107,7 @@ pub(super) fn compile(i: Option<&schema::Identity>, file: Option<&std::path::Pat
             subject_claim: t.subject_claim,
             groups_claim: t.groups_claim,
             agent_type_claim: t.agent_type_claim,
+            verified: Default::default(),
         })
         .collect();
     let mtls = i.mtls.as_ref().map(|m| {

@@ -197,7 +197,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// RFC 8032 test 1's secret key in PKCS#8 PEM.
-    const PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
+    pub(crate) const PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
 
     fn who() -> Identity {
         Identity { subject: "alice@example.com".into(), groups: vec!["support".into(), "a,b".into()], agent_type: Some("assistant".into()), via: "jwt", claims: None }

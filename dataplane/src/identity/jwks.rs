@@ -89,6 +89,19 @@ impl Jwks {
         j
     }
 
+    /// A key set given outright, never fetched (benchmarks and tests).
+    pub fn with_keys(issuer: String, keys: JwkSet) -> Arc<Self> {
+        let (tx, _) = channel::<()>();
+        Arc::new(Jwks { issuer, keys: ArcSwap::from_pointee(keys), version: AtomicU64::new(1), refresh: parking_lot::Mutex::new(tx) })
+    }
+
+    /// As if a fetch brought `keys` (tests).
+    #[cfg(test)]
+    pub fn replace(&self, keys: JwkSet) {
+        self.keys.store(Arc::new(keys));
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
     pub fn keys(&self) -> Arc<JwkSet> {
         self.keys.load_full()
     }

@@ -15,7 +15,9 @@ pub mod jwks;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,49 @@ pub struct JwtCheck {
     pub subject_claim: String,
     pub groups_claim: String,
     pub agent_type_claim: Option<String>,
+    /// Tokens already verified (an agent sends the same one with every call).
+    pub verified: Verified,
+}
+
+/// JWTs already verified, by the blake3 of the token (never the token): the identity, until
+/// when it holds (the token's `exp` with the clock skew, at most [`VERIFIED_FOR`] on), and the
+/// issuer's key set it was verified with — fetched keys (rotated, a key withdrawn) verify
+/// afresh. 16 shards, at most [`VERIFIED_MAX`] tokens.
+#[derive(Debug)]
+pub struct Verified(Box<[VerifiedShard]>);
+
+/// Verified tokens by digest: the identity, until when it is taken, the key set's version then.
+type VerifiedShard = parking_lot::Mutex<HashMap<[u8; 32], (Identity, SystemTime, u64)>>;
+
+/// The longest a verified token is taken without verifying it again.
+pub const VERIFIED_FOR: Duration = Duration::from_secs(300);
+const VERIFIED_MAX: usize = 65_536;
+const VERIFIED_SHARDS: usize = 16;
+
+impl Default for Verified {
+    fn default() -> Self {
+        Verified((0..VERIFIED_SHARDS).map(|_| parking_lot::Mutex::new(HashMap::new())).collect())
+    }
+}
+
+impl Verified {
+    fn get(&self, key: &[u8; 32], keys_version: u64, now: SystemTime) -> Option<Identity> {
+        match self.0[key[0] as usize % VERIFIED_SHARDS].lock().get(key) {
+            Some((id, until, v)) if *v == keys_version && now < *until => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: [u8; 32], id: Identity, until: SystemTime, keys_version: u64, now: SystemTime) {
+        let mut shard = self.0[key[0] as usize % VERIFIED_SHARDS].lock();
+        if shard.len() >= VERIFIED_MAX / VERIFIED_SHARDS {
+            shard.retain(|_, (_, u, v)| *u > now && *v == keys_version);
+            if shard.len() >= VERIFIED_MAX / VERIFIED_SHARDS {
+                shard.clear();
+            }
+        }
+        shard.insert(key, (id, until, keys_version));
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -132,7 +177,23 @@ fn strings(v: Option<&serde_json::Value>) -> Vec<String> {
 }
 
 impl JwtCheck {
+    /// The caller a JWT names: verified, or taken from [`Verified`] when this very token was
+    /// verified with the current keys and has not expired since.
     pub fn check(&self, token: &str) -> Result<Identity, AuthError> {
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        let (version, now) = (self.jwks.version(), SystemTime::now());
+        if let Some(id) = self.verified.get(&key, version, now) {
+            return Ok(id);
+        }
+        let id = self.verify(token)?;
+        let exp = id.claims.as_deref().and_then(|c| c.get("exp")).and_then(serde_json::Value::as_u64).map(|e| UNIX_EPOCH + Duration::from_secs(e + self.skew_secs));
+        let until = exp.map_or(now, |e| e.min(now + VERIFIED_FOR));
+        self.verified.put(key, id.clone(), until, version, now);
+        Ok(id)
+    }
+
+    /// Verify a JWT: signature by the issuer's published key, `iss`, `aud`, `exp`, `nbf`.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let accepted = || self.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
         if !self.algorithms.contains(&header.alg) {
@@ -283,5 +344,61 @@ impl Authenticator {
     /// Every trusted issuer's keys.
     pub fn all_jwks(&self) -> impl Iterator<Item = &Arc<jwks::Jwks>> {
         self.issuers.iter().map(|j| &j.jwks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use forward::Signer;
+
+    fn signer() -> Signer {
+        Signer::from_pem(forward::tests::PEM, "https://idp.example".into(), Duration::from_secs(300)).unwrap()
+    }
+
+    fn check_for(s: &Signer) -> JwtCheck {
+        JwtCheck {
+            jwks: jwks::Jwks::with_keys("https://idp.example".into(), serde_json::from_value(s.jwks()).unwrap()),
+            audience: vec!["gw".into()],
+            algorithms: vec![Algorithm::EdDSA],
+            skew_secs: 0,
+            subject_claim: "sub".into(),
+            groups_claim: "groups".into(),
+            agent_type_claim: None,
+            verified: Verified::default(),
+        }
+    }
+
+    fn held(j: &JwtCheck) -> usize {
+        j.verified.0.iter().map(|s| s.lock().len()).sum()
+    }
+
+    #[test]
+    fn a_verified_token_is_taken_again_only_unaltered_unexpired_and_with_the_same_keys() {
+        let s = signer();
+        let j = check_for(&s);
+        let who = Identity { subject: "alice".into(), groups: vec!["support".into()], agent_type: None, via: "jwt", claims: None };
+        let token = s.sign(&who, None, "gw", SystemTime::now());
+        assert_eq!(j.check(&token).unwrap().subject, "alice");
+        assert_eq!(held(&j), 1);
+        assert_eq!(j.check(&token).unwrap().groups, vec!["support".to_string()], "taken again");
+        assert_eq!(held(&j), 1);
+        // One byte of the signature changed: verified (and refused), never taken for the other.
+        let mut bad = token.clone().into_bytes();
+        let last = bad.len() - 2;
+        bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+        assert!(j.check(std::str::from_utf8(&bad).unwrap()).is_err());
+        // Another audience: the same signer's token for someone else is refused.
+        assert!(matches!(j.check(&s.sign(&who, None, "other", SystemTime::now())), Err(AuthError::Invalid(_))));
+        // The issuer's keys fetched again without this one (withdrawn): verified afresh, refused.
+        j.jwks.replace(jsonwebtoken::jwk::JwkSet { keys: Vec::new() });
+        assert!(matches!(j.check(&token), Err(AuthError::UnknownKey(_))));
+        // A token held only until its own expiry: one expiring within a second or two is taken
+        // now, and refused once that has passed (`exp` is whole seconds, compared as such).
+        let j = check_for(&s);
+        let soon = s.sign(&who, None, "gw", SystemTime::now() - Duration::from_secs(299));
+        assert!(j.check(&soon).is_ok() && j.check(&soon).is_ok());
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(matches!(j.check(&soon), Err(AuthError::Invalid(m)) if m.contains("expired")));
     }
 }

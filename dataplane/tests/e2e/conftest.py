@@ -221,7 +221,7 @@ class Gateway:
     def restart(self, log="info"):
         """Stop (SIGTERM) and start again on the same config, ports and spool."""
         rc = self.proc.stop()
-        assert rc == 0, f"sluice exited {rc} on SIGTERM:\n{self.proc.text()[-3000:]}"
+        assert rc == 0, f"sluice exited {rc} on SIGTERM:\n{self.proc.log.read_text(errors='replace')[-3000:]}"
         self.proc = Proc([str(SLUICE), "run", "--config", str(self.config)], self.tmp / "sluice.log", {"RUST_LOG": log})
         self.wait_ready()
 
@@ -269,7 +269,7 @@ def gateway(tmp_path):
     yield start
     for g in made:
         rc = g.proc.stop()
-        assert rc == 0, f"sluice exited {rc} on SIGTERM:\n{g.proc.text()[-3000:]}"
+        assert rc == 0, f"sluice exited {rc} on SIGTERM:\n{g.proc.log.read_text(errors='replace')[-3000:]}"
 
 
 class RawUpstream:
