@@ -154,7 +154,7 @@ impl ProxyError {
 
     /// Does the connection stay usable after this error is answered?
     pub fn keeps_connection(&self) -> bool {
-        matches!(self, ProxyError::NoRoute(_) | ProxyError::ForeignSession | ProxyError::ForbiddenOrigin(_) | ProxyError::JsonRpc(_) | ProxyError::HeaderMismatch(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_) | ProxyError::TooManySessions { .. })
+        matches!(self, ProxyError::NoRoute(_) | ProxyError::ForeignSession | ProxyError::ForbiddenOrigin(_) | ProxyError::JsonRpc(_) | ProxyError::HeaderMismatch(_) | ProxyError::EmptyBody | ProxyError::NotUtf8(_) | ProxyError::Encoded(_) | ProxyError::Uninspectable(_) | ProxyError::TooManySessions { .. } | ProxyError::NotExchanged { .. })
             || self.fault() == Fault::Upstream
     }
 }
@@ -175,6 +175,12 @@ mod tests {
         let e = ProxyError::MisdirectedHost("rebind.example".into());
         assert_eq!((e.status(), e.code().value(), e.fault()), (421, -32004, Fault::Client));
         assert_eq!(ProxyError::BadHost("x").status(), 400);
+        // The provider's refusal to exchange the caller's token is the caller's (403, the
+        // connection kept); the provider out of reach is the gateway's (503).
+        let refused = ProxyError::NotExchanged { upstream: "u".into(), reason: "r".into(), refused: true };
+        assert_eq!((refused.status(), refused.code().value(), refused.fault(), refused.keeps_connection()), (403, -32004, Fault::Client, true));
+        let down = ProxyError::NotExchanged { upstream: "u".into(), reason: "r".into(), refused: false };
+        assert_eq!((down.status(), down.code().value(), down.fault(), down.keeps_connection()), (503, -32001, Fault::Upstream, true));
     }
 
     /// What the client sent stays in its answer, never in the record's reason.

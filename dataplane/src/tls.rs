@@ -53,6 +53,22 @@ impl Outbound {
     }
 }
 
+/// A client certificate (chain) and its key, from PEM files, for the gateway's own requests.
+pub fn client_cert(cert: &Path, key: &Path) -> Result<ureq::tls::ClientCert, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let chain: Vec<_> = ureq::tls::parse_pem(&read(cert)?)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if chain.is_empty() {
+        return Err(format!("{} holds no PEM certificate", cert.display()));
+    }
+    let key = ureq::tls::PrivateKey::from_pem(&read(key)?).map_err(|e| format!("{} is not a PEM private key: {e}", key.display()))?;
+    Ok(ureq::tls::ClientCert::new_with_certs(&chain, key))
+}
+
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())

@@ -41,11 +41,39 @@ pub fn handle(head: &Head, body: &[u8], sh: &Shared) -> Reply {
         Ok(None) => return problem(401, "send `Authorization: Bearer <token>` of a member of the approver group"),
         Err(e) => return problem(if matches!(e, crate::identity::AuthError::IssuerUnavailable(_)) { 503 } else { 401 }, &e.to_string()),
     };
+    // A request another gateway passed on is answered from this gateway's store alone.
+    let peers = if head.header("x-sluice-peer").is_some() { &[][..] } else { cfg.approvals.peers.as_slice() };
     match (head.method(), path.trim_end_matches('/').split('/').collect::<Vec<_>>().as_slice()) {
         ("GET", ["", "approvals"]) => {
             let all = query.split('&').any(|kv| kv == "all=1" || kv == "all=true");
-            let list = sh.approvals.list(&reviewer.groups, all);
-            json(200, serde_json::json!({ "reviewer": reviewer.subject, "approvals": list }))
+            let mut list = serde_json::to_value(sh.approvals.list(&reviewer.groups, all)).unwrap_or_default();
+            let mut asked = Vec::new();
+            if !peers.is_empty() {
+                for a in list.as_array_mut().into_iter().flatten() {
+                    a["gateway"] = cfg.instance.as_str().into();
+                }
+                for peer in peers {
+                    match peer_call(&cfg.approvals, peer, "GET", target, head, None) {
+                        Ok((200, v)) => {
+                            let theirs = v.get("approvals").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+                            if let Some(l) = list.as_array_mut() {
+                                l.extend(theirs.into_iter().map(|mut a| {
+                                    a["gateway"] = peer.as_str().into();
+                                    a
+                                }));
+                            }
+                            asked.push(serde_json::json!({ "peer": peer, "ok": true }));
+                        }
+                        Ok((status, v)) => asked.push(serde_json::json!({ "peer": peer, "ok": false, "error": format!("{status}: {}", v.get("error").and_then(|e| e.as_str()).unwrap_or("")) })),
+                        Err(e) => asked.push(serde_json::json!({ "peer": peer, "ok": false, "error": e })),
+                    }
+                }
+            }
+            let mut out = serde_json::json!({ "reviewer": reviewer.subject, "approvals": list });
+            if !asked.is_empty() {
+                out["peers"] = asked.into();
+            }
+            json(200, out)
         }
         ("POST", ["", "approvals", id, verb @ ("approve" | "deny")]) => {
             let reason = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned)).unwrap_or_default();
@@ -61,11 +89,51 @@ pub fn handle(head: &Head, body: &[u8], sh: &Shared) -> Reply {
                     sh.notifier.tell(super::notify::Step::Decided, &e, &cfg.approvals, &cfg.instance);
                     json(200, serde_json::to_value(&e).unwrap_or_default())
                 }
-                Err(e @ DecideError::Unknown(_)) => problem(404, &e.to_string()),
+                Err(e @ DecideError::Unknown(_)) => {
+                    // Held on another gateway of the deployment: it decides (and records) it.
+                    for peer in peers {
+                        match peer_call(&cfg.approvals, peer, "POST", target, head, Some(body)) {
+                            Ok((404, _)) => {}
+                            Ok((status, mut v)) => {
+                                v["gateway"] = peer.as_str().into();
+                                return json(status, v);
+                            }
+                            Err(err) => tracing::warn!(peer = %peer, error = %err, "a peer gateway could not be asked about an approval"),
+                        }
+                    }
+                    problem(404, &e.to_string())
+                }
                 Err(e @ DecideError::Closed(..)) => problem(409, &e.to_string()),
                 Err(e @ (DecideError::NotApprover(_) | DecideError::OwnCall)) => problem(403, &e.to_string()),
             }
         }
         _ => problem(404, "try GET /approvals, POST /approvals/{id}/approve or /deny, GET /approvals/ui"),
     }
+}
+
+/// Pass a reviewer's request on to a peer gateway's admin listener (with the reviewer's own
+/// credential, marked so that the peer answers from its own store); its status and JSON.
+fn peer_call(cfg: &crate::config::approvals::ApprovalsCfg, peer: &str, method: &str, target: &str, head: &Head, body: Option<&[u8]>) -> Result<(u16, serde_json::Value), String> {
+    let agent = cfg.peer_agent.as_ref().ok_or("no agent for peers")?;
+    let url = format!("{peer}{target}");
+    let resp = match body {
+        Some(b) => as_reviewer(agent.post(&url), head).header("content-type", "application/json").send(b),
+        None => as_reviewer(agent.get(&url), head).call(),
+    };
+    let mut resp = resp.map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().with_config().limit(4 << 20).read_to_string().map_err(|e| format!("{method} {url}: {e}"))?;
+    let v = serde_json::from_str(&text).map_err(|_| format!("{method} {url}: answered {status} with a body that is not JSON"))?;
+    Ok((status, v))
+}
+
+/// A request to a peer carrying the reviewer's credential, marked as passed on.
+fn as_reviewer<B>(mut req: ureq::RequestBuilder<B>, head: &Head) -> ureq::RequestBuilder<B> {
+    req = req.header("x-sluice-peer", "1");
+    for name in ["authorization", "x-api-key"] {
+        if let Some(v) = head.header_str(name) {
+            req = req.header(name, v);
+        }
+    }
+    req
 }

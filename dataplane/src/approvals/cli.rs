@@ -26,18 +26,7 @@ pub struct Common {
 /// `--cert` and `--key` as a client certificate.
 fn client_cert(c: &Common) -> anyhow::Result<Option<ureq::tls::ClientCert>> {
     let (Some(cert), Some(key)) = (&c.cert, &c.key) else { return Ok(None) };
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| anyhow!("cannot read {}: {e}", p.display()));
-    let chain: Vec<_> = ureq::tls::parse_pem(&read(cert)?)
-        .filter_map(|i| match i {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    if chain.is_empty() {
-        return Err(anyhow!("--cert: {} holds no PEM certificate", cert.display()));
-    }
-    let key = ureq::tls::PrivateKey::from_pem(&read(key)?).map_err(|e| anyhow!("--key: {} is not a PEM private key: {e}", key.display()))?;
-    Ok(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)))
+    crate::tls::client_cert(cert, key).map(Some).map_err(|e| anyhow!("--cert/--key: {e}"))
 }
 
 #[derive(clap::Subcommand)]

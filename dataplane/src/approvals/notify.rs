@@ -362,7 +362,7 @@ mod tests {
     }
 
     fn note(step: Step, entry: Entry) -> Note {
-        let cfg = ApprovalsCfg { page_url: Some("https://gw.example.com:9090/approvals/ui".into()), notify: Vec::new(), outbound: Default::default() };
+        let cfg = ApprovalsCfg { page_url: Some("https://gw.example.com:9090/approvals/ui".into()), notify: Vec::new(), ..Default::default() };
         Note { step, about: About::Approval(Box::new(entry)), cfg: Arc::new(cfg), instance: "gw-1".into() }
     }
 
@@ -418,6 +418,7 @@ mod tests {
                 Target { name: "chat".into(), url: flaky, format: Format::Slack, on: [true, false, true, false] },
                 Target { name: "down".into(), url: dead, format: Format::Json, on: [true, false, false, false] },
             ],
+            ..Default::default()
         });
         let n = Notifier { retry_after: [Duration::from_millis(10); 2], ..Notifier::default() };
         n.start().unwrap();
@@ -482,7 +483,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_without_waiting() {
-        let cfg = Arc::new(ApprovalsCfg { page_url: None, outbound: Default::default(), notify: vec![Target { name: "x".into(), url: "http://127.0.0.1:9/".into(), format: Format::Json, on: [true; 4] }] });
+        let cfg = Arc::new(ApprovalsCfg { page_url: None, notify: vec![Target { name: "x".into(), url: "http://127.0.0.1:9/".into(), format: Format::Json, on: [true; 4] }], ..Default::default() });
         let n = Notifier::default(); // not started: nothing empties the queue
         let e = entry(&Store::default(), "add", serde_json::json!({}));
         for _ in 0..QUEUE + 3 {

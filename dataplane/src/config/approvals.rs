@@ -14,6 +14,9 @@ pub struct ApprovalsCfg {
     pub notify: Vec<Target>,
     /// Roots the webhooks' certificates are checked against.
     pub outbound: crate::tls::Outbound,
+    /// The other gateways' admin listeners (`approvals.peers`), and how they are asked.
+    pub peers: Vec<String>,
+    pub peer_agent: Option<ureq::Agent>,
 }
 
 pub(super) fn compile(a: &schema::Approvals, admin: Option<(SocketAddr, bool)>, file: Option<&Path>, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> ApprovalsCfg {
@@ -67,7 +70,32 @@ pub(super) fn compile(a: &schema::Approvals, admin: Option<(SocketAddr, bool)>, 
     if !notify.is_empty() && page_url.is_none() {
         tracing::warn!("approval notifications cannot link to the reviewers' page: set approvals.page_url (or [admin])");
     }
-    ApprovalsCfg { page_url, notify, outbound: outbound.clone() }
+    let mut peers = Vec::new();
+    for (i, u) in a.peers.iter().enumerate() {
+        let u = u.trim_end_matches('/');
+        // Reviewers' tokens travel to them.
+        match super::credential::secret_may_go_to(u) {
+            Ok(()) if is_http_url(u) => peers.push(u.to_owned()),
+            Ok(()) => add(format!("approvals.peers[{i}]"), format!("\"{u}\" is not the https:// address of a gateway's admin listener")),
+            Err(e) => add(format!("approvals.peers[{i}]"), e.replace("client secret", "reviewers' tokens").replace("token endpoint's", "admin listener's")),
+        }
+    }
+    let client = match (&a.peer_cert, &a.peer_key) {
+        (Some(c), Some(k)) => match crate::tls::client_cert(&super::compile::resolve(file, c), &super::compile::resolve(file, k)) {
+            Ok(cert) => Some(cert),
+            Err(e) => {
+                add("approvals.peer_cert".into(), e);
+                None
+            }
+        },
+        (None, None) => None,
+        _ => {
+            add("approvals".into(), "peer_cert and peer_key go together; set both or neither".into());
+            None
+        }
+    };
+    let peer_agent = (!peers.is_empty()).then(|| ureq::Agent::config_builder().timeout_global(Some(std::time::Duration::from_secs(5))).http_status_as_error(false).max_redirects(0).tls_config(outbound.tls_with(client)).build().into());
+    ApprovalsCfg { page_url, notify, outbound: outbound.clone(), peers, peer_agent }
 }
 
 fn is_http_url(u: &str) -> bool {
@@ -141,6 +169,16 @@ on = ["approved", "expired"]
         assert_eq!(cfg.page_url, None, "a wildcard address is no link");
         let (cfg, _) = compiled("", Some(("10.1.2.3:9090".parse().unwrap(), true)));
         assert_eq!(cfg.page_url.as_deref(), Some("https://10.1.2.3:9090/approvals/ui"), "an admin listener with TLS is linked as https");
+        // Peers: reviewers' tokens travel there, so https (http to loopback only).
+        let (cfg, issues) = compiled("peers = [\"https://gw-2.internal:9901/\", \"http://127.0.0.1:9902\"]\n", None);
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(cfg.peers, ["https://gw-2.internal:9901", "http://127.0.0.1:9902"]);
+        assert!(cfg.peer_agent.is_some());
+        let (cfg, issues) = compiled("peers = [\"http://gw-2.internal:9901\", \"gw-3:9901\"]\npeer_cert = \"/x.pem\"\n", None);
+        let paths: Vec<&str> = issues.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["approvals.peers[0]", "approvals.peers[1]", "approvals"], "{issues:?}");
+        assert!(issues[0].1.contains("clear text") && issues[2].1.contains("peer_key"), "{issues:?}");
+        assert!(cfg.peers.is_empty());
         let (_, issues) = compiled("[[notify]]\nname = \"chat\"\nurl_env = \"SLUICE_TEST_HOOK_A\"\n[[notify]]\nname = \"chat\"\nurl_env = \"SLUICE_TEST_HOOK_A\"\n", None);
         assert_eq!(issues.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["approvals.notify[1].name"], "{issues:?}");
         std::fs::remove_dir_all(&dir).ok();

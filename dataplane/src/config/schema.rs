@@ -49,6 +49,14 @@ pub struct Approvals {
     /// `[[approvals.notify]]`: a webhook told of approval steps.
     #[serde(default)]
     pub notify: Vec<Notify>,
+    /// The admin listeners of the deployment's other gateways (`https://host:port`): a
+    /// reviewer here sees their held calls too and decides them here.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// The client certificate (and key) this gateway presents to peers whose admin listener
+    /// asks for one (`admin.tls.client_ca`).
+    pub peer_cert: Option<String>,
+    pub peer_key: Option<String>,
 }
 
 /// One webhook. Its URL is a secret (whoever holds a Slack or Teams webhook URL can post to

@@ -346,3 +346,38 @@ def test_reviewers_are_told_by_webhook_and_can_act_on_what_it_says(idp, gateway,
     assert "s3cr3t" not in metrics and "s3cr3t" not in g.proc.text()
     checked = subprocess.run([str(SLUICE), "check", "--config", str(g.config)], capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0 and "webhook chat (slack) told of requested" in checked.stdout and "s3cr3t" not in checked.stdout + checked.stderr, checked
+
+
+def test_a_reviewer_decides_on_any_gateway_of_the_deployment(idp, gateway, py_json, tmp_path):
+    """Calls are held by the gateway that took them; with `approvals.peers` a reviewer on
+    another gateway of the deployment sees them (marked with the gateway holding them) and
+    decides them there — the holding gateway applies and records the decision. A peer that
+    cannot be asked is named in the listing, the rest still listed."""
+    from conftest import free_port
+
+    (tmp_path / "a").mkdir()
+    a = gateway([{"path": "/mcp", "upstream": py_json}], extra=identity_and_policy(idp, tmp_path / "a"), home="a")
+    dead = f"http://127.0.0.1:{free_port()}"
+    (tmp_path / "b").mkdir()
+    b = gateway([{"path": "/mcp", "upstream": py_json}],
+                extra=identity_and_policy(idp, tmp_path / "b") + f'[approvals]\npeers = ["{a.admin("")}", "{dead}"]\n', home="b")
+    agent, reviewer = idp.token("support-agent"), idp.token("finance-reviewer")
+    out = []
+    t = agent_call(a.url(), agent, "add", {"a": 700, "b": 1}, out)
+    held = pending(b, reviewer, "add")
+    assert held["gateway"] == a.admin("") and held["subject"] == "support-agent", held
+    listing = httpx.get(b.admin("/approvals"), headers={"authorization": f"Bearer {reviewer}"}, timeout=15).json()
+    peers = {p["peer"]: p for p in listing["peers"]}
+    assert peers[a.admin("")]["ok"] and not peers[dead]["ok"] and "refused" in peers[dead]["error"].lower(), listing
+    # The reviewers' CLI pointed at B approves a call A holds.
+    r = subprocess.run([str(SLUICE), "approvals", "--admin", b.admin(""), "approve", held["id"], "--reason", "checked"],
+                       capture_output=True, text=True, timeout=30, env={"SLUICE_REVIEWER_TOKEN": reviewer, "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    t.join(30)
+    assert out and out[0][:2] == ("ok", "701"), out
+    # A decided and recorded it; B holds nothing of it.
+    assert [x["state"] for x in httpx.get(a.admin("/approvals?all=1"), headers={"authorization": f"Bearer {reviewer}"}).json()["approvals"]] == ["used"]
+    a.proc.stop()
+    decided = [e for e in spool_events(a.spool) if e["kind"] == "approval_decided"]
+    assert decided and decided[0]["approval"]["by"] == "finance-reviewer", decided
+    assert not [e for e in spool_events(b.spool) if e["kind"].startswith("approval")]
