@@ -249,6 +249,9 @@ fn main() -> std::process::ExitCode {
                     let on: Vec<&str> = sluice::approvals::notify::STEPS.into_iter().filter(|s| t.on[*s as usize]).map(|s| s.name()).collect();
                     println!("approvals: webhook {} ({}) told of {}", t.name, t.format.name(), on.join(", "));
                 }
+                if !c.approvals.peers.is_empty() {
+                    println!("approvals: also listed and decided here for the peers {}", c.approvals.peers.join(", "));
+                }
                 if let Some(i) = c.identity.as_ref().and_then(|a| a.introspection.as_ref()) {
                     println!("identity: opaque bearer tokens introspected at {} as client {} (answers held up to {:?})", i.grant.token_url, i.grant.client_id, i.reading.cache);
                 }

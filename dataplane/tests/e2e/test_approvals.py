@@ -361,6 +361,8 @@ def test_a_reviewer_decides_on_any_gateway_of_the_deployment(idp, gateway, py_js
     (tmp_path / "b").mkdir()
     b = gateway([{"path": "/mcp", "upstream": py_json}],
                 extra=identity_and_policy(idp, tmp_path / "b") + f'[approvals]\npeers = ["{a.admin("")}", "{dead}"]\n', home="b")
+    checked = subprocess.run([str(SLUICE), "check", "--config", str(b.config)], capture_output=True, text=True, timeout=30)
+    assert f"approvals: also listed and decided here for the peers {a.admin('')}, {dead}" in checked.stdout, checked
     agent, reviewer = idp.token("support-agent"), idp.token("finance-reviewer")
     out = []
     t = agent_call(a.url(), agent, "add", {"a": 700, "b": 1}, out)
