@@ -149,10 +149,23 @@ fn finish_interrupted(dir: &Path, lease: &Path) -> Result<()> {
 /// holds at least `min_files` of them into one file. Settled: no file of the hour was
 /// modified within `settled`.
 pub fn compact(root: &Path, table: &str, schema: &SchemaRef, settled: Duration, min_files: usize) -> Result<Compacted> {
+    compact_with(root, table, schema, settled, min_files, &mut Unchanged::default())
+}
+
+/// Hours found with nothing to merge (files of another schema), by how many files they held
+/// then: passed over until that changes, so that a long-running `run` does not read their
+/// footers again at every pass.
+pub type Unchanged = std::collections::HashMap<PathBuf, usize>;
+
+/// [`compact`], remembering across passes the hours that had nothing to merge.
+pub fn compact_with(root: &Path, table: &str, schema: &SchemaRef, settled: Duration, min_files: usize, unchanged: &mut Unchanged) -> Result<Compacted> {
     let mut done = Compacted::default();
     let now = SystemTime::now();
     for dir in hour_dirs(root, table)? {
         let files = parts(&dir)?;
+        if unchanged.get(&dir) == Some(&files.len()) {
+            continue;
+        }
         let stale_lease = std::fs::metadata(dir.join(LEASE)).ok().and_then(|m| m.modified().ok()).is_some_and(|m| now.duration_since(m).unwrap_or_default() >= STALE);
         if files.len() < min_files.max(2) && !stale_lease {
             continue;
@@ -177,6 +190,7 @@ pub fn compact(root: &Path, table: &str, schema: &SchemaRef, settled: Duration, 
             }
         }
         if ours.len() < min_files.max(2) {
+            unchanged.insert(dir.clone(), files.len());
             continue;
         }
         let stamp = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros());
@@ -362,9 +376,17 @@ mod tests {
         let other = Arc::new(Schema::new(vec![Field::new("row", DataType::Int64, false)]));
         archive::write_file(&h0, "part-0-old", other.clone(), &[RecordBatch::try_new(other, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap()]).unwrap();
         age(&h0);
-        let c = compact(&root, "events", &schema(), Duration::from_secs(3600), 2).unwrap();
+        let mut unchanged = Unchanged::default();
+        let c = compact_with(&root, "events", &schema(), Duration::from_secs(3600), 2, &mut unchanged).unwrap();
         assert_eq!((c.hours, c.files_merged, c.files_other_schema, c.rows), (1, 2, 1, 10), "{c:?}");
         assert!(h0.join("part-0-old.parquet").exists());
+        // Left: the old file and the merged one. Looked at once (once settled), then passed
+        // over until the hour changes.
+        age(&h0);
+        let c = compact_with(&root, "events", &schema(), Duration::from_secs(3600), 2, &mut unchanged).unwrap();
+        assert_eq!(c.files_other_schema, 1, "{c:?}");
+        let c = compact_with(&root, "events", &schema(), Duration::from_secs(3600), 2, &mut unchanged).unwrap();
+        assert_eq!(c, Compacted::default(), "not read again");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -149,7 +149,7 @@ pub fn run(root: &Path, o: Opts, stop: Arc<AtomicBool>, rt: tokio::runtime::Hand
     p.w.keep_unwritten = true; // the detector reads events before they are in files
     let pipeline = Arc::new(Mutex::new(p));
     let mut detector = Detector { root: root.to_owned(), rules: o.rules.clone(), lookback_hours: o.lookback_hours, sink, metrics: metrics.clone(), rt, last: Instant::now(), fresh: 0 };
-    let mut compactor = o.compact_after.map(|settled| Compactor { root: root.to_owned(), settled, last: None, metrics: metrics.clone() });
+    let mut compactor = o.compact_after.map(|settled| Compactor { root: root.to_owned(), settled, last: None, metrics: metrics.clone(), unchanged: Default::default() });
     match &o.source {
         Source::Kafka { brokers, topic, group } => {
             let c = ingest::consumer(brokers, topic, group, pipeline.clone())?;
@@ -249,6 +249,8 @@ struct Compactor {
     settled: Duration,
     last: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// Per table, the hours with nothing to merge (not looked at again until they change).
+    unchanged: [crate::maintain::Unchanged; 2],
 }
 
 impl Compactor {
@@ -260,8 +262,8 @@ impl Compactor {
         self.last = Some(Instant::now());
         let events: datafusion::arrow::datatypes::SchemaRef = Arc::new(sluice_schema::arrow::schema());
         let alerts: datafusion::arrow::datatypes::SchemaRef = Arc::new(crate::alerts_schema());
-        for (table, schema) in [("events", &events), ("alerts", &alerts)] {
-            match crate::maintain::compact(&self.root, table, schema, self.settled, 2) {
+        for ((table, schema), unchanged) in [("events", &events), ("alerts", &alerts)].into_iter().zip(self.unchanged.iter_mut()) {
+            match crate::maintain::compact_with(&self.root, table, schema, self.settled, 2, unchanged) {
                 Ok(c) => {
                     self.metrics.compacted_hours.fetch_add(c.hours, Ordering::Relaxed);
                     self.metrics.compacted_files.fetch_add(c.files_merged, Ordering::Relaxed);
