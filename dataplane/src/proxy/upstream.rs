@@ -114,43 +114,38 @@ fn via(up: &Upstream, reason: String) -> String {
 /// The most a proxy's answer to CONNECT may take.
 const TUNNEL_HEAD_MAX: usize = 8 * 1024;
 
-/// Ask an HTTP forward proxy for a tunnel (`connect`: the CONNECT request) and read its answer:
-/// any 2xx opens it; anything else, or bytes past the answer's head (the upstream has not
-/// been spoken to yet), is an error naming what the proxy said.
+/// Ask an HTTP forward proxy for a tunnel (`connect`: the CONNECT request) and read its answer
+/// with the same head parser as any upstream answer: any 2xx opens it; anything else, or
+/// bytes past the answer's head (the upstream has not been spoken to yet), is an error naming
+/// what the proxy said.
 async fn tunnel(tcp: &mut TcpStream, connect: &[u8]) -> Result<(), String> {
     use futures_lite::AsyncReadExt;
     tcp.write_all(connect).await.map_err(|e| format!("write: {e}"))?;
     let mut buf = [0u8; TUNNEL_HEAD_MAX];
-    let mut n = 0;
-    // Byte by byte would be slow; the proxy sends nothing after its head until the client
-    // speaks, so whatever a read brings is the head (or a broken proxy).
-    let end = loop {
+    let (mut n, mut head) = (0, Head::default());
+    let limits = http::Limits { max_head_bytes: TUNNEL_HEAD_MAX };
+    loop {
         let got = tcp.read(&mut buf[n..]).await.map_err(|e| format!("read: {e}"))?;
         if got == 0 {
             return Err("closed the connection instead of answering CONNECT".into());
         }
         n += got;
-        if let Some(i) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+        match head.parse_response(&buf[..n], limits) {
+            Ok(Some(end)) => return tunnel_answer(head.status, &String::from_utf8_lossy(head.reason()), n - end),
+            Ok(None) if n < buf.len() => {}
+            Ok(None) | Err(http::HeadError::TooLarge { .. }) => return Err(format!("answered CONNECT with a head longer than {TUNNEL_HEAD_MAX} bytes")),
+            Err(e) => return Err(format!("did not answer CONNECT in HTTP ({e})")),
         }
-        if n == buf.len() {
-            return Err(format!("answered CONNECT with a head longer than {TUNNEL_HEAD_MAX} bytes"));
-        }
-    };
-    tunnel_answer(&buf[..end], n - end)
+    }
 }
 
-/// Judge a proxy's answer `head` to CONNECT, with `extra` bytes after it.
-fn tunnel_answer(head: &[u8], extra: usize) -> Result<(), String> {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line).trim_end().to_owned();
-    let status = line.strip_prefix("HTTP/1.").and_then(|r| r.get(2..5)).and_then(|c| c.parse::<u16>().ok());
+/// Judge a proxy's answer to CONNECT (`status`, `reason`), with `extra` bytes after its head.
+fn tunnel_answer(status: u16, reason: &str, extra: usize) -> Result<(), String> {
     match status {
-        Some(200..=299) if extra == 0 => Ok(()),
-        Some(200..=299) => Err(format!("sent {extra} bytes after opening the tunnel, before the upstream was spoken to")),
-        Some(407) => Err(format!("asks for credentials (\"{line}\"): set upstream.proxy.auth_env or auth_file to user:password")),
-        Some(_) => Err(format!("refused the tunnel: \"{line}\" (the proxy's rules may not allow this destination or port)")),
-        None => Err(format!("did not answer CONNECT in HTTP: {:?}", line.chars().take(80).collect::<String>())),
+        200..=299 if extra == 0 => Ok(()),
+        200..=299 => Err(format!("sent {extra} bytes after opening the tunnel, before the upstream was spoken to")),
+        407 => Err(format!("asks for credentials (\"{status} {reason}\"): set upstream.proxy.auth_env or auth_file to user:password")),
+        _ => Err(format!("refused the tunnel: \"{status} {reason}\" (the proxy's rules may not allow this destination or port)")),
     }
 }
 
@@ -219,14 +214,13 @@ mod tests {
 
     #[test]
     fn a_proxys_answer_to_connect_opens_the_tunnel_only_when_it_is_a_bare_2xx() {
-        assert_eq!(tunnel_answer(b"HTTP/1.1 200 Connection established\r\n\r\n", 0), Ok(()));
-        assert_eq!(tunnel_answer(b"HTTP/1.0 200 OK\r\nProxy-Agent: squid\r\n\r\n", 0), Ok(()));
-        let err = |head: &[u8], extra| tunnel_answer(head, extra).unwrap_err();
-        assert!(err(b"HTTP/1.1 200 OK\r\n\r\n", 5).contains("sent 5 bytes"));
-        assert!(err(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", 0).contains("auth_env or auth_file"));
-        let refused = err(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", 0);
-        assert!(refused.contains("HTTP/1.1 403 Forbidden") && refused.contains("rules"), "{refused}");
-        assert!(err(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", 0).contains("did not answer CONNECT in HTTP"));
-        assert!(err(b"HTTP/1.1 2\r\n\r\n", 0).contains("did not answer"));
+        assert_eq!(tunnel_answer(200, "Connection established", 0), Ok(()));
+        assert_eq!(tunnel_answer(204, "", 0), Ok(()));
+        let err = |status, reason, extra| tunnel_answer(status, reason, extra).unwrap_err();
+        assert!(err(200, "OK", 5).contains("sent 5 bytes"));
+        assert!(err(407, "Proxy Authentication Required", 0).contains("auth_env or auth_file"));
+        let refused = err(403, "Forbidden", 0);
+        assert!(refused.contains("403 Forbidden") && refused.contains("rules"), "{refused}");
+        assert!(err(101, "Switching Protocols", 0).contains("refused the tunnel"));
     }
 }
