@@ -245,11 +245,15 @@ impl JwtCheck {
     }
 }
 
-/// The token of `Authorization: Bearer …` when it is not shaped as a JWT.
-pub fn opaque_bearer(authz: Option<&str>) -> Option<&str> {
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer(authz: Option<&str>) -> Option<&str> {
     let (scheme, token) = authz?.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.matches('.').count() != 2).then_some(token)
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The same, when the token is not shaped as a JWT.
+pub fn opaque_bearer(authz: Option<&str>) -> Option<&str> {
+    bearer(authz).filter(|t| !t.is_empty() && t.matches('.').count() != 2)
 }
 
 /// Constant-time equality of two digests.
@@ -261,10 +265,7 @@ impl Authenticator {
     /// The caller's identity from its `Authorization` and `X-API-Key` headers. `Ok(None)`: no
     /// credential and none required (anonymous).
     pub fn check(&self, authorization: Option<&str>, api_key: Option<&str>) -> Result<Option<Identity>, AuthError> {
-        let bearer = authorization.and_then(|a| {
-            let (scheme, rest) = a.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
+        let bearer = bearer(authorization);
         let (jwt, key) = match (bearer, api_key) {
             (Some(t), _) if t.matches('.').count() == 2 => (Some(t), None),
             (Some(t), _) => (None, Some(t)),

@@ -24,8 +24,7 @@ pub async fn authenticate(auth: &Authenticator, head: &Head, peer: Option<&crate
     let (authz, key) = (head.header_str("authorization"), head.header_str("x-api-key"));
     match auth.check_with_peer(authz, key, peer) {
         Err(AuthError::UnknownKey(kid)) => {
-            let token = authz.and_then(|a| a.trim().split_once(' ')).map_or("", |(_, t)| t.trim());
-            let Some(jwks) = auth.jwks_for(token) else { return Err(AuthError::UnknownKey(kid)) };
+            let Some(jwks) = auth.jwks_for(crate::identity::bearer(authz).unwrap_or_default()) else { return Err(AuthError::UnknownKey(kid)) };
             // The issuer may have rotated its keys: ask for a refetch and wait for it.
             let before = jwks.version();
             jwks.request_refresh();

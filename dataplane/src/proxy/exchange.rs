@@ -1650,9 +1650,7 @@ fn legacy_endpoint(w: &Worker, cfg: &Config, route: &Route, ctx: &mut RequestCtx
 
 /// The caller's bearer token, as it authenticated (`Authorization: Bearer …`).
 fn bearer(head: &Head) -> Option<&str> {
-    let v = head.header_str("authorization")?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    crate::identity::bearer(head.header_str("authorization")).filter(|t| !t.is_empty())
 }
 
 /// The token exchanged for this request's caller (`oauth_token_exchange`): held, or asked of
