@@ -206,40 +206,13 @@ def test_mtls_client_certificates_are_identities_for_the_policy(certs, echo_http
     bot = client_cert(certs, "bot", "/CN=build-bot/O=CI", san="URI:spiffe://corp/ci/build-bot")
     stranger = client_cert(certs, "stranger", "/CN=stranger")
     rogue = client_cert(certs, "rogue-bot", "/CN=build-bot", ca="rogue")
-    port, admin = free_ports(2)
     (certs / "mtls-policy.toml").write_text(
         "[[rule]]\nid = \"ci-bots\"\nwhen = 'identity.via == \"mtls\" && \"ci\" in identity.groups'\naction = \"allow\"\n")
-    cfg = certs / f"mtls-{port}.toml"
-    cfg.write_text(f"""
-[gateway]
-workers = 1
-[[listener]]
-address = "127.0.0.1:{port}"
-tls = {{ cert = "leaf.pem", key = "leaf.key", client_ca = "ca.pem", client_auth = "optional" }}
-[admin]
-address = "127.0.0.1:{admin}"
-[[upstream]]
-name = "api"
-url = "{echo_http}"
-[[route]]
-kind = "http"
-path = "/"
-upstream = "api"
-[identity]
-[identity.mtls]
-subject = "cn"
-[[identity.mtls.client]]
-subject = "build-bot"
-groups = ["ci"]
-agent_type = "service"
-[policy]
-file = "mtls-policy.toml"
-[recording.spool]
-dir = "spool-{port}"
-""")
-    out = subprocess.run([str(SLUICE), "check", "--config", str(cfg)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    p = Proc([str(SLUICE), "run", "--config", str(cfg)], certs / f"sluice-{port}.log")
+    p, port, _ = echo_gateway(
+        certs, echo_http,
+        listener_tls='tls = { cert = "leaf.pem", key = "leaf.key", client_ca = "ca.pem", client_auth = "optional" }',
+        extra='[identity]\n[identity.mtls]\nsubject = "cn"\n[[identity.mtls.client]]\nsubject = "build-bot"\ngroups = ["ci"]\n'
+              'agent_type = "service"\n[policy]\nfile = "mtls-policy.toml"\n')
     try:
         wait_port(port, proc=p.p)
 
@@ -420,11 +393,12 @@ def renew(d, pair):
     (d / "live.key").write_bytes(open(pair[1], "rb").read())
 
 
-def echo_gateway(d, echo_http, listener_tls="", admin_tls=""):
-    """sluice (2 workers) with one plain route to `echo_http`, its config in `d`, the given
-    `tls = …` lines in its listener and admin tables; (process, port, admin port)."""
+def echo_gateway(d, echo_http, listener_tls="", admin_tls="", extra=""):
+    """sluice (2 workers) with one plain route to `echo_http`, its config in `d` (checked with
+    `sluice check` first), the given `tls = …` lines in its listener and admin tables and
+    `extra` sections after the route; (process, port, admin port)."""
     port, admin = free_ports(2)
-    cfg = d / "sluice.toml"
+    cfg = d / f"sluice-{port}.toml"
     cfg.write_text(f"""
 [gateway]
 workers = 2
@@ -442,9 +416,12 @@ kind = "http"
 path = "/"
 upstream = "api"
 [recording.spool]
-dir = "spool"
+dir = "spool-{port}"
+{extra}
 """)
-    return Proc([str(SLUICE), "run", "--config", str(cfg)], d / "sluice.log"), port, admin
+    out = subprocess.run([str(SLUICE), "check", "--config", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return Proc([str(SLUICE), "run", "--config", str(cfg)], d / f"sluice-{port}.log"), port, admin
 
 
 def test_a_renewed_listener_certificate_is_served_after_a_reload(certs, echo_http, tmp_path):
@@ -476,7 +453,7 @@ def test_a_renewed_listener_certificate_is_served_after_a_reload(certs, echo_htt
         (d / "live.key").write_bytes(open(first[1], "rb").read())
         p.p.send_signal(signal.SIGHUP)
         end = time.time() + 30
-        while "reload rejected" not in (log := (d / "sluice.log").read_text()) and time.time() < end:
+        while "reload rejected" not in (log := p.log.read_text()) and time.time() < end:
             time.sleep(0.05)
         assert "listener[0].tls" in log, log[-2000:]
         assert all(served_certificate(port, ca) == der(second[0]) for _ in range(6))
