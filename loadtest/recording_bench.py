@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.request
 
-from proxy_bench import RESULT, free_port, nginx, oha, wait_port
+from proxy_bench import RESULT, UPSTREAM_SESSION, free_port, nginx, oha, open_session, wait_port
 
 
 def metric(admin, name):
@@ -41,12 +41,12 @@ def sluice(args, tmp, name, up_port, recording, binary):
     os.makedirs(d, exist_ok=True)
     cfg = os.path.join(d, "sluice.toml")
     with open(cfg, "w") as f:
-        f.write(f"""[gateway]\nworkers = {args.workers}\n[[listener]]\naddress = "127.0.0.1:{port}"\n[admin]\naddress = "127.0.0.1:{admin}"
+        f.write(f"""[gateway]\nworkers = {args.workers}\n{args.gateway_keys}[[listener]]\naddress = "127.0.0.1:{port}"\n[admin]\naddress = "127.0.0.1:{admin}"
 [[upstream]]\nname = "up"\nurl = "http://127.0.0.1:{up_port}/mcp"\n[[route]]\nname = "mcp"\npath = "/mcp"\nupstream = "up"\n{recording.format(dir=d)}""")
     p = subprocess.Popen([*args.gateway_prefix, binary, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "w"),
                          env={**os.environ, "RUST_LOG": "warn"})
     wait_port(port)
-    return p, port, admin
+    return p, port, admin, open_session(f"http://127.0.0.1:{port}/mcp")
 
 
 def main():
@@ -69,16 +69,21 @@ def main():
     ap.add_argument("--isolate", action="store_true",
                     help="the gateway (1 worker, and every thread of it) on CPU 0; load generator, upstream and the "
                          "Kafka broker (started by recording_bench.sh) on CPU 1")
+    ap.add_argument("--background-cpu", action="store_true",
+                    help="as --isolate, but with gateway.background_cpus = [1]: the worker alone on CPU 0; the "
+                         "gateway's other threads (recording, Kafka client, logging) on CPU 1 with the load")
     args = ap.parse_args()
-    args.gateway_prefix, args.load_prefix = (), ()
-    if args.isolate:
+    args.gateway_prefix, args.load_prefix, args.gateway_keys = (), (), ""
+    if args.isolate or args.background_cpu:
         args.workers = 1
         args.gateway_prefix, args.load_prefix = ("taskset", "-c", "0"), ("taskset", "-c", "1")
+    if args.background_cpu:
+        args.gateway_prefix, args.gateway_keys = ("taskset", "-c", "0,1"), "background_cpus = [1]\n"
     tmp = tempfile.mkdtemp(prefix="sluice-recbench-")
     up_port = free_port()
     body = RESULT.replace("'", "\\'")
     upstream = nginx(tmp, "upstream", 1, f"""server {{ listen 127.0.0.1:{up_port} reuseport; keepalive_timeout 300s;
-      location / {{ default_type application/json; return 200 '{body}'; }} }}""", args.load_prefix)
+      location / {{ default_type application/json; {UPSTREAM_SESSION} return 200 '{body}'; }} }}""", args.load_prefix)
     kafka = ('[recording.spool]\ndir = "{dir}/spool"\n[recording.kafka]\nbrokers = "' + args.kafka
              + '"\nevents_topic = "' + args.topic + '"\napprovals_topic = "' + args.topic + '.ap"\n')
     modes = [
@@ -97,10 +102,10 @@ def main():
         for name, rec in modes:
             gateways.append((name, *sluice(args, tmp, "".join(c if c.isalnum() else "_" for c in name), up_port, rec, binaries[name])))
         peaks = {}
-        for name, _, port, admin in gateways:
+        for name, _, port, admin, sid in gateways:
             url = f"http://127.0.0.1:{port}/mcp"
             e0, t0 = metric(admin, "sluice_events_emitted_total"), time.time()
-            peaks[name] = (oha(args, url, args.seconds), (metric(admin, "sluice_events_emitted_total") - e0) / (time.time() - t0))
+            peaks[name] = (oha(args, url, args.seconds, session=sid), (metric(admin, "sluice_events_emitted_total") - e0) / (time.time() - t0))
         rates = [max(1, int(peaks[modes[0][0]][0]["rps"] * float(f))) for f in args.load.split(",")]
         # Fixed-rate runs, repeated, the modes in a new random order each round (a drift of the
         # machine lands on every mode alike): the median p99 of each mode.
@@ -110,14 +115,14 @@ def main():
         shuffle = random.Random(1)
         for rate in rates:
             for _ in range(args.repeat):
-                for name, p, port, _ in shuffle.sample(gateways, len(gateways)):
+                for name, p, port, _, sid in shuffle.sample(gateways, len(gateways)):
                     c0, b0 = cpu_seconds(p.pid), cpu_seconds(args.broker_pid) if args.broker_pid else 0.0
-                    r = oha(args, f"http://127.0.0.1:{port}/mcp", args.seconds, rate=rate)
+                    r = oha(args, f"http://127.0.0.1:{port}/mcp", args.seconds, rate=rate, session=sid)
                     cpu[rate, name][0] += cpu_seconds(p.pid) - c0
                     broker[rate, name] += (cpu_seconds(args.broker_pid) - b0) if args.broker_pid else 0.0
                     cpu[rate, name][1] += r["ok"]
                     fixed[rate, name].append(r["p99"])
-        for name, _, _, admin in gateways:
+        for name, _, _, admin, _ in gateways:
             for _ in range(300):  # let the sinks catch up, then check nothing was lost
                 done = metric(admin, "sluice_events_spooled_total") >= metric(admin, "sluice_events_emitted_total")
                 if "Kafka" in name:
@@ -127,13 +132,15 @@ def main():
                 time.sleep(0.1)
             rows.append((name, peaks[name][0], peaks[name][1], metric(admin, "sluice_events_lost_total")))
     finally:
-        for _, p, _, _ in gateways:
+        for _, p, _, _, _ in gateways:
             p.terminate()
             p.wait()
         upstream.terminate()
         upstream.wait()
         shutil.rmtree(tmp, ignore_errors=True)  # the spools: hundreds of MiB per run
-    where = ("sluice (every thread) on CPU 0; load generator, upstream and the Kafka broker on CPU 1" if args.isolate else
+    where = ("sluice's worker on CPU 0; its other threads (background_cpus), load generator, upstream and the Kafka broker on CPU 1"
+             if args.background_cpu else
+             "sluice (every thread) on CPU 0; load generator, upstream and the Kafka broker on CPU 1" if args.isolate else
              f"load generator, upstream, sluice and the Kafka broker share {os.cpu_count()} cores")
     print(f"\n{args.workers} workers, 64 keep-alive connections, {args.seconds}s per run; {where}. "
           f"Each request is 2 events (request + response).\n")

@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod cpus;
 pub mod detect;
 pub mod error;
 pub mod events;

@@ -234,6 +234,14 @@ fn main() -> std::process::ExitCode {
                     c.routes.len(),
                     c.workers
                 );
+                if !c.background_cpus.is_empty() {
+                    println!(
+                        "CPUs: workers on {}{}, every other thread (recording, Kafka client, logging, admin, refreshes) on {}",
+                        sluice::cpus::ranges(&c.worker_cpus),
+                        if c.pin_workers { " (one each)" } else { "" },
+                        sluice::cpus::ranges(&c.background_cpus)
+                    );
+                }
                 match &c.policy {
                     Some(p) => println!(
                         "policy {}: {} rule(s) ({} deciding requests servers send agents), default {}",

@@ -99,6 +99,12 @@ pub(crate) fn lifecycle(rec: &Option<Arc<Recorder>>, kind: Kind, digest: Option<
 pub fn run(source: Source) -> anyhow::Result<()> {
     let cfg = source.load().map_err(|e| anyhow!("{e}"))?;
     check_memlock(&cfg);
+    if !cfg.background_cpus.is_empty() {
+        // Before the recorder, the Kafka client and the other threads start: they inherit it.
+        crate::cpus::move_all_threads(&cfg.background_cpus)
+            .map_err(|e| anyhow!("gateway.background_cpus: cannot move the gateway's threads to CPUs {}: {e}", crate::cpus::ranges(&cfg.background_cpus)))?;
+        tracing::info!(background_cpus = %crate::cpus::ranges(&cfg.background_cpus), worker_cpus = %crate::cpus::ranges(&cfg.worker_cpus), "threads that are not workers run on the background CPUs");
+    }
     let recorder = match &cfg.recording {
         Some(r) => Some(Recorder::start(r.clone(), &cfg.instance, cfg.workers).map_err(|e| anyhow!("{e:#}"))?),
         None => {
@@ -193,10 +199,9 @@ pub fn run(source: Source) -> anyhow::Result<()> {
         })?;
     }
 
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (tx, rx) = mpsc::channel::<(usize, anyhow::Result<()>)>();
     for i in 0..cfg.workers {
-        let placement = if cfg.pin_workers { Placement::Fixed(i % cpus) } else { Placement::Unbound };
+        let placement = worker_placement(&cfg, i)?;
         let sh = shared.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("sluice-w{i}"))
@@ -254,6 +259,18 @@ pub fn run(source: Source) -> anyhow::Result<()> {
     }
 }
 
+/// Worker `i`'s CPU: with `pin_workers`, one of the workers' CPUs each in turn (those the
+/// process may use, `gateway.background_cpus` left out); otherwise any of them.
+fn worker_placement(cfg: &Config, i: usize) -> anyhow::Result<Placement> {
+    let cpus = &cfg.worker_cpus;
+    Ok(match cpus.get(i % cpus.len().max(1)) {
+        Some(&cpu) if cfg.pin_workers => Placement::Fixed(cpu),
+        _ if cfg.background_cpus.is_empty() => Placement::Unbound,
+        // Unbound would inherit the background CPUs from the thread that starts the workers.
+        _ => Placement::Fenced(glommio::CpuSet::online().map_err(|e| anyhow!("reading the online CPUs: {e}"))?.filter(|l| cpus.contains(&l.cpu))),
+    })
+}
+
 fn reload(sh: &Shared, source: &Source) {
     if let Source::Quick(_) = source {
         tracing::warn!("SIGHUP ignored: sluice was started without --config, there is no file to reload");
@@ -263,8 +280,8 @@ fn reload(sh: &Shared, source: &Source) {
         Ok(new) => {
             let old = sh.config.load();
             let moved = old.listeners.iter().map(|l| l.address).ne(new.listeners.iter().map(|l| l.address));
-            if moved || old.workers != new.workers || old.admin != new.admin {
-                tracing::warn!("listener, worker and admin changes take effect on restart; the rest of the new config is live");
+            if moved || old.workers != new.workers || old.admin != new.admin || old.background_cpus != new.background_cpus || old.pin_workers != new.pin_workers {
+                tracing::warn!("listener, worker, CPU placement and admin changes take effect on restart; the rest of the new config is live");
             }
             // A listener's certificate and key are read again (renewals need no restart); TLS
             // turned on or off is a listener change.

@@ -14,6 +14,10 @@ pub struct Config {
     pub instance: String,
     pub workers: usize,
     pub pin_workers: bool,
+    /// The CPUs the workers run on (`gateway.background_cpus` left out), in order.
+    pub worker_cpus: Vec<usize>,
+    /// `gateway.background_cpus`: where every other thread runs (empty: anywhere).
+    pub background_cpus: Vec<usize>,
     pub shutdown_grace: Duration,
     pub io_memory: usize,
     pub ring_depth: usize,
@@ -304,7 +308,11 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
     let mut hosts = crate::http::origin::Hosts {
         allowed: g.allowed_hosts.iter().enumerate().filter_map(|(i, h)| crate::http::origin::HostPattern::parse(h).map_err(|e| is.add(format!("gateway.allowed_hosts[{i}]"), e)).ok()).collect(),
     };
-    let workers = if g.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { g.workers };
+    let worker_cpus = crate::cpus::workers_cpus(crate::cpus::allowed(), &g.background_cpus).unwrap_or_else(|e| {
+        is.add("gateway.background_cpus", format!("{e}; list the CPUs (ids as taskset shows them) for recording, logging and the other threads that are not workers"));
+        crate::cpus::allowed().to_vec()
+    });
+    let workers = if g.workers == 0 { worker_cpus.len().max(1) } else { g.workers };
 
     if f.listeners.is_empty() && purpose == Purpose::Gateway {
         is.add("listener", "at least one [[listener]] is needed, e.g. address = \"127.0.0.1:8080\"");
@@ -592,6 +600,8 @@ pub(super) fn compile(f: &schema::File, file: Option<&Path>, purpose: Purpose) -
         instance: g.instance.clone().unwrap_or_else(hostname),
         workers,
         pin_workers: g.pin_workers,
+        worker_cpus,
+        background_cpus: g.background_cpus.clone(),
         shutdown_grace,
         io_memory: g.io_memory_kib * 1024,
         ring_depth: g.ring_depth,

@@ -115,6 +115,11 @@ pub struct Gateway {
     /// Pin each worker to a core.
     #[serde(default = "yes")]
     pub pin_workers: bool,
+    /// CPUs (ids as in `taskset`) for every thread that is not a worker: recording (spool
+    /// writer, Kafka client), logging, housekeeping, admin, identity and token refreshes,
+    /// webhooks. The workers run on the other CPUs. Empty: everything shares every CPU.
+    #[serde(default)]
+    pub background_cpus: Vec<usize>,
     /// How long in-flight requests and open streams may run on after SIGTERM.
     #[serde(default = "default_grace")]
     pub shutdown_grace: String,
@@ -151,6 +156,7 @@ impl Default for Gateway {
             instance: None,
             workers: 0,
             pin_workers: true,
+            background_cpus: Vec::new(),
             shutdown_grace: default_grace(),
             io_memory_kib: default_io_memory(),
             ring_depth: default_ring_depth(),

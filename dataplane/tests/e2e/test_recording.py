@@ -360,3 +360,56 @@ def test_a_missing_topic_is_named_at_start_and_its_events_wait_in_the_spool(gate
     spooled = {e["id"] for e in spool_events(tmp_path / "spool")}
     got = kafka.consume(ev_topic, timeout=120, until=lambda got: spooled <= {e["id"] for _, _, _, e in got})
     assert spooled <= {e["id"] for _, _, _, e in got}, "every spooled event arrived once the topic existed"
+
+
+def threads_cpus(pid: int) -> list[tuple[str, str]]:
+    """(name, Cpus_allowed_list) of every thread of `pid`."""
+    out = []
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (t / "comm").read_text().strip()
+            cpus = next(line.split(":", 1)[1].strip() for line in (t / "status").read_text().splitlines() if line.startswith("Cpus_allowed_list"))
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        out.append((name, cpus))
+    return out
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs: one for the worker, one for the rest")
+def test_background_cpus_keep_recording_and_the_kafka_client_off_the_workers_cpus(py_json, gateway, kafka, tmp_path):
+    """`gateway.background_cpus`: the spool writer, the Kafka forwarder, librdkafka's own
+    threads, the log writer and every other thread that is not a worker run there; the worker
+    on another CPU; recording works as before; a reload cannot move them (restart)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    bg, rest = cpus[-1], cpus[:-1]
+    ev, _ = topics(kafka, "bgcpus")
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=recording(tmp_path / "spool", kafka, ev), workers=1,
+                gateway_keys=f"background_cpus = [{bg}]\n")
+    py_client(g.url(), "py")
+    n = settled(g)
+    assert len(kafka.consume(ev, want=n)) == n
+    placed = threads_cpus(g.proc.p.pid)
+    names = {name for name, _ in placed}
+    assert {"sluice-spool", "sluice-kafka", "sluice-log", "sluice-housekee"} <= names and any(n.startswith("rdk:") for n in names), names
+    workers = [(name, c) for name, c in placed if name.startswith("sluice-w")]
+    assert workers and all(c == str(rest[0]) for _, c in workers), workers
+    others = [(name, c) for name, c in placed if not name.startswith("sluice-w")]
+    assert all(c == str(bg) for _, c in others), others
+    # A reload keeps them where they are, and says a restart is needed.
+    g.config.write_text(g.config.read_text().replace(f"background_cpus = [{bg}]", f"background_cpus = [{rest[0]}]"))
+    g.proc.p.send_signal(signal.SIGHUP)
+    wait_until(lambda: "CPU placement and admin changes take effect on restart" in g.proc.text(), 10, "the reload's warning")
+    assert all(c == str(bg) for name, c in threads_cpus(g.proc.p.pid) if not name.startswith("sluice-w"))
+
+
+def test_background_cpus_that_leave_no_cpu_for_the_workers_are_a_config_error(tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text(f'[gateway]\nbackground_cpus = {cpus + [cpus[0], 4096]}\n[[listener]]\naddress = "127.0.0.1:1"\n'
+                   '[[upstream]]\nname = "u"\nurl = "http://127.0.0.1:2/mcp"\n[[route]]\nname = "r"\npath = "/mcp"\nupstream = "u"\n')
+    r = subprocess.run([str(SLUICE), "check", "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 2, r
+    err = r.stderr
+    assert str(cfg) in err and "gateway.background_cpus" in err, err
+    assert f"CPU {cpus[0]} is listed twice" in err and "CPU 4096 is not one this process may run on" in err, err
+    assert "no CPU is left for the workers" in err, err
