@@ -38,14 +38,14 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(cfg: Config, recorder: Option<Arc<Recorder>>, pins: crate::pins::Store) -> Arc<Self> {
+    pub fn new(cfg: Config, recorder: Option<Arc<Recorder>>, pins: crate::pins::Store, approvals: crate::approvals::Store) -> Arc<Self> {
         let workers = cfg.workers;
         pins.configure(cfg.pins.as_ref());
         Arc::new(Shared {
             pins: Arc::new(pins),
             config: ArcSwap::from_pointee(cfg),
             sessions: session::Store::default(),
-            approvals: Arc::default(),
+            approvals: Arc::new(approvals),
             metrics: (0..workers).map(|_| Arc::new(WorkerMetrics::default())).collect(),
             workers,
             ready_workers: AtomicUsize::new(0),
@@ -145,8 +145,22 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             crate::pins::Store::default()
         }
     };
+    // Approvals kept across restarts: as with pins, a file that cannot be read stops the start.
+    let approvals = match cfg.approvals.state_file.as_deref() {
+        Some(f) => {
+            let (store, found) = crate::approvals::Store::load(f)?;
+            if found.withdrawn > 0 {
+                tracing::warn!(file = %f.display(), withdrawn = found.withdrawn, "the gateway did not stop cleanly last time: approvals given but not yet used are withdrawn (one may have been used in the second before the stop); their callers ask again");
+            }
+            // Written at once: from now on the file says the run is under way.
+            store.save(f, false).with_context(|| format!("approvals.state_file {}: cannot be written", f.display()))?;
+            tracing::info!(file = %f.display(), pending = found.pending, approved = found.approved, "approval requests carried over from the last run");
+            store
+        }
+        None => crate::approvals::Store::default(),
+    };
     lifecycle(&recorder, Kind::GatewayStart, Some(&source.digest()), "started");
-    let shared = Shared::new(cfg.clone(), recorder, pins);
+    let shared = Shared::new(cfg.clone(), recorder, pins, approvals);
 
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP])
         .context("installing signal handlers")?;
@@ -186,6 +200,11 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             if let Some(f) = sh.config.load().pins.as_ref().and_then(|p| p.file.clone()) {
                 if let Err(e) = sh.pins.save_if_dirty(&f) {
                     tracing::error!(file = %f.display(), error = %e, "cannot write the pins file; retrying every second (pins stay in force in memory)");
+                }
+            }
+            if let Some(f) = sh.config.load().approvals.state_file.as_deref() {
+                if let Err(e) = sh.approvals.save(f, false) {
+                    tracing::error!(file = %f.display(), error = %e, "cannot write the approvals state file; retrying every second (approvals stay in force in memory, but a restart now would lose the changes)");
                 }
             }
             for a in sh.approvals.expire_due() {
@@ -247,6 +266,12 @@ pub fn run(source: Source) -> anyhow::Result<()> {
             tracing::error!(file = %f.display(), error = %e, "cannot write the pins file at stop: pin changes since the last write are lost");
         }
     }
+    // Every held call has been answered: the file can say nothing happened after it.
+    if let Some(f) = shared.config.load().approvals.state_file.as_deref() {
+        if let Err(e) = shared.approvals.save(f, true) {
+            tracing::error!(file = %f.display(), error = %e, "cannot write the approvals state file at stop: the next start withdraws approvals given but not used");
+        }
+    }
     lifecycle(&shared.recorder, Kind::GatewayStop, None, if errors.is_empty() { "stopped" } else { "a worker failed" });
     if let Some(rec) = &shared.recorder {
         rec.stop(cfg.shutdown_grace);
@@ -288,6 +313,9 @@ fn reload(sh: &Shared, source: &Source) {
             let tls_of = |c: &crate::config::Config| (c.listeners.iter().map(|l| (l.address, l.tls.is_some())).collect::<Vec<_>>(), c.admin_tls.is_some());
             if !moved && tls_of(&old) != tls_of(&new) {
                 tracing::warn!("a listener's tls turned on or off: that takes effect on restart (certificate and key renewals take effect now)");
+            }
+            if old.approvals.state_file != new.approvals.state_file {
+                tracing::warn!("approvals.state_file changes take effect on restart (approvals are loaded at start)");
             }
             if format!("{:?}", old.recording) != format!("{:?}", new.recording) {
                 tracing::warn!("[recording] changes take effect on restart");

@@ -515,7 +515,7 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
         }
         None => crate::pins::Store::default(),
     };
-    let shared = Shared::new(cfg.clone(), recorder, pins);
+    let shared = Shared::new(cfg.clone(), recorder, pins, crate::approvals::Store::default());
     // A local server's changed tool is news for the same reviewers (`[[approvals.notify]]`).
     if !cfg.approvals.notify.is_empty() {
         shared.notifier.start().context("starting the notification thread")?;

@@ -8,6 +8,9 @@
 //!
 //! The store lives in this process: approvals are per gateway replica (documented in the
 //! README). It is behind one mutex — only calls that need a human reach it, never the hot path.
+//! With `approvals.state_file` it is written there (by the housekeeping thread, at most a
+//! second after a change, and at stop) and read back at start, so pending requests and
+//! decisions survive a restart; see [`Store::load`] for what a crash withdraws.
 
 pub mod admin;
 pub mod cli;
@@ -15,8 +18,10 @@ pub mod notify;
 pub mod wait;
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Most records kept (decided and expired ones are dropped first, oldest first).
@@ -24,7 +29,7 @@ const MAX_RECORDS: usize = 10_000;
 /// How long decided records stay listed.
 const KEEP_DECIDED: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum State {
     Pending,
@@ -48,7 +53,7 @@ impl State {
 }
 
 /// One call waiting for (or decided by) a human.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     pub id: String,
     #[serde(flatten)]
@@ -70,9 +75,9 @@ pub struct Entry {
     pub requested_at: i64,
     pub expires_at: i64,
     pub decided_at: Option<i64>,
-    #[serde(skip)]
+    #[serde(skip, default = "Instant::now")]
     created: Instant,
-    #[serde(skip)]
+    #[serde(skip, default = "Instant::now")]
     deadline: Instant,
 }
 
@@ -126,9 +131,94 @@ pub struct Request<'a> {
 #[derive(Debug, Default)]
 pub struct Store {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Changed since the state file was last written.
+    dirty: AtomicBool,
+}
+
+/// The state file (`approvals.state_file`).
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    version: u32,
+    /// Written at a graceful stop, after the last call was answered: nothing happened after.
+    clean: bool,
+    entries: Vec<Entry>,
+}
+
+const SAVED_VERSION: u32 = 1;
+
+/// What [`Store::load`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub pending: usize,
+    pub approved: usize,
+    /// Approvals given but unused that a crash withdrew (see [`Store::load`]).
+    pub withdrawn: usize,
 }
 
 impl Store {
+    /// The records a previous run left in `path` (none when it does not exist). Deadlines are
+    /// kept in wall-clock time, so a request whose time ran out while the gateway was down is
+    /// expired at the first housekeeping tick (recorded, webhooks told). When the file was not
+    /// written at a graceful stop (a crash, `kill -9`), an approval given but not yet used may
+    /// have been used in the second before the crash without the file knowing: approvals are
+    /// single-use, so such approvals are withdrawn (marked expired; the caller asks again).
+    pub fn load(path: &Path) -> anyhow::Result<(Store, Loaded)> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            // Marked changed, as below: the first write creates it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Store { dirty: AtomicBool::new(true), ..Store::default() }, Loaded::default())),
+            Err(e) => anyhow::bail!("approvals.state_file {}: cannot be read: {e}", path.display()),
+        };
+        let saved: Saved = serde_json::from_slice(&text).map_err(|e| {
+            anyhow::anyhow!("approvals.state_file {}: not a state file sluice wrote ({e}); move it aside to start without the approvals it held", path.display())
+        })?;
+        if saved.version != SAVED_VERSION {
+            anyhow::bail!("approvals.state_file {}: version {} is not {SAVED_VERSION}; move it aside to start without the approvals it held", path.display(), saved.version);
+        }
+        let (now, wall) = (Instant::now(), micros(SystemTime::now()));
+        let mut found = Loaded::default();
+        let mut map = HashMap::with_capacity(saved.entries.len());
+        for mut e in saved.entries {
+            let ahead = Duration::from_micros(e.expires_at.saturating_sub(wall).max(0) as u64);
+            let ago = Duration::from_micros(wall.saturating_sub(e.requested_at).max(0) as u64);
+            e.deadline = now + ahead;
+            e.created = now.checked_sub(ago).unwrap_or(now);
+            match e.state {
+                State::Pending => found.pending += 1,
+                State::Approved { .. } if !saved.clean => {
+                    e.state = State::Expired;
+                    found.withdrawn += 1;
+                }
+                State::Approved { .. } => found.approved += 1,
+                _ => {}
+            }
+            map.insert(e.id.clone(), e);
+        }
+        // Marked changed: the first write says the run is under way (not clean).
+        Ok((Store { entries: Mutex::new(map), dirty: AtomicBool::new(true) }, found))
+    }
+
+    /// Write the records to `path` if they changed (`clean`: at a graceful stop, after the
+    /// workers ended). Atomic: a temporary file, synced, renamed, and the directory synced.
+    pub fn save(&self, path: &Path, clean: bool) -> std::io::Result<bool> {
+        if !self.dirty.swap(false, Ordering::SeqCst) && !clean {
+            return Ok(false);
+        }
+        let text = {
+            let map = self.entries.lock();
+            let mut entries: Vec<&Entry> = map.values().collect();
+            entries.sort_by(|a, b| a.id.cmp(&b.id));
+            serde_json::to_vec_pretty(&serde_json::json!({ "version": SAVED_VERSION, "clean": clean, "entries": entries })).map_err(std::io::Error::other)?
+        };
+        // Owner-only: it holds masked arguments and reviewers' names.
+        crate::pins::write_atomically(path, &text, 0o600).inspect_err(|_| self.dirty.store(true, Ordering::SeqCst))?;
+        Ok(true)
+    }
+
+    fn changed(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+    }
+
     /// Find the approval for this exact call (same caller, route, tool and arguments), or open
     /// a new request.
     pub fn ask(&self, r: Request<'_>) -> Ask {
@@ -138,6 +228,7 @@ impl Store {
         if let Some(e) = map.values_mut().find(|e| same(e) && matches!(e.state, State::Approved { .. }) && e.deadline > now) {
             if let State::Approved { by, .. } = std::mem::replace(&mut e.state, State::Expired) {
                 e.state = State::Used { by: by.clone() };
+                self.changed();
                 return Ask::Approved { id: e.id.clone(), by };
             }
         }
@@ -168,6 +259,7 @@ impl Store {
             deadline: now + r.timeout,
         };
         map.insert(e.id.clone(), e.clone());
+        self.changed();
         Ask::Wait { entry: Box::new(e), created: true }
     }
 
@@ -180,11 +272,13 @@ impl Store {
         match &e.state {
             State::Pending if Instant::now() >= e.deadline => {
                 e.state = State::Expired;
+                self.changed();
                 Some((State::Expired, true))
             }
             State::Approved { by, reason } => {
                 let decided = State::Approved { by: by.clone(), reason: reason.clone() };
                 e.state = State::Used { by: by.clone() };
+                self.changed();
                 Some((decided, false))
             }
             s => Some((s.clone(), false)),
@@ -202,7 +296,11 @@ impl Store {
                 out.push(e.clone());
             }
         }
+        let before = map.len();
         prune(&mut map, false);
+        if !out.is_empty() || map.len() != before {
+            self.changed();
+        }
         out
     }
 
@@ -212,6 +310,7 @@ impl Store {
         let e = map.get_mut(id).ok_or_else(|| DecideError::Unknown(id.to_owned()))?;
         if e.state == State::Pending && Instant::now() >= e.deadline {
             e.state = State::Expired;
+            self.changed();
         }
         if e.state != State::Pending {
             return Err(DecideError::Closed(id.to_owned(), e.state.name()));
@@ -228,6 +327,7 @@ impl Store {
             State::Denied { by: reviewer.to_owned(), reason: reason.to_owned() }
         };
         e.decided_at = Some(micros(SystemTime::now()));
+        self.changed();
         Ok(e.clone())
     }
 

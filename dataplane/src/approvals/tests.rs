@@ -1,4 +1,5 @@
 use super::*;
+use std::os::unix::fs::PermissionsExt as _;
 
 fn ask(s: &Store, subject: &str, digest: &str, timeout: Duration) -> Ask {
     s.ask(Request {
@@ -88,4 +89,81 @@ fn undecided_requests_expire_once() {
     std::thread::sleep(Duration::from_millis(30));
     let gone = s.expire_due();
     assert_eq!(gone.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [id2.as_str()]);
+}
+
+fn state_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("approvals.json");
+    (d, p)
+}
+
+#[test]
+fn requests_and_decisions_survive_a_graceful_restart() {
+    let (_d, path) = state_file();
+    let s = Store::default();
+    let (pending, _) = wait_id(ask(&s, "agent", "d1", HOUR));
+    let (approved, _) = wait_id(ask(&s, "agent", "d2", HOUR));
+    let (used, _) = wait_id(ask(&s, "agent", "d3", HOUR));
+    s.decide(&approved, "carol", &["finance".into()], true, "ok").unwrap();
+    s.decide(&used, "carol", &["finance".into()], true, "ok").unwrap();
+    assert!(matches!(ask(&s, "agent", "d3", HOUR), Ask::Approved { .. }));
+    assert!(s.save(&path, true).unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "owner-only");
+
+    let (s, found) = Store::load(&path).unwrap();
+    assert_eq!(found, Loaded { pending: 1, approved: 1, withdrawn: 0 });
+    // The same call asked again after the restart waits on the same record; the approval is
+    // used by its call, once; the used one is not given again.
+    assert_eq!(wait_id(ask(&s, "agent", "d1", HOUR)), (pending.clone(), false));
+    assert!(matches!(ask(&s, "agent", "d2", HOUR), Ask::Approved { id, .. } if id == approved));
+    assert!(matches!(ask(&s, "agent", "d2", HOUR), Ask::Wait { created: true, .. }));
+    assert_ne!(wait_id(ask(&s, "agent", "d3", HOUR)).0, used);
+    // A reviewer can still decide the carried-over request; the own-call rule still holds.
+    assert_eq!(s.decide(&pending, "agent", &["finance".into()], true, "").unwrap_err(), DecideError::OwnCall);
+    s.decide(&pending, "carol", &["finance".into()], false, "no").unwrap();
+}
+
+#[test]
+fn a_crash_withdraws_approvals_not_yet_used_and_keeps_requests() {
+    let (_d, path) = state_file();
+    let s = Store::default();
+    let (pending, _) = wait_id(ask(&s, "agent", "d1", HOUR));
+    let (approved, _) = wait_id(ask(&s, "agent", "d2", HOUR));
+    s.decide(&approved, "carol", &["finance".into()], true, "ok").unwrap();
+    // The housekeeping thread's write while running: not clean.
+    assert!(s.save(&path, false).unwrap());
+    assert!(!s.save(&path, false).unwrap(), "nothing changed, nothing written");
+    let (s, found) = Store::load(&path).unwrap();
+    assert_eq!(found, Loaded { pending: 1, approved: 0, withdrawn: 1 });
+    assert!(matches!(ask(&s, "agent", "d2", HOUR), Ask::Wait { created: true, .. }), "the call must be approved again");
+    assert_eq!(s.decide(&approved, "carol", &["finance".into()], true, "").unwrap_err(), DecideError::Closed(approved.clone(), "expired"));
+    assert_eq!(wait_id(ask(&s, "agent", "d1", HOUR)), (pending, false));
+}
+
+#[test]
+fn a_request_whose_time_ran_out_while_the_gateway_was_down_expires_at_once() {
+    let (_d, path) = state_file();
+    let s = Store::default();
+    let (short, _) = wait_id(ask(&s, "agent", "d1", Duration::from_millis(300)));
+    let (long, _) = wait_id(ask(&s, "agent", "d2", HOUR));
+    s.save(&path, true).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let (s, _) = Store::load(&path).unwrap();
+    let expired: Vec<String> = s.expire_due().into_iter().map(|e| e.id).collect();
+    assert_eq!(expired, vec![short]);
+    let waited = s.list(&["finance".into()], false);
+    assert_eq!(waited.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec![long.as_str()]);
+    assert!(waited[0].waited() >= Duration::from_millis(400), "the wait counts from the request, not the restart");
+}
+
+#[test]
+fn a_state_file_that_is_not_one_stops_the_start_with_what_to_do() {
+    let (_d, path) = state_file();
+    let (s, found) = Store::load(&path).unwrap();
+    assert_eq!((s.list(&["finance".into()], true).len(), found), (0, Loaded::default()), "no file: nothing carried over");
+    std::fs::write(&path, b"{\"version\": 1, \"clean\": true, \"entries\": [{\"id\": 3}]}").unwrap();
+    let e = Store::load(&path).unwrap_err().to_string();
+    assert!(e.contains("approvals.state_file") && e.contains("move it aside"), "{e}");
+    std::fs::write(&path, b"{\"version\": 9, \"clean\": true, \"entries\": []}").unwrap();
+    assert!(Store::load(&path).unwrap_err().to_string().contains("version 9"));
 }

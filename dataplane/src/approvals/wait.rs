@@ -126,7 +126,12 @@ pub async fn hold(w: &Worker, down: &mut crate::proxy::io::Stream, h: &Hold, sse
         }
         if w.draining() {
             // A draining gateway does not keep calls waiting for people.
-            return refuse(down, h, sse, false, cors, &format!("the gateway is restarting; approval {} is still open — send the call again to wait for it", h.entry.id)).await;
+            let reason = if w.config().approvals.state_file.is_some() {
+                format!("the gateway is restarting; approval {} stays open across the restart — send the call again to wait for it", h.entry.id)
+            } else {
+                format!("the gateway is restarting and approval {} ends with it (no approvals.state_file) — send the call again to ask again", h.entry.id)
+            };
+            return refuse(down, h, sse, false, cors, &reason).await;
         }
         if sse && last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();

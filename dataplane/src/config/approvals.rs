@@ -17,6 +17,8 @@ pub struct ApprovalsCfg {
     /// The other gateways' admin listeners (`approvals.peers`), and how they are asked.
     pub peers: Vec<String>,
     pub peer_agent: Option<ureq::Agent>,
+    /// `approvals.state_file`: where requests and decisions are kept across restarts.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 pub(super) fn compile(a: &schema::Approvals, admin: Option<(SocketAddr, bool)>, file: Option<&Path>, outbound: &crate::tls::Outbound, add: &mut dyn FnMut(String, String)) -> ApprovalsCfg {
@@ -95,7 +97,8 @@ pub(super) fn compile(a: &schema::Approvals, admin: Option<(SocketAddr, bool)>, 
         }
     };
     let peer_agent = (!peers.is_empty()).then(|| ureq::Agent::config_builder().timeout_global(Some(std::time::Duration::from_secs(5))).http_status_as_error(false).max_redirects(0).tls_config(outbound.tls_with(client)).build().into());
-    ApprovalsCfg { page_url, notify, outbound: outbound.clone(), peers, peer_agent }
+    let state_file = a.state_file.as_deref().map(|f| super::compile::resolve(file, f));
+    ApprovalsCfg { page_url, notify, outbound: outbound.clone(), peers, peer_agent, state_file }
 }
 
 fn is_http_url(u: &str) -> bool {

@@ -57,6 +57,10 @@ pub struct Approvals {
     /// asks for one (`admin.tls.client_ca`).
     pub peer_cert: Option<String>,
     pub peer_key: Option<String>,
+    /// Where pending requests and decisions are kept across restarts (one file per gateway;
+    /// written at most a second after a change and at stop). Default: in memory only.
+    #[serde(default)]
+    pub state_file: Option<String>,
 }
 
 /// One webhook. Its URL is a secret (whoever holds a Slack or Teams webhook URL can post to

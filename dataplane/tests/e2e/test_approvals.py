@@ -16,7 +16,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.shared.exceptions import McpError
 
-from conftest import HERE, NODE, SLUICE, spool_events
+from conftest import HERE, NODE, SLUICE, Proc, spool_events
 from test_identity import AUDIENCE, idp  # noqa: F401 (the OpenID Provider fixture)
 
 POLICY = """
@@ -58,8 +58,9 @@ def gw(idp, gateway, py_json, tmp_path):
     return gateway([{"path": "/mcp", "upstream": py_json}], extra=identity_and_policy(idp, tmp_path))
 
 
-def agent_call(url, token, name, args, out):
-    """Run one tool call in a thread; `out` gets ("ok", text, progress) or ("error", code, reason, progress)."""
+def agent_call(url, token, name, args, out, daemon=False):
+    """Run one tool call in a thread; `out` gets ("ok", text, progress) or ("error", code, reason, progress).
+    `daemon`: for calls cut by a gateway's crash, which the SDK client can take many minutes to give up."""
 
     async def run():
         progress = []
@@ -76,7 +77,7 @@ def agent_call(url, token, name, args, out):
                 except McpError as e:
                     out.append(("error", e.error.code, (e.error.data or {}).get("reason", ""), progress))
 
-    t = threading.Thread(target=lambda: asyncio.run(run()))
+    t = threading.Thread(target=lambda: asyncio.run(run()), daemon=daemon)
     t.start()
     return t
 
@@ -269,6 +270,98 @@ def test_a_reviewer_can_never_approve_their_own_call(gw, idp):
     gw.proc.stop()
     t.join(30)
     assert out and out[0][:2] == ("error", -32011) and "restarting" in out[0][2], out
+
+
+
+def _kept_gateway(idp, gateway, py_json, tmp_path):
+    state = tmp_path / "state" / "approvals.json"
+    g = gateway([{"path": "/mcp", "upstream": py_json}], extra=identity_and_policy(idp, tmp_path) + f'[approvals]\nstate_file = "{state}"\n')
+    return g, state
+
+
+def test_a_held_call_and_its_approval_survive_a_restart(idp, gateway, py_json, tmp_path):
+    """`approvals.state_file`: a restart (a config change that needs one, an upgrade) answers
+    the held call with an error saying its approval stays open; the reviewer finds the same
+    request on the restarted gateway and approves it; the agent's call sent again goes through,
+    once."""
+    g, state = _kept_gateway(idp, gateway, py_json, tmp_path)
+    agent, reviewer = idp.token("support-agent"), idp.token("finance-reviewer")
+    out = []
+    t = agent_call(g.url(), agent, "add", {"a": 700, "b": 1}, out)
+    a = pending(g, reviewer, "add")
+    g.restart()
+    t.join(30)
+    assert out and out[0][:2] == ("error", -32011) and f"approval {a['id']} stays open across the restart" in out[0][2], out
+    assert oct(state.stat().st_mode & 0o777) == "0o600", "it holds arguments and reviewers' names"
+    assert json.loads(state.read_text())["clean"] is False, "a running gateway's file is marked in use"
+    assert "approval requests carried over from the last run" in g.proc.text()
+    b = pending(g, reviewer, "add")
+    assert (b["id"], b["requested_at"], b["arguments"]) == (a["id"], a["requested_at"], {"a": 700, "b": 1})
+    r = httpx.post(g.admin(f"/approvals/{a['id']}/approve"), headers={"authorization": f"Bearer {reviewer}"}, json={"reason": "after the restart"})
+    assert r.status_code == 200, r.text
+    out2 = []
+    agent_call(g.url(), agent, "add", {"a": 700, "b": 1}, out2).join(30)
+    assert out2 and out2[0][:2] == ("ok", "701"), out2
+    # Used: the same call again waits for a new approval.
+    out3 = []
+    t = agent_call(g.url(), agent, "add", {"a": 700, "b": 1}, out3)
+    c = pending(g, reviewer, "add")
+    assert c["id"] != a["id"]
+    g.proc.stop()
+    t.join(30)
+    steps = [(e["kind"], e["approval"]["id"]) for e in spool_events(g.spool) if e["kind"].startswith("approval_")]
+    assert steps == [("approval_requested", a["id"]), ("approval_decided", a["id"]), ("approval_requested", c["id"])], steps
+
+
+def test_a_crash_withdraws_an_approval_not_yet_used(idp, gateway, py_json, tmp_path):
+    """After `kill -9` the file may not know that an approval was used in the gateway's last
+    second, and an approval lets one call through: approvals given but unused are withdrawn
+    (the call is held anew); requests still waiting are kept."""
+    g, state = _kept_gateway(idp, gateway, py_json, tmp_path)
+    agent, reviewer = idp.token("support-agent"), idp.token("finance-reviewer")
+    auth = {"authorization": f"Bearer {reviewer}"}
+
+    def crash_and_start():
+        g.proc.p.kill()
+        g.proc.p.wait()
+        g.proc.fh.close()
+        g.proc = Proc([str(SLUICE), "run", "--config", str(g.config)], g.tmp / "sluice.log", {"RUST_LOG": "info"})
+        g.wait_ready()
+
+    out, out2 = [], []
+    agent_call(g.url(), agent, "add", {"a": 800, "b": 1}, out, daemon=True)
+    a = pending(g, reviewer, "add")
+    agent_call(g.url(), agent, "add", {"a": 900, "b": 1}, out2, daemon=True)
+    wait_for(lambda: len(httpx.get(g.admin("/approvals"), headers=auth).json()["approvals"]) == 2, "the second call held")
+    other = next(x["id"] for x in httpx.get(g.admin("/approvals"), headers=auth).json()["approvals"] if x["id"] != a["id"])
+    wait_for(lambda: len(json.loads(state.read_text())["entries"]) == 2, "both requests written")
+    crash_and_start()
+    # Approved while no call waits for it (its agent's connection died with the gateway; the
+    # SDK client takes its time to give up, which does not matter here), written, crash.
+    r = httpx.post(g.admin(f"/approvals/{a['id']}/approve"), headers=auth, json={})
+    assert r.status_code == 200, r.text
+    wait_for(lambda: {e["id"]: e["state"] for e in json.loads(state.read_text())["entries"]}.get(a["id"]) == "approved", "the approval written")
+    crash_and_start()
+    assert "approvals given but not yet used are withdrawn" in g.proc.text()
+    listed = {x["id"]: x["state"] for x in httpx.get(g.admin("/approvals?all=1"), headers=auth).json()["approvals"]}
+    assert listed == {a["id"]: "expired", other: "pending"}, listed
+    # The call sent again is held for a new approval: the withdrawn one lets nothing through.
+    out3 = []
+    t = agent_call(g.url(), agent, "add", {"a": 800, "b": 1}, out3)
+    wait_for(lambda: len(httpx.get(g.admin("/approvals"), headers=auth).json()["approvals"]) == 2, "the call held again")
+    held = {x["id"] for x in httpx.get(g.admin("/approvals"), headers=auth).json()["approvals"]}
+    assert other in held and a["id"] not in held
+    assert t.is_alive() and not out3
+    g.proc.stop()
+    t.join(30)
+    assert out3 and out3[0][:2] == ("error", -32011), out3
+
+
+def wait_for(f, what, timeout=20):
+    deadline = time.time() + timeout
+    while not f():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
 
 
 class Webhook:
