@@ -8,7 +8,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 
 BODY = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                    "params": {"name": "get_weather", "arguments": {"city": "Lisbon", "units": "metric"}}})
@@ -53,30 +52,14 @@ http {{
     return subprocess.Popen([*prefix, "nginx", "-c", conf, "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-# The upstream's answer names a session, as a stateful MCP server's does: the gateway then
-# hands out its own (signed) session id, and every benchmark call goes through the session
-# check as an agent's would.
-UPSTREAM_SESSION = "add_header Mcp-Session-Id bench-upstream-session;"
-INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "initialize",
-                         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
-
-
-def open_session(url):
-    """`initialize` through the gateway at `url`: the session id it hands out (None when the
-    target hands out none, e.g. nginx or the upstream itself)."""
-    req = urllib.request.Request(url, data=INITIALIZE.encode(), method="POST", headers={
-        "content-type": "application/json", "accept": "application/json, text/event-stream"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return r.headers.get("mcp-session-id")
-
-
-def oha(args, url, seconds, rate=None, session=None, allow_errors=False):
+# No Mcp-Session-Id: every call of the load reuses JSON-RPC id 7 (oha sends one body), and in
+# a session the gateway refuses a request whose id another of the session's requests still
+# uses (400); sessionless calls, as MCP 2026-07-28 servers take them, have no such rule.
+def oha(args, url, seconds, rate=None, allow_errors=False):
     """Drive `url` with tools/call requests; every answer must be 200 (a benchmark of error
     answers measures nothing) unless `allow_errors`."""
     cmd = [*getattr(args, "load_prefix", ()), args.oha, "-z", f"{seconds}s", "-c", str(CONNECTIONS), "--no-tui", "--output-format", "json", "-m", "POST",
            "-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream", "-d", BODY]
-    if session:
-        cmd += ["-H", f"mcp-session-id: {session}"]
     if rate:
         cmd += ["-q", str(rate), "--latency-correction"]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
@@ -101,7 +84,7 @@ def main():
     up_port = free_port()
     body = RESULT.replace("'", "\\'")
     upstream = nginx(tmp, "upstream", 1, f"""server {{ listen 127.0.0.1:{up_port} reuseport; keepalive_timeout 300s;
-      location / {{ default_type application/json; {UPSTREAM_SESSION} return 200 '{body}'; }} }}""")
+      location / {{ default_type application/json; return 200 '{body}'; }} }}""")
     procs = [upstream]
     rows = []
     try:
@@ -118,15 +101,14 @@ def main():
             procs += [ng, sl]
             wait_port(ng_port)
             wait_port(sl_port)
-            sid = open_session(f"http://127.0.0.1:{sl_port}/mcp")
             n = oha(args, f"http://127.0.0.1:{ng_port}/mcp", args.seconds)
-            s = oha(args, f"http://127.0.0.1:{sl_port}/mcp", args.seconds, session=sid)
+            s = oha(args, f"http://127.0.0.1:{sl_port}/mcp", args.seconds)
             rows.append(("nginx reverse proxy", workers, n))
             rows.append(("sluice (JSON-RPC parsed)", workers, s))
             half = max(1, int(s["rps"] / 2))
             d_half = oha(args, f"http://127.0.0.1:{up_port}/mcp", args.seconds, rate=half)
             n_half = oha(args, f"http://127.0.0.1:{ng_port}/mcp", args.seconds, rate=half)
-            s_half = oha(args, f"http://127.0.0.1:{sl_port}/mcp", args.seconds, rate=half, session=sid)
+            s_half = oha(args, f"http://127.0.0.1:{sl_port}/mcp", args.seconds, rate=half)
             rows.append((f"direct @ {half}/s", "-", d_half))
             rows.append((f"nginx @ {half}/s", workers, n_half))
             rows.append((f"sluice @ {half}/s", workers, s_half))

@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.request
 
-from proxy_bench import RESULT, UPSTREAM_SESSION, free_port, nginx, oha, open_session, wait_port
+from proxy_bench import RESULT, free_port, nginx, oha, wait_port
 
 
 def metric(admin, name):
@@ -46,7 +46,7 @@ def sluice(args, tmp, name, up_port, recording, binary):
     p = subprocess.Popen([*args.gateway_prefix, binary, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "w"),
                          env={**os.environ, "RUST_LOG": "warn"})
     wait_port(port)
-    return p, port, admin, open_session(f"http://127.0.0.1:{port}/mcp")
+    return p, port, admin
 
 
 def main():
@@ -83,7 +83,7 @@ def main():
     up_port = free_port()
     body = RESULT.replace("'", "\\'")
     upstream = nginx(tmp, "upstream", 1, f"""server {{ listen 127.0.0.1:{up_port} reuseport; keepalive_timeout 300s;
-      location / {{ default_type application/json; {UPSTREAM_SESSION} return 200 '{body}'; }} }}""", args.load_prefix)
+      location / {{ default_type application/json; return 200 '{body}'; }} }}""", args.load_prefix)
     kafka = ('[recording.spool]\ndir = "{dir}/spool"\n[recording.kafka]\nbrokers = "' + args.kafka
              + '"\nevents_topic = "' + args.topic + '"\napprovals_topic = "' + args.topic + '.ap"\n')
     modes = [
@@ -102,10 +102,10 @@ def main():
         for name, rec in modes:
             gateways.append((name, *sluice(args, tmp, "".join(c if c.isalnum() else "_" for c in name), up_port, rec, binaries[name])))
         peaks = {}
-        for name, _, port, admin, sid in gateways:
+        for name, _, port, admin in gateways:
             url = f"http://127.0.0.1:{port}/mcp"
             e0, t0 = metric(admin, "sluice_events_emitted_total"), time.time()
-            peaks[name] = (oha(args, url, args.seconds, session=sid), (metric(admin, "sluice_events_emitted_total") - e0) / (time.time() - t0))
+            peaks[name] = (oha(args, url, args.seconds), (metric(admin, "sluice_events_emitted_total") - e0) / (time.time() - t0))
         rates = [max(1, int(peaks[modes[0][0]][0]["rps"] * float(f))) for f in args.load.split(",")]
         # Fixed-rate runs, repeated, the modes in a new random order each round (a drift of the
         # machine lands on every mode alike): the median p99 of each mode.
@@ -115,14 +115,14 @@ def main():
         shuffle = random.Random(1)
         for rate in rates:
             for _ in range(args.repeat):
-                for name, p, port, _, sid in shuffle.sample(gateways, len(gateways)):
+                for name, p, port, _ in shuffle.sample(gateways, len(gateways)):
                     c0, b0 = cpu_seconds(p.pid), cpu_seconds(args.broker_pid) if args.broker_pid else 0.0
-                    r = oha(args, f"http://127.0.0.1:{port}/mcp", args.seconds, rate=rate, session=sid)
+                    r = oha(args, f"http://127.0.0.1:{port}/mcp", args.seconds, rate=rate)
                     cpu[rate, name][0] += cpu_seconds(p.pid) - c0
                     broker[rate, name] += (cpu_seconds(args.broker_pid) - b0) if args.broker_pid else 0.0
                     cpu[rate, name][1] += r["ok"]
                     fixed[rate, name].append(r["p99"])
-        for name, _, _, admin, _ in gateways:
+        for name, _, _, admin in gateways:
             for _ in range(300):  # let the sinks catch up, then check nothing was lost
                 done = metric(admin, "sluice_events_spooled_total") >= metric(admin, "sluice_events_emitted_total")
                 if "Kafka" in name:
@@ -132,7 +132,7 @@ def main():
                 time.sleep(0.1)
             rows.append((name, peaks[name][0], peaks[name][1], metric(admin, "sluice_events_lost_total")))
     finally:
-        for _, p, _, _, _ in gateways:
+        for _, p, _, _ in gateways:
             p.terminate()
             p.wait()
         upstream.terminate()

@@ -133,6 +133,10 @@ pub struct Store {
     entries: Mutex<HashMap<String, Entry>>,
     /// Changed since the state file was last written.
     dirty: AtomicBool,
+    /// Held while the state file is written (housekeeping's write and the one at stop must not
+    /// share the temporary file); true once the write at stop is done, after which nothing is
+    /// written (a later write would take back its `clean`).
+    saving: Mutex<bool>,
 }
 
 /// The state file (`approvals.state_file`).
@@ -195,13 +199,14 @@ impl Store {
             map.insert(e.id.clone(), e);
         }
         // Marked changed: the first write says the run is under way (not clean).
-        Ok((Store { entries: Mutex::new(map), dirty: AtomicBool::new(true) }, found))
+        Ok((Store { entries: Mutex::new(map), dirty: AtomicBool::new(true), ..Store::default() }, found))
     }
 
     /// Write the records to `path` if they changed (`clean`: at a graceful stop, after the
     /// workers ended). Atomic: a temporary file, synced, renamed, and the directory synced.
     pub fn save(&self, path: &Path, clean: bool) -> std::io::Result<bool> {
-        if !self.dirty.swap(false, Ordering::SeqCst) && !clean {
+        let mut closed = self.saving.lock();
+        if *closed || (!self.dirty.swap(false, Ordering::SeqCst) && !clean) {
             return Ok(false);
         }
         let text = {
@@ -212,6 +217,7 @@ impl Store {
         };
         // Owner-only: it holds masked arguments and reviewers' names.
         crate::pins::write_atomically(path, &text, 0o600).inspect_err(|_| self.dirty.store(true, Ordering::SeqCst))?;
+        *closed = clean;
         Ok(true)
     }
 

@@ -109,6 +109,9 @@ fn requests_and_decisions_survive_a_graceful_restart() {
     assert!(matches!(ask(&s, "agent", "d3", HOUR), Ask::Approved { .. }));
     assert!(s.save(&path, true).unwrap());
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "owner-only");
+    // The write at stop is the last: housekeeping's next tick does not take back its `clean`.
+    let _ = wait_id(ask(&s, "agent", "d4", HOUR));
+    assert!(!s.save(&path, false).unwrap());
 
     let (s, found) = Store::load(&path).unwrap();
     assert_eq!(found, Loaded { pending: 1, approved: 1, withdrawn: 0 });
