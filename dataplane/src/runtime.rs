@@ -149,8 +149,13 @@ pub fn run(source: Source) -> anyhow::Result<()> {
     let approvals = match cfg.approvals.state_file.as_deref() {
         Some(f) => {
             let (store, found) = crate::approvals::Store::load(f)?;
-            if found.withdrawn > 0 {
-                tracing::warn!(file = %f.display(), withdrawn = found.withdrawn, "the gateway did not stop cleanly last time: approvals given but not yet used are withdrawn (one may have been used in the second before the stop); their callers ask again");
+            if !found.withdrawn.is_empty() {
+                tracing::warn!(file = %f.display(), withdrawn = found.withdrawn.len(), "the gateway did not stop cleanly last time: approvals given but not yet used are withdrawn (one may have been used in the second before the stop); their callers ask again");
+            }
+            for a in &found.withdrawn {
+                if let Some(rec) = &recorder {
+                    rec.process_emitter().emit(&crate::approvals::event(a, Kind::ApprovalExpired, &rec.instance));
+                }
             }
             // Written at once: from now on the file says the run is under way.
             store.save(f, false).with_context(|| format!("approvals.state_file {}: cannot be written", f.display()))?;

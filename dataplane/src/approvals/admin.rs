@@ -104,6 +104,7 @@ pub fn handle(head: &Head, body: &[u8], sh: &Shared) -> Reply {
                     problem(404, &e.to_string())
                 }
                 Err(e @ DecideError::Closed(..)) => problem(409, &e.to_string()),
+                Err(e @ DecideError::Stopping) => problem(503, &e.to_string()),
                 Err(e @ (DecideError::NotApprover(_) | DecideError::OwnCall)) => problem(403, &e.to_string()),
             }
         }

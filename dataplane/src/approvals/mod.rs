@@ -111,6 +111,8 @@ pub enum DecideError {
     NotApprover(String),
     #[error("a caller can never approve its own call")]
     OwnCall,
+    #[error("the gateway is stopping and has written its approvals for the next start: decide once it is back (the request stays open)")]
+    Stopping,
 }
 
 /// The details of a call that needs approval.
@@ -134,9 +136,11 @@ pub struct Store {
     /// Changed since the state file was last written.
     dirty: AtomicBool,
     /// Held while the state file is written (housekeeping's write and the one at stop must not
-    /// share the temporary file); true once the write at stop is done, after which nothing is
-    /// written (a later write would take back its `clean`).
-    saving: Mutex<bool>,
+    /// share the temporary file).
+    saving: Mutex<()>,
+    /// The write at stop has begun: nothing is written after it (a later write would take back
+    /// its `clean`), and decisions are refused (the file would not hold them).
+    closed: AtomicBool,
 }
 
 /// The state file (`approvals.state_file`).
@@ -151,12 +155,13 @@ struct Saved {
 const SAVED_VERSION: u32 = 1;
 
 /// What [`Store::load`] found.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Loaded {
     pub pending: usize,
     pub approved: usize,
-    /// Approvals given but unused that a crash withdrew (see [`Store::load`]).
-    pub withdrawn: usize,
+    /// Approvals given but unused that a crash withdrew (see [`Store::load`]), as now
+    /// recorded (expired), for the record.
+    pub withdrawn: Vec<Entry>,
 }
 
 impl Store {
@@ -191,7 +196,7 @@ impl Store {
                 State::Pending => found.pending += 1,
                 State::Approved { .. } if !saved.clean => {
                     e.state = State::Expired;
-                    found.withdrawn += 1;
+                    found.withdrawn.push(e.clone());
                 }
                 State::Approved { .. } => found.approved += 1,
                 _ => {}
@@ -205,9 +210,12 @@ impl Store {
     /// Write the records to `path` if they changed (`clean`: at a graceful stop, after the
     /// workers ended). Atomic: a temporary file, synced, renamed, and the directory synced.
     pub fn save(&self, path: &Path, clean: bool) -> std::io::Result<bool> {
-        let mut closed = self.saving.lock();
-        if *closed || (!self.dirty.swap(false, Ordering::SeqCst) && !clean) {
+        let _one = self.saving.lock();
+        if self.closed.load(Ordering::SeqCst) || (!self.dirty.swap(false, Ordering::SeqCst) && !clean) {
             return Ok(false);
+        }
+        if clean {
+            self.closed.store(true, Ordering::SeqCst);
         }
         let text = {
             let map = self.entries.lock();
@@ -217,7 +225,6 @@ impl Store {
         };
         // Owner-only: it holds masked arguments and reviewers' names.
         crate::pins::write_atomically(path, &text, 0o600).inspect_err(|_| self.dirty.store(true, Ordering::SeqCst))?;
-        *closed = clean;
         Ok(true)
     }
 
@@ -314,6 +321,10 @@ impl Store {
     pub fn decide(&self, id: &str, reviewer: &str, groups: &[String], approve: bool, reason: &str) -> Result<Entry, DecideError> {
         let mut map = self.entries.lock();
         let e = map.get_mut(id).ok_or_else(|| DecideError::Unknown(id.to_owned()))?;
+        // Checked under the entries' lock, which the write at stop takes after setting it.
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(DecideError::Stopping);
+        }
         if e.state == State::Pending && Instant::now() >= e.deadline {
             e.state = State::Expired;
             self.changed();

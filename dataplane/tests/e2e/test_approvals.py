@@ -345,6 +345,7 @@ def test_a_crash_withdraws_an_approval_not_yet_used(idp, gateway, py_json, tmp_p
     assert "approvals given but not yet used are withdrawn" in g.proc.text()
     listed = {x["id"]: x["state"] for x in httpx.get(g.admin("/approvals?all=1"), headers=auth).json()["approvals"]}
     assert listed == {a["id"]: "expired", other: "pending"}, listed
+    wait_for(lambda: any(e["kind"] == "approval_expired" and e["approval"]["id"] == a["id"] for e in spool_events(g.spool)), "the withdrawal recorded")
     # The call sent again is held for a new approval: the withdrawn one lets nothing through.
     out3 = []
     t = agent_call(g.url(), agent, "add", {"a": 800, "b": 1}, out3)
