@@ -34,10 +34,7 @@ pub enum FramingError {
 
 fn content_length(head: &Head) -> Result<Option<u64>, FramingError> {
     let mut found: Option<u64> = None;
-    for (name, value) in head.headers() {
-        if !name.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
+    for value in head.named("content-length") {
         for part in value.split(|b| *b == b',') {
             let part = super::trim_ascii(part);
             if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
