@@ -19,10 +19,15 @@ pub fn allowed() -> &'static [usize] {
 
 /// The calling thread's CPUs.
 fn current() -> std::io::Result<Vec<usize>> {
+    of_thread(0)
+}
+
+/// The CPUs thread `tid` of this process may run on (0: the calling thread).
+fn of_thread(tid: libc::pid_t) -> std::io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is the calling thread; the size is that of `set`.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+    // SAFETY: a thread of this process (or 0); the size is that of `set`.
+    if unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: every index is below CPU_SETSIZE.
@@ -98,17 +103,6 @@ pub fn move_all_threads(cpus: &[usize]) -> std::io::Result<usize> {
     Ok(moved)
 }
 
-/// CPUs of thread `tid` of this process.
-#[cfg(test)]
-fn of_thread(tid: libc::pid_t) -> Vec<usize> {
-    // SAFETY: as in `current`.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as in `current`.
-    assert_eq!(unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }, 0);
-    // SAFETY: as in `current`.
-    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,10 +154,10 @@ mod tests {
         });
         let earlier_tid = tid_rx.recv().unwrap();
         assert!(move_all_threads(&[last]).unwrap() >= 2);
-        assert_eq!(of_thread(earlier_tid), vec![last], "a thread started before the move");
+        assert_eq!(of_thread(earlier_tid).unwrap(), vec![last], "a thread started before the move");
         assert_eq!(current().unwrap(), vec![last], "the thread that moved them");
         // SAFETY: as above.
-        let later = std::thread::spawn(|| of_thread(unsafe { libc::gettid() })).join().unwrap();
+        let later = std::thread::spawn(|| of_thread(unsafe { libc::gettid() }).unwrap()).join().unwrap();
         assert_eq!(later, vec![last], "a thread started after the move");
         go_tx.send(()).unwrap();
         earlier.join().unwrap();

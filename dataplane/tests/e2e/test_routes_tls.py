@@ -141,30 +141,8 @@ def test_tls_termination_and_origination(certs):
     up = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     up.socket = ctx.wrap_socket(up.socket, server_side=True)
     serve(up)
-    port, admin = free_ports(2)
-    cfg = certs / f"tls-{port}.toml"
-    cfg.write_text(f"""
-[gateway]
-workers = 1
-[[listener]]
-address = "127.0.0.1:{port}"
-tls = {{ cert = "leaf.pem", key = "leaf.key" }}
-[admin]
-address = "127.0.0.1:{admin}"
-[[upstream]]
-name = "secure"
-url = "https://localhost:{up.server_port}"
-tls = {{ ca = "ca.pem" }}
-[[route]]
-kind = "http"
-path = "/"
-upstream = "secure"
-[recording.spool]
-dir = "spool-{port}"
-""")
-    out = subprocess.run([str(SLUICE), "check", "--config", str(cfg)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    p = Proc([str(SLUICE), "run", "--config", str(cfg)], certs / f"sluice-{port}.log")
+    p, port, _ = echo_gateway(certs, f"https://localhost:{up.server_port}", listener_tls='tls = { cert = "leaf.pem", key = "leaf.key" }',
+                              upstream_tls='tls = { ca = "ca.pem" }')
     try:
         wait_port(port, proc=p.p)
         with httpx.Client(verify=ssl.create_default_context(cafile=str(certs / "ca.pem")), timeout=5) as c:
@@ -393,10 +371,10 @@ def renew(d, pair):
     (d / "live.key").write_bytes(open(pair[1], "rb").read())
 
 
-def echo_gateway(d, echo_http, listener_tls="", admin_tls="", extra=""):
+def echo_gateway(d, echo_http, listener_tls="", admin_tls="", extra="", upstream_tls=""):
     """sluice (2 workers) with one plain route to `echo_http`, its config in `d` (checked with
-    `sluice check` first), the given `tls = …` lines in its listener and admin tables and
-    `extra` sections after the route; (process, port, admin port)."""
+    `sluice check` first), the given `tls = …` lines in its listener, admin and upstream tables
+    and `extra` sections after the route; (process, port, admin port)."""
     port, admin = free_ports(2)
     cfg = d / f"sluice-{port}.toml"
     cfg.write_text(f"""
@@ -411,6 +389,7 @@ address = "127.0.0.1:{admin}"
 [[upstream]]
 name = "api"
 url = "{echo_http}"
+{upstream_tls}
 [[route]]
 kind = "http"
 path = "/"
