@@ -35,7 +35,12 @@ fn next_random() -> u64 {
 
 /// A new 26-character time-ordered id.
 pub fn new_id() -> String {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    new_id_at(SystemTime::now())
+}
+
+/// A new id ordered by `at` (a caller that also stamps the record reads the clock once).
+pub fn new_id_at(at: SystemTime) -> String {
+    let ms = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
     let rand = ((next_random() as u128) << 16 | (next_random() as u128 & 0xFFFF)) & ((1u128 << 80) - 1);
     let v = (ms & ((1u128 << 48) - 1)) << 80 | rand;
     let mut out = String::with_capacity(26);

@@ -222,7 +222,12 @@ impl Recorder {
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    micros(SystemTime::now())
+}
+
+/// `at` in microseconds since the Unix epoch, as events carry it.
+pub fn micros(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 impl Counters {

@@ -3,7 +3,7 @@
 //! more than forward it, and session start/end. Events borrow from the request context; the
 //! only copies are the serialised record.
 
-use super::{now_us, Emitter};
+use super::{micros, now_us, Emitter};
 use crate::hooks::{Direction, Observer, RequestCtx, Verdict};
 use crate::jsonrpc::{Kind as MsgKind, MessageInfo};
 use simd_json::prelude::*;
@@ -27,7 +27,8 @@ impl RecordObserver {
 
 /// The common fields of an event about this exchange.
 pub fn base<'a>(ctx: &'a RequestCtx, instance: &'a str, kind: Kind) -> Event<'a> {
-    let mut e = Event::new(crate::ids::new_id(), now_us(), kind, instance);
+    let at = std::time::SystemTime::now();
+    let mut e = Event::new(crate::ids::new_id_at(at), micros(at), kind, instance);
     e.worker = Some(ctx.worker as u32);
     e.session = ctx.gateway_session_id.as_deref().map(Cow::Borrowed);
     e.mcp_session = ctx.mcp_session_id.as_deref().filter(|_| !ctx.stateless).map(Cow::Borrowed);
