@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,7 @@ def main():
         p.terminate()
         p.wait(30)
         up.shutdown()
+        shutil.rmtree(spool, ignore_errors=True)
     print("| after | body bytes | peak RSS MiB | peak rise MiB | rise / body |\n|---|---|---|---|---|")
     prev = rows[0][2]
     for name, n, kib in rows:

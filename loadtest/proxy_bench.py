@@ -4,6 +4,7 @@ on loopback, drives them with oha, and prints the results as a Markdown table.""
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -187,6 +188,8 @@ def main():
         for p in procs:
             if p.poll() is None:
                 p.terminate()
+                p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)  # the spools: ~1 GiB per run
     print(f"\n{CONNECTIONS} keep-alive connections, {args.seconds}s per run, {os.cpu_count()} cores shared by load generator, upstream and proxy;")
     print(f"peak rows: the median of {args.repeat} interleaved runs (range in the last column).\n")
     print("| target | workers | req/s | p50 µs | p99 µs | p99.9 µs | non-200 | req/s range |")

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -148,6 +149,7 @@ def main():
     print("|---|---|---|---|---|---|")
     for name, (p50, p99, p999), rate, cpu in rows:
         print(f"| {name} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {rate:.0f} | {'-' if cpu is None else f'{cpu * 1e6:.1f}'} |")
+    shutil.rmtree(tmp, ignore_errors=True)  # the spool: every call recorded
 
 
 if __name__ == "__main__":
