@@ -40,11 +40,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def hwm_kib(pid):
+def status_kib(pid, field):
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError(f"no {field}")
+
+
+def hwm_kib(pid):
+    """Peak RSS so far, and RSS two seconds after the call (what the allocator kept)."""
+    peak = status_kib(pid, "VmHWM")
+    time.sleep(2)
+    return peak, status_kib(pid, "VmRSS")
 
 
 def call(port, arguments):
@@ -80,11 +87,11 @@ def main():
         p.wait(30)
         up.shutdown()
         shutil.rmtree(spool, ignore_errors=True)
-    print("| after | body bytes | peak RSS MiB | peak rise MiB | rise / body |\n|---|---|---|---|---|")
-    prev = rows[0][2]
-    for name, n, kib in rows:
+    print("| after | body bytes | peak RSS MiB | peak rise MiB | rise / body | RSS 2 s later MiB |\n|---|---|---|---|---|---|")
+    prev = rows[0][2][0]
+    for name, n, (kib, settled) in rows:
         rise = (kib - prev) / 1024
-        print(f"| {name} | {n} | {kib / 1024:.0f} | {rise:.0f} | {rise * 1024 * 1024 / n if n else 0:.1f}x |")
+        print(f"| {name} | {n} | {kib / 1024:.0f} | {rise:.0f} | {rise * 1024 * 1024 / n if n else 0:.1f}x | {settled / 1024:.0f} |")
         prev = kib
 
 

@@ -6,9 +6,6 @@ use sluice::config::{self, schema};
 use sluice::runtime::{self, Source};
 use std::path::PathBuf;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "MCP gateway: sees, decides on and records every tool call")]
 struct Cli {
