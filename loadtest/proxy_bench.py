@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -142,6 +143,7 @@ def main():
       location / {{ default_type application/json; return 200 '{body}'; }} }}""")
     procs = [upstream]
     rows = []
+    finished = False
     try:
         wait_port(up_port)
         rows.append(("direct (fast upstream)", "-", oha(args, f"http://127.0.0.1:{up_port}/mcp", args.seconds)))
@@ -184,12 +186,16 @@ def main():
                 p.terminate()
                 p.wait()
             del procs[1:]
+        finished = True
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait()
-        shutil.rmtree(tmp, ignore_errors=True)  # the spools: ~1 GiB per run
+        if finished:
+            shutil.rmtree(tmp, ignore_errors=True)  # the spools: ~1 GiB per run
+        else:
+            print(f"benchmark failed; configs and logs kept in {tmp}", file=sys.stderr)
     print(f"\n{CONNECTIONS} keep-alive connections, {args.seconds}s per run, {os.cpu_count()} cores shared by load generator, upstream and proxy;")
     print(f"peak rows: the median of {args.repeat} interleaved runs (range in the last column).\n")
     print("| target | workers | req/s | p50 µs | p99 µs | p99.9 µs | non-200 | req/s range |")
