@@ -851,6 +851,44 @@ mod tests {
         }
     }
 
+    /// Request headers are scanned as one text of `name: value` lines, and when nothing is
+    /// found every line is remembered clean (detect/hook.rs `on_headers`): sound only if a
+    /// line's findings show in any text that holds it. Each rule's positive examples, as a
+    /// header line next to lines that find nothing alone (digit runs that could extend a card
+    /// or phone number, base64 and percent alphabets that could extend a decode candidate,
+    /// every rule's negative examples — also as header names, which may be digits), still yield
+    /// their rule.
+    #[test]
+    fn a_line_is_found_in_any_text_that_holds_it() {
+        let e = engine();
+        let mut sc = e.scanner().unwrap();
+        let mut neighbours: Vec<String> = ["0", "1234", "4111", "5555 5555", "+1", "-", "QUJD", "QUJDRA==", "a2V5", "%41%42", "=", "abc", "Zm9v\\", "", " "]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        neighbours.extend(e.rules().iter().flat_map(|l| l.rule.examples.negative.iter().cloned()));
+        let named: Vec<String> = neighbours.iter().map(|n| format!("{n}: 1")).collect();
+        neighbours.extend(named);
+        neighbours.retain(|n| scan(&e, &mut sc, n).is_empty());
+        let mut failures = Vec::new();
+        for l in e.rules() {
+            for p in &l.rule.examples.positive {
+                let line = format!("x-h: {p}");
+                if !scan(&e, &mut sc, &line).iter().any(|f| f.0 == l.rule.id) {
+                    continue; // a rule that needs the line to start with its text: not a header's case
+                }
+                for n in &neighbours {
+                    for text in [format!("{n}\n{line}"), format!("{line}\n{n}"), format!("{n}\n{line}\n{n}")] {
+                        if !scan(&e, &mut sc, &text).iter().any(|f| f.0 == l.rule.id) {
+                            failures.push(format!("{}: {text:?}", l.rule.id));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{} misses, first ones:\n{}", failures.len(), failures[..failures.len().min(20)].join("\n"));
+    }
+
     /// Every rule's own examples: each positive yields a finding of that rule covering a
     /// non-empty span; no negative yields one.
     #[test]
