@@ -48,7 +48,8 @@ def run(sluice, oha_bin, rate, secs, variant=None):
       location / {{ default_type application/json; return 200 '{body}'; }} }}""")
     sp, ap = pb.free_port(), pb.free_port()
     if variant is None:
-        args, log, level = ["--listen", f"127.0.0.1:{sp}", "--admin", f"127.0.0.1:{ap}", "--upstream", f"http://127.0.0.1:{up}/mcp", "--workers", "1"], subprocess.DEVNULL, "warn"
+        args, log, level = ["--listen", f"127.0.0.1:{sp}", "--admin", f"127.0.0.1:{ap}", "--upstream", f"http://127.0.0.1:{up}/mcp", "--workers", "1",
+                             "--spool", os.path.join(tmp, "spool")], subprocess.DEVNULL, "warn"
     else:
         cfg = os.path.join(tmp, "sluice.toml")
         with open(cfg, "w") as f:

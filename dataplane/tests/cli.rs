@@ -45,8 +45,11 @@ fn check_reports_every_problem_with_file_and_path() {
 fn run_fails_loudly_when_workers_cannot_start() {
     // glommio needs 512 KiB of locked memory per executor; below that the executors cannot
     // start, and sluice must say so and exit non-zero instead of exiting 0 silently.
+    // Its own spool: quick mode's default is the host's /var/lib/sluice/spool.
+    let spool = tempfile::Builder::new().prefix("sluice-memlock-").tempdir().unwrap();
     let mut cmd = sluice();
-    cmd.args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1/mcp", "--workers", "2"]);
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1/mcp", "--workers", "2", "--spool"]);
+    cmd.arg(spool.path());
     // SAFETY: setrlimit is async-signal-safe and only affects the child about to exec.
     unsafe {
         cmd.pre_exec(|| {
