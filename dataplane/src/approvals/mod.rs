@@ -143,13 +143,14 @@ pub struct Store {
     closed: AtomicBool,
 }
 
-/// The state file (`approvals.state_file`).
+/// The state file (`approvals.state_file`): read as `Saved<Entry>`, written from the store's
+/// own records as `Saved<&Entry>`.
 #[derive(Serialize, Deserialize)]
-struct Saved {
+struct Saved<E> {
     version: u32,
     /// Written at a graceful stop, after the last call was answered: nothing happened after.
     clean: bool,
-    entries: Vec<Entry>,
+    entries: Vec<E>,
 }
 
 const SAVED_VERSION: u32 = 1;
@@ -178,7 +179,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Store { dirty: AtomicBool::new(true), ..Store::default() }, Loaded::default())),
             Err(e) => anyhow::bail!("approvals.state_file {}: cannot be read: {e}", path.display()),
         };
-        let saved: Saved = serde_json::from_slice(&text).map_err(|e| {
+        let saved: Saved<Entry> = serde_json::from_slice(&text).map_err(|e| {
             anyhow::anyhow!("approvals.state_file {}: not a state file sluice wrote ({e}); move it aside to start without the approvals it held", path.display())
         })?;
         if saved.version != SAVED_VERSION {
@@ -221,7 +222,7 @@ impl Store {
             let map = self.entries.lock();
             let mut entries: Vec<&Entry> = map.values().collect();
             entries.sort_by(|a, b| a.id.cmp(&b.id));
-            serde_json::to_vec_pretty(&serde_json::json!({ "version": SAVED_VERSION, "clean": clean, "entries": entries })).map_err(std::io::Error::other)?
+            serde_json::to_vec_pretty(&Saved { version: SAVED_VERSION, clean, entries }).map_err(std::io::Error::other)?
         };
         // Owner-only: it holds masked arguments and reviewers' names.
         crate::pins::write_atomically(path, &text, 0o600).inspect_err(|_| self.dirty.store(true, Ordering::SeqCst))?;

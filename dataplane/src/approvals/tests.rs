@@ -97,14 +97,20 @@ fn state_file() -> (tempfile::TempDir, std::path::PathBuf) {
     (d, p)
 }
 
-#[test]
-fn requests_and_decisions_survive_a_graceful_restart() {
-    let (_d, path) = state_file();
+/// A store with one request pending (`d1`) and one approved by carol, not yet used (`d2`).
+fn pending_and_approved() -> (Store, String, String) {
     let s = Store::default();
     let (pending, _) = wait_id(ask(&s, "agent", "d1", HOUR));
     let (approved, _) = wait_id(ask(&s, "agent", "d2", HOUR));
-    let (used, _) = wait_id(ask(&s, "agent", "d3", HOUR));
     s.decide(&approved, "carol", &["finance".into()], true, "ok").unwrap();
+    (s, pending, approved)
+}
+
+#[test]
+fn requests_and_decisions_survive_a_graceful_restart() {
+    let (_d, path) = state_file();
+    let (s, pending, approved) = pending_and_approved();
+    let (used, _) = wait_id(ask(&s, "agent", "d3", HOUR));
     s.decide(&used, "carol", &["finance".into()], true, "ok").unwrap();
     assert!(matches!(ask(&s, "agent", "d3", HOUR), Ask::Approved { .. }));
     assert!(s.save(&path, true).unwrap());
@@ -131,10 +137,7 @@ fn requests_and_decisions_survive_a_graceful_restart() {
 #[test]
 fn a_crash_withdraws_approvals_not_yet_used_and_keeps_requests() {
     let (_d, path) = state_file();
-    let s = Store::default();
-    let (pending, _) = wait_id(ask(&s, "agent", "d1", HOUR));
-    let (approved, _) = wait_id(ask(&s, "agent", "d2", HOUR));
-    s.decide(&approved, "carol", &["finance".into()], true, "ok").unwrap();
+    let (s, pending, approved) = pending_and_approved();
     // The housekeeping thread's write while running: not clean.
     assert!(s.save(&path, false).unwrap());
     assert!(!s.save(&path, false).unwrap(), "nothing changed, nothing written");
