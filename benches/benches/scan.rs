@@ -75,7 +75,7 @@ fn whole_path(c: &mut Criterion) {
     let walk = Walk { engine: &e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &all }), skip_binary: true };
     let mut bufs = Buffers::default();
     let mut g = c.benchmark_group("whole_path");
-    for (label, size, rows) in [("1KB", 1024, false), ("10KB", 10 * 1024, false), ("1MB", 1 << 20, false), ("rows_10KB", 10 * 1024, true)] {
+    for (label, size, rows) in [("1KB", 1024, false), ("2KB", 2048, false), ("4KB", 4096, false), ("10KB", 10 * 1024, false), ("1MB", 1 << 20, false), ("rows_10KB", 10 * 1024, true)] {
         let body = if rows { mcp_rows(size) } else { mcp_response(size) };
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.sample_size(if size > 100_000 { 20 } else { 100 });

@@ -49,8 +49,13 @@ pub fn eligible(expr: &str, caseless: bool) -> bool {
 /// Most lanes a text is scanned as (see [`Lazy::find`]).
 const LANES: usize = 4;
 
-/// Each lane of a text scanned in several covers at least this many bytes.
-const LANE_MIN: usize = 2048;
+/// From how long a text (in seams, see [`Lazy::seam`]) it runs as two lanes, and as four.
+/// Every lane but the first also steps through the seam before its part, so short texts gain
+/// less than the lanes' parallelism: whole-path criterion runs over responses of 1, 2, 4 and
+/// 10 KB (seam 257 bytes) were fastest with two lanes from ~900 bytes and four from ~3,000
+/// (texts of ~1 KB as two lanes: +6 %, ~2 KB as two: +16 %, as four: +13 %).
+const TWO_LANES_FROM: f64 = 3.5;
+const FOUR_LANES_FROM: f64 = 12.0;
 
 /// The class-led patterns of an engine, by Hyperscan pattern id.
 pub struct Lazy {
@@ -59,7 +64,9 @@ pub struct Lazy {
     /// How far before its part each lane but the first starts: one more than the widest
     /// match phase 2 would confirm.
     seam: usize,
-    lane_min: usize,
+    /// Texts this long or longer run as two lanes; as four from `four_from`.
+    two_from: usize,
+    four_from: usize,
 }
 
 /// Per-core state of a [`Lazy`]: one cache per lane (a cache that is cleared invalidates every
@@ -82,14 +89,15 @@ impl Lazy {
             .build_many(&exprs)
             .map_err(|e| format!("building the lazy DFA of the class-led patterns: {e}"))?;
         let seam = widest + 1;
-        Ok(Some(Lazy { dfa, ids: patterns.iter().map(|p| p.0).collect(), seam, lane_min: LANE_MIN.max(2 * seam) }))
+        Ok(Some(Lazy { dfa, ids: patterns.iter().map(|p| p.0).collect(), seam, two_from: 0, four_from: 0 }.with_seam(seam)))
     }
 
-    /// Lanes of at least `min` bytes, overlapping by `seam` (for tests of the seams).
-    #[cfg(test)]
-    fn lanes(mut self, seam: usize, min: usize) -> Lazy {
+    /// Lanes overlapping by `seam` (smaller than the patterns need in tests of the seams).
+    fn with_seam(mut self, seam: usize) -> Lazy {
         self.seam = seam;
-        self.lane_min = min.max(2 * seam);
+        // Each lane's part is then at least 1.75 seams, so no lane starts before the text.
+        self.two_from = (seam as f64 * TWO_LANES_FROM) as usize;
+        self.four_from = (seam as f64 * FOUR_LANES_FROM) as usize;
         self
     }
 
@@ -107,10 +115,12 @@ impl Lazy {
     /// every match ending there is wider than the seam — wider than any start confirmation
     /// looks, so it could never become a finding.
     pub fn find(&self, caches: &mut Caches, hay: &[u8], out: &mut Vec<(u32, u32, u32)>) {
-        match (hay.len() / self.lane_min).min(LANES) {
-            0 | 1 => self.find_in::<1>(caches, hay, out),
-            2 | 3 => self.find_in::<2>(caches, hay, out),
-            _ => self.find_in::<4>(caches, hay, out),
+        if hay.len() >= self.four_from {
+            self.find_in::<4>(caches, hay, out)
+        } else if hay.len() >= self.two_from {
+            self.find_in::<2>(caches, hay, out)
+        } else {
+            self.find_in::<1>(caches, hay, out)
         }
     }
 
@@ -243,7 +253,7 @@ mod tests {
             let lazy = Lazy::new(&specs, 256).unwrap().unwrap();
             // Lanes of 130 bytes or more, overlapping by 64: every match in the test texts is
             // narrower (a separator at least every fourth piece).
-            let lanes = Lazy::new(&specs, 256).unwrap().unwrap().lanes(64, 130);
+            let lanes = Lazy::new(&specs, 256).unwrap().unwrap().with_seam(64);
             let hs: Vec<Pattern> = pats
                 .iter()
                 .map(|(i, e, c)| {
@@ -289,15 +299,16 @@ mod tests {
         }
     }
 
-    /// Every prefix of a text dense with matches, from two lanes to four: the lane borders
-    /// fall at every offset of the matches, and the ends stay Hyperscan's.
+    /// Every prefix of a text dense with matches, from one lane to four (seam 64: two lanes
+    /// from 224 bytes, four from 768): the lane borders fall at every offset of the matches,
+    /// and the ends stay Hyperscan's.
     #[test]
     fn lane_borders_at_every_offset_lose_no_end() {
         let (_, lanes, db) = shipped();
         let text = "mail bob@example.com, card 4111 1111 1111 1111 on 192.168.25.3; ".repeat(20);
         let sc = db.alloc_scratch().unwrap();
         let mut caches = lanes.caches();
-        for n in 260..text.len().min(1000) {
+        for n in 200..text.len().min(1100) {
             let hay = &text[..n];
             let mut got = Vec::new();
             lanes.find(&mut caches, hay.as_bytes(), &mut got);
