@@ -39,22 +39,34 @@ pub fn corpus_text(size: usize) -> String {
     out
 }
 
-/// A `tools/call` response whose text content is `size` bytes of corpus text.
-pub fn mcp_response(size: usize) -> Vec<u8> {
-    let text = corpus_text(size);
+/// The `n`th of a series of `tools/call` responses whose text content is `size` bytes of
+/// corpus text, each with the next `size` bytes.
+pub fn mcp_response_nth(size: usize, n: usize) -> Vec<u8> {
+    let text = corpus_text(size * (n + 1));
+    let text = tail(&text, size);
     serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": text}], "isError": false}}))
         .expect("encode")
+}
+
+/// The last `size` bytes of `text`, from a character boundary.
+fn tail(text: &str, size: usize) -> &str {
+    let mut from = text.len().saturating_sub(size);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    &text[from..]
 }
 
 /// A `tools/call` response of about `size` bytes whose structured content is database rows:
 /// many short keys, most of them over numbers, booleans and nested values — the shape where
 /// scanning object keys costs most. The text fields are corpus text, 60 bytes each.
-pub fn mcp_rows(size: usize) -> Vec<u8> {
-    let text = corpus_text(size);
-    let mut pieces = text.as_bytes().chunks(60).map(|c| String::from_utf8_lossy(c).into_owned());
+/// The `n`th of a series: the next rows (their own ids and names) with the next corpus text.
+pub fn mcp_rows_nth(size: usize, n: usize) -> Vec<u8> {
+    let text = corpus_text(size * (n + 1));
+    let mut pieces = tail(&text, size).as_bytes().chunks(60).map(|c| String::from_utf8_lossy(c).into_owned());
     let mut rows = Vec::new();
     let mut len = 0;
-    for i in 0.. {
+    for i in n * 100_000.. {
         if len >= size {
             break;
         }

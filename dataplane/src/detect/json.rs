@@ -19,7 +19,8 @@
 //! with a mask plan, a key with any finding appears in paths masked by its rules' strategies,
 //! whether or not the document itself is masked. Keys scanned on their own and found clean are
 //! remembered per core (in a fixed table, compared byte for byte), so the names repeated in
-//! every message are scanned once. A `Buffers` serves one engine at a time (the gateway keeps
+//! every message are scanned once; so are short leaves found clean, as scanned (`key: value`:
+//! the `"type": "text"` and status strings every answer repeats). A `Buffers` serves one engine at a time (the gateway keeps
 //! them together, with the engine alive, and makes new ones on reload).
 
 use super::engine::{Engine, Finding, Scanner};
@@ -66,6 +67,7 @@ pub struct Buffers {
     spans: Vec<(usize, usize, u32)>,
     masked: String,
     clean: CleanKeys,
+    clean_leaves: Box<CleanLeaves>,
     /// Where the current member's segment starts in `path`.
     seg: usize,
     /// The current member's new name, when something found in its key is masked.
@@ -74,6 +76,9 @@ pub struct Buffers {
 
 /// Object keys whose scan found nothing.
 type CleanKeys = CleanTexts<1024, 64>;
+
+/// Short leaves (`key: value` as scanned) whose scan found nothing: 96 KiB a core.
+type CleanLeaves = CleanTexts<1024, 96>;
 
 /// Texts (up to `MAX` bytes, at most 255) whose scan found nothing, in a direct-mapped table
 /// of `SLOTS` fixed slots: no allocation per text, a lookup instead of a scan for the texts
@@ -304,7 +309,14 @@ impl Walk<'_> {
         };
         let hay: &str = if prefix > 0 { &b.hay } else { text };
         b.findings.clear();
-        self.engine.scan(sc, hay, &mut b.findings);
+        // A leaf found clean before is not scanned again (what `across` found still counts).
+        let slot = b.clean_leaves.slot(self.engine, hay);
+        if !slot.is_some_and(|i| b.clean_leaves.contains(i, hay)) {
+            self.engine.scan(sc, hay, &mut b.findings);
+            if let Some(i) = slot.filter(|_| b.findings.is_empty()) {
+                b.clean_leaves.insert(i, hay);
+            }
+        }
         if b.findings.is_empty() && b.spans.is_empty() {
             return None;
         }
@@ -731,6 +743,67 @@ mod tests {
             assert!(!out.contains("@example.com"), "pass {pass}");
             assert!(out.contains("\"field_4999\""));
         }
+    }
+
+    /// Remembered clean leaves never hide a finding: 5,000 leaves, most of them a few values
+    /// repeated (remembered after their first scan), every seventh an address and every
+    /// eleventh a card number keyed like the clean ones, walked twice through the same buffers.
+    #[test]
+    fn remembered_clean_leaves_never_hide_a_finding() {
+        let mut doc = String::from("[");
+        let (mut mails, mut cards, mut ok3) = (0, 0, 0);
+        for i in 0..5000 {
+            let leaf = if i % 7 == 0 {
+                mails += 1;
+                format!(r#"{{"status":"user{}@example.com"}}"#, i % 50)
+            } else if i % 11 == 0 {
+                cards += 1;
+                r#"{"status":"4111 1111 1111 1111"}"#.to_string()
+            } else {
+                ok3 += usize::from(i % 5 == 3);
+                format!(r#"{{"status":"ok {}","type":"text"}}"#, i % 5)
+            };
+            doc.push_str(&format!("{}{leaf}", if i > 0 { "," } else { "" }));
+        }
+        doc.push(']');
+        let mut sc = engine().scanner().unwrap();
+        let mut bufs = Buffers::default();
+        for pass in 0..2 {
+            let (out, found) = walk_doc(&doc, Strategy::Redact, &|_| true, &mut sc, &mut bufs);
+            let kind = |k: &str| found.iter().filter(|f| engine().meta()[f.finding.rule as usize].kind == k).count();
+            assert_eq!((kind("email"), kind("payment_card")), (mails, cards), "pass {pass}");
+            assert!(!out.contains("@example.com") && !out.contains("4111 1111"), "pass {pass}");
+            assert_eq!(out.matches("\"ok 3\"").count(), ok3, "clean leaves pass unchanged");
+        }
+    }
+
+    /// A leaf remembered as clean still completes a value split before it: the second half of
+    /// an access key id, scanned clean on its own, is masked where the previous message ended
+    /// with the first half.
+    #[test]
+    fn a_remembered_clean_leaf_still_completes_a_split_value() {
+        let e = engine();
+        let masker = Masker::new([1; 32], "[MASKED]");
+        let strategies = vec![Strategy::Redact; e.meta().len()];
+        let all = |_: u32| true;
+        let w = Walk { engine: e, mask: Some(Plan { masker: &masker, strategies: &strategies, mask_rule: &all }), skip_binary: true };
+        let mut sc = e.scanner().unwrap();
+        let mut bufs = Buffers::default();
+        let mut walk = |doc: &str, bufs: &mut Buffers| {
+            let mut bytes = doc.as_bytes().to_vec();
+            let mut v = simd_json::to_borrowed_value(&mut bytes).unwrap();
+            let mut found = Vec::new();
+            w.run_carry(&mut sc, bufs, &mut v, &mut found);
+            (simd_json::to_string(&v).unwrap(), found)
+        };
+        let second = r#"{"text":"ODNN7EXAMPLE is the key"}"#;
+        let (alone, found) = walk(second, &mut bufs);
+        assert!(found.is_empty() && alone.contains("ODNN7EXAMPLE"), "clean alone: {alone}");
+        bufs.carry.clear();
+        let _ = walk(r#"{"text":"the key is AKIAIOSF"}"#, &mut bufs);
+        let (out, found) = walk(second, &mut bufs);
+        assert!(!found.is_empty(), "the joined key is found");
+        assert!(!out.contains("ODNN7EXAMPLE"), "{out}");
     }
 
     proptest! {
