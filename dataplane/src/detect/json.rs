@@ -735,13 +735,20 @@ mod tests {
             doc.push_str(&format!("{}\"{key}\":{{\"v\":{i}}}", if i > 0 { "," } else { "" }));
         }
         doc.push('}');
-        let mut sc = engine().scanner().unwrap();
-        let mut bufs = Buffers::default();
-        for pass in 0..2 {
-            let (out, found) = walk_doc(&doc, Strategy::Fingerprint, &|_| true, &mut sc, &mut bufs);
+        walked_twice(&doc, Strategy::Fingerprint, |pass, out, found| {
             assert_eq!(found.iter().filter(|f| f.in_key).count(), 500, "pass {pass}");
             assert!(!out.contains("@example.com"), "pass {pass}");
             assert!(out.contains("\"field_4999\""));
+        });
+    }
+
+    /// `doc` walked twice through the same scanner and buffers, each walk checked.
+    fn walked_twice(doc: &str, strategy: Strategy, check: impl Fn(usize, &str, &[Found])) {
+        let mut sc = engine().scanner().unwrap();
+        let mut bufs = Buffers::default();
+        for pass in 0..2 {
+            let (out, found) = walk_doc(doc, strategy, &|_| true, &mut sc, &mut bufs);
+            check(pass, &out, &found);
         }
     }
 
@@ -766,15 +773,12 @@ mod tests {
             doc.push_str(&format!("{}{leaf}", if i > 0 { "," } else { "" }));
         }
         doc.push(']');
-        let mut sc = engine().scanner().unwrap();
-        let mut bufs = Buffers::default();
-        for pass in 0..2 {
-            let (out, found) = walk_doc(&doc, Strategy::Redact, &|_| true, &mut sc, &mut bufs);
+        walked_twice(&doc, Strategy::Redact, |pass, out, found| {
             let kind = |k: &str| found.iter().filter(|f| engine().meta()[f.finding.rule as usize].kind == k).count();
             assert_eq!((kind("email"), kind("payment_card")), (mails, cards), "pass {pass}");
             assert!(!out.contains("@example.com") && !out.contains("4111 1111"), "pass {pass}");
             assert_eq!(out.matches("\"ok 3\"").count(), ok3, "clean leaves pass unchanged");
-        }
+        });
     }
 
     /// A leaf remembered as clean still completes a value split before it: the second half of
