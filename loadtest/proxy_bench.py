@@ -13,7 +13,10 @@ import time
 
 BODY = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                    "params": {"name": "get_weather", "arguments": {"city": "Lisbon", "units": "metric"}}})
-RESULT = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "18C, light wind"}], "isError": False}})
+# nginx fills in `$request_id` (32 random hex digits), so no two answers are alike, as on real
+# traffic: the gateway remembers short leaves it found clean, which one fixed answer would
+# turn into a lookup.
+RESULT = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "18C, light wind (reading $request_id)"}], "isError": False}})
 CONNECTIONS = 64
 
 
