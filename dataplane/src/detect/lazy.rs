@@ -49,11 +49,11 @@ pub fn eligible(expr: &str, caseless: bool) -> bool {
 /// Most lanes a text is scanned as (see [`Lazy::find`]).
 const LANES: usize = 4;
 
-/// From how long a text (in seams, see [`Lazy::seam`]) it runs as two lanes, and as four.
+/// From how long a text (in seams: see `Lazy`) it runs as two lanes, and as four.
 /// Every lane but the first also steps through the seam before its part, so short texts gain
 /// less than the lanes' parallelism: whole-path criterion runs over responses of 1, 2, 4 and
-/// 10 KB (seam 257 bytes) were fastest with two lanes from ~900 bytes and four from ~3,000
-/// (texts of ~1 KB as two lanes: +6 %, ~2 KB as two: +16 %, as four: +13 %).
+/// 10 KB (seam 257 bytes; one answer repeated) were fastest with two lanes from ~900 bytes and
+/// four from ~3,000 (texts of ~1 KB as two lanes: +6 %, ~2 KB as two: +16 %, as four: +13 %).
 const TWO_LANES_FROM: f64 = 3.5;
 const FOUR_LANES_FROM: f64 = 12.0;
 
@@ -92,7 +92,8 @@ impl Lazy {
         Ok(Some(Lazy { dfa, ids: patterns.iter().map(|p| p.0).collect(), seam, two_from: 0, four_from: 0 }.with_seam(seam)))
     }
 
-    /// Lanes overlapping by `seam` (smaller than the patterns need in tests of the seams).
+    /// Lanes overlapping by `seam`, and the text lengths from which two and four run (tests of
+    /// the seams give a smaller seam than the patterns need).
     fn with_seam(mut self, seam: usize) -> Lazy {
         self.seam = seam;
         // Each lane's part is then at least 1.75 seams, so no lane starts before the text.
@@ -251,8 +252,8 @@ mod tests {
             let pats = shipped_patterns(eligible);
             let specs: Vec<(u32, &str, bool)> = pats.iter().map(|(i, e, c)| (*i, e.as_str(), *c)).collect();
             let lazy = Lazy::new(&specs, 256).unwrap().unwrap();
-            // Lanes of 130 bytes or more, overlapping by 64: every match in the test texts is
-            // narrower (a separator at least every fourth piece).
+            // Lanes overlapping by 64 (two from 224 bytes, four from 768): every match in the
+            // test texts is narrower (a separator at least every fourth piece).
             let lanes = Lazy::new(&specs, 256).unwrap().unwrap().with_seam(64);
             let hs: Vec<Pattern> = pats
                 .iter()
