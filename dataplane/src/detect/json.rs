@@ -20,8 +20,9 @@
 //! whether or not the document itself is masked. Keys scanned on their own and found clean are
 //! remembered per core (in a fixed table, compared byte for byte), so the names repeated in
 //! every message are scanned once; so are short leaves found clean, as scanned (`key: value`:
-//! the `"type": "text"` and status strings every answer repeats). A `Buffers` serves one engine at a time (the gateway keeps
-//! them together, with the engine alive, and makes new ones on reload).
+//! the `"type": "text"` and status strings every answer repeats). A `Buffers` serves one
+//! engine at a time (the gateway keeps them together, with the engine alive, and makes new ones
+//! on reload).
 
 use super::engine::{Engine, Finding, Scanner};
 use super::mask::{apply, Plan, Span};
