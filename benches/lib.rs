@@ -39,38 +39,52 @@ pub fn corpus_text(size: usize) -> String {
     out
 }
 
-/// The `n`th of a series of `tools/call` responses whose text content is `size` bytes of
-/// corpus text, each with the next `size` bytes.
-pub fn mcp_response_nth(size: usize, n: usize) -> Vec<u8> {
-    let text = corpus_text(size * (n + 1));
-    let text = tail(&text, size);
-    serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": text}], "isError": false}}))
-        .expect("encode")
-}
-
-/// The last `size` bytes of `text`, from a character boundary.
-fn tail(text: &str, size: usize) -> &str {
-    let mut from = text.len().saturating_sub(size);
-    while !text.is_char_boundary(from) {
-        from += 1;
+/// `count` consecutive pieces of corpus text of about `size` bytes each (cut on character
+/// boundaries), from one run of it.
+fn pieces(size: usize, count: usize) -> Vec<String> {
+    let text = corpus_text(size * count);
+    let mut out = Vec::with_capacity(count);
+    let mut from = 0;
+    for k in 1..=count {
+        let mut to = (size * k).min(text.len());
+        while !text.is_char_boundary(to) {
+            to -= 1;
+        }
+        out.push(text[from..to].to_owned());
+        from = to;
     }
-    &text[from..]
+    out
 }
 
-/// A `tools/call` response of about `size` bytes whose structured content is database rows:
-/// many short keys, most of them over numbers, booleans and nested values — the shape where
-/// scanning object keys costs most. The text fields are corpus text, 60 bytes each.
-/// The `n`th of a series: the next rows (their own ids and names) with the next corpus text.
-pub fn mcp_rows_nth(size: usize, n: usize) -> Vec<u8> {
-    let text = corpus_text(size * (n + 1));
-    let mut pieces = tail(&text, size).as_bytes().chunks(60).map(|c| String::from_utf8_lossy(c).into_owned());
+/// A series of `count` different `tools/call` responses, each with the next `size` bytes of
+/// corpus text as its text content.
+pub fn mcp_responses(size: usize, count: usize) -> Vec<Vec<u8>> {
+    pieces(size, count)
+        .into_iter()
+        .map(|text| {
+            serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": text}], "isError": false}}))
+                .expect("encode")
+        })
+        .collect()
+}
+
+/// A series of `count` different `tools/call` responses of about `size` bytes whose structured
+/// content is database rows: many short keys, most of them over numbers, booleans and nested
+/// values — the shape where scanning object keys costs most. Each has rows of its own (ids,
+/// names) and the next corpus text, in notes of 60 bytes.
+pub fn mcp_rows_series(size: usize, count: usize) -> Vec<Vec<u8>> {
+    pieces(size, count).iter().enumerate().map(|(n, text)| rows(text, size, n)).collect()
+}
+
+fn rows(text: &str, size: usize, n: usize) -> Vec<u8> {
+    let mut notes = text.as_bytes().chunks(60).map(|c| String::from_utf8_lossy(c).into_owned());
     let mut rows = Vec::new();
     let mut len = 0;
     for i in n * 100_000.. {
         if len >= size {
             break;
         }
-        let note = pieces.next().unwrap_or_default();
+        let note = notes.next().unwrap_or_default();
         let row = serde_json::json!({
             "id": i, "name": format!("user {i}"), "note": note, "active": i % 3 != 0, "score": i as f64 / 7.0,
             "tags": ["a", "b"], "address": {"city": "Lyon", "zip": i % 100}, "created": 1_700_000_000 + i,

@@ -12,7 +12,7 @@ use sluice::detect::mask::{Masker, Plan};
 use sluice::detect::rules::{default_dir, load_dir};
 use sluice::jsonrpc;
 use simd_json::prelude::*;
-use sluice_benches::{corpus_text, mcp_response_nth, mcp_rows_nth};
+use sluice_benches::{corpus_text, mcp_responses, mcp_rows_series};
 use std::hint::black_box;
 
 fn engine() -> Engine {
@@ -83,7 +83,7 @@ fn whole_path(c: &mut Criterion) {
         // A series of different answers, taken in turn: a core's table of clean short leaves
         // then remembers only what answers repeat (`"type": "text"`), not a whole answer.
         let n = if size > 100_000 { 1 } else { ANSWERS };
-        let bodies: Vec<Vec<u8>> = (0..n).map(|i| if rows { mcp_rows_nth(size, i) } else { mcp_response_nth(size, i) }).collect();
+        let bodies = if rows { mcp_rows_series(size, n) } else { mcp_responses(size, n) };
         let bytes: usize = bodies.iter().map(Vec::len).sum();
         g.throughput(Throughput::Bytes((bytes / n) as u64));
         g.sample_size(if size > 100_000 { 20 } else { 100 });
