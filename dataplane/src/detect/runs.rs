@@ -4,7 +4,9 @@
 //! prefilter such a pattern on, so every one of them runs as its own automaton over all the
 //! text and, inside the full pack, they cost more than all the other rules together (measured
 //! with `cargo run --release -p sluice-benches --example marginal_cost`). Here they are found
-//! in one pass that looks at every `min`-th byte and widens only where it lands inside a run.
+//! in one pass: 64 bytes at a time become a mask of the union of the classes (two table
+//! look-ups per 32 bytes with AVX2), and a few shifts of the mask find the runs long enough
+//! for any pattern; only those are looked at byte by byte.
 //!
 //! The matches are the ones Hyperscan reports after [`super::engine`] keeps the longest match
 //! per start: a maximal run of the class (long enough, with the boundaries the pattern asks
@@ -127,8 +129,88 @@ pub struct Runs {
     /// Bit i: byte is in spec i's class.
     table: [u32; 256],
     specs: Vec<Spec>,
-    /// The shortest run any spec needs: the stride of the probes.
+    /// The shortest run any spec needs.
     min: usize,
+    union: Union,
+}
+
+/// Membership in the union of the classes, 64 bytes at a time.
+struct Union {
+    /// Per low nibble, the high nibbles (bit h: `h << 4 | low`) of ASCII bytes in the union.
+    rows: [u8; 16],
+    /// AVX2 is there and the union is ASCII (as `parse_class` makes every class): the
+    /// look-up by nibbles; otherwise the table, byte by byte.
+    simd: bool,
+}
+
+impl Union {
+    fn new(table: &[u32; 256]) -> Union {
+        let mut rows = [0u8; 16];
+        for b in (0..128).filter(|&b| table[b] != 0) {
+            rows[b & 15] |= 1 << (b >> 4);
+        }
+        let ascii = table[128..].iter().all(|&t| t == 0);
+        Union { rows, simd: ascii && avx2() }
+    }
+
+    /// Bit i: byte i of the block is in the union.
+    #[inline]
+    fn mask(&self, table: &[u32; 256], block: &[u8; 64]) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            // SAFETY: `simd` is set only where AVX2 was detected.
+            return unsafe { x86::mask(&self.rows, block) };
+        }
+        block.iter().enumerate().fold(0, |m, (i, &b)| m | u64::from(table[b as usize] != 0) << i)
+    }
+}
+
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Bit i: byte i's low nibble's row holds its high nibble (bytes of 0x80 and up: never).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn mask(rows: &[u8; 16], block: &[u8; 64]) -> u64 {
+        // SAFETY: AVX2 is enabled here; 16 and 2 × 32 bytes are read from arrays of those
+        // sizes, unaligned loads.
+        unsafe {
+            let rows = _mm256_broadcastsi128_si256(_mm_loadu_si128(rows.as_ptr().cast()));
+            let bits = _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 4, 8, 16, 32, 64, -128, 0, 0, 0, 0, 0, 0, 0, 0);
+            let nibble = _mm256_set1_epi8(0x0f);
+            let half = |v: __m256i| {
+                let row = _mm256_shuffle_epi8(rows, _mm256_and_si256(v, nibble));
+                let bit = _mm256_shuffle_epi8(bits, _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble));
+                !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(row, bit), _mm256_setzero_si256())) as u32)
+            };
+            let lo = _mm256_loadu_si256(block.as_ptr().cast());
+            let hi = _mm256_loadu_si256(block.as_ptr().add(32).cast());
+            u64::from(half(lo)) | u64::from(half(hi)) << 32
+        }
+    }
+}
+
+/// Bit i of the result: bits i .. i + n of `x` are all set (n ≥ 1; none past bit 63).
+fn runs_of(x: u64, n: usize) -> u64 {
+    let (mut y, mut k) = (x, 1);
+    while 2 * k <= n {
+        y &= y >> k;
+        k *= 2;
+    }
+    if k < n {
+        y &= y >> (n - k);
+    }
+    y
 }
 
 struct Spec {
@@ -162,35 +244,63 @@ impl Runs {
                 Spec { id, shape, max_width, whole }
             })
             .collect();
-        Some(Runs { table, specs, min })
+        Some(Runs { union: Union::new(&table), table, specs, min })
     }
 
     /// Append (pattern id, start, end) for every match in `hay`.
     pub fn find(&self, hay: &[u8], out: &mut Vec<(u32, u32, u32)>) {
-        let (t, m, n) = (&self.table, self.min, hay.len());
-        // A run of `m` or more bytes covers one of the probed positions m-1, 2m-1, …
-        let mut probe = m - 1;
-        while probe < n {
-            if t[hay[probe] as usize] == 0 {
-                probe += m;
-                continue;
+        if hay.len() < self.min {
+            return;
+        }
+        // The start of a union run that reaches the end of the block before.
+        let mut open: Option<usize> = None;
+        let blocks = hay.chunks_exact(64);
+        let rest = blocks.remainder();
+        for (k, block) in blocks.enumerate() {
+            let block: &[u8; 64] = block.try_into().unwrap_or(&[0; 64]);
+            self.block(hay, 64 * k, self.union.mask(&self.table, block), &mut open, out);
+        }
+        if !rest.is_empty() {
+            // Zeros past the end: never in a class.
+            let mut tail = [0u8; 64];
+            tail[..rest.len()].copy_from_slice(rest);
+            self.block(hay, hay.len() - rest.len(), self.union.mask(&self.table, &tail), &mut open, out);
+        }
+        if let Some(a) = open {
+            if hay.len() - a >= self.min {
+                self.in_union_run(hay, a, hay.len(), out);
             }
-            let mut b = probe + 1;
-            while b < n && t[hay[b] as usize] != 0 {
-                b += 1;
+        }
+    }
+
+    /// The union runs that end in the block at `at` (mask `x`), and the one it leaves open.
+    #[inline]
+    fn block(&self, hay: &[u8], at: usize, mut x: u64, open: &mut Option<usize>, out: &mut Vec<(u32, u32, u32)>) {
+        let m = self.min;
+        if let Some(a) = *open {
+            let t = x.trailing_ones() as usize;
+            if t == 64 {
+                return;
             }
-            // Long enough only if it also covers b - m: most tokens stop at that one look.
-            if b >= m && t[hay[b - m] as usize] != 0 {
-                let mut a = probe;
-                while a > 0 && t[hay[a - 1] as usize] != 0 {
-                    a -= 1;
-                }
-                if b - a >= m {
-                    self.in_union_run(hay, a, b, out);
-                }
+            if at + t - a >= m {
+                self.in_union_run(hay, a, at + t, out);
             }
-            // The next probe lies past this run (no probe inside it can find another).
-            probe = b + m;
+            *open = None;
+            x &= !0 << t;
+        }
+        // A run reaching the block's last byte may go on in the next.
+        let lead = x.leading_ones();
+        if lead > 0 {
+            *open = Some(at + 64 - lead as usize);
+            x &= u64::MAX.checked_shr(lead).unwrap_or(0);
+        }
+        // The rest lie inside the block: each long one starts at its lowest bit in `long`.
+        let mut long = if m < 64 { runs_of(x, m) } else { 0 };
+        while long != 0 {
+            let s = long.trailing_zeros() as usize;
+            let e = s + (x >> s).trailing_ones() as usize;
+            self.in_union_run(hay, at + s, at + e, out);
+            long &= !0 << e;
         }
     }
 
@@ -353,6 +463,42 @@ mod tests {
                 assert_eq!(ours("[A-Z]{6,}", &hay), expect, "{hay:?}");
                 assert_eq!(expect.len(), usize::from(len >= 6));
             }
+        }
+    }
+
+    #[test]
+    fn runs_across_block_borders() {
+        // Runs as short as, and longer than, every minimum around the 64-byte blocks the
+        // masks are made of, with text of other runs before them.
+        for min in [1usize, 5, 24, 63, 64, 65, 130] {
+            let runs = Runs::new(vec![(0, shape(&format!("[A-Z]{{{min},}}"), false).unwrap(), usize::MAX / 2)]).unwrap();
+            for lead in (0..140).step_by(3).chain([63, 64, 65, 127, 128]) {
+                for len in [min.saturating_sub(1).max(1), min, min + 1, 64, 129, 200] {
+                    let hay = format!("{}{}{}", &"ab ".repeat(lead / 3 + 1)[..lead], "Q".repeat(len), if lead % 2 == 0 { " x" } else { "" });
+                    let mut got = Vec::new();
+                    runs.find(hay.as_bytes(), &mut got);
+                    let want: Vec<(u32, u32, u32)> = if len >= min { vec![(0, lead as u32, (lead + len) as u32)] } else { vec![] };
+                    assert_eq!(got, want, "min {min} lead {lead} len {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_mask_by_nibbles_is_the_table() {
+        if !avx2() {
+            return;
+        }
+        let runs = Runs::new(SHAPES.iter().enumerate().map(|(i, e)| (i as u32, shape(e, false).unwrap(), 100)).collect()).unwrap();
+        let by_table = Union { simd: false, ..Union::new(&runs.table) };
+        assert!(runs.union.simd);
+        let mut block = [0u8; 64];
+        for round in 0..=255u8 {
+            for (i, b) in block.iter_mut().enumerate() {
+                *b = round.wrapping_mul(31).wrapping_add((i as u8).wrapping_mul(7)) ^ (i as u8 >> 2);
+            }
+            block[usize::from(round) % 64] = round;
+            assert_eq!(runs.union.mask(&runs.table, &block), by_table.mask(&runs.table, &block), "{block:?}");
         }
     }
 
