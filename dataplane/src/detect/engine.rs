@@ -80,6 +80,10 @@ pub struct Engine {
     lazy: Option<Lazy>,
     /// Phase 2 for most confirmed patterns: their starts found backwards from each end.
     reverse: Option<Reverse>,
+    /// Per pattern id: [`Reverse`] holds it, it ends in an open class run
+    /// ([`reverse::ends_in_open_class_run`]) and its rule takes any match as found (no
+    /// validator, context or value trimming), so a run of consecutive ends needs one walk.
+    one_walk_per_run: Vec<bool>,
     /// Phase-1 ids from `patterns` on are context-word triggers: the rule each one stands for.
     /// A rule that needs context words is not run in phase 1 at all; its patterns run,
     /// start-tracked, only around its words.
@@ -295,6 +299,13 @@ impl Engine {
             tracing::warn!(error = %e, "starts are confirmed by Hyperscan alone");
             None
         });
+        let mut one_walk_per_run = vec![false; starts.len()];
+        for &(i, e, caseless) in backwards.iter().filter(|_| reverse.is_some()) {
+            let Target::Rule(r) = targets[i as usize] else { continue };
+            let rule = &rules[r as usize].rule;
+            let plain = matches!(rule.validator, Validator::None) && !rule.context_required && !rule.value_only;
+            one_walk_per_run[i as usize] = plain && reverse::ends_in_open_class_run(e, caseless);
+        }
         let mut meta: Vec<Meta> = rules
             .iter()
             .map(|l| Meta {
@@ -317,7 +328,7 @@ impl Engine {
         let max_context = rules.iter().map(|l| if l.rule.context.is_empty() { 0 } else { l.rule.context_window }).max().unwrap_or(0);
         let hold_back = rules.iter().map(|l| l.rule.max_width).max().unwrap_or(0).max(4096) + max_context;
         let n_patterns = targets.len();
-        Ok(Engine { rules, meta, targets, block, starts, runs, lazy, reverse, triggers, patterns: n_patterns, rule_patterns, stream, hold_back, max_context })
+        Ok(Engine { rules, meta, targets, block, starts, runs, lazy, reverse, one_walk_per_run, triggers, patterns: n_patterns, rule_patterns, stream, hold_back, max_context })
     }
 
     pub fn rules(&self) -> &[Loaded] {
@@ -442,17 +453,46 @@ impl Engine {
                     (Some(rev), Some(cache)) if rev.holds(id) => {
                         let mut fallback = std::mem::take(&mut sc.fallback);
                         fallback.clear();
-                        for &(_, _, end) in ends {
-                            let e = end as usize;
-                            let mut from = e.saturating_sub(*window);
-                            while !hay.is_char_boundary(from) {
-                                from -= 1;
+                        let runs = self.one_walk_per_run[id as usize];
+                        let mut k = 0;
+                        while k < ends.len() {
+                            // Consecutive ends (sorted, deduplicated): one walk from the last,
+                            // looking back as far as the first end's window reaches. Every
+                            // match ending in the run extends to the last end, so that start
+                            // is the leftmost of all and `finish` would drop the others as
+                            // nested in it. Only if it is too wide for the window, or the text
+                            // is not ASCII, is each end walked (or confirmed) on its own.
+                            let mut last = k;
+                            while runs && last + 1 < ends.len() && ends[last + 1].2 == ends[last].2 + 1 {
+                                last += 1;
                             }
-                            match rev.start(cache, id, hay.as_bytes(), from, e) {
-                                Ok(Some(s)) => out.push((id, s as u32, end)),
-                                Ok(None) => {}
-                                Err(NonAscii) => fallback.push((id, 0, end)),
+                            if last > k {
+                                let (first, end) = (ends[k].2 as usize, ends[last].2);
+                                let mut from = first.saturating_sub(*window);
+                                while !hay.is_char_boundary(from) {
+                                    from -= 1;
+                                }
+                                if let Ok(Some(s)) = rev.start(cache, id, hay.as_bytes(), from, end as usize) {
+                                    if end as usize - s <= *window {
+                                        out.push((id, s as u32, end));
+                                        k = last + 1;
+                                        continue;
+                                    }
+                                }
                             }
+                            for &(_, _, end) in &ends[k..=last] {
+                                let e = end as usize;
+                                let mut from = e.saturating_sub(*window);
+                                while !hay.is_char_boundary(from) {
+                                    from -= 1;
+                                }
+                                match rev.start(cache, id, hay.as_bytes(), from, e) {
+                                    Ok(Some(s)) => out.push((id, s as u32, end)),
+                                    Ok(None) => {}
+                                    Err(NonAscii) => fallback.push((id, 0, end)),
+                                }
+                            }
+                            k = last + 1;
                         }
                         confirm(db, *window, id, hay, &fallback, &sc.scratch, &mut out);
                         sc.fallback = fallback;
@@ -1014,6 +1054,61 @@ mod tests {
             runs.find(hay.as_bytes(), &mut got);
             proptest::prop_assert_eq!(spans(got.into_iter().map(|r| r.2 as usize).collect()), spans(want), "{:?}", hay);
         }
+    }
+
+    /// The same small pack compiled twice: as the engine runs it, and walking back from every
+    /// end of every pattern (the reference for [`Engine::one_walk_per_run`]).
+    fn open_run_engines() -> &'static (Engine, Engine) {
+        static BOTH: std::sync::OnceLock<(Engine, Engine)> = std::sync::OnceLock::new();
+        BOTH.get_or_init(|| {
+            let tmp = tempfile::Builder::new().prefix("sluice-rules-runs-").tempdir().unwrap();
+            let rule = |id: &str, pattern: &str, width: usize, caseless: bool| {
+                format!("[[rule]]\nid = \"{id}\"\nkind = \"{id}\"\ncategory = \"secret\"\nseverity = \"low\"\npatterns = ['{pattern}']\nmax_width = {width}\ncaseless = {caseless}\n\n")
+            };
+            let pack = [
+                rule("dotted", r"\bk[a-z]{2,}\.[a-z0-9-]{3,}", 24, false),
+                rule("token", r"\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{3,}", 30, false),
+                rule("assigned", r"\btok=[a-f0-9]{4,}", 20, true),
+            ]
+            .concat();
+            std::fs::write(tmp.path().join("runs.toml"), pack).unwrap();
+            let on = Engine::compile(load_dir(tmp.path()).unwrap()).unwrap();
+            let mut off = Engine::compile(load_dir(tmp.path()).unwrap()).unwrap();
+            assert_eq!(on.one_walk_per_run.iter().filter(|x| **x).count(), 3, "every pattern of the pack ends in an open class run");
+            off.one_walk_per_run.fill(false);
+            (on, off)
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// One walk back per run of consecutive ends finds what a walk per end finds: tokens
+        /// touching (a second token starting inside the first one's run), nested, with two
+        /// starts (`eyJab-eyJcd.…`), wider than the rule allows, cut by non-ASCII text.
+        #[test]
+        fn one_walk_per_run_of_ends_finds_what_a_walk_per_end_finds(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "kab.xyz", "kabc.x-y-z-w", "k.aaa", "kab.", "kzz.zzzzzzzzzzzzzzzzzzzzzzzz9", "eyJab.cdef", "eyJab.cd-eyJcd.efgh",
+                "eyJabcdefghij.klmnopqrstuvwxyz0123", "eyJab-eyJcd.efghijklmnopqrstuvwxyz", "TOK=abcdef12", "tok=ABCDEF0123456789abcdef", "tok=abc", "-", "x", "\u{e9}", "9",
+            ]), 0..40),
+            seps in proptest::collection::vec(proptest::sample::select(vec!["", "", " ", ".", "-", "="]), 40),
+        ) {
+            let (on, off) = open_run_engines();
+            let text: String = pieces.iter().zip(&seps).flat_map(|(p, s)| [*p, *s]).collect();
+            let (mut a, mut b) = (on.scanner().unwrap(), off.scanner().unwrap());
+            proptest::prop_assert_eq!(scan(on, &mut a, &text), scan(off, &mut b, &text), "{:?}", text);
+        }
+    }
+
+    #[test]
+    fn the_jwt_rule_walks_back_once_per_token() {
+        let e = engine();
+        let jwt = e.meta().iter().position(|m| m.id == "secret.jwt").unwrap();
+        let ids = &e.rule_patterns[jwt];
+        assert!(!ids.is_empty() && ids.iter().all(|&i| e.one_walk_per_run[i as usize]));
+        let mut sc = e.scanner().unwrap();
+        let t = "a eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U b";
+        assert_eq!(scan(&e, &mut sc, t), vec![("secret.jwt".to_string(), 2, t.len() - 2)]);
     }
 
     #[test]

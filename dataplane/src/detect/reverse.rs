@@ -43,6 +43,49 @@ pub fn eligible(expr: &str, caseless: bool) -> bool {
         .is_ok_and(|nfa| nfa.states().len() <= MAX_NFA_STATES)
 }
 
+/// Does every match of this pattern end in a run of one class `C` that may grow without
+/// bound, right after a literal byte or a class outside `C` (`….[C]{n,}`, nothing after it,
+/// not even an assertion)? Then where the part before the run ends is fixed: at the byte
+/// before the run of `C` bytes the end is in. So every end inside one such run has the same
+/// set of starts, and the same leftmost start: of consecutive ends `e, e + 1, …` (the JWT
+/// rule's signature reports one end per byte) [`super::engine`] walks back from the last one
+/// alone.
+pub fn ends_in_open_class_run(expr: &str, caseless: bool) -> bool {
+    use regex_syntax::hir::{Class, Hir, HirKind};
+    /// The bytes the last position of a literal, a class or a class repeated can be.
+    fn bytes(h: &Hir) -> Option<[bool; 256]> {
+        let mut set = [false; 256];
+        match h.kind() {
+            HirKind::Literal(l) => set[*l.0.last()? as usize] = true,
+            // At least once: its last byte is one of the class's.
+            HirKind::Repetition(r) if r.min >= 1 && matches!(r.sub.kind(), HirKind::Class(_)) => return bytes(&r.sub),
+            HirKind::Class(Class::Bytes(c)) => c.iter().for_each(|r| (r.start()..=r.end()).for_each(|b| set[b as usize] = true)),
+            HirKind::Class(Class::Unicode(c)) => {
+                for r in c.iter() {
+                    let (a, b) = (r.start() as u32, r.end() as u32);
+                    if b > 0x7F {
+                        return None;
+                    }
+                    (a..=b).for_each(|x| set[x as usize] = true);
+                }
+            }
+            _ => return None,
+        }
+        Some(set)
+    }
+    let Ok(hir) = regex_syntax::ParserBuilder::new().unicode(false).utf8(false).build().parse(&spelled(expr, caseless)) else { return false };
+    let HirKind::Concat(parts) = hir.kind() else { return false };
+    let [.., before, last] = parts.as_slice() else { return false };
+    let HirKind::Repetition(run) = last.kind() else { return false };
+    if run.min == 0 || run.max.is_some() || !matches!(run.sub.kind(), HirKind::Class(_)) {
+        return false;
+    }
+    match (bytes(before), bytes(&run.sub)) {
+        (Some(b), Some(c)) => (0..256).all(|x| !(b[x] && c[x])),
+        _ => false,
+    }
+}
+
 /// The search met a byte ≥ 0x80: ask Hyperscan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NonAscii;
@@ -117,6 +160,20 @@ mod tests {
         for no in [r"a(b", r"a(?=b)", r"-----BEGIN KEY-----[A-Za-z0-9+/=\s]{64,8192}-----END KEY-----"] {
             assert!(!eligible(no, false), "{no}");
         }
+    }
+
+    #[test]
+    fn open_class_runs_after_a_byte_outside_the_class() {
+        for yes in [r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", r"key=[a-f0-9]+", r"x[0-9]{3}[a-z]{2,}", r"(?:ab|cd)\.[a-z]+"] {
+            assert!(ends_in_open_class_run(yes, false), "{yes}");
+        }
+        assert!(ends_in_open_class_run(r"token:[a-z0-9]{4,}", true));
+        // Alone; the byte before can be in the run; bounded; optional; an assertion after;
+        // the part before may end in the run's class (`[0-9]?`); caseless widens `k` to `K`.
+        for no in [r"[a-z]+", r"a[a-z]+", r"x[a-z]{2,5}", r"x[a-z]*", r"x[a-z]+\b", r"x[0-9]?[0-9a-z]+", r"a(b"] {
+            assert!(!ends_in_open_class_run(no, false), "{no}");
+        }
+        assert!(!ends_in_open_class_run(r"K[a-z]+", true));
     }
 
     #[test]
