@@ -4,6 +4,9 @@
 //! the latter timed on their own first) compiled whole and then once without each rule; the difference in scan time over
 //! ~1 MiB of corpus text is that rule's marginal cost. Rules alone (`som_cost`) hide how
 //! Hyperscan's engines add up. Run: `cargo run --release -p sluice-benches --example marginal_cost`.
+//! `marginal_cost inj.,pii.` times the pack without and with only the rules whose ids start so;
+//! `ALONE=inj.` times each such rule in a database of its own instead; `RULES=DIR` reads the
+//! packs in `DIR` (a copy with a pattern rewritten, to compare against the shipped one).
 
 use hyperscan::prelude::*;
 use sluice::detect::decode::PERCENT_CANDIDATE;
@@ -14,7 +17,7 @@ use std::time::Instant;
 
 fn main() {
     let text = corpus_text(1 << 20);
-    let rules = load_dir(&default_dir()).expect("packs");
+    let rules = load_dir(&std::env::var("RULES").map_or_else(|_| default_dir(), std::path::PathBuf::from)).expect("packs");
     // (rule id, expressions with their flags)
     let mut groups: Vec<(String, Vec<(String, CompileFlags)>)> = Vec::new();
     let mut class_led: Vec<(u32, String, bool)> = Vec::new();
@@ -70,6 +73,15 @@ fn main() {
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!("the {} class-led patterns in the lazy DFA: {:.2} ms per MiB, {} ends", class_led.len(), best * 1e3, out.len());
+    }
+    if let Ok(prefix) = std::env::var("ALONE") {
+        let mut rows: Vec<(f64, String)> = groups.iter().filter(|g| g.0.starts_with(&prefix) && !g.1.is_empty()).map(|(id, _)| (time(&|x| x != id), id.clone())).collect();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (ms, id) in rows {
+            let n = groups.iter().find(|g| g.0 == id).map(|g| g.1.len()).unwrap_or(0);
+            println!("{ms:>7.3} ms alone  {id} ({n} patterns)");
+        }
+        return;
     }
     let all = time(&|_| false);
     println!("phase 1, whole pack: {all:.2} ms per MiB ({:.0} MB/s)", text.len() as f64 / all / 1e3);
