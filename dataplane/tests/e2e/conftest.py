@@ -253,6 +253,20 @@ class Gateway:
                     total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def await_metric(self, name: str, want, limit: float = 5.0, **labels) -> float:
+        """The metric once it reads `want` (a value, or a test of the value), else its value
+        after `limit` seconds: an exchange counts its request (`sluice_requests_total`) and
+        gives its body back (`sluice_buffered_bytes`) only after the answer's last byte has
+        gone out, and a loaded machine takes a moment to see a close or a body arrive, so a
+        read straight after the event can come first."""
+        ok = want if callable(want) else (lambda v: v == want)
+        end = time.monotonic() + limit
+        got = self.metric(name, **labels)
+        while not ok(got) and time.monotonic() < end:
+            time.sleep(0.05)
+            got = self.metric(name, **labels)
+        return got
+
 
 @pytest.fixture
 def gateway(tmp_path):

@@ -33,7 +33,7 @@ def test_a_web_client_in_a_real_browser_runs_a_session_through_the_gateway(py_js
         assert page["delete"] == 200, page
     # An origin the gateway does not serve gets nothing through: its preflight is refused.
     assert "error" in other["initialize"] and "Failed to fetch" in other["initialize"]["error"], other
-    assert g.metric("sluice_requests_total", status="403") >= 1
+    assert g.await_metric("sluice_requests_total", lambda v: v >= 1, status="403") >= 1
 
 
 def raw(port: int, head: str, body: bytes = b"") -> tuple[int, dict, bytes]:

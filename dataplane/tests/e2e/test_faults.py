@@ -94,7 +94,7 @@ def test_upstream_closing_mid_sse_ends_the_stream(raw_upstream, gateway):
     assert not text.endswith("0\r\n\r\n"), "the agent can tell the stream was cut (no clean last chunk)"
     # The gateway keeps serving, and counted the broken stream as an upstream problem.
     assert g.get_admin("/readyz")["ready"] is True
-    assert g.metric("sluice_requests_total", status="200") == 1
+    assert g.await_metric("sluice_requests_total", 1, status="200") == 1
 
 
 def test_client_disconnect_mid_stream_closes_upstream(raw_upstream, gateway):
@@ -334,18 +334,6 @@ def _head(conn: socket.socket, timeout=5.0) -> bytes:
     return got
 
 
-def _await_metric(g, name, want, limit=5.0):
-    """The metric's value once it reads `want`, or its last value after `limit` seconds (a
-    loaded machine takes a moment to see a close or a body arrive, and an exchange gives its
-    body back only after its answer's last byte has gone out)."""
-    end = time.monotonic() + limit
-    got = g.metric(name)
-    while got != want and time.monotonic() < end:
-        time.sleep(0.05)
-        got = g.metric(name)
-    return got
-
-
 def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream, gateway):
     """Many large or slow bodies cannot exhaust the host's memory, nor many idle connections its
     sockets: a body that would pass the worker's share of `limits.max_buffered_bytes` is refused
@@ -368,7 +356,7 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     slow = socket.create_connection(("127.0.0.1", g.port))
     slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
                  + f"Content-Length: {len(big)}\r\n\r\n".encode() + big[:1000])
-    assert _await_metric(g, "sluice_buffered_bytes", len(big)) == len(big)
+    assert g.await_metric("sluice_buffered_bytes", len(big)) == len(big)
     # … so a second large body does not fit — refused on its head alone — while a small one does.
     head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
     with socket.create_connection(("127.0.0.1", g.port)) as c:
@@ -396,12 +384,12 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     assert g.metric("sluice_bodies_refused_total") == 3
     slow.sendall(big[1000:])
     assert _head(slow).startswith(b"HTTP/1.1 200"), "the slow body, once whole, is served"
-    assert _await_metric(g, "sluice_buffered_bytes", 0) == 0, "given back after the exchange"
+    assert g.await_metric("sluice_buffered_bytes", 0) == 0, "given back after the exchange"
     assert httpx.post(g.url(), content=big, headers=ACCEPT, timeout=10).status_code == 200
     assert httpx.post(g.url("/big"), json=PING, headers=ACCEPT, timeout=10).status_code == 200
     # Connections: the slow one is still open (keep-alive); two more fill the limit of 3 once
     # the gateway has seen the closes of the two calls above.
-    assert _await_metric(g, "sluice_active_connections", 1) == 1
+    assert g.await_metric("sluice_active_connections", 1) == 1
     held = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(2)]
     for _ in range(50):
         if g.metric("sluice_active_connections") == 3:
@@ -417,7 +405,7 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     assert g.metric("sluice_connections_refused_total") == 1
     for s in held + [slow]:
         s.close()
-    assert _await_metric(g, "sluice_active_connections", 0) == 0, "closed connections are given back"
+    assert g.await_metric("sluice_active_connections", 0) == 0, "closed connections are given back"
     assert httpx.post(g.url(), json=PING, headers=ACCEPT, timeout=10).status_code == 200
 
 
@@ -459,7 +447,7 @@ def test_sse_events_count_against_the_memory_limit(raw_upstream, gateway):
     # An event over max_sse_event_bytes ends the stream with the upstream's fault named.
     [too_big] = call(1100 * kib)
     assert too_big["error"]["code"] == -32001 and "limits.max_sse_event_bytes" in too_big["error"]["data"]["reason"], too_big
-    assert _await_metric(g, "sluice_buffered_bytes", 0) == 0, "given back"
+    assert g.await_metric("sluice_buffered_bytes", 0) == 0, "given back"
     assert g.metric("sluice_bodies_refused_total") == 1
     # Both refusals are the calls' answers in the record.
     settled(g)
