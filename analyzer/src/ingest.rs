@@ -629,6 +629,67 @@ mod tests {
 
     const H: i64 = 3_600_000_000;
 
+    /// Records come out once each and in order however the reads are cut, while the active
+    /// segment grows (a record half written at one read is whole at the next) and is then
+    /// sealed by a newer one.
+    #[test]
+    fn a_growing_spool_is_read_once_in_order_across_reads() {
+        use std::io::Write;
+        let tmp = std::env::temp_dir().join(format!("sluice-ingest-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let (dir, root) = (tmp.join("spool"), tmp.join("archive"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let records = |from: usize, to: usize| {
+            let mut b = Vec::new();
+            for i in from..to {
+                spool::encode(&mut b, 0, b"s", format!("{{\"n\":{i}}}").as_bytes());
+            }
+            b
+        };
+        let segment = |seq: u64, body: &[u8]| {
+            let mut b = spool::header().to_vec();
+            b.extend_from_slice(body);
+            std::fs::write(dir.join(spool::segment_name(seq)), b).unwrap();
+        };
+        let append = |seq: u64, body: &[u8]| std::fs::OpenOptions::new().append(true).open(dir.join(spool::segment_name(seq))).unwrap().write_all(body).unwrap();
+        let mut tail = SpoolTail::open(&dir, &root).unwrap();
+        let mut got: Vec<String> = Vec::new();
+        // Read in reads of `max` until one comes back short (a bounded number of them: a
+        // cursor that never moves must fail, not hang).
+        let mut drain = |tail: &mut SpoolTail, max: usize| {
+            for _ in 0..64 {
+                let mut v = Vec::new();
+                let n = tail
+                    .read(max, &mut |d| {
+                        v.push(String::from_utf8(d.to_vec()).unwrap());
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!(n, v.len());
+                got.extend(v);
+                if n < max {
+                    return;
+                }
+            }
+            panic!("the reads never reached the end of the spool");
+        };
+        segment(1, &records(0, 5));
+        segment(2, &records(5, 8));
+        drain(&mut tail, 2);
+        let next = records(8, 12);
+        let cut = next.len() - 5;
+        append(2, &next[..cut]);
+        drain(&mut tail, 3);
+        append(2, &next[cut..]);
+        segment(3, &records(12, 15));
+        drain(&mut tail, 4);
+        drain(&mut tail, 1);
+        let want: Vec<String> = (0..15).map(|i| format!("{{\"n\":{i}}}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(tail.pos.0, 3);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
     fn events(w: &Writer, evs: &[(&str, i64)]) -> RecordBatch {
         let docs: Vec<String> = evs.iter().map(|(id, ts)| format!(r#"{{"v":1,"id":"{id}","ts":{ts},"kind":"request","instance":"g"}}"#)).collect();
         w.codec.decode(&docs).unwrap()
