@@ -399,10 +399,7 @@ impl Engine {
                     to = ((by_rule[j].1 as usize) + reach).min(hay.len());
                     j += 1;
                 }
-                let mut from = keep_from.saturating_sub(r.max_width);
-                while !hay.is_char_boundary(from) {
-                    from -= 1;
-                }
+                let from = char_floor(hay, keep_from.saturating_sub(r.max_width));
                 while !hay.is_char_boundary(to) {
                     to += 1;
                 }
@@ -468,10 +465,7 @@ impl Engine {
                             }
                             if last > k {
                                 let (first, end) = (ends[k].2 as usize, ends[last].2);
-                                let mut from = first.saturating_sub(*window);
-                                while !hay.is_char_boundary(from) {
-                                    from -= 1;
-                                }
+                                let from = char_floor(hay, first.saturating_sub(*window));
                                 if let Ok(Some(s)) = rev.start(cache, id, hay.as_bytes(), from, end as usize) {
                                     if end as usize - s <= *window {
                                         out.push((id, s as u32, end));
@@ -482,10 +476,7 @@ impl Engine {
                             }
                             for &(_, _, end) in &ends[k..=last] {
                                 let e = end as usize;
-                                let mut from = e.saturating_sub(*window);
-                                while !hay.is_char_boundary(from) {
-                                    from -= 1;
-                                }
+                                let from = char_floor(hay, e.saturating_sub(*window));
                                 match rev.start(cache, id, hay.as_bytes(), from, e) {
                                     Ok(Some(s)) => out.push((id, s as u32, end)),
                                     Ok(None) => {}
@@ -675,10 +666,7 @@ impl Engine {
         if !r.context_required {
             return true;
         }
-        let mut a = s.saturating_sub(r.context_window);
-        while !hay.is_char_boundary(a) {
-            a -= 1;
-        }
+        let a = char_floor(hay, s.saturating_sub(r.context_window));
         let mut b = (e + r.context_window).min(hay.len());
         while !hay.is_char_boundary(b) {
             b += 1;
@@ -688,16 +676,21 @@ impl Engine {
     }
 }
 
+/// `at`, or the nearest character boundary of `hay` before it.
+fn char_floor(hay: &str, mut at: usize) -> usize {
+    while !hay.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
 /// Hyperscan's phase 2 for one pattern: the windows of `window` bytes before each end
 /// (sorted) merged into regions, one start-tracked scan per region, the leftmost start kept
 /// for each end phase 1 reported.
 fn confirm(db: &BlockDatabase, window: usize, id: u32, hay: &str, ends: &[(u32, u32, u32)], scratch: &Scratch, out: &mut Vec<(u32, u32, u32)>) {
     let mut k = 0;
     while k < ends.len() {
-        let mut from = (ends[k].2 as usize).saturating_sub(window);
-        while !hay.is_char_boundary(from) {
-            from -= 1;
-        }
+        let from = char_floor(hay, (ends[k].2 as usize).saturating_sub(window));
         let mut to = ends[k].2 as usize;
         let first = k;
         k += 1;
