@@ -12,7 +12,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Fields, SchemaRef};
-use crate::json::{self, Reader};
+use crate::json::{self, Name, Reader};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -116,6 +116,10 @@ struct Gateway<'a> {
     detail: Option<Str<'a>>,
 }
 
+/// How many of the members after the last one read are tried as raw bytes before a name is
+/// read and looked up (writers leave out absent optional members).
+const LOOKAHEAD: usize = 4;
+
 /// Which members of one object were seen: a member named twice is an error, as is a
 /// required one missing (both as `serde`'s derive had it).
 struct Members {
@@ -131,23 +135,45 @@ impl Members {
         Members { names, index: None, seen: 0, next: 0 }
     }
 
+    /// The members writers may emit next, for [`Reader::object_in_order`]: they emit members
+    /// in schema order, leaving some out.
+    fn expected(&self) -> &'static [&'static str] {
+        let names: &'static [&'static str] = self.names;
+        &names[self.next.min(names.len())..(self.next + LOOKAHEAD).min(names.len())]
+    }
+
     /// The member's index among `names`, marked seen; `None` for a member this version does
-    /// not know (to be skipped). Writers emit members in schema order, so the search starts
-    /// after the last member found.
+    /// not know (to be skipped). A name other than the expected one is searched for from the
+    /// expected one on.
     #[inline]
-    fn mark(&mut self, r: &Reader<'_>, key: &str) -> json::Result<Option<usize>> {
+    fn mark(&mut self, r: &Reader<'_>, name: Name<'_>) -> json::Result<Option<usize>> {
         let n = self.names.len();
-        let found = match self.index {
-            Some(index) => index(key),
-            None => (0..n).map(|k| (self.next + k) % n).find(|&i| self.names[i] == key),
+        let found = match name {
+            Name::Expected(k) => Some(self.next + k),
+            Name::Other(key) => match self.index {
+                Some(index) => index(key),
+                None => (0..n).map(|k| (self.next + k) % n).find(|&i| self.names[i] == key),
+            },
         };
         let Some(i) = found else { return Ok(None) };
         self.next = i + 1;
         if self.seen & 1 << i != 0 {
-            return r.err(format!("duplicate field `{key}`"));
+            return r.err(format!("duplicate field `{}`", self.names[i]));
         }
         self.seen |= 1 << i;
         Ok(Some(i))
+    }
+
+    /// Read an object of these members: `each` gets each known member's index; unknown ones
+    /// are skipped (still validated).
+    fn read<'a>(&mut self, r: &mut Reader<'a>, mut each: impl FnMut(&mut Reader<'a>, usize) -> json::Result<()>) -> json::Result<()> {
+        r.object_in_order(self.expected(), |r, name| {
+            match self.mark(r, name)? {
+                Some(i) => each(r, i)?,
+                None => drop(r.skip()?),
+            }
+            Ok(self.expected())
+        })
     }
 
     /// Fail unless the first `n` members were all seen.
@@ -196,10 +222,7 @@ fn opt_object<'a, T: Default>(
     }
     let mut m = Members::new(names);
     let mut v = T::default();
-    r.object(|r, key| match m.mark(r, key)? {
-        Some(i) => each(r, i, &mut v),
-        None => r.skip().map(drop),
-    })?;
+    m.read(r, |r, i| each(r, i, &mut v))?;
     m.require(r, required)?;
     Ok(Some(v))
 }
@@ -274,8 +297,7 @@ fn event<'a>(doc: &'a str, e: &mut Ev<'a>, spare: &mut Spare<'a>) -> json::Resul
     recycle(old.tools, &mut spare.tools);
     let mut r = Reader::new(doc);
     let mut m = Members { index: Some(event_member), ..Members::new(EVENT) };
-    r.object(|r, key| {
-        let Some(i) = m.mark(r, key)? else { return r.skip().map(drop) };
+    m.read(&mut r, |r, i| {
         match i {
             0 => e.v = r.int()?,
             1 => e.id = r.string()?,
@@ -811,6 +833,11 @@ mod tests {
         let head = r#"{"v":1,"id":"a","ts":1,"kind":"request","instance":"g""#;
         for (bad, why) in [
             (format!(r#"{head},"id":"b"}}"#), "duplicate field `id`"),
+            // Read as an expected name (right after `id`), and in the expected name's place.
+            (r#"{"v":1,"ts":1,"id":"a","ts":2,"kind":"request","instance":"g"}"#.to_string(), "duplicate field `ts`"),
+            (format!(r#"{head},"worker":1,"worker":2}}"#), "duplicate field `worker`"),
+            // Escaped, the same name.
+            (format!(r#"{head},"id":"b"}}"#), "duplicate field `id`"),
             (r#"{"v":1,"id":"a","ts":1,"instance":"g"}"#.to_string(), "missing field `kind`"),
             (format!(r#"{head},"identity":{{"groups":[]}}}}"#), "missing field `subject`"),
             (format!(r#"{head},"decision":{{"action":"deny"}}}}"#), "missing field `stage`"),
@@ -830,6 +857,16 @@ mod tests {
         let b = decode(&schema, &[fine.as_bytes()]).unwrap();
         assert!(b.column_by_name("tool").unwrap().is_null(0));
         assert_eq!(b.column_by_name("worker").unwrap().as_primitive::<datafusion::arrow::datatypes::UInt32Type>().value(0), u32::MAX);
+        // Names that only start like the expected ones are other members (`workers`, `sessio`
+        // unknown and skipped); an escaped name is the member it spells; members out of order.
+        let odd = r#"{"v":1,"id":"a","ts":1,"kind":"request","instance":"g","workers":9,"sessio":"x","s\u0065ssion":"s","worker":3,"tool":"t","route":"r"}"#;
+        let b = decode(&schema, &[odd.as_bytes()]).unwrap();
+        assert_eq!(b.column_by_name("worker").unwrap().as_primitive::<datafusion::arrow::datatypes::UInt32Type>().value(0), 3);
+        for (col, want) in [("session", "s"), ("tool", "t"), ("route", "r")] {
+            let c = b.column_by_name(col).unwrap();
+            let got = datafusion::arrow::util::display::array_value_to_string(c, 0).unwrap();
+            assert_eq!(got, want, "{col}");
+        }
     }
 
     #[test]

@@ -27,6 +27,15 @@ impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A member's name as [`Reader::object_in_order`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name<'k> {
+    /// Exactly the `k`-th of the names expected.
+    Expected(usize),
+    /// Any other name, unescaped.
+    Other(&'k str),
+}
+
 /// A cursor over one JSON document.
 pub struct Reader<'a> {
     s: &'a str,
@@ -119,6 +128,22 @@ impl<'a> Reader<'a> {
     /// Read an object, calling `each` with the reader positioned at each member's value and
     /// the member's (unescaped) name; `each` must consume the value.
     pub fn object(&mut self, mut each: impl FnMut(&mut Self, &str) -> Result<()>) -> Result<()> {
+        self.object_in_order(&[], |r, name| match name {
+            Name::Other(key) => each(r, key).map(|()| &[][..]),
+            Name::Expected(_) => unreachable!("no name is expected"),
+        })
+    }
+
+    /// Read an object whose writer emits its members in a known order, as [`object`](Self::object):
+    /// `each` is called with the member's name, or with [`Name::Expected`]`(k)` when the name
+    /// is exactly `expect[k]` (`expect` as given, then as `each` last returned it) — compared as
+    /// raw bytes, so the name is neither scanned for its end nor unescaped. `each` returns the
+    /// names it expects next, likeliest first.
+    pub fn object_in_order(
+        &mut self,
+        mut expect: &'static [&'static str],
+        mut each: impl FnMut(&mut Self, Name<'_>) -> Result<&'static [&'static str]>,
+    ) -> Result<()> {
         self.eat(b'{', "expected an object")?;
         if self.opened(b'}')? {
             return Ok(());
@@ -127,9 +152,21 @@ impl<'a> Reader<'a> {
             if self.peek() != Some(b'"') {
                 return self.err("expected a member name");
             }
-            let key = self.string()?;
-            self.eat(b':', "expected ':' after a member name")?;
-            each(self, &key)?;
+            let rest = &self.b()[self.i + 1..];
+            // A name without escapes is its raw bytes followed by the closing quote.
+            let hit = expect.iter().position(|want| rest.starts_with(want.as_bytes()) && rest.get(want.len()) == Some(&b'"'));
+            expect = match hit {
+                Some(k) => {
+                    self.i += expect[k].len() + 2;
+                    self.eat(b':', "expected ':' after a member name")?;
+                    each(self, Name::Expected(k))?
+                }
+                None => {
+                    let key = self.string()?;
+                    self.eat(b':', "expected ':' after a member name")?;
+                    each(self, Name::Other(&key))?
+                }
+            };
             if self.closed(b'}', "expected ',' or '}' after a member")? {
                 return Ok(());
             }
@@ -481,6 +518,31 @@ mod tests {
         for bad in [r#""\ud83d""#, r#""\ude00""#, r#""\ud83dx""#, r#""\ud83d\u0041""#, r#""\x""#, r#""\u12g4""#, "\"a\u{1}\"", r#""abc"#, r#""\"#] {
             assert!(Reader::new(bad).string().is_err(), "accepted {bad}");
             assert!(serde_json::from_str::<String>(bad).is_err(), "serde accepts {bad}");
+        }
+    }
+
+    /// Names read in order: an expected name is taken from its raw bytes only when they are
+    /// the whole name; anything else (a longer name, an escaped one) is read as a name.
+    #[test]
+    fn members_in_order_are_matched_whole() {
+        const NAMES: &[&str] = &["tool", "tools", "id"];
+        let doc = r#" { "tools" : 1 , "tool":2,"t\u006fol":3, "id" :4,"to":5,"idx":6} "#;
+        let mut r = Reader::new(doc);
+        let mut seen = Vec::new();
+        r.object_in_order(&NAMES[..1], |r, name| {
+            let v: u8 = r.int()?;
+            seen.push(match name {
+                Name::Expected(k) => format!("expected {k} = {v}"),
+                Name::Other(n) => format!("{n} = {v}"),
+            });
+            Ok(NAMES)
+        })
+        .unwrap();
+        r.end().unwrap();
+        assert_eq!(seen, ["tools = 1", "expected 0 = 2", "tool = 3", "expected 2 = 4", "to = 5", "idx = 6"]);
+        for bad in [r#"{"tool" 1}"#, r#"{"tool":1,}"#, r#"{"tool":1"#, r#"{"tool"#, r#"{tool:1}"#] {
+            let mut r = Reader::new(bad);
+            assert!(r.object_in_order(NAMES, |r, _| r.int::<u8>().map(|_| NAMES)).is_err(), "accepted {bad}");
         }
     }
 
