@@ -138,7 +138,7 @@ impl Members {
     /// The members writers may emit next, for [`Reader::object_in_order`]: they emit members
     /// in schema order, leaving some out.
     fn expected(&self) -> &'static [&'static str] {
-        let names: &'static [&'static str] = self.names;
+        let names = self.names;
         &names[self.next.min(names.len())..(self.next + LOOKAHEAD).min(names.len())]
     }
 

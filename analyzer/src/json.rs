@@ -155,18 +155,19 @@ impl<'a> Reader<'a> {
             let rest = &self.b()[self.i + 1..];
             // A name without escapes is its raw bytes followed by the closing quote.
             let hit = expect.iter().position(|want| rest.starts_with(want.as_bytes()) && rest.get(want.len()) == Some(&b'"'));
-            expect = match hit {
+            let key;
+            let name = match hit {
                 Some(k) => {
                     self.i += expect[k].len() + 2;
-                    self.eat(b':', "expected ':' after a member name")?;
-                    each(self, Name::Expected(k))?
+                    Name::Expected(k)
                 }
                 None => {
-                    let key = self.string()?;
-                    self.eat(b':', "expected ':' after a member name")?;
-                    each(self, Name::Other(&key))?
+                    key = self.string()?;
+                    Name::Other(&key)
                 }
             };
+            self.eat(b':', "expected ':' after a member name")?;
+            expect = each(self, name)?;
             if self.closed(b'}', "expected ',' or '}' after a member")? {
                 return Ok(());
             }

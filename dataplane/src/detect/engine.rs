@@ -400,9 +400,7 @@ impl Engine {
                     j += 1;
                 }
                 let from = char_floor(hay, keep_from.saturating_sub(r.max_width));
-                while !hay.is_char_boundary(to) {
-                    to += 1;
-                }
+                let to = char_ceil(hay, to);
                 let keep_from = if from == 0 { 0 } else { keep_from };
                 for &p in &self.rule_patterns[rule as usize] {
                     if let Start::Confirm { db, .. } = &self.starts[p as usize] {
@@ -667,10 +665,7 @@ impl Engine {
             return true;
         }
         let a = char_floor(hay, s.saturating_sub(r.context_window));
-        let mut b = (e + r.context_window).min(hay.len());
-        while !hay.is_char_boundary(b) {
-            b += 1;
-        }
+        let b = char_ceil(hay, (e + r.context_window).min(hay.len()));
         let window = &hay.as_bytes()[a..b];
         r.context.iter().any(|w| window.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w.as_bytes())))
     }
@@ -680,6 +675,14 @@ impl Engine {
 fn char_floor(hay: &str, mut at: usize) -> usize {
     while !hay.is_char_boundary(at) {
         at -= 1;
+    }
+    at
+}
+
+/// `at`, or the nearest character boundary of `hay` after it.
+fn char_ceil(hay: &str, mut at: usize) -> usize {
+    while !hay.is_char_boundary(at) {
+        at += 1;
     }
     at
 }

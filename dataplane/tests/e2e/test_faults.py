@@ -391,11 +391,7 @@ def test_connection_and_buffered_body_limits_answer_503_and_recover(raw_upstream
     # the gateway has seen the closes of the two calls above.
     assert g.await_metric("sluice_active_connections", 1) == 1
     held = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(2)]
-    for _ in range(50):
-        if g.metric("sluice_active_connections") == 3:
-            break
-        time.sleep(0.1)
-    assert g.metric("sluice_active_connections") == 3, "the slow connection and the two held ones are open"
+    assert g.await_metric("sluice_active_connections", 3) == 3, "the slow connection and the two held ones are open"
     extra = socket.create_connection(("127.0.0.1", g.port))
     got = _head(extra)
     assert got.startswith(b"HTTP/1.1 503"), got
