@@ -7,11 +7,11 @@
 
 use anyhow::Result;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Int64Builder, ListArray, ListBuilder, RecordBatch, StringBuilder, StructArray, TimestampMicrosecondBuilder, UInt16Builder, UInt32Builder,
-    UInt64Builder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Int64Builder, ListArray, ListBuilder, PrimitiveBuilder, RecordBatch, StringBuilder, StructArray, TimestampMicrosecondBuilder,
+    UInt16Builder, UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
-use datafusion::arrow::datatypes::{DataType, FieldRef, Fields, SchemaRef};
+use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, FieldRef, Fields, SchemaRef};
 use crate::json::{self, Name, Reader};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -449,12 +449,103 @@ fn list_item(schema: &SchemaRef, name: &str) -> Result<FieldRef> {
     }
 }
 
-fn text(b: &mut StringBuilder, v: &Option<Str<'_>>) {
-    b.append_option(v.as_deref());
+/// A column builder that appends its nulls in runs, when the next value (or the end) comes:
+/// most optional members are absent from most events, and a run of nulls costs one call where
+/// a null at a time cost one each.
+struct Runs<B> {
+    b: B,
+    nulls: usize,
 }
 
-fn strings(n: usize) -> StringBuilder {
-    StringBuilder::with_capacity(n, n * 16)
+/// Builders that append `n` nulls at once.
+trait Nulls {
+    fn nulls(&mut self, n: usize);
+}
+
+impl Nulls for StringBuilder {
+    fn nulls(&mut self, n: usize) {
+        self.append_nulls(n);
+    }
+}
+
+impl<T: ArrowPrimitiveType> Nulls for PrimitiveBuilder<T> {
+    fn nulls(&mut self, n: usize) {
+        self.append_nulls(n);
+    }
+}
+
+impl Nulls for ListBuilder<StringBuilder> {
+    fn nulls(&mut self, n: usize) {
+        self.append_nulls(n);
+    }
+}
+
+impl<B: Nulls + ArrayBuilder> Runs<B> {
+    fn new(b: B) -> Self {
+        Runs { b, nulls: 0 }
+    }
+
+    #[inline]
+    fn null(&mut self) {
+        self.nulls += 1;
+    }
+
+    /// The builder, with the nulls before the value about to be appended.
+    #[inline]
+    fn get(&mut self) -> &mut B {
+        if self.nulls != 0 {
+            self.b.nulls(std::mem::take(&mut self.nulls));
+        }
+        &mut self.b
+    }
+
+    fn finish(mut self) -> ArrayRef {
+        ArrayBuilder::finish(self.get())
+    }
+}
+
+impl Runs<StringBuilder> {
+    #[inline]
+    fn value(&mut self, v: &str) {
+        self.get().append_value(v);
+    }
+
+    #[inline]
+    fn option(&mut self, v: &Option<Str<'_>>) {
+        match v {
+            Some(v) => self.value(v),
+            None => self.null(),
+        }
+    }
+}
+
+impl Runs<ListBuilder<StringBuilder>> {
+    fn option(&mut self, v: &Option<Vec<Str<'_>>>) {
+        match v {
+            Some(items) => {
+                let b = self.get();
+                for item in items {
+                    b.values().append_value(item);
+                }
+                b.append(true);
+            }
+            None => self.null(),
+        }
+    }
+}
+
+impl<T: ArrowPrimitiveType> Runs<PrimitiveBuilder<T>> {
+    #[inline]
+    fn option(&mut self, v: Option<T::Native>) {
+        match v {
+            Some(v) => self.get().append_value(v),
+            None => self.null(),
+        }
+    }
+}
+
+fn strings(n: usize) -> Runs<StringBuilder> {
+    Runs::new(StringBuilder::with_capacity(n, n * 16))
 }
 
 /// A document of the chunk that is not a session event (not JSON, not an object, a required
@@ -483,17 +574,17 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
     let mut id = StringBuilder::with_capacity(n, n * 26);
     let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let (mut kind, mut instance, mut session, mut mcp_session) = (strings(n), strings(n), strings(n), strings(n));
-    let mut worker = UInt32Builder::with_capacity(n);
+    let mut worker = Runs::new(UInt32Builder::with_capacity(n));
     let mut identity = Strukt::of(schema, "identity")?;
-    let (mut subject, mut groups, mut agent_type, mut via) = (strings(n), ListBuilder::new(StringBuilder::new()), strings(n), strings(n));
+    let (mut subject, mut groups, mut agent_type, mut via) = (strings(n), Runs::new(ListBuilder::new(StringBuilder::new())), strings(n), strings(n));
     let (mut route, mut upstream, mut direction, mut method, mut rpc_id, mut tool) = (strings(n), strings(n), strings(n), strings(n), strings(n), strings(n));
     // Payloads are part of their documents: their total size bounds the payload column's (no
     // regrowth copies).
-    let mut payload = StringBuilder::with_capacity(n, docs.iter().map(|d| d.as_ref().len()).sum());
+    let mut payload = Runs::new(StringBuilder::with_capacity(n, docs.iter().map(|d| d.as_ref().len()).sum()));
     let mut truncated = BooleanBuilder::with_capacity(n);
-    let (mut bytes, mut latency) = (UInt64Builder::with_capacity(n), UInt64Builder::with_capacity(n));
-    let mut status = UInt16Builder::with_capacity(n);
-    let mut error_code = Int64Builder::with_capacity(n);
+    let (mut bytes, mut latency) = (Runs::new(UInt64Builder::with_capacity(n)), Runs::new(UInt64Builder::with_capacity(n)));
+    let mut status = Runs::new(UInt16Builder::with_capacity(n));
+    let mut error_code = Runs::new(Int64Builder::with_capacity(n));
     let mut decision = Strukt::of(schema, "decision")?;
     let (mut d_action, mut d_stage, mut d_rule, mut d_reason) = (strings(n), strings(n), strings(n), strings(n));
     let finding_item = list_item(schema, "findings")?;
@@ -502,9 +593,9 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
     let mut f_offsets = vec![0i32];
     let mut f_valid = Vec::with_capacity(n);
     let mut approval = Strukt::of(schema, "approval")?;
-    let (mut a_id, mut a_state, mut a_digest, mut a_groups, mut a_by, mut a_reason) = (strings(0), strings(0), strings(0), ListBuilder::new(StringBuilder::new()), strings(0), strings(0));
-    let mut a_waited = UInt64Builder::new();
-    let mut a_expires = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let (mut a_id, mut a_state, mut a_digest, mut a_groups, mut a_by, mut a_reason) = (strings(0), strings(0), strings(0), Runs::new(ListBuilder::new(StringBuilder::new())), strings(0), strings(0));
+    let mut a_waited = Runs::new(UInt64Builder::new());
+    let mut a_expires = Runs::new(TimestampMicrosecondBuilder::new().with_timezone("UTC"));
     let tool_item = list_item(schema, "tools")?;
     let mut tool_entry = Strukt::of_type(tool_item.data_type(), "tools items")?;
     let (mut t_name, mut t_digest) = (StringBuilder::new(), StringBuilder::new());
@@ -528,53 +619,52 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
         v.append_value(e.v);
         id.append_value(&e.id);
         ts.append_value(e.ts);
-        kind.append_value(&e.kind);
-        instance.append_value(&e.instance);
-        worker.append_option(e.worker);
-        text(&mut session, &e.session);
-        text(&mut mcp_session, &e.mcp_session);
+        kind.value(&e.kind);
+        instance.value(&e.instance);
+        worker.option(e.worker);
+        session.option(&e.session);
+        mcp_session.option(&e.mcp_session);
         match &e.identity {
             Some(x) => {
                 identity.valid.push(true);
-                subject.append_value(&x.subject);
-                for g in e.groups.iter().flatten() {
-                    groups.values().append_value(g);
-                }
-                groups.append(e.groups.is_some());
-                text(&mut agent_type, &x.agent_type);
-                text(&mut via, &x.via);
+                subject.value(&x.subject);
+                groups.option(&e.groups);
+                agent_type.option(&x.agent_type);
+                via.option(&x.via);
             }
             None => {
                 identity.valid.push(false);
-                subject.append_null();
-                groups.append(false);
-                agent_type.append_null();
-                via.append_null();
+                subject.null();
+                groups.null();
+                agent_type.null();
+                via.null();
             }
         }
         for (b, x) in [(&mut route, &e.route), (&mut upstream, &e.upstream), (&mut direction, &e.direction), (&mut method, &e.method), (&mut rpc_id, &e.rpc_id), (&mut tool, &e.tool)] {
-            text(b, x);
+            b.option(x);
         }
-        payload.append_option(e.payload);
+        match e.payload {
+            Some(p) => payload.value(p),
+            None => payload.null(),
+        }
         truncated.append_value(e.payload_truncated);
-        bytes.append_option(e.bytes);
-        latency.append_option(e.latency_us);
-        status.append_option(e.status);
-        error_code.append_option(e.error_code);
+        bytes.option(e.bytes);
+        latency.option(e.latency_us);
+        status.option(e.status);
+        error_code.option(e.error_code);
         match &e.decision {
             Some(d) => {
                 decision.valid.push(true);
-                d_action.append_value(&d.action);
-                d_stage.append_value(&d.stage);
-                text(&mut d_rule, &d.rule);
-                text(&mut d_reason, &d.reason);
+                d_action.value(&d.action);
+                d_stage.value(&d.stage);
+                d_rule.option(&d.rule);
+                d_reason.option(&d.reason);
             }
             None => {
                 decision.valid.push(false);
-                d_action.append_null();
-                d_stage.append_null();
-                d_rule.append_null();
-                d_reason.append_null();
+                for b in [&mut d_action, &mut d_stage, &mut d_rule, &mut d_reason] {
+                    b.null();
+                }
             }
         }
         let fs = e.findings.as_deref().unwrap_or_default();
@@ -583,36 +673,31 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
             for (b, x) in f_cols.iter_mut().zip(&f.required) {
                 b.append_value(x);
             }
-            text(&mut f_cols[6], &f.fingerprint);
-            text(&mut f_cols[7], &f.encoding);
+            f_cols[6].append_option(f.fingerprint.as_deref());
+            f_cols[7].append_option(f.encoding.as_deref());
         }
         f_offsets.push(f_offsets[f_offsets.len() - 1] + fs.len() as i32);
         f_valid.push(e.findings.is_some());
         match &e.approval {
             Some(a) => {
                 approval.valid.push(true);
-                a_id.append_value(&a.id);
-                a_state.append_value(&a.state);
-                a_digest.append_value(&a.args_digest);
-                for g in e.approver_groups.iter().flatten() {
-                    a_groups.values().append_value(g);
-                }
-                a_groups.append(e.approver_groups.is_some());
-                text(&mut a_by, &a.by);
-                text(&mut a_reason, &a.reason);
-                a_waited.append_option(a.waited_ms);
-                a_expires.append_option(a.expires_at);
+                a_id.value(&a.id);
+                a_state.value(&a.state);
+                a_digest.value(&a.args_digest);
+                a_groups.option(&e.approver_groups);
+                a_by.option(&a.by);
+                a_reason.option(&a.reason);
+                a_waited.option(a.waited_ms);
+                a_expires.option(a.expires_at);
             }
             None => {
                 approval.valid.push(false);
-                for b in [&mut a_id, &mut a_state, &mut a_digest] {
-                    b.append_null();
+                for b in [&mut a_id, &mut a_state, &mut a_digest, &mut a_by, &mut a_reason] {
+                    b.null();
                 }
-                a_groups.append(false);
-                a_by.append_null();
-                a_reason.append_null();
-                a_waited.append_null();
-                a_expires.append_null();
+                a_groups.null();
+                a_waited.null();
+                a_expires.null();
             }
         }
         let entries = e.tools.as_deref().unwrap_or_default();
@@ -626,54 +711,51 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
         match &e.pin {
             Some(p) => {
                 pin.valid.push(true);
-                p_tool.append_value(&p.tool);
-                p_change.append_value(&p.change);
-                text(&mut p_old, &p.old_digest);
-                text(&mut p_new, &p.new_digest);
+                p_tool.value(&p.tool);
+                p_change.value(&p.change);
+                p_old.option(&p.old_digest);
+                p_new.option(&p.new_digest);
             }
             None => {
                 pin.valid.push(false);
-                p_tool.append_null();
-                p_change.append_null();
-                p_old.append_null();
-                p_new.append_null();
+                for b in [&mut p_tool, &mut p_change, &mut p_old, &mut p_new] {
+                    b.null();
+                }
             }
         }
         match &e.gateway {
             Some(g) => {
                 gateway.valid.push(true);
-                text(&mut g_version, &g.version);
-                text(&mut g_digest, &g.config_digest);
-                text(&mut g_detail, &g.detail);
+                g_version.option(&g.version);
+                g_digest.option(&g.config_digest);
+                g_detail.option(&g.detail);
             }
             None => {
                 gateway.valid.push(false);
                 for b in [&mut g_version, &mut g_digest, &mut g_detail] {
-                    b.append_null();
+                    b.null();
                 }
             }
         }
-        text(&mut http_method, &e.http_method);
-        text(&mut http_path, &e.http_path);
-        text(&mut client_ip, &e.client_ip);
-        text(&mut task, &e.task);
-        text(&mut call, &e.call);
+        for (b, x) in [(&mut http_method, &e.http_method), (&mut http_path, &e.http_path), (&mut client_ip, &e.client_ip), (&mut task, &e.task), (&mut call, &e.call)] {
+            b.option(x);
+        }
     }
 
-    let identity = identity.finish(vec![Arc::new(subject.finish()), Arc::new(groups.finish()), Arc::new(agent_type.finish()), Arc::new(via.finish())])?;
-    let decision = decision.finish(vec![Arc::new(d_action.finish()), Arc::new(d_stage.finish()), Arc::new(d_rule.finish()), Arc::new(d_reason.finish())])?;
+    let identity = identity.finish(vec![subject.finish(), groups.finish(), agent_type.finish(), via.finish()])?;
+    let decision = decision.finish(vec![d_action.finish(), d_stage.finish(), d_rule.finish(), d_reason.finish()])?;
     let f_children: Vec<ArrayRef> = f_cols.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
     let findings: ArrayRef =
         Arc::new(ListArray::try_new(finding_item, OffsetBuffer::new(f_offsets.into()), finding.finish(f_children)?, Some(NullBuffer::from(f_valid)))?);
     let approval = approval.finish(vec![
-        Arc::new(a_id.finish()),
-        Arc::new(a_state.finish()),
-        Arc::new(a_digest.finish()),
-        Arc::new(a_groups.finish()),
-        Arc::new(a_by.finish()),
-        Arc::new(a_reason.finish()),
-        Arc::new(a_waited.finish()),
-        Arc::new(a_expires.finish()),
+        a_id.finish(),
+        a_state.finish(),
+        a_digest.finish(),
+        a_groups.finish(),
+        a_by.finish(),
+        a_reason.finish(),
+        a_waited.finish(),
+        a_expires.finish(),
     ])?;
     let tools: ArrayRef = Arc::new(ListArray::try_new(
         tool_item,
@@ -681,41 +763,41 @@ pub fn decode<D: AsRef<[u8]>>(schema: &SchemaRef, docs: &[D]) -> Result<RecordBa
         tool_entry.finish(vec![Arc::new(t_name.finish()), Arc::new(t_digest.finish())])?,
         Some(NullBuffer::from(t_valid)),
     )?);
-    let pin = pin.finish(vec![Arc::new(p_tool.finish()), Arc::new(p_change.finish()), Arc::new(p_old.finish()), Arc::new(p_new.finish())])?;
-    let gateway = gateway.finish(vec![Arc::new(g_version.finish()), Arc::new(g_digest.finish()), Arc::new(g_detail.finish())])?;
+    let pin = pin.finish(vec![p_tool.finish(), p_change.finish(), p_old.finish(), p_new.finish()])?;
+    let gateway = gateway.finish(vec![g_version.finish(), g_digest.finish(), g_detail.finish()])?;
     let cols: Vec<ArrayRef> = vec![
         Arc::new(v.finish()),
         Arc::new(id.finish()),
         Arc::new(ts.finish()),
-        Arc::new(kind.finish()),
-        Arc::new(instance.finish()),
-        Arc::new(worker.finish()),
-        Arc::new(session.finish()),
-        Arc::new(mcp_session.finish()),
+        kind.finish(),
+        instance.finish(),
+        worker.finish(),
+        session.finish(),
+        mcp_session.finish(),
         identity,
-        Arc::new(route.finish()),
-        Arc::new(upstream.finish()),
-        Arc::new(direction.finish()),
-        Arc::new(method.finish()),
-        Arc::new(rpc_id.finish()),
-        Arc::new(tool.finish()),
-        Arc::new(payload.finish()),
+        route.finish(),
+        upstream.finish(),
+        direction.finish(),
+        method.finish(),
+        rpc_id.finish(),
+        tool.finish(),
+        payload.finish(),
         Arc::new(truncated.finish()),
-        Arc::new(bytes.finish()),
-        Arc::new(latency.finish()),
-        Arc::new(status.finish()),
-        Arc::new(error_code.finish()),
+        bytes.finish(),
+        latency.finish(),
+        status.finish(),
+        error_code.finish(),
         decision,
         findings,
         approval,
         tools,
         pin,
         gateway,
-        Arc::new(http_method.finish()),
-        Arc::new(http_path.finish()),
-        Arc::new(client_ip.finish()),
-        Arc::new(task.finish()),
-        Arc::new(call.finish()),
+        http_method.finish(),
+        http_path.finish(),
+        client_ip.finish(),
+        task.finish(),
+        call.finish(),
     ];
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
