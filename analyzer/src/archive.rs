@@ -6,6 +6,7 @@
 
 use anyhow::{Context as _, Result};
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -181,7 +182,8 @@ pub fn ids_in(dir: &Path, ids: &mut IdSet) -> Result<()> {
 /// Keep the rows whose `id` is not in `seen` (and not repeated within the batch); add them to `seen`.
 pub fn dedup(batch: &RecordBatch, seen: &mut IdSet) -> Result<RecordBatch> {
     let ids = batch.column_by_name("id").context("no id column")?.as_string::<i32>();
-    let keep: BooleanArray = ids.iter().map(|id| Some(id.is_some_and(|i| seen.insert(id_key(i))))).collect();
+    // One bit per row, written straight into the mask (no list of options, no validity).
+    let keep = BooleanArray::new(BooleanBuffer::collect_bool(ids.len(), |i| ids.is_valid(i) && seen.insert(id_key(ids.value(i)))), None);
     if keep.true_count() == batch.num_rows() {
         return Ok(batch.clone());
     }
@@ -284,6 +286,22 @@ pub fn write_file(dir: &Path, name: &str, schema: SchemaRef, batches: &[RecordBa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows whose id was seen before, in the set or earlier in the same batch, are dropped;
+    /// the others are kept in order and added to the set.
+    #[test]
+    fn dedup_keeps_each_id_once() {
+        use datafusion::arrow::array::{ArrayRef, StringArray};
+        let batch = |ids: &[Option<&str>]| RecordBatch::try_from_iter([("id", std::sync::Arc::new(StringArray::from(ids.to_vec())) as ArrayRef)]).unwrap();
+        let ids_of = |b: &RecordBatch| b.column(0).as_string::<i32>().iter().map(|v| v.map(str::to_owned)).collect::<Vec<_>>();
+        let mut seen = IdSet::default();
+        seen.insert(id_key("01JD0000000000000000000003"));
+        let first = dedup(&batch(&[Some("01JD0000000000000000000001"), Some("01JD0000000000000000000002"), Some("01JD0000000000000000000001"), Some("01JD0000000000000000000003"), None, Some("not-a-ulid")]), &mut seen).unwrap();
+        assert_eq!(ids_of(&first), [Some("01JD0000000000000000000001".into()), Some("01JD0000000000000000000002".into()), Some("not-a-ulid".into())]);
+        let second = dedup(&batch(&[Some("not-a-ulid"), Some("01JD0000000000000000000004")]), &mut seen).unwrap();
+        assert_eq!(ids_of(&second), [Some("01JD0000000000000000000004".into())]);
+        assert_eq!(seen.len(), 5);
+    }
 
     #[test]
     fn id_keys_follow_ulids_and_hash_anything_else() {
