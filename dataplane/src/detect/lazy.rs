@@ -30,7 +30,7 @@ fn config() -> syntax::Config {
 }
 
 /// The pattern as `regex-syntax` reads it: a rule's case folding written inline.
-pub(super) fn spelled(expr: &str, caseless: bool) -> std::borrow::Cow<'_, str> {
+pub fn spelled(expr: &str, caseless: bool) -> std::borrow::Cow<'_, str> {
     if caseless {
         format!("(?i:{expr})").into()
     } else {
