@@ -35,6 +35,22 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def recording_cpu_seconds(pid):
+    """User + system CPU of the gateway's recording threads: the spool writer, the Kafka
+    forwarder and librdkafka's threads (`rdk:…`), whichever exist."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+        except FileNotFoundError:  # the thread ended in between
+            continue
+        comm, fields = raw[raw.index("(") + 1:raw.rindex(")")], raw.rsplit(")", 1)[1].split()
+        if comm.startswith(("sluice-spool", "sluice-kafka", "rdk:")):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def sluice(args, tmp, name, up_port, recording, binary):
     port, admin = free_port(), free_port()
     d = os.path.join(tmp, name)
@@ -110,15 +126,17 @@ def main():
         # Fixed-rate runs, repeated, the modes in a new random order each round (a drift of the
         # machine lands on every mode alike): the median p99 of each mode.
         fixed = {(rate, name): [] for rate in rates for name, _ in modes}
-        cpu = {(rate, name): [0.0, 0] for rate in rates for name, _ in modes}  # CPU seconds, requests answered
+        cpu = {(rate, name): [0.0, 0, 0.0] for rate in rates for name, _ in modes}  # CPU seconds, requests answered, recording threads' CPU seconds
         broker = {(rate, name): 0.0 for rate in rates for name, _ in modes}  # the broker's CPU seconds
         shuffle = random.Random(1)
         for rate in rates:
             for _ in range(args.repeat):
                 for name, p, port, _ in shuffle.sample(gateways, len(gateways)):
                     c0, b0 = cpu_seconds(p.pid), cpu_seconds(args.broker_pid) if args.broker_pid else 0.0
+                    rc0 = recording_cpu_seconds(p.pid)
                     r = oha(args, f"http://127.0.0.1:{port}/mcp", args.seconds, rate=rate)
                     cpu[rate, name][0] += cpu_seconds(p.pid) - c0
+                    cpu[rate, name][2] += recording_cpu_seconds(p.pid) - rc0
                     broker[rate, name] += (cpu_seconds(args.broker_pid) - b0) if args.broker_pid else 0.0
                     cpu[rate, name][1] += r["ok"]
                     fixed[rate, name].append(r["p99"])
@@ -151,8 +169,8 @@ def main():
     off = modes[0][0]
     print(f"\nFixed rates, {args.repeat} runs of {args.seconds}s per mode and rate, interleaved in shuffled order:\n")
     print("| req/s | recording | median p99 µs | p99 vs off (90 % interval) | paired: median of per-round ratios (90 % interval) "
-          "| runs (µs, sorted) | gateway CPU ms per 1k requests | broker CPU ms per 1k requests |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| runs (µs, sorted) | gateway CPU ms per 1k requests | of which recording threads | broker CPU ms per 1k requests |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for rate in rates:
         for name, _ in modes:
             runs = sorted(fixed[rate, name])
@@ -162,9 +180,10 @@ def main():
             paired = [a / b for a, b in zip(fixed[rate, name], fixed[rate, off])]
             plo, phi = median_interval(paired)
             per_k = 1000 * 1000 * cpu[rate, name][0] / max(1, cpu[rate, name][1])
+            rec_k = 1000 * 1000 * cpu[rate, name][2] / max(1, cpu[rate, name][1])
             broker_k = f"{1000 * 1000 * broker[rate, name] / max(1, cpu[rate, name][1]):.1f}" if args.broker_pid else "-"
             print(f"| {rate} | {name} | {median(runs):.0f} | {median(runs) / median(fixed[rate, off]):.2f}× ({lo:.2f}–{hi:.2f}) "
-                  f"| {median(paired):.2f}× ({plo:.2f}–{phi:.2f}) | {'/'.join(f'{x:.0f}' for x in runs)} | {per_k:.1f} | {broker_k} |")
+                  f"| {median(paired):.2f}× ({plo:.2f}–{phi:.2f}) | {'/'.join(f'{x:.0f}' for x in runs)} | {per_k:.1f} | {rec_k:.1f} | {broker_k} |")
 
 
 def median(xs):
