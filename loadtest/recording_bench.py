@@ -28,11 +28,18 @@ def metric(admin, name):
     return 0.0
 
 
+def stat_cpu(path):
+    """(name, user + system CPU seconds) from a `/proc/…/stat` file: a process's covers all
+    its threads, a task's its own."""
+    with open(path) as f:
+        raw = f.read()
+    fields = raw.rsplit(")", 1)[1].split()
+    return raw[raw.index("(") + 1:raw.rindex(")")], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid):
     """User + system CPU of a process and all its threads."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu(f"/proc/{pid}/stat")[1]
 
 
 def recording_cpu_seconds(pid):
@@ -41,13 +48,11 @@ def recording_cpu_seconds(pid):
     total = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                raw = f.read()
+            name, secs = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
         except FileNotFoundError:  # the thread ended in between
             continue
-        comm, fields = raw[raw.index("(") + 1:raw.rindex(")")], raw.rsplit(")", 1)[1].split()
-        if comm.startswith(("sluice-spool", "sluice-kafka", "rdk:")):
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if name.startswith(("sluice-spool", "sluice-kafka", "rdk:")):
+            total += secs
     return total
 
 
