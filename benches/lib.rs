@@ -95,3 +95,10 @@ fn rows(text: &str, size: usize, n: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"content": [], "structuredContent": {"rows": rows}, "isError": false}}))
         .expect("encode")
 }
+
+/// Does the engine run this pattern of a rule without required context words in its lazy DFA
+/// of class-led patterns? As `Engine::compile` decides (a run-shaped pattern goes to the run
+/// pass first), for the examples that time the DFA on its own.
+pub fn in_lazy_dfa(pattern: &str, caseless: bool) -> bool {
+    sluice::detect::runs::shape(pattern, caseless).is_none() && sluice::detect::lazy::eligible(pattern, caseless)
+}

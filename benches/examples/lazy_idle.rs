@@ -15,8 +15,8 @@ use regex_automata::hybrid::dfa::DFA;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind};
 use sluice::detect::rules::{default_dir, load_dir};
-use sluice::detect::{lazy, runs};
-use sluice_benches::corpus_text;
+use sluice::detect::lazy;
+use sluice_benches::{corpus_text, in_lazy_dfa};
 use std::time::Instant;
 
 fn main() {
@@ -28,7 +28,7 @@ fn main() {
         if l.rule.context_required {
             continue;
         }
-        for p in l.rule.patterns.iter().filter(|p| lazy::eligible(p, l.rule.caseless) && runs::shape(p, l.rule.caseless).is_none()) {
+        for p in l.rule.patterns.iter().filter(|p| in_lazy_dfa(p, l.rule.caseless)) {
             class_led.push((l.rule.id.clone(), p.clone(), l.rule.caseless));
         }
     }

@@ -12,7 +12,7 @@ use hyperscan::prelude::*;
 use sluice::detect::decode::PERCENT_CANDIDATE;
 use sluice::detect::rules::{default_dir, load_dir};
 use sluice::detect::{engine, lazy, runs};
-use sluice_benches::corpus_text;
+use sluice_benches::{corpus_text, in_lazy_dfa};
 use std::time::Instant;
 
 fn main() {
@@ -30,7 +30,7 @@ fn main() {
             l.rule.context.iter().map(|w| (engine::literal(w), CompileFlags::UTF8 | CompileFlags::CASELESS)).collect()
         } else {
             let mine = |p: &&String| runs::shape(p, l.rule.caseless).is_none() && !lazy::eligible(p, l.rule.caseless);
-            for p in l.rule.patterns.iter().filter(|p| lazy::eligible(p, l.rule.caseless) && runs::shape(p, l.rule.caseless).is_none()) {
+            for p in l.rule.patterns.iter().filter(|p| in_lazy_dfa(p, l.rule.caseless)) {
                 class_led.push((class_led.len() as u32, p.clone(), l.rule.caseless));
             }
             l.rule.patterns.iter().filter(mine).map(|p| (p.clone(), f)).collect()
