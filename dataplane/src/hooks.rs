@@ -98,27 +98,23 @@ impl RequestCtx {
         self.exchanged.clone().or_else(|| self.credential.as_ref().map(|c| c.live()))
     }
 
-    /// A context for messages decided outside a live exchange (policy cases, `policy explain`).
-    pub fn offline(
-        route: &str,
-        detect: Option<std::sync::Arc<crate::config::detect::DetectCfg>>,
-        policy: Option<std::sync::Arc<crate::policy::Policy>>,
-        identity: Option<crate::identity::Identity>,
-    ) -> Self {
+    /// A request on `route` that has learned nothing yet: every other field empty (nothing
+    /// allocated), for the constructors to fill in what they know.
+    pub fn blank(route: std::sync::Arc<str>, started: Instant) -> Self {
         RequestCtx {
             worker: 0,
-            route: route.into(),
+            route,
             upstream: String::new(),
-            client: SocketAddr::from(([127, 0, 0, 1], 0)),
-            http_method: "POST".into(),
+            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            http_method: String::new(),
             path: String::new(),
             mcp_session_id: None,
             stateless: false,
             gateway_session_id: None,
             protocol_version: None,
-            started: Instant::now(),
+            started,
             refused: 0,
-            detect,
+            detect: None,
             findings: Vec::new(),
             carry: String::new(),
             record_payload: None,
@@ -126,10 +122,10 @@ impl RequestCtx {
             record_target: None,
             envelope_masked: 0,
             status: None,
-            identity,
+            identity: None,
             credential: None,
             exchanged: None,
-            policy,
+            policy: None,
             policy_masks: Vec::new(),
             decision: None,
             decided_input: None,
@@ -138,6 +134,23 @@ impl RequestCtx {
             hold: None,
             stage: None,
             listing_paged: None,
+        }
+    }
+
+    /// A context for messages decided outside a live exchange (policy cases, `policy explain`).
+    pub fn offline(
+        route: &str,
+        detect: Option<std::sync::Arc<crate::config::detect::DetectCfg>>,
+        policy: Option<std::sync::Arc<crate::policy::Policy>>,
+        identity: Option<crate::identity::Identity>,
+    ) -> Self {
+        RequestCtx {
+            client: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_method: "POST".into(),
+            detect,
+            identity,
+            policy,
+            ..RequestCtx::blank(route.into(), Instant::now())
         }
     }
 }

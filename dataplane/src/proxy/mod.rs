@@ -2,7 +2,7 @@
 //! per address), its upstream connection pools, its reusable buffers and its hook chain, and
 //! runs every connection it accepts to completion on its own core.
 //!
-//! Phases of one exchange (see `exchange.rs`): accept → read head → route → read body →
+//! Phases of one exchange (see `exchange/`): accept → read head → route → read body →
 //! parse JSON-RPC → request hooks → forward → read response head → response hooks
 //! (buffered JSON, or SSE event by event) → answer → account.
 
