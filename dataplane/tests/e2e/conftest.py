@@ -183,6 +183,15 @@ def py_sse(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def py_get_stream(tmp_path_factory):
+    """The Python SDK server (SSE answers) whose `summarize` asks for sampling on the session's
+    standalone GET stream, once the client has opened it."""
+    p, url = _served(tmp_path_factory, "py-get-stream", lambda port: [PY, str(HERE / "servers" / "py_server.py"), port, "sse", "get-stream"])
+    yield url
+    p.stop()
+
+
+@pytest.fixture(scope="session")
 def py_legacy(tmp_path_factory):
     """The Python SDK server on the legacy HTTP+SSE transport; its root URL (GET /sse, POST /messages/)."""
     p, url = _py_server(tmp_path_factory, "legacy")

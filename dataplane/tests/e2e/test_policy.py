@@ -452,3 +452,37 @@ def test_requests_from_the_server_are_decided_by_from_server_rules_and_refusals_
                if e["kind"] == "decision" and e["decision"]["stage"] == "policy" and e.get("method") in ("sampling/createMessage", "elicitation/create")]
     assert decided == [("response", "elicitation/create", "ask_name", "allow", "ask-the-user"), ("response", "sampling/createMessage", "summarize", "deny", "no-sampling")] * 2, decided
     assert g.proc.log.read_text().count("answered with an error in the agent's place") == 2
+
+
+def test_a_servers_request_on_the_get_stream_is_the_call_in_progress_and_its_answer_comes_back(py_get_stream, gateway, tmp_path):
+    """A Streamable HTTP server may send its request (here sampling) on the session's standalone
+    GET stream rather than on the stream of the call that needs it. The gateway then pairs it
+    with the session's one call in progress: a `from = "server"` rule on the tool decides it
+    (refused on one route, the refusal answered to the server so the call ends at once), and on
+    the other route the official client's model answers it through the gateway and the call
+    completes with that answer. The test server sends only once the client's GET stream is open
+    (it fails the call otherwise), so this runs the same way every time."""
+    (tmp_path / "policy.toml").write_text(
+        'default = "allow"\n'
+        '[[rule]]\nid = "no-sampling"\nfrom = "server"\n'
+        "when = 'method == \"sampling/createMessage\" && tool.name == \"summarize\" && upstream == \"u0\"'\n"
+        'action = "deny"\nreason = "this server may not use the agent\'s model"\n')
+    g = gateway([{"path": "/mcp", "upstream": py_get_stream}, {"path": "/open", "upstream": py_get_stream}], extra=f'[policy]\nfile = "{tmp_path / "policy.toml"}"\n')
+    started = time.monotonic()
+    refused = py_client(g.url(), "py", "--interactive")["sample"]
+    assert time.monotonic() - started < 30, "the refused request was answered, not left to time out"
+    assert refused["isError"] is True and "this server may not use the agent's model" in refused["content"][0]["text"], refused
+    answered = py_client(g.url("/open"), "py", "--interactive")["sample"]
+    assert answered.get("isError") is not True and answered["content"][0]["text"] == "summary=short", answered
+    assert g.metric("sluice_policy_decisions_total", direction="response", action="deny", rule="no-sampling") == 1
+    g.proc.stop()
+    events = spool_events(g.spool)
+    # The server's request is recorded as the tool's on both routes, refused on the first only;
+    # the agent's answer to it on the second is recorded as the answer to it (method and tool).
+    asked = [(e["route"], e.get("tool")) for e in events if e["kind"] == "request" and e.get("direction") == "response" and e.get("method") == "sampling/createMessage"]
+    assert asked == [("r0", "summarize"), ("r1", "summarize")], asked
+    decided = [(e["route"], e.get("tool"), e["decision"]["action"], e["decision"]["rule"]) for e in events
+               if e["kind"] == "decision" and e["decision"]["stage"] == "policy" and e.get("method") == "sampling/createMessage"]
+    assert decided == [("r0", "summarize", "deny", "no-sampling")], decided
+    answers = [(e["route"], e.get("tool")) for e in events if e["kind"] == "response" and e.get("direction") == "request" and e.get("method") == "sampling/createMessage"]
+    assert answers == [("r1", "summarize")], answers

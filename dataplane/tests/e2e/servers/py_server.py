@@ -1,13 +1,17 @@
 """An MCP server written with the official Python SDK (FastMCP), for Sluice's end-to-end tests.
 
-usage: python py_server.py PORT [json|sse|legacy|stdio]
+usage: python py_server.py PORT [json|sse|legacy|stdio] [get-stream]
   json:   POST responses are single JSON bodies (the gateway's buffered path)
   sse:    POST responses are SSE streams (the gateway's event-by-event path)
   legacy: the legacy HTTP+SSE transport (MCP 2024-11-05): GET /sse, POST /messages/
   stdio:  newline-delimited JSON-RPC on stdin/stdout (PORT is ignored)
+  get-stream: `summarize` sends its sampling request on the session's standalone GET stream
+          (Streamable HTTP), once the client has opened it, instead of on the call's own stream
 """
 
 import sys
+
+import anyio
 
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.prompts import base
@@ -16,6 +20,7 @@ from pydantic import BaseModel
 
 port = int(sys.argv[1])
 mode = sys.argv[2] if len(sys.argv) > 2 else "json"
+get_stream = "get-stream" in sys.argv[3:]
 mcp = FastMCP("sluice-e2e-py", host="127.0.0.1", port=port, json_response=(mode == "json"))
 
 NOTES = {"readme": "Sluice e2e notes", "todo": "1. audit\n2. ship"}
@@ -67,11 +72,29 @@ async def summarize(text: str, ctx: Context) -> str:
     # the tool's description, which pins and tests hold: change it and they see a rug pull.
     from mcp.types import SamplingMessage, TextContent
 
+    related = ctx.request_id
+    if get_stream:
+        await get_stream_opened(ctx)
+        related = None
     r = await ctx.session.create_message(
         messages=[SamplingMessage(role="user", content=TextContent(type="text", text=text))], max_tokens=10,
-        related_request_id=ctx.request_id,
+        related_request_id=related,
     )
     return f"summary={r.content.text}"
+
+
+async def get_stream_opened(ctx: Context) -> None:
+    """Wait until the client's standalone GET stream is open on this session, so that a server
+    request sent without `related_request_id` travels on it (the SDK drops it otherwise). Reads
+    the SDK's transport state (1.x: `_server_instances`, `_request_streams`): a test fixture's
+    licence; it fails loudly if those names change."""
+    from mcp.server.streamable_http import GET_STREAM_KEY
+
+    sid = ctx.request_context.request.headers.get("mcp-session-id")
+    transport = mcp.session_manager._server_instances[sid]
+    with anyio.fail_after(10):
+        while GET_STREAM_KEY not in transport._request_streams:
+            await anyio.sleep(0.01)
 
 
 @mcp.resource("notes://{name}")
