@@ -90,6 +90,7 @@ fn essence(ctype: &[u8]) -> &[u8] {
     ctype.split(|b| *b == b';').next().unwrap_or(b"").trim_ascii()
 }
 
+/// What a `Content-Type` value makes a body for inspection (no type: not inspected).
 pub(super) fn media(ctype: Option<&[u8]>) -> Media {
     let Some(c) = ctype else {
         return Media::Other;

@@ -421,6 +421,7 @@ pub(crate) fn with_scratch<R>(w: &Worker, bytes: &[u8], f: impl FnOnce(&mut Vec<
     r
 }
 
+/// `v` starts with `prefix`, ASCII case-insensitively.
 fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
     v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)
 }

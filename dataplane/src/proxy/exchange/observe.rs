@@ -9,6 +9,7 @@ use crate::jsonrpc::{self, Kind};
 use crate::session::{Pending, Session};
 use simd_json::prelude::*;
 
+/// Count and correlate the messages of one body; keep the session record current.
 pub(crate) fn observe(w: &Worker, ctx: &RequestCtx, route: &Route, dir: Direction, body: &mut jsonrpc::Body<'_>, mut track: Option<&mut Track<'_>>) {
     let dlabel = if dir == Direction::Request { "request" } else { "response" };
     let sessions = &w.shared.sessions;

@@ -183,6 +183,7 @@ pub(super) async fn relay_sse(
     Ok(reader.kind != BodyKind::CloseDelimited)
 }
 
+/// Counts the stream in `active_streams` while it is open.
 struct StreamGuard<'a>(&'a Worker);
 
 impl Drop for StreamGuard<'_> {
@@ -191,6 +192,7 @@ impl Drop for StreamGuard<'_> {
     }
 }
 
+/// `payload` for the agent: one chunk of a chunked answer, or as is.
 fn frame(out: &mut Vec<u8>, payload: &[u8], chunked: bool) {
     if chunked {
         write::chunk(out, payload);

@@ -188,7 +188,6 @@ pub(super) fn plain_decision(w: &Worker, ctx: &mut RequestCtx) -> Option<Vec<u8>
     refusal
 }
 
-/// Count and correlate the messages of one body; keep the session record current.
 /// A request id used twice in a batch, or again while the session still awaits the answer to
 /// it, is refused: answers are paired with their requests by id, and a second request under
 /// the same id would have the answer to one read as the other's — a `tools/list` answer taken
