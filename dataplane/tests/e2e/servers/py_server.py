@@ -66,9 +66,10 @@ async def ask_name(ctx: Context) -> str:
 @mcp.tool()
 async def summarize(text: str, ctx: Context) -> str:
     """Ask the client's model to summarize (sampling)."""
-    # On the call's own stream: without `related_request_id` the SDK sends the request on the
-    # standalone GET stream, and drops it if the client has not opened that stream yet (a call
-    # made right after `initialize` then waits for its answer forever). The docstring above is
+    # On the call's own stream unless `get-stream`: without `related_request_id` the SDK sends
+    # the request on the standalone GET stream, and drops it if the client has not opened that
+    # stream yet (a call made right after `initialize` would wait for its answer forever), so
+    # that mode first waits for the stream (`get_stream_opened`). The docstring above is
     # the tool's description, which pins and tests hold: change it and they see a rug pull.
     from mcp.types import SamplingMessage, TextContent
 
